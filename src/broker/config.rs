@@ -1,0 +1,67 @@
+//! The limits and knobs the broker core obeys. Built by `crate::config` from the CLI and the
+//! TOML file; defaults here are the broker's defaults.
+
+/// Every bound the core enforces, each with what happens at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Largest packet accepted, checked from the fixed header before the body is read.
+    /// Over it: the connection is closed with a protocol error.
+    pub max_packet_size: usize,
+    /// QoS 1/2 messages in flight to one client at once; the rest wait in the session queue.
+    pub max_inflight_messages: u16,
+    /// QoS 1/2 messages one session may queue (offline, or beyond the inflight window).
+    /// At the bound: an offline session drops the new message (counted); an online one is
+    /// disconnected as a slow consumer (counted) and its session keeps what it had.
+    pub max_queued_messages: usize,
+    /// Payload bytes one session may queue; at the bound, as `max_queued_messages`.
+    pub max_queued_bytes: usize,
+    /// Bytes of output one connection may have waiting for the socket. At the bound QoS 0 to
+    /// it is dropped (counted) and QoS 1/2 wait in the session queue.
+    pub outbuf_bytes_max: usize,
+    /// Whether QoS 0 messages are queued for offline persistent sessions (Mosquitto's
+    /// `queue_qos0_messages`).
+    pub queue_qos0_messages: bool,
+    /// Largest keepalive a client may ask for; a larger one is refused with CONNACK 0x02
+    /// (MQTT 3.1.1 has no way to lower it). 0 = no cap.
+    pub max_keepalive_secs: u16,
+    /// Seconds a connection may stay open without completing CONNECT.
+    pub connect_timeout_secs: u32,
+    /// Seconds an unused persistent session is kept after its client went; 0 = forever.
+    pub persistent_client_expiration_secs: u64,
+    /// Sessions (connected or persistent offline) one worker holds. At the bound a new
+    /// session is refused with CONNACK 0x03 (counted).
+    pub sessions_max: usize,
+    /// Subscriptions one session may hold. Filters beyond it get 0x80 in SUBACK (counted).
+    pub subscriptions_per_session_max: usize,
+    /// Retained topics held. At the bound a new retained topic is not stored (counted);
+    /// replacing or deleting an existing one always works.
+    pub retained_messages_max: usize,
+    /// Seconds a retained message is kept after it was set; 0 = forever.
+    pub retained_expiry_secs: u64,
+    /// Seconds between `$SYS` updates; 0 disables `$SYS`.
+    pub sys_interval_secs: u64,
+    /// Whether clients without a user name may connect (CONNACK 0x05 otherwise).
+    pub allow_anonymous: bool,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 1 << 20,
+            max_inflight_messages: 20,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 << 20,
+            outbuf_bytes_max: 4 << 20,
+            queue_qos0_messages: false,
+            max_keepalive_secs: 0,
+            connect_timeout_secs: 10,
+            persistent_client_expiration_secs: 0,
+            sessions_max: 1_100_000,
+            subscriptions_per_session_max: 1000,
+            retained_messages_max: 1_000_000,
+            retained_expiry_secs: 0,
+            sys_interval_secs: 10,
+            allow_anonymous: true,
+        }
+    }
+}

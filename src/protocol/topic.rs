@@ -1,0 +1,165 @@
+//! Topic names (what a PUBLISH is sent to) and topic filters (what a SUBSCRIBE asks for),
+//! validated on construction [MQTT-4.7].
+//!
+//! Both wrap the `Bytes` they were decoded from, so building one copies nothing. Levels are
+//! split on `/` as bytes: the separator is ASCII, so splitting valid UTF-8 on it is exact.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use super::error::DecodeError;
+use super::packet::Utf8Bytes;
+
+/// The largest string MQTT can carry: a two-byte length prefix [MQTT-1.5.3].
+pub const STRING_BYTES_MAX: usize = u16::MAX as usize;
+
+/// A topic name: non-empty, no `+` or `#` [MQTT-4.7.3-1] [MQTT-3.3.2-2].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(Utf8Bytes);
+
+impl TopicName {
+    pub fn new(text: Utf8Bytes) -> Result<Self, DecodeError> {
+        if text.is_empty() {
+            return Err(DecodeError::EmptyTopic);
+        }
+        if text.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+            return Err(DecodeError::WildcardInTopicName);
+        }
+        Ok(Self(text))
+    }
+
+    /// Builds a name from a string known to the program (for `$SYS` topics and tests).
+    pub fn from_static(text: &'static str) -> Self {
+        Self::new(Utf8Bytes::from_static(text)).expect("static topic names are valid")
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone().into_bytes()
+    }
+
+    pub fn levels(&self) -> impl Iterator<Item = &[u8]> + Clone {
+        self.as_bytes().split(|&b| b == b'/')
+    }
+
+    /// Topics starting with `$` are apart: wildcards at the first level do not match them
+    /// [MQTT-4.7.2-1].
+    pub fn is_dollar(&self) -> bool {
+        self.as_bytes().first() == Some(&b'$')
+    }
+}
+
+impl TryFrom<&str> for TopicName {
+    type Error = DecodeError;
+
+    fn try_from(text: &str) -> Result<Self, DecodeError> {
+        let utf8 = Utf8Bytes::new(Bytes::copy_from_slice(text.as_bytes()))
+            .ok_or(DecodeError::NullCharacter)?;
+        Self::new(utf8)
+    }
+}
+
+impl fmt::Debug for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A topic filter: non-empty; `#` alone in the last level; `+` alone in its level
+/// [MQTT-4.7.1-2] [MQTT-4.7.1-3].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicFilter(Utf8Bytes);
+
+impl TopicFilter {
+    pub fn new(text: Utf8Bytes) -> Result<Self, DecodeError> {
+        if text.is_empty() {
+            return Err(DecodeError::EmptyFilter);
+        }
+        let mut levels = text.as_bytes().split(|&b| b == b'/').peekable();
+        while let Some(level) = levels.next() {
+            let last = levels.peek().is_none();
+            if level.contains(&b'#') && (level != b"#" || !last) {
+                return Err(DecodeError::InvalidMultiLevelWildcard);
+            }
+            if level.contains(&b'+') && level != b"+" {
+                return Err(DecodeError::InvalidSingleLevelWildcard);
+            }
+        }
+        Ok(Self(text))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone().into_bytes()
+    }
+
+    pub fn levels(&self) -> impl Iterator<Item = &[u8]> + Clone {
+        self.as_bytes().split(|&b| b == b'/')
+    }
+
+    pub fn has_wildcard(&self) -> bool {
+        self.as_bytes().iter().any(|&b| b == b'+' || b == b'#')
+    }
+
+    /// Whether this filter matches `topic` [MQTT-4.7], `$`-topics apart [MQTT-4.7.2-1].
+    /// The subscription index answers this for many filters at once; this is the reference.
+    pub fn matches(&self, topic: &TopicName) -> bool {
+        if topic.is_dollar() && matches!(self.as_bytes().first(), Some(b'+' | b'#')) {
+            return false;
+        }
+        let mut filter = self.levels();
+        let mut name = topic.levels();
+        loop {
+            match (filter.next(), name.next()) {
+                (Some(b"#"), _) => return true,
+                (Some(b"+"), Some(_)) => {}
+                (Some(f), Some(n)) if f == n => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
+impl TryFrom<&str> for TopicFilter {
+    type Error = DecodeError;
+
+    fn try_from(text: &str) -> Result<Self, DecodeError> {
+        let utf8 = Utf8Bytes::new(Bytes::copy_from_slice(text.as_bytes()))
+            .ok_or(DecodeError::NullCharacter)?;
+        Self::new(utf8)
+    }
+}
+
+impl fmt::Debug for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
