@@ -53,20 +53,12 @@ impl WorkerSet {
     }
 
     pub fn insert(&mut self, worker: WorkerId) {
-        assert!(
-            worker.index() < Self::CAPACITY,
-            "worker {} beyond WorkerSet capacity",
-            worker.0
-        );
+        assert!(worker.index() < Self::CAPACITY, "worker {} beyond WorkerSet capacity", worker.0);
         self.0 |= 1 << worker.0;
     }
 
     pub fn remove(&mut self, worker: WorkerId) {
-        assert!(
-            worker.index() < Self::CAPACITY,
-            "worker {} beyond WorkerSet capacity",
-            worker.0
-        );
+        assert!(worker.index() < Self::CAPACITY, "worker {} beyond WorkerSet capacity", worker.0);
         self.0 &= !(1 << worker.0);
     }
 
@@ -138,10 +130,7 @@ mod tests {
         set.insert(WorkerId(3));
         set.insert(WorkerId(127));
         set.insert(WorkerId(0));
-        assert_eq!(
-            set.iter().collect::<Vec<_>>(),
-            vec![WorkerId(0), WorkerId(3), WorkerId(127)]
-        );
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![WorkerId(0), WorkerId(3), WorkerId(127)]);
         set.remove(WorkerId(3));
         assert!(!set.contains(WorkerId(3)));
         assert!(set.contains(WorkerId(127)));

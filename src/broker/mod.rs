@@ -84,15 +84,8 @@ pub enum CloseReason {
 pub enum Action {
     Send(ConnId),
     Close(ConnId, CloseReason),
-    Remote {
-        to: WorkerId,
-        msg: RemoteMsg,
-    },
-    Handoff {
-        conn: ConnId,
-        to: WorkerId,
-        connect: Connect,
-    },
+    Remote { to: WorkerId, msg: RemoteMsg },
+    Handoff { conn: ConnId, to: WorkerId, connect: Connect },
 }
 
 /// Messages between the brokers of different workers, FIFO per ordered pair.
@@ -151,13 +144,7 @@ impl Broker {
     pub fn new(config: BrokerConfig, me: WorkerId, workers: u16, now: Millis) -> Self {
         assert!(me.0 < workers, "worker {me:?} outside 0..{workers}");
         let _ = now;
-        Self {
-            config,
-            me,
-            workers,
-            actions: VecDeque::new(),
-            stats: stats::WorkerStats::default(),
-        }
+        Self { config, me, workers, actions: VecDeque::new(), stats: stats::WorkerStats::default() }
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -182,8 +169,7 @@ impl Broker {
 
     pub fn handle_decode_error(&mut self, conn: ConnId, error: DecodeError, now: Millis) {
         let _ = now;
-        self.actions
-            .push_back(Action::Close(conn, CloseReason::ProtocolError(error)));
+        self.actions.push_back(Action::Close(conn, CloseReason::ProtocolError(error)));
     }
 
     pub fn handle_closed(&mut self, conn: ConnId, now: Millis) {

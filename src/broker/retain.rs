@@ -26,18 +26,12 @@ pub struct RetainedStore {
 
 impl RetainedStore {
     pub fn new(retained_messages_max: usize) -> Self {
-        Self {
-            messages: Vec::new(),
-            capacity: retained_messages_max,
-        }
+        Self { messages: Vec::new(), capacity: retained_messages_max }
     }
 
     /// Stores `message` for its topic (an empty payload deletes) as of `now`.
     pub fn set(&mut self, message: Message, now: Millis) -> RetainOutcome {
-        let existing = self
-            .messages
-            .iter()
-            .position(|(m, _)| m.topic == message.topic);
+        let existing = self.messages.iter().position(|(m, _)| m.topic == message.topic);
         match (existing, message.payload.is_empty()) {
             (Some(index), true) => {
                 self.messages.swap_remove(index);
@@ -57,10 +51,7 @@ impl RetainedStore {
     }
 
     pub fn get(&self, topic: &TopicName) -> Option<&Message> {
-        self.messages
-            .iter()
-            .find(|(m, _)| &m.topic == topic)
-            .map(|(m, _)| m)
+        self.messages.iter().find(|(m, _)| &m.topic == topic).map(|(m, _)| m)
     }
 
     /// Calls `visit` with every retained message whose topic `filter` matches.
@@ -75,8 +66,7 @@ impl RetainedStore {
     /// Removes messages set at or before `now - expiry_secs`; returns how many.
     pub fn expire(&mut self, now: Millis, expiry_secs: u64) -> usize {
         let before = self.messages.len();
-        self.messages
-            .retain(|(_, set_at)| now.since(*set_at) < expiry_secs.saturating_mul(1000));
+        self.messages.retain(|(_, set_at)| now.since(*set_at) < expiry_secs.saturating_mul(1000));
         before - self.messages.len()
     }
 

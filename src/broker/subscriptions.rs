@@ -42,15 +42,9 @@ impl SubscriptionIndex {
     }
 
     fn entry(&mut self, filter: &TopicFilter) -> &mut Entry {
-        let found = self
-            .entries
-            .iter()
-            .position(|e| e.filter.as_ref() == Some(filter));
+        let found = self.entries.iter().position(|e| e.filter.as_ref() == Some(filter));
         let index = found.unwrap_or_else(|| {
-            self.entries.push(Entry {
-                filter: Some(filter.clone()),
-                ..Entry::default()
-            });
+            self.entries.push(Entry { filter: Some(filter.clone()), ..Entry::default() });
             self.entries.len() - 1
         });
         &mut self.entries[index]
@@ -81,8 +75,7 @@ impl SubscriptionIndex {
         if removed {
             self.subscriptions -= 1;
         }
-        self.entries
-            .retain(|e| !e.sessions.is_empty() || !e.workers.is_empty());
+        self.entries.retain(|e| !e.sessions.is_empty() || !e.workers.is_empty());
         last
     }
 
@@ -99,8 +92,7 @@ impl SubscriptionIndex {
         } else {
             entry.workers.remove(worker);
         }
-        self.entries
-            .retain(|e| !e.sessions.is_empty() || !e.workers.is_empty());
+        self.entries.retain(|e| !e.sessions.is_empty() || !e.workers.is_empty());
     }
 
     /// Fills `out` (cleared first) with everything `topic` matches.

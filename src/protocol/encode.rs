@@ -33,10 +33,7 @@ pub const fn remaining_length_bytes(length: usize) -> usize {
 }
 
 fn put_remaining_length(out: &mut BytesMut, mut length: usize) {
-    assert!(
-        length <= REMAINING_LENGTH_MAX,
-        "remaining length {length} too large to encode"
-    );
+    assert!(length <= REMAINING_LENGTH_MAX, "remaining length {length} too large to encode");
     loop {
         let mut byte = (length % 128) as u8;
         length /= 128;
@@ -91,19 +88,11 @@ pub fn remaining_length(packet: &Packet) -> usize {
         | Packet::Pubcomp(_)
         | Packet::Unsuback(_) => 2,
         Packet::Subscribe(subscribe) => {
-            2 + subscribe
-                .filters
-                .iter()
-                .map(|(f, _)| string_len(f.as_bytes()) + 1)
-                .sum::<usize>()
+            2 + subscribe.filters.iter().map(|(f, _)| string_len(f.as_bytes()) + 1).sum::<usize>()
         }
         Packet::Suback(suback) => 2 + suback.return_codes.len(),
         Packet::Unsubscribe(unsubscribe) => {
-            2 + unsubscribe
-                .filters
-                .iter()
-                .map(|f| string_len(f.as_bytes()))
-                .sum::<usize>()
+            2 + unsubscribe.filters.iter().map(|f| string_len(f.as_bytes())).sum::<usize>()
         }
         Packet::Pingreq | Packet::Pingresp | Packet::Disconnect => 0,
     }
@@ -143,12 +132,7 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
     put_remaining_length(out, remaining);
     let start = out.len();
     encode_body(packet, out);
-    debug_assert_eq!(
-        out.len() - start,
-        remaining,
-        "remaining length of {}",
-        packet.name()
-    );
+    debug_assert_eq!(out.len() - start, remaining, "remaining length of {}", packet.name());
 }
 
 fn encode_body(packet: &Packet, out: &mut BytesMut) {
@@ -247,11 +231,7 @@ impl EncodedPublish {
         head.put_u8(publish_first_byte(qos, retain, dup));
         put_remaining_length(&mut head, remaining);
         put_string(&mut head, topic.as_bytes());
-        Self {
-            head: head.freeze(),
-            payload,
-            qos,
-        }
+        Self { head: head.freeze(), payload, qos }
     }
 
     pub fn qos(&self) -> QoS {
@@ -387,11 +367,9 @@ mod tests {
     #[test]
     fn encoded_publish_equals_plain_encoding() {
         let topic = TopicName::from_static("a/b");
-        for (qos, payload_len) in [
-            (QoS::AtMostOnce, 10),
-            (QoS::AtLeastOnce, 1000),
-            (QoS::ExactlyOnce, 0),
-        ] {
+        for (qos, payload_len) in
+            [(QoS::AtMostOnce, 10), (QoS::AtLeastOnce, 1000), (QoS::ExactlyOnce, 0)]
+        {
             let payload = Bytes::from(vec![7u8; payload_len]);
             let packet_id = (qos != QoS::AtMostOnce).then(|| pid(9));
             let publish = Packet::Publish(Publish {
@@ -432,11 +410,7 @@ mod tests {
         let taken = out.take_into(&mut segments);
         assert_eq!(taken, encoded.len());
         assert_eq!(segments.len(), 2, "header segment, then the payload itself");
-        assert_eq!(
-            segments[1].as_ptr(),
-            payload.as_ptr(),
-            "the payload was not copied"
-        );
+        assert_eq!(segments[1].as_ptr(), payload.as_ptr(), "the payload was not copied");
         assert!(out.is_empty());
     }
 }
