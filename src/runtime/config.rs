@@ -1,0 +1,56 @@
+//! The runtime's knobs and limits: listeners, workers, rings, buffers, sockets.
+
+use std::net::SocketAddr;
+
+/// Everything the runtime sizes itself from. Memory that can be sized from these is sized at
+/// start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Plain-TCP MQTT listen addresses; each worker has its own SO_REUSEPORT socket on each.
+    pub listeners: Vec<SocketAddr>,
+    /// Worker threads, each pinned to core `i mod cores`, each with its own ring.
+    pub workers: usize,
+    /// Connections the whole process holds (Mosquitto's `max_connections`). Beyond it a new
+    /// connection is accepted and closed at once (counted).
+    pub max_connections: usize,
+    /// Slots in each worker's registered (direct) file table: that worker's connection cap.
+    pub file_table_slots: u32,
+    /// Submission queue entries per ring (the completion queue is twice this).
+    pub ring_entries: u32,
+    /// Provided receive buffers per worker, and the size of each.
+    pub recv_buffers: u16,
+    pub recv_buffer_bytes: u32,
+    /// Depth of each SPSC ring between two workers, in messages.
+    pub mesh_ring_depth: usize,
+    /// Messages a worker holds for one full peer ring before it stops reading from the
+    /// connections that produce them (backpressure; never a drop of QoS 1/2).
+    pub mesh_overflow_max: usize,
+    /// SO_RCVBUF / SO_SNDBUF for accepted sockets; 0 leaves the kernel default.
+    pub socket_rcvbuf_bytes: u32,
+    pub socket_sndbuf_bytes: u32,
+    /// TCP_NODELAY on accepted sockets (Mosquitto's `set_tcp_nodelay`); ringmq batches writes
+    /// itself, so it defaults to on.
+    pub tcp_nodelay: bool,
+    /// listen(2) backlog.
+    pub listen_backlog: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            listeners: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_connections: 1_000_000,
+            file_table_slots: 20_000,
+            ring_entries: 4096,
+            recv_buffers: 4096,
+            recv_buffer_bytes: 16 * 1024,
+            mesh_ring_depth: 8192,
+            mesh_overflow_max: 65_536,
+            socket_rcvbuf_bytes: 0,
+            socket_sndbuf_bytes: 0,
+            tcp_nodelay: true,
+            listen_backlog: 4096,
+        }
+    }
+}
