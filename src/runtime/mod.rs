@@ -2,6 +2,9 @@
 //! the kernel and the sans-IO broker core. PLACEHOLDER until issue 4's runtime lands.
 
 pub mod config;
+pub mod mesh;
+pub mod msg_ring;
+pub mod spsc;
 
 pub use config::RuntimeConfig;
 
