@@ -9,6 +9,7 @@ use std::num::NonZeroU16;
 
 use bytes::Bytes;
 
+use super::error::DecodeError;
 use super::topic::{TopicFilter, TopicName};
 
 /// A packet identifier: non-zero by construction [MQTT-2.3.1-1].
@@ -74,11 +75,20 @@ pub struct Utf8Bytes(Bytes);
 impl Utf8Bytes {
     /// Checks `bytes` and wraps them; `None` if they are not valid MQTT UTF-8.
     pub fn new(bytes: Bytes) -> Option<Self> {
-        let text = std::str::from_utf8(&bytes).ok()?;
-        if text.contains('\0') {
-            return None;
+        Self::try_new(bytes).ok()
+    }
+
+    /// Checks `bytes` and wraps them, saying which rule they break: ill-formed UTF-8 (which
+    /// includes the surrogates U+D800..U+DFFF) [MQTT-1.5.3-1], or U+0000 [MQTT-1.5.3-2].
+    pub fn try_new(bytes: Bytes) -> Result<Self, DecodeError> {
+        if std::str::from_utf8(&bytes).is_err() {
+            return Err(DecodeError::InvalidUtf8);
         }
-        Some(Self(bytes))
+        // A zero byte in well-formed UTF-8 can only be U+0000 itself.
+        if bytes.contains(&0) {
+            return Err(DecodeError::NullCharacter);
+        }
+        Ok(Self(bytes))
     }
 
     pub fn from_static(text: &'static str) -> Self {
