@@ -60,6 +60,7 @@ pub mod retain;
 pub mod route;
 pub mod stats;
 pub mod subscriptions;
+mod topic_trie;
 
 mod connect;
 mod connection;
