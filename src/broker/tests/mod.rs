@@ -1,0 +1,10 @@
+//! Deterministic tests of the broker core, by concern, through the scripted-client harness.
+//! Each test of an MQTT rule cites its normative statement id.
+
+mod harness;
+
+mod connect;
+mod flow;
+mod keepalive;
+mod publish;
+mod subscribe;
