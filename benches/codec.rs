@@ -17,6 +17,10 @@ use ringmq::protocol::{
     decode, encode, EncodedPublish, OutBuf, Packet, PacketId, Publish, QoS, TopicName,
 };
 
+/// The broker binary's allocator, so that allocation costs here are the broker's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Packets per receive buffer in the decode benchmarks: a buffer holding many small packets
 /// is how a busy connection's bytes arrive.
 const PACKETS_PER_BUFFER: usize = 64;
