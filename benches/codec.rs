@@ -3,9 +3,9 @@
 //!
 //! Wall-clock: `cargo bench --bench codec -- --warm-up-time 1 --measurement-time 3`.
 //!
-//! Instruction counts (repeatable on a noisy machine): with `CODEC_CALLGRIND=<what>:<count>`
-//! set, the binary skips criterion and runs `count` operations of one kind (`decode64`,
-//! `decode1k`, `encode64`, `fanout64`, all QoS 1) once, for `valgrind --tool=callgrind
+//! Instruction counts (repeatable on a noisy machine): with
+//! `CODEC_CALLGRIND=<decode|encode|fanout>:<qos0|qos1>:<payload bytes>:<count>` set, the
+//! binary skips criterion and runs `count` operations once, for `valgrind --tool=callgrind
 //! --toggle-collect=<the loop function>`: only the loop (`decode_all`, `encode_many`,
 //! `fan_out`) is counted, not start-up or setup. See docs/BENCHMARKS.md for the commands.
 
@@ -140,27 +140,34 @@ fn encode_many(packet: &Packet, count: usize) {
     black_box(out.len());
 }
 
-/// The callgrind driver: `count` operations of kind `what`, nothing else measured.
+/// The callgrind driver: `count` operations of one kind, nothing else measured. `spec` is
+/// `<decode|encode|fanout>:<qos0|qos1>:<payload bytes>:<count>`.
 fn run_for_callgrind(spec: &str) {
-    let (what, count) = spec.split_once(':').expect("CODEC_CALLGRIND=<what>:<count>");
-    let count: usize = count.parse().expect("a count");
+    let usage = "CODEC_CALLGRIND=<decode|encode|fanout>:<qos0|qos1>:<payload bytes>:<count>";
+    let fields: Vec<&str> = spec.split(':').collect();
+    let [what, qos, payload_bytes, count] = fields[..] else { panic!("{usage}") };
+    let qos = match qos {
+        "qos0" => QoS::AtMostOnce,
+        "qos1" => QoS::AtLeastOnce,
+        _ => panic!("{usage}"),
+    };
+    let payload_bytes: usize = payload_bytes.parse().expect(usage);
+    let count: usize = count.parse().expect(usage);
+    let packet = publish(qos, payload_bytes);
     match what {
-        "decode64" | "decode1k" => {
-            let payload_bytes = if what == "decode64" { 64 } else { 1024 };
-            let mut buf = receive_buffer(&publish(QoS::AtLeastOnce, payload_bytes), count);
+        "decode" => {
+            let mut buf = receive_buffer(&packet, count);
             assert_eq!(decode_all(&mut buf), count);
         }
-        "encode64" => {
-            encode_many(&publish(QoS::AtLeastOnce, 64), count);
-        }
-        "fanout64" => {
-            let Packet::Publish(p) = publish(QoS::AtLeastOnce, 64) else { unreachable!() };
-            let encoded = EncodedPublish::new(&p.topic, p.payload, QoS::AtLeastOnce, false, false);
+        "encode" => encode_many(&packet, count),
+        "fanout" => {
+            let Packet::Publish(p) = packet else { unreachable!() };
+            let encoded = EncodedPublish::new(&p.topic, p.payload, qos, false, false);
             let mut outs: Vec<OutBuf> = (0..count).map(|_| OutBuf::new()).collect();
             fan_out(&encoded, &mut outs);
             black_box(&outs);
         }
-        other => panic!("unknown CODEC_CALLGRIND operation {other}"),
+        _ => panic!("{usage}"),
     }
 }
 
