@@ -237,16 +237,16 @@ impl Cluster {
         let packet_id = pid(self.next_packet_id(client));
         let filters = filters.iter().map(|(text, qos)| (filter(text), *qos)).collect();
         self.send(client, Packet::Subscribe(Subscribe { packet_id, filters }));
-        let received = self.recv(client);
-        match received.first() {
+        self.decode_inbox(client);
+        let received = &mut self.clients[client.0].received;
+        let position = received.iter().position(|packet| matches!(packet, Packet::Suback(_)));
+        // Everything else (earlier packets, retained messages after the SUBACK) stays readable.
+        match position.and_then(|index| received.remove(index)) {
             Some(Packet::Suback(suback)) => {
                 assert_eq!(suback.packet_id, packet_id, "[MQTT-3.8.4-2]");
-                let codes = suback.return_codes.clone();
-                // Retained messages sent after the SUBACK stay readable.
-                self.clients[client.0].received.extend(received.into_iter().skip(1));
-                codes
+                suback.return_codes
             }
-            other => panic!("expected SUBACK, got {other:?}"),
+            _ => panic!("expected SUBACK, got {received:?}"),
         }
     }
 

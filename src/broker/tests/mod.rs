@@ -3,8 +3,14 @@
 
 mod harness;
 
+mod cluster;
 mod connect;
 mod flow;
 mod keepalive;
 mod publish;
+mod qos;
+mod retained;
+mod session;
 mod subscribe;
+mod sys;
+mod will;
