@@ -37,6 +37,7 @@ pub mod config;
 pub mod ids;
 pub mod retain;
 pub mod subscriptions;
+mod topic_trie;
 
 pub use config::BrokerConfig;
 pub use ids::{ConnId, Millis, SessionId, WorkerId, WorkerSet};

@@ -1,19 +1,36 @@
 //! The subscription index: which local sessions, and which other workers, want a topic.
 //!
-//! PLACEHOLDER: a linear scan with the same API as the trie that replaces it (issue 3). Keep the
-//! API; replace the body.
+//! A trie of filter levels ([`TopicTrie`]): the node reached by a filter's levels holds that
+//! filter's local subscribers and the set of other workers with subscribers of exactly that
+//! filter (the summary that lets a publish go only to interested workers, at a cost that does not
+//! grow with the uninterested ones). Routing a topic walks the trie level by level, following the
+//! exact level, `+` and `#` children of each node reached so far; it visits only nodes of filters
+//! that can match, so its cost depends on the topic's depth and the matching filters, not on the
+//! number of subscriptions.
+//!
+//! Invariants: a node exists only while it, or a node below it, has a local subscriber or a
+//! remote worker (unsubscribing prunes what is left empty); a node's subscribers are inline when
+//! there is one (the common case) and in a shared set when there are several, never an empty set
+//! nor a set of one; `subscriptions` counts (session, filter) pairs held.
 
-use smallvec::SmallVec;
+use std::fmt;
+
+use slab::Slab;
 
 use super::ids::{SessionId, WorkerId, WorkerSet};
+use super::topic_trie::{NodeId, TopicTrie};
 use crate::protocol::{QoS, TopicFilter, TopicName};
 
 /// What one topic matched: local sessions (each once, at the highest granted QoS of its
-/// matching filters) and the other workers with at least one matching filter.
+/// matching filters [MQTT-3.3.5-1]) and the other workers with at least one matching filter.
+/// Reuse one across calls: after the first few topics, matching allocates nothing.
 #[derive(Debug, Default)]
 pub struct Matches {
     pub sessions: Vec<(SessionId, QoS)>,
     pub workers: WorkerSet,
+    /// Trie nodes reached by the levels seen so far, and those reached by the next level.
+    frontier: Vec<NodeId>,
+    next: Vec<NodeId>,
 }
 
 impl Matches {
@@ -23,60 +40,178 @@ impl Matches {
     }
 }
 
-#[derive(Debug, Default)]
-struct Entry {
-    filter: Option<TopicFilter>,
-    sessions: SmallVec<[(SessionId, QoS); 1]>,
-    workers: WorkerSet,
+/// The local subscribers of one filter.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+enum Local {
+    #[default]
+    None,
+    /// One subscriber, whose session is in `Slot::session`.
+    One(QoS),
+    /// Several, in `SubscriptionIndex::shared[Slot::session]`.
+    Many,
 }
 
-#[derive(Debug, Default)]
+/// Whether a node has a `+` or `#` child, so routing probes for them only where they exist.
+const HAS_PLUS: u8 = 1;
+const HAS_HASH: u8 = 2;
+const NO_REMOTE: u32 = u32::MAX;
+
+/// What a trie node holds: 12 bytes, so a node is 40.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// The one subscriber's session id, or the key of the shared set (see [`Local`]).
+    session: u32,
+    /// Key of this filter's other-worker set in `SubscriptionIndex::remote`, or `NO_REMOTE`.
+    remote: u32,
+    local: Local,
+    wildcard_children: u8,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self { session: 0, remote: NO_REMOTE, local: Local::None, wildcard_children: 0 }
+    }
+}
+
+impl Slot {
+    fn is_empty(&self) -> bool {
+        self.local == Local::None && self.remote == NO_REMOTE
+    }
+}
+
+/// The subscribers of a filter held by more than one session. A fixed hash seed keeps the order
+/// of `Matches::sessions` a function of the operations done, for deterministic tests; session
+/// ids are the broker's, not a client's, choice.
+type SharedSessions = hashbrown::HashMap<SessionId, QoS, foldhash::fast::FixedState>;
+
+const PLUS: &[u8] = b"+";
+const HASH: &[u8] = b"#";
+
 pub struct SubscriptionIndex {
-    entries: Vec<Entry>,
+    trie: TopicTrie<Slot>,
+    shared: Slab<SharedSessions>,
+    remote: Slab<WorkerSet>,
     subscriptions: usize,
+}
+
+impl Default for SubscriptionIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for SubscriptionIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionIndex")
+            .field("subscriptions", &self.subscriptions)
+            .field("trie", &self.trie)
+            .field("shared_sets", &self.shared.len())
+            .field("remote_sets", &self.remote.len())
+            .finish()
+    }
 }
 
 impl SubscriptionIndex {
     pub fn new() -> Self {
-        Self::default()
+        Self { trie: TopicTrie::new(), shared: Slab::new(), remote: Slab::new(), subscriptions: 0 }
     }
 
-    fn entry(&mut self, filter: &TopicFilter) -> &mut Entry {
-        let found = self.entries.iter().position(|e| e.filter.as_ref() == Some(filter));
-        let index = found.unwrap_or_else(|| {
-            self.entries.push(Entry { filter: Some(filter.clone()), ..Entry::default() });
-            self.entries.len() - 1
-        });
-        &mut self.entries[index]
+    /// The node for `filter`, created (with its path) if absent.
+    fn node_or_insert(&mut self, filter: &TopicFilter) -> NodeId {
+        let mut node = NodeId::ROOT;
+        for level in filter.levels() {
+            let (child, created) = self.trie.child_or_insert(node, level);
+            if created {
+                self.trie.value_mut(node).wildcard_children |= wildcard_flag(level);
+            }
+            node = child;
+        }
+        node
+    }
+
+    /// Removes `node` and its ancestors while they hold nothing.
+    fn prune(&mut self, mut node: NodeId) {
+        while node != NodeId::ROOT
+            && self.trie.child_count(node) == 0
+            && self.trie.value(node).is_empty()
+        {
+            // A non-root node has a parent.
+            let parent = self.trie.parent(node).expect("non-root node has a parent");
+            let flag = wildcard_flag(self.trie.label(node));
+            self.trie.remove_leaf(node);
+            self.trie.value_mut(parent).wildcard_children &= !flag;
+            node = parent;
+        }
     }
 
     /// Adds or replaces `session`'s subscription to `filter`. Returns true when this is the
     /// first local subscription to `filter` (the other workers must hear of the interest).
     pub fn subscribe(&mut self, filter: &TopicFilter, session: SessionId, qos: QoS) -> bool {
-        let entry = self.entry(filter);
-        let first = entry.sessions.is_empty();
-        if let Some(existing) = entry.sessions.iter_mut().find(|(s, _)| *s == session) {
-            existing.1 = qos;
-            return false;
+        let node = self.node_or_insert(filter);
+        let slot = self.trie.value_mut(node);
+        match slot.local {
+            Local::None => {
+                slot.local = Local::One(qos);
+                slot.session = session.0;
+                self.subscriptions += 1;
+                true
+            }
+            Local::One(_) if slot.session == session.0 => {
+                slot.local = Local::One(qos);
+                false
+            }
+            Local::One(old_qos) => {
+                let mut set = SharedSessions::default();
+                set.insert(SessionId(slot.session), old_qos);
+                set.insert(session, qos);
+                let key = self.shared.insert(set);
+                slot.session = u32::try_from(key).expect("fewer than 2^32 shared sets");
+                slot.local = Local::Many;
+                self.subscriptions += 1;
+                false
+            }
+            Local::Many => {
+                let set = &mut self.shared[slot.session as usize];
+                if set.insert(session, qos).is_none() {
+                    self.subscriptions += 1;
+                }
+                false
+            }
         }
-        entry.sessions.push((session, qos));
-        self.subscriptions += 1;
-        first
     }
 
     /// Removes `session`'s subscription to `filter`. Returns true when it was the last local
     /// subscription to `filter`. Removing an absent subscription changes nothing.
     pub fn unsubscribe(&mut self, filter: &TopicFilter, session: SessionId) -> bool {
-        let entry = self.entry(filter);
-        let before = entry.sessions.len();
-        entry.sessions.retain(|(s, _)| *s != session);
-        let removed = entry.sessions.len() < before;
-        let last = removed && entry.sessions.is_empty();
-        if removed {
-            self.subscriptions -= 1;
+        let Some(node) = self.trie.find(filter.levels()) else {
+            return false;
+        };
+        let slot = self.trie.value_mut(node);
+        match slot.local {
+            Local::None => false,
+            Local::One(_) if slot.session != session.0 => false,
+            Local::One(_) => {
+                slot.local = Local::None;
+                self.subscriptions -= 1;
+                self.prune(node);
+                true
+            }
+            Local::Many => {
+                let key = slot.session as usize;
+                let set = &mut self.shared[key];
+                if set.remove(&session).is_some() {
+                    self.subscriptions -= 1;
+                }
+                if set.len() == 1 {
+                    // Back to one subscriber: inline again, so a set of one never exists.
+                    let set = self.shared.remove(key);
+                    let (&remaining, &qos) = set.iter().next().expect("the set holds one");
+                    slot.session = remaining.0;
+                    slot.local = Local::One(qos);
+                }
+                false
+            }
         }
-        self.entries.retain(|e| !e.sessions.is_empty() || !e.workers.is_empty());
-        last
     }
 
     /// Records whether worker `worker` has local subscribers of `filter`.
@@ -86,31 +221,103 @@ impl SubscriptionIndex {
         worker: WorkerId,
         interested: bool,
     ) {
-        let entry = self.entry(filter);
         if interested {
-            entry.workers.insert(worker);
-        } else {
-            entry.workers.remove(worker);
+            let node = self.node_or_insert(filter);
+            let slot = self.trie.value_mut(node);
+            if slot.remote == NO_REMOTE {
+                let key = self.remote.insert(WorkerSet::empty());
+                slot.remote = u32::try_from(key).expect("fewer than 2^32 remote sets");
+            }
+            self.remote[slot.remote as usize].insert(worker);
+            return;
         }
-        self.entries.retain(|e| !e.sessions.is_empty() || !e.workers.is_empty());
+        let Some(node) = self.trie.find(filter.levels()) else {
+            return;
+        };
+        let slot = self.trie.value_mut(node);
+        if slot.remote == NO_REMOTE {
+            return;
+        }
+        let workers = &mut self.remote[slot.remote as usize];
+        workers.remove(worker);
+        if workers.is_empty() {
+            self.remote.remove(slot.remote as usize);
+            slot.remote = NO_REMOTE;
+            self.prune(node);
+        }
     }
 
     /// Fills `out` (cleared first) with everything `topic` matches.
+    ///
+    /// Walks the topic's levels breadth-first: `out.frontier` holds the nodes whose filters
+    /// match the levels seen so far. A node is reached at most once (its depth fixes the step,
+    /// and two nodes at one step have different parents or labels), so the walk is bounded by
+    /// the matching filters' nodes, and sessions need deduplicating only when more than one
+    /// node contributed some.
     pub fn match_topic(&self, topic: &TopicName, out: &mut Matches) {
         out.clear();
-        for entry in &self.entries {
-            let Some(filter) = &entry.filter else {
-                continue;
-            };
-            if !filter.matches(topic) {
-                continue;
-            }
-            out.workers = out.workers.union(entry.workers);
-            for &(session, qos) in &entry.sessions {
-                match out.sessions.iter_mut().find(|(s, _)| *s == session) {
-                    Some(existing) => existing.1 = existing.1.max(qos),
-                    None => out.sessions.push((session, qos)),
+        let mut frontier = std::mem::take(&mut out.frontier);
+        let mut next = std::mem::take(&mut out.next);
+        frontier.clear();
+        frontier.push(NodeId::ROOT);
+        let mut contributors = 0;
+        // Wildcards at the first level do not match `$` topics [MQTT-4.7.2-1].
+        let mut wildcards_allowed = !topic.is_dollar();
+        for level in topic.levels() {
+            next.clear();
+            for &node in &frontier {
+                let flags = self.trie.value(node).wildcard_children;
+                if wildcards_allowed && flags & HAS_HASH != 0 {
+                    // `#` matches this level and all below it.
+                    let hash = self.trie.child(node, HASH).expect("flagged `#` child exists");
+                    contributors += self.collect(hash, out);
                 }
+                if wildcards_allowed && flags & HAS_PLUS != 0 {
+                    next.push(self.trie.child(node, PLUS).expect("flagged `+` child exists"));
+                }
+                if let Some(child) = self.trie.child(node, level) {
+                    next.push(child);
+                }
+            }
+            std::mem::swap(&mut frontier, &mut next);
+            wildcards_allowed = true;
+            if frontier.is_empty() {
+                break;
+            }
+        }
+        for &node in &frontier {
+            contributors += self.collect(node, out);
+            // "sport/#" matches "sport": `#` also matches the parent level [MQTT-4.7.1-2].
+            if self.trie.value(node).wildcard_children & HAS_HASH != 0 {
+                let hash = self.trie.child(node, HASH).expect("flagged `#` child exists");
+                contributors += self.collect(hash, out);
+            }
+        }
+        if contributors > 1 {
+            // Highest QoS first within a session, then keep the first of each session.
+            out.sessions.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            out.sessions.dedup_by_key(|entry| entry.0);
+        }
+        out.frontier = frontier;
+        out.next = next;
+    }
+
+    /// Adds `node`'s subscribers and workers to `out`; returns 1 if it had local subscribers.
+    fn collect(&self, node: NodeId, out: &mut Matches) -> usize {
+        let slot = self.trie.value(node);
+        if slot.remote != NO_REMOTE {
+            out.workers = out.workers.union(self.remote[slot.remote as usize]);
+        }
+        match slot.local {
+            Local::None => 0,
+            Local::One(qos) => {
+                out.sessions.push((SessionId(slot.session), qos));
+                1
+            }
+            Local::Many => {
+                let set = &self.shared[slot.session as usize];
+                out.sessions.extend(set.iter().map(|(&session, &qos)| (session, qos)));
+                1
             }
         }
     }
@@ -123,4 +330,22 @@ impl SubscriptionIndex {
     pub fn is_empty(&self) -> bool {
         self.subscriptions == 0
     }
+
+    /// Trie nodes held (the root excluded): zero once every subscription and remote interest is
+    /// gone.
+    pub fn node_count(&self) -> usize {
+        self.trie.len()
+    }
 }
+
+fn wildcard_flag(level: &[u8]) -> u8 {
+    match level {
+        PLUS => HAS_PLUS,
+        HASH => HAS_HASH,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+#[path = "subscriptions_tests.rs"]
+mod tests;

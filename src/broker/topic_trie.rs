@@ -1,0 +1,336 @@
+//! A trie of topic levels, shared by the subscription index and the retained store.
+//!
+//! Nodes live in an arena of fixed-size chunks addressed by a `u32` [`NodeId`]; each node holds
+//! its level's bytes (inline up to [`LABEL_INLINE_BYTES`]), its parent, its child count and a
+//! caller's value `T`. Every parent-to-child edge lives in one hash table keyed by
+//! (parent, level) that stores only the child's id, so finding a child is one probe whether the
+//! parent has one child or a million, and a leaf (most nodes) pays for no map of its own.
+//! The trie does not enumerate children; a user that needs to (the retained store) keeps its
+//! own sibling links in `T`.
+//!
+//! Invariants: node 0 is the root, which has no label and is never freed; every other live node
+//! is the target of exactly one edge, keyed by its parent and its label; `children` counts the
+//! live nodes whose parent it is; a freed slot is on the free list, holds `T::default()` and is
+//! in no edge. The chunked arena never moves a node and wastes at most one chunk of capacity,
+//! where a single growing `Vec` could hold twice what it needs.
+
+use std::fmt;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use thin_vec::ThinVec;
+
+/// Levels of up to this many bytes are stored in the node itself; longer ones on the heap.
+pub(crate) const LABEL_INLINE_BYTES: usize = 14;
+
+/// Nodes per arena chunk (a power of two, so indexing is a shift and a mask).
+const CHUNK_NODES: usize = 4096;
+const CHUNK_SHIFT: u32 = CHUNK_NODES.trailing_zeros();
+
+/// Below this edge-table capacity the table is never shrunk (shrinking a small table saves
+/// nothing worth a rehash).
+const EDGES_SHRINK_CAPACITY_MIN: usize = 1024;
+
+/// A node of one trie. Meaningless in any other trie.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub(crate) struct NodeId(u32);
+
+impl NodeId {
+    pub(crate) const ROOT: Self = Self(0);
+    /// Marks "no node" in packed fields (the root's parent, empty links).
+    pub(crate) const NONE: Self = Self(u32::MAX);
+
+    pub(crate) const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// One level's bytes: inline when short (most levels are), else in a thin heap vector, so a
+/// label costs 16 bytes in the node either way.
+#[derive(Clone)]
+enum Label {
+    Inline { len: u8, bytes: [u8; LABEL_INLINE_BYTES] },
+    Heap(ThinVec<u8>),
+}
+
+impl Label {
+    fn new(level: &[u8]) -> Self {
+        if level.len() <= LABEL_INLINE_BYTES {
+            let mut bytes = [0; LABEL_INLINE_BYTES];
+            bytes[..level.len()].copy_from_slice(level);
+            // The length fits in a u8: it is at most LABEL_INLINE_BYTES.
+            Self::Inline { len: level.len() as u8, bytes }
+        } else {
+            Self::Heap(ThinVec::from(level))
+        }
+    }
+
+    const EMPTY: Self = Self::Inline { len: 0, bytes: [0; LABEL_INLINE_BYTES] };
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+}
+
+struct Node<T> {
+    label: Label,
+    parent: NodeId,
+    children: u32,
+    value: T,
+}
+
+/// A trie of topic levels with a value of type `T` at each node. See the module docs.
+pub(crate) struct TopicTrie<T> {
+    chunks: Vec<Vec<Node<T>>>,
+    free: Vec<NodeId>,
+    edges: HashTable<NodeId>,
+    /// Seeded per trie, so clients cannot pick topic levels that collide on every broker.
+    hasher: foldhash::fast::RandomState,
+    /// Live nodes, the root excluded.
+    live: usize,
+}
+
+fn edge_hash(hasher: &foldhash::fast::RandomState, parent: NodeId, level: &[u8]) -> u64 {
+    hasher.hash_one((parent.0, level))
+}
+
+fn node_in<T>(chunks: &[Vec<Node<T>>], id: NodeId) -> &Node<T> {
+    &chunks[id.index() >> CHUNK_SHIFT][id.index() & (CHUNK_NODES - 1)]
+}
+
+impl<T: Default> TopicTrie<T> {
+    pub(crate) fn new() -> Self {
+        let root =
+            Node { label: Label::EMPTY, parent: NodeId::NONE, children: 0, value: T::default() };
+        Self {
+            chunks: vec![vec![root]],
+            free: Vec::new(),
+            edges: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            live: 0,
+        }
+    }
+
+    fn node(&self, id: NodeId) -> &Node<T> {
+        node_in(&self.chunks, id)
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> &mut Node<T> {
+        &mut self.chunks[id.index() >> CHUNK_SHIFT][id.index() & (CHUNK_NODES - 1)]
+    }
+
+    /// The child of `parent` for `level`, if there is one.
+    pub(crate) fn child(&self, parent: NodeId, level: &[u8]) -> Option<NodeId> {
+        let hash = edge_hash(&self.hasher, parent, level);
+        let chunks = &self.chunks;
+        self.edges
+            .find(hash, |&id| {
+                let node = node_in(chunks, id);
+                node.parent == parent && node.label.as_bytes() == level
+            })
+            .copied()
+    }
+
+    /// The child of `parent` for `level`, created with `T::default()` if absent; the flag says
+    /// whether it was created.
+    pub(crate) fn child_or_insert(&mut self, parent: NodeId, level: &[u8]) -> (NodeId, bool) {
+        match self.child(parent, level) {
+            Some(id) => (id, false),
+            None => (self.add_child(parent, level), true),
+        }
+    }
+
+    /// Adds a child of `parent` for `level`, which must not exist yet.
+    pub(crate) fn add_child(&mut self, parent: NodeId, level: &[u8]) -> NodeId {
+        assert!(self.child(parent, level).is_none(), "duplicate edge");
+        let node = Node { label: Label::new(level), parent, children: 0, value: T::default() };
+        let id = match self.free.pop() {
+            Some(id) => {
+                *self.node_mut(id) = node;
+                id
+            }
+            None => self.push_node(node),
+        };
+        self.node_mut(parent).children += 1;
+        self.live += 1;
+        let hash = edge_hash(&self.hasher, parent, level);
+        let (chunks, hasher) = (&self.chunks, &self.hasher);
+        self.edges.insert_unique(hash, id, |&other| {
+            let node = node_in(chunks, other);
+            edge_hash(hasher, node.parent, node.label.as_bytes())
+        });
+        id
+    }
+
+    fn push_node(&mut self, node: Node<T>) -> NodeId {
+        // The chunks vector is never empty: chunk 0 holds the root.
+        let last = self.chunks.last_mut().expect("the root's chunk exists");
+        if last.len() == CHUNK_NODES {
+            let mut chunk = Vec::with_capacity(CHUNK_NODES);
+            chunk.push(node);
+            self.chunks.push(chunk);
+        } else {
+            // Chunk 0 grows by doubling up to CHUNK_NODES (a power of two), so small tries stay
+            // small; later chunks are allocated whole.
+            last.push(node);
+        }
+        let index =
+            (self.chunks.len() - 1) * CHUNK_NODES + self.chunks.last().map_or(0, Vec::len) - 1;
+        assert!(index < NodeId::NONE.index(), "topic trie full");
+        NodeId(index as u32)
+    }
+
+    /// Removes `id`, which must be a live non-root node without children; returns its value.
+    pub(crate) fn remove_leaf(&mut self, id: NodeId) -> T {
+        assert!(id != NodeId::ROOT, "the root is never removed");
+        let node = self.node(id);
+        assert!(node.parent != NodeId::NONE, "removing a free node");
+        assert_eq!(node.children, 0, "removing a node with children");
+        let parent = node.parent;
+        let hash = edge_hash(&self.hasher, parent, node.label.as_bytes());
+        let entry = self.edges.find_entry(hash, |&other| other == id);
+        // A live node is the target of exactly one edge (module invariant).
+        entry.expect("a live node has its edge").remove();
+        let freed =
+            Node { label: Label::EMPTY, parent: NodeId::NONE, children: 0, value: T::default() };
+        let old = std::mem::replace(self.node_mut(id), freed);
+        self.node_mut(parent).children -= 1;
+        self.live -= 1;
+        self.free.push(id);
+        self.shrink_if_sparse();
+        old.value
+    }
+
+    /// Gives memory back after mass removals: the edge table when it is mostly empty, the
+    /// arena when no node is left. (A partly emptied arena keeps its chunks for reuse.)
+    fn shrink_if_sparse(&mut self) {
+        if self.live == 0 {
+            self.chunks.truncate(1);
+            self.chunks[0].truncate(1);
+            self.chunks[0].shrink_to_fit();
+            self.free = Vec::new();
+        }
+        let capacity = self.edges.capacity();
+        if capacity > EDGES_SHRINK_CAPACITY_MIN && self.edges.len() * 4 < capacity {
+            let (chunks, hasher) = (&self.chunks, &self.hasher);
+            self.edges.shrink_to(self.edges.len() * 2, |&other| {
+                let node = node_in(chunks, other);
+                edge_hash(hasher, node.parent, node.label.as_bytes())
+            });
+        }
+    }
+
+    pub(crate) fn value(&self, id: NodeId) -> &T {
+        &self.node(id).value
+    }
+
+    pub(crate) fn value_mut(&mut self, id: NodeId) -> &mut T {
+        &mut self.node_mut(id).value
+    }
+
+    /// The parent of `id`; `None` for the root.
+    pub(crate) fn parent(&self, id: NodeId) -> Option<NodeId> {
+        let parent = self.node(id).parent;
+        (parent != NodeId::NONE).then_some(parent)
+    }
+
+    pub(crate) fn child_count(&self, id: NodeId) -> u32 {
+        self.node(id).children
+    }
+
+    pub(crate) fn label(&self, id: NodeId) -> &[u8] {
+        self.node(id).label.as_bytes()
+    }
+
+    /// Live nodes, the root excluded.
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+
+    /// The node for a whole path of levels, if every level exists.
+    pub(crate) fn find<'a>(&self, levels: impl Iterator<Item = &'a [u8]>) -> Option<NodeId> {
+        levels.into_iter().try_fold(NodeId::ROOT, |node, level| self.child(node, level))
+    }
+}
+
+impl<T> fmt::Debug for TopicTrie<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TopicTrie")
+            .field("nodes", &self.live)
+            .field("free", &self.free.len())
+            .field("edges", &self.edges.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_and_label_stay_small() {
+        // The per-subscription memory budget rests on these sizes.
+        assert_eq!(std::mem::size_of::<Label>(), 16);
+        assert_eq!(std::mem::size_of::<Node<[u32; 3]>>(), 40);
+    }
+
+    #[test]
+    fn labels_round_trip_inline_and_on_the_heap() {
+        for level in [&b""[..], b"a", b"fourteen bytes", b"fifteen bytes!!", &[b'x'; 300]] {
+            assert_eq!(Label::new(level).as_bytes(), level);
+        }
+    }
+
+    #[test]
+    fn children_are_found_by_parent_and_level() {
+        let mut trie = TopicTrie::<u32>::new();
+        let a = trie.add_child(NodeId::ROOT, b"a");
+        let b = trie.add_child(a, b"b");
+        let a2 = trie.add_child(b, b"a");
+        assert_eq!(trie.child(NodeId::ROOT, b"a"), Some(a));
+        assert_eq!(trie.child(a, b"b"), Some(b));
+        assert_eq!(trie.child(b, b"a"), Some(a2));
+        assert_eq!(trie.child(a, b"a"), None);
+        assert_eq!(trie.find([&b"a"[..], b"b", b"a"].into_iter()), Some(a2));
+        assert_eq!(trie.child_count(a), 1);
+        assert_eq!(trie.len(), 3);
+        assert_eq!(trie.parent(a2), Some(b));
+        assert_eq!(trie.parent(NodeId::ROOT), None);
+    }
+
+    #[test]
+    fn removed_slots_are_reused_and_an_empty_trie_shrinks() {
+        let mut trie = TopicTrie::<u32>::new();
+        let ids: Vec<_> = (0..10_000u32)
+            .map(|n| trie.add_child(NodeId::ROOT, n.to_string().as_bytes()))
+            .collect();
+        assert_eq!(trie.chunks.len(), 3);
+        *trie.value_mut(ids[5]) = 7;
+        assert_eq!(trie.remove_leaf(ids[5]), 7);
+        assert_eq!(trie.child(NodeId::ROOT, b"5"), None);
+        let again = trie.add_child(NodeId::ROOT, b"again");
+        assert_eq!(again, ids[5]);
+        assert_eq!(*trie.value(again), 0);
+        trie.remove_leaf(again);
+        for (n, id) in ids.iter().enumerate().filter(|(n, _)| *n != 5) {
+            assert_eq!(trie.child(NodeId::ROOT, n.to_string().as_bytes()), Some(*id));
+            trie.remove_leaf(*id);
+        }
+        assert_eq!(trie.len(), 0);
+        assert_eq!(trie.child_count(NodeId::ROOT), 0);
+        assert_eq!(trie.chunks.len(), 1);
+        assert!(trie.edges.capacity() <= EDGES_SHRINK_CAPACITY_MIN);
+    }
+
+    #[test]
+    #[should_panic(expected = "removing a node with children")]
+    fn removing_an_inner_node_is_a_bug() {
+        let mut trie = TopicTrie::<u32>::new();
+        let a = trie.add_child(NodeId::ROOT, b"a");
+        trie.add_child(a, b"b");
+        trie.remove_leaf(a);
+    }
+}
