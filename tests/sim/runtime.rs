@@ -656,6 +656,8 @@ impl Runtime {
     fn on_close(&mut self, worker: WorkerId, id: ConnId, reason: CloseReason) {
         let Some(conn) = self.known(worker, id, "Close") else { return };
         *self.stats.closes.entry(close_reason_name(reason)).or_default() += 1;
+        // A refused CONNECT's CONNACK may outlive its connection: take it once more.
+        self.take(conn, worker, id);
         let c = &mut self.conns[conn];
         c.state = ConnState::ClosedByBroker(reason);
         if c.taken_bytes == 0 {
