@@ -335,6 +335,7 @@ impl Settings {
             socket_sndbuf_bytes: self.socket_sndbuf_bytes.unwrap_or(defaults.socket_sndbuf_bytes),
             tcp_nodelay: self.set_tcp_nodelay.unwrap_or(defaults.tcp_nodelay),
             listen_backlog: self.listen_backlog.unwrap_or(defaults.listen_backlog),
+            close_linger_millis: defaults.close_linger_millis,
         }
     }
 
@@ -352,6 +353,8 @@ impl Settings {
             max_queued_bytes: self.max_queued_bytes.unwrap_or(defaults.max_queued_bytes),
             outbuf_bytes_max: self.outbuf_bytes_max.unwrap_or(defaults.outbuf_bytes_max),
             queue_qos0_messages: self.queue_qos0_messages.unwrap_or(defaults.queue_qos0_messages),
+            // No file key yet (the broker core added this bound): the core's default.
+            max_awaiting_pubrel: defaults.max_awaiting_pubrel,
             max_keepalive_secs: self.max_keepalive.unwrap_or(defaults.max_keepalive_secs),
             connect_timeout_secs: self
                 .connect_timeout_secs
