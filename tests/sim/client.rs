@@ -93,6 +93,8 @@ pub struct Client {
     pub had_session: bool,
     /// Ever sent a CONNECT.
     pub ever_connected: bool,
+    /// The worker that last accepted our CONNECT: where our session lives.
+    pub home: Option<WorkerId>,
     got_connack: bool,
     last_sent: Millis,
     next_packet_id: PacketId,
@@ -103,7 +105,8 @@ pub struct Client {
     /// QoS 1 packet ids received whose PUBACK is held back.
     held_pubacks: BTreeSet<u16>,
     held_acks: Vec<Packet>,
-    pending_subscribes: BTreeMap<u16, Vec<(u16, QoS)>>,
+    /// SUBSCRIBEs awaiting SUBACK: (filter, requested QoS, the model's ticket) each.
+    pending_subscribes: BTreeMap<u16, Vec<(u16, QoS, u64)>>,
     pending_unsubscribes: BTreeMap<u16, Vec<u16>>,
     redo: Vec<Request>,
     next_seq: BTreeMap<u16, u32>,
@@ -125,6 +128,7 @@ impl Client {
             reading: true,
             had_session: false,
             ever_connected: false,
+            home: None,
             got_connack: false,
             last_sent: Millis(0),
             next_packet_id: PacketId::new(1).expect("1 is a valid packet id"),
@@ -186,7 +190,7 @@ impl Client {
         if let Some(old) = self.conn.take() {
             self.stats.takeovers += 1;
             self.connection_lost(model);
-            rt.client_finished(old);
+            rt.client_abandon(old);
         }
         if self.clean {
             self.reset_session();
@@ -208,6 +212,9 @@ impl Client {
             password: None,
         };
         self.write(rt, Packet::Connect(connect));
+        // Pipelined behind CONNECT (a client need not wait for CONNACK): everything sent on
+        // earlier connections and not acknowledged goes again.
+        self.resend(rt, model);
     }
 
     fn reset_session(&mut self) {
@@ -227,6 +234,7 @@ impl Client {
         self.held_acks.clear();
         self.held_pubacks.clear();
         for (_, filters) in std::mem::take(&mut self.pending_subscribes) {
+            let filters = filters.into_iter().map(|(filter, qos, _)| (filter, qos)).collect();
             self.redo.push(Request::Subscribe(filters));
         }
         for (_, filters) in std::mem::take(&mut self.pending_unsubscribes) {
@@ -290,13 +298,14 @@ impl Client {
         }
         let id = self.allocate_packet_id();
         let mut wire = Vec::new();
-        for &(filter, qos) in &filters {
-            model.subscribe_sent(self.index, filter);
+        let mut pending = Vec::new();
+        for (filter, qos) in filters {
+            pending.push((filter, qos, model.subscribe_sent(self.index, filter)));
             let text = model.universe.filters[filter as usize].as_str();
             let filter = TopicFilter::try_from(text).expect("the universe holds valid filters");
             wire.push((filter, qos));
         }
-        self.pending_subscribes.insert(id.get(), filters);
+        self.pending_subscribes.insert(id.get(), pending);
         self.write(rt, Packet::Subscribe(Subscribe { packet_id: id, filters: wire }));
     }
 
@@ -356,7 +365,10 @@ impl Client {
         loop {
             let (buffer, eof) = rt.client_buffer(conn);
             match protocol::decode(buffer, usize::MAX >> 4) {
-                Ok(Some(packet)) => self.handle(rt, model, packet),
+                Ok(Some(packet)) => {
+                    rt.trace(self.index, || format!("read {}", super::runtime::describe(&packet)));
+                    self.handle(rt, model, packet)
+                }
                 Ok(None) if eof => {
                     if !buffer.is_empty() {
                         model.violation(format!(
@@ -389,7 +401,11 @@ impl Client {
     fn handle(&mut self, rt: &mut Runtime, model: &mut Model, packet: Packet) {
         let first = !self.got_connack;
         match packet {
-            Packet::Connack(connack) if first => self.on_connack(rt, model, connack),
+            Packet::Connack(connack) if first => {
+                let conn = self.conn.expect("a client reads only its current connection");
+                self.home = Some(rt.conns[conn].worker);
+                self.on_connack(model, connack)
+            }
             _ if first => model.violation(format!(
                 "client {}: first packet from the broker is {}, not CONNACK [MQTT-3.2.0-1]",
                 self.index,
@@ -418,7 +434,7 @@ impl Client {
         }
     }
 
-    fn on_connack(&mut self, rt: &mut Runtime, model: &mut Model, connack: Connack) {
+    fn on_connack(&mut self, model: &mut Model, connack: Connack) {
         self.got_connack = true;
         if connack.code != ConnectReturnCode::Accepted {
             self.stats.refused += 1;
@@ -452,7 +468,6 @@ impl Client {
             self.had_session = true;
         }
         self.phase = Phase::Connected;
-        self.resend(rt, model);
     }
 
     /// Re-sends unacknowledged PUBLISHes (DUP) and PUBRELs in their original order, then the
@@ -570,7 +585,7 @@ impl Client {
             ));
             return;
         }
-        for ((filter, requested), code) in filters.into_iter().zip(codes) {
+        for ((filter, requested, ticket), code) in filters.into_iter().zip(codes) {
             let granted = match code {
                 SubackCode::Granted(qos) => Some(qos),
                 SubackCode::Failure => None,
@@ -581,7 +596,7 @@ impl Client {
                     self.index
                 ));
             }
-            model.subscribe_acked(self.index, filter, granted);
+            model.subscribe_acked(self.index, filter, granted, ticket);
         }
     }
 }

@@ -58,6 +58,8 @@ impl SimConfig {
             retained_expiry_secs: 0,
             sys_interval_secs: [0, 1, 10][rng.index(3)],
             allow_anonymous: true,
+            // Bounds the sim does not exercise keep the broker's defaults.
+            ..BrokerConfig::default()
         };
         if mode == Mode::Tiny {
             broker.max_inflight_messages = rng.between(1, 3) as u16;
@@ -70,6 +72,7 @@ impl SimConfig {
             link_delay_steps_max: [0, 3, 30][rng.index(3)],
             socket_bytes_max: [2 << 10, 16 << 10, 64 << 10][rng.index(3)],
             read_chunk_bytes_max: [7, 512, 8 << 10][rng.index(3)],
+            fault: None,
         };
         Self {
             seed,
@@ -133,8 +136,11 @@ impl Sim {
 
     /// A run whose choices come from `rng` (a fuzz target passes a byte-driven one).
     pub fn with_rng(config: SimConfig, mut rng: Rng) -> Self {
-        let rt =
+        let mut rt =
             Runtime::new(config.broker.clone(), config.workers, config.wire, config.knobs.clone());
+        rt.trace = std::env::var("SIM_TRACE")
+            .ok()
+            .map(|text| text.split(',').filter_map(|client| client.trim().parse().ok()).collect());
         let clients: Vec<Client> = (0..config.clients)
             .map(|index| {
                 let clean = !rng.chance(config.persistent_per_mille);
@@ -160,7 +166,9 @@ impl Sim {
             }
         }
         let quiesced = self.quiesce();
-        let missing = self.model.missing();
+        let homes: Vec<u16> = self.clients.iter().map(|c| c.home.map_or(0, |w| w.0)).collect();
+        let reach = &self.rt.reach;
+        let missing = self.model.missing(&homes, |key| reach.get(key).copied().unwrap_or(0));
         self.finish();
         self.report(quiesced, missing)
     }
@@ -185,14 +193,28 @@ impl Sim {
                 _ => self.rt.poke_stale_close(&mut self.rng),
             }
         }
+        self.sync_arrivals();
         if self.rng.chance(5) {
             self.sweep_pings();
+        }
+        if self.rng.chance(20) {
+            if let Some(conn) = self.rt.abandoned.pick(&mut self.rng) {
+                self.rt.reset_abandoned(conn);
+            }
         }
         self.rt.end_turn(&mut self.rng);
         self.check_bounds();
     }
 
+    /// Passes the messages that reached workers to the model, in the order they did.
+    fn sync_arrivals(&mut self) {
+        for (key, worker) in self.rt.arrivals.drain(..) {
+            self.model.arrived(key, worker.0);
+        }
+    }
+
     fn network_event(&mut self, kind: usize) {
+        self.sync_arrivals();
         match kind {
             1 => {
                 if let Some(conn) = self.rt.inbound.pick(&mut self.rng) {
@@ -278,6 +300,10 @@ impl Sim {
     /// Every client behaves and every persistent client comes back; the network runs until
     /// nothing moves. Returns whether everything settled.
     pub fn quiesce(&mut self) -> bool {
+        while let Some(conn) = self.rt.abandoned.pick(&mut self.rng) {
+            self.rt.reset_abandoned(conn);
+        }
+        self.rt.end_turn(&mut self.rng);
         for client in &mut self.clients {
             client.reading = true;
             client.temper.lazy_acks = false;
@@ -294,8 +320,12 @@ impl Sim {
                 }
             }
             self.run_until_idle(200_000);
-            let settled = self.clients.iter().all(|c| c.conn.is_none() || c.is_settled());
+            let settled = self.clients.iter().all(|c| {
+                let away = c.conn.is_none() && (c.clean || !c.ever_connected);
+                away || c.is_settled()
+            });
             if settled && self.is_idle() {
+                self.check_nothing_pending();
                 return true;
             }
             self.rt.advance(100);
@@ -304,12 +334,39 @@ impl Sim {
         let stuck: Vec<String> = self
             .clients
             .iter()
-            .filter(|c| c.conn.is_some() && !c.is_settled())
+            .filter(|c| (c.conn.is_some() || (!c.clean && c.ever_connected)) && !c.is_settled())
             .take(5)
             .map(|c| format!("{} phase {:?} outgoing {}", c.client_id, c.phase, c.outgoing_len()))
             .collect();
         self.model.violation(format!("the run did not quiesce; unsettled clients: {stuck:?}"));
         false
+    }
+
+    /// Once everything settled with every client connected and reading, no session may still
+    /// hold a queued or in-flight message: it would wait for an event that never comes.
+    fn check_nothing_pending(&mut self) {
+        let mut stuck = Vec::new();
+        for client in &self.clients {
+            if client.conn.is_none() {
+                continue;
+            }
+            for broker in &self.rt.brokers {
+                let Some(load) = introspect::session_load(broker, &client.client_id) else {
+                    continue;
+                };
+                if load.queued_messages > 0 || load.inflight > 0 {
+                    stuck.push(format!("{}: {load:?}", client.client_id));
+                }
+            }
+        }
+        if !stuck.is_empty() {
+            let count = stuck.len();
+            stuck.truncate(3);
+            self.model.violation(format!(
+                "{count} connected, settled sessions still hold messages nothing will send \
+                 (liveness): {stuck:?}"
+            ));
+        }
     }
 
     fn is_idle(&self) -> bool {
@@ -357,20 +414,21 @@ impl Sim {
             self.model.violation(text);
         }
         let config = &self.config.broker;
-        let mut seen = false;
+        let mut homes = 0;
         for broker in &self.rt.brokers {
             let Some(load) = introspect::session_load(broker, &client.client_id) else { continue };
-            seen = true;
+            homes += 1;
             if load.inflight > inflight_max
                 || load.queued_messages > config.max_queued_messages
-                || load.queued_bytes > config.max_queued_bytes
+                || load.filters.len() > config.subscriptions_per_session_max
             {
                 let text = format!("{} session above a bound: {load:?}", client.client_id);
                 self.model.violation(text);
             }
         }
-        if !seen && client.ever_connected && !self.unchecked.contains(&"session queue bounds") {
-            self.unchecked.push("session queue bounds");
+        if homes > 1 {
+            let text = format!("{} has a session on {homes} workers", client.client_id);
+            self.model.violation(text);
         }
     }
 
@@ -401,9 +459,15 @@ impl Sim {
         let connected = self.clients.iter().filter(|c| c.conn.is_some()).count();
         let open = self.rt.conns.iter().filter(|c| c.state == ConnState::Open).count();
         if open != connected {
+            let strays: Vec<String> = (0..self.rt.conns.len())
+                .filter(|&c| self.rt.conns[c].state == ConnState::Open)
+                .filter(|&c| self.clients[self.rt.conns[c].client].conn != Some(c))
+                .take(5)
+                .map(|c| format!("conn {c} of client {}", self.rt.conns[c].client))
+                .collect();
             let text = format!(
                 "{open} connections are open at the brokers after the end, but only {connected} \
-                 clients are still connected"
+                 clients are still connected; left open: {strays:?}"
             );
             self.model.violation(text);
         }
@@ -426,10 +490,42 @@ impl Sim {
             total.subscriptions += counts.subscriptions;
         }
         if total != expected {
-            let text =
-                format!("brokers hold {total:?} at the end; the clients explain {expected:?}");
+            let text = format!(
+                "brokers hold {total:?} at the end; the clients explain {expected:?}; sessions \
+                 that differ: {:?}",
+                self.sessions_that_differ()
+            );
             self.model.violation(text);
         }
+    }
+
+    /// Clients whose session (by its subscription count, or its very existence) is not what
+    /// the model says, for the failure message.
+    fn sessions_that_differ(&self) -> Vec<String> {
+        let mut differ = Vec::new();
+        for client in &self.clients {
+            let found: Vec<introspect::SessionLoad> = (self.rt.brokers.iter())
+                .filter_map(|broker| introspect::session_load(broker, &client.client_id))
+                .collect();
+            let universe = &self.model.universe;
+            let expected = (!client.clean && client.had_session).then(|| {
+                let held = self.model.held_filters(client.index).into_iter();
+                let mut names: Vec<String> =
+                    held.map(|f| universe.filters[f as usize].clone()).collect();
+                names.sort();
+                names
+            });
+            let actual = found.first().map(|load| load.filters.clone());
+            if found.len() > 1 || expected != actual {
+                differ.push(format!(
+                    "{}: model {expected:?} subscriptions, brokers {actual:?} ({} sessions)",
+                    client.client_id,
+                    found.len()
+                ));
+            }
+        }
+        differ.truncate(5);
+        differ
     }
 
     fn report(mut self, quiesced: bool, missing: Vec<Missing>) -> Report {

@@ -14,27 +14,42 @@ pub struct Counts {
     pub subscriptions: usize,
 }
 
-/// One session's queues, for the bound checks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// One session's queues, for the bound checks. (The core reports no per-session queued
+/// bytes; `max_queued_bytes` is checked only through the drop counter.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionLoad {
     pub inflight: usize,
     pub queued_messages: usize,
-    pub queued_bytes: usize,
+    /// The session's filters, sorted.
+    pub filters: Vec<String>,
+    pub connected: bool,
 }
 
 pub fn counts(broker: &Broker) -> Option<Counts> {
-    let _ = broker;
-    None
+    Some(Counts {
+        connections: broker.connection_count(),
+        sessions: broker.session_count(),
+        subscriptions: broker.subscription_count(),
+    })
 }
 
 pub fn session_load(broker: &Broker, client_id: &str) -> Option<SessionLoad> {
-    let _ = (broker, client_id);
-    None
+    let info = broker.session_info(client_id)?;
+    Some(SessionLoad {
+        inflight: info.inflight,
+        queued_messages: info.queued,
+        filters: {
+            let mut filters: Vec<String> =
+                info.subscriptions.iter().map(|(f, _)| f.as_str().to_string()).collect();
+            filters.sort();
+            filters
+        },
+        connected: info.connected,
+    })
 }
 
-/// Messages the worker dropped at a bound (queue full for an offline session, or the message
-/// that made an online session a slow consumer), summed.
+/// Messages the worker dropped at a bound: not queued because a session queue was full (which
+/// includes the message that made an online session a slow consumer).
 pub fn messages_dropped(broker: &Broker) -> Option<u64> {
-    let _ = broker;
-    None
+    Some(broker.stats().messages_dropped_queue_full)
 }

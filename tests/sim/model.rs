@@ -134,6 +134,10 @@ struct Subscriber {
     open: BTreeMap<u16, usize>,
     /// Filters asked for in the current session (any SUBSCRIBE sent): what may be delivered.
     asked: BTreeSet<u16>,
+    /// Per filter, the ticket of the latest SUBSCRIBE or UNSUBSCRIBE sent: an answer to an
+    /// older request does not decide the filter's state (the later request, on the same
+    /// connection, is processed after it).
+    latest_request: BTreeMap<u16, u64>,
     /// Every key the application got, across sessions.
     seen: BTreeSet<MessageKey>,
     /// Keys delivered at QoS 2 (exactly once across the whole run).
@@ -160,6 +164,20 @@ pub struct Missing {
     pub subscriber: usize,
     pub key: MessageKey,
     pub qos: QoS,
+    pub cause: Cause,
+}
+
+/// Why an expected message is missing, as far as the workers' message flow tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Nothing explains it: a broker bug.
+    Unexplained,
+    /// The message never reached the subscriber's worker, whose interest the publisher's
+    /// worker had not yet heard of when it routed it (SIM_FINDINGS.md #3).
+    InterestWindow,
+    /// The message reached the subscriber's worker only after the subscription was gone
+    /// (acknowledged to the publisher while still in transit; SIM_FINDINGS.md #5).
+    TransitWindow,
 }
 
 #[derive(Debug)]
@@ -168,6 +186,9 @@ pub struct Model {
     clock: u64,
     published: BTreeMap<MessageKey, Published>,
     subscribers: Vec<Subscriber>,
+    /// When each message first reached each worker (its publisher's by routing, others by a
+    /// `RemoteMsg::Publish`).
+    arrivals: BTreeMap<(MessageKey, u16), u64>,
     pub violations: Vec<String>,
     pub stats: ModelStats,
 }
@@ -181,6 +202,7 @@ impl Model {
             clock: 0,
             published: BTreeMap::new(),
             subscribers: subscribers.collect(),
+            arrivals: BTreeMap::new(),
             violations: Vec::new(),
             stats: ModelStats::default(),
         }
@@ -213,6 +235,12 @@ impl Model {
         }
     }
 
+    /// `key` reached `worker`'s broker (the runtime reports it).
+    pub fn arrived(&mut self, key: MessageKey, worker: u16) {
+        let at = self.tick();
+        self.arrivals.entry((key, worker)).or_insert(at);
+    }
+
     /// The publisher received PUBACK (QoS 1) or PUBREC (QoS 2) for `key`.
     pub fn publish_acked(&mut self, key: MessageKey) {
         let at = self.tick();
@@ -240,19 +268,32 @@ impl Model {
         close_all(&mut self.subscribers[client], at);
     }
 
-    pub fn subscribe_sent(&mut self, client: usize, filter: u16) {
+    /// Returns the request's ticket, to be handed back with its SUBACK.
+    pub fn subscribe_sent(&mut self, client: usize, filter: u16) -> u64 {
         let at = self.tick();
         let subscriber = &mut self.subscribers[client];
         subscriber.asked.insert(filter);
+        subscriber.latest_request.insert(filter, at);
         // A re-subscription replaces the old one; its QoS is known again at the SUBACK.
         if let Some(index) = subscriber.open.remove(&filter) {
             subscriber.intervals[index].until = at;
         }
+        at
     }
 
-    pub fn subscribe_acked(&mut self, client: usize, filter: u16, granted: Option<QoS>) {
+    /// The SUBACK for the request `ticket` granted `granted` (None: 0x80) for `filter`.
+    pub fn subscribe_acked(
+        &mut self,
+        client: usize,
+        filter: u16,
+        granted: Option<QoS>,
+        ticket: u64,
+    ) {
         let at = self.tick();
         let subscriber = &mut self.subscribers[client];
+        if subscriber.latest_request.get(&filter) != Some(&ticket) {
+            return; // A later SUBSCRIBE or UNSUBSCRIBE of this filter decides its state.
+        }
         if let Some(index) = subscriber.open.remove(&filter) {
             subscriber.intervals[index].until = at;
         }
@@ -265,6 +306,7 @@ impl Model {
     pub fn unsubscribe_sent(&mut self, client: usize, filter: u16) {
         let at = self.tick();
         let subscriber = &mut self.subscribers[client];
+        subscriber.latest_request.insert(filter, at);
         if let Some(index) = subscriber.open.remove(&filter) {
             subscriber.intervals[index].until = at;
         }
@@ -356,8 +398,9 @@ impl Model {
     }
 
     /// Every message the model expected and no subscriber application got. Call once
-    /// everything has quiesced.
-    pub fn missing(&mut self) -> Vec<Missing> {
+    /// everything has quiesced. `homes[client]` is the worker holding the client's session;
+    /// `reach(key)` the workers the publisher's worker knew to want `key` (a bitmask).
+    pub fn missing(&mut self, homes: &[u16], reach: impl Fn(&MessageKey) -> u32) -> Vec<Missing> {
         let mut by_filter: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.universe.filters.len()];
         for (client, subscriber) in self.subscribers.iter().enumerate() {
             for (index, interval) in subscriber.intervals.iter().enumerate() {
@@ -374,20 +417,30 @@ impl Model {
             if record.qos == QoS::AtMostOnce {
                 continue;
             }
-            let mut expected: BTreeSet<usize> = BTreeSet::new();
+            // Per expected subscriber, the latest end of a subscription that covered the publish.
+            let mut expected: BTreeMap<usize, u64> = BTreeMap::new();
             for &filter in &self.universe.matching[key.topic as usize] {
                 for &(client, index) in &by_filter[filter as usize] {
                     let interval = &self.subscribers[client].intervals[index];
                     if interval.from < record.sent_at && acked_at < interval.until {
-                        expected.insert(client);
+                        let until = expected.entry(client).or_insert(0);
+                        *until = (*until).max(interval.until);
                     }
                 }
             }
-            for client in expected {
+            for (client, until) in expected {
                 checked += 1;
-                if !self.subscribers[client].seen.contains(key) {
-                    missing.push(Missing { subscriber: client, key: *key, qos: record.qos });
+                if self.subscribers[client].seen.contains(key) {
+                    continue;
                 }
+                let home = homes[client];
+                let cause = match self.arrivals.get(&(*key, home)) {
+                    Some(&arrived) if arrived > until => Cause::TransitWindow,
+                    Some(_) => Cause::Unexplained,
+                    None if reach(key) & (1 << home) == 0 => Cause::InterestWindow,
+                    None => Cause::Unexplained,
+                };
+                missing.push(Missing { subscriber: client, key: *key, qos: record.qos, cause });
             }
         }
         self.stats.expected_checked = checked;

@@ -12,15 +12,21 @@
 //! broker already gave up, output above its bound, output pending without `Action::Send`) is
 //! recorded in `violations`, never silently tolerated.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Buf, Bytes, BytesMut};
-use ringmq::broker::{
-    Action, Broker, BrokerConfig, CloseReason, ConnId, Millis, RemoteMsg, WorkerId,
-};
-use ringmq::protocol::{self, Connect, Packet};
+use ringmq::broker::{Action, Broker, BrokerConfig, CloseReason, ConnId, Millis, WorkerId};
+use ringmq::protocol::{self, Packet};
 
+use super::model::MessageKey;
 use super::rng::{RandomSet, Rng};
+
+mod links;
+mod trace;
+
+pub use links::Fault;
+use links::Link;
+pub use trace::{close_reason_name, describe};
 
 /// Index of a simulated TCP connection; never reused (unlike the broker-side `ConnId` slots).
 pub type ConnIndex = usize;
@@ -62,6 +68,9 @@ pub struct SimConn {
     broker_in: BytesMut,
     /// A CONNECT was fed and the worker's actions not yet drained: no more packets until then.
     connect_fed: bool,
+    /// Packets were fed this turn: EOF waits for the next turn, so that an action the broker
+    /// emitted for those packets is never confused with one after `handle_closed`.
+    fed_this_turn: bool,
     /// Output taken from the broker and not yet sent (the socket's send in flight).
     taken: VecDeque<Bytes>,
     taken_bytes: usize,
@@ -90,17 +99,6 @@ impl SimConn {
             || !self.broker_in.is_empty()
             || self.client_eof
     }
-}
-
-enum LinkItem {
-    Remote(RemoteMsg),
-    Handoff { conn: ConnIndex, connect: Connect },
-}
-
-#[derive(Default)]
-struct Link {
-    /// Items with the step from which they may be delivered; non-decreasing, so FIFO.
-    queue: VecDeque<(u64, LinkItem)>,
 }
 
 /// Per-worker connection slots with generations, like the runtime's slab.
@@ -136,6 +134,8 @@ pub struct RuntimeStats {
     pub connections_opened: u64,
     pub handoffs: u64,
     pub remote_messages: u64,
+    pub remote_publishes: u64,
+    pub faults_applied: u64,
     pub bytes_to_brokers: u64,
     pub bytes_to_clients: u64,
     pub partial_sends: u64,
@@ -154,6 +154,8 @@ pub struct RuntimeKnobs {
     pub socket_bytes_max: usize,
     /// Largest chunk of client bytes read at once.
     pub read_chunk_bytes_max: usize,
+    /// A deliberate runtime bug, to show the checker catches what it causes.
+    pub fault: Option<Fault>,
 }
 
 pub struct Runtime {
@@ -173,14 +175,31 @@ pub struct Runtime {
     pub outbound: RandomSet,
     /// Connections with bytes or an EOF for the client to read.
     pub readable: RandomSet,
+    /// Connections their client gave up without closing (it connected anew): the network
+    /// resets each of them some time later.
+    pub abandoned: RandomSet,
     slots: Vec<Slots>,
     by_id: Vec<BTreeMap<ConnId, ConnIndex>>,
     links: Vec<Link>,
     touched: Vec<bool>,
-    fed_connects: Vec<ConnIndex>,
+    /// Connections fed packets this turn.
+    fed: Vec<ConnIndex>,
+    /// Connections the runtime reported closed this turn: actions the broker had already
+    /// queued for them (before it heard) are not breaches.
+    closed_this_turn: Vec<(WorkerId, ConnId)>,
     /// Ids the brokers gave up, for late "socket closed" completions (which must be ignored).
     stale_ids: Vec<(WorkerId, ConnId)>,
     step: u64,
+    /// `interest[to][from]`: the filters worker `to` has been told (so far, in link order)
+    /// that worker `from` has local subscribers for.
+    interest: Vec<Vec<BTreeSet<String>>>,
+    /// Per message, the workers its publisher's worker knew to want it when routing it (the
+    /// union over retransmissions), itself included; a bitmask by worker index.
+    pub reach: BTreeMap<MessageKey, u32>,
+    /// Messages that reached a worker since the driver last looked (for the model).
+    pub arrivals: Vec<(MessageKey, WorkerId)>,
+    /// Clients whose connections' events are printed (`SIM_TRACE=3,17`; `all` for every one).
+    pub trace: Option<Vec<usize>>,
 }
 
 impl Runtime {
@@ -204,13 +223,19 @@ impl Runtime {
             inbound: RandomSet::default(),
             outbound: RandomSet::default(),
             readable: RandomSet::default(),
+            abandoned: RandomSet::default(),
             slots: (0..count).map(|_| Slots::default()).collect(),
             by_id: (0..count).map(|_| BTreeMap::new()).collect(),
             links: (0..count * count).map(|_| Link::default()).collect(),
             touched: vec![false; count],
-            fed_connects: Vec::new(),
+            fed: Vec::new(),
+            closed_this_turn: Vec::new(),
             stale_ids: Vec::new(),
             step: 0,
+            trace: None,
+            interest: vec![vec![BTreeSet::new(); count]; count],
+            reach: BTreeMap::new(),
+            arrivals: Vec::new(),
         }
     }
 
@@ -239,6 +264,7 @@ impl Runtime {
             to_broker_packets: VecDeque::new(),
             broker_in: BytesMut::new(),
             connect_fed: false,
+            fed_this_turn: false,
             taken: VecDeque::new(),
             taken_bytes: 0,
             to_client: BytesMut::new(),
@@ -246,6 +272,7 @@ impl Runtime {
         });
         self.by_id[worker.index()].insert(id, index);
         self.stats.connections_opened += 1;
+        self.trace_conn(index, || "opened".into());
         self.brokers[worker.index()].handle_open(id, self.now);
         self.touched[worker.index()] = true;
         index
@@ -273,6 +300,7 @@ impl Runtime {
     /// The client end vanishes (crash, or a client that gave the socket up): unsent bytes in
     /// both directions are lost and the broker hears of it at once.
     pub fn client_crash(&mut self, conn: ConnIndex) {
+        self.trace_conn(conn, || "client crashed".into());
         let now = self.now;
         let c = &mut self.conns[conn];
         c.to_broker_bytes.clear();
@@ -291,6 +319,7 @@ impl Runtime {
                 c.state = ConnState::ClosedByClient;
                 self.brokers[worker.index()].handle_closed(id, now);
                 self.touched[worker.index()] = true;
+                self.closed_this_turn.push((worker, id));
                 self.forget_id(worker, id);
             }
             ConnState::InHandoff => c.client_gone = true,
@@ -354,11 +383,12 @@ impl Runtime {
         let drained = c.to_broker_bytes.is_empty()
             && c.to_broker_packets.is_empty()
             && c.broker_in.is_empty();
-        if drained && c.client_eof && c.is_open() && !c.connect_fed {
+        if drained && c.client_eof && c.is_open() && !c.fed_this_turn {
             // EOF after the last byte: the peer went away without the broker closing first.
             c.client_eof = false;
             c.state = ConnState::ClosedByClient;
             c.finished = true;
+            self.trace_conn(conn, || "EOF from client: handle_closed".into());
             self.brokers[worker.index()].handle_closed(id, self.now);
             self.touched[worker.index()] = true;
             self.forget_id(worker, id);
@@ -397,9 +427,14 @@ impl Runtime {
     fn feed_packet(&mut self, conn: ConnIndex, packet: Packet) {
         let c = &mut self.conns[conn];
         let (worker, id) = (c.worker, c.id);
-        if matches!(packet, Packet::Connect(_)) {
-            c.connect_fed = true;
-            self.fed_connects.push(conn);
+        c.connect_fed |= matches!(packet, Packet::Connect(_));
+        if !c.fed_this_turn {
+            c.fed_this_turn = true;
+            self.fed.push(conn);
+        }
+        self.trace_conn(conn, || format!("fed {}", describe(&packet)));
+        if let Packet::Publish(publish) = &packet {
+            self.note_reach(worker, publish.topic.as_str(), &publish.payload);
         }
         self.brokers[worker.index()].handle_packet(id, packet, self.now);
         self.touched[worker.index()] = true;
@@ -472,82 +507,25 @@ impl Runtime {
         self.readable.remove(conn);
     }
 
+    /// The client leaves `conn` without closing it (it opened a new connection instead).
+    pub fn client_abandon(&mut self, conn: ConnIndex) {
+        self.client_finished(conn);
+        if !matches!(self.conns[conn].state, ConnState::ClosedByClient) {
+            self.abandoned.insert(conn);
+        }
+    }
+
+    /// The network resets an abandoned connection (e.g. the NAT entry expired).
+    pub fn reset_abandoned(&mut self, conn: ConnIndex) {
+        self.abandoned.remove(conn);
+        self.client_crash(conn);
+    }
+
     /// The client read everything there was; it leaves the readable set until more comes.
     pub fn client_drained(&mut self, conn: ConnIndex) {
         let (buffer, eof) = self.client_buffer(conn);
         if buffer.is_empty() && !eof {
             self.readable.remove(conn);
-        }
-    }
-
-    /// Delivers a random number of ready items from one random link with a ready head.
-    pub fn deliver_link(&mut self, rng: &mut Rng) -> bool {
-        let ready: Vec<usize> = (0..self.links.len())
-            .filter(|&l| self.links[l].queue.front().is_some_and(|(at, _)| *at <= self.step))
-            .collect();
-        if ready.is_empty() {
-            return false;
-        }
-        let link = ready[rng.index(ready.len())];
-        let count = rng.between(1, 8);
-        for _ in 0..count {
-            let Some((at, _)) = self.links[link].queue.front() else { break };
-            if *at > self.step {
-                break;
-            }
-            let (_, item) = self.links[link].queue.pop_front().expect("front was just seen");
-            self.deliver_link_item(link, item);
-        }
-        true
-    }
-
-    /// Delivers every queued link item regardless of delay (quiescing).
-    pub fn flush_links(&mut self) -> bool {
-        let mut any = false;
-        for link in 0..self.links.len() {
-            while let Some((_, item)) = self.links[link].queue.pop_front() {
-                self.deliver_link_item(link, item);
-                any = true;
-            }
-        }
-        any
-    }
-
-    pub fn links_empty(&self) -> bool {
-        self.links.iter().all(|l| l.queue.is_empty())
-    }
-
-    fn deliver_link_item(&mut self, link: usize, item: LinkItem) {
-        let workers = self.workers();
-        let (from, to) = (WorkerId((link / workers) as u16), WorkerId((link % workers) as u16));
-        self.touched[to.index()] = true;
-        match item {
-            LinkItem::Remote(msg) => self.brokers[to.index()].handle_remote(from, msg, self.now),
-            LinkItem::Handoff { conn, connect } => self.land_handoff(conn, to, connect),
-        }
-    }
-
-    fn land_handoff(&mut self, conn: ConnIndex, to: WorkerId, connect: Connect) {
-        let id = self.slots[to.index()].allocate();
-        self.by_id[to.index()].insert(id, conn);
-        let c = &mut self.conns[conn];
-        assert_eq!(c.state, ConnState::InHandoff);
-        c.worker = to;
-        c.id = id;
-        c.state = ConnState::Open;
-        c.connect_fed = true;
-        let gone = c.client_gone;
-        self.fed_connects.push(conn);
-        let broker = &mut self.brokers[to.index()];
-        broker.handle_open(id, self.now);
-        broker.handle_packet(id, Packet::Connect(connect), self.now);
-        if gone {
-            // The client went away while its socket was moving: the new ring sees EOF.
-            self.conns[conn].state = ConnState::ClosedByClient;
-            self.brokers[to.index()].handle_closed(id, self.now);
-            self.forget_id(to, id);
-        } else if self.conns[conn].wants_inbound() {
-            self.inbound.insert(conn);
         }
     }
 
@@ -570,9 +548,11 @@ impl Runtime {
             self.touched[worker] = false;
             self.drain(WorkerId(worker as u16), rng);
         }
-        for conn in std::mem::take(&mut self.fed_connects) {
+        self.closed_this_turn.clear();
+        for conn in std::mem::take(&mut self.fed) {
             let c = &mut self.conns[conn];
             c.connect_fed = false;
+            c.fed_this_turn = false;
             if c.wants_inbound() {
                 self.inbound.insert(conn);
             }
@@ -610,6 +590,7 @@ impl Runtime {
         let found = self.by_id[worker.index()].get(&id).copied();
         match found {
             Some(conn) if self.conns[conn].is_open() => Some(conn),
+            _ if self.closed_this_turn.contains(&(worker, id)) => None,
             _ => {
                 self.violation(format!(
                     "worker {} emitted {what} for {id:?}, which it had closed, handed off or \
@@ -623,7 +604,8 @@ impl Runtime {
 
     fn on_send(&mut self, worker: WorkerId, id: ConnId) {
         let Some(conn) = self.known(worker, id, "Send") else { return };
-        self.take(conn, worker, id);
+        let taken = self.take(conn, worker, id);
+        self.trace_conn(conn, || format!("Send: took {taken} bytes"));
         if self.conns[conn].taken_bytes == 0 {
             self.stats.sends_with_nothing_to_take += 1;
         }
@@ -655,6 +637,7 @@ impl Runtime {
 
     fn on_close(&mut self, worker: WorkerId, id: ConnId, reason: CloseReason) {
         let Some(conn) = self.known(worker, id, "Close") else { return };
+        self.trace_conn(conn, || format!("Close({reason:?})"));
         *self.stats.closes.entry(close_reason_name(reason)).or_default() += 1;
         // A refused CONNECT's CONNACK may outlive its connection: take it once more.
         self.take(conn, worker, id);
@@ -666,45 +649,6 @@ impl Runtime {
         if !self.conns[conn].finished {
             self.readable.insert(conn);
         }
-    }
-
-    fn on_remote(&mut self, from: WorkerId, to: WorkerId, msg: RemoteMsg, rng: &mut Rng) {
-        if to == from || to.index() >= self.workers() {
-            self.violation(format!("worker {} sent a Remote to worker {}", from.0, to.0));
-            return;
-        }
-        self.stats.remote_messages += 1;
-        self.enqueue(from, to, LinkItem::Remote(msg), rng);
-    }
-
-    fn on_handoff(
-        &mut self,
-        from: WorkerId,
-        id: ConnId,
-        to: WorkerId,
-        connect: Connect,
-        rng: &mut Rng,
-    ) {
-        let Some(conn) = self.known(from, id, "Handoff") else { return };
-        if to == from || to.index() >= self.workers() {
-            self.violation(format!("worker {} handed {id:?} off to worker {}", from.0, to.0));
-            return;
-        }
-        self.stats.handoffs += 1;
-        self.conns[conn].state = ConnState::InHandoff;
-        self.forget_id(from, id);
-        // Output taken before the handoff (there should be none: CONNACK comes from `to`).
-        if self.conns[conn].taken_bytes > 0 {
-            self.violation(format!("{id:?} was handed off with output already taken"));
-        }
-        self.enqueue(from, to, LinkItem::Handoff { conn, connect }, rng);
-    }
-
-    fn enqueue(&mut self, from: WorkerId, to: WorkerId, item: LinkItem, rng: &mut Rng) {
-        let link = &mut self.links[from.index() * self.brokers.len() + to.index()];
-        let delay = rng.below(self.knobs.link_delay_steps_max + 1);
-        let last = link.queue.back().map_or(0, |(at, _)| *at);
-        link.queue.push_back(((self.step + delay).max(last), item));
     }
 
     /// After a drain every open connection's output has been taken (the runtime takes on each
@@ -735,14 +679,5 @@ impl Runtime {
     /// Whether nothing is moving: no link items, nothing to read, send or feed.
     pub fn is_idle(&self) -> bool {
         self.links_empty() && self.inbound.is_empty() && self.outbound.is_empty()
-    }
-}
-
-pub fn close_reason_name(reason: CloseReason) -> String {
-    match reason {
-        CloseReason::ProtocolError(_) => "ProtocolError".to_string(),
-        CloseReason::ProtocolViolation(what) => format!("ProtocolViolation({what})"),
-        CloseReason::ConnectRefused(code) => format!("ConnectRefused({code:?})"),
-        other => format!("{other:?}"),
     }
 }
