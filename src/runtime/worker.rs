@@ -108,6 +108,10 @@ pub struct Worker {
     /// Closing connections with output still leaving, oldest first, by linger deadline.
     pub(super) lingering: VecDeque<(Millis, ConnId)>,
     pub(super) completions: Vec<Completion>,
+    /// Connections whose receive ended with ENOBUFS, to re-arm at most `recv_buffers` per
+    /// turn (each has bytes waiting, so each will take a buffer at once). At most one entry
+    /// per slot: a connection is listed only when its receive is not armed.
+    pub(super) starved: VecDeque<ConnId>,
     /// Accepting paused: the file table is full (until a slot frees).
     pub(super) accept_paused: bool,
     /// After an unexpected accept error, when to try again (never a tight retry loop).
@@ -168,6 +172,7 @@ impl Worker {
             flush: Vec::with_capacity(slots),
             lingering: VecDeque::with_capacity(2 * slots),
             completions: Vec::with_capacity(2 * config.ring_entries as usize),
+            starved: VecDeque::with_capacity(slots),
             accept_paused: false,
             accept_retry_at: None,
             stop: setup.stop,
@@ -236,6 +241,7 @@ impl Worker {
             self.broker.handle_tick(now);
         }
         self.apply_actions(now);
+        self.rearm_starved();
         self.expire_lingering(now);
         if self.accept_retry_at.is_some_and(|at| at <= now) {
             self.accept_retry_at = None;
@@ -251,9 +257,24 @@ impl Worker {
         self.start_sends();
     }
 
+    /// Re-arms receives that found no buffer, oldest first, no more than there are buffers.
+    fn rearm_starved(&mut self) {
+        let budget = usize::from(self.config.recv_buffers);
+        for _ in 0..budget.min(self.starved.len()) {
+            let Some(id) = self.starved.pop_front() else { break };
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            if conn.phase == super::conn::Phase::Open && conn.peer_alive && !conn.recv_armed {
+                self.arm_recv(id.slot());
+            }
+        }
+    }
+
     /// How long phase 1 may sleep: until the earliest deadline of the broker, a lingering
     /// close or the stop; forever if there is none.
     fn wait_timeout(&self, now: Millis) -> Option<Duration> {
+        if !self.starved.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let deadlines = [
             self.broker.next_deadline(),
             self.lingering.front().map(|(deadline, _)| *deadline),
