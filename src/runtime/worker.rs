@@ -126,6 +126,15 @@ pub struct Worker {
     pub counters: WorkerCounters,
 }
 
+/// The CQ holds a turn's completions without overflowing in the common worst case: a receive
+/// and a send completion for every slot of the file table (at least twice the SQ; at most the
+/// kernel's 65536, beyond which overflowed completions wait in the kernel, counted).
+fn completion_entries(config: &RuntimeConfig) -> u32 {
+    let per_slot =
+        config.file_table_slots.saturating_mul(2).checked_next_power_of_two().unwrap_or(1 << 16);
+    per_slot.clamp(config.ring_entries.saturating_mul(2), 1 << 16)
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin(cpu: usize) -> io::Result<()> {
     // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes inside it (cpu is
@@ -145,7 +154,7 @@ impl Worker {
     /// Builds the worker on the calling thread (already pinned): ring, tables, buffers, broker.
     pub fn new(setup: WorkerSetup) -> anyhow::Result<Self> {
         let config = setup.config;
-        let ring = Ring::new(config.ring_entries, config.ring_entries.saturating_mul(2))?;
+        let ring = Ring::new(config.ring_entries, completion_entries(&config))?;
         ring.submitter().register_files_sparse(config.file_table_slots).map_err(|error| {
             anyhow::anyhow!("registering {} direct descriptors: {error}", config.file_table_slots)
         })?;
@@ -155,6 +164,7 @@ impl Worker {
         let epoch = setup.epoch;
         let now = Millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
         let slots = config.file_table_slots as usize;
+        let cq_entries = ring.cq_entries() as usize;
         Ok(Self {
             ring,
             buffers: ManuallyDrop::new(buffers),
@@ -171,7 +181,7 @@ impl Worker {
             sends: SendPool::new(SEND_OPS_KEPT),
             flush: Vec::with_capacity(slots),
             lingering: VecDeque::with_capacity(2 * slots),
-            completions: Vec::with_capacity(2 * config.ring_entries as usize),
+            completions: Vec::with_capacity(cq_entries),
             starved: VecDeque::with_capacity(slots),
             accept_paused: false,
             accept_retry_at: None,
