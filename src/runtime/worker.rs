@@ -342,8 +342,10 @@ impl Worker {
         }
     }
 
-    /// Begins the stop: no more accepts, and every connection closes without telling the
-    /// broker (so wills are not published, as in Mosquitto's shutdown).
+    /// Begins the stop: no more accepts; the broker closes every connection it knows
+    /// (`handle_shutdown`: their wills are published, as Mosquitto does at shutdown, and reach
+    /// whoever is still connected before the closes complete); any other connection closes
+    /// without the broker.
     pub(super) fn begin_stop(&mut self, now: Millis) {
         if self.stopping.is_some() {
             return;
@@ -361,6 +363,8 @@ impl Worker {
                 unsafe { self.ring.push(&entry) };
             }
         }
+        self.broker.handle_shutdown(now);
+        self.apply_actions(now);
         let open: Vec<u32> = self.conns.open_slots().collect();
         for slot in open {
             let conn = self.conns.slot_mut(slot);
