@@ -170,7 +170,7 @@ impl RetainedStore {
                     }
                 }
                 exact => {
-                    if let Some(child) = self.trie.child(node, exact) {
+                    if let Some(child) = self.trie.child(node, &self.trie.level(exact)) {
                         stack.push((child, depth + 1));
                     }
                 }
@@ -254,7 +254,7 @@ impl RetainedStore {
     fn node_or_insert(&mut self, topic: &TopicName) -> NodeId {
         let mut node = NodeId::ROOT;
         for level in topic.levels() {
-            let (child, created) = self.trie.child_or_insert(node, level);
+            let (child, created) = self.trie.child_or_insert(node, &self.trie.level(level));
             if created {
                 let first = self.trie.value(node).first_child;
                 if first != NodeId::NONE {
