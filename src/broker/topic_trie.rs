@@ -97,6 +97,12 @@ pub(crate) struct Level<'a> {
     hash: u64,
 }
 
+impl<'a> Level<'a> {
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
 struct Node<T> {
     label: Label,
     parent: NodeId,
@@ -170,6 +176,7 @@ impl<T: Default> TopicTrie<T> {
     }
 
     /// The child of `parent` for `level`, if there is one.
+    #[inline]
     pub(crate) fn child(&self, parent: NodeId, level: &Level<'_>) -> Option<NodeId> {
         let hash = edge_hash(self.parent_seed, parent, level.hash);
         let chunks = &self.chunks;
