@@ -1,9 +1,71 @@
+//! The `ringmq` binary: command line and file -> validated config -> logging -> runtime.
+//!
+//! Exit codes: 0 after a clean shutdown or `--print-config`; 2 for a configuration error
+//! (as clap does for a usage error); 1 when the runtime fails.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
 use mimalloc::MiMalloc;
+use ringmq::config::{self, Cli, Config, LogFormat};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() {
-    eprintln!("ringmq: not yet runnable");
-    std::process::exit(1);
+fn main() -> ExitCode {
+    let cli = Cli::parse_args();
+    let config = match config::load(&cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("ringmq: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let rust_log = std::env::var("RUST_LOG").ok();
+    init_logging(&config::log_filter(&cli, rust_log.as_deref(), &config), config.log_format);
+    log_start(&config);
+    match ringmq::runtime::run(config.runtime, config.broker) {
+        Ok(()) => {
+            tracing::info!("ringmq stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            // Printed as well as logged: the log filter may hide errors, this must not be.
+            tracing::error!(error = format!("{error:#}"), "ringmq failed");
+            eprintln!("ringmq: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to standard error; `filter` is a `tracing` directive string ("info", "ringmq=debug").
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|error| {
+        eprintln!("ringmq: ignoring bad log filter {filter:?} ({error}); using info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn log_start(config: &Config) {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        connection_capacity = config.connection_capacity(),
+        config = config.summary(),
+        "ringmq starting"
+    );
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
 }

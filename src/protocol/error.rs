@@ -29,6 +29,9 @@ pub enum DecodeError {
     InvalidUtf8,
     #[error("string contains U+0000 [MQTT-1.5.3-2]")]
     NullCharacter,
+    /// Only from constructing a string in the program: a decoded one has a two-byte length.
+    #[error("string of {0} bytes is longer than 65535 (section 1.5.3)")]
+    StringTooLong(usize),
     #[error("packet identifier is 0 [MQTT-2.3.1-1]")]
     ZeroPacketId,
     #[error("QoS 3 is not a valid QoS [MQTT-3.3.1-4]")]

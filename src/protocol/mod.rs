@@ -5,11 +5,17 @@
 //! nothing, and a PUBLISH fanned out to many subscribers is encoded once per variant.
 #![forbid(unsafe_code)]
 
+#[cfg(any(test, feature = "proptest"))]
+pub mod arbitrary;
 pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod packet;
+mod scan;
 pub mod topic;
+
+#[cfg(test)]
+mod proptests;
 
 pub use decode::decode;
 pub use encode::{encode, EncodedPublish, OutBuf};

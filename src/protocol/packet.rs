@@ -10,7 +10,8 @@ use std::num::NonZeroU16;
 use bytes::Bytes;
 
 use super::error::DecodeError;
-use super::topic::{TopicFilter, TopicName};
+use super::scan;
+use super::topic::{TopicFilter, TopicName, STRING_BYTES_MAX};
 
 /// A packet identifier: non-zero by construction [MQTT-2.3.1-1].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,7 +69,8 @@ impl QoS {
     }
 }
 
-/// Bytes known to be well-formed UTF-8 without U+0000 [MQTT-1.5.3-1] [MQTT-1.5.3-2].
+/// Bytes known to be well-formed UTF-8 without U+0000 [MQTT-1.5.3-1] [MQTT-1.5.3-2], and at
+/// most [`STRING_BYTES_MAX`] long, so that they always fit a two-byte length prefix.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Utf8Bytes(Bytes);
 
@@ -80,7 +82,15 @@ impl Utf8Bytes {
 
     /// Checks `bytes` and wraps them, saying which rule they break: ill-formed UTF-8 (which
     /// includes the surrogates U+D800..U+DFFF) [MQTT-1.5.3-1], or U+0000 [MQTT-1.5.3-2].
+    /// Also refuses more than [`STRING_BYTES_MAX`] bytes, which no length prefix can carry
+    /// (only values built by the program can be that long; decoded strings never are).
     pub fn try_new(bytes: Bytes) -> Result<Self, DecodeError> {
+        if bytes.len() > STRING_BYTES_MAX {
+            return Err(DecodeError::StringTooLong(bytes.len()));
+        }
+        if scan::is_ascii_without_nul(&bytes) {
+            return Ok(Self(bytes));
+        }
         if std::str::from_utf8(&bytes).is_err() {
             return Err(DecodeError::InvalidUtf8);
         }
@@ -91,9 +101,15 @@ impl Utf8Bytes {
         Ok(Self(bytes))
     }
 
+    /// Wraps bytes the caller has checked with [`scan::is_ascii_topic_name`] or
+    /// [`scan::is_ascii_without_nul`] (and that fit a length prefix), without checking again.
+    pub(super) fn from_checked_ascii(bytes: Bytes) -> Self {
+        debug_assert!(scan::is_ascii_without_nul(&bytes) && bytes.len() <= STRING_BYTES_MAX);
+        Self(bytes)
+    }
+
     pub fn from_static(text: &'static str) -> Self {
-        assert!(!text.contains('\0'), "MQTT strings cannot hold U+0000");
-        Self(Bytes::from_static(text.as_bytes()))
+        Self::try_new(Bytes::from_static(text.as_bytes())).expect("a valid MQTT string")
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -119,9 +135,10 @@ impl Utf8Bytes {
 }
 
 impl From<String> for Utf8Bytes {
+    /// Panics if `text` holds U+0000 or is longer than [`STRING_BYTES_MAX`]: use
+    /// [`Utf8Bytes::try_new`] for text that may be either.
     fn from(text: String) -> Self {
-        assert!(!text.contains('\0'), "MQTT strings cannot hold U+0000");
-        Self(Bytes::from(text))
+        Self::try_new(Bytes::from(text)).expect("a valid MQTT string")
     }
 }
 
@@ -293,6 +310,60 @@ impl Packet {
             Self::Pingreq => "PINGREQ",
             Self::Pingresp => "PINGRESP",
             Self::Disconnect => "DISCONNECT",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_ids_skip_zero_when_they_wrap_mqtt_2_3_1_1() {
+        assert_eq!(PacketId::new(0), None);
+        let last = PacketId::new(u16::MAX).expect("non-zero");
+        assert_eq!(last.next().get(), 1);
+        assert_eq!(PacketId::new(1).expect("non-zero").next().get(), 2);
+    }
+
+    #[test]
+    fn utf8_bytes_tell_which_rule_is_broken_mqtt_1_5_3_1_and_1_5_3_2() {
+        assert_eq!(Utf8Bytes::try_new(Bytes::from_static(b"\xFF")), Err(DecodeError::InvalidUtf8));
+        assert_eq!(Utf8Bytes::try_new(Bytes::from_static(b"a\0")), Err(DecodeError::NullCharacter));
+        // U+FEFF (the byte order mark) is allowed and kept [MQTT-1.5.3-3].
+        let bom = Utf8Bytes::try_new(Bytes::from_static(b"\xEF\xBB\xBFx")).expect("valid");
+        assert_eq!(bom.as_str(), "\u{FEFF}x");
+        assert_eq!(Utf8Bytes::new(Bytes::from_static(b"\xFF")), None);
+    }
+
+    #[test]
+    fn utf8_bytes_fit_a_two_byte_length() {
+        let longest = Bytes::from(vec![b'a'; STRING_BYTES_MAX]);
+        assert_eq!(Utf8Bytes::try_new(longest).map(|text| text.len()), Ok(STRING_BYTES_MAX));
+        let too_long = Bytes::from(vec![b'a'; STRING_BYTES_MAX + 1]);
+        assert_eq!(
+            Utf8Bytes::try_new(too_long),
+            Err(DecodeError::StringTooLong(STRING_BYTES_MAX + 1))
+        );
+    }
+
+    #[test]
+    fn suback_codes_are_qos_or_failure_mqtt_3_9_3_2() {
+        for value in 0..=u8::MAX {
+            let code = SubackCode::from_u8(value);
+            assert_eq!(code.is_some(), matches!(value, 0 | 1 | 2 | 0x80), "{value:#x}");
+            if let Some(code) = code {
+                assert_eq!(code.as_u8(), value);
+            }
+        }
+    }
+
+    #[test]
+    fn connect_return_codes_0_to_5_exist_mqtt_3_2_2_3() {
+        for value in 0..=u8::MAX {
+            let code = ConnectReturnCode::from_u8(value);
+            assert_eq!(code.is_some(), value <= 5, "{value}");
+            assert!(code.is_none_or(|code| code as u8 == value));
         }
     }
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::error::DecodeError;
 use super::packet::Utf8Bytes;
+use super::scan;
 
 /// The largest string MQTT can carry: a two-byte length prefix [MQTT-1.5.3].
 pub const STRING_BYTES_MAX: usize = u16::MAX as usize;
@@ -27,6 +28,16 @@ impl TopicName {
             return Err(DecodeError::WildcardInTopicName);
         }
         Ok(Self(text))
+    }
+
+    /// Builds a name from a decoded string field: the same checks as [`Utf8Bytes::try_new`]
+    /// then [`TopicName::new`], in one pass when the name is plain ASCII (the common case).
+    pub fn from_bytes(bytes: Bytes) -> Result<Self, DecodeError> {
+        if !bytes.is_empty() && bytes.len() <= STRING_BYTES_MAX && scan::is_ascii_topic_name(&bytes)
+        {
+            return Ok(Self(Utf8Bytes::from_checked_ascii(bytes)));
+        }
+        Self::new(Utf8Bytes::try_new(bytes)?)
     }
 
     /// Builds a name from a string known to the program (for `$SYS` topics and tests).
@@ -61,9 +72,7 @@ impl TryFrom<&str> for TopicName {
     type Error = DecodeError;
 
     fn try_from(text: &str) -> Result<Self, DecodeError> {
-        let utf8 = Utf8Bytes::new(Bytes::copy_from_slice(text.as_bytes()))
-            .ok_or(DecodeError::NullCharacter)?;
-        Self::new(utf8)
+        Self::new(Utf8Bytes::try_new(Bytes::copy_from_slice(text.as_bytes()))?)
     }
 }
 
@@ -146,9 +155,7 @@ impl TryFrom<&str> for TopicFilter {
     type Error = DecodeError;
 
     fn try_from(text: &str) -> Result<Self, DecodeError> {
-        let utf8 = Utf8Bytes::new(Bytes::copy_from_slice(text.as_bytes()))
-            .ok_or(DecodeError::NullCharacter)?;
-        Self::new(utf8)
+        Self::new(Utf8Bytes::try_new(Bytes::copy_from_slice(text.as_bytes()))?)
     }
 }
 
@@ -161,5 +168,99 @@ impl fmt::Debug for TopicFilter {
 impl fmt::Display for TopicFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> TopicName {
+        TopicName::try_from(text).expect("valid topic name")
+    }
+
+    fn filter(text: &str) -> TopicFilter {
+        TopicFilter::try_from(text).expect("valid topic filter")
+    }
+
+    #[test]
+    fn topic_names_are_non_empty_without_wildcards_mqtt_4_7_3_1_and_3_3_2_2() {
+        assert_eq!(TopicName::try_from(""), Err(DecodeError::EmptyTopic));
+        assert_eq!(TopicName::try_from("a/+"), Err(DecodeError::WildcardInTopicName));
+        assert_eq!(TopicName::try_from("#"), Err(DecodeError::WildcardInTopicName));
+        assert_eq!(TopicName::try_from("a\0"), Err(DecodeError::NullCharacter));
+        // A lone separator and empty levels are valid names [MQTT 4.7.3].
+        for text in ["/", "a//b", " ", "$SYS/x"] {
+            assert_eq!(name(text).as_str(), text);
+        }
+    }
+
+    #[test]
+    fn filters_place_wildcards_correctly_mqtt_4_7_1_2_and_4_7_1_3() {
+        for text in ["#", "+", "a/#", "+/+", "/+", "a/+/b/#", "+/", "$SYS/#"] {
+            assert_eq!(filter(text).as_str(), text);
+        }
+        for text in ["a/#/b", "a#", "#/", "##"] {
+            assert_eq!(TopicFilter::try_from(text), Err(DecodeError::InvalidMultiLevelWildcard));
+        }
+        for text in ["a+", "+a/b", "a/++"] {
+            assert_eq!(TopicFilter::try_from(text), Err(DecodeError::InvalidSingleLevelWildcard));
+        }
+        assert_eq!(TopicFilter::try_from(""), Err(DecodeError::EmptyFilter));
+    }
+
+    /// The examples of section 4.7.1 and 4.7.2, as `check(filter, topic, expected)`.
+    #[test]
+    fn matching_follows_the_specification_examples() {
+        let cases = [
+            ("sport/tennis/player1/#", "sport/tennis/player1", true),
+            ("sport/tennis/player1/#", "sport/tennis/player1/ranking", true),
+            ("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon", true),
+            ("sport/#", "sport", true),
+            ("sport/tennis/+", "sport/tennis/player1", true),
+            ("sport/tennis/+", "sport/tennis/player1/ranking", false),
+            ("sport/+", "sport", false),
+            ("sport/+", "sport/", true),
+            ("+/+", "/finance", true),
+            ("/+", "/finance", true),
+            ("+", "/finance", false),
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a/b", "a/b/c", false),
+            // [MQTT-4.7.2-1]: wildcards at the first level do not match `$` topics.
+            ("#", "$SYS/uptime", false),
+            ("+/monitor/Clients", "$SYS/monitor/Clients", false),
+            ("$SYS/#", "$SYS/monitor/Clients", true),
+            ("$SYS/monitor/+", "$SYS/monitor/Clients", true),
+        ];
+        for (filter_text, topic, expected) in cases {
+            assert_eq!(
+                filter(filter_text).matches(&name(topic)),
+                expected,
+                "{filter_text} {topic}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// The one-pass `from_bytes` gives exactly what the two-step checks give, on any
+        /// bytes (biased towards ASCII, wildcards, NUL and UTF-8 lead bytes).
+        #[test]
+        fn from_bytes_agrees_with_the_two_step_checks(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    4 => 0x20u8..0x7F,
+                    1 => proptest::prelude::Just(0u8),
+                    1 => proptest::prelude::Just(b'#'),
+                    1 => proptest::prelude::Just(b'+'),
+                    1 => proptest::prelude::any::<u8>(),
+                ],
+                0..24,
+            )
+        ) {
+            let bytes = Bytes::from(bytes);
+            let two_step = Utf8Bytes::try_new(bytes.clone()).and_then(TopicName::new);
+            proptest::prop_assert_eq!(TopicName::from_bytes(bytes), two_step);
+        }
     }
 }

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Installs what the tests need (idempotently; on Debian, as root), then runs every check:
+#   cargo fmt --check, cargo clippy -D warnings, cargo test --workspace, and pytest on
+#   tests/python/ when it holds tests. Every step runs even if an earlier one failed; the
+#   script exits non-zero if any failed. CI runs it through .ci/run.
+#
+# Environment:
+#   RINGMQ_SKIP_INSTALL=1   do not install anything (just run the checks)
+#   PYTEST_ARGS="..."       extra arguments for pytest (e.g. "-k retain -x")
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-auto}"
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '==> %s\n' "$*"; }
+
+# ---- Installing ---------------------------------------------------------------------------
+
+apt_updated=0
+apt_missing() { # prints the packages among "$@" that dpkg does not have installed
+    local package
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
+            || printf '%s\n' "$package"
+    done
+}
+
+apt_install() {
+    local missing
+    missing=$(apt_missing "$@")
+    [ -z "$missing" ] && return 0
+    if ! command -v apt-get >/dev/null || [ "$(id -u)" != 0 ]; then
+        log "WARNING: cannot install $(echo $missing) (needs apt-get as root); tests that need it will fail"
+        return 0
+    fi
+    if [ "$apt_updated" = 0 ]; then
+        log "apt-get update"
+        apt-get update -qq
+        apt_updated=1
+    fi
+    # Debian starts a packaged daemon (mosquitto on port 1883) on install unless
+    # policy-rc.d says no; the tests start the brokers they need themselves.
+    local own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    log "apt-get install $(echo $missing)"
+    # shellcheck disable=SC2086 # one package per word
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+
+python_has() { # python_has MODULE MAJOR: is MODULE importable with that major version?
+    python3 - "$1" "$2" <<'PY' 2>/dev/null
+import importlib.metadata, sys
+sys.exit(0 if importlib.metadata.version(sys.argv[1]).split(".")[0] == sys.argv[2] else 1)
+PY
+}
+
+pip_install() {
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip
+    fi
+    log "pip install $*"
+    # A Debian-managed Python refuses plain installs (PEP 668); pyenv's and venvs do not.
+    python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+
+install_dependencies() {
+    if ! command -v python3 >/dev/null; then apt_install python3; fi
+    if command -v dpkg-query >/dev/null; then
+        apt_install mosquitto mosquitto-clients
+    elif ! command -v mosquitto_pub >/dev/null; then
+        log "WARNING: no dpkg and no mosquitto_pub: install the Mosquitto clients by hand"
+    fi
+    python_has paho-mqtt 2 || pip_install 'paho-mqtt>=2,<3'
+    python_has pytest 9 || python_has pytest 8 || pip_install 'pytest>=8,<10'
+    python_has pytest-timeout 2 || pip_install 'pytest-timeout>=2,<3'
+    local component
+    for component in rustfmt clippy; do
+        if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            log "rustup component add $component"
+            rustup component add "$component"
+        fi
+    done
+}
+
+# ---- Checking -----------------------------------------------------------------------------
+
+failed=()
+step() { # step NAME COMMAND...: runs it, records a failure, never stops the script
+    local name=$1 start=$SECONDS
+    shift
+    log "$name: $*"
+    if "$@"; then
+        log "$name: ok ($((SECONDS - start))s)"
+    else
+        log "$name: FAILED ($((SECONDS - start))s)"
+        failed+=("$name")
+    fi
+}
+
+python_tests_present() {
+    [ -d tests/python ] && [ -n "$(find tests/python -name 'test_*.py' -o -name '*_test.py' | head -1)" ]
+}
+
+run_pytest() {
+    # The Python tests drive the real binary, found through RINGMQ_BIN.
+    cargo build --bin ringmq || return 1
+    local target_dir
+    target_dir=$(cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    export RINGMQ_BIN="$target_dir/debug/ringmq"
+    local status=0
+    # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
+    timeout 900 python3 -m pytest tests/python --timeout=300 ${PYTEST_ARGS:-} || status=$?
+    if [ "$status" = 5 ]; then
+        # Exit 5: no test collected although test files exist - a broken test module or
+        # a filter that matched nothing; either way nothing was checked.
+        log "pytest collected no tests from tests/python"
+    fi
+    return "$status"
+}
+
+main() {
+    if [ "${RINGMQ_SKIP_INSTALL:-0}" != 1 ]; then install_dependencies; fi
+    step fmt cargo fmt --all -- --check
+    step clippy cargo clippy --workspace --all-targets -- -D warnings
+    step test timeout 1800 cargo test --workspace
+    if python_tests_present; then
+        step pytest run_pytest
+    else
+        log "pytest: skipped, tests/python/ holds no tests yet"
+    fi
+    if [ "${#failed[@]}" -ne 0 ]; then
+        log "FAILED steps: ${failed[*]}"
+        exit 1
+    fi
+    log "all checks passed"
+}
+
+main "$@"

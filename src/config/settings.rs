@@ -1,0 +1,524 @@
+//! Every setting a user can give, once, as optional values: the command line and the TOML
+//! file both parse into [`Settings`], so a flag and its file key cannot drift apart.
+//!
+//! Invariant: each field is named after its TOML key (snake_case; the flag is the same in
+//! kebab-case), and `None` means "not given here". [`Settings::overlay`] puts one source over
+//! another (CLI over file), and [`Settings::build`] turns what was given into the two layer
+//! configs, taking every value not given from `BrokerConfig::default()` /
+//! `RuntimeConfig::default()`. Validation is a separate step (`validate.rs`).
+//!
+//! Where Mosquitto has the same knob, the key is Mosquitto's (`max_inflight_messages`,
+//! `max_queued_messages`, `max_queued_bytes`, `max_packet_size`, `max_connections`,
+//! `allow_anonymous`, `persistent_client_expiration`, `max_keepalive`, `sys_interval`,
+//! `set_tcp_nodelay`, `queue_qos0_messages`, `port`); the rest follow ringmq's
+//! `thing_unit_max` style and match the field they set.
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use super::bind::BindAddress;
+use super::duration::DurationSecs;
+use crate::broker::{BrokerConfig, WorkerSet};
+use crate::runtime::RuntimeConfig;
+
+/// The MQTT port, used by `bind` entries that carry none.
+pub const DEFAULT_PORT: u16 = 1883;
+
+/// `max_inflight_messages = 0` means "no maximum" in Mosquitto; the real ceiling is the
+/// 16-bit packet-id space.
+pub const INFLIGHT_UNLIMITED: u16 = u16::MAX;
+
+/// Log verbosity when neither `-v` nor `RUST_LOG` says otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+/// How log lines are written to standard error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every knob and limit. Flags are the keys in kebab-case. Each doc comment here is the
+/// flag's `--help` text; the default is appended at run time from the layer configs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    // ---- Listeners and workers -------------------------------------------------------------
+    /// TCP port for MQTT, used by every `bind` address that does not name its own port.
+    #[arg(short = 'p', long, value_name = "PORT", help_heading = "Listeners and workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+
+    /// Address to listen on, repeatable: an IP with an optional port (`127.0.0.1`,
+    /// `[::1]:1884`). Each worker opens its own SO_REUSEPORT socket on each address.
+    #[arg(long, value_name = "ADDR", help_heading = "Listeners and workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<Vec<BindAddress>>,
+
+    /// Worker threads, each with its own io_uring, pinned to core `i mod cores`. At most 128
+    /// (the width of the cross-worker interest sets).
+    #[arg(long, value_name = "N", help_heading = "Listeners and workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+
+    /// Connections the whole process holds. Beyond it a new connection is accepted and
+    /// closed at once (counted). Each worker also holds at most `file_table_slots`.
+    #[arg(long, value_name = "N", help_heading = "Listeners and workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+
+    /// TCP_NODELAY on accepted sockets (true|false). ringmq batches its own writes.
+    #[arg(long, value_name = "BOOL", help_heading = "Listeners and workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_tcp_nodelay: Option<bool>,
+
+    /// listen(2) backlog of each listening socket; the kernel caps it at
+    /// net.core.somaxconn. When full, new SYNs wait or are dropped by the kernel.
+    #[arg(long, value_name = "N", help_heading = "Listeners and workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_backlog: Option<u32>,
+
+    /// SO_RCVBUF for accepted sockets, in bytes; 0 keeps the kernel's default (autotuning).
+    #[arg(long, value_name = "BYTES", help_heading = "Listeners and workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_rcvbuf_bytes: Option<u32>,
+
+    /// SO_SNDBUF for accepted sockets, in bytes; 0 keeps the kernel's default (autotuning).
+    #[arg(long, value_name = "BYTES", help_heading = "Listeners and workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_sndbuf_bytes: Option<u32>,
+
+    // ---- Rings and buffers -----------------------------------------------------------------
+    /// Slots in each worker's registered (direct) file table: that worker's connection cap.
+    /// At most 1048576 and the hard RLIMIT_NOFILE. A worker whose table is full stops
+    /// accepting until a slot frees.
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_table_slots: Option<u32>,
+
+    /// Submission-queue entries per ring, a power of two up to 32768; the completion queue
+    /// is twice this.
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring_entries: Option<u32>,
+
+    /// Provided receive buffers per worker, a power of two up to 32768. When all are in use,
+    /// receives wait for one to be returned.
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recv_buffers: Option<u16>,
+
+    /// Size of each provided receive buffer, in bytes.
+    #[arg(long, value_name = "BYTES", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recv_buffer_bytes: Option<u32>,
+
+    /// Depth of each single-producer ring between two workers, in messages (a power of two).
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_ring_depth: Option<usize>,
+
+    /// Messages a worker holds for one full peer ring; beyond it the worker stops reading
+    /// from the connections that produce them (backpressure, never a drop of QoS 1/2).
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_overflow_max: Option<usize>,
+
+    // ---- MQTT limits -----------------------------------------------------------------------
+    /// Largest packet accepted, in bytes (1..=268435455), checked from the fixed header
+    /// before the body is read. Over it the connection is closed.
+    #[arg(long, value_name = "BYTES", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_packet_size: Option<usize>,
+
+    /// QoS 1/2 messages in flight to one client at once; the rest wait in the session
+    /// queue. 0 means no maximum (65535, every packet id), as in Mosquitto.
+    #[arg(long, value_name = "N", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight_messages: Option<u16>,
+
+    /// QoS 1/2 messages one session may queue. At it, an offline session drops the new
+    /// message (counted); an online one is disconnected as a slow consumer (counted).
+    #[arg(long, value_name = "N", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_messages: Option<usize>,
+
+    /// Payload bytes one session may queue; at it, as `max_queued_messages`.
+    #[arg(long, value_name = "BYTES", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_bytes: Option<usize>,
+
+    /// Queue QoS 0 messages for offline persistent sessions too (true|false).
+    #[arg(long, value_name = "BOOL", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_qos0_messages: Option<bool>,
+
+    /// Output bytes one connection may have waiting for its socket, at least
+    /// `max_packet_size`. At it, QoS 0 to it is dropped (counted) and QoS 1/2 wait in the
+    /// session queue.
+    #[arg(long, value_name = "BYTES", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbuf_bytes_max: Option<usize>,
+
+    /// Largest keepalive a client may ask for, in seconds; a larger one is refused with
+    /// CONNACK 0x02. 0 = no cap.
+    #[arg(long, value_name = "SECS", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_keepalive: Option<u16>,
+
+    /// Seconds a connection may stay open without completing CONNECT; then it is closed.
+    #[arg(long, value_name = "SECS", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_secs: Option<u32>,
+
+    /// How long an unused persistent session is kept after its client went, e.g. `12h`,
+    /// `14d`, `1w`, `1m` (30 days), `1y`, or seconds; 0 keeps it forever.
+    #[arg(long, value_name = "DURATION", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistent_client_expiration: Option<DurationSecs>,
+
+    /// Sessions (connected, or persistent and offline) one worker holds. At it a new
+    /// session is refused with CONNACK 0x03 (counted).
+    #[arg(long, value_name = "N", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions_max: Option<usize>,
+
+    /// Subscriptions one session may hold. Filters beyond it get 0x80 in SUBACK (counted).
+    #[arg(long, value_name = "N", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscriptions_per_session_max: Option<usize>,
+
+    /// Retained topics held. At it a new retained topic is not stored (counted); replacing
+    /// or deleting an existing one always works.
+    #[arg(long, value_name = "N", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retained_messages_max: Option<usize>,
+
+    /// Seconds a retained message is kept after it was set; 0 = forever.
+    #[arg(long, value_name = "SECS", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retained_expiry_secs: Option<u64>,
+
+    /// Seconds between `$SYS` updates; 0 disables `$SYS`.
+    #[arg(long, value_name = "SECS", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sys_interval: Option<u64>,
+
+    /// Let clients connect without a user name (true|false); refused with CONNACK 0x05
+    /// otherwise.
+    #[arg(long, value_name = "BOOL", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
+
+    // ---- Logging ---------------------------------------------------------------------------
+    /// Log level when neither -v nor RUST_LOG is given.
+    #[arg(long, value_enum, value_name = "LEVEL", help_heading = "Logging")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+
+    /// Log line format on standard error.
+    #[arg(long, value_enum, value_name = "FORMAT", help_heading = "Logging")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Everything [`Settings::build`] produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Built {
+    pub runtime: RuntimeConfig,
+    pub broker: BrokerConfig,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+}
+
+/// Worker count when none is given: one per core, capped at what a `WorkerSet` can name.
+pub fn default_workers() -> usize {
+    RuntimeConfig::default().workers.min(WorkerSet::CAPACITY)
+}
+
+impl Settings {
+    /// `top` over `self`: each field `top` gives wins, the others keep `self`'s value.
+    pub fn overlay(self, top: Settings) -> Settings {
+        macro_rules! pick {
+            ($($field:ident),* $(,)?) => {
+                Settings { $($field: top.$field.or(self.$field)),* }
+            };
+        }
+        pick!(
+            port,
+            bind,
+            workers,
+            max_connections,
+            set_tcp_nodelay,
+            listen_backlog,
+            socket_rcvbuf_bytes,
+            socket_sndbuf_bytes,
+            file_table_slots,
+            ring_entries,
+            recv_buffers,
+            recv_buffer_bytes,
+            mesh_ring_depth,
+            mesh_overflow_max,
+            max_packet_size,
+            max_inflight_messages,
+            max_queued_messages,
+            max_queued_bytes,
+            queue_qos0_messages,
+            outbuf_bytes_max,
+            max_keepalive,
+            connect_timeout_secs,
+            persistent_client_expiration,
+            sessions_max,
+            subscriptions_per_session_max,
+            retained_messages_max,
+            retained_expiry_secs,
+            sys_interval,
+            allow_anonymous,
+            log_level,
+            log_format,
+        )
+    }
+
+    /// The layer configs: each given value, the layers' defaults for the rest. Not validated.
+    pub fn build(&self) -> Built {
+        Built {
+            runtime: self.build_runtime(),
+            broker: self.build_broker(),
+            log_level: self.log_level.unwrap_or_default(),
+            log_format: self.log_format.unwrap_or_default(),
+        }
+    }
+
+    fn build_runtime(&self) -> RuntimeConfig {
+        let defaults = RuntimeConfig::default();
+        let port = self.port.unwrap_or(DEFAULT_PORT);
+        let listeners = match &self.bind {
+            Some(bind) => bind.iter().map(|address| address.socket_addr(port)).collect(),
+            None => defaults.listeners.iter().map(|addr| (addr.ip(), port).into()).collect(),
+        };
+        RuntimeConfig {
+            listeners,
+            workers: self.workers.unwrap_or_else(default_workers),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            file_table_slots: self.file_table_slots.unwrap_or(defaults.file_table_slots),
+            ring_entries: self.ring_entries.unwrap_or(defaults.ring_entries),
+            recv_buffers: self.recv_buffers.unwrap_or(defaults.recv_buffers),
+            recv_buffer_bytes: self.recv_buffer_bytes.unwrap_or(defaults.recv_buffer_bytes),
+            mesh_ring_depth: self.mesh_ring_depth.unwrap_or(defaults.mesh_ring_depth),
+            mesh_overflow_max: self.mesh_overflow_max.unwrap_or(defaults.mesh_overflow_max),
+            socket_rcvbuf_bytes: self.socket_rcvbuf_bytes.unwrap_or(defaults.socket_rcvbuf_bytes),
+            socket_sndbuf_bytes: self.socket_sndbuf_bytes.unwrap_or(defaults.socket_sndbuf_bytes),
+            tcp_nodelay: self.set_tcp_nodelay.unwrap_or(defaults.tcp_nodelay),
+            listen_backlog: self.listen_backlog.unwrap_or(defaults.listen_backlog),
+            close_linger_millis: defaults.close_linger_millis,
+        }
+    }
+
+    fn build_broker(&self) -> BrokerConfig {
+        let defaults = BrokerConfig::default();
+        let inflight = match self.max_inflight_messages {
+            Some(0) => INFLIGHT_UNLIMITED,
+            Some(count) => count,
+            None => defaults.max_inflight_messages,
+        };
+        BrokerConfig {
+            max_packet_size: self.max_packet_size.unwrap_or(defaults.max_packet_size),
+            max_inflight_messages: inflight,
+            max_queued_messages: self.max_queued_messages.unwrap_or(defaults.max_queued_messages),
+            max_queued_bytes: self.max_queued_bytes.unwrap_or(defaults.max_queued_bytes),
+            outbuf_bytes_max: self.outbuf_bytes_max.unwrap_or(defaults.outbuf_bytes_max),
+            queue_qos0_messages: self.queue_qos0_messages.unwrap_or(defaults.queue_qos0_messages),
+            // No file key yet (the broker core added this bound): the core's default.
+            max_awaiting_pubrel: defaults.max_awaiting_pubrel,
+            max_keepalive_secs: self.max_keepalive.unwrap_or(defaults.max_keepalive_secs),
+            connect_timeout_secs: self
+                .connect_timeout_secs
+                .unwrap_or(defaults.connect_timeout_secs),
+            persistent_client_expiration_secs: self
+                .persistent_client_expiration
+                .map_or(defaults.persistent_client_expiration_secs, |d| d.0),
+            sessions_max: self.sessions_max.unwrap_or(defaults.sessions_max),
+            subscriptions_per_session_max: self
+                .subscriptions_per_session_max
+                .unwrap_or(defaults.subscriptions_per_session_max),
+            retained_messages_max: self
+                .retained_messages_max
+                .unwrap_or(defaults.retained_messages_max),
+            retained_expiry_secs: self
+                .retained_expiry_secs
+                .unwrap_or(defaults.retained_expiry_secs),
+            sys_interval_secs: self.sys_interval.unwrap_or(defaults.sys_interval_secs),
+            allow_anonymous: self.allow_anonymous.unwrap_or(defaults.allow_anonymous),
+        }
+    }
+
+    /// Every field given, from built configs: what `--print-config` prints. Building the
+    /// result again gives back the same configs (tested), so printed output is a valid file.
+    pub fn from_built(built: &Built) -> Settings {
+        let (runtime, broker) = (&built.runtime, &built.broker);
+        let port = runtime.listeners.first().map_or(DEFAULT_PORT, |addr| addr.port());
+        Settings {
+            port: Some(port),
+            bind: Some(runtime.listeners.iter().map(|&addr| addr.into()).collect()),
+            workers: Some(runtime.workers),
+            max_connections: Some(runtime.max_connections),
+            set_tcp_nodelay: Some(runtime.tcp_nodelay),
+            listen_backlog: Some(runtime.listen_backlog),
+            socket_rcvbuf_bytes: Some(runtime.socket_rcvbuf_bytes),
+            socket_sndbuf_bytes: Some(runtime.socket_sndbuf_bytes),
+            file_table_slots: Some(runtime.file_table_slots),
+            ring_entries: Some(runtime.ring_entries),
+            recv_buffers: Some(runtime.recv_buffers),
+            recv_buffer_bytes: Some(runtime.recv_buffer_bytes),
+            mesh_ring_depth: Some(runtime.mesh_ring_depth),
+            mesh_overflow_max: Some(runtime.mesh_overflow_max),
+            max_packet_size: Some(broker.max_packet_size),
+            max_inflight_messages: Some(broker.max_inflight_messages),
+            max_queued_messages: Some(broker.max_queued_messages),
+            max_queued_bytes: Some(broker.max_queued_bytes),
+            queue_qos0_messages: Some(broker.queue_qos0_messages),
+            outbuf_bytes_max: Some(broker.outbuf_bytes_max),
+            max_keepalive: Some(broker.max_keepalive_secs),
+            connect_timeout_secs: Some(broker.connect_timeout_secs),
+            persistent_client_expiration: Some(DurationSecs(
+                broker.persistent_client_expiration_secs,
+            )),
+            sessions_max: Some(broker.sessions_max),
+            subscriptions_per_session_max: Some(broker.subscriptions_per_session_max),
+            retained_messages_max: Some(broker.retained_messages_max),
+            retained_expiry_secs: Some(broker.retained_expiry_secs),
+            sys_interval: Some(broker.sys_interval_secs),
+            allow_anonymous: Some(broker.allow_anonymous),
+            log_level: Some(built.log_level),
+            log_format: Some(built.log_format),
+        }
+    }
+
+    /// The defaults of every setting, each given: the source of `--help`'s defaults and of
+    /// the example file's values.
+    pub fn defaults() -> Settings {
+        Settings::from_built(&Settings::default().build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings with every field set to a value different from its default.
+    fn all_changed() -> Settings {
+        let mut built = Settings::default().build();
+        let (runtime, broker) = (&mut built.runtime, &mut built.broker);
+        runtime.listeners = vec!["127.0.0.1:2883".parse().unwrap()];
+        runtime.workers += 1;
+        runtime.max_connections += 1;
+        runtime.tcp_nodelay = !runtime.tcp_nodelay;
+        runtime.listen_backlog += 1;
+        runtime.socket_rcvbuf_bytes += 1;
+        runtime.socket_sndbuf_bytes += 1;
+        runtime.file_table_slots += 1;
+        runtime.ring_entries *= 2;
+        runtime.recv_buffers /= 2;
+        runtime.recv_buffer_bytes += 1;
+        runtime.mesh_ring_depth *= 2;
+        runtime.mesh_overflow_max += 1;
+        broker.max_packet_size += 1;
+        broker.max_inflight_messages += 1;
+        broker.max_queued_messages += 1;
+        broker.max_queued_bytes += 1;
+        broker.queue_qos0_messages = !broker.queue_qos0_messages;
+        broker.outbuf_bytes_max += 1;
+        broker.max_keepalive_secs += 1;
+        broker.connect_timeout_secs += 1;
+        broker.persistent_client_expiration_secs += 1;
+        broker.sessions_max += 1;
+        broker.subscriptions_per_session_max += 1;
+        broker.retained_messages_max += 1;
+        broker.retained_expiry_secs += 1;
+        broker.sys_interval_secs += 1;
+        broker.allow_anonymous = !broker.allow_anonymous;
+        built.log_level = LogLevel::Trace;
+        built.log_format = LogFormat::Json;
+        Settings::from_built(&built)
+    }
+
+    #[test]
+    fn nothing_given_builds_the_layer_defaults() {
+        let built = Settings::default().build();
+        let expected_runtime = RuntimeConfig { workers: default_workers(), ..Default::default() };
+        assert_eq!(built.runtime, expected_runtime);
+        assert_eq!(built.broker, BrokerConfig::default());
+        assert_eq!(built.runtime.listeners, vec!["0.0.0.0:1883".parse().unwrap()]);
+        assert_eq!((built.log_level, built.log_format), (LogLevel::Info, LogFormat::Text));
+    }
+
+    #[test]
+    fn every_field_survives_build_and_from_built() {
+        // A field forgotten in `build` or `from_built` would come back as its default.
+        let changed = all_changed();
+        let rebuilt = Settings::from_built(&changed.build());
+        assert_eq!(rebuilt, changed);
+        assert_ne!(changed.build(), Settings::default().build());
+    }
+
+    #[test]
+    fn overlay_takes_every_field_from_the_top() {
+        // A field forgotten in `overlay` would keep the bottom's value.
+        let (bottom, top) = (Settings::defaults(), all_changed());
+        assert_eq!(bottom.clone().overlay(top.clone()), top);
+        assert_eq!(top.clone().overlay(Settings::default()), top);
+        assert_eq!(Settings::default().overlay(bottom.clone()), bottom);
+    }
+
+    #[test]
+    fn inflight_zero_means_the_whole_packet_id_space() {
+        let settings = Settings { max_inflight_messages: Some(0), ..Default::default() };
+        assert_eq!(settings.build().broker.max_inflight_messages, 65_535);
+    }
+
+    #[test]
+    fn port_applies_to_bind_addresses_without_one() {
+        let settings = Settings {
+            port: Some(1884),
+            bind: Some(vec!["127.0.0.1".parse().unwrap(), "[::1]:8883".parse().unwrap()]),
+            ..Default::default()
+        };
+        let listeners = settings.build().runtime.listeners;
+        assert_eq!(
+            listeners,
+            vec!["127.0.0.1:1884".parse().unwrap(), "[::1]:8883".parse().unwrap()]
+        );
+        let port_only = Settings { port: Some(1999), ..Default::default() };
+        assert_eq!(port_only.build().runtime.listeners, vec!["0.0.0.0:1999".parse().unwrap()]);
+    }
+
+    #[test]
+    fn default_workers_is_capped_at_the_worker_set_capacity() {
+        assert!((1..=WorkerSet::CAPACITY).contains(&default_workers()));
+    }
+}

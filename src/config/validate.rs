@@ -1,0 +1,390 @@
+//! Checks a built configuration before anything is sized from it.
+//!
+//! Every value that the kernel would refuse (ring sizes, the direct file table) or that would
+//! make the broker unable to work (no worker, a packet limit of 0, an output buffer smaller
+//! than one packet) is an error naming its key; every value that is legal but surprising is a
+//! warning. The kernel's own limits come in as [`KernelLimits`], so the checks are pure and
+//! tested with made-up limits.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use crate::broker::{BrokerConfig, WorkerSet};
+use crate::runtime::RuntimeConfig;
+
+/// `IORING_MAX_ENTRIES`: the largest submission queue `io_uring_setup` accepts.
+pub const RING_ENTRIES_MAX: u32 = 32_768;
+/// `IORING_MAX_FIXED_FILES`: the largest registered file table.
+pub const FILE_TABLE_SLOTS_MAX: u32 = 1 << 20;
+/// A provided-buffer ring holds a power of two below 65536 entries.
+pub const RECV_BUFFERS_MAX: u16 = 32_768;
+/// MQTT 3.1.1's largest Remaining Length (four length bytes).
+pub const MAX_PACKET_SIZE_MAX: usize = 268_435_455;
+/// setsockopt(2) and listen(2) take an `int`.
+const SOCKET_INT_MAX: u32 = i32::MAX as u32;
+
+/// Limits of the running kernel and process that bound the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLimits {
+    /// RLIMIT_NOFILE: the kernel refuses to register a file table larger than the soft
+    /// limit, and the soft limit can be raised up to the hard one. `None`: unlimited/unknown.
+    pub open_files_soft: Option<u64>,
+    pub open_files_hard: Option<u64>,
+}
+
+impl KernelLimits {
+    /// No limits known: only the fixed kernel constants are checked.
+    pub const UNKNOWN: KernelLimits = KernelLimits { open_files_soft: None, open_files_hard: None };
+
+    /// This process's limits, from `/proc/self/limits` (read without `unsafe`; if it cannot
+    /// be read, the limits are unknown and only the kernel constants are checked).
+    pub fn of_this_process() -> KernelLimits {
+        std::fs::read_to_string("/proc/self/limits")
+            .map_or(KernelLimits::UNKNOWN, |text| KernelLimits::parse_proc_limits(&text))
+    }
+
+    /// Parses the "Max open files" line of `/proc/<pid>/limits`.
+    pub fn parse_proc_limits(text: &str) -> KernelLimits {
+        let Some(line) = text.lines().find(|line| line.starts_with("Max open files")) else {
+            return KernelLimits::UNKNOWN;
+        };
+        let mut columns = line["Max open files".len()..].split_whitespace();
+        let mut next = || columns.next().and_then(|value| value.parse::<u64>().ok());
+        let soft = next();
+        let hard = next();
+        KernelLimits { open_files_soft: soft, open_files_hard: hard }
+    }
+}
+
+/// One rejected value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// The TOML key (the flag is the same in kebab-case).
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (--{}): {}", self.key, self.key.replace('_', "-"), self.message)
+    }
+}
+
+/// Collects errors and warnings while checking.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<Invalid>,
+    warnings: Vec<String>,
+}
+
+impl Checker {
+    fn require(&mut self, ok: bool, key: &'static str, message: impl FnOnce() -> String) {
+        if !ok {
+            self.errors.push(Invalid { key, message: message() });
+        }
+    }
+
+    fn warn_if(&mut self, surprising: bool, message: impl FnOnce() -> String) {
+        if surprising {
+            self.warnings.push(message());
+        }
+    }
+}
+
+/// Checks both configs. `Ok` carries warnings (legal but probably unintended values).
+pub fn validate(
+    runtime: &RuntimeConfig,
+    broker: &BrokerConfig,
+    kernel: &KernelLimits,
+) -> Result<Vec<String>, Vec<Invalid>> {
+    let mut checker = Checker::default();
+    check_listeners(&mut checker, runtime);
+    check_capacity(&mut checker, runtime, kernel);
+    check_rings(&mut checker, runtime);
+    check_broker(&mut checker, broker);
+    if checker.errors.is_empty() {
+        Ok(checker.warnings)
+    } else {
+        Err(checker.errors)
+    }
+}
+
+fn check_listeners(checker: &mut Checker, runtime: &RuntimeConfig) {
+    checker.require(!runtime.listeners.is_empty(), "bind", || {
+        "at least one listen address is needed".to_owned()
+    });
+    let mut seen = HashSet::new();
+    for addr in &runtime.listeners {
+        checker.require(seen.insert(addr), "bind", || format!("{addr} is listed twice"));
+        // Each worker binds its own SO_REUSEPORT socket; with port 0 each would get a
+        // different ephemeral port.
+        checker.require(addr.port() != 0, "port", || {
+            format!("{addr}: port 0 is not supported (each worker would get its own port)")
+        });
+    }
+    checker.require(
+        (1..=SOCKET_INT_MAX).contains(&runtime.listen_backlog),
+        "listen_backlog",
+        || format!("must be 1..={SOCKET_INT_MAX}, got {}", runtime.listen_backlog),
+    );
+    for (key, bytes) in [
+        ("socket_rcvbuf_bytes", runtime.socket_rcvbuf_bytes),
+        ("socket_sndbuf_bytes", runtime.socket_sndbuf_bytes),
+    ] {
+        checker.require(bytes <= SOCKET_INT_MAX, key, || {
+            format!("must be at most {SOCKET_INT_MAX} (0 keeps the kernel default), got {bytes}")
+        });
+    }
+}
+
+fn check_capacity(checker: &mut Checker, runtime: &RuntimeConfig, kernel: &KernelLimits) {
+    let workers = runtime.workers;
+    checker.require((1..=WorkerSet::CAPACITY).contains(&workers), "workers", || {
+        format!(
+            "must be 1..={} (the width of the cross-worker interest sets), got {workers}",
+            WorkerSet::CAPACITY
+        )
+    });
+    checker.require(runtime.max_connections >= 1, "max_connections", || {
+        "must be at least 1 (ringmq bounds every table; Mosquitto's -1 has no equivalent)"
+            .to_owned()
+    });
+    let slots = runtime.file_table_slots;
+    let hard = kernel.open_files_hard.unwrap_or(u64::MAX);
+    let slots_max = u64::from(FILE_TABLE_SLOTS_MAX).min(hard);
+    checker.require((1..=slots_max).contains(&u64::from(slots)), "file_table_slots", || {
+        format!(
+            "must be 1..={slots_max} (the kernel's IORING_MAX_FIXED_FILES {FILE_TABLE_SLOTS_MAX} \
+             and this process's hard RLIMIT_NOFILE {}), got {slots}",
+            kernel.open_files_hard.map_or("unlimited".to_owned(), |n| n.to_string())
+        )
+    });
+    if let Some(soft) = kernel.open_files_soft {
+        checker.warn_if(u64::from(slots) > soft && u64::from(slots) <= hard, || {
+            format!(
+                "file_table_slots {slots} exceeds the soft RLIMIT_NOFILE {soft}: the kernel \
+                 registers a table that large only once the soft limit is raised (ulimit -n)"
+            )
+        });
+    }
+}
+
+fn check_rings(checker: &mut Checker, runtime: &RuntimeConfig) {
+    let entries = runtime.ring_entries;
+    checker.require(
+        entries.is_power_of_two() && entries <= RING_ENTRIES_MAX,
+        "ring_entries",
+        || format!("must be a power of two, 1..={RING_ENTRIES_MAX}, got {entries}"),
+    );
+    let buffers = runtime.recv_buffers;
+    checker.require(
+        buffers.is_power_of_two() && buffers <= RECV_BUFFERS_MAX,
+        "recv_buffers",
+        || format!("must be a power of two, 1..={RECV_BUFFERS_MAX}, got {buffers}"),
+    );
+    checker.require(runtime.recv_buffer_bytes >= 1, "recv_buffer_bytes", || {
+        "must be at least 1".to_owned()
+    });
+    let depth = runtime.mesh_ring_depth;
+    checker.require(depth.is_power_of_two(), "mesh_ring_depth", || {
+        format!("must be a power of two (at least 1), got {depth}")
+    });
+}
+
+fn check_broker(checker: &mut Checker, broker: &BrokerConfig) {
+    let packet = broker.max_packet_size;
+    checker.require((1..=MAX_PACKET_SIZE_MAX).contains(&packet), "max_packet_size", || {
+        format!("must be 1..={MAX_PACKET_SIZE_MAX} (MQTT's largest packet), got {packet}")
+    });
+    checker.require(broker.max_inflight_messages >= 1, "max_inflight_messages", || {
+        "must be at least 1 (0 in the settings means 65535)".to_owned()
+    });
+    for (key, value) in [
+        ("max_queued_messages", broker.max_queued_messages),
+        ("max_queued_bytes", broker.max_queued_bytes),
+        ("sessions_max", broker.sessions_max),
+        ("subscriptions_per_session_max", broker.subscriptions_per_session_max),
+    ] {
+        checker.require(value >= 1, key, || {
+            "must be at least 1 (ringmq bounds every queue and table; Mosquitto's 0 for \
+             'no limit' has no equivalent)"
+                .to_owned()
+        });
+    }
+    checker.require(broker.outbuf_bytes_max >= packet, "outbuf_bytes_max", || {
+        format!(
+            "must be at least max_packet_size ({packet}), or a largest packet could never be \
+             sent; got {}",
+            broker.outbuf_bytes_max
+        )
+    });
+    checker.require(broker.connect_timeout_secs >= 1, "connect_timeout_secs", || {
+        "must be at least 1".to_owned()
+    });
+    checker.warn_if(broker.max_queued_bytes < packet, || {
+        format!(
+            "max_queued_bytes {} is less than max_packet_size {packet}: a session cannot \
+             queue one largest message",
+            broker.max_queued_bytes
+        )
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: KernelLimits =
+        KernelLimits { open_files_soft: Some(1024), open_files_hard: Some(524_288) };
+
+    fn defaults() -> (RuntimeConfig, BrokerConfig) {
+        (RuntimeConfig { workers: 2, ..Default::default() }, BrokerConfig::default())
+    }
+
+    /// The keys rejected after `change` is applied to valid defaults.
+    fn rejected(change: impl FnOnce(&mut RuntimeConfig, &mut BrokerConfig)) -> Vec<&'static str> {
+        let (mut runtime, mut broker) = defaults();
+        change(&mut runtime, &mut broker);
+        match validate(&runtime, &broker, &LIMITS) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.key).collect(),
+        }
+    }
+
+    fn warnings(change: impl FnOnce(&mut RuntimeConfig, &mut BrokerConfig)) -> Vec<String> {
+        let (mut runtime, mut broker) = defaults();
+        change(&mut runtime, &mut broker);
+        validate(&runtime, &broker, &LIMITS).expect("valid")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let (runtime, broker) = defaults();
+        assert!(validate(&runtime, &broker, &KernelLimits::UNKNOWN).is_ok());
+        assert!(validate(&runtime, &broker, &LIMITS).is_ok());
+    }
+
+    #[test]
+    fn workers_must_be_1_to_128() {
+        assert_eq!(rejected(|r, _| r.workers = 0), ["workers"]);
+        assert_eq!(rejected(|r, _| r.workers = 129), ["workers"]);
+        assert!(rejected(|r, _| r.workers = 128).is_empty());
+    }
+
+    #[test]
+    fn max_packet_size_must_fit_mqtt() {
+        assert_eq!(rejected(|_, b| b.max_packet_size = 0), ["max_packet_size"]);
+        assert_eq!(
+            rejected(|_, b| {
+                b.max_packet_size = 268_435_456;
+                b.outbuf_bytes_max = 1 << 30;
+            }),
+            ["max_packet_size"]
+        );
+        assert!(rejected(|_, b| {
+            b.max_packet_size = 268_435_455;
+            b.outbuf_bytes_max = 1 << 30;
+        })
+        .is_empty());
+    }
+
+    #[test]
+    fn outbuf_must_hold_one_largest_packet() {
+        assert_eq!(
+            rejected(|_, b| b.outbuf_bytes_max = b.max_packet_size - 1),
+            ["outbuf_bytes_max"]
+        );
+    }
+
+    #[test]
+    fn ring_sizes_must_be_powers_of_two_within_the_kernel_limits() {
+        assert_eq!(rejected(|r, _| r.ring_entries = 3000), ["ring_entries"]);
+        assert_eq!(rejected(|r, _| r.ring_entries = 0), ["ring_entries"]);
+        assert_eq!(rejected(|r, _| r.ring_entries = 65_536), ["ring_entries"]);
+        assert!(rejected(|r, _| r.ring_entries = 32_768).is_empty());
+        assert_eq!(rejected(|r, _| r.recv_buffers = 1000), ["recv_buffers"]);
+        assert_eq!(rejected(|r, _| r.recv_buffers = 0), ["recv_buffers"]);
+        assert_eq!(rejected(|r, _| r.mesh_ring_depth = 100), ["mesh_ring_depth"]);
+        assert_eq!(rejected(|r, _| r.recv_buffer_bytes = 0), ["recv_buffer_bytes"]);
+    }
+
+    #[test]
+    fn file_table_slots_are_bounded_by_the_kernel_and_the_hard_rlimit() {
+        assert_eq!(rejected(|r, _| r.file_table_slots = 0), ["file_table_slots"]);
+        assert_eq!(rejected(|r, _| r.file_table_slots = 524_289), ["file_table_slots"]);
+        assert!(rejected(|r, _| r.file_table_slots = 524_288).is_empty());
+        let (mut runtime, broker) = defaults();
+        runtime.file_table_slots = FILE_TABLE_SLOTS_MAX + 1;
+        let errors = validate(&runtime, &broker, &KernelLimits::UNKNOWN).unwrap_err();
+        assert_eq!(errors[0].key, "file_table_slots");
+        assert!(errors[0].message.contains("IORING_MAX_FIXED_FILES"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn a_table_over_the_soft_rlimit_is_a_warning() {
+        let found = warnings(|r, _| r.file_table_slots = 2048);
+        assert!(found.iter().any(|w| w.contains("soft RLIMIT_NOFILE 1024")), "{found:?}");
+        assert!(!warnings(|r, _| r.file_table_slots = 1024).iter().any(|w| w.contains("soft")));
+    }
+
+    #[test]
+    fn unbounded_values_are_rejected() {
+        assert_eq!(rejected(|r, _| r.max_connections = 0), ["max_connections"]);
+        assert_eq!(rejected(|_, b| b.max_queued_messages = 0), ["max_queued_messages"]);
+        assert_eq!(rejected(|_, b| b.max_queued_bytes = 0), ["max_queued_bytes"]);
+        assert_eq!(rejected(|_, b| b.sessions_max = 0), ["sessions_max"]);
+        assert_eq!(
+            rejected(|_, b| b.subscriptions_per_session_max = 0),
+            ["subscriptions_per_session_max"]
+        );
+        assert_eq!(rejected(|_, b| b.max_inflight_messages = 0), ["max_inflight_messages"]);
+        assert_eq!(rejected(|_, b| b.connect_timeout_secs = 0), ["connect_timeout_secs"]);
+    }
+
+    #[test]
+    fn listeners_must_be_distinct_nonzero_ports() {
+        assert_eq!(rejected(|r, _| r.listeners.clear()), ["bind"]);
+        assert_eq!(rejected(|r, _| r.listeners = vec!["0.0.0.0:0".parse().unwrap()]), ["port"]);
+        let twice = "127.0.0.1:1883".parse().unwrap();
+        assert_eq!(rejected(|r, _| r.listeners = vec![twice, twice]), ["bind"]);
+        assert_eq!(rejected(|r, _| r.listen_backlog = 0), ["listen_backlog"]);
+        assert_eq!(rejected(|r, _| r.socket_sndbuf_bytes = u32::MAX), ["socket_sndbuf_bytes"]);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let keys = rejected(|r, b| {
+            r.workers = 0;
+            r.ring_entries = 3;
+            b.max_packet_size = 0;
+        });
+        assert_eq!(keys, ["workers", "ring_entries", "max_packet_size"]);
+    }
+
+    #[test]
+    fn a_small_queue_byte_bound_is_a_warning() {
+        let found = warnings(|_, b| b.max_queued_bytes = 1000);
+        assert!(found.iter().any(|w| w.contains("cannot queue one largest message")), "{found:?}");
+    }
+
+    #[test]
+    fn parses_proc_self_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units\n\
+                    Max cpu time              unlimited            unlimited            seconds\n\
+                    Max open files            20000                1048576              files\n";
+        let limits = KernelLimits::parse_proc_limits(text);
+        assert_eq!(limits.open_files_soft, Some(20_000));
+        assert_eq!(limits.open_files_hard, Some(1_048_576));
+        let unlimited = "Max open files            unlimited            unlimited            files";
+        assert_eq!(KernelLimits::parse_proc_limits(unlimited), KernelLimits::UNKNOWN);
+        assert_eq!(KernelLimits::parse_proc_limits(""), KernelLimits::UNKNOWN);
+    }
+
+    #[test]
+    fn this_process_has_readable_limits() {
+        // On Linux /proc/self/limits always has the line; the test machine is Linux.
+        let limits = KernelLimits::of_this_process();
+        assert!(limits.open_files_soft.is_some() && limits.open_files_hard.is_some());
+        assert!(limits.open_files_soft <= limits.open_files_hard);
+    }
+}
