@@ -21,8 +21,21 @@ use super::route::home_worker;
 use super::{Action, Broker, CloseReason, ConnId, Millis, SessionId};
 use crate::protocol::{Connack, Connect, ConnectReturnCode, Packet, ProtocolVersion, Utf8Bytes};
 
+/// What became of a CONNECT.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Connected {
+    Accepted,
+    Refused,
+    HandedOff,
+}
+
 impl Broker {
-    pub(super) fn handle_connect(&mut self, conn: ConnId, connect: Connect, now: Millis) {
+    pub(super) fn handle_connect(
+        &mut self,
+        conn: ConnId,
+        connect: Connect,
+        now: Millis,
+    ) -> Connected {
         if !connect.client_id.is_empty() {
             let home = home_worker(connect.client_id.as_bytes(), self.workers);
             if home != self.me {
@@ -30,12 +43,12 @@ impl Broker {
                 self.conns.remove(&conn);
                 self.stats.handoffs += 1;
                 self.actions.push_back(Action::Handoff { conn, to: home, connect });
-                return;
+                return Connected::HandedOff;
             }
         }
         if let Err(code) = self.check_connect(&connect) {
             self.refuse_connect(conn, code, now);
-            return;
+            return Connected::Refused;
         }
         let client_id = if connect.client_id.is_empty() {
             self.generate_client_id()
@@ -46,7 +59,7 @@ impl Broker {
         let Some((session, present)) = self.open_session(client_id, connect.clean_session, now)
         else {
             self.refuse_connect(conn, ConnectReturnCode::ServerUnavailable, now);
-            return;
+            return Connected::Refused;
         };
         self.activate(conn, session, &connect, now);
         let connack = Connack { session_present: present, code: ConnectReturnCode::Accepted };
@@ -54,6 +67,7 @@ impl Broker {
         if present {
             self.redeliver(conn, session);
         }
+        Connected::Accepted
     }
 
     fn check_connect(&self, connect: &Connect) -> Result<(), ConnectReturnCode> {

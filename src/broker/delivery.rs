@@ -6,7 +6,9 @@
 //!   and has not yet reported sent. A packet fits when that is zero or the packet keeps it
 //!   within `outbuf_bytes_max`.
 //! - QoS 0 to an online session is written if it fits, else dropped (`qos0_dropped_outbuf`).
-//!   To an offline persistent session it is queued only with `queue_qos0_messages`.
+//!   To an offline persistent session it is queued only with `queue_qos0_messages`; while
+//!   such QoS 0 messages are still queued, a new one queues behind them (or is dropped at the
+//!   queue's bound), so it cannot overtake them.
 //! - QoS 1/2 is written if it fits, the inflight window has room and nothing is queued ahead of
 //!   it; otherwise it joins the session queue. A full queue drops the new message
 //!   (`messages_dropped_queue_full`); if the client is online it is also closed as a slow
@@ -16,7 +18,10 @@
 //!   payload. Neither allocates per subscriber (beyond amortised buffer growth).
 
 use super::connection::Phase;
-use super::inflight::{Awaiting, Inflight, PubrecOutcome, QueueFull, Queued};
+use super::inflight::{
+    Awaiting, Inflight, Outgoing, PubrecOutcome, QueueFull, QueueLimits, Queued,
+};
+use super::stats::WorkerStats;
 use super::{Broker, CloseReason, ConnId, Message, SessionId};
 use crate::protocol::encode::remaining_length_bytes;
 use crate::protocol::{EncodedPublish, OutBuf, Packet, PacketId, QoS};
@@ -120,15 +125,18 @@ impl Broker {
             if qos == QoS::AtMostOnce && !config.queue_qos0_messages {
                 return; // QoS 0 is at most once: an offline client simply misses it.
             }
-            match session.outgoing.enqueue(queued(message), config.queue_limits()) {
-                Ok(()) => stats.queued_messages += 1,
-                Err(QueueFull) => stats.messages_dropped_queue_full += 1,
-            }
+            enqueue(&mut session.outgoing, queued(message), config.queue_limits(), stats);
             return;
         };
         let conn = conns.get_mut(&conn_id).expect("an online session's connection is known");
         let window = config.inflight_window();
         let room = fits(conn.pending_bytes(), publish_len(message, qos), config.outbuf_bytes_max);
+        if qos == QoS::AtMostOnce && session.outgoing.has_queued_qos0() {
+            // Behind QoS 0 queued while offline: queue too, or drop; never a slow-consumer
+            // close for QoS 0.
+            enqueue(&mut session.outgoing, queued(message), config.queue_limits(), stats);
+            return;
+        }
         if qos == QoS::AtMostOnce {
             if room {
                 variants.get(message, qos).write(None, &mut conn.out);
@@ -149,12 +157,8 @@ impl Broker {
             conn.flag_send(conn_id, actions);
             return;
         }
-        match outgoing.enqueue(queued(message), config.queue_limits()) {
-            Ok(()) => stats.queued_messages += 1,
-            Err(QueueFull) => {
-                stats.messages_dropped_queue_full += 1;
-                pending_closes.push_back((conn_id, CloseReason::SlowConsumer));
-            }
+        if !enqueue(outgoing, queued(message), config.queue_limits(), stats) {
+            pending_closes.push_back((conn_id, CloseReason::SlowConsumer));
         }
     }
 
@@ -243,6 +247,25 @@ impl Broker {
             self.refill(conn);
         } else {
             self.stats.unexpected_acks += 1;
+        }
+    }
+}
+
+/// Queues `queued`, counting it, or counts it dropped at the queue's bounds (false).
+fn enqueue(
+    outgoing: &mut Outgoing,
+    queued: Queued,
+    limits: QueueLimits,
+    stats: &mut WorkerStats,
+) -> bool {
+    match outgoing.enqueue(queued, limits) {
+        Ok(()) => {
+            stats.queued_messages += 1;
+            true
+        }
+        Err(QueueFull) => {
+            stats.messages_dropped_queue_full += 1;
+            false
         }
     }
 }

@@ -7,7 +7,7 @@
 //! wait in the session queue in arrival order; the queue is bounded by `max_queued_messages`
 //! and `max_queued_bytes` (payload bytes). Once anything is queued, later QoS 1/2 messages queue
 //! behind it, so a session's QoS 1/2 messages reach the client in the order they reached the
-//! session [MQTT-4.6.0-2] [MQTT-4.6.0-6]. QoS 0 is never held back for QoS 1/2: it is written
+//! session [MQTT-4.6.0-6]. QoS 0 is never held back for QoS 1/2: it is written
 //! at once or dropped, as MQTT's order rule is per topic *and QoS*.
 //!
 //! Incoming (client to broker), QoS 2 uses Method B of [MQTT-4.3.3-2] (figure 4.3): the packet
@@ -81,6 +81,8 @@ pub(super) struct Outgoing {
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Queued>,
     queued_bytes: usize,
+    /// QoS 0 messages in `queue` (queued while offline with `queue_qos0_messages`).
+    queued_qos0: usize,
     next_packet_id: PacketId,
 }
 
@@ -90,6 +92,7 @@ impl Default for Outgoing {
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            queued_qos0: 0,
             next_packet_id: PacketId::new(1).expect("1 is a valid packet id"),
         }
     }
@@ -106,6 +109,11 @@ impl Outgoing {
 
     pub fn has_queued(&self) -> bool {
         !self.queue.is_empty()
+    }
+
+    /// Whether QoS 0 messages wait in the queue (a new QoS 0 one must then queue behind them).
+    pub fn has_queued_qos0(&self) -> bool {
+        self.queued_qos0 > 0
     }
 
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
@@ -144,6 +152,7 @@ impl Outgoing {
             return Err(QueueFull);
         }
         self.queued_bytes += bytes;
+        self.queued_qos0 += usize::from(queued.qos == QoS::AtMostOnce);
         self.queue.push_back(queued);
         Ok(())
     }
@@ -151,6 +160,7 @@ impl Outgoing {
     pub fn dequeue(&mut self) -> Option<Queued> {
         let queued = self.queue.pop_front()?;
         self.queued_bytes -= queued.message.payload.len();
+        self.queued_qos0 -= usize::from(queued.qos == QoS::AtMostOnce);
         Some(queued)
     }
 
@@ -201,6 +211,7 @@ impl Outgoing {
         self.inflight.clear();
         self.queue.clear();
         self.queued_bytes = 0;
+        self.queued_qos0 = 0;
         counts
     }
 }

@@ -87,6 +87,7 @@ use crate::protocol::{
     encode::encoded_len, Connect, ConnectReturnCode, DecodeError, OutBuf, Packet, QoS, TopicFilter,
     TopicName, Utf8Bytes,
 };
+use connect::Connected;
 use connection::Phase;
 use ids::IdBuildHasher;
 use retain::RetainedStore;
@@ -252,10 +253,13 @@ impl Broker {
         };
         // Any control packet counts for keepalive [MQTT-3.1.2-23].
         state.last_heard = now;
-        self.stats.bytes_received += encoded_len(&packet) as u64;
+        let bytes = encoded_len(&packet) as u64;
         let session = match (state.phase, packet) {
             (Phase::AwaitingConnect, Packet::Connect(connect)) => {
-                self.handle_connect(conn, connect, now);
+                // A CONNECT handed to another worker is counted there.
+                if self.handle_connect(conn, connect, now) != Connected::HandedOff {
+                    self.stats.bytes_received += bytes;
+                }
                 return self.settle(now);
             }
             (Phase::AwaitingConnect, _) => {
@@ -263,6 +267,7 @@ impl Broker {
             }
             (Phase::Active(session), packet) => (session, packet),
         };
+        self.stats.bytes_received += bytes;
         match session {
             (_, Packet::Connect(_)) => self.violation(conn, "second CONNECT [MQTT-3.1.0-2]", now),
             (session, Packet::Publish(publish)) => self.handle_publish(conn, session, publish, now),

@@ -258,3 +258,14 @@ fn connect_on_another_worker_is_handed_to_the_home_worker() {
     assert_eq!(cluster.where_is(second), WorkerId(2));
     assert_eq!(cluster.ended(client), Some(Ended::ByBroker(CloseReason::TakenOver)));
 }
+
+#[test]
+fn a_handed_off_connect_is_counted_once() {
+    let mut cluster = Cluster::new(2, BrokerConfig::default());
+    let id = client_id_on(1, 2, "counted");
+    let connect = connect_packet(&id, true);
+    let bytes = crate::protocol::encode::encoded_len(&Packet::Connect(connect.clone())) as u64;
+    cluster.connect_on(0, connect);
+    let received: Vec<u64> = cluster.brokers.iter().map(|b| b.stats().bytes_received).collect();
+    assert_eq!(received, vec![0, bytes]);
+}

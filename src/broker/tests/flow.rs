@@ -81,7 +81,7 @@ fn a_full_queue_while_online_closes_a_slow_consumer_and_keeps_its_session() {
     // Offline at the bound: dropped and counted, no close to make.
     cluster.publish(publisher, "q", b"late", QoS::AtLeastOnce, false);
     assert_eq!(cluster.broker(0).stats().messages_dropped_queue_full, 2);
-    // Back online: the two unacknowledged, then the queue, in order [MQTT-4.6.0-2].
+    // Back online: the two unacknowledged, then the queue, in order [MQTT-4.6.0-1] [MQTT-4.6.0-6].
     let (back, connack) = cluster.connect_on(0, connect_packet("slow", false));
     assert!(connack.session_present);
     let got = cluster.recv_acking(back);

@@ -116,3 +116,28 @@ fn a_disconnected_persistent_session_counts_in_clients_total() {
     let stats = cluster.broker(0).stats();
     assert_eq!((stats.clients_connected, stats.clients_total), (1, 2));
 }
+
+#[test]
+fn a_new_qos0_message_does_not_overtake_qos0_queued_while_offline_mqtt_4_6_0_6() {
+    let config = BrokerConfig {
+        queue_qos0_messages: true,
+        max_inflight_messages: 1,
+        ..BrokerConfig::default()
+    };
+    let mut cluster = Cluster::single(config);
+    let subscriber = cluster.connect("keep", false);
+    cluster.subscribe(subscriber, &[("z", QoS::AtLeastOnce)]);
+    cluster.send(subscriber, Packet::Disconnect);
+    let publisher = cluster.connect("p", true);
+    // Queued offline: QoS 1 "a", "b", then QoS 0 "0".
+    cluster.publish(publisher, "z", b"a", QoS::AtLeastOnce, false);
+    cluster.publish(publisher, "z", b"b", QoS::AtLeastOnce, false);
+    cluster.publish(publisher, "z", b"0", QoS::AtMostOnce, false);
+    // Back: the window of 1 lets "a" out; "b" and "0" still wait.
+    let (back, _) = cluster.connect_on(0, connect_packet("keep", false));
+    // A new QoS 0 message must queue behind "0" rather than overtake it.
+    cluster.publish(publisher, "z", b"1", QoS::AtMostOnce, false);
+    let got = cluster.recv_acking(back);
+    let payloads: Vec<&[u8]> = got.iter().map(|p| p.payload.as_ref()).collect();
+    assert_eq!(payloads, vec![&b"a"[..], b"b", b"0", b"1"]);
+}
