@@ -335,6 +335,7 @@ impl Settings {
             socket_sndbuf_bytes: self.socket_sndbuf_bytes.unwrap_or(defaults.socket_sndbuf_bytes),
             tcp_nodelay: self.set_tcp_nodelay.unwrap_or(defaults.tcp_nodelay),
             listen_backlog: self.listen_backlog.unwrap_or(defaults.listen_backlog),
+            close_linger_millis: defaults.close_linger_millis,
         }
     }
 

@@ -33,6 +33,10 @@ pub struct RuntimeConfig {
     pub tcp_nodelay: bool,
     /// listen(2) backlog.
     pub listen_backlog: u32,
+    /// How long a closing connection's already-taken output may take to leave before the send
+    /// is cancelled and the connection closed anyway (a peer that stopped reading cannot hold
+    /// a slot forever).
+    pub close_linger_millis: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -51,6 +55,59 @@ impl Default for RuntimeConfig {
             socket_sndbuf_bytes: 0,
             tcp_nodelay: true,
             listen_backlog: 4096,
+            close_linger_millis: 2000,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Checks the values against what the kernel and the runtime's encodings allow.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listeners.is_empty() {
+            return Err("no listen address".into());
+        }
+        if self.workers == 0 || self.workers > crate::broker::WorkerSet::CAPACITY {
+            return Err(format!("workers must be 1..={}", crate::broker::WorkerSet::CAPACITY));
+        }
+        if self.file_table_slots == 0 || self.file_table_slots >= super::user_data::SLOTS_MAX {
+            return Err(format!("file_table_slots must be 1..{}", super::user_data::SLOTS_MAX));
+        }
+        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 1 << 15 {
+            return Err("recv_buffers must be a power of two of at most 32768".into());
+        }
+        if self.recv_buffer_bytes == 0 {
+            return Err("recv_buffer_bytes must be positive".into());
+        }
+        if self.ring_entries == 0 || self.ring_entries > 1 << 15 {
+            return Err("ring_entries must be 1..=32768".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(RuntimeConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn values_the_kernel_or_the_encodings_refuse_are_rejected() {
+        let bad = [
+            RuntimeConfig { workers: 0, ..RuntimeConfig::default() },
+            RuntimeConfig { recv_buffers: 1000, ..RuntimeConfig::default() },
+            RuntimeConfig { file_table_slots: 1 << 24, ..RuntimeConfig::default() },
+            RuntimeConfig { listeners: Vec::new(), ..RuntimeConfig::default() },
+            RuntimeConfig { ring_entries: 1 << 16, ..RuntimeConfig::default() },
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
         }
     }
 }

@@ -1,14 +1,218 @@
 //! The io_uring runtime: pinned worker threads, one ring each, moving bytes and time between
-//! the kernel and the sans-IO broker core. PLACEHOLDER until issue 4's runtime lands.
+//! the kernel and the sans-IO broker core.
+//!
+//! [`run`] is the binary's entry point: it checks the kernel ([`probe`]), binds the listeners,
+//! starts one [`worker::Worker`] per configured worker and waits for SIGINT/SIGTERM.
+//! [`start`] does the same without touching signals, for tests and embedders.
+//!
+//! Map: `worker` (the loop and its phases), `events` (completion handlers), `output` (broker
+//! actions, sends, closing), `conn` (slot table and close steps), `send` (the boxed sendmsg
+//! state), `bufring` (provided receive buffers), `uring` (the ring), `user_data`, `listener`,
+//! `signals`, `probe`, `peers` (the link to other workers). `unsafe` lives only in these files.
+//!
+//! Shutdown: SIGINT/SIGTERM stop accepting, close every connection (output already taken gets
+//! a short time to leave) and exit 0 within a second. Wills are NOT published at shutdown: the
+//! broker is not told about the closes, as in Mosquitto, where a broker stop is not the
+//! client's abnormal disconnect.
 
+pub mod bufring;
 pub mod config;
+pub mod conn;
+mod events;
+pub mod listener;
+mod output;
+pub mod peers;
+pub mod probe;
+pub mod send;
+pub mod signals;
+pub mod uring;
+pub mod user_data;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
 
 pub use config::RuntimeConfig;
 
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
 use crate::broker::BrokerConfig;
+use signals::Stopper;
+use worker::{Worker, WorkerCounters, WorkerSetup};
 
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<()> {
-    let _ = (runtime, broker);
-    anyhow::bail!("the io_uring runtime is not built yet (issue 4)")
+    // Before any thread exists, so every worker inherits the mask and only `sigwait` sees them.
+    signals::block()?;
+    let running = start(runtime, broker)?;
+    let signal = signals::wait_for_stop()?;
+    tracing::info!(signal, "stopping");
+    running.stop();
+    running.join()?;
+    Ok(())
+}
+
+/// A started runtime.
+#[derive(Debug)]
+pub struct Running {
+    addrs: Vec<SocketAddr>,
+    stopper: Stopper,
+    threads: Vec<JoinHandle<anyhow::Result<WorkerCounters>>>,
+}
+
+impl Running {
+    /// The listen addresses, with port 0 resolved.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Asks every worker to stop (see the module documentation); returns at once.
+    pub fn stop(&self) {
+        self.stopper.stop();
+    }
+
+    /// Waits for every worker to end; returns their counters, or the first failure.
+    pub fn join(self) -> anyhow::Result<Vec<WorkerCounters>> {
+        let mut counters = Vec::with_capacity(self.threads.len());
+        let mut failure = None;
+        for thread in self.threads {
+            match thread.join() {
+                Ok(Ok(worker)) => counters.push(worker),
+                Ok(Err(error)) => failure = failure.or(Some(error)),
+                Err(_) => failure = failure.or(Some(anyhow::anyhow!("a worker panicked"))),
+            }
+        }
+        failure.map_or(Ok(counters), Err)
+    }
+}
+
+/// Checks the kernel, binds the listeners and starts the workers; returns once every worker
+/// has built its state (or the first failure, after stopping the others).
+pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Running> {
+    runtime.validate().map_err(|error| anyhow::anyhow!("runtime configuration: {error}"))?;
+    if runtime.workers > 1 {
+        anyhow::bail!(
+            "{} workers need the cross-worker mesh, which is not wired into the runtime yet; \
+             run with --workers 1",
+            runtime.workers
+        );
+    }
+    // On a thread of its own, so the caller's thread gets no io_uring task context (whose
+    // task work would interrupt its blocking calls) from the throwaway rings.
+    let msg_ring = runtime.workers > 1;
+    let support = std::thread::scope(|scope| scope.spawn(|| probe::probe(msg_ring)).join())
+        .map_err(|_| anyhow::anyhow!("the kernel probe panicked"))??;
+    raise_descriptor_limit(runtime.file_table_slots)?;
+    let listeners = listener::bind_all(&runtime)?;
+    let cpus = allowed_cpus();
+    tracing::info!(workers = runtime.workers, ?cpus, addrs = ?listeners.addrs, taskrun = ?support.mode, "starting");
+    let stopper = Stopper::new(runtime.workers)?;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let epoch = Instant::now();
+    let workers = u16::try_from(runtime.workers)?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut threads = Vec::with_capacity(runtime.workers);
+    for (index, sockets) in listeners.per_worker.into_iter().enumerate() {
+        let setup = WorkerSetup {
+            index: u16::try_from(index)?,
+            workers,
+            cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
+            config: runtime.clone(),
+            broker: broker.clone(),
+            listeners: sockets,
+            stop: stopper.watch(index),
+            connections: Arc::clone(&connections),
+            epoch,
+        };
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ringmq-w{index}"))
+            .spawn(move || worker_main(setup, &ready))?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    let running = Running { addrs: listeners.addrs, stopper, threads };
+    for _ in 0..runtime.workers {
+        // A closed channel means a worker died before reporting; join() says how.
+        let ready =
+            ready_rx.recv().unwrap_or_else(|_| Err("a worker ended during start-up".to_owned()));
+        if let Err(error) = ready {
+            running.stop();
+            let joined = running.join();
+            return Err(
+                anyhow::anyhow!("{error}").context(format!("starting the workers ({joined:?})"))
+            );
+        }
+    }
+    Ok(running)
+}
+
+/// A worker thread: pin, build, report readiness, loop.
+fn worker_main(
+    setup: WorkerSetup,
+    ready: &mpsc::Sender<Result<(), String>>,
+) -> anyhow::Result<WorkerCounters> {
+    let index = setup.index;
+    // Pin before allocating, so the worker's memory comes from its own core's node.
+    if let Some(cpu) = setup.cpu {
+        if let Err(error) = worker::pin(cpu) {
+            tracing::warn!(worker = index, cpu, %error, "could not pin the worker");
+        }
+    }
+    let mut worker = match Worker::new(setup) {
+        Ok(worker) => worker,
+        Err(error) => {
+            let message = format!("worker {index}: {error:#}");
+            // The receiver only goes away after start() returned; nothing to tell then.
+            let _ = ready.send(Err(message.clone()));
+            return Err(anyhow::anyhow!(message));
+        }
+    };
+    let _ = ready.send(Ok(()));
+    worker.run()?;
+    Ok(worker.counters.clone())
+}
+
+/// The CPUs this process may run on, lowest first (empty if the kernel will not say).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity fills at most
+    // `size_of` bytes of it, and CPU_ISSET reads inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..8 * std::mem::size_of::<libc::cpu_set_t>())
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one: the kernel caps each ring's direct file
+/// table at RLIMIT_NOFILE, and connections live only there.
+fn raise_descriptor_limit(file_table_slots: u32) -> anyhow::Result<()> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a live rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit with soft <= hard.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    if u64::from(file_table_slots) > limit.rlim_cur {
+        anyhow::bail!(
+            "file_table_slots {file_table_slots} exceeds RLIMIT_NOFILE {} (the kernel's cap on a \
+             ring's direct file table); lower it or raise the limit (ulimit -Hn)",
+            limit.rlim_cur
+        );
+    }
+    Ok(())
 }

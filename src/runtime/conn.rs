@@ -1,0 +1,272 @@
+//! The worker's connection table: one entry per slot of the ring's direct file table, sized
+//! at start-up, and the per-connection state machine from accept to the close completion.
+//!
+//! A connection's slot *is* its direct descriptor's index: the kernel picks it at accept
+//! (`IORING_FILE_INDEX_ALLOC`) and cannot hand it out again before our `IORING_OP_CLOSE` on it
+//! completes. Close is therefore submitted last, only when no other operation on the slot is
+//! in flight, and the entry is freed by the close completion: an entry is never reused while
+//! the kernel can still answer for its previous occupant. The generation, bumped at every
+//! accept into the slot, makes a stale completion recognisable anyway (counted, dropped).
+//!
+//! Closing runs in steps, decided by [`Conn::close_step`]: stop reading the input, let the
+//! output already taken from the broker leave (bounded by a linger deadline), cancel the
+//! multishot receive, and when nothing else is in flight, close the descriptor.
+
+use bytes::BytesMut;
+
+use super::send::SendOp;
+use crate::broker::ConnId;
+
+/// Where a slot is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    /// No connection; the kernel may allocate this slot.
+    Free,
+    /// Receiving and sending.
+    Open,
+    /// On its way to `IORING_OP_CLOSE`.
+    Closing,
+    /// Waiting for its receive to stop, then its descriptor goes to another worker.
+    HandingOff,
+}
+
+/// The next thing a closing connection needs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CloseStep {
+    /// An operation is in flight (or output is leaving); its completion moves us on.
+    Wait,
+    /// Output is queued and no send is in flight: start one.
+    Send,
+    /// The multishot receive is still armed: cancel it.
+    CancelRecv,
+    /// Nothing in flight: close the descriptor.
+    Close,
+}
+
+/// One slot's state.
+#[derive(Debug)]
+pub struct Conn {
+    pub generation: u32,
+    pub phase: Phase,
+    /// Whether the broker has this connection (between `handle_open` and its `Close` action
+    /// or our `handle_closed`).
+    pub broker_knows: bool,
+    /// The peer can still receive: false after EOF, an error, or a failed send.
+    pub peer_alive: bool,
+    /// Decoding stopped (after a decode error): further input is dropped.
+    pub input_closed: bool,
+    pub recv_armed: bool,
+    /// Cancels submitted (of the receive, or of a send that outlived its linger time).
+    pub cancels_in_flight: u8,
+    pub close_in_flight: bool,
+    /// In the worker's list of connections with output to start this turn.
+    pub flush_listed: bool,
+    /// Bytes of a packet not yet complete (empty, with no capacity, between packets).
+    pub input: BytesMut,
+    /// Output taken from the broker and the send in flight; `None` when there is none.
+    pub send: Option<Box<SendOp>>,
+}
+
+impl Conn {
+    pub fn free() -> Self {
+        Self {
+            generation: 0,
+            phase: Phase::Free,
+            broker_knows: false,
+            peer_alive: false,
+            input_closed: false,
+            recv_armed: false,
+            cancels_in_flight: 0,
+            close_in_flight: false,
+            flush_listed: false,
+            input: BytesMut::new(),
+            send: None,
+        }
+    }
+
+    /// Takes a freed slot for a new connection, with the next generation.
+    pub fn open(&mut self) {
+        assert_eq!(self.phase, Phase::Free, "accept into a slot that is not free");
+        assert!(self.send.is_none() && self.input.is_empty(), "a free slot holds state");
+        let generation = self.generation.wrapping_add(1);
+        *self = Self { generation, phase: Phase::Open, peer_alive: true, ..Self::free() };
+    }
+
+    pub fn send_in_flight(&self) -> bool {
+        self.send.as_ref().is_some_and(|op| op.in_flight())
+    }
+
+    /// Whether some operation on the slot is still in the kernel.
+    pub fn any_in_flight(&self) -> bool {
+        self.recv_armed
+            || self.cancels_in_flight > 0
+            || self.close_in_flight
+            || self.send_in_flight()
+    }
+
+    pub fn close_step(&self) -> CloseStep {
+        assert!(
+            matches!(self.phase, Phase::Closing | Phase::HandingOff),
+            "close_step on {:?}",
+            self.phase
+        );
+        if self.close_in_flight || self.send_in_flight() {
+            return CloseStep::Wait;
+        }
+        let unsent = self.send.as_ref().is_some_and(|op| op.has_unsent());
+        if unsent && self.peer_alive {
+            return CloseStep::Send;
+        }
+        if self.cancels_in_flight > 0 {
+            return CloseStep::Wait;
+        }
+        if self.recv_armed {
+            return CloseStep::CancelRecv;
+        }
+        CloseStep::Close
+    }
+
+    /// Back to free after the close completed; the generation stays for the next occupant.
+    pub fn release(&mut self) -> Option<Box<SendOp>> {
+        assert!(!self.any_in_flight(), "release with an operation in flight");
+        let op = self.send.take();
+        let generation = self.generation;
+        *self = Self { generation, ..Self::free() };
+        op
+    }
+}
+
+/// All slots of one worker, plus the count of those in use.
+#[derive(Debug)]
+pub struct ConnTable {
+    conns: Vec<Conn>,
+    live: usize,
+}
+
+impl ConnTable {
+    pub fn new(slots: u32) -> Self {
+        Self { conns: (0..slots).map(|_| Conn::free()).collect(), live: 0 }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Slots not free (open or closing).
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    pub fn open(&mut self, slot: u32) -> ConnId {
+        let conn = &mut self.conns[slot as usize];
+        conn.open();
+        self.live += 1;
+        ConnId::new(slot, conn.generation)
+    }
+
+    pub fn release(&mut self, slot: u32) -> Option<Box<SendOp>> {
+        let conn = &mut self.conns[slot as usize];
+        assert_ne!(conn.phase, Phase::Free, "release of a free slot");
+        self.live -= 1;
+        conn.release()
+    }
+
+    /// The connection `id` names, if the slot still holds that generation and is not free.
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let conn = self.conns.get_mut(id.slot() as usize)?;
+        (conn.generation == id.generation() && conn.phase != Phase::Free).then_some(conn)
+    }
+
+    /// The slot's entry, whatever its generation (for completions, which check it).
+    pub fn slot_mut(&mut self, slot: u32) -> &mut Conn {
+        &mut self.conns[slot as usize]
+    }
+
+    pub fn id_of(&self, slot: u32) -> ConnId {
+        ConnId::new(slot, self.conns[slot as usize].generation)
+    }
+
+    /// Slots that are open, for shutdown.
+    pub fn open_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.phase == Phase::Open)
+            .map(|(slot, _)| slot as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::runtime::send::SendPool;
+
+    fn closing() -> Conn {
+        let mut conn = Conn::free();
+        conn.open();
+        conn.recv_armed = true;
+        conn.phase = Phase::Closing;
+        conn
+    }
+
+    #[test]
+    fn reuse_bumps_the_generation_so_old_ids_miss() {
+        let mut table = ConnTable::new(2);
+        let first = table.open(1);
+        table.slot_mut(1).phase = Phase::Closing;
+        assert!(table.release(1).is_none());
+        assert!(table.get_mut(first).is_none(), "a freed slot answers no id");
+        let second = table.open(1);
+        assert_eq!(first.slot(), second.slot());
+        assert_ne!(first.generation(), second.generation());
+        assert!(table.get_mut(first).is_none(), "the old id does not reach the new occupant");
+        assert!(table.get_mut(second).is_some());
+        assert_eq!(table.live(), 1);
+    }
+
+    /// The close sequence: output first, then cancel the receive, then close, each only when
+    /// nothing that must precede it is in flight.
+    #[test]
+    fn close_steps_in_order() {
+        let mut pool = SendPool::new(1);
+        let mut conn = closing();
+        let mut op = pool.take();
+        op.queue().push(Bytes::from_static(b"connack"));
+        conn.send = Some(op);
+        assert_eq!(conn.close_step(), CloseStep::Send);
+        let header = conn.send.as_mut().map(|op| op.start());
+        assert!(header.is_some());
+        assert_eq!(conn.close_step(), CloseStep::Wait, "send in flight");
+        assert!(!conn.send.as_mut().map(|op| op.complete(7)).unwrap_or(true));
+        assert_eq!(conn.close_step(), CloseStep::CancelRecv);
+        conn.cancels_in_flight = 1;
+        assert_eq!(conn.close_step(), CloseStep::Wait);
+        conn.recv_armed = false;
+        assert_eq!(conn.close_step(), CloseStep::Wait, "cancel completion still to come");
+        conn.cancels_in_flight = 0;
+        assert_eq!(conn.close_step(), CloseStep::Close);
+        conn.close_in_flight = true;
+        assert_eq!(conn.close_step(), CloseStep::Wait);
+    }
+
+    #[test]
+    fn a_dead_peer_gets_no_more_output() {
+        let mut pool = SendPool::new(1);
+        let mut conn = closing();
+        conn.recv_armed = false;
+        conn.peer_alive = false;
+        let mut op = pool.take();
+        op.queue().push(Bytes::from_static(b"late"));
+        conn.send = Some(op);
+        assert_eq!(conn.close_step(), CloseStep::Close);
+    }
+
+    #[test]
+    #[should_panic(expected = "operation in flight")]
+    fn a_slot_with_an_operation_in_flight_is_not_released() {
+        let mut conn = closing();
+        conn.release();
+    }
+}

@@ -1,0 +1,276 @@
+//! Phase 2 of a loop turn: one handler per completed operation (`on_accept`, `on_recv`, ...).
+//!
+//! Handlers turn completions into broker events and slot-state changes; they queue follow-up
+//! operations (re-arms, cancels, closes) but start no sends — output leaves in phase 4, one
+//! `sendmsg` per connection per turn. A completion whose generation does not match its slot
+//! is counted and dropped; a provided buffer it carries still goes back to the ring.
+
+use bytes::BytesMut;
+use io_uring::{opcode, types};
+
+use super::conn::Phase;
+use super::uring::Completion;
+use super::user_data::{Op, UserData};
+use super::worker::{Worker, ACCEPT_RETRY_MILLIS};
+use crate::broker::{ConnId, Millis};
+use crate::protocol;
+
+impl Worker {
+    pub(super) fn dispatch(&mut self, completion: Completion, now: Millis) {
+        let data = completion.user_data;
+        match data.op {
+            Op::Accept => self.on_accept(data.slot, completion, now),
+            Op::Recv => self.on_recv(completion, now),
+            Op::Send => self.on_send(completion, now),
+            Op::Cancel => self.on_cancel(completion, now),
+            Op::Close => self.on_close(completion),
+            Op::Wake => self.on_wake(now),
+            // Its effect shows on the accept (ECANCELED); nothing to do here.
+            Op::CancelAccept => {}
+            Op::SendFd | Op::Mesh => panic!("mesh completion {data:?} without a mesh"),
+        }
+    }
+
+    /// The slot's connection if the completion is for its current occupant; counts the rest.
+    fn current(&mut self, data: UserData) -> Option<ConnId> {
+        let id = ConnId::new(data.slot, data.generation);
+        let current = self.conns.get_mut(id).is_some();
+        if !current {
+            self.counters.stale_completions += 1;
+        }
+        current.then_some(id)
+    }
+
+    fn on_accept(&mut self, listener: u32, completion: Completion, now: Millis) {
+        if !completion.more() {
+            self.listeners[listener as usize].armed = false;
+        }
+        match completion.errno() {
+            None => self.on_accepted(completion.result as u32, now),
+            Some(libc::ENFILE) => {
+                self.counters.accept_paused_table_full += 1;
+                if self.counters.accept_paused_table_full == 1 {
+                    tracing::warn!(
+                        worker = self.index,
+                        file_table_slots = self.config.file_table_slots,
+                        "direct file table full: accepting paused until a connection closes (logged once)"
+                    );
+                }
+                self.accept_paused = true;
+            }
+            Some(libc::ECANCELED) => {}
+            Some(errno) => {
+                self.counters.accept_errors += 1;
+                let error = std::io::Error::from_raw_os_error(errno);
+                tracing::warn!(worker = self.index, listener, %error, "accept failed; retrying shortly");
+                self.accept_retry_at = Some(now.plus_millis(ACCEPT_RETRY_MILLIS));
+            }
+        }
+        if !self.accept_paused && self.accept_retry_at.is_none() && self.stopping.is_none() {
+            self.arm_accepts();
+        }
+    }
+
+    fn on_accepted(&mut self, slot: u32, now: Millis) {
+        assert!(
+            (slot as usize) < self.conns.slots(),
+            "kernel allocated slot {slot} beyond the table"
+        );
+        self.counters.accepted += 1;
+        let id = self.conns.open(slot);
+        let total = self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if total > self.config.max_connections || self.stopping.is_some() {
+            self.counters.refused_max_connections += u64::from(self.stopping.is_none());
+            tracing::debug!(conn = ?id, total, "refused: max_connections reached");
+            self.begin_close(slot, now);
+            return;
+        }
+        tracing::debug!(conn = ?id, worker = self.index, "connection opened");
+        self.arm_recv(slot);
+        let conn = self.conns.slot_mut(slot);
+        conn.broker_knows = true;
+        self.broker.handle_open(id, now);
+    }
+
+    pub(super) fn arm_recv(&mut self, slot: u32) {
+        let conn = self.conns.slot_mut(slot);
+        assert!(!conn.recv_armed, "a second receive on one connection");
+        conn.recv_armed = true;
+        let entry = opcode::RecvMulti::new(types::Fixed(slot), self.buffers.group())
+            .build()
+            .user_data(UserData::new(Op::Recv, slot, conn.generation).pack());
+        // SAFETY: the receive writes only into the registered buffer ring, which the worker
+        // keeps registered until the ring is gone.
+        unsafe { self.ring.push(&entry) };
+    }
+
+    fn on_recv(&mut self, completion: Completion, now: Millis) {
+        let data = completion.user_data;
+        // Copy the bytes out and give the buffer back first, whatever happens next.
+        let mut received = 0;
+        let current = self.current(data);
+        if let Some(buffer) = completion.buffer() {
+            let len = usize::try_from(completion.result).unwrap_or(0);
+            let lease = self.buffers.lease(buffer, len);
+            if let Some(id) = current {
+                let conn = self.conns.slot_mut(id.slot());
+                if matches!(conn.phase, Phase::Open | Phase::HandingOff) && !conn.input_closed {
+                    conn.input.extend_from_slice(&lease);
+                    received = len;
+                }
+            }
+        }
+        let Some(id) = current else { return };
+        self.counters.recv_completions += 1;
+        self.counters.recv_bytes += received as u64;
+        let slot = id.slot();
+        if !completion.more() {
+            self.conns.slot_mut(slot).recv_armed = false;
+        }
+        match completion.errno() {
+            None if completion.result > 0 => {
+                if self.conns.slot_mut(slot).phase == Phase::Open {
+                    self.decode_input(id, now);
+                }
+            }
+            Some(libc::ENOBUFS) => self.counters.recv_no_buffers += 1,
+            Some(libc::ECANCELED) => {}
+            // End of stream (0) or a socket error: the peer is gone.
+            _ => self.on_peer_gone(slot, now),
+        }
+        let conn = self.conns.slot_mut(slot);
+        match conn.phase {
+            Phase::Open if !conn.recv_armed && conn.peer_alive => self.arm_recv(slot),
+            Phase::Closing | Phase::HandingOff => self.advance_close(slot),
+            _ => {}
+        }
+    }
+
+    /// Decodes every complete packet in the connection's input and feeds it to the broker,
+    /// applying the broker's actions after each, so that a packet which closes or hands off
+    /// the connection stops the decoding (the rest then stays as input for the handoff).
+    fn decode_input(&mut self, id: ConnId, now: Millis) {
+        let max_packet_bytes = self.broker.config().max_packet_size;
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else { return };
+            if conn.phase != Phase::Open || conn.input_closed {
+                return;
+            }
+            match protocol::decode(&mut conn.input, max_packet_bytes) {
+                Ok(Some(packet)) => {
+                    self.counters.packets_decoded += 1;
+                    self.broker.handle_packet(id, packet, now);
+                    self.apply_actions(now);
+                }
+                Ok(None) => {
+                    if conn.input.is_empty() {
+                        // Between packets an idle connection holds no memory.
+                        conn.input = BytesMut::new();
+                    }
+                    return;
+                }
+                Err(error) => {
+                    self.counters.decode_errors += 1;
+                    conn.input = BytesMut::new();
+                    conn.input_closed = true;
+                    tracing::debug!(conn = ?id, %error, "undecodable input");
+                    self.broker.handle_decode_error(id, error, now);
+                    self.apply_actions(now);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// EOF or a socket error: tell the broker (an abnormal end publishes the will) and close.
+    pub(super) fn on_peer_gone(&mut self, slot: u32, now: Millis) {
+        let id = self.conns.id_of(slot);
+        let conn = self.conns.slot_mut(slot);
+        conn.peer_alive = false;
+        let tell_broker = conn.broker_knows;
+        conn.broker_knows = false;
+        if tell_broker {
+            tracing::debug!(conn = ?id, "connection lost");
+            self.broker.handle_closed(id, now);
+        }
+        if self.conns.slot_mut(slot).phase == Phase::Open {
+            self.begin_close(slot, now);
+        }
+    }
+
+    fn on_send(&mut self, completion: Completion, now: Millis) {
+        let Some(id) = self.current(completion.user_data) else {
+            panic!("send completion {:?} for a slot that was reused", completion.user_data);
+        };
+        let slot = id.slot();
+        let sent_bytes = usize::try_from(completion.result).unwrap_or(0);
+        let conn = self.conns.slot_mut(slot);
+        let op = conn
+            .send
+            .as_mut()
+            .unwrap_or_else(|| panic!("send completion for {id:?} without an op"));
+        let unsent = op.complete(sent_bytes);
+        self.counters.sends += 1;
+        self.counters.sent_bytes += sent_bytes as u64;
+        if let Some(errno) = completion.errno() {
+            self.counters.send_errors += 1;
+            if errno != libc::ECANCELED {
+                tracing::debug!(conn = ?id, error = %std::io::Error::from_raw_os_error(errno), "send failed");
+            }
+            self.on_peer_gone(slot, now);
+        } else {
+            if conn.broker_knows && sent_bytes > 0 {
+                self.broker.handle_sent(id, sent_bytes, now);
+            }
+            if unsent {
+                self.counters.partial_sends += 1;
+                self.list_for_flush(slot);
+            } else if let Some(op) = self.conns.slot_mut(slot).send.take_if(|op| !op.has_unsent()) {
+                self.sends.give(op);
+            }
+        }
+        if matches!(self.conns.slot_mut(slot).phase, Phase::Closing | Phase::HandingOff) {
+            self.advance_close(slot);
+        }
+    }
+
+    fn on_cancel(&mut self, completion: Completion, _now: Millis) {
+        let Some(id) = self.current(completion.user_data) else {
+            panic!("cancel completion {:?} for a slot that was reused", completion.user_data);
+        };
+        let conn = self.conns.slot_mut(id.slot());
+        assert!(conn.cancels_in_flight > 0, "cancel completion without a cancel");
+        conn.cancels_in_flight -= 1;
+        self.advance_close(id.slot());
+    }
+
+    fn on_close(&mut self, completion: Completion) {
+        let Some(id) = self.current(completion.user_data) else {
+            panic!("close completion {:?} for a slot that was reused", completion.user_data);
+        };
+        if let Some(errno) = completion.errno() {
+            // The slot is empty either way; a failure here is worth a look, not a crash.
+            tracing::warn!(conn = ?id, error = %std::io::Error::from_raw_os_error(errno), "close failed");
+        }
+        self.conns.slot_mut(id.slot()).close_in_flight = false;
+        if let Some(op) = self.conns.release(id.slot()) {
+            self.sends.give(op);
+        }
+        self.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.closed += 1;
+        tracing::debug!(conn = ?id, "connection closed");
+        if self.accept_paused && self.stopping.is_none() {
+            self.accept_paused = false;
+            self.arm_accepts();
+        }
+    }
+
+    fn on_wake(&mut self, now: Millis) {
+        self.wake_armed = false;
+        if self.stop.requested() {
+            self.begin_stop(now);
+        } else {
+            self.arm_wake();
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The broker's actions, the sends they lead to, and the steps of closing a connection.
+//!
+//! Output is taken from the broker as soon as it announces it (`Action::Send`), into the
+//! connection's boxed [`super::send::SendOp`], and leaves in phase 4 with one `sendmsg` per
+//! connection — so everything a turn produced for a connection goes in one system call, and
+//! output the broker produced before a `Close` is already ours when the `Close` arrives.
+//!
+//! Closing ([`super::conn::CloseStep`]): output taken before the close still leaves, for at
+//! most `close_linger_millis`; then the receive is cancelled, and the descriptor is closed
+//! through the ring once nothing else is in flight on it.
+
+use io_uring::{opcode, types};
+
+use super::conn::{CloseStep, Phase};
+use super::user_data::{Op, UserData};
+use super::worker::Worker;
+use crate::broker::{Action, ConnId, Millis};
+
+impl Worker {
+    /// Carries out every action the broker has queued.
+    pub(super) fn apply_actions(&mut self, now: Millis) {
+        while let Some(action) = self.broker.poll_action() {
+            match action {
+                Action::Send(id) => self.take_output(id),
+                Action::Close(id, reason) => {
+                    let Some(conn) = self.conns.get_mut(id) else { continue };
+                    if conn.phase != Phase::Open {
+                        continue;
+                    }
+                    conn.broker_knows = false;
+                    tracing::debug!(conn = ?id, %reason, "closing");
+                    self.take_output(id);
+                    self.begin_close(id.slot(), now);
+                }
+                Action::Remote { to, msg } => self.peers.send(to, msg),
+                Action::Handoff { conn, to, .. } => {
+                    panic!("handoff of {conn:?} to {to:?} without a mesh to carry it")
+                }
+            }
+        }
+    }
+
+    /// Moves the broker's output for `id` into its send op and lists it for phase 4.
+    fn take_output(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        let op = conn.send.get_or_insert_with(|| self.sends.take());
+        self.broker.take_output(id, op.queue());
+        if !conn.peer_alive {
+            // Nobody to send to; the broker has been told (or will be) that it is gone.
+            if !op.in_flight() {
+                op.discard();
+            }
+            return;
+        }
+        self.list_for_flush(id.slot());
+    }
+
+    pub(super) fn list_for_flush(&mut self, slot: u32) {
+        let conn = self.conns.slot_mut(slot);
+        if !conn.flush_listed {
+            conn.flush_listed = true;
+            self.flush.push(slot);
+        }
+    }
+
+    /// Phase 4's last step: one `sendmsg` for each listed connection without one in flight.
+    pub(super) fn start_sends(&mut self) {
+        let mut flush = std::mem::take(&mut self.flush);
+        for slot in flush.drain(..) {
+            let conn = self.conns.slot_mut(slot);
+            conn.flush_listed = false;
+            if conn.phase == Phase::Free || !conn.peer_alive || conn.send_in_flight() {
+                continue;
+            }
+            let Some(op) = conn.send.as_mut() else { continue };
+            if !op.has_unsent() {
+                continue;
+            }
+            let header = op.start();
+            let entry = opcode::SendMsg::new(types::Fixed(slot), header)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(UserData::new(Op::Send, slot, conn.generation).pack());
+            // SAFETY: `header`, its iovecs and the `Bytes` they cover live in the boxed op,
+            // which the connection owns and does not move or change until this send's
+            // completion (`SendOp` invariant); the slot is not freed while it is in flight.
+            unsafe { self.ring.push(&entry) };
+        }
+        self.flush = flush;
+    }
+
+    /// Starts closing an open connection; the caller has settled what the broker knows.
+    pub(super) fn begin_close(&mut self, slot: u32, now: Millis) {
+        let id = self.conns.id_of(slot);
+        let conn = self.conns.slot_mut(slot);
+        assert_eq!(conn.phase, Phase::Open, "begin_close on {:?}", conn.phase);
+        conn.phase = Phase::Closing;
+        conn.input = bytes::BytesMut::new();
+        let output_pending =
+            conn.send_in_flight() || conn.send.as_ref().is_some_and(|op| op.has_unsent());
+        if output_pending && conn.peer_alive {
+            self.linger(id, now);
+        }
+        self.advance_close(slot);
+    }
+
+    /// Remembers when a closing connection's output must have left. Bounded by twice the
+    /// slots; when full, the oldest is expired early (its output cut short).
+    fn linger(&mut self, id: ConnId, now: Millis) {
+        if self.lingering.len() >= 2 * self.conns.slots() {
+            if let Some((_, oldest)) = self.lingering.pop_front() {
+                self.cut_output(oldest);
+            }
+        }
+        self.lingering.push_back((now.plus_millis(self.config.close_linger_millis), id));
+    }
+
+    /// Cuts short the output of closing connections whose linger time has passed.
+    pub(super) fn expire_lingering(&mut self, now: Millis) {
+        while let Some(&(deadline, id)) = self.lingering.front() {
+            if deadline > now {
+                break;
+            }
+            self.lingering.pop_front();
+            self.cut_output(id);
+        }
+    }
+
+    /// At a stop's flush deadline, every connection's output is cut short.
+    pub(super) fn abandon_output(&mut self) {
+        while let Some((_, id)) = self.lingering.pop_front() {
+            self.cut_output(id);
+        }
+    }
+
+    /// Stops sending to a closing connection: the peer is treated as gone, and a send still
+    /// in flight is cancelled (its completion then moves the close on).
+    fn cut_output(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        if conn.phase != Phase::Closing || !conn.peer_alive {
+            return;
+        }
+        self.counters.linger_expired += 1;
+        conn.peer_alive = false;
+        if conn.send_in_flight() {
+            conn.cancels_in_flight += 1;
+            let target = UserData::new(Op::Send, id.slot(), id.generation()).pack();
+            let entry = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(UserData::new(Op::Cancel, id.slot(), id.generation()).pack());
+            // SAFETY: a cancel references no memory.
+            unsafe { self.ring.push(&entry) };
+        }
+        self.advance_close(id.slot());
+    }
+
+    /// Takes the next step of a closing connection, if nothing in flight blocks it.
+    pub(super) fn advance_close(&mut self, slot: u32) {
+        let conn = self.conns.slot_mut(slot);
+        let generation = conn.generation;
+        match conn.close_step() {
+            CloseStep::Wait => {}
+            CloseStep::Send => self.list_for_flush(slot),
+            CloseStep::CancelRecv => {
+                conn.cancels_in_flight += 1;
+                let target = UserData::new(Op::Recv, slot, generation).pack();
+                let entry = opcode::AsyncCancel::new(target)
+                    .build()
+                    .user_data(UserData::new(Op::Cancel, slot, generation).pack());
+                // SAFETY: a cancel references no memory.
+                unsafe { self.ring.push(&entry) };
+            }
+            CloseStep::Close => {
+                conn.close_in_flight = true;
+                let entry = opcode::Close::new(types::Fixed(slot))
+                    .build()
+                    .user_data(UserData::new(Op::Close, slot, generation).pack());
+                // SAFETY: a close of a direct descriptor references no memory.
+                unsafe { self.ring.push(&entry) };
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The runtime against real sockets on loopback: accept, refusal at `max_connections`, a full
+//! direct file table, closing on undecodable input, and the stop. Each test starts its own
+//! runtime on port 0 and stops it; each finishes well within a second.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::{start, Running, RuntimeConfig};
+use crate::broker::BrokerConfig;
+
+fn runtime(adjust: impl FnOnce(&mut RuntimeConfig)) -> Running {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let mut config = RuntimeConfig {
+        listeners: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        workers: 1,
+        file_table_slots: 64,
+        ring_entries: 64,
+        recv_buffers: 16,
+        recv_buffer_bytes: 1024,
+        ..RuntimeConfig::default()
+    };
+    adjust(&mut config);
+    start(config, BrokerConfig::default()).expect("runtime starts")
+}
+
+fn connect(running: &Running) -> TcpStream {
+    let stream = TcpStream::connect(running.local_addrs()[0]).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    stream
+}
+
+/// Whether the server closed the stream: EOF or a reset, within the read timeout.
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut buffer = [0u8; 64];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false
+            }
+            // io_uring task work aimed at this thread interrupts reads that have a timeout.
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Packet type 15 is reserved [MQTT-2.2.1]: whatever else the codec does, it refuses this.
+const UNDECODABLE: &[u8] = &[0xF0, 0x00];
+
+#[test]
+fn undecodable_input_closes_that_connection_only() {
+    let running = runtime(|_| {});
+    let mut bad = connect(&running);
+    let mut idle = connect(&running);
+    bad.write_all(UNDECODABLE).expect("write");
+    assert!(closed_by_server(&mut bad), "the sender of bad bytes is closed");
+    assert!(!closed_by_server(&mut idle), "the other connection stays open");
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert_eq!(counters[0].accepted, 2);
+    assert_eq!(counters[0].decode_errors, 1);
+    assert_eq!(counters[0].closed, 2, "the stop closed the idle one");
+}
+
+#[test]
+fn connections_beyond_max_connections_are_accepted_and_closed() {
+    let running = runtime(|config| config.max_connections = 2);
+    let mut kept: Vec<TcpStream> = (0..2).map(|_| connect(&running)).collect();
+    let mut refused = connect(&running);
+    assert!(closed_by_server(&mut refused));
+    for stream in &mut kept {
+        assert!(!closed_by_server(stream), "connections within the limit stay");
+    }
+    drop(kept);
+    // The slots freed: a new connection is served again (and closed only for bad input).
+    let mut later = connect(&running);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!closed_by_server(&mut later));
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert_eq!(counters[0].refused_max_connections, 1);
+}
+
+/// With every direct descriptor in use, the kernel refuses the next accept (ENFILE, that one
+/// connection is lost), accepting pauses, and it resumes when a connection closes: a client
+/// waiting in the backlog is then accepted.
+#[test]
+fn a_full_file_table_pauses_accepting_until_a_slot_frees() {
+    let running = runtime(|config| config.file_table_slots = 2);
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(&running)).collect();
+    for stream in &mut held {
+        assert!(!closed_by_server(stream));
+    }
+    let mut lost = connect(&running);
+    assert!(
+        closed_by_server(&mut lost),
+        "the accept that found the table full drops its connection"
+    );
+    let mut waiting = connect(&running);
+    waiting.write_all(UNDECODABLE).expect("write");
+    assert!(!closed_by_server(&mut waiting), "not accepted while the table is full");
+    held[0].write_all(UNDECODABLE).expect("write");
+    assert!(closed_by_server(&mut held[0]));
+    waiting.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+    assert!(closed_by_server(&mut waiting), "accepted (and served) once a slot freed");
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert_eq!(counters[0].accept_paused_table_full, 1);
+    assert_eq!(counters[0].accepted, 3);
+}
+
+#[test]
+fn a_stop_closes_every_connection_and_ends_within_a_second() {
+    let running = runtime(|_| {});
+    let mut clients: Vec<TcpStream> = (0..5).map(|_| connect(&running)).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let began = Instant::now();
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert!(began.elapsed() < Duration::from_secs(1), "stopped in {:?}", began.elapsed());
+    assert_eq!(counters[0].closed, 5);
+    for client in &mut clients {
+        assert!(closed_by_server(client));
+    }
+}

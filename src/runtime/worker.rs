@@ -1,0 +1,366 @@
+//! One worker: a pinned thread running one ring loop over its own connections and broker.
+//!
+//! Each turn has four bounded phases (house style rule 7):
+//! 1. submit everything queued and wait for a completion or the next deadline — one
+//!    `io_uring_enter`, with a zero wait when work is already known to be ready;
+//! 2. copy every completion out (at most the CQ's size) and dispatch each ([`super::events`]);
+//! 3. drain the cross-core inboxes ([`super::peers`]), up to a budget;
+//! 4. let the broker act: deadlines (`handle_tick`), its actions ([`super::output`]), and one
+//!    `sendmsg` per connection with output.
+//!
+//! Invariants: the thread is pinned before it allocates any of this state; nothing here is
+//! shared with another worker but the global connection count and the stop flag.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types};
+
+use super::bufring::BufRing;
+use super::config::RuntimeConfig;
+use super::conn::ConnTable;
+use super::peers::Peers;
+use super::send::SendPool;
+use super::signals::StopWatch;
+use super::uring::{Completion, Ring, RingCounters};
+use super::user_data::{Op, UserData};
+use crate::broker::{Broker, BrokerConfig, ConnId, Millis, WorkerId};
+
+/// Inbound cross-worker messages handled per turn, so one busy peer cannot starve the ring.
+const PEER_MESSAGES_PER_TURN: usize = 4096;
+/// After an unexpected accept failure (e.g. ENOMEM), how long before accepting again.
+pub(super) const ACCEPT_RETRY_MILLIS: u64 = 100;
+/// SendOp boxes kept for reuse.
+const SEND_OPS_KEPT: usize = 1024;
+/// After a stop, how long connections get to flush before their sends are cancelled, and
+/// when the worker gives up waiting for the kernel altogether.
+const STOP_FLUSH_MILLIS: u64 = 300;
+const STOP_ABANDON_MILLIS: u64 = 800;
+
+/// Everything a worker is started with.
+#[derive(Debug)]
+pub struct WorkerSetup {
+    pub index: u16,
+    pub workers: u16,
+    pub cpu: Option<usize>,
+    pub config: RuntimeConfig,
+    pub broker: BrokerConfig,
+    pub listeners: Vec<OwnedFd>,
+    pub stop: StopWatch,
+    /// Connections open in the whole process (for `max_connections`).
+    pub connections: Arc<AtomicUsize>,
+    /// The shared zero of every worker's `Millis`.
+    pub epoch: Instant,
+}
+
+/// Counters, not log lines, per event on the message path; logged when the worker stops.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
+    pub accepted: u64,
+    /// Accepted beyond `max_connections` and closed at once.
+    pub refused_max_connections: u64,
+    /// Times the file table was full (ENFILE) and accepting paused.
+    pub accept_paused_table_full: u64,
+    /// Accept failures other than a full table (each retried after `ACCEPT_RETRY_MILLIS`).
+    pub accept_errors: u64,
+    pub closed: u64,
+    pub stale_completions: u64,
+    pub recv_no_buffers: u64,
+    pub recv_completions: u64,
+    pub recv_bytes: u64,
+    pub packets_decoded: u64,
+    pub decode_errors: u64,
+    pub sends: u64,
+    pub partial_sends: u64,
+    pub sent_bytes: u64,
+    pub send_errors: u64,
+    /// Closing connections whose output did not leave within the linger time.
+    pub linger_expired: u64,
+}
+
+/// One multishot-accepting listener.
+#[derive(Debug)]
+pub(super) struct Listener {
+    pub fd: OwnedFd,
+    pub armed: bool,
+}
+
+/// A worker's whole state. Memory the kernel writes into (the receive buffers, the wake-up
+/// word) is released by `Drop` only once the kernel can no longer write there.
+#[derive(Debug)]
+pub struct Worker {
+    pub(super) ring: Ring,
+    pub(super) buffers: ManuallyDrop<BufRing>,
+    pub(super) wake_word: ManuallyDrop<Box<u64>>,
+    pub(super) wake_armed: bool,
+    pub(super) conns: ConnTable,
+    pub(super) broker: Broker,
+    pub(super) peers: Peers,
+    pub(super) listeners: Vec<Listener>,
+    pub(super) sends: SendPool,
+    /// Slots with output to start this turn, each at most once (`Conn::flush_listed`).
+    pub(super) flush: Vec<u32>,
+    /// Closing connections with output still leaving, oldest first, by linger deadline.
+    pub(super) lingering: VecDeque<(Millis, ConnId)>,
+    pub(super) completions: Vec<Completion>,
+    /// Accepting paused: the file table is full (until a slot frees).
+    pub(super) accept_paused: bool,
+    /// After an unexpected accept error, when to try again (never a tight retry loop).
+    pub(super) accept_retry_at: Option<Millis>,
+    pub(super) stop: StopWatch,
+    /// Set when a stop was seen: (flush deadline, abandon deadline).
+    pub(super) stopping: Option<(Millis, Millis)>,
+    pub(super) connections: Arc<AtomicUsize>,
+    pub(super) config: RuntimeConfig,
+    pub(super) epoch: Instant,
+    pub(super) index: u16,
+    pub counters: WorkerCounters,
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin(cpu: usize) -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes inside it (cpu is
+    // checked against its size), and sched_setaffinity reads `size_of` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert!(cpu < 8 * std::mem::size_of::<libc::cpu_set_t>(), "cpu {cpu} beyond cpu_set_t");
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+impl Worker {
+    /// Builds the worker on the calling thread (already pinned): ring, tables, buffers, broker.
+    pub fn new(setup: WorkerSetup) -> anyhow::Result<Self> {
+        let config = setup.config;
+        let ring = Ring::new(config.ring_entries, config.ring_entries.saturating_mul(2))?;
+        ring.submitter().register_files_sparse(config.file_table_slots).map_err(|error| {
+            anyhow::anyhow!("registering {} direct descriptors: {error}", config.file_table_slots)
+        })?;
+        let buffers = BufRing::new(config.recv_buffers, config.recv_buffer_bytes, 0)?;
+        buffers.register(&ring.submitter())?;
+        let me = WorkerId(setup.index);
+        let epoch = setup.epoch;
+        let now = Millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let slots = config.file_table_slots as usize;
+        Ok(Self {
+            ring,
+            buffers: ManuallyDrop::new(buffers),
+            wake_word: ManuallyDrop::new(Box::new(0)),
+            wake_armed: false,
+            conns: ConnTable::new(config.file_table_slots),
+            broker: Broker::new(setup.broker, me, setup.workers, now),
+            peers: Peers::solo(me),
+            listeners: setup
+                .listeners
+                .into_iter()
+                .map(|fd| Listener { fd, armed: false })
+                .collect(),
+            sends: SendPool::new(SEND_OPS_KEPT),
+            flush: Vec::with_capacity(slots),
+            lingering: VecDeque::with_capacity(2 * slots),
+            completions: Vec::with_capacity(2 * config.ring_entries as usize),
+            accept_paused: false,
+            accept_retry_at: None,
+            stop: setup.stop,
+            stopping: None,
+            connections: setup.connections,
+            config,
+            epoch,
+            index: setup.index,
+            counters: WorkerCounters::default(),
+        })
+    }
+
+    pub fn now(&self) -> Millis {
+        Millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Runs the loop until a stop has been carried out.
+    pub fn run(&mut self) -> anyhow::Result<()> {
+        tracing::info!(
+            worker = self.index,
+            listeners = self.listeners.len(),
+            file_table_slots = self.config.file_table_slots,
+            sq_entries = self.ring.sq_entries(),
+            cq_entries = self.ring.cq_entries(),
+            recv_buffers = self.config.recv_buffers,
+            recv_buffer_bytes = self.config.recv_buffer_bytes,
+            taskrun = ?self.ring.mode(),
+            "worker started: multishot accept into direct descriptors, multishot recv with a provided-buffer ring"
+        );
+        self.arm_wake();
+        self.arm_accepts();
+        loop {
+            let timeout = self.wait_timeout(self.now());
+            self.ring.submit_and_wait(timeout)?;
+            let now = self.now();
+            self.dispatch_completions(now);
+            self.drain_peers(now);
+            self.produce_output(now);
+            if self.finished(now) {
+                break;
+            }
+        }
+        self.log_stopped();
+        Ok(())
+    }
+
+    /// Phase 2: copy the CQ out, then dispatch each completion.
+    fn dispatch_completions(&mut self, now: Millis) {
+        let mut completions = std::mem::take(&mut self.completions);
+        self.ring.reap(&mut completions);
+        for completion in completions.drain(..) {
+            self.dispatch(completion, now);
+        }
+        self.completions = completions;
+    }
+
+    /// Phase 3: messages from the other workers.
+    fn drain_peers(&mut self, now: Millis) {
+        let broker = &mut self.broker;
+        self.peers.drain(PEER_MESSAGES_PER_TURN, |from, msg| broker.handle_remote(from, msg, now));
+    }
+
+    /// Phase 4: deadlines, the broker's actions, and the sends they call for.
+    fn produce_output(&mut self, now: Millis) {
+        if self.broker.next_deadline().is_some_and(|deadline| deadline <= now) {
+            self.broker.handle_tick(now);
+        }
+        self.apply_actions(now);
+        self.expire_lingering(now);
+        if self.accept_retry_at.is_some_and(|at| at <= now) {
+            self.accept_retry_at = None;
+            if !self.accept_paused && self.stopping.is_none() {
+                self.arm_accepts();
+            }
+        }
+        if let Some((flush_deadline, _)) = self.stopping {
+            if now >= flush_deadline {
+                self.abandon_output();
+            }
+        }
+        self.start_sends();
+    }
+
+    /// How long phase 1 may sleep: until the earliest deadline of the broker, a lingering
+    /// close or the stop; forever if there is none.
+    fn wait_timeout(&self, now: Millis) -> Option<Duration> {
+        let deadlines = [
+            self.broker.next_deadline(),
+            self.lingering.front().map(|(deadline, _)| *deadline),
+            self.accept_retry_at,
+            self.stopping.map(|(flush, abandon)| if now < flush { flush } else { abandon }),
+        ];
+        let earliest = deadlines.into_iter().flatten().min()?;
+        Some(Duration::from_millis(earliest.since(now)))
+    }
+
+    /// After a stop: done when every connection is closed and nothing is armed, or when the
+    /// kernel has had long enough.
+    fn finished(&mut self, now: Millis) -> bool {
+        let Some((_, abandon)) = self.stopping else { return false };
+        let idle =
+            self.conns.live() == 0 && !self.wake_armed && self.listeners.iter().all(|l| !l.armed);
+        if idle {
+            return true;
+        }
+        if now >= abandon {
+            tracing::warn!(
+                worker = self.index,
+                live = self.conns.live(),
+                "stop: giving up on operations still in flight"
+            );
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn arm_wake(&mut self) {
+        let word: *mut u64 = &raw mut **self.wake_word;
+        let entry = opcode::Read::new(types::Fd(self.stop.fd()), word.cast(), 8)
+            .build()
+            .user_data(UserData::new(Op::Wake, 0, 0).pack());
+        // SAFETY: the read writes 8 bytes into `wake_word`, a box the worker frees only when
+        // no read is armed (see `Drop`); the eventfd lives as long as `stop`.
+        unsafe { self.ring.push(&entry) };
+        self.wake_armed = true;
+    }
+
+    pub(super) fn arm_accepts(&mut self) {
+        for (index, listener) in self.listeners.iter_mut().enumerate() {
+            if listener.armed {
+                continue;
+            }
+            let entry = opcode::AcceptMulti::new(types::Fd(listener.fd.as_raw_fd()))
+                .allocate_file_index(true)
+                .build()
+                .user_data(UserData::new(Op::Accept, index as u32, 0).pack());
+            // SAFETY: the accept writes only into the ring's file table; the listener's
+            // descriptor lives in `self.listeners`, which outlives the ring's use of it.
+            unsafe { self.ring.push(&entry) };
+            listener.armed = true;
+        }
+    }
+
+    /// Begins the stop: no more accepts, and every connection closes without telling the
+    /// broker (so wills are not published, as in Mosquitto's shutdown).
+    pub(super) fn begin_stop(&mut self, now: Millis) {
+        if self.stopping.is_some() {
+            return;
+        }
+        tracing::info!(worker = self.index, live = self.conns.live(), "stopping");
+        self.stopping =
+            Some((now.plus_millis(STOP_FLUSH_MILLIS), now.plus_millis(STOP_ABANDON_MILLIS)));
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].armed {
+                let target = UserData::new(Op::Accept, index as u32, 0).pack();
+                let entry = opcode::AsyncCancel::new(target)
+                    .build()
+                    .user_data(UserData::new(Op::CancelAccept, index as u32, 0).pack());
+                // SAFETY: a cancel references no memory.
+                unsafe { self.ring.push(&entry) };
+            }
+        }
+        let open: Vec<u32> = self.conns.open_slots().collect();
+        for slot in open {
+            let conn = self.conns.slot_mut(slot);
+            conn.broker_knows = false;
+            self.begin_close(slot, now);
+        }
+    }
+
+    fn log_stopped(&self) {
+        tracing::info!(worker = self.index, counters = ?self.counters, ring = ?self.ring.counters, "worker stopped");
+    }
+
+    pub fn ring_counters(&self) -> RingCounters {
+        self.ring.counters
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Unregistering the buffer ring is synchronous: afterwards the kernel cannot pick one
+        // of its buffers, even for a receive still armed, so the memory can go.
+        match self.ring.submitter().unregister_buf_ring(self.buffers.group()) {
+            // SAFETY: `buffers` is not used again; the kernel no longer refers to it.
+            Ok(()) => unsafe { ManuallyDrop::drop(&mut self.buffers) },
+            Err(error) => {
+                tracing::warn!(%error, "buffer ring still registered: leaking its memory")
+            }
+        }
+        if !self.wake_armed {
+            // SAFETY: no read into the word is in flight, and it is not used again.
+            unsafe { ManuallyDrop::drop(&mut self.wake_word) };
+        }
+    }
+}
