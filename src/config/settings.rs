@@ -113,10 +113,17 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_sndbuf_bytes: Option<u32>,
 
+    /// Milliseconds a closing connection's already-taken output may take to leave; then the
+    /// send is cancelled and the connection closed anyway (a peer that stopped reading
+    /// cannot hold a slot forever).
+    #[arg(long, value_name = "MILLIS", help_heading = "Listeners and workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_linger_millis: Option<u64>,
+
     // ---- Rings and buffers -----------------------------------------------------------------
     /// Slots in each worker's registered (direct) file table: that worker's connection cap.
-    /// At most 1048576 and the hard RLIMIT_NOFILE. A worker whose table is full stops
-    /// accepting until a slot frees.
+    /// At most 1048576 and the hard RLIMIT_NOFILE (ringmq raises the soft limit to the hard
+    /// one at start). A worker whose table is full stops accepting until a slot frees.
     #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_table_slots: Option<u32>,
@@ -278,6 +285,7 @@ impl Settings {
             listen_backlog,
             socket_rcvbuf_bytes,
             socket_sndbuf_bytes,
+            close_linger_millis,
             file_table_slots,
             ring_entries,
             recv_buffers,
@@ -335,7 +343,7 @@ impl Settings {
             socket_sndbuf_bytes: self.socket_sndbuf_bytes.unwrap_or(defaults.socket_sndbuf_bytes),
             tcp_nodelay: self.set_tcp_nodelay.unwrap_or(defaults.tcp_nodelay),
             listen_backlog: self.listen_backlog.unwrap_or(defaults.listen_backlog),
-            close_linger_millis: defaults.close_linger_millis,
+            close_linger_millis: self.close_linger_millis.unwrap_or(defaults.close_linger_millis),
         }
     }
 
@@ -389,6 +397,7 @@ impl Settings {
             listen_backlog: Some(runtime.listen_backlog),
             socket_rcvbuf_bytes: Some(runtime.socket_rcvbuf_bytes),
             socket_sndbuf_bytes: Some(runtime.socket_sndbuf_bytes),
+            close_linger_millis: Some(runtime.close_linger_millis),
             file_table_slots: Some(runtime.file_table_slots),
             ring_entries: Some(runtime.ring_entries),
             recv_buffers: Some(runtime.recv_buffers),
@@ -439,6 +448,7 @@ mod tests {
         runtime.listen_backlog += 1;
         runtime.socket_rcvbuf_bytes += 1;
         runtime.socket_sndbuf_bytes += 1;
+        runtime.close_linger_millis += 1;
         runtime.file_table_slots += 1;
         runtime.ring_entries *= 2;
         runtime.recv_buffers /= 2;

@@ -27,7 +27,8 @@ const SOCKET_INT_MAX: u32 = i32::MAX as u32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelLimits {
     /// RLIMIT_NOFILE: the kernel refuses to register a file table larger than the soft
-    /// limit, and the soft limit can be raised up to the hard one. `None`: unlimited/unknown.
+    /// limit, and the runtime raises the soft limit to the hard one at start, so the hard
+    /// limit bounds `file_table_slots`. `None`: unlimited or unknown.
     pub open_files_soft: Option<u64>,
     pub open_files_hard: Option<u64>,
 }
@@ -159,14 +160,6 @@ fn check_capacity(checker: &mut Checker, runtime: &RuntimeConfig, kernel: &Kerne
             kernel.open_files_hard.map_or("unlimited".to_owned(), |n| n.to_string())
         )
     });
-    if let Some(soft) = kernel.open_files_soft {
-        checker.warn_if(u64::from(slots) > soft && u64::from(slots) <= hard, || {
-            format!(
-                "file_table_slots {slots} exceeds the soft RLIMIT_NOFILE {soft}: the kernel \
-                 registers a table that large only once the soft limit is raised (ulimit -n)"
-            )
-        });
-    }
 }
 
 fn check_rings(checker: &mut Checker, runtime: &RuntimeConfig) {
@@ -318,13 +311,6 @@ mod tests {
         let errors = validate(&runtime, &broker, &KernelLimits::UNKNOWN).unwrap_err();
         assert_eq!(errors[0].key, "file_table_slots");
         assert!(errors[0].message.contains("IORING_MAX_FIXED_FILES"), "{}", errors[0]);
-    }
-
-    #[test]
-    fn a_table_over_the_soft_rlimit_is_a_warning() {
-        let found = warnings(|r, _| r.file_table_slots = 2048);
-        assert!(found.iter().any(|w| w.contains("soft RLIMIT_NOFILE 1024")), "{found:?}");
-        assert!(!warnings(|r, _| r.file_table_slots = 1024).iter().any(|w| w.contains("soft")));
     }
 
     #[test]
