@@ -8,10 +8,12 @@ pub struct BrokerConfig {
     /// Over it: the connection is closed with a protocol error.
     pub max_packet_size: usize,
     /// QoS 1/2 messages in flight to one client at once; the rest wait in the session queue.
+    /// 0 = only the packet id space limits it (65535), as Mosquitto's 0 means "no limit".
     pub max_inflight_messages: u16,
-    /// QoS 1/2 messages one session may queue (offline, or beyond the inflight window).
-    /// At the bound: an offline session drops the new message (counted); an online one is
-    /// disconnected as a slow consumer (counted) and its session keeps what it had.
+    /// QoS 1/2 messages one session may queue (offline, or beyond the inflight window or the
+    /// output bound), in arrival order. At the bound: the new message is dropped (counted);
+    /// an online client is also disconnected as a slow consumer (counted), and a persistent
+    /// session keeps what it had. 0 = nothing is queued.
     pub max_queued_messages: usize,
     /// Payload bytes one session may queue; at the bound, as `max_queued_messages`.
     pub max_queued_bytes: usize,
@@ -21,12 +23,17 @@ pub struct BrokerConfig {
     /// Whether QoS 0 messages are queued for offline persistent sessions (Mosquitto's
     /// `queue_qos0_messages`).
     pub queue_qos0_messages: bool,
-    /// Largest keepalive a client may ask for; a larger one is refused with CONNACK 0x02
-    /// (MQTT 3.1.1 has no way to lower it). 0 = no cap.
+    /// QoS 2 packet ids one client may have awaiting PUBREL (received, PUBREC sent). At the
+    /// bound a further new QoS 2 PUBLISH closes the connection (a protocol violation, counted).
+    pub max_awaiting_pubrel: usize,
+    /// Largest keepalive a client may ask for; a larger one, or 0 (none), is refused with
+    /// CONNACK 0x02 (MQTT 3.1.1 has no way to lower it; Mosquitto does the same). 0 = no cap.
     pub max_keepalive_secs: u16,
-    /// Seconds a connection may stay open without completing CONNECT.
+    /// Seconds a connection may stay open without completing CONNECT; then it is closed
+    /// (counted).
     pub connect_timeout_secs: u32,
-    /// Seconds an unused persistent session is kept after its client went; 0 = forever.
+    /// Seconds an unused persistent session is kept after its client went; then it is
+    /// discarded (counted). 0 = forever.
     pub persistent_client_expiration_secs: u64,
     /// Sessions (connected or persistent offline) one worker holds. At the bound a new
     /// session is refused with CONNACK 0x03 (counted).
@@ -53,6 +60,7 @@ impl Default for BrokerConfig {
             max_queued_bytes: 16 << 20,
             outbuf_bytes_max: 4 << 20,
             queue_qos0_messages: false,
+            max_awaiting_pubrel: 1000,
             max_keepalive_secs: 0,
             connect_timeout_secs: 10,
             persistent_client_expiration_secs: 0,
@@ -62,6 +70,23 @@ impl Default for BrokerConfig {
             retained_expiry_secs: 0,
             sys_interval_secs: 10,
             allow_anonymous: true,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// The outgoing inflight window per session.
+    pub fn inflight_window(&self) -> usize {
+        match self.max_inflight_messages {
+            0 => usize::from(u16::MAX),
+            window => usize::from(window),
+        }
+    }
+
+    pub(super) fn queue_limits(&self) -> super::inflight::QueueLimits {
+        super::inflight::QueueLimits {
+            messages_max: self.max_queued_messages,
+            bytes_max: self.max_queued_bytes,
         }
     }
 }

@@ -112,6 +112,41 @@ impl Millis {
     }
 }
 
+/// A hasher for the broker's small integer ids (`ConnId`, `SessionId`, `PacketId`): one
+/// multiply per key instead of SipHash. The keys come from the runtime and the broker, not from
+/// clients, so hash flooding is not a concern for them; client-chosen strings (client ids) keep
+/// the standard hasher.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // Fibonacci hashing: spreads consecutive ids over the high bits hashbrown uses.
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Builds [`IdHasher`]s for `HashMap`/`HashSet` keyed by ids.
+pub type IdBuildHasher = std::hash::BuildHasherDefault<IdHasher>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,40 +11,87 @@
 //!   will not reuse while the broker knows it (the runtime adds a generation to reused slots).
 //! - `handle_packet` for each decoded packet, in order; `handle_decode_error` when the codec
 //!   refuses the connection's bytes (the broker answers CONNACK 0x01 where the spec asks, then
-//!   emits `Close`).
+//!   emits `Close`). Packets for a connection the broker no longer knows are ignored.
 //! - After the events of a loop turn, `poll_action` until `None`. `Action::Send(conn)` means
 //!   `take_output(conn, ..)` has bytes; it is emitted once per connection per transition from
 //!   empty to non-empty output. The runtime sends what it took, in order, and reports each
 //!   completed byte count with `handle_sent`, which lets the broker refill the connection from
-//!   the session's queue (flow control lives here, not in the runtime).
+//!   the session's queue (flow control lives here, not in the runtime). Bytes taken and not yet
+//!   reported sent count against `outbuf_bytes_max`.
 //! - `Action::Close(conn, reason)`: the broker has forgotten the connection (will, session
-//!   and statistics are settled). The runtime sends what it already took, then closes.
+//!   and statistics are settled). The runtime calls `take_output(conn, ..)` once more — a
+//!   refused CONNECT's CONNACK is the only output that outlives its connection, and is taken
+//!   by the `Send` before the `Close` or by this call — sends what it took, then closes.
 //! - `handle_closed(conn, now)` when the peer went away or the socket failed (not after a
 //!   `Close` the broker asked for; unknown connections are ignored). An abnormal close
 //!   publishes the will.
-//! - `Action::Handoff { conn, to, connect }`: the CONNECT's session lives on worker `to`; the
-//!   broker has forgotten `conn`, and the runtime moves the socket and any bytes after CONNECT
-//!   to `to`, which calls `handle_open` then `handle_packet(Packet::Connect(connect))`.
+//! - `Action::Handoff { conn, to, connect }`: the CONNECT's session lives on worker `to`
+//!   ([`home_worker`] of the client id); the broker has forgotten `conn`, and the runtime moves
+//!   the socket and any bytes after CONNECT to `to`, which calls `handle_open` then
+//!   `handle_packet(Packet::Connect(connect))`. A CONNECT with an empty client id is never
+//!   handed off: its generated id is chosen to live here.
 //! - `Action::Remote { to, msg }`: deliver `msg` to worker `to`'s `handle_remote`, FIFO per
 //!   (from, to) pair. The runtime may hold it back (backpressure) but never drop or reorder it.
 //! - `handle_tick(now)` whenever `now >= next_deadline()`; it runs keepalive, connect
-//!   timeouts, session and retained expiry, and the `$SYS` interval.
+//!   timeouts, session and retained expiry, and the `$SYS` interval. Timers have
+//!   [`keepalive::BUCKET_MILLIS`] precision: a deadline fires in the first tick at or after it
+//!   and at most one bucket late. `next_deadline` may be early (a harmless re-check).
+//! - `handle_shutdown(now)` closes every connection (`Close(.., Shutdown)`, wills published).
+//!
+//! # Where things live
+//! `connect.rs` CONNECT/CONNACK, handoff, takeover; `session.rs` the session table;
+//! `subscribe.rs` SUBSCRIBE/UNSUBSCRIBE and retained-on-subscribe; `publish.rs` inbound
+//! PUBLISH and routing; `delivery.rs` writing, queueing and refilling one session's output;
+//! `inflight.rs` the QoS state machines; `connection.rs` connection state, output and closing;
+//! `will.rs`; `keepalive.rs` the timing wheel; `route.rs` the cross-worker protocol and
+//! [`stable_hash`]; `sys.rs` `$SYS`; `stats.rs` the counters.
+//!
+//! Architecture Invariant: each packet is dispatched by the one `match` in
+//! [`Broker::handle_packet`]; handlers never call back into the runtime, they push `Action`s.
+//! Architecture Invariant: a session lives only on its client id's home worker.
 #![forbid(unsafe_code)]
 
 use std::fmt;
 
 pub mod config;
 pub mod ids;
+pub mod keepalive;
 pub mod retain;
+pub mod route;
+pub mod stats;
 pub mod subscriptions;
 mod topic_trie;
 
+mod connect;
+mod connection;
+mod delivery;
+mod inflight;
+mod publish;
+mod session;
+mod subscribe;
+mod sys;
+mod will;
+
+#[cfg(test)]
+mod tests;
+
 pub use config::BrokerConfig;
 pub use ids::{ConnId, Millis, SessionId, WorkerId, WorkerSet};
+pub use route::{home_worker, stable_hash};
+
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use crate::protocol::{Connect, ConnectReturnCode, DecodeError, QoS, TopicFilter, TopicName};
+use crate::protocol::{
+    encode::encoded_len, Connect, ConnectReturnCode, DecodeError, OutBuf, Packet, QoS, TopicFilter,
+    TopicName, Utf8Bytes,
+};
+use connect::Connected;
+use connection::Phase;
+use ids::IdBuildHasher;
+use retain::RetainedStore;
+use subscriptions::{Matches, SubscriptionIndex};
 
 /// An application message as the broker routes and queues it: shared, never copied.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -124,28 +171,63 @@ impl fmt::Display for CloseReason {
     }
 }
 
-pub mod stats;
-
-use std::collections::VecDeque;
-
-use crate::protocol::Packet;
-
-/// One worker's broker. PLACEHOLDER bodies: the broker core is being built (issue 3); the
-/// signatures are the contract the runtime drives.
+/// One worker's broker.
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
     me: WorkerId,
     workers: u16,
+    started: Millis,
     actions: VecDeque<Action>,
     stats: stats::WorkerStats,
+    conns: HashMap<ConnId, connection::Conn, IdBuildHasher>,
+    /// Final output (a refusing CONNACK) of closed connections, until the runtime takes it.
+    closing: HashMap<ConnId, OutBuf, IdBuildHasher>,
+    sessions: session::SessionTable,
+    subscriptions: SubscriptionIndex,
+    retained: RetainedStore,
+    timers: keepalive::TimingWheel,
+    /// Reused by every match, so routing allocates nothing per publish in the steady state.
+    matches: Matches,
+    due_timers: Vec<keepalive::Timer>,
+    /// Closes decided during a fan-out, run when the event is settled.
+    pending_closes: VecDeque<(ConnId, CloseReason)>,
+    sys: sys::SysState,
+    next_retained_expiry: Option<Millis>,
+    serial: u32,
+    generated_ids: u64,
 }
+
+/// How often retained expiry runs: its precision.
+const RETAINED_EXPIRY_PERIOD_MILLIS: u64 = 1000;
 
 impl Broker {
     pub fn new(config: BrokerConfig, me: WorkerId, workers: u16, now: Millis) -> Self {
         assert!(me.0 < workers, "worker {me:?} outside 0..{workers}");
-        let _ = now;
-        Self { config, me, workers, actions: VecDeque::new(), stats: stats::WorkerStats::default() }
+        assert!(usize::from(workers) <= WorkerSet::CAPACITY, "at most 128 workers");
+        let next_retained_expiry = (config.retained_expiry_secs > 0)
+            .then(|| now.plus_millis(RETAINED_EXPIRY_PERIOD_MILLIS));
+        Self {
+            sys: sys::SysState::new(config.sys_interval_secs, workers, now),
+            retained: RetainedStore::new(config.retained_messages_max),
+            config,
+            me,
+            workers,
+            started: now,
+            actions: VecDeque::new(),
+            stats: stats::WorkerStats::default(),
+            conns: HashMap::default(),
+            closing: HashMap::default(),
+            sessions: session::SessionTable::default(),
+            subscriptions: SubscriptionIndex::new(),
+            timers: keepalive::TimingWheel::new(now),
+            matches: Matches::default(),
+            due_timers: Vec::new(),
+            pending_closes: VecDeque::new(),
+            next_retained_expiry,
+            serial: 0,
+            generated_ids: 0,
+        }
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -161,37 +243,127 @@ impl Broker {
     }
 
     pub fn handle_open(&mut self, conn: ConnId, now: Millis) {
-        let _ = (conn, now);
+        self.open_conn(conn, now);
     }
 
+    /// Dispatches one packet from `conn` to its handler: the broker's one `match`.
     pub fn handle_packet(&mut self, conn: ConnId, packet: Packet, now: Millis) {
-        let _ = (conn, packet, now);
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        // Any control packet counts for keepalive [MQTT-3.1.2-23].
+        state.last_heard = now;
+        let bytes = encoded_len(&packet) as u64;
+        let session = match (state.phase, packet) {
+            (Phase::AwaitingConnect, Packet::Connect(connect)) => {
+                // A CONNECT handed to another worker is counted there.
+                if self.handle_connect(conn, connect, now) != Connected::HandedOff {
+                    self.stats.bytes_received += bytes;
+                }
+                return self.settle(now);
+            }
+            (Phase::AwaitingConnect, _) => {
+                return self.violation(conn, "first packet is not CONNECT [MQTT-3.1.0-1]", now);
+            }
+            (Phase::Active(session), packet) => (session, packet),
+        };
+        self.stats.bytes_received += bytes;
+        match session {
+            (_, Packet::Connect(_)) => self.violation(conn, "second CONNECT [MQTT-3.1.0-2]", now),
+            (session, Packet::Publish(publish)) => self.handle_publish(conn, session, publish, now),
+            (session, Packet::Puback(id)) => self.handle_puback(conn, session, id),
+            (session, Packet::Pubrec(id)) => self.handle_pubrec(conn, session, id),
+            (session, Packet::Pubrel(id)) => self.handle_pubrel(conn, session, id),
+            (session, Packet::Pubcomp(id)) => self.handle_pubcomp(conn, session, id),
+            (session, Packet::Subscribe(subscribe)) => {
+                self.handle_subscribe(conn, session, subscribe)
+            }
+            (session, Packet::Unsubscribe(unsubscribe)) => {
+                self.handle_unsubscribe(conn, session, unsubscribe);
+            }
+            (_, Packet::Pingreq) => self.write_control(conn, &Packet::Pingresp), // [MQTT-3.12.4-1]
+            (_, Packet::Disconnect) => {
+                self.close_conn(conn, Some(CloseReason::ClientDisconnect), now)
+            }
+            (
+                _,
+                Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp,
+            ) => {
+                self.violation(conn, "a server-to-client packet from a client [MQTT-4.8.0-1]", now);
+            }
+        }
+        self.settle(now);
+    }
+
+    fn violation(&mut self, conn: ConnId, what: &'static str, now: Millis) {
+        self.close_conn(conn, Some(CloseReason::ProtocolViolation(what)), now);
+        self.settle(now);
     }
 
     pub fn handle_decode_error(&mut self, conn: ConnId, error: DecodeError, now: Millis) {
-        let _ = now;
-        self.actions.push_back(Action::Close(conn, CloseReason::ProtocolError(error)));
+        let awaiting_connect =
+            self.conns.get(&conn).is_some_and(|state| state.phase == Phase::AwaitingConnect);
+        if awaiting_connect && error.wants_protocol_version_refusal() {
+            // [MQTT-3.1.2-2]: CONNACK 0x01, then close.
+            self.refuse_connect(conn, ConnectReturnCode::UnacceptableProtocolVersion, now);
+        } else {
+            self.close_conn(conn, Some(CloseReason::ProtocolError(error)), now);
+        }
+        self.settle(now);
     }
 
     pub fn handle_closed(&mut self, conn: ConnId, now: Millis) {
-        let _ = (conn, now);
+        if self.closing.remove(&conn).is_some() {
+            return;
+        }
+        self.close_conn(conn, None, now);
+        self.settle(now);
     }
 
     pub fn handle_sent(&mut self, conn: ConnId, bytes: usize, now: Millis) {
-        let _ = (conn, bytes, now);
+        self.conn_sent(conn, bytes);
+        self.settle(now);
     }
 
     pub fn handle_remote(&mut self, from: WorkerId, msg: RemoteMsg, now: Millis) {
-        let _ = (from, msg, now);
+        self.dispatch_remote(from, msg, now);
+        self.settle(now);
     }
 
     pub fn handle_tick(&mut self, now: Millis) {
-        let _ = now;
+        self.run_timers(now);
+        self.run_retained_expiry(now);
+        self.run_sys(now);
+        self.settle(now);
+    }
+
+    /// Closes every connection (wills are published: none of them sent DISCONNECT).
+    pub fn handle_shutdown(&mut self, now: Millis) {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.close_conn(conn, Some(CloseReason::Shutdown), now);
+        }
+        self.settle(now);
+    }
+
+    fn run_retained_expiry(&mut self, now: Millis) {
+        let Some(due) = self.next_retained_expiry else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        self.next_retained_expiry = Some(now.plus_millis(RETAINED_EXPIRY_PERIOD_MILLIS));
+        let expired = self.retained.expire(now, self.config.retained_expiry_secs);
+        self.stats.retained_expired += expired as u64;
     }
 
     /// The earliest time `handle_tick` has work to do, if any.
     pub fn next_deadline(&self) -> Option<Millis> {
-        None
+        [self.timers.next_deadline(), self.sys.next_at, self.next_retained_expiry]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -200,11 +372,88 @@ impl Broker {
 
     /// Moves `conn`'s pending output to the end of `out`; returns how many bytes.
     pub fn take_output(&mut self, conn: ConnId, out: &mut Vec<Bytes>) -> usize {
-        let _ = (conn, out);
-        0
+        self.take_conn_output(conn, out)
     }
 
     pub fn stats(&self) -> &stats::WorkerStats {
         &self.stats
     }
+
+    fn refresh_gauges(&mut self) {
+        self.stats.clients_total = self.sessions.len() as u64;
+        self.stats.subscriptions = self.subscriptions.len() as u64;
+        self.stats.retained_messages = self.retained.len() as u64;
+    }
+
+    // Introspection, for tests, the simulation and metrics.
+
+    /// Sessions held (connected, or persistent and offline).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Connections known, with or without a completed CONNECT.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Local subscriptions, once per (session, filter).
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Messages waiting in session queues.
+    pub fn queued_message_count(&self) -> usize {
+        self.stats.queued_messages as usize
+    }
+
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub fn inflight_message_count(&self) -> usize {
+        self.stats.inflight_messages as usize
+    }
+
+    /// Retained messages in this worker's replica.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// The retained message for `topic` in this worker's replica.
+    pub fn retained(&self, topic: &TopicName) -> Option<&Message> {
+        self.retained.get(topic)
+    }
+
+    /// Timers filed on the wheel (live and stale), to check it stays bounded.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// A session's state as seen from outside, by client id.
+    pub fn session_info(&self, client_id: &str) -> Option<SessionInfo> {
+        let key = Utf8Bytes::from(client_id.to_owned());
+        let session = self.sessions.get(self.sessions.find(&key)?);
+        Some(SessionInfo {
+            connected: session.conn.is_some(),
+            persistent: session.persistent,
+            subscriptions: session.subscriptions.clone(),
+            inflight: session.outgoing.inflight_len(),
+            queued: session.outgoing.queued_len(),
+            awaiting_pubrel: session.incoming.len(),
+        })
+    }
+
+    /// Every session's client id.
+    pub fn client_ids(&self) -> Vec<String> {
+        self.sessions.iter().map(|session| session.client_id.as_str().to_owned()).collect()
+    }
+}
+
+/// A snapshot of one session, for tests and tools.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SessionInfo {
+    pub connected: bool,
+    pub persistent: bool,
+    pub subscriptions: Vec<(TopicFilter, QoS)>,
+    pub inflight: usize,
+    pub queued: usize,
+    pub awaiting_pubrel: usize,
 }

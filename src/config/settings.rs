@@ -361,6 +361,8 @@ impl Settings {
             max_queued_bytes: self.max_queued_bytes.unwrap_or(defaults.max_queued_bytes),
             outbuf_bytes_max: self.outbuf_bytes_max.unwrap_or(defaults.outbuf_bytes_max),
             queue_qos0_messages: self.queue_qos0_messages.unwrap_or(defaults.queue_qos0_messages),
+            // No file key yet (the broker core added this bound): the core's default.
+            max_awaiting_pubrel: defaults.max_awaiting_pubrel,
             max_keepalive_secs: self.max_keepalive.unwrap_or(defaults.max_keepalive_secs),
             connect_timeout_secs: self
                 .connect_timeout_secs

@@ -326,7 +326,7 @@ impl Reader {
     }
 
     fn topic_name(&mut self) -> Result<TopicName, DecodeError> {
-        TopicName::new(self.string()?)
+        TopicName::from_bytes(self.binary()?)
     }
 
     fn topic_filter(&mut self) -> Result<TopicFilter, DecodeError> {

@@ -281,6 +281,12 @@ impl EncodedPublish {
             self.qos != QoS::AtMostOnce,
             "a packet id is required exactly for QoS 1 and 2"
         );
+        // One allocation for everything copied: writing the three parts into an empty
+        // buffer one by one would grow it twice (measured: ~1100 instructions, not ~300).
+        let packet_id_bytes = if packet_id.is_some() { 2 } else { 0 };
+        let copied_payload_bytes =
+            if self.payload.len() < SHARED_PAYLOAD_BYTES_MIN { self.payload.len() } else { 0 };
+        out.scratch.reserve(self.head.len() + packet_id_bytes + copied_payload_bytes);
         out.put_slice(&self.head);
         if let Some(id) = packet_id {
             out.put_slice(&id.get().to_be_bytes());

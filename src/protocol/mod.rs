@@ -11,6 +11,7 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod packet;
+mod scan;
 pub mod topic;
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::num::NonZeroU16;
 use bytes::Bytes;
 
 use super::error::DecodeError;
+use super::scan;
 use super::topic::{TopicFilter, TopicName, STRING_BYTES_MAX};
 
 /// A packet identifier: non-zero by construction [MQTT-2.3.1-1].
@@ -87,6 +88,9 @@ impl Utf8Bytes {
         if bytes.len() > STRING_BYTES_MAX {
             return Err(DecodeError::StringTooLong(bytes.len()));
         }
+        if scan::is_ascii_without_nul(&bytes) {
+            return Ok(Self(bytes));
+        }
         if std::str::from_utf8(&bytes).is_err() {
             return Err(DecodeError::InvalidUtf8);
         }
@@ -95,6 +99,13 @@ impl Utf8Bytes {
             return Err(DecodeError::NullCharacter);
         }
         Ok(Self(bytes))
+    }
+
+    /// Wraps bytes the caller has checked with [`scan::is_ascii_topic_name`] or
+    /// [`scan::is_ascii_without_nul`] (and that fit a length prefix), without checking again.
+    pub(super) fn from_checked_ascii(bytes: Bytes) -> Self {
+        debug_assert!(scan::is_ascii_without_nul(&bytes) && bytes.len() <= STRING_BYTES_MAX);
+        Self(bytes)
     }
 
     pub fn from_static(text: &'static str) -> Self {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::error::DecodeError;
 use super::packet::Utf8Bytes;
+use super::scan;
 
 /// The largest string MQTT can carry: a two-byte length prefix [MQTT-1.5.3].
 pub const STRING_BYTES_MAX: usize = u16::MAX as usize;
@@ -27,6 +28,16 @@ impl TopicName {
             return Err(DecodeError::WildcardInTopicName);
         }
         Ok(Self(text))
+    }
+
+    /// Builds a name from a decoded string field: the same checks as [`Utf8Bytes::try_new`]
+    /// then [`TopicName::new`], in one pass when the name is plain ASCII (the common case).
+    pub fn from_bytes(bytes: Bytes) -> Result<Self, DecodeError> {
+        if !bytes.is_empty() && bytes.len() <= STRING_BYTES_MAX && scan::is_ascii_topic_name(&bytes)
+        {
+            return Ok(Self(Utf8Bytes::from_checked_ascii(bytes)));
+        }
+        Self::new(Utf8Bytes::try_new(bytes)?)
     }
 
     /// Builds a name from a string known to the program (for `$SYS` topics and tests).
@@ -228,6 +239,28 @@ mod tests {
                 expected,
                 "{filter_text} {topic}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// The one-pass `from_bytes` gives exactly what the two-step checks give, on any
+        /// bytes (biased towards ASCII, wildcards, NUL and UTF-8 lead bytes).
+        #[test]
+        fn from_bytes_agrees_with_the_two_step_checks(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    4 => 0x20u8..0x7F,
+                    1 => proptest::prelude::Just(0u8),
+                    1 => proptest::prelude::Just(b'#'),
+                    1 => proptest::prelude::Just(b'+'),
+                    1 => proptest::prelude::any::<u8>(),
+                ],
+                0..24,
+            )
+        ) {
+            let bytes = Bytes::from(bytes);
+            let two_step = Utf8Bytes::try_new(bytes.clone()).and_then(TopicName::new);
+            proptest::prop_assert_eq!(TopicName::from_bytes(bytes), two_step);
         }
     }
 }

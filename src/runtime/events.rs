@@ -133,7 +133,14 @@ impl Worker {
                     self.decode_input(id, now);
                 }
             }
-            Some(libc::ENOBUFS) => self.counters.recv_no_buffers += 1,
+            Some(libc::ENOBUFS) => {
+                self.counters.recv_no_buffers += 1;
+                if self.conns.slot_mut(slot).phase == Phase::Open {
+                    // Re-armed in phase 4, within the turn's buffer budget.
+                    self.starved.push_back(id);
+                    return;
+                }
+            }
             Some(libc::ECANCELED) => {}
             // End of stream (0) or a socket error: the peer is gone.
             _ => self.on_peer_gone(slot, now),

@@ -11,20 +11,24 @@
 //! `signals`, `probe`, `peers` (the link to other workers). `unsafe` lives only in these files.
 //!
 //! Shutdown: SIGINT/SIGTERM stop accepting, close every connection (output already taken gets
-//! a short time to leave) and exit 0 within a second. Wills are NOT published at shutdown: the
-//! broker is not told about the closes, as in Mosquitto, where a broker stop is not the
-//! client's abnormal disconnect.
+//! a short time to leave) and exit 0 within a second. Wills ARE published at shutdown
+//! (`Broker::handle_shutdown`), as Mosquitto does (it sends every client's will before it
+//! exits): a connected subscriber receives them if its output leaves before the stop's flush
+//! deadline; nothing is persisted across the restart.
 
 pub mod bufring;
 pub mod config;
 pub mod conn;
 mod events;
 pub mod listener;
+pub mod mesh;
+pub mod msg_ring;
 mod output;
 pub mod peers;
 pub mod probe;
 pub mod send;
 pub mod signals;
+pub mod spsc;
 pub mod uring;
 pub mod user_data;
 pub mod worker;

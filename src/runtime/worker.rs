@@ -108,6 +108,10 @@ pub struct Worker {
     /// Closing connections with output still leaving, oldest first, by linger deadline.
     pub(super) lingering: VecDeque<(Millis, ConnId)>,
     pub(super) completions: Vec<Completion>,
+    /// Connections whose receive ended with ENOBUFS, to re-arm at most `recv_buffers` per
+    /// turn (each has bytes waiting, so each will take a buffer at once). At most one entry
+    /// per slot: a connection is listed only when its receive is not armed.
+    pub(super) starved: VecDeque<ConnId>,
     /// Accepting paused: the file table is full (until a slot frees).
     pub(super) accept_paused: bool,
     /// After an unexpected accept error, when to try again (never a tight retry loop).
@@ -120,6 +124,15 @@ pub struct Worker {
     pub(super) epoch: Instant,
     pub(super) index: u16,
     pub counters: WorkerCounters,
+}
+
+/// The CQ holds a turn's completions without overflowing in the common worst case: a receive
+/// and a send completion for every slot of the file table (at least twice the SQ; at most the
+/// kernel's 65536, beyond which overflowed completions wait in the kernel, counted).
+fn completion_entries(config: &RuntimeConfig) -> u32 {
+    let per_slot =
+        config.file_table_slots.saturating_mul(2).checked_next_power_of_two().unwrap_or(1 << 16);
+    per_slot.clamp(config.ring_entries.saturating_mul(2), 1 << 16)
 }
 
 /// Pins the calling thread to `cpu`.
@@ -141,7 +154,7 @@ impl Worker {
     /// Builds the worker on the calling thread (already pinned): ring, tables, buffers, broker.
     pub fn new(setup: WorkerSetup) -> anyhow::Result<Self> {
         let config = setup.config;
-        let ring = Ring::new(config.ring_entries, config.ring_entries.saturating_mul(2))?;
+        let ring = Ring::new(config.ring_entries, completion_entries(&config))?;
         ring.submitter().register_files_sparse(config.file_table_slots).map_err(|error| {
             anyhow::anyhow!("registering {} direct descriptors: {error}", config.file_table_slots)
         })?;
@@ -151,6 +164,7 @@ impl Worker {
         let epoch = setup.epoch;
         let now = Millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
         let slots = config.file_table_slots as usize;
+        let cq_entries = ring.cq_entries() as usize;
         Ok(Self {
             ring,
             buffers: ManuallyDrop::new(buffers),
@@ -167,7 +181,8 @@ impl Worker {
             sends: SendPool::new(SEND_OPS_KEPT),
             flush: Vec::with_capacity(slots),
             lingering: VecDeque::with_capacity(2 * slots),
-            completions: Vec::with_capacity(2 * config.ring_entries as usize),
+            completions: Vec::with_capacity(cq_entries),
+            starved: VecDeque::with_capacity(slots),
             accept_paused: false,
             accept_retry_at: None,
             stop: setup.stop,
@@ -236,6 +251,7 @@ impl Worker {
             self.broker.handle_tick(now);
         }
         self.apply_actions(now);
+        self.rearm_starved();
         self.expire_lingering(now);
         if self.accept_retry_at.is_some_and(|at| at <= now) {
             self.accept_retry_at = None;
@@ -251,9 +267,24 @@ impl Worker {
         self.start_sends();
     }
 
+    /// Re-arms receives that found no buffer, oldest first, no more than there are buffers.
+    fn rearm_starved(&mut self) {
+        let budget = usize::from(self.config.recv_buffers);
+        for _ in 0..budget.min(self.starved.len()) {
+            let Some(id) = self.starved.pop_front() else { break };
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            if conn.phase == super::conn::Phase::Open && conn.peer_alive && !conn.recv_armed {
+                self.arm_recv(id.slot());
+            }
+        }
+    }
+
     /// How long phase 1 may sleep: until the earliest deadline of the broker, a lingering
     /// close or the stop; forever if there is none.
     fn wait_timeout(&self, now: Millis) -> Option<Duration> {
+        if !self.starved.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let deadlines = [
             self.broker.next_deadline(),
             self.lingering.front().map(|(deadline, _)| *deadline),
@@ -311,8 +342,10 @@ impl Worker {
         }
     }
 
-    /// Begins the stop: no more accepts, and every connection closes without telling the
-    /// broker (so wills are not published, as in Mosquitto's shutdown).
+    /// Begins the stop: no more accepts; the broker closes every connection it knows
+    /// (`handle_shutdown`: their wills are published, as Mosquitto does at shutdown, and reach
+    /// whoever is still connected before the closes complete); any other connection closes
+    /// without the broker.
     pub(super) fn begin_stop(&mut self, now: Millis) {
         if self.stopping.is_some() {
             return;
@@ -330,6 +363,8 @@ impl Worker {
                 unsafe { self.ring.push(&entry) };
             }
         }
+        self.broker.handle_shutdown(now);
+        self.apply_actions(now);
         let open: Vec<u32> = self.conns.open_slots().collect();
         for slot in open {
             let conn = self.conns.slot_mut(slot);

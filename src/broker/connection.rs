@@ -1,0 +1,166 @@
+//! Connections: their state, their output, and how they end.
+//!
+//! A connection is `AwaitingConnect` from `handle_open` until its CONNECT is accepted, then
+//! `Active` with its session. Its output is an `OutBuf` the runtime drains with
+//! `take_output`; bytes taken and not yet reported by `handle_sent` still count against
+//! `outbuf_bytes_max`. `Action::Send` is emitted once per transition of the `OutBuf` from
+//! empty to non-empty (`send_flagged` remembers that it was).
+//!
+//! Every close goes through [`Broker::close_conn`], which settles everything at once: the
+//! `Close` action (unless the peer closed), the close counter, the session (offline or
+//! discarded), and the will (published unless the client sent DISCONNECT [MQTT-3.1.2-8]).
+//! Closes decided in the middle of a fan-out (slow consumers) are deferred to
+//! `pending_closes` and run by [`Broker::settle`] at the end of the event, because publishing
+//! a will re-enters the fan-out.
+//!
+//! A refused CONNECT's CONNACK is the one output that outlives its connection: it is kept in
+//! `closing` until the runtime takes it (on the `Send` or the `Close` it receives).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::{Action, Broker, CloseReason, ConnId, Millis, SessionId};
+use crate::protocol::{LastWill, OutBuf, Packet};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Phase {
+    AwaitingConnect,
+    Active(SessionId),
+}
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    /// Changes when the connection's timer is re-filed, so an older timer is recognised.
+    pub serial: u32,
+    pub phase: Phase,
+    pub opened_at: Millis,
+    pub last_heard: Millis,
+    /// 1.5 times the keepalive [MQTT-3.1.2-24]; 0 = no keepalive.
+    pub keepalive_grace_millis: u64,
+    pub will: Option<LastWill>,
+    pub out: OutBuf,
+    /// Bytes the runtime took and has not yet reported sent.
+    pub unsent_bytes: usize,
+    pub send_flagged: bool,
+}
+
+impl Conn {
+    pub fn new(serial: u32, now: Millis) -> Self {
+        Self {
+            serial,
+            phase: Phase::AwaitingConnect,
+            opened_at: now,
+            last_heard: now,
+            keepalive_grace_millis: 0,
+            will: None,
+            out: OutBuf::new(),
+            unsent_bytes: 0,
+            send_flagged: false,
+        }
+    }
+
+    /// Output not yet confirmed sent: what the `OutBuf` holds plus what the runtime took.
+    pub fn pending_bytes(&self) -> usize {
+        self.out.len() + self.unsent_bytes
+    }
+
+    /// Emits `Send` if the output just became non-empty.
+    pub fn flag_send(&mut self, id: ConnId, actions: &mut VecDeque<Action>) {
+        if !self.send_flagged && !self.out.is_empty() {
+            self.send_flagged = true;
+            actions.push_back(Action::Send(id));
+        }
+    }
+}
+
+impl Broker {
+    pub(super) fn open_conn(&mut self, conn: ConnId, now: Millis) {
+        assert!(!self.conns.contains_key(&conn), "{conn:?} opened twice");
+        // A runtime that never took a refused connection's last bytes has reused the id.
+        self.closing.remove(&conn);
+        let serial = self.next_serial();
+        self.conns.insert(conn, Conn::new(serial, now));
+        self.file_conn_timer(conn);
+    }
+
+    pub(super) fn next_serial(&mut self) -> u32 {
+        self.serial = self.serial.wrapping_add(1);
+        self.serial
+    }
+
+    /// Writes a control packet (an acknowledgement, SUBACK, PINGRESP, CONNACK). These are
+    /// written even past `outbuf_bytes_max`, since withholding them would stall the client;
+    /// but a client that sends without ever reading would grow them without bound, so past
+    /// twice the bound it is closed as a slow consumer.
+    pub(super) fn write_control(&mut self, conn: ConnId, packet: &Packet) {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        state.out.put_packet(packet);
+        state.flag_send(conn, &mut self.actions);
+        if state.pending_bytes() > self.config.outbuf_bytes_max.saturating_mul(2) {
+            self.pending_closes.push_back((conn, CloseReason::SlowConsumer));
+        }
+    }
+
+    /// Closes `conn` and settles everything about it. `reason` is `None` when the peer went
+    /// away (the runtime already knows, so no `Close` action). Unknown connections are ignored.
+    pub(super) fn close_conn(&mut self, conn: ConnId, reason: Option<CloseReason>, now: Millis) {
+        let Some(mut state) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.stats.closes.count(reason);
+        if let Some(reason) = reason {
+            if matches!(reason, CloseReason::ConnectRefused(_)) && !state.out.is_empty() {
+                self.closing.insert(conn, std::mem::take(&mut state.out));
+            }
+            self.actions.push_back(Action::Close(conn, reason));
+        }
+        let Phase::Active(session) = state.phase else {
+            return;
+        };
+        self.stats.clients_connected -= 1;
+        self.detach_session(session, conn, now);
+        if reason != Some(CloseReason::ClientDisconnect) {
+            if let Some(will) = state.will.take() {
+                self.publish_will(will, now);
+            }
+        }
+    }
+
+    /// Runs the closes deferred during the event, then refreshes the gauges.
+    pub(super) fn settle(&mut self, now: Millis) {
+        while let Some((conn, reason)) = self.pending_closes.pop_front() {
+            self.close_conn(conn, Some(reason), now);
+        }
+        self.refresh_gauges();
+    }
+
+    pub(super) fn take_conn_output(&mut self, conn: ConnId, out: &mut Vec<Bytes>) -> usize {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.send_flagged = false;
+            let taken = state.out.take_into(out);
+            state.unsent_bytes += taken;
+            return taken;
+        }
+        match self.closing.remove(&conn) {
+            Some(mut last) => last.take_into(out),
+            None => 0,
+        }
+    }
+
+    pub(super) fn conn_sent(&mut self, conn: ConnId, bytes: usize) {
+        self.stats.bytes_sent += bytes as u64;
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        assert!(
+            bytes <= state.unsent_bytes,
+            "{conn:?}: {bytes} bytes reported sent, only {} taken",
+            state.unsent_bytes
+        );
+        state.unsent_bytes -= bytes;
+        self.refill(conn);
+    }
+}

@@ -1,0 +1,333 @@
+//! The QoS state machines of one session, both directions [MQTT-4.3].
+//!
+//! Outgoing (broker to client): a QoS 1/2 PUBLISH takes a packet id and a place in the
+//! inflight window (`max_inflight_messages`) when it is written; it leaves on PUBACK (QoS 1) or
+//! goes PUBLISH -> PUBREC -> PUBREL -> PUBCOMP (QoS 2). Messages that cannot be written yet (the
+//! window is full, the connection's output is at `outbuf_bytes_max`, or the client is offline)
+//! wait in the session queue in arrival order; the queue is bounded by `max_queued_messages`
+//! and `max_queued_bytes` (payload bytes). Once anything is queued, later QoS 1/2 messages queue
+//! behind it, so a session's QoS 1/2 messages reach the client in the order they reached the
+//! session [MQTT-4.6.0-6]. QoS 0 is never held back for QoS 1/2: it is written
+//! at once or dropped, as MQTT's order rule is per topic *and QoS*.
+//!
+//! Incoming (client to broker), QoS 2 uses Method B of [MQTT-4.3.3-2] (figure 4.3): the packet
+//! id is stored and the message delivered onwards when the PUBLISH arrives; a PUBLISH re-sent
+//! with a stored id is acknowledged but not delivered again; PUBREL discards the id. Method B
+//! delivers without waiting a round trip and keeps a publisher's QoS 2 messages in order with
+//! its QoS 0/1 ones. The stored ids are bounded by `max_awaiting_pubrel`.
+//!
+//! Invariants: packet ids in the window are distinct; the window never exceeds its size; the
+//! queue never exceeds its bounds; `queued_bytes` is the sum of the queued payload lengths.
+
+use std::collections::{HashSet, VecDeque};
+
+use super::ids::IdBuildHasher;
+use super::{Message, QoS};
+use crate::protocol::PacketId;
+
+/// What an outgoing inflight message waits for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Awaiting {
+    Puback,
+    Pubrec,
+    Pubcomp,
+}
+
+/// A QoS 1/2 message written to the client and not yet fully acknowledged.
+#[derive(Debug)]
+pub(super) struct Inflight {
+    pub packet_id: PacketId,
+    pub message: Message,
+    /// The QoS it was sent with: min(published, granted).
+    pub qos: QoS,
+    /// The RETAIN flag it was sent with (1 only for a new subscription's retained message).
+    pub retain: bool,
+    pub awaiting: Awaiting,
+}
+
+/// A message waiting to be written.
+#[derive(Debug)]
+pub(super) struct Queued {
+    pub message: Message,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// The session queue's bounds, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct QueueLimits {
+    pub messages_max: usize,
+    pub bytes_max: usize,
+}
+
+/// The queue is at one of its bounds; the message was not queued.
+#[derive(Debug)]
+pub(super) struct QueueFull;
+
+/// What a PUBREC did to the outgoing state.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum PubrecOutcome {
+    /// The QoS 2 message moved on to awaiting PUBCOMP: answer PUBREL.
+    Released,
+    /// Already released (a repeated PUBREC): answer PUBREL again.
+    AlreadyReleased,
+    /// No QoS 2 message with this id is in flight.
+    Unknown,
+}
+
+/// The broker-to-client direction of one session.
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    /// QoS 0 messages in `queue` (queued while offline with `queue_qos0_messages`).
+    queued_qos0: usize,
+    next_packet_id: PacketId,
+}
+
+impl Default for Outgoing {
+    fn default() -> Self {
+        Self {
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            queued_qos0: 0,
+            next_packet_id: PacketId::new(1).expect("1 is a valid packet id"),
+        }
+    }
+}
+
+impl Outgoing {
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Whether QoS 0 messages wait in the queue (a new QoS 0 one must then queue behind them).
+    pub fn has_queued_qos0(&self) -> bool {
+        self.queued_qos0 > 0
+    }
+
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    pub fn front_queued(&self) -> Option<&Queued> {
+        self.queue.front()
+    }
+
+    /// Takes a packet id no inflight message uses. The window is smaller than the id space,
+    /// so one is free; ids are handed out in sequence, so with acknowledgements arriving
+    /// roughly in order the next one is free at the first try.
+    pub fn allocate_packet_id(&mut self) -> PacketId {
+        assert!(self.inflight.len() < usize::from(u16::MAX), "packet id space exhausted");
+        loop {
+            let candidate = self.next_packet_id;
+            self.next_packet_id = candidate.next();
+            if !self.inflight.iter().any(|entry| entry.packet_id == candidate) {
+                return candidate;
+            }
+        }
+    }
+
+    pub fn push_inflight(&mut self, entry: Inflight, window: usize) {
+        assert!(self.inflight.len() < window, "inflight window of {window} overrun");
+        assert!(entry.qos != QoS::AtMostOnce, "QoS 0 is never in flight");
+        self.inflight.push_back(entry);
+    }
+
+    pub fn enqueue(&mut self, queued: Queued, limits: QueueLimits) -> Result<(), QueueFull> {
+        let bytes = queued.message.payload.len();
+        if self.queue.len() >= limits.messages_max
+            || self.queued_bytes.saturating_add(bytes) > limits.bytes_max
+        {
+            return Err(QueueFull);
+        }
+        self.queued_bytes += bytes;
+        self.queued_qos0 += usize::from(queued.qos == QoS::AtMostOnce);
+        self.queue.push_back(queued);
+        Ok(())
+    }
+
+    pub fn dequeue(&mut self) -> Option<Queued> {
+        let queued = self.queue.pop_front()?;
+        self.queued_bytes -= queued.message.payload.len();
+        self.queued_qos0 -= usize::from(queued.qos == QoS::AtMostOnce);
+        Some(queued)
+    }
+
+    /// PUBACK: the QoS 1 message with `id` is done. False if none was awaiting it.
+    pub fn on_puback(&mut self, id: PacketId) -> bool {
+        self.remove_awaiting(id, Awaiting::Puback)
+    }
+
+    /// PUBCOMP: the QoS 2 message with `id` is done. False if none was awaiting it.
+    pub fn on_pubcomp(&mut self, id: PacketId) -> bool {
+        self.remove_awaiting(id, Awaiting::Pubcomp)
+    }
+
+    pub fn on_pubrec(&mut self, id: PacketId) -> PubrecOutcome {
+        let Some(entry) = self.inflight.iter_mut().find(|entry| entry.packet_id == id) else {
+            return PubrecOutcome::Unknown;
+        };
+        match entry.awaiting {
+            Awaiting::Pubrec => {
+                entry.awaiting = Awaiting::Pubcomp;
+                // Only the id is needed from now on [MQTT-4.3.3-1]; let the payload go.
+                entry.message.payload = bytes::Bytes::new();
+                PubrecOutcome::Released
+            }
+            Awaiting::Pubcomp => PubrecOutcome::AlreadyReleased,
+            Awaiting::Puback => PubrecOutcome::Unknown,
+        }
+    }
+
+    fn remove_awaiting(&mut self, id: PacketId, awaiting: Awaiting) -> bool {
+        // Acknowledgements usually come in order: the search ends at the front.
+        let found = self
+            .inflight
+            .iter()
+            .position(|entry| entry.packet_id == id && entry.awaiting == awaiting);
+        match found {
+            Some(index) => {
+                self.inflight.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops everything (the session is being discarded); returns (inflight, queued) counts.
+    pub fn clear(&mut self) -> (usize, usize) {
+        let counts = (self.inflight.len(), self.queue.len());
+        self.inflight.clear();
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.queued_qos0 = 0;
+        counts
+    }
+}
+
+/// The client-to-broker direction of one session: QoS 2 packet ids awaiting PUBREL.
+#[derive(Debug, Default)]
+pub(super) struct Incoming {
+    awaiting_pubrel: HashSet<PacketId, IdBuildHasher>,
+}
+
+/// What a QoS 2 PUBLISH from the client means for delivery.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum IncomingQos2 {
+    /// A new message: deliver it, then answer PUBREC.
+    Deliver,
+    /// A re-sent PUBLISH for a stored id: answer PUBREC, do not deliver again.
+    Duplicate,
+    /// `max_awaiting_pubrel` ids are stored already.
+    Full,
+}
+
+impl Incoming {
+    pub fn on_publish(&mut self, id: PacketId, awaiting_max: usize) -> IncomingQos2 {
+        if self.awaiting_pubrel.contains(&id) {
+            return IncomingQos2::Duplicate;
+        }
+        if self.awaiting_pubrel.len() >= awaiting_max {
+            return IncomingQos2::Full;
+        }
+        self.awaiting_pubrel.insert(id);
+        IncomingQos2::Deliver
+    }
+
+    /// PUBREL: forget the id. PUBCOMP is answered either way [MQTT-3.6.4-1].
+    pub fn on_pubrel(&mut self, id: PacketId) -> bool {
+        self.awaiting_pubrel.remove(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.awaiting_pubrel.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::protocol::TopicName;
+
+    fn pid(value: u16) -> PacketId {
+        PacketId::new(value).expect("non-zero")
+    }
+
+    fn message(payload: &'static [u8]) -> Message {
+        Message {
+            topic: TopicName::from_static("t"),
+            payload: Bytes::from_static(payload),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+        }
+    }
+
+    fn entry(id: PacketId, qos: QoS) -> Inflight {
+        let awaiting = if qos == QoS::AtLeastOnce { Awaiting::Puback } else { Awaiting::Pubrec };
+        Inflight { packet_id: id, message: message(b"x"), qos, retain: false, awaiting }
+    }
+
+    #[test]
+    fn packet_ids_skip_those_still_in_flight_and_never_use_zero() {
+        let mut out = Outgoing { next_packet_id: pid(u16::MAX), ..Outgoing::default() };
+        let first = out.allocate_packet_id();
+        assert_eq!(first, pid(u16::MAX));
+        out.push_inflight(entry(first, QoS::AtLeastOnce), 10);
+        out.push_inflight(entry(pid(1), QoS::AtLeastOnce), 10);
+        // 65535 wraps to 1 [MQTT-2.3.1-1], which is in use, so 2 comes next.
+        assert_eq!(out.allocate_packet_id(), pid(2));
+    }
+
+    #[test]
+    fn qos2_outgoing_goes_pubrec_then_pubcomp() {
+        let mut out = Outgoing::default();
+        out.push_inflight(entry(pid(5), QoS::ExactlyOnce), 1);
+        assert!(!out.on_puback(pid(5)), "a QoS 2 message is not finished by PUBACK");
+        assert!(!out.on_pubcomp(pid(5)), "nor by PUBCOMP before PUBREC");
+        assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::Released);
+        assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::AlreadyReleased);
+        assert!(out.on_pubcomp(pid(5)));
+        assert_eq!(out.inflight_len(), 0);
+        assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::Unknown);
+    }
+
+    #[test]
+    fn the_queue_stops_at_either_bound() {
+        let limits = QueueLimits { messages_max: 2, bytes_max: 5 };
+        let queued =
+            |payload| Queued { message: message(payload), qos: QoS::AtLeastOnce, retain: false };
+        let mut out = Outgoing::default();
+        out.enqueue(queued(b"abc"), limits).expect("room");
+        assert!(out.enqueue(queued(b"abc"), limits).is_err(), "6 bytes > 5");
+        out.enqueue(queued(b"ab"), limits).expect("exactly 5 bytes");
+        assert!(out.enqueue(queued(b""), limits).is_err(), "2 messages already");
+        assert_eq!(out.dequeue().map(|q| q.message.payload.len()), Some(3));
+        assert_eq!(out.queued_bytes, 2);
+    }
+
+    #[test]
+    fn incoming_qos2_delivers_once_until_pubrel() {
+        // [MQTT-4.3.3-2] Method B: store the id, deliver once, forget it on PUBREL.
+        let mut incoming = Incoming::default();
+        assert_eq!(incoming.on_publish(pid(9), 2), IncomingQos2::Deliver);
+        assert_eq!(incoming.on_publish(pid(9), 2), IncomingQos2::Duplicate);
+        assert_eq!(incoming.on_publish(pid(10), 2), IncomingQos2::Deliver);
+        assert_eq!(incoming.on_publish(pid(11), 2), IncomingQos2::Full);
+        assert!(incoming.on_pubrel(pid(9)));
+        assert!(!incoming.on_pubrel(pid(9)));
+        assert_eq!(incoming.on_publish(pid(9), 2), IncomingQos2::Deliver);
+    }
+}

@@ -1,0 +1,115 @@
+//! PUBLISH from a client, and routing any message (a client's, a will, `$SYS`) to its
+//! subscribers here and on other workers [MQTT-3.3] [MQTT-4.3].
+//!
+//! Inbound QoS: 0 is routed; 1 is routed and answered PUBACK [MQTT-4.3.2-2]; 2 follows
+//! Method B (see `inflight.rs`): routed once when first seen, answered PUBREC, its id held
+//! until PUBREL, which is answered PUBCOMP [MQTT-4.3.3-2] [MQTT-3.6.4-1].
+//!
+//! Routing: a RETAIN=1 message updates the retained store through the topic's owner
+//! [MQTT-3.3.1-5] (an empty payload deletes [MQTT-3.3.1-10]); then the index gives the local
+//! sessions (each once, at its highest granted QoS [MQTT-3.3.5-1]) and the interested workers.
+//! Local sessions get min(published, granted) QoS [MQTT-3.8.4-6] with RETAIN=0
+//! [MQTT-3.3.1-9]; each interested worker gets one `RemoteMsg::Publish`.
+//!
+//! The fan-out encodes the PUBLISH once per QoS it is delivered at (`Variants`), never per
+//! subscriber, and reuses the broker's `Matches` buffer, so a steady stream of publishes
+//! allocates nothing per subscriber.
+
+use super::delivery::Variants;
+use super::inflight::IncomingQos2;
+use super::{Broker, CloseReason, ConnId, Message, Millis, RemoteMsg, SessionId};
+use crate::protocol::{Packet, PacketId, Publish, QoS};
+
+impl Broker {
+    pub(super) fn handle_publish(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        publish: Publish,
+        now: Millis,
+    ) {
+        self.stats.messages_received += 1;
+        let packet_id = publish.packet_id;
+        let message = Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+        };
+        let id = match (message.qos, packet_id) {
+            (QoS::AtMostOnce, None) => return self.route_publish(message, now),
+            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) => id,
+            _ => {
+                let violation =
+                    CloseReason::ProtocolViolation("packet id iff QoS > 0 [MQTT-2.3.1-5]");
+                return self.close_conn(conn, Some(violation), now);
+            }
+        };
+        if message.qos == QoS::AtLeastOnce {
+            self.route_publish(message, now);
+            self.write_control(conn, &Packet::Puback(id));
+            return;
+        }
+        self.receive_qos2(conn, session, id, message, now);
+    }
+
+    fn receive_qos2(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        id: PacketId,
+        message: Message,
+        now: Millis,
+    ) {
+        let awaiting_max = self.config.max_awaiting_pubrel;
+        match self.sessions.get_mut(session).incoming.on_publish(id, awaiting_max) {
+            IncomingQos2::Deliver => self.route_publish(message, now),
+            IncomingQos2::Duplicate => {}
+            IncomingQos2::Full => {
+                let violation = CloseReason::ProtocolViolation(
+                    "more QoS 2 PUBLISHes awaiting PUBREL than max_awaiting_pubrel",
+                );
+                return self.close_conn(conn, Some(violation), now);
+            }
+        }
+        self.write_control(conn, &Packet::Pubrec(id));
+    }
+
+    pub(super) fn handle_pubrel(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
+        // An unknown id still gets PUBCOMP: the client may be finishing an exchange whose
+        // PUBCOMP it never saw [MQTT-4.3.3-2] [MQTT-3.6.4-1].
+        self.sessions.get_mut(session).incoming.on_pubrel(id);
+        self.write_control(conn, &Packet::Pubcomp(id));
+    }
+
+    /// Routes a message published here (by a client, as a will, or as `$SYS`).
+    pub(super) fn route_publish(&mut self, message: Message, now: Millis) {
+        if message.retain {
+            self.update_retained(&message, now);
+        }
+        let mut matches = std::mem::take(&mut self.matches);
+        self.subscriptions.match_topic(&message.topic, &mut matches);
+        self.fan_out(&message, &matches.sessions);
+        for worker in matches.workers.iter() {
+            if worker != self.me {
+                self.send_remote(worker, RemoteMsg::Publish(message.clone()));
+            }
+        }
+        self.matches = matches;
+    }
+
+    /// Delivers a message another worker routed here to the local subscribers only.
+    pub(super) fn deliver_from_remote(&mut self, message: &Message) {
+        let mut matches = std::mem::take(&mut self.matches);
+        self.subscriptions.match_topic(&message.topic, &mut matches);
+        self.fan_out(message, &matches.sessions);
+        self.matches = matches;
+    }
+
+    fn fan_out(&mut self, message: &Message, sessions: &[(SessionId, QoS)]) {
+        let mut variants = Variants::new(false);
+        for &(session, granted) in sessions {
+            self.deliver(session, message, message.qos.min(granted), &mut variants);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Sessions: the state MQTT keeps per client id [MQTT-3.1.2-4..6], on its home worker.
+//!
+//! A session holds the client's subscriptions, its outgoing QoS 1/2 window and queue, and its
+//! incoming QoS 2 ids. A clean session (CleanSession=1) lives exactly as long as its
+//! connection and is discarded when it ends [MQTT-3.1.2-6]. A persistent session
+//! (CleanSession=0) outlives its connection: its subscriptions stay, its window and queue
+//! stay, and new QoS 1/2 messages for it are queued while it is offline [MQTT-3.1.2-5], until
+//! a connection resumes it or it has been offline for `persistent_client_expiration_secs`.
+//!
+//! Invariants: at most `sessions_max` sessions; the client id map and the slab agree; a clean
+//! session always has a connection; every subscription of a session is in the index, and a
+//! discarded session leaves nothing in the index.
+
+use std::collections::HashMap;
+
+use slab::Slab;
+
+use super::inflight::{Incoming, Outgoing};
+use super::{Broker, ConnId, Millis, SessionId};
+use crate::protocol::{QoS, TopicFilter, Utf8Bytes};
+
+#[derive(Debug)]
+pub(super) struct Session {
+    pub client_id: Utf8Bytes,
+    /// CleanSession=0: the session outlives its connection.
+    pub persistent: bool,
+    pub conn: Option<ConnId>,
+    /// The session's filters and granted QoS, at most `subscriptions_per_session_max`.
+    pub subscriptions: Vec<(TopicFilter, QoS)>,
+    pub outgoing: Outgoing,
+    pub incoming: Incoming,
+    /// Bumped whenever the session goes offline, so an older expiry timer is recognised.
+    pub epoch: u32,
+    pub offline_since: Millis,
+}
+
+impl Session {
+    pub fn new(client_id: Utf8Bytes, persistent: bool, now: Millis) -> Self {
+        Self {
+            client_id,
+            persistent,
+            conn: None,
+            subscriptions: Vec::new(),
+            outgoing: Outgoing::default(),
+            incoming: Incoming::default(),
+            epoch: 0,
+            offline_since: now,
+        }
+    }
+}
+
+/// The sessions of one worker, by `SessionId` (slab index) and by client id.
+#[derive(Debug, Default)]
+pub(super) struct SessionTable {
+    slab: Slab<Session>,
+    by_client_id: HashMap<Utf8Bytes, SessionId>,
+}
+
+impl SessionTable {
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub fn find(&self, client_id: &Utf8Bytes) -> Option<SessionId> {
+        self.by_client_id.get(client_id).copied()
+    }
+
+    pub fn try_get(&self, id: SessionId) -> Option<&Session> {
+        self.slab.get(id.0 as usize)
+    }
+
+    /// The session `id`; it must exist (ids come from the index or a connection, which only
+    /// hold live sessions).
+    pub fn get(&self, id: SessionId) -> &Session {
+        self.slab.get(id.0 as usize).unwrap_or_else(|| panic!("{id:?} is not a live session"))
+    }
+
+    pub fn get_mut(&mut self, id: SessionId) -> &mut Session {
+        self.slab.get_mut(id.0 as usize).unwrap_or_else(|| panic!("{id:?} is not a live session"))
+    }
+
+    pub fn insert(&mut self, session: Session) -> SessionId {
+        let client_id = session.client_id.clone();
+        let index = self.slab.insert(session);
+        let id = SessionId(u32::try_from(index).expect("fewer than 2^32 sessions"));
+        let previous = self.by_client_id.insert(client_id, id);
+        assert!(previous.is_none(), "two sessions for one client id");
+        id
+    }
+
+    pub fn remove(&mut self, id: SessionId) -> Session {
+        let session = self.slab.remove(id.0 as usize);
+        let removed = self.by_client_id.remove(&session.client_id);
+        assert_eq!(removed, Some(id), "client id map out of step with the slab");
+        session
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.slab.iter().map(|(_, session)| session)
+    }
+}
+
+impl Broker {
+    /// A new session, or `None` at `sessions_max` (counted).
+    pub(super) fn create_session(
+        &mut self,
+        client_id: Utf8Bytes,
+        persistent: bool,
+        now: Millis,
+    ) -> Option<SessionId> {
+        if self.sessions.len() >= self.config.sessions_max {
+            self.stats.sessions_refused_full += 1;
+            return None;
+        }
+        Some(self.sessions.insert(Session::new(client_id, persistent, now)))
+    }
+
+    /// Discards a session and everything it held (its subscriptions leave the index).
+    pub(super) fn destroy_session(&mut self, id: SessionId) {
+        assert!(self.sessions.get(id).conn.is_none(), "discarding a session still connected");
+        let filters = std::mem::take(&mut self.sessions.get_mut(id).subscriptions);
+        for (filter, _) in &filters {
+            self.remove_from_index(filter, id);
+        }
+        let mut session = self.sessions.remove(id);
+        let (inflight, queued) = session.outgoing.clear();
+        self.stats.inflight_messages -= inflight as u64;
+        self.stats.queued_messages -= queued as u64;
+    }
+
+    /// The session's connection ended: a clean session is discarded [MQTT-3.1.2-6]; a
+    /// persistent one goes offline and starts its expiry clock.
+    pub(super) fn detach_session(&mut self, id: SessionId, conn: ConnId, now: Millis) {
+        let session = self.sessions.get_mut(id);
+        assert_eq!(session.conn, Some(conn), "detaching a connection the session does not have");
+        session.conn = None;
+        if !session.persistent {
+            self.destroy_session(id);
+            return;
+        }
+        session.epoch = session.epoch.wrapping_add(1);
+        session.offline_since = now;
+        self.file_session_timer(id);
+    }
+
+    /// Attaches `conn` to the session (which has none).
+    pub(super) fn attach_session(&mut self, id: SessionId, conn: ConnId) {
+        let session = self.sessions.get_mut(id);
+        assert!(session.conn.is_none(), "attaching a second connection to a session");
+        session.conn = Some(conn);
+        // Any expiry timer filed while offline is now stale.
+        session.epoch = session.epoch.wrapping_add(1);
+    }
+}

@@ -1,0 +1,16 @@
+//! Deterministic tests of the broker core, by concern, through the scripted-client harness.
+//! Each test of an MQTT rule cites its normative statement id.
+
+mod harness;
+
+mod cluster;
+mod connect;
+mod flow;
+mod keepalive;
+mod publish;
+mod qos;
+mod retained;
+mod session;
+mod subscribe;
+mod sys;
+mod will;
