@@ -189,19 +189,26 @@ fn check_broker(checker: &mut Checker, broker: &BrokerConfig) {
     checker.require((1..=MAX_PACKET_SIZE_MAX).contains(&packet), "max_packet_size", || {
         format!("must be 1..={MAX_PACKET_SIZE_MAX} (MQTT's largest packet), got {packet}")
     });
-    checker.require(broker.max_inflight_messages >= 1, "max_inflight_messages", || {
-        "must be at least 1 (0 in the settings means 65535)".to_owned()
-    });
     for (key, value) in [
-        ("max_queued_messages", broker.max_queued_messages),
-        ("max_queued_bytes", broker.max_queued_bytes),
         ("sessions_max", broker.sessions_max),
         ("subscriptions_per_session_max", broker.subscriptions_per_session_max),
+        ("max_awaiting_pubrel", broker.max_awaiting_pubrel),
     ] {
         checker.require(value >= 1, key, || {
             "must be at least 1 (ringmq bounds every queue and table; Mosquitto's 0 for \
              'no limit' has no equivalent)"
                 .to_owned()
+        });
+    }
+    for (key, value) in [
+        ("max_queued_messages", broker.max_queued_messages),
+        ("max_queued_bytes", broker.max_queued_bytes),
+    ] {
+        checker.warn_if(value == 0, || {
+            format!(
+                "{key} = 0: no message is queued for any session (in Mosquitto 0 meant no \
+                 limit; ringmq bounds every queue)"
+            )
         });
     }
     checker.require(broker.outbuf_bytes_max >= packet, "outbuf_bytes_max", || {
@@ -214,7 +221,7 @@ fn check_broker(checker: &mut Checker, broker: &BrokerConfig) {
     checker.require(broker.connect_timeout_secs >= 1, "connect_timeout_secs", || {
         "must be at least 1".to_owned()
     });
-    checker.warn_if(broker.max_queued_bytes < packet, || {
+    checker.warn_if(broker.max_queued_bytes != 0 && broker.max_queued_bytes < packet, || {
         format!(
             "max_queued_bytes {} is less than max_packet_size {packet}: a session cannot \
              queue one largest message",
@@ -316,14 +323,13 @@ mod tests {
     #[test]
     fn unbounded_values_are_rejected() {
         assert_eq!(rejected(|r, _| r.max_connections = 0), ["max_connections"]);
-        assert_eq!(rejected(|_, b| b.max_queued_messages = 0), ["max_queued_messages"]);
-        assert_eq!(rejected(|_, b| b.max_queued_bytes = 0), ["max_queued_bytes"]);
+        assert_eq!(rejected(|_, b| b.max_awaiting_pubrel = 0), ["max_awaiting_pubrel"]);
         assert_eq!(rejected(|_, b| b.sessions_max = 0), ["sessions_max"]);
         assert_eq!(
             rejected(|_, b| b.subscriptions_per_session_max = 0),
             ["subscriptions_per_session_max"]
         );
-        assert_eq!(rejected(|_, b| b.max_inflight_messages = 0), ["max_inflight_messages"]);
+        assert!(rejected(|_, b| b.max_inflight_messages = 0).is_empty(), "0 = no maximum");
         assert_eq!(rejected(|_, b| b.connect_timeout_secs = 0), ["connect_timeout_secs"]);
     }
 
@@ -345,6 +351,16 @@ mod tests {
             b.max_packet_size = 0;
         });
         assert_eq!(keys, ["workers", "ring_entries", "max_packet_size"]);
+    }
+
+    #[test]
+    fn queue_bounds_of_zero_are_legal_but_warned_about() {
+        // The core defines 0 as "nothing is queued"; Mosquitto users may mean "no limit".
+        let found = warnings(|_, b| b.max_queued_messages = 0);
+        assert!(found.iter().any(|w| w.starts_with("max_queued_messages = 0")), "{found:?}");
+        let found = warnings(|_, b| b.max_queued_bytes = 0);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("max_queued_bytes = 0"), "{found:?}");
     }
 
     #[test]
