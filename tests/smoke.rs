@@ -1,6 +1,6 @@
-//! Smoke test of the real binary: start `ringmq` on a free loopback port, make a QoS 1
-//! publish/subscribe round trip with a raw TCP client speaking through our own codec, then stop
-//! it with SIGTERM and expect exit status 0 within a second.
+//! Smoke test of the real binary: start `ringmq` on a free loopback port (one worker, then
+//! two), make a QoS 1 publish/subscribe round trip with a raw TCP client speaking through our
+//! own codec, then stop it with SIGTERM and expect exit status 0 within a second.
 //!
 //! Independent clients (Mosquitto's, paho) are exercised by the integration suite; this test
 //! only proves that bytes flow through the runtime both ways and that the stop is clean.
@@ -23,7 +23,7 @@ struct Broker {
 }
 
 impl Broker {
-    fn start() -> Self {
+    fn start(workers: u16) -> Self {
         // A port the kernel just handed out and released; another process could take it in
         // between, which would show as a start-up failure, not a false pass.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -31,7 +31,14 @@ impl Broker {
             .expect("free port")
             .port();
         let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["--workers", "1", "--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--workers",
+                &workers.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
             .args(["--file-table-slots", "256", "--ring-entries", "256", "--recv-buffers", "64"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -146,7 +153,18 @@ fn id(value: u16) -> PacketId {
 
 #[test]
 fn publish_subscribe_round_trip_then_a_clean_sigterm() {
-    let mut broker = Broker::start();
+    round_trip(1);
+}
+
+/// The same with two workers: the clients may land on either and be handed to their client
+/// id's home worker; the publish then crosses the mesh.
+#[test]
+fn publish_subscribe_round_trip_across_two_workers() {
+    round_trip(2);
+}
+
+fn round_trip(workers: u16) {
+    let mut broker = Broker::start(workers);
     let mut subscriber = broker.connect();
     subscriber.connect("smoke-subscriber");
     let filter = TopicFilter::new(Utf8Bytes::from_static("smoke/+")).expect("filter");

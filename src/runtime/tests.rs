@@ -170,3 +170,113 @@ fn receives_survive_a_ring_with_one_buffer() {
     // Whether a receive found the ring empty depends on timing; it is reported, not assumed.
     eprintln!("receives without a buffer: {}", counters[0].recv_no_buffers);
 }
+
+/// A minimal MQTT client over our own codec, for the cross-worker test.
+struct Client {
+    stream: TcpStream,
+    input: bytes::BytesMut,
+}
+
+impl Client {
+    fn connect(running: &Running, client_id: &str) -> Self {
+        use crate::protocol::{Connect, Packet, ProtocolVersion, Utf8Bytes};
+        let mut client = Self { stream: connect(running), input: bytes::BytesMut::new() };
+        let client_id = Utf8Bytes::new(bytes::Bytes::from(client_id.to_owned())).expect("utf-8");
+        client.send(&Packet::Connect(Connect {
+            protocol: ProtocolVersion::V311,
+            clean_session: true,
+            keep_alive_secs: 30,
+            client_id,
+            will: None,
+            username: None,
+            password: None,
+        }));
+        assert!(matches!(client.receive(), Packet::Connack(_)));
+        client
+    }
+
+    fn send(&mut self, packet: &crate::protocol::Packet) {
+        let mut out = bytes::BytesMut::new();
+        crate::protocol::encode(packet, &mut out);
+        self.stream.write_all(&out).expect("write");
+    }
+
+    fn receive(&mut self) -> crate::protocol::Packet {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(packet) =
+                crate::protocol::decode(&mut self.input, 1 << 20).expect("valid MQTT")
+            {
+                return packet;
+            }
+            assert!(Instant::now() < deadline, "no packet within two seconds");
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("closed by the broker"),
+                Ok(len) => self.input.extend_from_slice(&chunk[..len]),
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(error) => panic!("read: {error}"),
+            }
+        }
+    }
+}
+
+/// Two workers: connections land on either (SO_REUSEPORT) and move to their client id's home
+/// worker, and publishes reach subscribers on the other worker through the mesh. With 16
+/// clients, that none needs a handoff has a chance of 2^-16.
+#[test]
+fn two_workers_hand_connections_home_and_route_across_the_mesh() {
+    use crate::protocol::{
+        Packet, PacketId, Publish, QoS, Subscribe, TopicFilter, TopicName, Utf8Bytes,
+    };
+    let running = runtime(|config| config.workers = 2);
+    let mut subscribers: Vec<Client> =
+        (0..8).map(|i| Client::connect(&running, &format!("sub-{i}"))).collect();
+    let packet_id = PacketId::new(1).expect("non-zero");
+    for subscriber in &mut subscribers {
+        let filter = TopicFilter::new(Utf8Bytes::from_static("x/#")).expect("filter");
+        subscriber.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            filters: vec![(filter, QoS::AtMostOnce)],
+        }));
+        assert!(matches!(subscriber.receive(), Packet::Suback(_)));
+    }
+    // Interest travels between workers asynchronously; give it a moment to settle.
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..8 {
+        let mut publisher = Client::connect(&running, &format!("pub-{i}"));
+        let topic =
+            TopicName::new(Utf8Bytes::new(bytes::Bytes::from(format!("x/{i}"))).expect("utf-8"))
+                .expect("topic");
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic,
+            packet_id: Some(packet_id),
+            payload: bytes::Bytes::from(vec![i as u8; 8]),
+        }));
+        assert_eq!(publisher.receive(), Packet::Puback(packet_id));
+    }
+    for subscriber in &mut subscribers {
+        let mut seen: Vec<u8> = (0..8)
+            .map(|_| match subscriber.receive() {
+                Packet::Publish(publish) => publish.payload[0],
+                other => panic!("expected PUBLISH, got {other:?}"),
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..8).collect::<Vec<u8>>(), "every subscriber got every message");
+    }
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    let out: u64 = counters.iter().map(|c| c.handoffs_out).sum();
+    let into: u64 = counters.iter().map(|c| c.handoffs_in).sum();
+    assert!(out > 0, "{counters:?}");
+    assert_eq!(out, into, "every handed-off connection arrived");
+    assert_eq!(counters.iter().map(|c| c.handoff_failures).sum::<u64>(), 0);
+}
