@@ -280,3 +280,107 @@ fn two_workers_hand_connections_home_and_route_across_the_mesh() {
     assert_eq!(out, into, "every handed-off connection arrived");
     assert_eq!(counters.iter().map(|c| c.handoff_failures).sum::<u64>(), 0);
 }
+
+/// A client id whose session lives on `worker` of `workers`.
+fn client_id_homed_on(prefix: &str, worker: u16, workers: u16) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|id| crate::broker::home_worker(id.as_bytes(), workers).0 == worker)
+        .expect("some id hashes to every worker")
+}
+
+/// A tiny mesh (one item per ring, an overflow bound of one): a publisher on worker 1 flooding
+/// a subscriber on worker 0 drives the mesh into backpressure; reading pauses and resumes, and
+/// nothing is lost (QoS 1 end to end).
+#[test]
+fn mesh_backpressure_pauses_reading_and_loses_nothing() {
+    use crate::protocol::{
+        Packet, PacketId, Publish, QoS, Subscribe, TopicFilter, TopicName, Utf8Bytes,
+    };
+    let running = runtime(|config| {
+        config.workers = 2;
+        config.mesh_ring_depth = 1;
+        config.mesh_overflow_max = 1;
+    });
+    let mut subscriber = Client::connect(&running, &client_id_homed_on("sub", 0, 2));
+    let first = PacketId::new(1).expect("non-zero");
+    let filter = TopicFilter::new(Utf8Bytes::from_static("flood/#")).expect("filter");
+    subscriber.send(&Packet::Subscribe(Subscribe {
+        packet_id: first,
+        filters: vec![(filter, QoS::AtLeastOnce)],
+    }));
+    assert!(matches!(subscriber.receive(), Packet::Suback(_)));
+    let mut publisher = Client::connect(&running, &client_id_homed_on("pub", 1, 2));
+    const MESSAGES: u16 = 300;
+    // All publishes in one write, so the publisher's worker reads many in one turn.
+    let mut burst = bytes::BytesMut::new();
+    for n in 1..=MESSAGES {
+        let publish = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: TopicName::from_static("flood/x"),
+            packet_id: PacketId::new(n),
+            payload: bytes::Bytes::copy_from_slice(&n.to_be_bytes()),
+        });
+        crate::protocol::encode(&publish, &mut burst);
+    }
+    publisher.stream.write_all(&burst).expect("write");
+    let mut received = Vec::new();
+    while received.len() < usize::from(MESSAGES) {
+        match subscriber.receive() {
+            Packet::Publish(publish) => {
+                received.push(u16::from_be_bytes([publish.payload[0], publish.payload[1]]));
+                subscriber.send(&Packet::Puback(publish.packet_id.expect("QoS 1")));
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    // [MQTT-4.6.0-2] order is kept for one publisher on one topic.
+    assert_eq!(received, (1..=MESSAGES).collect::<Vec<_>>());
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert!(counters[1].reads_paused > 0, "the flood met backpressure: {counters:?}");
+}
+
+/// A closing connection whose peer does not read: its output cannot leave, and after
+/// `close_linger_millis` the send is cancelled and the connection closed anyway.
+#[test]
+fn a_close_waits_for_output_only_until_the_linger_deadline() {
+    use crate::protocol::{
+        Packet, PacketId, Publish, QoS, Subscribe, TopicFilter, TopicName, Utf8Bytes,
+    };
+    let running = runtime(|config| {
+        config.socket_sndbuf_bytes = 4096;
+        config.close_linger_millis = 200;
+    });
+    let mut reader = Client::connect(&running, "stalled");
+    let packet_id = PacketId::new(1).expect("non-zero");
+    let filter = TopicFilter::new(Utf8Bytes::from_static("big")).expect("filter");
+    reader.send(&Packet::Subscribe(Subscribe {
+        packet_id,
+        filters: vec![(filter, QoS::AtMostOnce)],
+    }));
+    assert!(matches!(reader.receive(), Packet::Suback(_)));
+    let mut publisher = Client::connect(&running, "flooder");
+    for _ in 0..64 {
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: TopicName::from_static("big"),
+            packet_id: None,
+            payload: bytes::Bytes::from(vec![7u8; 64 * 1024]),
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The reader has read nothing since SUBACK: the broker's send to it is stuck. Now it
+    // breaks the protocol, so the broker closes it.
+    reader.stream.write_all(UNDECODABLE).expect("write");
+    std::thread::sleep(Duration::from_millis(600));
+    reader.stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    assert!(closed_by_server(&mut reader.stream), "closed after the linger time");
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert_eq!(counters[0].linger_expired, 1, "{counters:?}");
+}
