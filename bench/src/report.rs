@@ -82,7 +82,8 @@ pub struct MessageReport {
     /// PUBLISH packets received, duplicates included.
     pub delivered: u64,
     pub unique: u64,
-    /// Expected but never received (or, without local publishers, sequence gaps).
+    /// Expected but not received by the end of the drain: lost, or (if `drain_complete` is
+    /// false) perhaps still queued in the broker. Without local publishers: sequence gaps.
     pub lost: u64,
     pub lost_basis: &'static str,
     pub duplicates: u64,
@@ -181,8 +182,12 @@ pub fn build(
             outcome.subscribers.iter().flat_map(|(_, t)| t.iter().map(|(_, s)| s.gaps)).sum();
         (None, gaps, "gaps", counters.foreign)
     };
-    let delivery_secs = if stats.last_delivery_ns > outcome.run_start_ns {
-        (stats.last_delivery_ns - outcome.run_start_ns) as f64 / 1e9
+    // With local publishers, deliveries are counted from the start of publishing; without
+    // (`sub`), from the first delivery, since the publishers may start any time later.
+    let delivery_start_ns =
+        if local_publishers { outcome.run_start_ns } else { stats.first_delivery_ns };
+    let delivery_secs = if stats.last_delivery_ns > delivery_start_ns {
+        (stats.last_delivery_ns - delivery_start_ns) as f64 / 1e9
     } else {
         outcome.publish_secs
     };
@@ -304,7 +309,7 @@ pub fn text(report: &LoadReport) -> String {
     for (what, count) in &c.errors {
         lines.push(format!("  error x{count}: {what}"));
     }
-    if p.publishers > 0 || m.delivered > 0 {
+    if p.publishers > 0 {
         lines.push(format!(
             "published: {} in {:.2}s = {}/s; acked {}",
             m.published,
@@ -312,15 +317,26 @@ pub fn text(report: &LoadReport) -> String {
             format_rate(m.publish_rate_per_sec),
             m.acked
         ));
+    }
+    if p.subscribers > 0 {
         lines.push(format!(
-            "delivered: {} unique of {} expected = {}/s ({}B/s); lost {} ({}), dup {}, reordered {}, unexpected {}; drain {:.2}s{}",
+            "delivered: {} unique of {} expected = {}/s ({}B/s); lost {} ({}), dup {}, reordered {}, unexpected {}",
             m.unique,
             m.expected_deliveries.map_or("?".into(), |e| e.to_string()),
             format_rate(m.delivery_rate_per_sec),
             format_rate(m.delivery_bytes_per_sec),
-            m.lost, m.lost_basis, m.duplicates, m.reordered, m.unexpected, m.drain_secs,
-            if m.drain_complete { "" } else { " (timed out)" }
+            m.lost, m.lost_basis, m.duplicates, m.reordered, m.unexpected,
         ));
+    }
+    if p.publishers > 0 {
+        lines.push(if m.drain_complete {
+            format!("drained in {:.2}s: every expected delivery and ack arrived", m.drain_secs)
+        } else {
+            format!(
+                "drain timed out after {:.2}s: what is missing was still queued in the broker, or lost",
+                m.drain_secs
+            )
+        });
     }
     lines.extend(latency_line("latency", &report.latency));
     lines.extend(latency_line("ack latency", &report.ack_latency));

@@ -22,7 +22,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use super::ids::Millis;
-use super::topic_trie::{NodeId, TopicTrie};
+use super::topic_trie::{Level, NodeId, TopicTrie};
 use super::Message;
 use crate::protocol::{TopicFilter, TopicName};
 
@@ -148,16 +148,18 @@ impl RetainedStore {
     /// edge, `+` every child, `#` the node itself (the parent level [MQTT-4.7.1-2]) and its whole
     /// subtree. A filter starting with a wildcard skips `$` topics [MQTT-4.7.2-1].
     pub fn for_each_match(&self, filter: &TopicFilter, mut visit: impl FnMut(&Message)) {
-        let levels: SmallVec<[&[u8]; 8]> = filter.levels().collect();
+        // Each level hashed once, however many nodes `+` makes it probe.
+        let levels: SmallVec<[Level<'_>; 8]> =
+            filter.levels().map(|level| self.trie.level(level)).collect();
         let mut stack: SmallVec<[(NodeId, usize); 16]> = SmallVec::new();
         stack.push((NodeId::ROOT, 0));
         while let Some((node, depth)) = stack.pop() {
-            let Some(&level) = levels.get(depth) else {
+            let Some(level) = levels.get(depth) else {
                 self.visit_node(node, &mut visit);
                 continue;
             };
             let skip_dollar = node == NodeId::ROOT;
-            match level {
+            match level.bytes() {
                 b"#" => {
                     self.visit_node(node, &mut visit);
                     self.visit_subtree(node, skip_dollar, &mut visit);
@@ -169,8 +171,8 @@ impl RetainedStore {
                         }
                     }
                 }
-                exact => {
-                    if let Some(child) = self.trie.child(node, exact) {
+                _ => {
+                    if let Some(child) = self.trie.child(node, level) {
                         stack.push((child, depth + 1));
                     }
                 }
@@ -254,7 +256,7 @@ impl RetainedStore {
     fn node_or_insert(&mut self, topic: &TopicName) -> NodeId {
         let mut node = NodeId::ROOT;
         for level in topic.levels() {
-            let (child, created) = self.trie.child_or_insert(node, level);
+            let (child, created) = self.trie.child_or_insert(node, &self.trie.level(level));
             if created {
                 let first = self.trie.value(node).first_child;
                 if first != NodeId::NONE {

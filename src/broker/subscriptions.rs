@@ -18,7 +18,7 @@ use std::fmt;
 use slab::Slab;
 
 use super::ids::{SessionId, WorkerId, WorkerSet};
-use super::topic_trie::{NodeId, TopicTrie};
+use super::topic_trie::{Level, NodeId, TopicTrie};
 use crate::protocol::{QoS, TopicFilter, TopicName};
 
 /// What one topic matched: local sessions (each once, at the highest granted QoS of its
@@ -89,6 +89,9 @@ const HASH: &[u8] = b"#";
 
 pub struct SubscriptionIndex {
     trie: TopicTrie<Slot>,
+    /// The wildcard levels, hashed once.
+    plus: Level<'static>,
+    hash: Level<'static>,
     shared: Slab<SharedSessions>,
     remote: Slab<WorkerSet>,
     subscriptions: usize,
@@ -113,14 +116,16 @@ impl fmt::Debug for SubscriptionIndex {
 
 impl SubscriptionIndex {
     pub fn new() -> Self {
-        Self { trie: TopicTrie::new(), shared: Slab::new(), remote: Slab::new(), subscriptions: 0 }
+        let trie = TopicTrie::new();
+        let (plus, hash) = (trie.level(PLUS), trie.level(HASH));
+        Self { trie, plus, hash, shared: Slab::new(), remote: Slab::new(), subscriptions: 0 }
     }
 
     /// The node for `filter`, created (with its path) if absent.
     fn node_or_insert(&mut self, filter: &TopicFilter) -> NodeId {
         let mut node = NodeId::ROOT;
         for level in filter.levels() {
-            let (child, created) = self.trie.child_or_insert(node, level);
+            let (child, created) = self.trie.child_or_insert(node, &self.trie.level(level));
             if created {
                 self.trie.value_mut(node).wildcard_children |= wildcard_flag(level);
             }
@@ -264,18 +269,19 @@ impl SubscriptionIndex {
         // Wildcards at the first level do not match `$` topics [MQTT-4.7.2-1].
         let mut wildcards_allowed = !topic.is_dollar();
         for level in topic.levels() {
+            let level = self.trie.level(level);
             next.clear();
             for &node in &frontier {
                 let flags = self.trie.value(node).wildcard_children;
                 if wildcards_allowed && flags & HAS_HASH != 0 {
                     // `#` matches this level and all below it.
-                    let hash = self.trie.child(node, HASH).expect("flagged `#` child exists");
+                    let hash = self.trie.child(node, &self.hash).expect("flagged `#` child exists");
                     contributors += self.collect(hash, out);
                 }
                 if wildcards_allowed && flags & HAS_PLUS != 0 {
-                    next.push(self.trie.child(node, PLUS).expect("flagged `+` child exists"));
+                    next.push(self.trie.child(node, &self.plus).expect("flagged `+` child exists"));
                 }
-                if let Some(child) = self.trie.child(node, level) {
+                if let Some(child) = self.trie.child(node, &level) {
                     next.push(child);
                 }
             }
@@ -289,7 +295,7 @@ impl SubscriptionIndex {
             contributors += self.collect(node, out);
             // "sport/#" matches "sport": `#` also matches the parent level [MQTT-4.7.1-2].
             if self.trie.value(node).wildcard_children & HAS_HASH != 0 {
-                let hash = self.trie.child(node, HASH).expect("flagged `#` child exists");
+                let hash = self.trie.child(node, &self.hash).expect("flagged `#` child exists");
                 contributors += self.collect(hash, out);
             }
         }

@@ -8,6 +8,10 @@
 //! The trie does not enumerate children; a user that needs to (the retained store) keeps its
 //! own sibling links in `T`.
 //!
+//! A lookup takes a [`Level`]: the level's bytes hashed once (seeded per trie). Routing a topic
+//! probes several nodes with the same level, so the bytes are hashed once per level, not once
+//! per probe; an edge's hash is a cheap mix of the level's hash and the parent's id.
+//!
 //! Invariants: node 0 is the root, which has no label and is never freed; every other live node
 //! is the target of exactly one edge, keyed by its parent and its label; `children` counts the
 //! live nodes whose parent it is; a freed slot is on the free list, holds `T::default()` and is
@@ -46,32 +50,56 @@ impl NodeId {
 }
 
 /// One level's bytes: inline when short (most levels are), else in a thin heap vector, so a
-/// label costs 16 bytes in the node either way.
+/// label costs 16 bytes in the node either way. Inline, byte 0 is the length.
 #[derive(Clone)]
 enum Label {
-    Inline { len: u8, bytes: [u8; LABEL_INLINE_BYTES] },
+    Inline([u8; LABEL_INLINE_BYTES + 1]),
     Heap(ThinVec<u8>),
+}
+
+/// `level` packed as an inline label, if it is short enough.
+fn pack(level: &[u8]) -> Option<[u8; LABEL_INLINE_BYTES + 1]> {
+    (level.len() <= LABEL_INLINE_BYTES).then(|| {
+        let mut packed = [0; LABEL_INLINE_BYTES + 1];
+        // The length fits in a u8: it is at most LABEL_INLINE_BYTES.
+        packed[0] = level.len() as u8;
+        packed[1..=level.len()].copy_from_slice(level);
+        packed
+    })
 }
 
 impl Label {
     fn new(level: &[u8]) -> Self {
-        if level.len() <= LABEL_INLINE_BYTES {
-            let mut bytes = [0; LABEL_INLINE_BYTES];
-            bytes[..level.len()].copy_from_slice(level);
-            // The length fits in a u8: it is at most LABEL_INLINE_BYTES.
-            Self::Inline { len: level.len() as u8, bytes }
-        } else {
-            Self::Heap(ThinVec::from(level))
+        match pack(level) {
+            Some(packed) => Self::Inline(packed),
+            None => Self::Heap(ThinVec::from(level)),
         }
     }
 
-    const EMPTY: Self = Self::Inline { len: 0, bytes: [0; LABEL_INLINE_BYTES] };
+    const EMPTY: Self = Self::Inline([0; LABEL_INLINE_BYTES + 1]);
 
     fn as_bytes(&self) -> &[u8] {
         match self {
-            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Inline(packed) => &packed[1..=usize::from(packed[0])],
             Self::Heap(bytes) => bytes,
         }
+    }
+
+    fn equals(&self, level: &Level<'_>) -> bool {
+        self.as_bytes() == level.bytes
+    }
+}
+
+/// A level prepared for lookups in one trie: see the module docs. Made by [`TopicTrie::level`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Level<'a> {
+    bytes: &'a [u8],
+    hash: u64,
+}
+
+impl<'a> Level<'a> {
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        self.bytes
     }
 }
 
@@ -89,12 +117,28 @@ pub(crate) struct TopicTrie<T> {
     edges: HashTable<NodeId>,
     /// Seeded per trie, so clients cannot pick topic levels that collide on every broker.
     hasher: foldhash::fast::RandomState,
+    /// Mixed with a parent's id in an edge's hash; from the same seed.
+    parent_seed: u64,
     /// Live nodes, the root excluded.
     live: usize,
 }
 
-fn edge_hash(hasher: &foldhash::fast::RandomState, parent: NodeId, level: &[u8]) -> u64 {
-    hasher.hash_one((parent.0, level))
+/// The hash of the edge from `parent` by a level whose bytes hash to `level_hash`: one
+/// widening multiply that folds both into 64 bits (foldhash's own mixing step).
+fn edge_hash(parent_seed: u64, parent: NodeId, level_hash: u64) -> u64 {
+    let product = u128::from(level_hash) * u128::from(u64::from(parent.0) ^ parent_seed);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// The edge hash of an existing node, for resizing the edge table.
+fn node_hash<T>(
+    chunks: &[Vec<Node<T>>],
+    hasher: &foldhash::fast::RandomState,
+    parent_seed: u64,
+    id: NodeId,
+) -> u64 {
+    let node = node_in(chunks, id);
+    edge_hash(parent_seed, node.parent, hasher.hash_one(node.label.as_bytes()))
 }
 
 fn node_in<T>(chunks: &[Vec<Node<T>>], id: NodeId) -> &Node<T> {
@@ -105,11 +149,15 @@ impl<T: Default> TopicTrie<T> {
     pub(crate) fn new() -> Self {
         let root =
             Node { label: Label::EMPTY, parent: NodeId::NONE, children: 0, value: T::default() };
+        let hasher = foldhash::fast::RandomState::default();
+        // Odd, so the multiply in `edge_hash` never has a zero factor from the seed alone.
+        let parent_seed = hasher.hash_one(u64::MAX) | 1;
         Self {
             chunks: vec![vec![root]],
             free: Vec::new(),
             edges: HashTable::new(),
-            hasher: foldhash::fast::RandomState::default(),
+            hasher,
+            parent_seed,
             live: 0,
         }
     }
@@ -122,21 +170,27 @@ impl<T: Default> TopicTrie<T> {
         &mut self.chunks[id.index() >> CHUNK_SHIFT][id.index() & (CHUNK_NODES - 1)]
     }
 
+    /// `bytes` prepared for lookups in this trie.
+    pub(crate) fn level<'a>(&self, bytes: &'a [u8]) -> Level<'a> {
+        Level { bytes, hash: self.hasher.hash_one(bytes) }
+    }
+
     /// The child of `parent` for `level`, if there is one.
-    pub(crate) fn child(&self, parent: NodeId, level: &[u8]) -> Option<NodeId> {
-        let hash = edge_hash(&self.hasher, parent, level);
+    #[inline]
+    pub(crate) fn child(&self, parent: NodeId, level: &Level<'_>) -> Option<NodeId> {
+        let hash = edge_hash(self.parent_seed, parent, level.hash);
         let chunks = &self.chunks;
         self.edges
             .find(hash, |&id| {
                 let node = node_in(chunks, id);
-                node.parent == parent && node.label.as_bytes() == level
+                node.parent == parent && node.label.equals(level)
             })
             .copied()
     }
 
     /// The child of `parent` for `level`, created with `T::default()` if absent; the flag says
     /// whether it was created.
-    pub(crate) fn child_or_insert(&mut self, parent: NodeId, level: &[u8]) -> (NodeId, bool) {
+    pub(crate) fn child_or_insert(&mut self, parent: NodeId, level: &Level<'_>) -> (NodeId, bool) {
         match self.child(parent, level) {
             Some(id) => (id, false),
             None => (self.add_child(parent, level), true),
@@ -144,9 +198,10 @@ impl<T: Default> TopicTrie<T> {
     }
 
     /// Adds a child of `parent` for `level`, which must not exist yet.
-    pub(crate) fn add_child(&mut self, parent: NodeId, level: &[u8]) -> NodeId {
+    pub(crate) fn add_child(&mut self, parent: NodeId, level: &Level<'_>) -> NodeId {
         assert!(self.child(parent, level).is_none(), "duplicate edge");
-        let node = Node { label: Label::new(level), parent, children: 0, value: T::default() };
+        let node =
+            Node { label: Label::new(level.bytes), parent, children: 0, value: T::default() };
         let id = match self.free.pop() {
             Some(id) => {
                 *self.node_mut(id) = node;
@@ -156,12 +211,9 @@ impl<T: Default> TopicTrie<T> {
         };
         self.node_mut(parent).children += 1;
         self.live += 1;
-        let hash = edge_hash(&self.hasher, parent, level);
-        let (chunks, hasher) = (&self.chunks, &self.hasher);
-        self.edges.insert_unique(hash, id, |&other| {
-            let node = node_in(chunks, other);
-            edge_hash(hasher, node.parent, node.label.as_bytes())
-        });
+        let hash = edge_hash(self.parent_seed, parent, level.hash);
+        let (chunks, hasher, seed) = (&self.chunks, &self.hasher, self.parent_seed);
+        self.edges.insert_unique(hash, id, |&other| node_hash(chunks, hasher, seed, other));
         id
     }
 
@@ -190,7 +242,7 @@ impl<T: Default> TopicTrie<T> {
         assert!(node.parent != NodeId::NONE, "removing a free node");
         assert_eq!(node.children, 0, "removing a node with children");
         let parent = node.parent;
-        let hash = edge_hash(&self.hasher, parent, node.label.as_bytes());
+        let hash = node_hash(&self.chunks, &self.hasher, self.parent_seed, id);
         let entry = self.edges.find_entry(hash, |&other| other == id);
         // A live node is the target of exactly one edge (module invariant).
         entry.expect("a live node has its edge").remove();
@@ -215,11 +267,9 @@ impl<T: Default> TopicTrie<T> {
         }
         let capacity = self.edges.capacity();
         if capacity > EDGES_SHRINK_CAPACITY_MIN && self.edges.len() * 4 < capacity {
-            let (chunks, hasher) = (&self.chunks, &self.hasher);
-            self.edges.shrink_to(self.edges.len() * 2, |&other| {
-                let node = node_in(chunks, other);
-                edge_hash(hasher, node.parent, node.label.as_bytes())
-            });
+            let (chunks, hasher, seed) = (&self.chunks, &self.hasher, self.parent_seed);
+            let hash = |&other: &NodeId| node_hash(chunks, hasher, seed, other);
+            self.edges.shrink_to(self.edges.len() * 2, hash);
         }
     }
 
@@ -252,7 +302,9 @@ impl<T: Default> TopicTrie<T> {
 
     /// The node for a whole path of levels, if every level exists.
     pub(crate) fn find<'a>(&self, levels: impl Iterator<Item = &'a [u8]>) -> Option<NodeId> {
-        levels.into_iter().try_fold(NodeId::ROOT, |node, level| self.child(node, level))
+        levels
+            .into_iter()
+            .try_fold(NodeId::ROOT, |node, level| self.child(node, &self.level(level)))
     }
 }
 
@@ -270,30 +322,45 @@ impl<T> fmt::Debug for TopicTrie<T> {
 mod tests {
     use super::*;
 
+    fn add(trie: &mut TopicTrie<u32>, parent: NodeId, bytes: &[u8]) -> NodeId {
+        let level = trie.level(bytes);
+        trie.add_child(parent, &level)
+    }
+
+    fn child(trie: &TopicTrie<u32>, parent: NodeId, bytes: &[u8]) -> Option<NodeId> {
+        trie.child(parent, &trie.level(bytes))
+    }
+
     #[test]
     fn node_and_label_stay_small() {
         // The per-subscription memory budget rests on these sizes.
         assert_eq!(std::mem::size_of::<Label>(), 16);
         assert_eq!(std::mem::size_of::<Node<[u32; 3]>>(), 40);
+        assert_eq!(std::mem::size_of::<Option<[u8; LABEL_INLINE_BYTES + 1]>>(), 16);
     }
 
     #[test]
     fn labels_round_trip_inline_and_on_the_heap() {
+        let trie = TopicTrie::<u32>::new();
         for level in [&b""[..], b"a", b"fourteen bytes", b"fifteen bytes!!", &[b'x'; 300]] {
-            assert_eq!(Label::new(level).as_bytes(), level);
+            let label = Label::new(level);
+            assert_eq!(label.as_bytes(), level);
+            assert!(label.equals(&trie.level(level)));
+            assert!(!label.equals(&trie.level(b"fifteen bytes!?")));
+            assert!(!label.equals(&trie.level(b"b")));
         }
     }
 
     #[test]
     fn children_are_found_by_parent_and_level() {
         let mut trie = TopicTrie::<u32>::new();
-        let a = trie.add_child(NodeId::ROOT, b"a");
-        let b = trie.add_child(a, b"b");
-        let a2 = trie.add_child(b, b"a");
-        assert_eq!(trie.child(NodeId::ROOT, b"a"), Some(a));
-        assert_eq!(trie.child(a, b"b"), Some(b));
-        assert_eq!(trie.child(b, b"a"), Some(a2));
-        assert_eq!(trie.child(a, b"a"), None);
+        let a = add(&mut trie, NodeId::ROOT, b"a");
+        let b = add(&mut trie, a, b"b");
+        let a2 = add(&mut trie, b, b"a");
+        assert_eq!(child(&trie, NodeId::ROOT, b"a"), Some(a));
+        assert_eq!(child(&trie, a, b"b"), Some(b));
+        assert_eq!(child(&trie, b, b"a"), Some(a2));
+        assert_eq!(child(&trie, a, b"a"), None);
         assert_eq!(trie.find([&b"a"[..], b"b", b"a"].into_iter()), Some(a2));
         assert_eq!(trie.child_count(a), 1);
         assert_eq!(trie.len(), 3);
@@ -305,18 +372,18 @@ mod tests {
     fn removed_slots_are_reused_and_an_empty_trie_shrinks() {
         let mut trie = TopicTrie::<u32>::new();
         let ids: Vec<_> = (0..10_000u32)
-            .map(|n| trie.add_child(NodeId::ROOT, n.to_string().as_bytes()))
+            .map(|n| add(&mut trie, NodeId::ROOT, n.to_string().as_bytes()))
             .collect();
         assert_eq!(trie.chunks.len(), 3);
         *trie.value_mut(ids[5]) = 7;
         assert_eq!(trie.remove_leaf(ids[5]), 7);
-        assert_eq!(trie.child(NodeId::ROOT, b"5"), None);
-        let again = trie.add_child(NodeId::ROOT, b"again");
+        assert_eq!(child(&trie, NodeId::ROOT, b"5"), None);
+        let again = add(&mut trie, NodeId::ROOT, b"again");
         assert_eq!(again, ids[5]);
         assert_eq!(*trie.value(again), 0);
         trie.remove_leaf(again);
         for (n, id) in ids.iter().enumerate().filter(|(n, _)| *n != 5) {
-            assert_eq!(trie.child(NodeId::ROOT, n.to_string().as_bytes()), Some(*id));
+            assert_eq!(child(&trie, NodeId::ROOT, n.to_string().as_bytes()), Some(*id));
             trie.remove_leaf(*id);
         }
         assert_eq!(trie.len(), 0);
@@ -329,8 +396,8 @@ mod tests {
     #[should_panic(expected = "removing a node with children")]
     fn removing_an_inner_node_is_a_bug() {
         let mut trie = TopicTrie::<u32>::new();
-        let a = trie.add_child(NodeId::ROOT, b"a");
-        trie.add_child(a, b"b");
+        let a = add(&mut trie, NodeId::ROOT, b"a");
+        add(&mut trie, a, b"b");
         trie.remove_leaf(a);
     }
 }

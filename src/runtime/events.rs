@@ -27,7 +27,17 @@ impl Worker {
             Op::Wake => self.on_wake(now),
             // Its effect shows on the accept (ECANCELED); nothing to do here.
             Op::CancelAccept => {}
-            Op::SendFd | Op::Mesh => panic!("mesh completion {data:?} without a mesh"),
+            Op::SendFd => self.on_send_fd(completion),
+            Op::HandoffFd => self.on_handoff_fd(completion, now),
+            // The items are drained every turn; the doorbell only ended our wait.
+            Op::Doorbell => {}
+            // Only failures complete. A peer that has left its loop at a stop may have closed
+            // its ring; otherwise a wrong ring fd is a bug.
+            Op::DoorbellFailed => assert!(
+                self.stopping.is_some(),
+                "a doorbell failed ({}): a peer's ring fd is wrong or closed",
+                completion.result
+            ),
         }
     }
 
@@ -129,18 +139,30 @@ impl Worker {
         }
         match completion.errno() {
             None if completion.result > 0 => {
-                if self.conns.slot_mut(slot).phase == Phase::Open {
+                let conn = self.conns.slot_mut(slot);
+                if conn.phase == Phase::Open && (conn.paused || self.peers.is_backpressured()) {
+                    self.pause_reading(id);
+                } else if conn.phase == Phase::Open {
                     self.decode_input(id, now);
                 }
             }
-            Some(libc::ENOBUFS) => self.counters.recv_no_buffers += 1,
+            Some(libc::ENOBUFS) => {
+                self.counters.recv_no_buffers += 1;
+                if self.conns.slot_mut(slot).phase == Phase::Open {
+                    // Re-armed in phase 4, within the turn's buffer budget.
+                    self.starved.push_back(id);
+                    return;
+                }
+            }
             Some(libc::ECANCELED) => {}
             // End of stream (0) or a socket error: the peer is gone.
             _ => self.on_peer_gone(slot, now),
         }
         let conn = self.conns.slot_mut(slot);
         match conn.phase {
-            Phase::Open if !conn.recv_armed && conn.peer_alive => self.arm_recv(slot),
+            Phase::Open if !conn.recv_armed && conn.peer_alive && !conn.paused => {
+                self.arm_recv(slot)
+            }
             Phase::Closing | Phase::HandingOff => self.advance_close(slot),
             _ => {}
         }
@@ -149,7 +171,7 @@ impl Worker {
     /// Decodes every complete packet in the connection's input and feeds it to the broker,
     /// applying the broker's actions after each, so that a packet which closes or hands off
     /// the connection stops the decoding (the rest then stays as input for the handoff).
-    fn decode_input(&mut self, id: ConnId, now: Millis) {
+    pub(super) fn decode_input(&mut self, id: ConnId, now: Millis) {
         let max_packet_bytes = self.broker.config().max_packet_size;
         loop {
             let Some(conn) = self.conns.get_mut(id) else { return };
@@ -241,7 +263,9 @@ impl Worker {
         let conn = self.conns.slot_mut(id.slot());
         assert!(conn.cancels_in_flight > 0, "cancel completion without a cancel");
         conn.cancels_in_flight -= 1;
-        self.advance_close(id.slot());
+        if matches!(conn.phase, Phase::Closing | Phase::HandingOff) {
+            self.advance_close(id.slot());
+        }
     }
 
     fn on_close(&mut self, completion: Completion) {

@@ -32,10 +32,12 @@ impl Worker {
                     self.take_output(id);
                     self.begin_close(id.slot(), now);
                 }
-                Action::Remote { to, msg } => self.peers.send(to, msg),
-                Action::Handoff { conn, to, .. } => {
-                    panic!("handoff of {conn:?} to {to:?} without a mesh to carry it")
+                // Backpressure is acted on where bytes are read (`pause_reading`); the broker's
+                // output to other workers is never held back or dropped here.
+                Action::Remote { to, msg } => {
+                    let _ = self.peers.send(to, msg);
                 }
+                Action::Handoff { conn, to, connect } => self.begin_handoff(conn, to, connect),
             }
         }
     }
@@ -170,6 +172,7 @@ impl Worker {
                 // SAFETY: a cancel references no memory.
                 unsafe { self.ring.push(&entry) };
             }
+            CloseStep::Close if conn.phase == Phase::HandingOff => self.send_fd(slot),
             CloseStep::Close => {
                 conn.close_in_flight = true;
                 let entry = opcode::Close::new(types::Fixed(slot))

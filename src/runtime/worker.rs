@@ -24,7 +24,8 @@ use io_uring::{opcode, types};
 use super::bufring::BufRing;
 use super::config::RuntimeConfig;
 use super::conn::ConnTable;
-use super::peers::Peers;
+use super::mesh::MeshEnd;
+use super::peers::{Inbound, MeshItem, Peers};
 use super::send::SendPool;
 use super::signals::StopWatch;
 use super::uring::{Completion, Ring, RingCounters};
@@ -56,6 +57,8 @@ pub struct WorkerSetup {
     pub connections: Arc<AtomicUsize>,
     /// The shared zero of every worker's `Millis`.
     pub epoch: Instant,
+    /// This worker's end of the mesh; `None` when it is the only worker.
+    pub mesh: Option<MeshEnd<MeshItem>>,
 }
 
 /// Counters, not log lines, per event on the message path; logged when the worker stops.
@@ -81,6 +84,14 @@ pub struct WorkerCounters {
     pub send_errors: u64,
     /// Closing connections whose output did not leave within the linger time.
     pub linger_expired: u64,
+    /// Connections moved to their session's home worker, and those that could not be (the
+    /// target's table was full: closed).
+    pub handoffs_out: u64,
+    pub handoff_failures: u64,
+    /// Connections adopted from another worker.
+    pub handoffs_in: u64,
+    /// Receives paused by mesh backpressure.
+    pub reads_paused: u64,
 }
 
 /// One multishot-accepting listener.
@@ -108,6 +119,14 @@ pub struct Worker {
     /// Closing connections with output still leaving, oldest first, by linger deadline.
     pub(super) lingering: VecDeque<(Millis, ConnId)>,
     pub(super) completions: Vec<Completion>,
+    /// Connections whose receive ended with ENOBUFS, to re-arm at most `recv_buffers` per
+    /// turn (each has bytes waiting, so each will take a buffer at once). At most one entry
+    /// per slot: a connection is listed only when its receive is not armed.
+    pub(super) starved: VecDeque<ConnId>,
+    /// Connections whose reading is paused by mesh backpressure (`Conn::paused`), each once.
+    pub(super) paused: Vec<ConnId>,
+    /// Handed-off connections complete this turn, adopted after the drain.
+    pub(super) adoptions: Vec<(u32, super::peers::HandoffRecord)>,
     /// Accepting paused: the file table is full (until a slot frees).
     pub(super) accept_paused: bool,
     /// After an unexpected accept error, when to try again (never a tight retry loop).
@@ -120,6 +139,15 @@ pub struct Worker {
     pub(super) epoch: Instant,
     pub(super) index: u16,
     pub counters: WorkerCounters,
+}
+
+/// The CQ holds a turn's completions without overflowing in the common worst case: a receive
+/// and a send completion for every slot of the file table (at least twice the SQ; at most the
+/// kernel's 65536, beyond which overflowed completions wait in the kernel, counted).
+fn completion_entries(config: &RuntimeConfig) -> u32 {
+    let per_slot =
+        config.file_table_slots.saturating_mul(2).checked_next_power_of_two().unwrap_or(1 << 16);
+    per_slot.clamp(config.ring_entries.saturating_mul(2), 1 << 16)
 }
 
 /// Pins the calling thread to `cpu`.
@@ -141,7 +169,7 @@ impl Worker {
     /// Builds the worker on the calling thread (already pinned): ring, tables, buffers, broker.
     pub fn new(setup: WorkerSetup) -> anyhow::Result<Self> {
         let config = setup.config;
-        let ring = Ring::new(config.ring_entries, config.ring_entries.saturating_mul(2))?;
+        let ring = Ring::new(config.ring_entries, completion_entries(&config))?;
         ring.submitter().register_files_sparse(config.file_table_slots).map_err(|error| {
             anyhow::anyhow!("registering {} direct descriptors: {error}", config.file_table_slots)
         })?;
@@ -151,6 +179,12 @@ impl Worker {
         let epoch = setup.epoch;
         let now = Millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
         let slots = config.file_table_slots as usize;
+        let cq_entries = ring.cq_entries() as usize;
+        let peers = match setup.mesh {
+            Some(mesh) => Peers::meshed(mesh, config.file_table_slots),
+            None => Peers::solo(me),
+        };
+        peers.register_ring_fd(ring.fd());
         Ok(Self {
             ring,
             buffers: ManuallyDrop::new(buffers),
@@ -158,7 +192,7 @@ impl Worker {
             wake_armed: false,
             conns: ConnTable::new(config.file_table_slots),
             broker: Broker::new(setup.broker, me, setup.workers, now),
-            peers: Peers::solo(me),
+            peers,
             listeners: setup
                 .listeners
                 .into_iter()
@@ -167,7 +201,10 @@ impl Worker {
             sends: SendPool::new(SEND_OPS_KEPT),
             flush: Vec::with_capacity(slots),
             lingering: VecDeque::with_capacity(2 * slots),
-            completions: Vec::with_capacity(2 * config.ring_entries as usize),
+            completions: Vec::with_capacity(cq_entries),
+            starved: VecDeque::with_capacity(slots),
+            paused: Vec::with_capacity(slots),
+            adoptions: Vec::new(),
             accept_paused: false,
             accept_retry_at: None,
             stop: setup.stop,
@@ -200,8 +237,15 @@ impl Worker {
         self.arm_wake();
         self.arm_accepts();
         loop {
-            let timeout = self.wait_timeout(self.now());
-            self.ring.submit_and_wait(timeout)?;
+            let mut timeout = self.wait_timeout(self.now());
+            // The mesh's wake protocol: announce the sleep, and do not sleep if a peer's item
+            // (or room for our overflow) is already there.
+            if timeout != Some(Duration::ZERO) && !self.peers.prepare_to_sleep() {
+                timeout = Some(Duration::ZERO);
+            }
+            let waited = self.ring.submit_and_wait(timeout);
+            self.peers.woke();
+            waited?;
             let now = self.now();
             self.dispatch_completions(now);
             self.drain_peers(now);
@@ -224,10 +268,19 @@ impl Worker {
         self.completions = completions;
     }
 
-    /// Phase 3: messages from the other workers.
+    /// Phase 3: messages and handed-off connections from the other workers.
     fn drain_peers(&mut self, now: Millis) {
         let broker = &mut self.broker;
-        self.peers.drain(PEER_MESSAGES_PER_TURN, |from, msg| broker.handle_remote(from, msg, now));
+        let adoptions = &mut self.adoptions;
+        self.peers.drain(PEER_MESSAGES_PER_TURN, |inbound| match inbound {
+            Inbound::Remote(from, msg) => broker.handle_remote(from, msg, now),
+            Inbound::Adopt(slot, record) => adoptions.push((slot, record)),
+        });
+        let mut adoptions = std::mem::take(&mut self.adoptions);
+        for (slot, record) in adoptions.drain(..) {
+            self.adopt(slot, record, now);
+        }
+        self.adoptions = adoptions;
     }
 
     /// Phase 4: deadlines, the broker's actions, and the sends they call for.
@@ -236,6 +289,8 @@ impl Worker {
             self.broker.handle_tick(now);
         }
         self.apply_actions(now);
+        self.resume_paused(now);
+        self.rearm_starved();
         self.expire_lingering(now);
         if self.accept_retry_at.is_some_and(|at| at <= now) {
             self.accept_retry_at = None;
@@ -249,11 +304,28 @@ impl Worker {
             }
         }
         self.start_sends();
+        self.ring_doorbells();
+    }
+
+    /// Re-arms receives that found no buffer, oldest first, no more than there are buffers.
+    fn rearm_starved(&mut self) {
+        let budget = usize::from(self.config.recv_buffers);
+        for _ in 0..budget.min(self.starved.len()) {
+            let Some(id) = self.starved.pop_front() else { break };
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            if conn.phase == super::conn::Phase::Open && conn.peer_alive && !conn.recv_armed {
+                self.arm_recv(id.slot());
+            }
+        }
     }
 
     /// How long phase 1 may sleep: until the earliest deadline of the broker, a lingering
     /// close or the stop; forever if there is none.
     fn wait_timeout(&self, now: Millis) -> Option<Duration> {
+        let resumable = !self.paused.is_empty() && !self.peers.is_backpressured();
+        if !self.starved.is_empty() || resumable {
+            return Some(Duration::ZERO);
+        }
         let deadlines = [
             self.broker.next_deadline(),
             self.lingering.front().map(|(deadline, _)| *deadline),
@@ -311,8 +383,10 @@ impl Worker {
         }
     }
 
-    /// Begins the stop: no more accepts, and every connection closes without telling the
-    /// broker (so wills are not published, as in Mosquitto's shutdown).
+    /// Begins the stop: no more accepts; the broker closes every connection it knows
+    /// (`handle_shutdown`: their wills are published, as Mosquitto does at shutdown, and reach
+    /// whoever is still connected before the closes complete); any other connection closes
+    /// without the broker.
     pub(super) fn begin_stop(&mut self, now: Millis) {
         if self.stopping.is_some() {
             return;
@@ -330,16 +404,30 @@ impl Worker {
                 unsafe { self.ring.push(&entry) };
             }
         }
+        self.broker.handle_shutdown(now);
+        self.apply_actions(now);
         let open: Vec<u32> = self.conns.open_slots().collect();
         for slot in open {
             let conn = self.conns.slot_mut(slot);
             conn.broker_knows = false;
             self.begin_close(slot, now);
         }
+        // Descriptors handed to us whose record never came: ours to close.
+        for slot in self.peers.take_unpaired_slots() {
+            self.conns.open(slot);
+            self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.begin_close(slot, now);
+        }
     }
 
     fn log_stopped(&self) {
-        tracing::info!(worker = self.index, counters = ?self.counters, ring = ?self.ring.counters, "worker stopped");
+        tracing::info!(
+            worker = self.index,
+            counters = ?self.counters,
+            ring = ?self.ring.counters,
+            mesh = ?self.peers.stats(),
+            "worker stopped"
+        );
     }
 
     pub fn ring_counters(&self) -> RingCounters {

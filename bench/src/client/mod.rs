@@ -324,18 +324,28 @@ impl<'a> Control<'a> {
                     format_ns(interval.max())
                 )
             };
+            let traffic = if self.config.plan.idle > 0 {
+                format!(
+                    "pings {}/s, pongs {}/s",
+                    rate(total.pings_sent, self.last_line.pings_sent),
+                    rate(total.pongs, self.last_line.pongs)
+                )
+            } else {
+                format!(
+                    "pub {}/s | recv {}/s | latency {latency} | gaps {}",
+                    rate(total.published, self.last_line.published),
+                    rate(total.delivered, self.last_line.delivered),
+                    total.gaps
+                )
+            };
             eprintln!(
-                "[{:6.1}s] {:<10} conns {}/{} ({} failed, {} lost) | pub {}/s | recv {}/s | latency {} | gaps {} | cpu {:.2} cores",
+                "[{:6.1}s] {:<10} conns {}/{} ({} failed, {} lost) | {traffic} | cpu {:.2} cores",
                 (now_ns - self.start_ns) as f64 / 1e9,
                 self.shared.phase().name(),
                 total.ready,
                 self.config.plan.connections(),
                 total.connect_failed,
                 total.closed_unexpectedly,
-                rate(total.published, self.last_line.published),
-                rate(total.delivered, self.last_line.delivered),
-                latency,
-                total.gaps,
                 cpu_cores,
             );
         }

@@ -33,6 +33,8 @@ const INTERVAL_HANDOFF_NS: u64 = 200_000_000;
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 /// A receive buffer left this large and empty is dropped, so idle connections hold none.
 const RX_IDLE_CAPACITY_MAX: usize = 64 * 1024;
+/// The longest a loop turn waits for completions when nothing is due sooner.
+const IDLE_TICK_NS: u64 = 10_000_000;
 
 /// What a worker hands back at the end.
 #[derive(Debug)]
@@ -63,6 +65,9 @@ pub struct Worker {
     next_to_open: usize,
     last_keepalive_scan_ns: u64,
     last_handoff_ns: u64,
+    /// Paced publishing: when the publishers are next visited, and how often.
+    next_publish_ns: u64,
+    publish_interval_ns: u64,
     drained: bool,
 }
 
@@ -109,6 +114,7 @@ impl Worker {
             destinations.push(ring::sockaddr_v4(config.target.addresses(global).1));
             conns.push(conn);
         }
+        let publish_interval_ns = Self::publish_interval_ns(&config);
         Ok(Self {
             ring,
             buffers: Some(buffers),
@@ -124,6 +130,8 @@ impl Worker {
             next_to_open: 0,
             last_keepalive_scan_ns: 0,
             last_handoff_ns: 0,
+            next_publish_ns: 0,
+            publish_interval_ns,
             drained: false,
         })
     }
@@ -138,7 +146,7 @@ impl Worker {
             let now_ns = monotonic_ns();
             self.act(phase, now_ns)?;
             self.flush()?;
-            let tick = self.tick(phase);
+            let tick = self.tick(phase, monotonic_ns());
             self.ring.submit(1, Some(tick))?;
             self.dispatch_completions()?;
             self.publish_progress(monotonic_ns());
@@ -152,7 +160,10 @@ impl Worker {
             Phase::Connecting => self.open_connections(now_ns)?,
             Phase::Running => {
                 self.open_connections(now_ns)?;
-                self.publish(now_ns);
+                if now_ns >= self.next_publish_ns {
+                    self.next_publish_ns = now_ns + self.publish_interval_ns;
+                    self.publish(now_ns);
+                }
             }
             Phase::Draining if !self.drained => self.stop_publishing(),
             Phase::Draining | Phase::Done => {}
@@ -165,15 +176,27 @@ impl Worker {
     }
 
     /// How long to wait for completions: short when paced work may come due.
-    fn tick(&self, phase: Phase) -> Duration {
-        let paced_publishing = phase == Phase::Running && self.config.rate_per_sec > 0;
+    fn tick(&self, phase: Phase, now_ns: u64) -> Duration {
         let paced_connecting =
             self.next_to_open < self.conns.len() && self.config.connect_rate_per_sec > 0;
-        if paced_publishing || paced_connecting {
-            Duration::from_millis(1)
-        } else {
-            Duration::from_millis(10)
+        if paced_connecting {
+            return Duration::from_millis(1);
         }
+        if phase == Phase::Running && self.publish_interval_ns > 0 {
+            let until_due = self.next_publish_ns.saturating_sub(now_ns);
+            return Duration::from_nanos(until_due.clamp(100_000, IDLE_TICK_NS));
+        }
+        Duration::from_nanos(IDLE_TICK_NS)
+    }
+
+    /// Paced publishers are visited every half of their message interval (1 to 50 ms), so
+    /// that many slow publishers do not cost a scan of all of them every millisecond.
+    fn publish_interval_ns(config: &LoadConfig) -> u64 {
+        let rate = config.rate_per_publisher();
+        if rate <= 0.0 {
+            return 0;
+        }
+        ((1e9 / rate / 2.0) as u64).clamp(1_000_000, 50_000_000)
     }
 
     fn context(config: &LoadConfig) -> ConnContext<'_> {

@@ -1,0 +1,460 @@
+//! The checker: what MQTT 3.1.1 promises, stated over what the simulated clients saw.
+//!
+//! The model never looks inside a broker. It hears, from the clients, every PUBLISH sent and
+//! acknowledged, every SUBSCRIBE / SUBACK / UNSUBSCRIBE, every session start and end, and every
+//! message handed to a subscriber's application; from that it asserts
+//! - integrity: a delivered message was published, to a matching topic, at no higher QoS, to a
+//!   session that had asked for a matching filter;
+//! - QoS 2 exactly once: a message delivered at QoS 2 reaches the application once
+//!   [MQTT-4.3.3-2]; a QoS 0 publish is never delivered twice;
+//! - order: per publisher and topic, first deliveries at one QoS arrive in publish order
+//!   [MQTT-4.6.0-6] (messages the publisher retransmitted are left out: the retransmission is a
+//!   later PUBLISH);
+//! - no loss (checked at the end): a message acknowledged to its publisher (PUBACK or PUBREC)
+//!   reaches every subscriber whose matching subscription (granted QoS ≥ 1) held from before the
+//!   publish was sent until after its acknowledgement arrived, if the subscriber's session is
+//!   persistent or still alive at the end.
+//!
+//! Time here is a counter of model events, so "before" is exact: the simulation is one thread.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ringmq::protocol::QoS;
+
+/// An application message: who published it, to which topic (an index into the universe), and
+/// the publisher's sequence number for that topic.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct MessageKey {
+    pub publisher: u32,
+    pub topic: u16,
+    pub seq: u32,
+}
+
+/// The payload prefix carrying a message's key; the rest of the payload is filler.
+pub fn encode_payload(key: MessageKey, qos: QoS, filler_bytes: usize) -> Vec<u8> {
+    let mut payload =
+        format!("m {} {} {} {}|", key.publisher, key.topic, key.seq, qos.as_u8()).into_bytes();
+    payload.resize(payload.len() + filler_bytes, b'.');
+    payload
+}
+
+pub fn decode_payload(payload: &[u8]) -> Option<(MessageKey, QoS)> {
+    let end = payload.iter().position(|&b| b == b'|')?;
+    let text = std::str::from_utf8(&payload[..end]).ok()?;
+    let mut fields = text.split(' ');
+    if fields.next()? != "m" {
+        return None;
+    }
+    let publisher = fields.next()?.parse().ok()?;
+    let topic = fields.next()?.parse().ok()?;
+    let seq = fields.next()?.parse().ok()?;
+    let qos = QoS::from_u8(fields.next()?.parse().ok()?)?;
+    Some((MessageKey { publisher, topic, seq }, qos))
+}
+
+/// The topics and filters a run uses, with which filter matches which topic, decided by the
+/// model's own matcher (a second path beside the broker's index).
+#[derive(Clone, Debug)]
+pub struct Universe {
+    pub topics: Vec<String>,
+    pub filters: Vec<String>,
+    /// `matching[topic]`: the filters that match it.
+    pub matching: Vec<Vec<u16>>,
+}
+
+impl Universe {
+    pub fn new(topics: Vec<String>, filters: Vec<String>) -> Self {
+        let matching = topics
+            .iter()
+            .map(|topic| {
+                (0..filters.len() as u16)
+                    .filter(|&f| filter_matches(&filters[f as usize], topic))
+                    .collect()
+            })
+            .collect();
+        Self { topics, filters, matching }
+    }
+
+    pub fn matches(&self, filter: u16, topic: u16) -> bool {
+        self.matching[topic as usize].contains(&filter)
+    }
+
+    pub fn topic_index(&self, topic: &str) -> Option<u16> {
+        self.topics.iter().position(|t| t == topic).map(|i| i as u16)
+    }
+}
+
+/// MQTT topic matching [MQTT-4.7.1], written independently of `ringmq::protocol`.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false; // [MQTT-4.7.2-1]
+    }
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        match level {
+            "#" => return true,
+            "+" => {
+                if topic_levels.next().is_none() {
+                    return false;
+                }
+            }
+            exact => {
+                if topic_levels.next() != Some(exact) {
+                    return false;
+                }
+            }
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+const OPEN: u64 = u64::MAX;
+
+#[derive(Clone, Debug)]
+struct Interval {
+    filter: u16,
+    granted: QoS,
+    from: u64,
+    until: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Published {
+    qos: QoS,
+    sent_at: u64,
+    acked_at: Option<u64>,
+    retransmitted: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Subscriber {
+    persistent: bool,
+    intervals: Vec<Interval>,
+    /// Open interval per filter.
+    open: BTreeMap<u16, usize>,
+    /// Filters asked for in the current session (any SUBSCRIBE sent): what may be delivered.
+    asked: BTreeSet<u16>,
+    /// Per filter, the ticket of the latest SUBSCRIBE or UNSUBSCRIBE sent: an answer to an
+    /// older request does not decide the filter's state (the later request, on the same
+    /// connection, is processed after it).
+    latest_request: BTreeMap<u16, u64>,
+    /// Every key the application got, across sessions.
+    seen: BTreeSet<MessageKey>,
+    /// Keys delivered at QoS 2 (exactly once across the whole run).
+    seen_qos2: BTreeSet<MessageKey>,
+    /// Keys first delivered in the current session, for the order check.
+    seen_in_session: BTreeSet<MessageKey>,
+    /// Last first-delivered sequence per (publisher, topic, delivered QoS), this session.
+    last_seq: BTreeMap<(u32, u16, QoS), u32>,
+}
+
+/// Counts for the run's report.
+#[derive(Clone, Debug, Default)]
+pub struct ModelStats {
+    pub published: [u64; 3],
+    pub acknowledged: u64,
+    pub deliveries: u64,
+    pub duplicates_qos1: u64,
+    pub expected_checked: u64,
+}
+
+/// A message the model expected a subscriber to get and it did not.
+#[derive(Clone, Debug)]
+pub struct Missing {
+    pub subscriber: usize,
+    pub key: MessageKey,
+    pub qos: QoS,
+    pub cause: Cause,
+}
+
+/// Why an expected message is missing, as far as the workers' message flow tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Nothing explains it: a broker bug.
+    Unexplained,
+    /// The message never reached the subscriber's worker, whose interest the publisher's
+    /// worker had not yet heard of when it routed it (SIM_FINDINGS.md #3).
+    InterestWindow,
+    /// The message reached the subscriber's worker only after the subscription was gone
+    /// (acknowledged to the publisher while still in transit; SIM_FINDINGS.md #5).
+    TransitWindow,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub universe: Universe,
+    clock: u64,
+    published: BTreeMap<MessageKey, Published>,
+    subscribers: Vec<Subscriber>,
+    /// When each message first reached each worker (its publisher's by routing, others by a
+    /// `RemoteMsg::Publish`).
+    arrivals: BTreeMap<(MessageKey, u16), u64>,
+    pub violations: Vec<String>,
+    pub stats: ModelStats,
+}
+
+impl Model {
+    pub fn new(universe: Universe, persistent: &[bool]) -> Self {
+        let subscribers =
+            persistent.iter().map(|&p| Subscriber { persistent: p, ..Subscriber::default() });
+        Self {
+            universe,
+            clock: 0,
+            published: BTreeMap::new(),
+            subscribers: subscribers.collect(),
+            arrivals: BTreeMap::new(),
+            violations: Vec::new(),
+            stats: ModelStats::default(),
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    pub fn violation(&mut self, text: String) {
+        if self.violations.len() < 100 {
+            self.violations.push(text);
+        }
+    }
+
+    /// The publisher wrote a PUBLISH (first transmission) of `key` at `qos`.
+    pub fn publish_sent(&mut self, key: MessageKey, qos: QoS) {
+        let at = self.tick();
+        let record = Published { qos, sent_at: at, acked_at: None, retransmitted: false };
+        let previous = self.published.insert(key, record);
+        assert!(previous.is_none(), "the driver published {key:?} twice");
+        self.stats.published[qos.as_u8() as usize] += 1;
+    }
+
+    /// The publisher wrote the PUBLISH of `key` again (DUP, after a reconnect).
+    pub fn publish_resent(&mut self, key: MessageKey) {
+        if let Some(record) = self.published.get_mut(&key) {
+            record.retransmitted = true;
+        }
+    }
+
+    /// `key` reached `worker`'s broker (the runtime reports it).
+    pub fn arrived(&mut self, key: MessageKey, worker: u16) {
+        let at = self.tick();
+        self.arrivals.entry((key, worker)).or_insert(at);
+    }
+
+    /// The publisher received PUBACK (QoS 1) or PUBREC (QoS 2) for `key`.
+    pub fn publish_acked(&mut self, key: MessageKey) {
+        let at = self.tick();
+        let record = self.published.get_mut(&key).expect("acked messages were published");
+        if record.acked_at.is_none() {
+            record.acked_at = Some(at);
+            self.stats.acknowledged += 1;
+        }
+    }
+
+    /// A new session starts for `client` (CONNECT with clean session 1 sent; or, for a
+    /// persistent client, a CONNACK reporting no session present).
+    pub fn session_started(&mut self, client: usize) {
+        let at = self.tick();
+        let subscriber = &mut self.subscribers[client];
+        close_all(subscriber, at);
+        subscriber.asked.clear();
+        subscriber.seen_in_session.clear();
+        subscriber.last_seq.clear();
+    }
+
+    /// `client`'s session ended (a clean session's connection is gone).
+    pub fn session_ended(&mut self, client: usize) {
+        let at = self.tick();
+        close_all(&mut self.subscribers[client], at);
+    }
+
+    /// Returns the request's ticket, to be handed back with its SUBACK.
+    pub fn subscribe_sent(&mut self, client: usize, filter: u16) -> u64 {
+        let at = self.tick();
+        let subscriber = &mut self.subscribers[client];
+        subscriber.asked.insert(filter);
+        subscriber.latest_request.insert(filter, at);
+        // A re-subscription replaces the old one; its QoS is known again at the SUBACK.
+        if let Some(index) = subscriber.open.remove(&filter) {
+            subscriber.intervals[index].until = at;
+        }
+        at
+    }
+
+    /// The SUBACK for the request `ticket` granted `granted` (None: 0x80) for `filter`.
+    pub fn subscribe_acked(
+        &mut self,
+        client: usize,
+        filter: u16,
+        granted: Option<QoS>,
+        ticket: u64,
+    ) {
+        let at = self.tick();
+        let subscriber = &mut self.subscribers[client];
+        if subscriber.latest_request.get(&filter) != Some(&ticket) {
+            return; // A later SUBSCRIBE or UNSUBSCRIBE of this filter decides its state.
+        }
+        if let Some(index) = subscriber.open.remove(&filter) {
+            subscriber.intervals[index].until = at;
+        }
+        if let Some(granted) = granted {
+            subscriber.intervals.push(Interval { filter, granted, from: at, until: OPEN });
+            subscriber.open.insert(filter, subscriber.intervals.len() - 1);
+        }
+    }
+
+    pub fn unsubscribe_sent(&mut self, client: usize, filter: u16) {
+        let at = self.tick();
+        let subscriber = &mut self.subscribers[client];
+        subscriber.latest_request.insert(filter, at);
+        if let Some(index) = subscriber.open.remove(&filter) {
+            subscriber.intervals[index].until = at;
+        }
+    }
+
+    /// The subscriber's application got a message (the client's QoS 2 receiver already
+    /// suppressed re-sent PUBLISHes whose packet id awaits PUBREL, as the spec asks).
+    pub fn delivered(&mut self, client: usize, topic: &str, payload: &[u8], qos: QoS, dup: bool) {
+        let _ = self.tick();
+        self.stats.deliveries += 1;
+        let Some((key, payload_qos)) = decode_payload(payload) else {
+            // Only the broker's own `$SYS` topics carry payloads the sim did not write, and
+            // only a client that asked for them may get them [MQTT-4.7.2-1].
+            let universe = &self.universe;
+            let asked = &self.subscribers[client].asked;
+            let wanted = topic.starts_with('$')
+                && asked.iter().any(|&f| filter_matches(&universe.filters[f as usize], topic));
+            if !wanted {
+                self.violation(format!(
+                    "client {client} got a payload the sim never sent on {topic}"
+                ));
+            }
+            return;
+        };
+        let Some(record) = self.published.get(&key).cloned() else {
+            self.violation(format!("client {client} got {key:?}, which was never published"));
+            return;
+        };
+        let topic_index = self.universe.topic_index(topic);
+        if topic_index != Some(key.topic) || record.qos != payload_qos {
+            self.violation(format!("client {client} got {key:?} on topic {topic}"));
+            return;
+        }
+        if qos > record.qos {
+            self.violation(format!(
+                "client {client} got {key:?} at {qos:?}, above its publish QoS {:?} [MQTT-3.8.4-6]",
+                record.qos
+            ));
+        }
+        let universe = &self.universe;
+        let subscriber = &mut self.subscribers[client];
+        if !subscriber.asked.iter().any(|&f| universe.matches(f, key.topic)) {
+            let text = format!(
+                "client {client} got {key:?} on {topic} without having asked for a matching \
+                 filter in this session"
+            );
+            self.violation(text);
+            return;
+        }
+        self.check_repeat(client, key, &record, qos, dup);
+    }
+
+    fn check_repeat(
+        &mut self,
+        client: usize,
+        key: MessageKey,
+        record: &Published,
+        qos: QoS,
+        dup: bool,
+    ) {
+        let subscriber = &mut self.subscribers[client];
+        let mut problems = Vec::new();
+        if qos == QoS::ExactlyOnce && !subscriber.seen_qos2.insert(key) {
+            problems.push(format!(
+                "client {client} got QoS 2 {key:?} a second time (dup flag {dup}) [MQTT-4.3.3-2]"
+            ));
+        }
+        let first = subscriber.seen.insert(key);
+        if !first && record.qos == QoS::AtMostOnce {
+            problems.push(format!("client {client} got QoS 0 {key:?} twice"));
+        }
+        if !first && qos == QoS::AtLeastOnce {
+            self.stats.duplicates_qos1 += 1;
+        }
+        if subscriber.seen_in_session.insert(key) && !record.retransmitted {
+            let last = subscriber.last_seq.entry((key.publisher, key.topic, qos)).or_insert(0);
+            if key.seq <= *last && *last != 0 {
+                problems.push(format!(
+                    "client {client} got {key:?} at {qos:?} after seq {} of the same publisher \
+                     and topic [MQTT-4.6.0-6]",
+                    *last
+                ));
+            }
+            *last = (*last).max(key.seq);
+        }
+        for problem in problems {
+            self.violation(problem);
+        }
+    }
+
+    /// Every message the model expected and no subscriber application got. Call once
+    /// everything has quiesced. `homes[client]` is the worker holding the client's session;
+    /// `reach(key)` the workers the publisher's worker knew to want `key` (a bitmask).
+    pub fn missing(&mut self, homes: &[u16], reach: impl Fn(&MessageKey) -> u32) -> Vec<Missing> {
+        let mut by_filter: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.universe.filters.len()];
+        for (client, subscriber) in self.subscribers.iter().enumerate() {
+            for (index, interval) in subscriber.intervals.iter().enumerate() {
+                let alive = subscriber.persistent || interval.until == OPEN;
+                if alive && interval.granted != QoS::AtMostOnce {
+                    by_filter[interval.filter as usize].push((client, index));
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        let mut checked = 0;
+        for (key, record) in &self.published {
+            let Some(acked_at) = record.acked_at else { continue };
+            if record.qos == QoS::AtMostOnce {
+                continue;
+            }
+            // Per expected subscriber, the latest end of a subscription that covered the publish.
+            let mut expected: BTreeMap<usize, u64> = BTreeMap::new();
+            for &filter in &self.universe.matching[key.topic as usize] {
+                for &(client, index) in &by_filter[filter as usize] {
+                    let interval = &self.subscribers[client].intervals[index];
+                    if interval.from < record.sent_at && acked_at < interval.until {
+                        let until = expected.entry(client).or_insert(0);
+                        *until = (*until).max(interval.until);
+                    }
+                }
+            }
+            for (client, until) in expected {
+                checked += 1;
+                if self.subscribers[client].seen.contains(key) {
+                    continue;
+                }
+                let home = homes[client];
+                let cause = match self.arrivals.get(&(*key, home)) {
+                    Some(&arrived) if arrived > until => Cause::TransitWindow,
+                    Some(_) => Cause::Unexplained,
+                    None if reach(key) & (1 << home) == 0 => Cause::InterestWindow,
+                    None => Cause::Unexplained,
+                };
+                missing.push(Missing { subscriber: client, key: *key, qos: record.qos, cause });
+            }
+        }
+        self.stats.expected_checked = checked;
+        missing
+    }
+
+    /// The filters `client`'s session holds, as far as SUBACK / UNSUBSCRIBE tell.
+    pub fn held_filters(&self, client: usize) -> Vec<u16> {
+        self.subscribers[client].open.keys().copied().collect()
+    }
+}
+
+fn close_all(subscriber: &mut Subscriber, at: u64) {
+    for (_, index) in std::mem::take(&mut subscriber.open) {
+        subscriber.intervals[index].until = at;
+    }
+}
