@@ -50,7 +50,7 @@ fn run_seeds(test: &str, mode: Mode, default_seeds: &[u64], default_size: Size) 
     for seed in seeds(default_seeds) {
         let replay = format!(
             "replay: SIM_SEED={seed} SIM_CLIENTS={} SIM_STEPS={} cargo test --test simulation \
-             {test} -- --nocapture",
+             {test} -- --include-ignored --nocapture",
             size.clients, size.steps
         );
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| sim::run_seed(seed, mode, size)));
@@ -58,7 +58,8 @@ fn run_seeds(test: &str, mode: Mode, default_seeds: &[u64], default_size: Size) 
             Ok((report, Ok(()))) => println!(
                 "seed {seed} ok: {} published (QoS0/1/2 {:?}), {} acked, {} deliveries, {} \
                  expectations checked, {} lost in the cross-worker windows, {} connects, {} crashes, \
-                 {} takeovers, {} handoffs, {} remote msgs, closes {:?}, unchecked {:?}",
+                 {} takeovers, {} handoffs, {} remote msgs, output peak {}B, closes {:?}, \
+                 unchecked {:?}",
                 report.model.published.iter().sum::<u64>(),
                 report.model.published,
                 report.model.acknowledged,
@@ -70,6 +71,7 @@ fn run_seeds(test: &str, mode: Mode, default_seeds: &[u64], default_size: Size) 
                 report.takeovers,
                 report.runtime.handoffs,
                 report.runtime.remote_messages,
+                report.runtime.output_bytes_peak,
                 report.runtime.closes,
                 report.unchecked,
             ),
@@ -100,6 +102,19 @@ fn simulation_generous_bounds() {
 fn simulation_tiny_bounds() {
     let size = Size { clients: 400, steps: 6000 };
     run_seeds("simulation_tiny_bounds", Mode::Tiny, &[11, 12], size);
+}
+
+/// A fuzz target's way in: every choice from input bytes; when they run out the run winds
+/// down and settles.
+#[test]
+fn simulation_runs_from_fuzzer_bytes() {
+    let mut source = sim::rng::Rng::from_seed(9);
+    let bytes: Vec<u8> = (0..16_384).map(|_| source.next_u64() as u8).collect();
+    let config = SimConfig::from_seed(3, Mode::Generous, 40, 100_000);
+    let report = Sim::with_rng(config, sim::rng::Rng::from_bytes(bytes)).run();
+    assert!(report.quiesced);
+    assert!(report.connects > 0 && report.model.deliveries > 0, "{:?}", report.model);
+    sim::judge(&report, Mode::Generous, false).expect("a fuzzer-driven run passes");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -369,7 +384,10 @@ fn rng_is_replayable_and_byte_driven_runs_end() {
     assert!(!bytes.is_exhausted());
     assert_eq!(bytes.next_u64(), 0x030201);
     assert!(bytes.is_exhausted());
-    assert_eq!(bytes.below(10), 0);
+    let after: Vec<u64> = (0..4).map(|_| bytes.next_u64()).collect();
+    let mut again = sim::rng::Rng::from_bytes(vec![1, 2, 3]);
+    again.next_u64();
+    assert_eq!(after, (0..4).map(|_| again.next_u64()).collect::<Vec<_>>());
 }
 
 #[test]

@@ -4,7 +4,13 @@
 //! into a run; [`run_seed`] is the entry point a test or a fuzz target calls.
 //!
 //! Everything here depends only on `ringmq` and `std` (and `bytes`), so a fuzz crate can
-//! include it with `#[path]`.
+//! include it with `#[path]` and let the fuzzer's bytes make every choice:
+//!
+//! ```ignore
+//! let config = SimConfig::from_seed(0, Mode::Generous, 20, 500);
+//! let report = Sim::with_rng(config, Rng::from_bytes(data.to_vec())).run();
+//! if let Err(why) = judge(&report, Mode::Generous, false) { panic!("{why}") }
+//! ```
 #![allow(dead_code)] // Each test binary that includes the harness uses a different part of it.
 
 pub mod client;
