@@ -139,8 +139,9 @@ impl Worker {
         }
         match completion.errno() {
             None if completion.result > 0 => {
+                let hold = self.must_hold_input();
                 let conn = self.conns.slot_mut(slot);
-                if conn.phase == Phase::Open && (conn.paused || self.peers.is_backpressured()) {
+                if conn.phase == Phase::Open && (conn.paused || hold) {
                     self.pause_reading(id);
                 } else if conn.phase == Phase::Open {
                     self.decode_input(id, now);
@@ -174,6 +175,10 @@ impl Worker {
     pub(super) fn decode_input(&mut self, id: ConnId, now: Millis) {
         let max_packet_bytes = self.broker.config().max_packet_size;
         loop {
+            if self.must_hold_input() {
+                self.pause_reading(id);
+                return;
+            }
             let Some(conn) = self.conns.get_mut(id) else { return };
             if conn.phase != Phase::Open || conn.input_closed {
                 return;
@@ -181,6 +186,7 @@ impl Worker {
             match protocol::decode(&mut conn.input, max_packet_bytes) {
                 Ok(Some(packet)) => {
                     self.counters.packets_decoded += 1;
+                    self.decode_budget -= 1;
                     self.broker.handle_packet(id, packet, now);
                     self.apply_actions(now);
                 }
