@@ -237,7 +237,9 @@ impl Worker {
             .send
             .as_mut()
             .unwrap_or_else(|| panic!("send completion for {id:?} without an op"));
+        let partial = sent_bytes < op.covered_bytes();
         let unsent = op.complete(sent_bytes);
+        self.counters.partial_sends += u64::from(partial);
         self.counters.sends += 1;
         self.counters.sent_bytes += sent_bytes as u64;
         if let Some(errno) = completion.errno() {
@@ -251,7 +253,6 @@ impl Worker {
                 self.broker.handle_sent(id, sent_bytes, now);
             }
             if unsent {
-                self.counters.partial_sends += 1;
                 self.list_for_flush(slot);
             } else if let Some(op) = self.conns.slot_mut(slot).send.take_if(|op| !op.has_unsent()) {
                 self.sends.give(op);

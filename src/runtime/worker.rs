@@ -79,6 +79,7 @@ pub struct WorkerCounters {
     pub packets_decoded: u64,
     pub decode_errors: u64,
     pub sends: u64,
+    /// Sends the kernel completed with fewer bytes than they covered.
     pub partial_sends: u64,
     pub sent_bytes: u64,
     pub send_errors: u64,
