@@ -127,6 +127,7 @@ pub struct Sim {
     pub model: Model,
     pub clients: Vec<Client>,
     unchecked: Vec<&'static str>,
+    turns: u64,
 }
 
 impl Sim {
@@ -155,7 +156,7 @@ impl Sim {
             .collect();
         let persistent: Vec<bool> = clients.iter().map(|c| !c.clean).collect();
         let model = Model::new(universe(), &persistent);
-        Self { config, rng, rt, model, clients, unchecked: Vec::new() }
+        Self { config, rng, rt, model, clients, unchecked: Vec::new(), turns: 0 }
     }
 
     /// The whole run: random steps, quiesce, final checks.
@@ -403,9 +404,21 @@ impl Sim {
     /// Bounds visible from outside the broker: the client-side count of unacknowledged
     /// deliveries (each is in flight at the broker) against `max_inflight_messages`; and, where
     /// the core exposes them, the session queues.
+    /// One random client every turn, and every client every few hundred turns.
     fn check_bounds(&mut self) {
+        self.turns += 1;
+        if self.turns % 400 == 0 {
+            for index in 0..self.clients.len() {
+                self.check_client_bounds(index);
+            }
+        } else {
+            let index = self.rng.index(self.clients.len());
+            self.check_client_bounds(index);
+        }
+    }
+
+    fn check_client_bounds(&mut self, index: usize) {
         let inflight_max = usize::from(self.config.broker.max_inflight_messages);
-        let index = self.rng.index(self.clients.len());
         let client = &self.clients[index];
         if client.inflight_seen() > inflight_max {
             let text = format!(
