@@ -57,7 +57,7 @@ fn run_seeds(test: &str, mode: Mode, default_seeds: &[u64], default_size: Size) 
         match outcome {
             Ok((report, Ok(()))) => println!(
                 "seed {seed} ok: {} published (QoS0/1/2 {:?}), {} acked, {} deliveries, {} \
-                 expectations checked, {} lost in the cross-worker windows, {} connects, {} crashes, \
+                 expectations checked, {} unsubscribed in transit (accepted), {} connects, {} crashes, \
                  {} takeovers, {} handoffs, {} remote msgs, output peak {}B, closes {:?}, \
                  unchecked {:?}",
                 report.model.published.iter().sum::<u64>(),
@@ -65,7 +65,7 @@ fn run_seeds(test: &str, mode: Mode, default_seeds: &[u64], default_size: Size) 
                 report.model.acknowledged,
                 report.model.deliveries,
                 report.model.expected_checked,
-                report.missing.iter().filter(|m| m.cause != Cause::Unexplained).count(),
+                report.missing.iter().filter(|m| m.cause == Cause::TransitWindow).count(),
                 report.connects,
                 report.crashes,
                 report.takeovers,
@@ -96,6 +96,17 @@ fn simulation_generous_bounds() {
     run_seeds("simulation_generous_bounds", Mode::Generous, &[1, 2, 3], size);
 }
 
+/// Many short runs: more distinct schedules (worker counts, link delays, wire modes) than the
+/// long runs, which is what finds cross-worker races such as SIM_FINDINGS.md #3 (seeds 13,
+/// 31, 108, 124 at the sim commit that added this test).
+#[test]
+#[ignore = "fails until SIM_FINDINGS.md #3 (SUBACK before the interest is known) is fixed"]
+fn simulation_many_short_runs() {
+    let size = Size { clients: 200, steps: 2000 };
+    let seeds: Vec<u64> = (101..=140).chain([13, 31]).collect();
+    run_seeds("simulation_many_short_runs", Mode::Generous, &seeds, size);
+}
+
 /// Tiny bounds: every bound holds and every lost message is counted.
 #[test]
 #[ignore = "fails until SIM_FINDINGS.md #6 (slow-consumer livelock) is fixed; run with --ignored"]
@@ -114,7 +125,7 @@ fn simulation_runs_from_fuzzer_bytes() {
     let report = Sim::with_rng(config, sim::rng::Rng::from_bytes(bytes)).run();
     assert!(report.quiesced);
     assert!(report.connects > 0 && report.model.deliveries > 0, "{:?}", report.model);
-    sim::judge(&report, Mode::Generous, false).expect("a fuzzer-driven run passes");
+    sim::judge(&report, Mode::Generous).expect("a fuzzer-driven run passes");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -127,7 +138,7 @@ fn run_with_fault(fault: Option<Fault>) -> (Report, Result<(), String>) {
     config.knobs.link_delay_steps_max = 30;
     config.knobs.fault = fault;
     let report = Sim::new(config).run();
-    let verdict = sim::judge(&report, Mode::Generous, false);
+    let verdict = sim::judge(&report, Mode::Generous);
     (report, verdict)
 }
 
