@@ -108,6 +108,10 @@ pub struct ConnectionArgs {
     /// Seconds allowed for all connections to be ready (after the ramp at --connect-rate).
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// Create, bind and install sockets with system calls instead of linked io_uring
+    /// operations (the automatic fallback on kernels without IORING_OP_BIND).
+    #[arg(long)]
+    pub sync_connect: bool,
     /// Seconds to publish (or, for conn, to hold the connections).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -268,6 +272,7 @@ pub fn load_config(
         connect_rate_per_sec: connection.connect_rate,
         connect_inflight_max: connection.connect_inflight.max(1),
         connect_timeout: seconds(connection.connect_timeout, "--connect-timeout")?,
+        connect_with_syscalls: connection.sync_connect,
         topic_prefix: messages.topic_prefix.clone(),
         client_id_prefix: connection
             .client_id_prefix

@@ -67,6 +67,8 @@ pub struct Temper {
     pub lazy_acks: bool,
     /// Keepalive in seconds (0: none); the client pings at half of it.
     pub keepalive_secs: u16,
+    /// Now and then sends a second CONNECT on a connection (a protocol violation).
+    pub rude: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -78,6 +80,7 @@ pub struct ClientStats {
     pub disconnects: u64,
     pub resent_publishes: u64,
     pub resent_pubrels: u64,
+    pub second_connects: u64,
 }
 
 #[derive(Debug)]
@@ -202,7 +205,14 @@ impl Client {
         self.got_connack = false;
         self.ever_connected = true;
         self.stats.connects += 1;
-        let connect = Connect {
+        self.write(rt, Packet::Connect(self.connect_packet()));
+        // Pipelined behind CONNECT (a client need not wait for CONNACK): everything sent on
+        // earlier connections and not acknowledged goes again.
+        self.resend(rt, model);
+    }
+
+    fn connect_packet(&self) -> Connect {
+        Connect {
             protocol: ProtocolVersion::V311,
             clean_session: self.clean,
             keep_alive_secs: self.temper.keepalive_secs,
@@ -210,11 +220,17 @@ impl Client {
             will: None,
             username: None,
             password: None,
-        };
-        self.write(rt, Packet::Connect(connect));
-        // Pipelined behind CONNECT (a client need not wait for CONNACK): everything sent on
-        // earlier connections and not acknowledged goes again.
-        self.resend(rt, model);
+        }
+    }
+
+    /// Sends CONNECT again on an established connection: the broker must close it
+    /// [MQTT-3.1.0-2] (the runtime checks it did). The client learns of it by EOF.
+    pub fn send_second_connect(&mut self, rt: &mut Runtime) {
+        if self.phase != Phase::Connected {
+            return;
+        }
+        self.stats.second_connects += 1;
+        self.write(rt, Packet::Connect(self.connect_packet()));
     }
 
     fn reset_session(&mut self) {

@@ -148,6 +148,7 @@ impl Sim {
                     stalls: rng.chance(100),
                     lazy_acks: rng.chance(100),
                     keepalive_secs: if rng.chance(200) { rng.between(5, 60) as u16 } else { 0 },
+                    rude: rng.chance(30),
                 };
                 Client::new(index, clean, temper)
             })
@@ -268,7 +269,8 @@ impl Sim {
             }
             return;
         }
-        let choice = rng.weighted(&[40, 12, 5, 2, 2, 1, 3, 10]);
+        let rude = u64::from(client.temper.rude);
+        let choice = rng.weighted(&[40, 12, 5, 2, 2, 1, 3, 10, rude]);
         match choice {
             0 => client.publish(rt, model, rng),
             1 => {
@@ -290,10 +292,11 @@ impl Sim {
                     client.reading = !client.reading;
                 }
             }
-            _ => {
+            7 => {
                 let count = rng.between(1, 4) as usize;
                 client.flush_acks(rt, count);
             }
+            _ => client.send_second_connect(rt),
         }
     }
 

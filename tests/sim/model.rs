@@ -173,10 +173,12 @@ pub enum Cause {
     /// Nothing explains it: a broker bug.
     Unexplained,
     /// The message never reached the subscriber's worker, whose interest the publisher's
-    /// worker had not yet heard of when it routed it (SIM_FINDINGS.md #3).
+    /// worker had not yet heard of when it routed it (SIM_FINDINGS.md #3). A bug: a SUBACK
+    /// must wait until every worker knows the interest.
     InterestWindow,
     /// The message reached the subscriber's worker only after the subscription was gone
-    /// (acknowledged to the publisher while still in transit; SIM_FINDINGS.md #5).
+    /// (acknowledged to the publisher while still in transit; SIM_FINDINGS.md #5). Accepted
+    /// by the lead: not a loss.
     TransitWindow,
 }
 

@@ -68,6 +68,10 @@ pub struct SimConn {
     broker_in: BytesMut,
     /// A CONNECT was fed and the worker's actions not yet drained: no more packets until then.
     connect_fed: bool,
+    /// CONNECTs fed through `feed_packet` (a handoff's re-feed is not one more).
+    connects_fed: u32,
+    /// A second CONNECT was fed: the broker must close with a protocol violation at once.
+    second_connect: bool,
     /// Packets were fed this turn: EOF waits for the next turn, so that an action the broker
     /// emitted for those packets is never confused with one after `handle_closed`.
     fed_this_turn: bool,
@@ -142,6 +146,8 @@ pub struct RuntimeStats {
     pub sends_with_nothing_to_take: u64,
     pub closes: BTreeMap<String, u64>,
     pub ticks: u64,
+    /// The most output one connection ever had waiting (taken, not yet reported sent).
+    pub output_bytes_peak: usize,
     pub stale_closes: u64,
 }
 
@@ -264,6 +270,8 @@ impl Runtime {
             to_broker_packets: VecDeque::new(),
             broker_in: BytesMut::new(),
             connect_fed: false,
+            connects_fed: 0,
+            second_connect: false,
             fed_this_turn: false,
             taken: VecDeque::new(),
             taken_bytes: 0,
@@ -427,7 +435,11 @@ impl Runtime {
     fn feed_packet(&mut self, conn: ConnIndex, packet: Packet) {
         let c = &mut self.conns[conn];
         let (worker, id) = (c.worker, c.id);
-        c.connect_fed |= matches!(packet, Packet::Connect(_));
+        if matches!(packet, Packet::Connect(_)) {
+            c.connect_fed = true;
+            c.second_connect |= c.connects_fed > 0;
+            c.connects_fed += 1;
+        }
         if !c.fed_this_turn {
             c.fed_this_turn = true;
             self.fed.push(conn);
@@ -550,6 +562,7 @@ impl Runtime {
         }
         self.closed_this_turn.clear();
         for conn in std::mem::take(&mut self.fed) {
+            self.check_second_connect(conn);
             let c = &mut self.conns[conn];
             c.connect_fed = false;
             c.fed_this_turn = false;
@@ -558,6 +571,25 @@ impl Runtime {
             }
         }
         self.step += 1;
+    }
+
+    /// A second CONNECT on a connection is a protocol violation: the broker must have closed
+    /// the connection, for that reason, in the turn it read it [MQTT-3.1.0-2].
+    fn check_second_connect(&mut self, conn: ConnIndex) {
+        let c = &self.conns[conn];
+        if !c.second_connect {
+            return;
+        }
+        let (id, state) = (c.id, c.state);
+        match state {
+            ConnState::ClosedByBroker(CloseReason::ProtocolViolation(_))
+            | ConnState::ClosedByClient => {}
+            other => self.violation(format!(
+                "{id:?} read a second CONNECT and is {other:?}, not closed for a protocol \
+                 violation [MQTT-3.1.0-2]"
+            )),
+        }
+        self.conns[conn].second_connect = false;
     }
 
     /// A late "socket closed" completion for a connection the broker already gave up: the
@@ -622,6 +654,7 @@ impl Runtime {
         c.taken.extend(segments.into_iter().filter(|s| !s.is_empty()));
         c.taken_bytes += sum;
         let taken = c.taken_bytes;
+        self.stats.output_bytes_peak = self.stats.output_bytes_peak.max(taken);
         if taken > 0 {
             self.outbound.insert(conn);
         }
