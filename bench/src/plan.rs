@@ -145,6 +145,9 @@ pub struct LoadConfig {
     /// Connections being set up at once (TCP + CONNECT + SUBSCRIBE), over all threads.
     pub connect_inflight_max: u64,
     pub connect_timeout: Duration,
+    /// Set sockets up with system calls (each briefly a process fd) instead of linked ring
+    /// operations; also the fallback where the kernel lacks IORING_OP_BIND.
+    pub connect_with_syscalls: bool,
     pub topic_prefix: String,
     pub client_id_prefix: String,
     /// First publisher id, so that several `pub` processes stamp distinct ids.

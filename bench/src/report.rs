@@ -56,6 +56,8 @@ pub struct PatternReport {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectionReport {
+    /// "io_uring" (socket, options, bind, connect as linked ring ops) or "syscalls".
+    pub setup_path: &'static str,
     pub planned: u64,
     pub ready: u64,
     pub failed: u64,
@@ -218,6 +220,7 @@ pub fn build(
             threads: config.threads,
         },
         connections: ConnectionReport {
+            setup_path: if outcome.direct_setup { "io_uring" } else { "syscalls" },
             planned: config.plan.connections(),
             ready: counters.ready,
             failed: counters.connect_failed,
@@ -294,14 +297,15 @@ pub fn text(report: &LoadReport) -> String {
         p.window, p.threads
     ));
     lines.push(format!(
-        "connections: {}/{} ready, {} failed, {} lost, {} protocol errors; set up in {:.2}s ({}/s)",
+        "connections: {}/{} ready, {} failed, {} lost, {} protocol errors; set up in {:.2}s ({}/s, via {})",
         c.ready,
         c.planned,
         c.failed,
         c.closed_unexpectedly,
         c.protocol_errors,
         c.setup_secs,
-        format_rate(c.connect_rate_per_sec)
+        format_rate(c.connect_rate_per_sec),
+        c.setup_path
     ));
     lines.extend(latency_line("tcp connect", &c.tcp_connect_latency));
     lines.extend(latency_line("mqtt connect", &c.mqtt_connect_latency));

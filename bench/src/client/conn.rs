@@ -173,6 +173,8 @@ pub struct Conn {
     pub last_send_ns: u64,
     /// When the PINGREQ awaiting its PINGRESP was sent; 0: none.
     pub ping_sent_ns: u64,
+    /// The first error of the ring's set-up chain (socket, options, bind); 0: none.
+    pub setup_errno: i32,
     pub publisher: Option<Box<Publisher>>,
     pub subscriber: Option<Box<Subscriber>>,
 }
@@ -203,6 +205,7 @@ impl Conn {
             started_ns: 0,
             last_send_ns: 0,
             ping_sent_ns: 0,
+            setup_errno: 0,
             publisher: None,
             subscriber: None,
         }

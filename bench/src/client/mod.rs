@@ -139,6 +139,8 @@ pub struct LoadOutcome {
     pub worker_cpu_ns: Vec<(u64, u64)>,
     /// CPU of the whole process during the run (includes an in-process relay).
     pub process_cpu_ns: (u64, u64),
+    /// Connections were set up by linked ring operations (else by system calls).
+    pub direct_setup: bool,
 }
 
 /// Runs one load test to completion.
@@ -185,6 +187,7 @@ fn merge(config: &LoadConfig, reports: Vec<WorkerReport>) -> LoadOutcome {
     let mut sent = vec![0; config.plan.publishers as usize];
     let mut subscribers = Vec::new();
     let mut worker_cpu_ns = Vec::new();
+    let direct_setup = reports.iter().all(|report| report.direct_setup);
     for report in reports {
         stats.merge(&report.stats);
         for (index, count) in report.publishers {
@@ -205,6 +208,7 @@ fn merge(config: &LoadConfig, reports: Vec<WorkerReport>) -> LoadOutcome {
         wall_secs: 0.0,
         worker_cpu_ns,
         process_cpu_ns: (0, 0),
+        direct_setup,
     }
 }
 
