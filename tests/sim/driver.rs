@@ -462,6 +462,7 @@ impl Sim {
             homes += 1;
             if load.inflight > inflight_max
                 || load.queued_messages > config.max_queued_messages
+                || load.queued_bytes > config.max_queued_bytes
                 || load.filters.len() > config.subscriptions_per_session_max
             {
                 let text = format!("{} session above a bound: {load:?}", client.client_id);
