@@ -5,6 +5,11 @@
 //! Replay one seed:   `SIM_SEED=123 cargo test --test simulation -- --nocapture`
 //! Run more seeds:    `SIM_SEEDS=200 cargo test --test simulation -- --nocapture`
 //! (`SIM_SEEDS` runs seeds 1..=N; `SIM_CLIENTS` / `SIM_STEPS` change the size of a run.)
+//! Trace clients:     `SIM_TRACE=150,191` prints those clients' packets, handoffs and links
+//!                    (`SIM_TRACE=` alone: every client).
+//! Strict interest:   `SIM_STRICT_INTEREST=1` also fails on SIM_FINDINGS.md #3 losses.
+//! Ignored runs:      `cargo test --test simulation -- --ignored` (tiny bounds, many short
+//!                    runs: each waits for a core fix named in its `ignore` reason).
 //!
 //! The second half of this file tests the checker itself: each property is shown to fail when
 //! the thing it guards against is injected.
