@@ -147,6 +147,12 @@ pub struct MessageArgs {
     /// Unacknowledged QoS 1/2 messages per publisher.
     #[arg(long, default_value_t = 64)]
     pub window: u16,
+    /// End-to-end flow control: a publisher stays at most this many messages ahead of what
+    /// its subscribers (in this process) received, so max rate finds the sustainable rate
+    /// instead of filling the broker's queues. A lost message holds its publisher until the
+    /// run ends. 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub e2e_window: u64,
     /// Messages per publisher, then it stops (the run ends early when all have).
     #[arg(long)]
     pub count: Option<u64>,
@@ -242,6 +248,7 @@ pub fn load_config(
         payload_bytes: 64,
         rate: 0,
         window: 64,
+        e2e_window: 0,
         count: None,
         topic_prefix: "ringmq-bench".into(),
         topics: None,
@@ -272,6 +279,7 @@ pub fn load_config(
         payload_bytes: messages.payload_bytes,
         rate_per_sec: messages.rate,
         window: messages.window,
+        e2e_window: messages.e2e_window,
         count_per_publisher: messages.count,
         duration: seconds(connection.duration, "--duration")?,
         drain: seconds(connection.drain, "--drain")?,

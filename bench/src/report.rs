@@ -51,6 +51,7 @@ pub struct PatternReport {
     /// Messages per second over all publishers; 0: max rate.
     pub rate_per_sec: u64,
     pub window: u16,
+    pub e2e_window: u64,
     pub threads: usize,
 }
 
@@ -217,6 +218,7 @@ pub fn build(
             payload_bytes: config.payload_bytes,
             rate_per_sec: config.rate_per_sec,
             window: config.window,
+            e2e_window: config.e2e_window,
             threads: config.threads,
         },
         connections: ConnectionReport {

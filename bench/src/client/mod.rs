@@ -67,10 +67,14 @@ pub struct Shared {
     interval_latency: Mutex<Histogram<u64>>,
     drained_threads: AtomicUsize,
     expected_deliveries: AtomicU64,
+    /// Deliveries per publisher, kept only with an end-to-end window.
+    pub deliveries: Option<conn::DeliveryBoard>,
 }
 
 impl Shared {
-    fn new(threads: usize) -> Self {
+    fn new(config: &LoadConfig) -> Self {
+        let threads = config.threads;
+        let flow_controlled = config.e2e_window > 0 && config.plan.publishers > 0;
         Self {
             phase: AtomicU8::new(Phase::Connecting as u8),
             connect_start_ns: monotonic_ns(),
@@ -79,6 +83,9 @@ impl Shared {
             interval_latency: Mutex::new(latency_histogram()),
             drained_threads: AtomicUsize::new(0),
             expected_deliveries: AtomicU64::new(0),
+            deliveries: flow_controlled.then(|| {
+                conn::DeliveryBoard::new(config.publisher_id_base, config.plan.publishers)
+            }),
         }
     }
 
@@ -147,7 +154,7 @@ pub struct LoadOutcome {
 pub fn run_load(config: LoadConfig) -> anyhow::Result<LoadOutcome> {
     config.validate().map_err(anyhow::Error::msg)?;
     let config = Arc::new(config);
-    let shared = Arc::new(Shared::new(config.threads));
+    let shared = Arc::new(Shared::new(&config));
     let cpu_before = process_cpu_ns();
     let start_ns = monotonic_ns();
     let handles: Vec<JoinHandle<anyhow::Result<WorkerReport>>> = (0..config.threads)
