@@ -22,6 +22,7 @@ fn config(plan: Plan, qos: QoS, count: u64, threads: usize) -> LoadConfig {
         payload_bytes: 100,
         rate_per_sec: 0,
         window: 16,
+        e2e_window: 0,
         count_per_publisher: Some(count),
         duration: Duration::from_secs(20),
         drain: Duration::from_secs(5),
@@ -161,4 +162,17 @@ fn connections_bind_source_addresses_by_ring_ops_and_by_syscalls() {
         assert_eq!(relay.connections, 40);
         assert_eq!(outcome.direct_setup, !syscalls, "this kernel supports IORING_OP_BIND");
     }
+}
+
+#[test]
+fn end_to_end_window_bounds_what_is_in_flight() {
+    // The same QoS 0 max-rate fan-out that overruns a 64 KiB relay queue without flow
+    // control (see above) never fills it when publishers stay within 100 messages of their
+    // subscribers: at most 4 x 100 x 2 stamped messages (~55 KiB) are ever queued for one.
+    let plan = Plan { publishers: 2, subscribers: 4, topics: 1, idle: 0 };
+    let mut config = config(plan, QoS::AtMostOnce, 20_000, 2);
+    config.e2e_window = 100;
+    let (_, report, relay) = through_relay(config, 0);
+    assert_eq!((report.messages.unique, report.messages.lost), (160_000, 0));
+    assert_eq!(relay.pauses, 0, "the window kept every relay queue under 64 KiB");
 }
