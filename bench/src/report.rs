@@ -51,11 +51,14 @@ pub struct PatternReport {
     /// Messages per second over all publishers; 0: max rate.
     pub rate_per_sec: u64,
     pub window: u16,
+    pub e2e_window: u64,
     pub threads: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectionReport {
+    /// "io_uring" (socket, options, bind, connect as linked ring ops) or "syscalls".
+    pub setup_path: &'static str,
     pub planned: u64,
     pub ready: u64,
     pub failed: u64,
@@ -215,9 +218,11 @@ pub fn build(
             payload_bytes: config.payload_bytes,
             rate_per_sec: config.rate_per_sec,
             window: config.window,
+            e2e_window: config.e2e_window,
             threads: config.threads,
         },
         connections: ConnectionReport {
+            setup_path: if outcome.direct_setup { "io_uring" } else { "syscalls" },
             planned: config.plan.connections(),
             ready: counters.ready,
             failed: counters.connect_failed,
@@ -294,14 +299,15 @@ pub fn text(report: &LoadReport) -> String {
         p.window, p.threads
     ));
     lines.push(format!(
-        "connections: {}/{} ready, {} failed, {} lost, {} protocol errors; set up in {:.2}s ({}/s)",
+        "connections: {}/{} ready, {} failed, {} lost, {} protocol errors; set up in {:.2}s ({}/s, via {})",
         c.ready,
         c.planned,
         c.failed,
         c.closed_unexpectedly,
         c.protocol_errors,
         c.setup_secs,
-        format_rate(c.connect_rate_per_sec)
+        format_rate(c.connect_rate_per_sec),
+        c.setup_path
     ));
     lines.extend(latency_line("tcp connect", &c.tcp_connect_latency));
     lines.extend(latency_line("mqtt connect", &c.mqtt_connect_latency));

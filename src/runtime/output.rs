@@ -4,6 +4,9 @@
 //! connection's boxed [`super::send::SendOp`], and leaves in phase 4 with one `sendmsg` per
 //! connection — so everything a turn produced for a connection goes in one system call, and
 //! output the broker produced before a `Close` is already ours when the `Close` arrives.
+//! The send carries `MSG_WAITALL`: when the socket buffer fills, the kernel keeps feeding it as
+//! the peer reads and completes the send only when all of it has left (or on an error or a
+//! cancel, with the count sent so far), instead of waiting for our next turn to resubmit.
 //!
 //! Closing ([`super::conn::CloseStep`]): output taken before the close still leaves, for at
 //! most `close_linger_millis`; then the receive is cancelled, and the descriptor is closed
@@ -80,7 +83,7 @@ impl Worker {
             }
             let header = op.start();
             let entry = opcode::SendMsg::new(types::Fixed(slot), header)
-                .flags(libc::MSG_NOSIGNAL as u32)
+                .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
                 .build()
                 .user_data(UserData::new(Op::Send, slot, conn.generation).pack());
             // SAFETY: `header`, its iovecs and the `Bytes` they cover live in the boxed op,

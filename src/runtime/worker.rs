@@ -79,6 +79,7 @@ pub struct WorkerCounters {
     pub packets_decoded: u64,
     pub decode_errors: u64,
     pub sends: u64,
+    /// Sends the kernel completed with fewer bytes than they covered.
     pub partial_sends: u64,
     pub sent_bytes: u64,
     pub send_errors: u64,
@@ -90,7 +91,7 @@ pub struct WorkerCounters {
     pub handoff_failures: u64,
     /// Connections adopted from another worker.
     pub handoffs_in: u64,
-    /// Receives paused by mesh backpressure.
+    /// Receives paused: the turn's decode budget was spent, or the mesh was backpressured.
     pub reads_paused: u64,
 }
 
@@ -123,8 +124,10 @@ pub struct Worker {
     /// turn (each has bytes waiting, so each will take a buffer at once). At most one entry
     /// per slot: a connection is listed only when its receive is not armed.
     pub(super) starved: VecDeque<ConnId>,
-    /// Connections whose reading is paused by mesh backpressure (`Conn::paused`), each once.
-    pub(super) paused: Vec<ConnId>,
+    /// Connections whose reading is paused (`Conn::paused`), oldest first, each once.
+    pub(super) paused: VecDeque<ConnId>,
+    /// Packets this turn may still decode (`turn_packets_max` at the start of each turn).
+    pub(super) decode_budget: usize,
     /// Handed-off connections complete this turn, adopted after the drain.
     pub(super) adoptions: Vec<(u32, super::peers::HandoffRecord)>,
     /// Accepting paused: the file table is full (until a slot frees).
@@ -203,7 +206,8 @@ impl Worker {
             lingering: VecDeque::with_capacity(2 * slots),
             completions: Vec::with_capacity(cq_entries),
             starved: VecDeque::with_capacity(slots),
-            paused: Vec::with_capacity(slots),
+            paused: VecDeque::with_capacity(slots),
+            decode_budget: 0,
             adoptions: Vec::new(),
             accept_paused: false,
             accept_retry_at: None,
@@ -258,8 +262,11 @@ impl Worker {
         Ok(())
     }
 
-    /// Phase 2: copy the CQ out, then dispatch each completion.
+    /// Phase 2: copy the CQ out, then dispatch: first the input paused last turn, then each
+    /// completion.
     fn dispatch_completions(&mut self, now: Millis) {
+        self.decode_budget = self.config.turn_packets_max;
+        self.resume_paused(now);
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.reap(&mut completions);
         for completion in completions.drain(..) {
@@ -289,7 +296,6 @@ impl Worker {
             self.broker.handle_tick(now);
         }
         self.apply_actions(now);
-        self.resume_paused(now);
         self.rearm_starved();
         self.expire_lingering(now);
         if self.accept_retry_at.is_some_and(|at| at <= now) {
