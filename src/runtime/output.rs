@@ -149,12 +149,8 @@ impl Worker {
         conn.peer_alive = false;
         if conn.send_in_flight() {
             conn.cancels_in_flight += 1;
-            let target = UserData::new(Op::Send, id.slot(), id.generation()).pack();
-            let entry = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(UserData::new(Op::Cancel, id.slot(), id.generation()).pack());
-            // SAFETY: a cancel references no memory.
-            unsafe { self.ring.push(&entry) };
+            let target = UserData::new(Op::Send, id.slot(), id.generation());
+            self.ring.push_cancel(target, UserData::new(Op::Cancel, id.slot(), id.generation()));
         }
         self.advance_close(id.slot());
     }
@@ -168,21 +164,13 @@ impl Worker {
             CloseStep::Send => self.list_for_flush(slot),
             CloseStep::CancelRecv => {
                 conn.cancels_in_flight += 1;
-                let target = UserData::new(Op::Recv, slot, generation).pack();
-                let entry = opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(UserData::new(Op::Cancel, slot, generation).pack());
-                // SAFETY: a cancel references no memory.
-                unsafe { self.ring.push(&entry) };
+                let target = UserData::new(Op::Recv, slot, generation);
+                self.ring.push_cancel(target, UserData::new(Op::Cancel, slot, generation));
             }
             CloseStep::Close if conn.phase == Phase::HandingOff => self.send_fd(slot),
             CloseStep::Close => {
                 conn.close_in_flight = true;
-                let entry = opcode::Close::new(types::Fixed(slot))
-                    .build()
-                    .user_data(UserData::new(Op::Close, slot, generation).pack());
-                // SAFETY: a close of a direct descriptor references no memory.
-                unsafe { self.ring.push(&entry) };
+                self.ring.push_close_fixed(slot, UserData::new(Op::Close, slot, generation));
             }
         }
     }

@@ -14,8 +14,6 @@
 //! Invariant: a connection is in the paused list at most once (`Conn::paused`), so the list is
 //! bounded by the file table.
 
-use io_uring::opcode;
-
 use super::conn::Phase;
 use super::user_data::{Op, UserData};
 use super::worker::Worker;
@@ -38,12 +36,8 @@ impl Worker {
         self.paused.push_back(id);
         if conn.recv_armed {
             conn.cancels_in_flight += 1;
-            let target = UserData::new(Op::Recv, id.slot(), id.generation()).pack();
-            let entry = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(UserData::new(Op::Cancel, id.slot(), id.generation()).pack());
-            // SAFETY: a cancel references no memory.
-            unsafe { self.ring.push(&entry) };
+            let target = UserData::new(Op::Recv, id.slot(), id.generation());
+            self.ring.push_cancel(target, UserData::new(Op::Cancel, id.slot(), id.generation()));
         }
     }
 

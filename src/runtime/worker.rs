@@ -402,12 +402,8 @@ impl Worker {
             Some((now.plus_millis(STOP_FLUSH_MILLIS), now.plus_millis(STOP_ABANDON_MILLIS)));
         for index in 0..self.listeners.len() {
             if self.listeners[index].armed {
-                let target = UserData::new(Op::Accept, index as u32, 0).pack();
-                let entry = opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(UserData::new(Op::CancelAccept, index as u32, 0).pack());
-                // SAFETY: a cancel references no memory.
-                unsafe { self.ring.push(&entry) };
+                let target = UserData::new(Op::Accept, index as u32, 0);
+                self.ring.push_cancel(target, UserData::new(Op::CancelAccept, index as u32, 0));
             }
         }
         self.broker.handle_shutdown(now);
