@@ -326,6 +326,22 @@ mod tests {
     }
 
     #[test]
+    fn large_connection_counts_get_a_ring_per_file_table_and_enough_address_pairs() {
+        let parse = |line: &str| match Cli::try_parse_from(line.split_whitespace()) {
+            Ok(Cli { command: Command::Conn { connection, conns }, .. }) => (connection, conns),
+            other => panic!("{line}: {other:?}"),
+        };
+        let idle = |conns| Plan { publishers: 0, subscribers: 0, topics: 1, idle: conns };
+        let (connection, conns) = parse("b conn --conns 50000 --source 127.1.0.1-127.1.0.2");
+        let config = load_config(&connection, None, idle(conns), false).expect("valid");
+        assert_eq!(config.threads, 4, "50000 connections / 16384 slots per ring");
+        assert_eq!((config.recv_buffers, config.recv_buffer_bytes), (128, 4096));
+        let (connection, conns) = parse("b conn --conns 50000");
+        let error = load_config(&connection, None, idle(conns), false).expect_err("one pair");
+        assert!(error.contains("address pairs"), "{error}");
+    }
+
+    #[test]
     fn cli_parses_every_subcommand() {
         <Cli as clap::CommandFactory>::command().debug_assert();
         for line in [

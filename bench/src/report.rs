@@ -128,6 +128,9 @@ pub struct CpuReport {
     pub broker: Option<CpuUse>,
     /// The in-process relay thread (`relay` only).
     pub relay: Option<CpuUse>,
+    /// The busiest worker thread's CPU seconds per second while publishing (or holding):
+    /// near 1.0 the load generator itself may be the bottleneck.
+    pub busiest_worker_running_cores: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -263,9 +266,17 @@ pub fn build(
             process: CpuUse::new(outcome.process_cpu_ns, outcome.wall_secs),
             broker,
             relay,
+            busiest_worker_running_cores: outcome
+                .worker_running_cpu_ns
+                .iter()
+                .map(|&ns| ns as f64 / 1e9 / outcome.publish_secs.max(1e-9))
+                .fold(0.0, f64::max),
         },
     }
 }
+
+/// Above this share of a core, a worker thread may be limiting the run.
+pub const WORKER_SATURATED_CORES: f64 = 0.8;
 
 fn latency_line(name: &str, latency: &Option<LatencySummary>) -> Option<String> {
     let l = latency.as_ref()?;
@@ -352,6 +363,15 @@ pub fn text(report: &LoadReport) -> String {
         cpu.wall_secs,
         cpu_text(&cpu.workers),
         cpu_text(&cpu.process)
+    ));
+    lines.push(format!(
+        "  busiest worker while running: {:.2} cores{}",
+        cpu.busiest_worker_running_cores,
+        if cpu.busiest_worker_running_cores > WORKER_SATURATED_CORES {
+            " - the load generator may be the bottleneck: add --threads"
+        } else {
+            ""
+        }
     ));
     if let Some(broker) = &cpu.broker {
         lines.push(format!("  broker {}", cpu_text(broker)));

@@ -144,6 +144,8 @@ pub struct LoadOutcome {
     pub wall_secs: f64,
     /// CPU of each worker thread, (user, system) nanoseconds.
     pub worker_cpu_ns: Vec<(u64, u64)>,
+    /// CPU of each worker thread during the Running phase, nanoseconds.
+    pub worker_running_cpu_ns: Vec<u64>,
     /// CPU of the whole process during the run (includes an in-process relay).
     pub process_cpu_ns: (u64, u64),
     /// Connections were set up by linked ring operations (else by system calls).
@@ -194,6 +196,7 @@ fn merge(config: &LoadConfig, reports: Vec<WorkerReport>) -> LoadOutcome {
     let mut sent = vec![0; config.plan.publishers as usize];
     let mut subscribers = Vec::new();
     let mut worker_cpu_ns = Vec::new();
+    let worker_running_cpu_ns = reports.iter().map(|report| report.running_cpu_ns).collect();
     let direct_setup = reports.iter().all(|report| report.direct_setup);
     for report in reports {
         stats.merge(&report.stats);
@@ -214,6 +217,7 @@ fn merge(config: &LoadConfig, reports: Vec<WorkerReport>) -> LoadOutcome {
         drain_complete: false,
         wall_secs: 0.0,
         worker_cpu_ns,
+        worker_running_cpu_ns,
         process_cpu_ns: (0, 0),
         direct_setup,
     }

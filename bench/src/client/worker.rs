@@ -25,6 +25,11 @@ use crate::ring::{self, BufRing, Completion, Op, Ring};
 use crate::stamp::SeqSummary;
 use crate::sys::monotonic_ns;
 
+fn thread_cpu_total_ns() -> u64 {
+    let (user, system) = crate::sys::thread_cpu_ns();
+    (user + system).max(1)
+}
+
 /// How often idle connections are checked for a due PINGREQ.
 const KEEPALIVE_SCAN_NS: u64 = 1_000_000_000;
 /// How often the interval latency histogram goes to the progress line.
@@ -48,6 +53,8 @@ pub struct WorkerReport {
     pub cpu_ns: (u64, u64),
     /// Connections were set up by linked ring operations, not system calls.
     pub direct_setup: bool,
+    /// This thread's CPU time (user + system) while the run was in its Running phase.
+    pub running_cpu_ns: u64,
 }
 
 pub struct Worker {
@@ -76,6 +83,8 @@ pub struct Worker {
     publish_interval_ns: u64,
     /// A publisher waited for deliveries (end-to-end window) at the last visit.
     flow_blocked: bool,
+    /// This thread's CPU nanoseconds when it first saw Running and first saw Draining.
+    running_cpu_ns: (u64, u64),
     drained: bool,
 }
 
@@ -150,6 +159,7 @@ impl Worker {
             next_publish_ns: 0,
             publish_interval_ns,
             flow_blocked: false,
+            running_cpu_ns: (0, 0),
             drained: false,
         })
     }
@@ -177,6 +187,9 @@ impl Worker {
         match phase {
             Phase::Connecting => self.open_connections(now_ns)?,
             Phase::Running => {
+                if self.running_cpu_ns.0 == 0 {
+                    self.running_cpu_ns.0 = thread_cpu_total_ns();
+                }
                 self.open_connections(now_ns)?;
                 if now_ns >= self.next_publish_ns {
                     self.next_publish_ns = now_ns + self.publish_interval_ns;
@@ -425,6 +438,9 @@ impl Worker {
     /// The run is draining: publishers stop, and the deliveries they make expected are added
     /// to the shared total once.
     fn stop_publishing(&mut self) {
+        if self.running_cpu_ns.0 != 0 {
+            self.running_cpu_ns.1 = thread_cpu_total_ns();
+        }
         let mut expected = 0;
         for &local in &self.publishers {
             let publisher = self.conns[local as usize].publisher.as_mut().expect("publisher");
@@ -742,6 +758,7 @@ impl Worker {
             subscribers,
             cpu_ns: crate::sys::thread_cpu_ns(),
             direct_setup: self.direct_setup,
+            running_cpu_ns: self.running_cpu_ns.1.saturating_sub(self.running_cpu_ns.0),
         }
     }
 }
