@@ -240,7 +240,8 @@ impl<T: Default> TopicTrie<T> {
         assert_eq!(node.children, 0, "removing a node with children");
         let parent = node.parent;
         let hash = node_hash(&self.chunks, &self.hasher, self.parent_seed, id);
-        self.edges.remove(hash, id);
+        let (chunks, hasher, seed) = (&self.chunks, &self.hasher, self.parent_seed);
+        self.edges.remove(hash, id, |&other| node_hash(chunks, hasher, seed, other));
         let freed =
             Node { label: Label::EMPTY, parent: NodeId::NONE, children: 0, value: T::default() };
         let old = std::mem::replace(self.node_mut(id), freed);

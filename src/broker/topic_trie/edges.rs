@@ -4,12 +4,16 @@
 //! every node (an entry's hash is computed from its node), which at a million subscriptions
 //! took half a second inside one SUBSCRIBE, with every connection of the worker waiting. So
 //! when the table is full, a new one of twice the capacity becomes `current` and the old one
-//! `retiring`; each insert then moves the entries of `MOVED_BUCKETS_PER_INSERT` of the old
-//! table's buckets. Lookups and removals look in both until `retiring` is empty.
+//! `retiring`; each insert and each removal then moves the entries of `MOVED_BUCKETS_PER_STEP`
+//! of the old table's buckets (about 28 entries, a few microseconds). Lookups and removals look
+//! in both until `retiring` is empty, so while a growth is under way a lookup of an edge not yet
+//! moved, or of an absent one, costs a second probe. A growth ends after 1/28 of the old
+//! capacity in inserts and removals; a trie that stops changing mid-growth keeps paying that
+//! second probe (routing does not change the trie, and cannot move entries).
 //!
 //! Invariants: every edge is in exactly one of the two tables; after an insert, an empty
 //! `retiring` holds no memory and `cursor` is 0. The old table has at most 8/7 buckets per entry
-//! it can hold, so moving 8 buckets per insert empties it after at most 1/7 of its capacity in
+//! it can hold, so moving 32 buckets per step empties it after at most 1/28 of its capacity in
 //! inserts, while `current` has room for at least its whole capacity more: `current` never
 //! grows during a move.
 
@@ -17,7 +21,7 @@ use hashbrown::HashTable;
 
 use super::NodeId;
 
-const MOVED_BUCKETS_PER_INSERT: usize = 8;
+const MOVED_BUCKETS_PER_STEP: usize = 32;
 
 /// Tables below this capacity are never shrunk (shrinking a small table saves nothing worth a
 /// rehash); also the first capacity a grown table gets.
@@ -64,7 +68,7 @@ impl Edges {
     /// once it is empty (moved, or emptied by removals).
     fn move_some(&mut self, hash_of: &impl Fn(&NodeId) -> u64) {
         if !self.retiring.is_empty() {
-            let end = (self.cursor + MOVED_BUCKETS_PER_INSERT).min(self.retiring.num_buckets());
+            let end = (self.cursor + MOVED_BUCKETS_PER_STEP).min(self.retiring.num_buckets());
             for bucket in self.cursor..end {
                 if let Ok(entry) = self.retiring.get_bucket_entry(bucket) {
                     let (id, _) = entry.remove();
@@ -79,16 +83,17 @@ impl Edges {
         }
     }
 
-    /// Removes the edge to `id`, which must be present.
-    pub(super) fn remove(&mut self, hash: u64, id: NodeId) {
+    /// Removes the edge to `id`, which must be present; `hash_of` as for `insert`.
+    pub(super) fn remove(&mut self, hash: u64, id: NodeId, hash_of: impl Fn(&NodeId) -> u64) {
         if let Ok(entry) = self.current.find_entry(hash, |&other| other == id) {
             entry.remove();
-            return;
+        } else {
+            let Ok(entry) = self.retiring.find_entry(hash, |&other| other == id) else {
+                panic!("a live node is the target of exactly one edge (the trie's invariant)");
+            };
+            entry.remove();
         }
-        let Ok(entry) = self.retiring.find_entry(hash, |&other| other == id) else {
-            panic!("a live node is the target of exactly one edge (the trie's invariant)");
-        };
-        entry.remove();
+        self.move_some(&hash_of);
     }
 
     /// Gives memory back when the table is mostly empty (not while a growth is under way).
@@ -150,7 +155,7 @@ mod tests {
         assert!(grew >= 5, "grew {grew} times");
         assert_eq!(edges.len(), 50_000);
         for n in 0..50_000 {
-            edges.remove(hash_of(&NodeId(n)), NodeId(n));
+            edges.remove(hash_of(&NodeId(n)), NodeId(n), hash_of);
             edges.shrink_if_sparse(hash_of);
         }
         assert_eq!(edges.len(), 0);
@@ -166,8 +171,8 @@ mod tests {
             n += 1;
         }
         assert!(edges.retiring.len() > 100);
-        for m in 0..n {
-            edges.remove(hash_of(&NodeId(m)), NodeId(m));
+        for m in (0..n).rev() {
+            edges.remove(hash_of(&NodeId(m)), NodeId(m), hash_of);
             assert_eq!(edges.find(hash_of(&NodeId(m)), |&id| id == NodeId(m)), None);
         }
         assert_eq!(edges.len(), 0);
