@@ -122,17 +122,20 @@ fn main() {
 
     let (bytes_before, resident_before) = (LIVE_BYTES.load(Ordering::Relaxed), resident_bytes());
     let started = Instant::now();
+    let cpu_started = thread_cpu_nanos();
     let index = index_of(devices);
     let built = started.elapsed();
+    let built_cpu_nanos = thread_cpu_nanos() - cpu_started;
     let heap = LIVE_BYTES.load(Ordering::Relaxed) - bytes_before;
     let resident = resident_bytes() - resident_before;
     let subscriptions = index.len() as f64;
     println!(
-        "{} subscriptions, {} nodes, built in {:.2?}: {:.1} heap bytes/subscription, \
-         {:.1} resident bytes/subscription",
+        "{} subscriptions, {} nodes, built in {:.2?} ({:.0} ns of CPU each): \
+         {:.1} heap bytes/subscription, {:.1} resident bytes/subscription",
         index.len(),
         index.node_count(),
         built,
+        built_cpu_nanos as f64 / subscriptions,
         heap as f64 / subscriptions,
         resident as f64 / subscriptions,
     );
