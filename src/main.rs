@@ -34,9 +34,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            // Printed as well as logged: the log filter may hide errors, this must not be.
-            tracing::error!(error = format!("{error:#}"), "ringmq failed");
-            eprintln!("ringmq: error: {error:#}");
+            // Logged when the filter lets errors through, else printed: it must be seen.
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!(error = format!("{error:#}"), "ringmq failed");
+            } else {
+                eprintln!("ringmq: error: {error:#}");
+            }
             ExitCode::FAILURE
         }
     }

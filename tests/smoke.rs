@@ -1,6 +1,6 @@
-//! Smoke test of the real binary: start `ringmq` on a free loopback port, make a QoS 1
-//! publish/subscribe round trip with a raw TCP client speaking through our own codec, then stop
-//! it with SIGTERM and expect exit status 0 within a second.
+//! Smoke test of the real binary: start `ringmq` on a free loopback port (one worker, then
+//! two), make a QoS 1 publish/subscribe round trip with a raw TCP client speaking through our
+//! own codec, then stop it with SIGTERM and expect exit status 0 within a second.
 //!
 //! Independent clients (Mosquitto's, paho) are exercised by the integration suite; this test
 //! only proves that bytes flow through the runtime both ways and that the stop is clean.
@@ -23,7 +23,7 @@ struct Broker {
 }
 
 impl Broker {
-    fn start() -> Self {
+    fn start(workers: u16) -> Self {
         // A port the kernel just handed out and released; another process could take it in
         // between, which would show as a start-up failure, not a false pass.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -31,7 +31,14 @@ impl Broker {
             .expect("free port")
             .port();
         let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["--workers", "1", "--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--workers",
+                &workers.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
             .args(["--file-table-slots", "256", "--ring-entries", "256", "--recv-buffers", "64"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -62,11 +69,15 @@ impl Broker {
         }
     }
 
-    /// SIGTERM, then the exit status (or a panic after a second).
-    fn terminate(mut self) -> std::process::ExitStatus {
+    fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).expect("pid");
         // SAFETY: sends a signal to our own child process, which has not been reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// SIGTERM, then the exit status (or a panic after a second).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
         let began = Instant::now();
         while began.elapsed() < Duration::from_secs(1) {
             if let Some(status) = self.child.try_wait().expect("status") {
@@ -146,7 +157,30 @@ fn id(value: u16) -> PacketId {
 
 #[test]
 fn publish_subscribe_round_trip_then_a_clean_sigterm() {
-    let mut broker = Broker::start();
+    round_trip(1);
+}
+
+/// SIGHUP is reserved: logged and ignored, the broker keeps serving.
+#[test]
+fn sighup_is_ignored() {
+    let mut broker = Broker::start(1);
+    broker.connect().connect("before-hup");
+    broker.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(100));
+    broker.connect().connect("after-hup");
+    let status = broker.terminate();
+    assert!(status.success(), "ringmq exited with {status:?}");
+}
+
+/// The same with two workers: the clients may land on either and be handed to their client
+/// id's home worker; the publish then crosses the mesh.
+#[test]
+fn publish_subscribe_round_trip_across_two_workers() {
+    round_trip(2);
+}
+
+fn round_trip(workers: u16) {
+    let mut broker = Broker::start(workers);
     let mut subscriber = broker.connect();
     subscriber.connect("smoke-subscriber");
     let filter = TopicFilter::new(Utf8Bytes::from_static("smoke/+")).expect("filter");

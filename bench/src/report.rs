@@ -51,11 +51,14 @@ pub struct PatternReport {
     /// Messages per second over all publishers; 0: max rate.
     pub rate_per_sec: u64,
     pub window: u16,
+    pub e2e_window: u64,
     pub threads: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectionReport {
+    /// "io_uring" (socket, options, bind, connect as linked ring ops) or "syscalls".
+    pub setup_path: &'static str,
     pub planned: u64,
     pub ready: u64,
     pub failed: u64,
@@ -125,6 +128,9 @@ pub struct CpuReport {
     pub broker: Option<CpuUse>,
     /// The in-process relay thread (`relay` only).
     pub relay: Option<CpuUse>,
+    /// The busiest worker thread's CPU seconds per second while publishing (or holding):
+    /// near 1.0 the load generator itself may be the bottleneck.
+    pub busiest_worker_running_cores: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -215,9 +221,11 @@ pub fn build(
             payload_bytes: config.payload_bytes,
             rate_per_sec: config.rate_per_sec,
             window: config.window,
+            e2e_window: config.e2e_window,
             threads: config.threads,
         },
         connections: ConnectionReport {
+            setup_path: if outcome.direct_setup { "io_uring" } else { "syscalls" },
             planned: config.plan.connections(),
             ready: counters.ready,
             failed: counters.connect_failed,
@@ -258,9 +266,17 @@ pub fn build(
             process: CpuUse::new(outcome.process_cpu_ns, outcome.wall_secs),
             broker,
             relay,
+            busiest_worker_running_cores: outcome
+                .worker_running_cpu_ns
+                .iter()
+                .map(|&ns| ns as f64 / 1e9 / outcome.publish_secs.max(1e-9))
+                .fold(0.0, f64::max),
         },
     }
 }
+
+/// Above this share of a core, a worker thread may be limiting the run.
+pub const WORKER_SATURATED_CORES: f64 = 0.8;
 
 fn latency_line(name: &str, latency: &Option<LatencySummary>) -> Option<String> {
     let l = latency.as_ref()?;
@@ -294,14 +310,15 @@ pub fn text(report: &LoadReport) -> String {
         p.window, p.threads
     ));
     lines.push(format!(
-        "connections: {}/{} ready, {} failed, {} lost, {} protocol errors; set up in {:.2}s ({}/s)",
+        "connections: {}/{} ready, {} failed, {} lost, {} protocol errors; set up in {:.2}s ({}/s, via {})",
         c.ready,
         c.planned,
         c.failed,
         c.closed_unexpectedly,
         c.protocol_errors,
         c.setup_secs,
-        format_rate(c.connect_rate_per_sec)
+        format_rate(c.connect_rate_per_sec),
+        c.setup_path
     ));
     lines.extend(latency_line("tcp connect", &c.tcp_connect_latency));
     lines.extend(latency_line("mqtt connect", &c.mqtt_connect_latency));
@@ -346,6 +363,15 @@ pub fn text(report: &LoadReport) -> String {
         cpu.wall_secs,
         cpu_text(&cpu.workers),
         cpu_text(&cpu.process)
+    ));
+    lines.push(format!(
+        "  busiest worker while running: {:.2} cores{}",
+        cpu.busiest_worker_running_cores,
+        if cpu.busiest_worker_running_cores > WORKER_SATURATED_CORES {
+            " - the load generator may be the bottleneck: add --threads"
+        } else {
+            ""
+        }
     ));
     if let Some(broker) = &cpu.broker {
         lines.push(format!("  broker {}", cpu_text(broker)));

@@ -27,6 +27,8 @@ pub enum Op {
     Close = 4,
     Shutdown = 5,
     Accept = 6,
+    /// A link of a connection's set-up chain before its connect (socket, options, bind).
+    Setup = 7,
 }
 
 impl Op {
@@ -38,6 +40,7 @@ impl Op {
             4 => Self::Close,
             5 => Self::Shutdown,
             6 => Self::Accept,
+            7 => Self::Setup,
             _ => return None,
         })
     }
@@ -110,6 +113,36 @@ impl Ring {
 
     pub fn submitter(&self) -> io_uring::Submitter<'_> {
         self.ring.submitter()
+    }
+
+    /// Whether a connection can be set up entirely in the ring: IORING_OP_SOCKET into a
+    /// direct slot, setsockopt via uring_cmd, IORING_OP_BIND (Linux 6.11) and connect.
+    pub fn supports_direct_setup(&self) -> bool {
+        let mut probe = io_uring::Probe::new();
+        if self.ring.submitter().register_probe(&mut probe).is_err() {
+            return false;
+        }
+        [
+            io_uring::opcode::Socket::CODE,
+            io_uring::opcode::SetSockOpt::CODE,
+            io_uring::opcode::Bind::CODE,
+        ]
+        .into_iter()
+        .all(|code| probe.is_supported(code))
+    }
+
+    /// Makes room for `entries` SQEs, submitting what is queued if needed, so that a linked
+    /// chain is never split across two submissions (which would cut the link).
+    pub fn reserve(&mut self, entries: usize) -> io::Result<()> {
+        assert!(entries <= self.ring.params().sq_entries() as usize, "chain longer than the SQ");
+        let free = {
+            let submission = self.ring.submission();
+            submission.capacity() - submission.len()
+        };
+        if free < entries {
+            self.submit(0, None)?;
+        }
+        Ok(())
     }
 
     /// Queues one SQE, submitting first if the SQ is full (a full SQ only means a large
@@ -271,6 +304,10 @@ impl Drop for BufRing {
         unsafe { alloc::dealloc(self.entries.cast(), self.entries_layout) };
     }
 }
+
+/// The value 1 for boolean socket options set through the ring: static, so its address
+/// outlives every setsockopt that reads it.
+pub static SOCKET_OPTION_ON: libc::c_int = 1;
 
 /// Bytes of an IPv4 socket address, for `connect`/`bind`.
 pub fn sockaddr_v4(address: std::net::SocketAddrV4) -> libc::sockaddr_in {

@@ -22,12 +22,14 @@ fn config(plan: Plan, qos: QoS, count: u64, threads: usize) -> LoadConfig {
         payload_bytes: 100,
         rate_per_sec: 0,
         window: 16,
+        e2e_window: 0,
         count_per_publisher: Some(count),
         duration: Duration::from_secs(20),
         drain: Duration::from_secs(5),
         connect_rate_per_sec: 0,
         connect_inflight_max: 100,
         connect_timeout: Duration::from_secs(5),
+        connect_with_syscalls: false,
         topic_prefix: "e2e".into(),
         client_id_prefix: format!("e2e-{}", std::process::id()),
         publisher_id_base: 100,
@@ -138,4 +140,39 @@ fn fixed_rate_is_kept_over_the_duration() {
     let published = report.messages.published;
     assert!((1_900..=2_100).contains(&published), "published {published} at 2000/s for 1 s");
     assert_eq!(report.messages.lost, 0);
+}
+
+#[test]
+fn connections_bind_source_addresses_by_ring_ops_and_by_syscalls() {
+    // Both set-up paths, spread over two source addresses (127.1.0.x needs no set-up on
+    // loopback), reach the relay. The kernel here (6.18) has IORING_OP_BIND (6.11+).
+    for syscalls in [false, true] {
+        let plan = Plan { publishers: 0, subscribers: 0, topics: 1, idle: 40 };
+        let mut config = config(plan, QoS::AtMostOnce, 0, 2);
+        config.count_per_publisher = None;
+        config.duration = Duration::from_millis(100);
+        config.connect_with_syscalls = syscalls;
+        config.target.sources = vec![Ipv4Addr::new(127, 1, 0, 1), Ipv4Addr::new(127, 1, 0, 2)];
+        let (outcome, report, relay) = through_relay(config, 0);
+        assert_eq!(
+            report.connections.ready, 40,
+            "syscalls: {syscalls}, {:?}",
+            report.connections.errors
+        );
+        assert_eq!(relay.connections, 40);
+        assert_eq!(outcome.direct_setup, !syscalls, "this kernel supports IORING_OP_BIND");
+    }
+}
+
+#[test]
+fn end_to_end_window_bounds_what_is_in_flight() {
+    // The same QoS 0 max-rate fan-out that overruns a 64 KiB relay queue without flow
+    // control (see above) never fills it when publishers stay within 100 messages of their
+    // subscribers: at most 4 x 100 x 2 stamped messages (~55 KiB) are ever queued for one.
+    let plan = Plan { publishers: 2, subscribers: 4, topics: 1, idle: 0 };
+    let mut config = config(plan, QoS::AtMostOnce, 20_000, 2);
+    config.e2e_window = 100;
+    let (_, report, relay) = through_relay(config, 0);
+    assert_eq!((report.messages.unique, report.messages.lost), (160_000, 0));
+    assert_eq!(relay.pauses, 0, "the window kept every relay queue under 64 KiB");
 }

@@ -24,10 +24,6 @@ use crate::runtime::RuntimeConfig;
 /// The MQTT port, used by `bind` entries that carry none.
 pub const DEFAULT_PORT: u16 = 1883;
 
-/// `max_inflight_messages = 0` means "no maximum" in Mosquitto; the real ceiling is the
-/// 16-bit packet-id space.
-pub const INFLIGHT_UNLIMITED: u16 = u16::MAX;
-
 /// Log verbosity when neither `-v` nor `RUST_LOG` says otherwise.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -113,10 +109,17 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_sndbuf_bytes: Option<u32>,
 
+    /// Milliseconds a closing connection's already-taken output may take to leave; then the
+    /// send is cancelled and the connection closed anyway (a peer that stopped reading
+    /// cannot hold a slot forever).
+    #[arg(long, value_name = "MILLIS", help_heading = "Listeners and workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_linger_millis: Option<u64>,
+
     // ---- Rings and buffers -----------------------------------------------------------------
     /// Slots in each worker's registered (direct) file table: that worker's connection cap.
-    /// At most 1048576 and the hard RLIMIT_NOFILE. A worker whose table is full stops
-    /// accepting until a slot frees.
+    /// At most 1048576 and the hard RLIMIT_NOFILE (ringmq raises the soft limit to the hard
+    /// one at start). A worker whose table is full stops accepting until a slot frees.
     #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_table_slots: Option<u32>,
@@ -162,13 +165,15 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_inflight_messages: Option<u16>,
 
-    /// QoS 1/2 messages one session may queue. At it, an offline session drops the new
-    /// message (counted); an online one is disconnected as a slow consumer (counted).
+    /// QoS 1/2 messages one session may queue (offline, or beyond the inflight window). At it
+    /// the new message is dropped (counted) and an online client is also disconnected as a
+    /// slow consumer (counted). 0 = nothing is queued (not Mosquitto's "no limit").
     #[arg(long, value_name = "N", help_heading = "MQTT limits")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queued_messages: Option<usize>,
 
-    /// Payload bytes one session may queue; at it, as `max_queued_messages`.
+    /// Payload bytes one session may queue; at it, as `max_queued_messages`. 0 = nothing is
+    /// queued.
     #[arg(long, value_name = "BYTES", help_heading = "MQTT limits")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queued_bytes: Option<usize>,
@@ -177,6 +182,12 @@ pub struct Settings {
     #[arg(long, value_name = "BOOL", help_heading = "MQTT limits")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_qos0_messages: Option<bool>,
+
+    /// QoS 2 packet ids one client may have awaiting PUBREL (received, PUBREC sent). At it a
+    /// further new QoS 2 PUBLISH closes the connection (a protocol violation, counted).
+    #[arg(long, value_name = "N", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_awaiting_pubrel: Option<usize>,
 
     /// Output bytes one connection may have waiting for its socket, at least
     /// `max_packet_size`. At it, QoS 0 to it is dropped (counted) and QoS 1/2 wait in the
@@ -278,6 +289,7 @@ impl Settings {
             listen_backlog,
             socket_rcvbuf_bytes,
             socket_sndbuf_bytes,
+            close_linger_millis,
             file_table_slots,
             ring_entries,
             recv_buffers,
@@ -289,6 +301,7 @@ impl Settings {
             max_queued_messages,
             max_queued_bytes,
             queue_qos0_messages,
+            max_awaiting_pubrel,
             outbuf_bytes_max,
             max_keepalive,
             connect_timeout_secs,
@@ -335,26 +348,24 @@ impl Settings {
             socket_sndbuf_bytes: self.socket_sndbuf_bytes.unwrap_or(defaults.socket_sndbuf_bytes),
             tcp_nodelay: self.set_tcp_nodelay.unwrap_or(defaults.tcp_nodelay),
             listen_backlog: self.listen_backlog.unwrap_or(defaults.listen_backlog),
-            close_linger_millis: defaults.close_linger_millis,
+            close_linger_millis: self.close_linger_millis.unwrap_or(defaults.close_linger_millis),
+            turn_packets_max: defaults.turn_packets_max,
         }
     }
 
     fn build_broker(&self) -> BrokerConfig {
         let defaults = BrokerConfig::default();
-        let inflight = match self.max_inflight_messages {
-            Some(0) => INFLIGHT_UNLIMITED,
-            Some(count) => count,
-            None => defaults.max_inflight_messages,
-        };
         BrokerConfig {
             max_packet_size: self.max_packet_size.unwrap_or(defaults.max_packet_size),
-            max_inflight_messages: inflight,
+            // 0 passes through: the core reads it as the whole packet-id space, as Mosquitto.
+            max_inflight_messages: self
+                .max_inflight_messages
+                .unwrap_or(defaults.max_inflight_messages),
             max_queued_messages: self.max_queued_messages.unwrap_or(defaults.max_queued_messages),
             max_queued_bytes: self.max_queued_bytes.unwrap_or(defaults.max_queued_bytes),
             outbuf_bytes_max: self.outbuf_bytes_max.unwrap_or(defaults.outbuf_bytes_max),
             queue_qos0_messages: self.queue_qos0_messages.unwrap_or(defaults.queue_qos0_messages),
-            // No file key yet (the broker core added this bound): the core's default.
-            max_awaiting_pubrel: defaults.max_awaiting_pubrel,
+            max_awaiting_pubrel: self.max_awaiting_pubrel.unwrap_or(defaults.max_awaiting_pubrel),
             max_keepalive_secs: self.max_keepalive.unwrap_or(defaults.max_keepalive_secs),
             connect_timeout_secs: self
                 .connect_timeout_secs
@@ -391,6 +402,7 @@ impl Settings {
             listen_backlog: Some(runtime.listen_backlog),
             socket_rcvbuf_bytes: Some(runtime.socket_rcvbuf_bytes),
             socket_sndbuf_bytes: Some(runtime.socket_sndbuf_bytes),
+            close_linger_millis: Some(runtime.close_linger_millis),
             file_table_slots: Some(runtime.file_table_slots),
             ring_entries: Some(runtime.ring_entries),
             recv_buffers: Some(runtime.recv_buffers),
@@ -402,6 +414,7 @@ impl Settings {
             max_queued_messages: Some(broker.max_queued_messages),
             max_queued_bytes: Some(broker.max_queued_bytes),
             queue_qos0_messages: Some(broker.queue_qos0_messages),
+            max_awaiting_pubrel: Some(broker.max_awaiting_pubrel),
             outbuf_bytes_max: Some(broker.outbuf_bytes_max),
             max_keepalive: Some(broker.max_keepalive_secs),
             connect_timeout_secs: Some(broker.connect_timeout_secs),
@@ -441,6 +454,7 @@ mod tests {
         runtime.listen_backlog += 1;
         runtime.socket_rcvbuf_bytes += 1;
         runtime.socket_sndbuf_bytes += 1;
+        runtime.close_linger_millis += 1;
         runtime.file_table_slots += 1;
         runtime.ring_entries *= 2;
         runtime.recv_buffers /= 2;
@@ -452,6 +466,7 @@ mod tests {
         broker.max_queued_messages += 1;
         broker.max_queued_bytes += 1;
         broker.queue_qos0_messages = !broker.queue_qos0_messages;
+        broker.max_awaiting_pubrel += 1;
         broker.outbuf_bytes_max += 1;
         broker.max_keepalive_secs += 1;
         broker.connect_timeout_secs += 1;
@@ -498,7 +513,7 @@ mod tests {
     #[test]
     fn inflight_zero_means_the_whole_packet_id_space() {
         let settings = Settings { max_inflight_messages: Some(0), ..Default::default() };
-        assert_eq!(settings.build().broker.max_inflight_messages, 65_535);
+        assert_eq!(settings.build().broker.inflight_window(), 65_535);
     }
 
     #[test]

@@ -70,7 +70,7 @@ fn every_limit_has_a_flag() {
     assert!(!config.runtime.tcp_nodelay);
     let broker = &config.broker;
     assert_eq!(broker.max_packet_size, 65_536);
-    assert_eq!(broker.max_inflight_messages, 65_535);
+    assert_eq!((broker.max_inflight_messages, broker.inflight_window()), (0, 65_535));
     assert_eq!((broker.max_queued_messages, broker.max_queued_bytes), (10, 100_000));
     assert_eq!(broker.outbuf_bytes_max, 65_536);
     assert_eq!(broker.max_keepalive_secs, 600);
@@ -209,7 +209,7 @@ fn connection_capacity_is_the_smaller_of_the_two_bounds() {
 fn help_shows_every_settings_default() {
     let help = Cli::command_with_defaults().render_help().to_string();
     let defaults = defaults_table();
-    assert_eq!(defaults.len(), 31, "a setting was added: update the example file and README");
+    assert_eq!(defaults.len(), 33, "a setting was added: update the example file and README");
     for (key, value) in &defaults {
         let flag = format!("--{}", key.replace('_', "-"));
         assert!(help.contains(&flag), "{flag} missing from --help");

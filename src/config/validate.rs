@@ -27,7 +27,8 @@ const SOCKET_INT_MAX: u32 = i32::MAX as u32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelLimits {
     /// RLIMIT_NOFILE: the kernel refuses to register a file table larger than the soft
-    /// limit, and the soft limit can be raised up to the hard one. `None`: unlimited/unknown.
+    /// limit, and the runtime raises the soft limit to the hard one at start, so the hard
+    /// limit bounds `file_table_slots`. `None`: unlimited or unknown.
     pub open_files_soft: Option<u64>,
     pub open_files_hard: Option<u64>,
 }
@@ -159,14 +160,6 @@ fn check_capacity(checker: &mut Checker, runtime: &RuntimeConfig, kernel: &Kerne
             kernel.open_files_hard.map_or("unlimited".to_owned(), |n| n.to_string())
         )
     });
-    if let Some(soft) = kernel.open_files_soft {
-        checker.warn_if(u64::from(slots) > soft && u64::from(slots) <= hard, || {
-            format!(
-                "file_table_slots {slots} exceeds the soft RLIMIT_NOFILE {soft}: the kernel \
-                 registers a table that large only once the soft limit is raised (ulimit -n)"
-            )
-        });
-    }
 }
 
 fn check_rings(checker: &mut Checker, runtime: &RuntimeConfig) {
@@ -196,19 +189,26 @@ fn check_broker(checker: &mut Checker, broker: &BrokerConfig) {
     checker.require((1..=MAX_PACKET_SIZE_MAX).contains(&packet), "max_packet_size", || {
         format!("must be 1..={MAX_PACKET_SIZE_MAX} (MQTT's largest packet), got {packet}")
     });
-    checker.require(broker.max_inflight_messages >= 1, "max_inflight_messages", || {
-        "must be at least 1 (0 in the settings means 65535)".to_owned()
-    });
     for (key, value) in [
-        ("max_queued_messages", broker.max_queued_messages),
-        ("max_queued_bytes", broker.max_queued_bytes),
         ("sessions_max", broker.sessions_max),
         ("subscriptions_per_session_max", broker.subscriptions_per_session_max),
+        ("max_awaiting_pubrel", broker.max_awaiting_pubrel),
     ] {
         checker.require(value >= 1, key, || {
             "must be at least 1 (ringmq bounds every queue and table; Mosquitto's 0 for \
              'no limit' has no equivalent)"
                 .to_owned()
+        });
+    }
+    for (key, value) in [
+        ("max_queued_messages", broker.max_queued_messages),
+        ("max_queued_bytes", broker.max_queued_bytes),
+    ] {
+        checker.warn_if(value == 0, || {
+            format!(
+                "{key} = 0: no message is queued for any session (in Mosquitto 0 meant no \
+                 limit; ringmq bounds every queue)"
+            )
         });
     }
     checker.require(broker.outbuf_bytes_max >= packet, "outbuf_bytes_max", || {
@@ -221,7 +221,7 @@ fn check_broker(checker: &mut Checker, broker: &BrokerConfig) {
     checker.require(broker.connect_timeout_secs >= 1, "connect_timeout_secs", || {
         "must be at least 1".to_owned()
     });
-    checker.warn_if(broker.max_queued_bytes < packet, || {
+    checker.warn_if(broker.max_queued_bytes != 0 && broker.max_queued_bytes < packet, || {
         format!(
             "max_queued_bytes {} is less than max_packet_size {packet}: a session cannot \
              queue one largest message",
@@ -321,23 +321,15 @@ mod tests {
     }
 
     #[test]
-    fn a_table_over_the_soft_rlimit_is_a_warning() {
-        let found = warnings(|r, _| r.file_table_slots = 2048);
-        assert!(found.iter().any(|w| w.contains("soft RLIMIT_NOFILE 1024")), "{found:?}");
-        assert!(!warnings(|r, _| r.file_table_slots = 1024).iter().any(|w| w.contains("soft")));
-    }
-
-    #[test]
     fn unbounded_values_are_rejected() {
         assert_eq!(rejected(|r, _| r.max_connections = 0), ["max_connections"]);
-        assert_eq!(rejected(|_, b| b.max_queued_messages = 0), ["max_queued_messages"]);
-        assert_eq!(rejected(|_, b| b.max_queued_bytes = 0), ["max_queued_bytes"]);
+        assert_eq!(rejected(|_, b| b.max_awaiting_pubrel = 0), ["max_awaiting_pubrel"]);
         assert_eq!(rejected(|_, b| b.sessions_max = 0), ["sessions_max"]);
         assert_eq!(
             rejected(|_, b| b.subscriptions_per_session_max = 0),
             ["subscriptions_per_session_max"]
         );
-        assert_eq!(rejected(|_, b| b.max_inflight_messages = 0), ["max_inflight_messages"]);
+        assert!(rejected(|_, b| b.max_inflight_messages = 0).is_empty(), "0 = no maximum");
         assert_eq!(rejected(|_, b| b.connect_timeout_secs = 0), ["connect_timeout_secs"]);
     }
 
@@ -359,6 +351,16 @@ mod tests {
             b.max_packet_size = 0;
         });
         assert_eq!(keys, ["workers", "ring_entries", "max_packet_size"]);
+    }
+
+    #[test]
+    fn queue_bounds_of_zero_are_legal_but_warned_about() {
+        // The core defines 0 as "nothing is queued"; Mosquitto users may mean "no limit".
+        let found = warnings(|_, b| b.max_queued_messages = 0);
+        assert!(found.iter().any(|w| w.starts_with("max_queued_messages = 0")), "{found:?}");
+        let found = warnings(|_, b| b.max_queued_bytes = 0);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("max_queued_bytes = 0"), "{found:?}");
     }
 
     #[test]

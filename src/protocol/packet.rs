@@ -184,7 +184,7 @@ pub struct Connect {
     pub password: Option<Bytes>,
 }
 
-/// CONNACK return codes [MQTT-3.2.2-4].
+/// CONNACK return codes (section 3.2.2.3, table 3.1; 6-255 are reserved).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[repr(u8)]
 pub enum ConnectReturnCode {
@@ -359,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn connect_return_codes_0_to_5_exist_mqtt_3_2_2_3() {
+    fn connect_return_codes_0_to_5_exist_table_3_1() {
         for value in 0..=u8::MAX {
             let code = ConnectReturnCode::from_u8(value);
             assert_eq!(code.is_some(), value <= 5, "{value}");

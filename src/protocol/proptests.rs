@@ -40,8 +40,14 @@ fn check_accepted_is_valid(packet: &Packet) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// 1000 cases per property by default (about a second in all); `PROPTEST_CASES` sets more
+/// for a longer search.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(1000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn every_packet_round_trips(packet in any_packet()) {

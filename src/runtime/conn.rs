@@ -14,8 +14,10 @@
 
 use bytes::BytesMut;
 
+use super::msg_ring::HandoffKey;
 use super::send::SendOp;
-use crate::broker::ConnId;
+use crate::broker::{ConnId, WorkerId};
+use crate::protocol::Connect;
 
 /// Where a slot is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -26,7 +28,8 @@ pub enum Phase {
     Open,
     /// On its way to `IORING_OP_CLOSE`.
     Closing,
-    /// Waiting for its receive to stop, then its descriptor goes to another worker.
+    /// Waiting for its receive to stop, then its descriptor goes to another worker (the
+    /// final step is the MSG_RING instead of the close; the close follows it).
     HandingOff,
 }
 
@@ -39,7 +42,7 @@ pub enum CloseStep {
     Send,
     /// The multishot receive is still armed: cancel it.
     CancelRecv,
-    /// Nothing in flight: close the descriptor.
+    /// Nothing in flight: close the descriptor (or, handing off, send it to its worker).
     Close,
 }
 
@@ -65,6 +68,20 @@ pub struct Conn {
     pub input: BytesMut,
     /// Output taken from the broker and the send in flight; `None` when there is none.
     pub send: Option<Box<SendOp>>,
+    /// Reading paused by mesh backpressure: the receive is cancelled and not re-armed, and
+    /// the input is not decoded, until the worker's peers have room again.
+    pub paused: bool,
+    /// Where a `HandingOff` connection goes, and with what.
+    pub handoff: Option<Box<PendingHandoff>>,
+}
+
+/// A connection on its way to its session's home worker.
+#[derive(Debug)]
+pub struct PendingHandoff {
+    pub to: WorkerId,
+    pub connect: Connect,
+    /// Set when the descriptor is sent; the record carries it too.
+    pub key: Option<HandoffKey>,
 }
 
 impl Conn {
@@ -81,13 +98,18 @@ impl Conn {
             flush_listed: false,
             input: BytesMut::new(),
             send: None,
+            paused: false,
+            handoff: None,
         }
     }
 
     /// Takes a freed slot for a new connection, with the next generation.
     pub fn open(&mut self) {
         assert_eq!(self.phase, Phase::Free, "accept into a slot that is not free");
-        assert!(self.send.is_none() && self.input.is_empty(), "a free slot holds state");
+        assert!(
+            self.send.is_none() && self.input.is_empty() && self.handoff.is_none(),
+            "a free slot holds state"
+        );
         let generation = self.generation.wrapping_add(1);
         *self = Self { generation, phase: Phase::Open, peer_alive: true, ..Self::free() };
     }

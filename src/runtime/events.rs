@@ -27,7 +27,17 @@ impl Worker {
             Op::Wake => self.on_wake(now),
             // Its effect shows on the accept (ECANCELED); nothing to do here.
             Op::CancelAccept => {}
-            Op::SendFd | Op::Mesh => panic!("mesh completion {data:?} without a mesh"),
+            Op::SendFd => self.on_send_fd(completion),
+            Op::HandoffFd => self.on_handoff_fd(completion, now),
+            // The items are drained every turn; the doorbell only ended our wait.
+            Op::Doorbell => {}
+            // Only failures complete. A peer that has left its loop at a stop may have closed
+            // its ring; otherwise a wrong ring fd is a bug.
+            Op::DoorbellFailed => assert!(
+                self.stopping.is_some(),
+                "a doorbell failed ({}): a peer's ring fd is wrong or closed",
+                completion.result
+            ),
         }
     }
 
@@ -129,7 +139,11 @@ impl Worker {
         }
         match completion.errno() {
             None if completion.result > 0 => {
-                if self.conns.slot_mut(slot).phase == Phase::Open {
+                let hold = self.must_hold_input();
+                let conn = self.conns.slot_mut(slot);
+                if conn.phase == Phase::Open && (conn.paused || hold) {
+                    self.pause_reading(id);
+                } else if conn.phase == Phase::Open {
                     self.decode_input(id, now);
                 }
             }
@@ -147,7 +161,9 @@ impl Worker {
         }
         let conn = self.conns.slot_mut(slot);
         match conn.phase {
-            Phase::Open if !conn.recv_armed && conn.peer_alive => self.arm_recv(slot),
+            Phase::Open if !conn.recv_armed && conn.peer_alive && !conn.paused => {
+                self.arm_recv(slot)
+            }
             Phase::Closing | Phase::HandingOff => self.advance_close(slot),
             _ => {}
         }
@@ -156,9 +172,13 @@ impl Worker {
     /// Decodes every complete packet in the connection's input and feeds it to the broker,
     /// applying the broker's actions after each, so that a packet which closes or hands off
     /// the connection stops the decoding (the rest then stays as input for the handoff).
-    fn decode_input(&mut self, id: ConnId, now: Millis) {
+    pub(super) fn decode_input(&mut self, id: ConnId, now: Millis) {
         let max_packet_bytes = self.broker.config().max_packet_size;
         loop {
+            if self.must_hold_input() {
+                self.pause_reading(id);
+                return;
+            }
             let Some(conn) = self.conns.get_mut(id) else { return };
             if conn.phase != Phase::Open || conn.input_closed {
                 return;
@@ -166,6 +186,7 @@ impl Worker {
             match protocol::decode(&mut conn.input, max_packet_bytes) {
                 Ok(Some(packet)) => {
                     self.counters.packets_decoded += 1;
+                    self.decode_budget -= 1;
                     self.broker.handle_packet(id, packet, now);
                     self.apply_actions(now);
                 }
@@ -216,7 +237,9 @@ impl Worker {
             .send
             .as_mut()
             .unwrap_or_else(|| panic!("send completion for {id:?} without an op"));
+        let partial = sent_bytes < op.covered_bytes();
         let unsent = op.complete(sent_bytes);
+        self.counters.partial_sends += u64::from(partial);
         self.counters.sends += 1;
         self.counters.sent_bytes += sent_bytes as u64;
         if let Some(errno) = completion.errno() {
@@ -230,7 +253,6 @@ impl Worker {
                 self.broker.handle_sent(id, sent_bytes, now);
             }
             if unsent {
-                self.counters.partial_sends += 1;
                 self.list_for_flush(slot);
             } else if let Some(op) = self.conns.slot_mut(slot).send.take_if(|op| !op.has_unsent()) {
                 self.sends.give(op);
@@ -248,7 +270,9 @@ impl Worker {
         let conn = self.conns.slot_mut(id.slot());
         assert!(conn.cancels_in_flight > 0, "cancel completion without a cancel");
         conn.cancels_in_flight -= 1;
-        self.advance_close(id.slot());
+        if matches!(conn.phase, Phase::Closing | Phase::HandingOff) {
+            self.advance_close(id.slot());
+        }
     }
 
     fn on_close(&mut self, completion: Completion) {

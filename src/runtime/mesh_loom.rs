@@ -1,5 +1,5 @@
 //! `loom` models of the wake protocol, run with
-//! `RUSTFLAGS="--cfg loom" cargo test --release --lib runtime::mesh`. Each explores every
+//! `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`. Each explores every
 //! interleaving (and the weak-memory outcomes loom models) of the real `MeshEnd` code; a
 //! "sleep" is `prepare_to_sleep` returning true, and the property is that such a sleep is
 //! always followed by a doorbell for it.

@@ -20,10 +20,12 @@ pub mod bufring;
 pub mod config;
 pub mod conn;
 mod events;
+mod handoff;
 pub mod listener;
 pub mod mesh;
 pub mod msg_ring;
 mod output;
+mod pacing;
 pub mod peers;
 pub mod probe;
 pub mod send;
@@ -40,9 +42,9 @@ pub use config::RuntimeConfig;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::broker::BrokerConfig;
 use signals::Stopper;
@@ -53,8 +55,18 @@ pub fn run(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<()> {
     // Before any thread exists, so every worker inherits the mask and only `sigwait` sees them.
     signals::block()?;
     let running = start(runtime, broker)?;
-    let signal = signals::wait_for_stop()?;
-    tracing::info!(signal, "stopping");
+    // Signals, and a look every so often for a worker that ended on its own (a failure): then
+    // the others are stopped too and its error is returned.
+    loop {
+        if let Some(signal) = signals::wait_for_stop(Duration::from_millis(200))? {
+            tracing::info!(signal, "stopping");
+            break;
+        }
+        if running.threads.iter().any(JoinHandle::is_finished) {
+            tracing::error!("a worker ended unexpectedly: stopping the others");
+            break;
+        }
+    }
     running.stop();
     running.join()?;
     Ok(())
@@ -98,13 +110,6 @@ impl Running {
 /// has built its state (or the first failure, after stopping the others).
 pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Running> {
     runtime.validate().map_err(|error| anyhow::anyhow!("runtime configuration: {error}"))?;
-    if runtime.workers > 1 {
-        anyhow::bail!(
-            "{} workers need the cross-worker mesh, which is not wired into the runtime yet; \
-             run with --workers 1",
-            runtime.workers
-        );
-    }
     // On a thread of its own, so the caller's thread gets no io_uring task context (whose
     // task work would interrupt its blocking calls) from the throwaway rings.
     let msg_ring = runtime.workers > 1;
@@ -120,6 +125,15 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
     let workers = u16::try_from(runtime.workers)?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(runtime.workers);
+    let gates = Arc::new(Gates::new(runtime.workers));
+    let mut meshes: Vec<Option<mesh::MeshEnd<peers::MeshItem>>> = if runtime.workers > 1 {
+        mesh::build(runtime.workers, mesh::MeshLimits::from_config(&runtime))
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        vec![None]
+    };
     for (index, sockets) in listeners.per_worker.into_iter().enumerate() {
         let setup = WorkerSetup {
             index: u16::try_from(index)?,
@@ -131,11 +145,13 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
             stop: stopper.watch(index),
             connections: Arc::clone(&connections),
             epoch,
+            mesh: meshes[index].take(),
         };
         let ready = ready_tx.clone();
+        let gates = Arc::clone(&gates);
         let thread = std::thread::Builder::new()
             .name(format!("ringmq-w{index}"))
-            .spawn(move || worker_main(setup, &ready))?;
+            .spawn(move || worker_main(setup, &ready, &gates))?;
         threads.push(thread);
     }
     drop(ready_tx);
@@ -145,6 +161,7 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
         let ready =
             ready_rx.recv().unwrap_or_else(|_| Err("a worker ended during start-up".to_owned()));
         if let Err(error) = ready {
+            gates.open(false);
             running.stop();
             let joined = running.join();
             return Err(
@@ -152,13 +169,62 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
             );
         }
     }
+    // Every ring fd is registered in the mesh now: the workers may ring each other.
+    gates.open(true);
     Ok(running)
+}
+
+/// Start-up and exit rendezvous of the workers: none runs before every ring is registered in
+/// the mesh (a doorbell needs its target's fd), and none closes its ring while another may
+/// still ring it.
+#[derive(Debug)]
+struct Gates {
+    workers: usize,
+    /// `None` until start-up is decided: `Some(true)` run, `Some(false)` give up.
+    go: Mutex<Option<bool>>,
+    exited: Mutex<usize>,
+    changed: Condvar,
+}
+
+/// How long a stopped worker waits for the others before closing its ring anyway (a worker
+/// that panicked never arrives).
+const EXIT_WAIT: Duration = Duration::from_secs(1);
+
+impl Gates {
+    fn new(workers: usize) -> Self {
+        Self { workers, go: Mutex::new(None), exited: Mutex::new(0), changed: Condvar::new() }
+    }
+
+    fn open(&self, run: bool) {
+        *self.go.lock().unwrap_or_else(PoisonError::into_inner) = Some(run);
+        self.changed.notify_all();
+    }
+
+    fn wait_for_go(&self) -> bool {
+        let go = self.go.lock().unwrap_or_else(PoisonError::into_inner);
+        let go =
+            self.changed.wait_while(go, |go| go.is_none()).unwrap_or_else(PoisonError::into_inner);
+        go.unwrap_or(false)
+    }
+
+    fn exit(&self) {
+        let mut exited = self.exited.lock().unwrap_or_else(PoisonError::into_inner);
+        *exited += 1;
+        self.changed.notify_all();
+        let deadline = Instant::now() + EXIT_WAIT;
+        while *exited < self.workers {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+            exited =
+                self.changed.wait_timeout(exited, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
 }
 
 /// A worker thread: pin, build, report readiness, loop.
 fn worker_main(
     setup: WorkerSetup,
     ready: &mpsc::Sender<Result<(), String>>,
+    gates: &Gates,
 ) -> anyhow::Result<WorkerCounters> {
     let index = setup.index;
     // Pin before allocating, so the worker's memory comes from its own core's node.
@@ -177,7 +243,12 @@ fn worker_main(
         }
     };
     let _ = ready.send(Ok(()));
-    worker.run()?;
+    if !gates.wait_for_go() {
+        return Ok(worker.counters.clone());
+    }
+    let result = worker.run();
+    gates.exit();
+    result?;
     Ok(worker.counters.clone())
 }
 

@@ -1,37 +1,151 @@
-//! The worker's link to the other workers: where `Action::Remote` and `Action::Handoff` go, and
-//! where inbound cross-worker messages come from (phase 3 of the loop turn).
+//! The worker's link to the other workers: where `Action::Remote` and `Action::Handoff` go,
+//! and where inbound cross-worker items come from (phase 3 of the loop turn).
 //!
-//! This is the one integration point for the mesh (SPSC rings per ordered pair, MSG_RING
-//! doorbells, descriptor passing; `spsc.rs`/`mesh.rs`). Until the mesh is wired, only a
-//! single-worker runtime exists ([`Peers::solo`]); a lone broker never addresses another
-//! worker, so a remote message or a handoff here is a broken invariant.
+//! It wraps the mesh ([`super::mesh`]: an SPSC ring per ordered pair, overflow with
+//! backpressure, the sleeping-flag wake protocol) and the descriptor handoff pairing
+//! ([`super::msg_ring`]). A single-worker runtime has no mesh ([`Peers::solo`]): a lone broker
+//! never addresses another worker, so a remote item there is a broken invariant.
+//!
+//! A handoff record travels on the SPSC ring, its direct descriptor by MSG_RING; both carry
+//! the same [`HandoffKey`], and the receiving side pairs them in either order.
 
+use std::os::fd::RawFd;
+
+use bytes::BytesMut;
+
+use super::mesh::{Backpressure, MeshEnd, MeshStats};
+use super::msg_ring::{HandoffKey, HandoffKeys, HandoffPairing};
 use crate::broker::{RemoteMsg, WorkerId};
+use crate::protocol::Connect;
+
+/// What travels between workers.
+#[derive(Debug)]
+pub enum MeshItem {
+    Remote(RemoteMsg),
+    Handoff(HandoffRecord),
+}
+
+/// A connection moving to its session's home worker: its CONNECT and the bytes read after it.
+#[derive(Debug)]
+pub struct HandoffRecord {
+    pub key: HandoffKey,
+    pub connect: Connect,
+    pub leftover: BytesMut,
+}
+
+/// An inbound item, as phase 3 hands it to the worker.
+#[derive(Debug)]
+pub enum Inbound {
+    Remote(WorkerId, RemoteMsg),
+    /// A handed-off connection whose descriptor (now in `slot`) and record have both arrived.
+    Adopt(u32, HandoffRecord),
+}
 
 /// What this worker can reach.
 #[derive(Debug)]
 pub struct Peers {
-    me: WorkerId,
+    mesh: Option<MeshEnd<MeshItem>>,
+    keys: HandoffKeys,
+    pairing: HandoffPairing<HandoffRecord>,
 }
 
 impl Peers {
     /// The peers of the only worker: none.
     pub fn solo(me: WorkerId) -> Self {
         assert_eq!(me, WorkerId(0), "a solo worker is worker 0");
-        Self { me }
+        Self { mesh: None, keys: HandoffKeys::new(me), pairing: HandoffPairing::new(0) }
     }
 
-    /// Queues `msg` for worker `to`, FIFO per destination.
-    pub fn send(&mut self, to: WorkerId, msg: RemoteMsg) {
-        panic!(
-            "worker {:?} asked to send {msg:?} to {to:?}, but there is no other worker",
-            self.me
-        );
+    /// The peers reachable through `mesh`; `file_table_slots` bounds pending handoffs.
+    pub fn meshed(mesh: MeshEnd<MeshItem>, file_table_slots: u32) -> Self {
+        let keys = HandoffKeys::new(mesh.worker());
+        Self { mesh: Some(mesh), keys, pairing: HandoffPairing::new(file_table_slots as usize) }
     }
 
-    /// Delivers up to `budget` inbound messages to `deliver`; returns how many.
-    pub fn drain(&mut self, budget: usize, deliver: impl FnMut(WorkerId, RemoteMsg)) -> usize {
-        let _ = (budget, deliver);
-        0
+    fn mesh(&mut self) -> &mut MeshEnd<MeshItem> {
+        self.mesh
+            .as_mut()
+            .unwrap_or_else(|| panic!("a cross-worker item in a single-worker runtime"))
+    }
+
+    /// Publishes this worker's ring for its peers' doorbells and handoffs.
+    pub fn register_ring_fd(&self, ring_fd: RawFd) {
+        if let Some(mesh) = &self.mesh {
+            mesh.register_ring_fd(ring_fd);
+        }
+    }
+
+    /// The ring of worker `to`, for a handoff's MSG_RING.
+    pub fn ring_fd(&self, to: WorkerId) -> RawFd {
+        let mesh =
+            self.mesh.as_ref().unwrap_or_else(|| panic!("handoff in a single-worker runtime"));
+        mesh.ring_fd(to).unwrap_or_else(|| panic!("worker {to:?} has no ring fd registered"))
+    }
+
+    /// Queues `msg` for worker `to`, FIFO per destination; visible at the next `flush`.
+    pub fn send(&mut self, to: WorkerId, msg: RemoteMsg) -> Backpressure {
+        self.mesh().push(to, MeshItem::Remote(msg))
+    }
+
+    /// Queues a handoff record for worker `to` (after its descriptor arrived there).
+    pub fn send_record(&mut self, to: WorkerId, record: HandoffRecord) -> Backpressure {
+        self.mesh().push(to, MeshItem::Handoff(record))
+    }
+
+    pub fn next_handoff_key(&mut self) -> HandoffKey {
+        self.keys.next_key()
+    }
+
+    /// A handed-off descriptor arrived in `slot`; returns the pair if its record is here.
+    pub fn on_handoff_slot(&mut self, key: HandoffKey, slot: u32) -> Option<(u32, HandoffRecord)> {
+        self.pairing.on_slot(key, slot)
+    }
+
+    /// Up to `max_per_peer` items from each peer, in order per peer, each turned into what the
+    /// worker acts on (a record waiting for its descriptor is kept back).
+    pub fn drain(&mut self, max_per_peer: usize, mut each: impl FnMut(Inbound)) -> usize {
+        let Some(mesh) = self.mesh.as_mut() else { return 0 };
+        let pairing = &mut self.pairing;
+        mesh.drain(max_per_peer, |from, item| match item {
+            MeshItem::Remote(msg) => each(Inbound::Remote(from, msg)),
+            MeshItem::Handoff(record) => {
+                if let Some((slot, record)) = pairing.on_record(record.key, record) {
+                    each(Inbound::Adopt(slot, record));
+                }
+            }
+        })
+    }
+
+    /// End of turn: publishes what was pushed and calls `doorbell(ring_fd)` for each peer to
+    /// wake.
+    pub fn flush(&mut self, mut doorbell: impl FnMut(RawFd)) {
+        if let Some(mesh) = self.mesh.as_mut() {
+            mesh.flush(|_, fd| doorbell(fd));
+        }
+    }
+
+    /// Whether the worker may sleep; if true, call [`Self::woke`] after the wait.
+    pub fn prepare_to_sleep(&mut self) -> bool {
+        self.mesh.as_mut().is_none_or(MeshEnd::prepare_to_sleep)
+    }
+
+    pub fn woke(&mut self) {
+        if let Some(mesh) = self.mesh.as_mut() {
+            mesh.woke();
+        }
+    }
+
+    /// True while a peer's overflow is at its bound: stop reading from connections.
+    pub fn is_backpressured(&self) -> bool {
+        self.mesh.as_ref().is_some_and(MeshEnd::is_backpressured)
+    }
+
+    /// Descriptors that arrived without their record, to close at shutdown.
+    pub fn take_unpaired_slots(&mut self) -> Vec<u32> {
+        self.pairing.take_unpaired_slots()
+    }
+
+    pub fn stats(&self) -> Option<MeshStats> {
+        self.mesh.as_ref().map(|mesh| *mesh.stats())
     }
 }

@@ -97,22 +97,32 @@ pub fn block() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM (logging and ignoring SIGHUP) and returns its name.
-pub fn wait_for_stop() -> io::Result<&'static str> {
+/// Waits up to `timeout` for SIGINT or SIGTERM (logging and ignoring SIGHUP); returns its
+/// name, or `None` when the time passed without one.
+pub fn wait_for_stop(timeout: std::time::Duration) -> io::Result<Option<&'static str>> {
     let set = signal_set();
+    let timespec = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
     loop {
-        let mut signal = 0;
-        // SAFETY: `set` is initialised and blocked (by `block`); `signal` is a live out-value.
-        let result = unsafe { libc::sigwait(&set, &mut signal) };
-        if result != 0 {
-            return Err(io::Error::from_raw_os_error(result));
-        }
+        // SAFETY: `set` is initialised and blocked (by `block`); no siginfo is asked for.
+        let signal = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timespec) };
         match signal {
-            libc::SIGINT => return Ok("SIGINT"),
-            libc::SIGTERM => return Ok("SIGTERM"),
-            _ => tracing::info!(
-                "SIGHUP received: reserved (configuration reload is not built), ignored"
-            ),
+            libc::SIGINT => return Ok(Some("SIGINT")),
+            libc::SIGTERM => return Ok(Some("SIGTERM")),
+            libc::SIGHUP => {
+                tracing::info!(
+                    "SIGHUP received: reserved (configuration reload is not built), ignored"
+                );
+            }
+            _ => {
+                let error = io::Error::last_os_error();
+                return match error.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR) => Ok(None),
+                    _ => Err(error),
+                };
+            }
         }
     }
 }

@@ -170,3 +170,264 @@ fn receives_survive_a_ring_with_one_buffer() {
     // Whether a receive found the ring empty depends on timing; it is reported, not assumed.
     eprintln!("receives without a buffer: {}", counters[0].recv_no_buffers);
 }
+
+/// A minimal MQTT client over our own codec, for the cross-worker test.
+struct Client {
+    stream: TcpStream,
+    input: bytes::BytesMut,
+}
+
+impl Client {
+    fn connect(running: &Running, client_id: &str) -> Self {
+        use crate::protocol::{Connect, Packet, ProtocolVersion, Utf8Bytes};
+        let mut client = Self { stream: connect(running), input: bytes::BytesMut::new() };
+        let client_id = Utf8Bytes::new(bytes::Bytes::from(client_id.to_owned())).expect("utf-8");
+        client.send(&Packet::Connect(Connect {
+            protocol: ProtocolVersion::V311,
+            clean_session: true,
+            keep_alive_secs: 30,
+            client_id,
+            will: None,
+            username: None,
+            password: None,
+        }));
+        assert!(matches!(client.receive(), Packet::Connack(_)));
+        client
+    }
+
+    fn send(&mut self, packet: &crate::protocol::Packet) {
+        let mut out = bytes::BytesMut::new();
+        crate::protocol::encode(packet, &mut out);
+        self.stream.write_all(&out).expect("write");
+    }
+
+    fn receive(&mut self) -> crate::protocol::Packet {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(packet) =
+                crate::protocol::decode(&mut self.input, 1 << 20).expect("valid MQTT")
+            {
+                return packet;
+            }
+            assert!(Instant::now() < deadline, "no packet within two seconds");
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("closed by the broker"),
+                Ok(len) => self.input.extend_from_slice(&chunk[..len]),
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(error) => panic!("read: {error}"),
+            }
+        }
+    }
+}
+
+/// Two workers: connections land on either (SO_REUSEPORT) and move to their client id's home
+/// worker, and publishes reach subscribers on the other worker through the mesh. With 16
+/// clients, that none needs a handoff has a chance of 2^-16.
+#[test]
+fn two_workers_hand_connections_home_and_route_across_the_mesh() {
+    use crate::protocol::{
+        Packet, PacketId, Publish, QoS, Subscribe, TopicFilter, TopicName, Utf8Bytes,
+    };
+    let running = runtime(|config| config.workers = 2);
+    let mut subscribers: Vec<Client> =
+        (0..8).map(|i| Client::connect(&running, &format!("sub-{i}"))).collect();
+    let packet_id = PacketId::new(1).expect("non-zero");
+    for subscriber in &mut subscribers {
+        let filter = TopicFilter::new(Utf8Bytes::from_static("x/#")).expect("filter");
+        subscriber.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            filters: vec![(filter, QoS::AtMostOnce)],
+        }));
+        assert!(matches!(subscriber.receive(), Packet::Suback(_)));
+    }
+    // Interest travels between workers asynchronously; give it a moment to settle.
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..8 {
+        let mut publisher = Client::connect(&running, &format!("pub-{i}"));
+        let topic =
+            TopicName::new(Utf8Bytes::new(bytes::Bytes::from(format!("x/{i}"))).expect("utf-8"))
+                .expect("topic");
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic,
+            packet_id: Some(packet_id),
+            payload: bytes::Bytes::from(vec![i as u8; 8]),
+        }));
+        assert_eq!(publisher.receive(), Packet::Puback(packet_id));
+    }
+    for subscriber in &mut subscribers {
+        let mut seen: Vec<u8> = (0..8)
+            .map(|_| match subscriber.receive() {
+                Packet::Publish(publish) => publish.payload[0],
+                other => panic!("expected PUBLISH, got {other:?}"),
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..8).collect::<Vec<u8>>(), "every subscriber got every message");
+    }
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    let out: u64 = counters.iter().map(|c| c.handoffs_out).sum();
+    let into: u64 = counters.iter().map(|c| c.handoffs_in).sum();
+    assert!(out > 0, "{counters:?}");
+    assert_eq!(out, into, "every handed-off connection arrived");
+    assert_eq!(counters.iter().map(|c| c.handoff_failures).sum::<u64>(), 0);
+}
+
+/// A client id whose session lives on `worker` of `workers`.
+fn client_id_homed_on(prefix: &str, worker: u16, workers: u16) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|id| crate::broker::home_worker(id.as_bytes(), workers).0 == worker)
+        .expect("some id hashes to every worker")
+}
+
+/// A publisher on worker `from` floods a QoS 1 subscriber on worker `to` with 300 messages in
+/// one write; every message arrives, in order. Returns the workers' counters.
+fn flood(running: Running, from: u16, to: u16) -> Vec<super::worker::WorkerCounters> {
+    use crate::protocol::{
+        Packet, PacketId, Publish, QoS, Subscribe, TopicFilter, TopicName, Utf8Bytes,
+    };
+    let workers = u16::try_from(running.threads.len()).expect("at most 128 workers");
+    let mut subscriber = Client::connect(&running, &client_id_homed_on("sub", to, workers));
+    let first = PacketId::new(1).expect("non-zero");
+    let filter = TopicFilter::new(Utf8Bytes::from_static("flood/#")).expect("filter");
+    subscriber.send(&Packet::Subscribe(Subscribe {
+        packet_id: first,
+        filters: vec![(filter, QoS::AtLeastOnce)],
+    }));
+    assert!(matches!(subscriber.receive(), Packet::Suback(_)));
+    let mut publisher = Client::connect(&running, &client_id_homed_on("pub", from, workers));
+    const MESSAGES: u16 = 300;
+    let mut burst = bytes::BytesMut::new();
+    for n in 1..=MESSAGES {
+        let publish = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: TopicName::from_static("flood/x"),
+            packet_id: PacketId::new(n),
+            payload: bytes::Bytes::copy_from_slice(&n.to_be_bytes()),
+        });
+        crate::protocol::encode(&publish, &mut burst);
+    }
+    publisher.stream.write_all(&burst).expect("write");
+    let mut received = Vec::new();
+    while received.len() < usize::from(MESSAGES) {
+        match subscriber.receive() {
+            Packet::Publish(publish) => {
+                received.push(u16::from_be_bytes([publish.payload[0], publish.payload[1]]));
+                subscriber.send(&Packet::Puback(publish.packet_id.expect("QoS 1")));
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    // [MQTT-4.6.0-2] order is kept for one publisher on one topic.
+    assert_eq!(received, (1..=MESSAGES).collect::<Vec<_>>());
+    running.stop();
+    running.join().expect("clean stop")
+}
+
+/// A tiny mesh (one item per ring, an overflow bound of one): the flood from worker 1 to
+/// worker 0 drives the mesh into backpressure; worker 1's reading pauses and resumes, and
+/// nothing is lost or reordered.
+#[test]
+fn mesh_backpressure_pauses_reading_and_loses_nothing() {
+    let running = runtime(|config| {
+        config.workers = 2;
+        config.mesh_ring_depth = 1;
+        config.mesh_overflow_max = 1;
+    });
+    let counters = flood(running, 1, 0);
+    assert!(counters[1].reads_paused > 0, "the flood met backpressure: {counters:?}");
+}
+
+/// A turn decodes at most `turn_packets_max` packets: the rest of a burst waits for later
+/// turns (its receive paused), and still arrives complete and in order.
+#[test]
+fn the_turn_budget_defers_input_without_losing_it() {
+    let running = runtime(|config| config.turn_packets_max = 8);
+    let counters = flood(running, 0, 0);
+    assert!(counters[0].reads_paused > 0, "the burst exceeded a turn's budget: {counters:?}");
+}
+
+/// A closing connection whose peer does not read: its output cannot leave, and after
+/// `close_linger_millis` the send is cancelled and the connection closed anyway.
+#[test]
+fn a_close_waits_for_output_only_until_the_linger_deadline() {
+    use crate::protocol::{
+        Packet, PacketId, Publish, QoS, Subscribe, TopicFilter, TopicName, Utf8Bytes,
+    };
+    let running = runtime(|config| {
+        config.socket_sndbuf_bytes = 4096;
+        config.close_linger_millis = 200;
+    });
+    let mut reader = Client::connect(&running, "stalled");
+    let packet_id = PacketId::new(1).expect("non-zero");
+    let filter = TopicFilter::new(Utf8Bytes::from_static("big")).expect("filter");
+    reader.send(&Packet::Subscribe(Subscribe {
+        packet_id,
+        filters: vec![(filter, QoS::AtMostOnce)],
+    }));
+    assert!(matches!(reader.receive(), Packet::Suback(_)));
+    let mut publisher = Client::connect(&running, "flooder");
+    for _ in 0..64 {
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: TopicName::from_static("big"),
+            packet_id: None,
+            payload: bytes::Bytes::from(vec![7u8; 64 * 1024]),
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The reader has read nothing since SUBACK: the broker's send to it is stuck. Now it
+    // breaks the protocol, so the broker closes it.
+    reader.stream.write_all(UNDECODABLE).expect("write");
+    std::thread::sleep(Duration::from_millis(600));
+    reader.stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    assert!(closed_by_server(&mut reader.stream), "closed after the linger time");
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert_eq!(counters[0].linger_expired, 1, "{counters:?}");
+}
+
+/// The broker's keepalive wheel is driven by the wait's timeout: a client silent for 1.5 times
+/// its keepalive is closed [MQTT-3.1.2-24], and the idle worker does not spin meanwhile (a
+/// handful of loop turns, not thousands).
+#[test]
+fn keepalive_expiry_is_driven_by_the_wait_timeout_without_spinning() {
+    use crate::protocol::{Connect, Packet, ProtocolVersion, Utf8Bytes};
+    let running = runtime(|_| {});
+    let mut client = Client { stream: connect(&running), input: bytes::BytesMut::new() };
+    client.send(&Packet::Connect(Connect {
+        protocol: ProtocolVersion::V311,
+        clean_session: true,
+        keep_alive_secs: 1,
+        client_id: Utf8Bytes::from_static("sleepy"),
+        will: None,
+        username: None,
+        password: None,
+    }));
+    assert!(matches!(client.receive(), Packet::Connack(_)));
+    let began = Instant::now();
+    client.stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    assert!(closed_by_server(&mut client.stream), "closed for silence");
+    let silent = began.elapsed();
+    assert!(
+        silent >= Duration::from_millis(1400),
+        "closed after {silent:?}, before 1.5 x keepalive"
+    );
+    assert!(silent < Duration::from_millis(2500), "closed only after {silent:?}");
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert!(counters[0].ring.turns < 100, "the idle loop spun: {:?}", counters[0].ring);
+}

@@ -24,14 +24,19 @@ pub enum Op {
     Wake = 6,
     /// Cancel of a listener's multishot accept, at shutdown.
     CancelAccept = 7,
-    /// Send of a connection's direct descriptor to another ring (handoff).
+    /// Send of a connection's direct descriptor to another ring (handoff), on the sender.
     SendFd = 8,
-    /// A message from another ring (MSG_RING): a doorbell or a received descriptor.
-    Mesh = 9,
+    /// A handed-off descriptor landing in our table (MSG_RING from a peer); `slot` and
+    /// `generation` carry the handoff key (source worker, sequence).
+    HandoffFd = 9,
+    /// A peer's doorbell (MSG_RING): mesh items are waiting.
+    Doorbell = 10,
+    /// Our doorbell to a peer failed (only failures complete: `IOSQE_CQE_SKIP_SUCCESS`).
+    DoorbellFailed = 11,
 }
 
 impl Op {
-    const ALL: [Op; 9] = [
+    const ALL: [Op; 11] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -40,7 +45,9 @@ impl Op {
         Op::Wake,
         Op::CancelAccept,
         Op::SendFd,
-        Op::Mesh,
+        Op::HandoffFd,
+        Op::Doorbell,
+        Op::DoorbellFailed,
     ];
 
     fn from_u8(value: u8) -> Option<Op> {

@@ -24,7 +24,8 @@ use io_uring::{opcode, types};
 use super::bufring::BufRing;
 use super::config::RuntimeConfig;
 use super::conn::ConnTable;
-use super::peers::Peers;
+use super::mesh::MeshEnd;
+use super::peers::{Inbound, MeshItem, Peers};
 use super::send::SendPool;
 use super::signals::StopWatch;
 use super::uring::{Completion, Ring, RingCounters};
@@ -56,6 +57,8 @@ pub struct WorkerSetup {
     pub connections: Arc<AtomicUsize>,
     /// The shared zero of every worker's `Millis`.
     pub epoch: Instant,
+    /// This worker's end of the mesh; `None` when it is the only worker.
+    pub mesh: Option<MeshEnd<MeshItem>>,
 }
 
 /// Counters, not log lines, per event on the message path; logged when the worker stops.
@@ -76,11 +79,22 @@ pub struct WorkerCounters {
     pub packets_decoded: u64,
     pub decode_errors: u64,
     pub sends: u64,
+    /// Sends the kernel completed with fewer bytes than they covered.
     pub partial_sends: u64,
     pub sent_bytes: u64,
     pub send_errors: u64,
     /// Closing connections whose output did not leave within the linger time.
     pub linger_expired: u64,
+    /// Connections moved to their session's home worker, and those that could not be (the
+    /// target's table was full: closed).
+    pub handoffs_out: u64,
+    pub handoff_failures: u64,
+    /// Connections adopted from another worker.
+    pub handoffs_in: u64,
+    /// Receives paused: the turn's decode budget was spent, or the mesh was backpressured.
+    pub reads_paused: u64,
+    /// The ring's own counters (turns, completions, SQ flushes, CQ overflows), as of the stop.
+    pub ring: RingCounters,
 }
 
 /// One multishot-accepting listener.
@@ -112,6 +126,12 @@ pub struct Worker {
     /// turn (each has bytes waiting, so each will take a buffer at once). At most one entry
     /// per slot: a connection is listed only when its receive is not armed.
     pub(super) starved: VecDeque<ConnId>,
+    /// Connections whose reading is paused (`Conn::paused`), oldest first, each once.
+    pub(super) paused: VecDeque<ConnId>,
+    /// Packets this turn may still decode (`turn_packets_max` at the start of each turn).
+    pub(super) decode_budget: usize,
+    /// Handed-off connections complete this turn, adopted after the drain.
+    pub(super) adoptions: Vec<(u32, super::peers::HandoffRecord)>,
     /// Accepting paused: the file table is full (until a slot frees).
     pub(super) accept_paused: bool,
     /// After an unexpected accept error, when to try again (never a tight retry loop).
@@ -165,6 +185,11 @@ impl Worker {
         let now = Millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
         let slots = config.file_table_slots as usize;
         let cq_entries = ring.cq_entries() as usize;
+        let peers = match setup.mesh {
+            Some(mesh) => Peers::meshed(mesh, config.file_table_slots),
+            None => Peers::solo(me),
+        };
+        peers.register_ring_fd(ring.fd());
         Ok(Self {
             ring,
             buffers: ManuallyDrop::new(buffers),
@@ -172,7 +197,7 @@ impl Worker {
             wake_armed: false,
             conns: ConnTable::new(config.file_table_slots),
             broker: Broker::new(setup.broker, me, setup.workers, now),
-            peers: Peers::solo(me),
+            peers,
             listeners: setup
                 .listeners
                 .into_iter()
@@ -183,6 +208,9 @@ impl Worker {
             lingering: VecDeque::with_capacity(2 * slots),
             completions: Vec::with_capacity(cq_entries),
             starved: VecDeque::with_capacity(slots),
+            paused: VecDeque::with_capacity(slots),
+            decode_budget: 0,
+            adoptions: Vec::new(),
             accept_paused: false,
             accept_retry_at: None,
             stop: setup.stop,
@@ -215,8 +243,15 @@ impl Worker {
         self.arm_wake();
         self.arm_accepts();
         loop {
-            let timeout = self.wait_timeout(self.now());
-            self.ring.submit_and_wait(timeout)?;
+            let mut timeout = self.wait_timeout(self.now());
+            // The mesh's wake protocol: announce the sleep, and do not sleep if a peer's item
+            // (or room for our overflow) is already there.
+            if timeout != Some(Duration::ZERO) && !self.peers.prepare_to_sleep() {
+                timeout = Some(Duration::ZERO);
+            }
+            let waited = self.ring.submit_and_wait(timeout);
+            self.peers.woke();
+            waited?;
             let now = self.now();
             self.dispatch_completions(now);
             self.drain_peers(now);
@@ -229,8 +264,11 @@ impl Worker {
         Ok(())
     }
 
-    /// Phase 2: copy the CQ out, then dispatch each completion.
+    /// Phase 2: copy the CQ out, then dispatch: first the input paused last turn, then each
+    /// completion.
     fn dispatch_completions(&mut self, now: Millis) {
+        self.decode_budget = self.config.turn_packets_max;
+        self.resume_paused(now);
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.reap(&mut completions);
         for completion in completions.drain(..) {
@@ -239,10 +277,19 @@ impl Worker {
         self.completions = completions;
     }
 
-    /// Phase 3: messages from the other workers.
+    /// Phase 3: messages and handed-off connections from the other workers.
     fn drain_peers(&mut self, now: Millis) {
         let broker = &mut self.broker;
-        self.peers.drain(PEER_MESSAGES_PER_TURN, |from, msg| broker.handle_remote(from, msg, now));
+        let adoptions = &mut self.adoptions;
+        self.peers.drain(PEER_MESSAGES_PER_TURN, |inbound| match inbound {
+            Inbound::Remote(from, msg) => broker.handle_remote(from, msg, now),
+            Inbound::Adopt(slot, record) => adoptions.push((slot, record)),
+        });
+        let mut adoptions = std::mem::take(&mut self.adoptions);
+        for (slot, record) in adoptions.drain(..) {
+            self.adopt(slot, record, now);
+        }
+        self.adoptions = adoptions;
     }
 
     /// Phase 4: deadlines, the broker's actions, and the sends they call for.
@@ -265,6 +312,7 @@ impl Worker {
             }
         }
         self.start_sends();
+        self.ring_doorbells();
     }
 
     /// Re-arms receives that found no buffer, oldest first, no more than there are buffers.
@@ -282,7 +330,8 @@ impl Worker {
     /// How long phase 1 may sleep: until the earliest deadline of the broker, a lingering
     /// close or the stop; forever if there is none.
     fn wait_timeout(&self, now: Millis) -> Option<Duration> {
-        if !self.starved.is_empty() {
+        let resumable = !self.paused.is_empty() && !self.peers.is_backpressured();
+        if !self.starved.is_empty() || resumable {
             return Some(Duration::ZERO);
         }
         let deadlines = [
@@ -355,12 +404,8 @@ impl Worker {
             Some((now.plus_millis(STOP_FLUSH_MILLIS), now.plus_millis(STOP_ABANDON_MILLIS)));
         for index in 0..self.listeners.len() {
             if self.listeners[index].armed {
-                let target = UserData::new(Op::Accept, index as u32, 0).pack();
-                let entry = opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(UserData::new(Op::CancelAccept, index as u32, 0).pack());
-                // SAFETY: a cancel references no memory.
-                unsafe { self.ring.push(&entry) };
+                let target = UserData::new(Op::Accept, index as u32, 0);
+                self.ring.push_cancel(target, UserData::new(Op::CancelAccept, index as u32, 0));
             }
         }
         self.broker.handle_shutdown(now);
@@ -371,10 +416,22 @@ impl Worker {
             conn.broker_knows = false;
             self.begin_close(slot, now);
         }
+        // Descriptors handed to us whose record never came: ours to close.
+        for slot in self.peers.take_unpaired_slots() {
+            self.conns.open(slot);
+            self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.begin_close(slot, now);
+        }
     }
 
-    fn log_stopped(&self) {
-        tracing::info!(worker = self.index, counters = ?self.counters, ring = ?self.ring.counters, "worker stopped");
+    fn log_stopped(&mut self) {
+        self.counters.ring = self.ring.counters;
+        tracing::info!(
+            worker = self.index,
+            counters = ?self.counters,
+            mesh = ?self.peers.stats(),
+            "worker stopped"
+        );
     }
 
     pub fn ring_counters(&self) -> RingCounters {

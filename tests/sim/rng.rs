@@ -13,11 +13,13 @@ pub struct Rng {
 #[derive(Clone, Debug)]
 enum Source {
     Seeded([u64; 4]),
-    /// Fuzzer input: every choice eats eight bytes; once they run out every choice is 0, which
-    /// the driver reads as "do the least" so a run always ends.
+    /// Fuzzer input: every choice eats eight bytes. Once they run out, choices come from a
+    /// generator seeded by the input (the driver then ends the random phase, and the quiet
+    /// phase needs fair choices to settle).
     Bytes {
         data: Vec<u8>,
         position: usize,
+        after: Box<Rng>,
     },
 }
 
@@ -43,14 +45,16 @@ impl Rng {
     }
 
     pub fn from_bytes(data: Vec<u8>) -> Self {
-        Self { source: Source::Bytes { data, position: 0 } }
+        let seed = data.iter().fold(0u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let after = Box::new(Self::from_seed(seed));
+        Self { source: Source::Bytes { data, position: 0, after } }
     }
 
     /// Whether a byte-driven generator has used up its input (never for a seeded one).
     pub fn is_exhausted(&self) -> bool {
         match &self.source {
             Source::Seeded(_) => false,
-            Source::Bytes { data, position } => *position >= data.len(),
+            Source::Bytes { data, position, .. } => *position >= data.len(),
         }
     }
 
@@ -67,7 +71,11 @@ impl Rng {
                 s[3] = s[3].rotate_left(45);
                 result
             }
-            Source::Bytes { data, position } => {
+            Source::Bytes { data, position, after } if *position >= data.len() => {
+                let _ = data;
+                after.next_u64()
+            }
+            Source::Bytes { data, position, .. } => {
                 let mut word = [0u8; 8];
                 let end = (*position + 8).min(data.len());
                 if *position < end {

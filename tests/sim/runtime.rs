@@ -68,6 +68,10 @@ pub struct SimConn {
     broker_in: BytesMut,
     /// A CONNECT was fed and the worker's actions not yet drained: no more packets until then.
     connect_fed: bool,
+    /// CONNECTs fed through `feed_packet` (a handoff's re-feed is not one more).
+    connects_fed: u32,
+    /// A second CONNECT was fed: the broker must close with a protocol violation at once.
+    second_connect: bool,
     /// Packets were fed this turn: EOF waits for the next turn, so that an action the broker
     /// emitted for those packets is never confused with one after `handle_closed`.
     fed_this_turn: bool,
@@ -78,6 +82,10 @@ pub struct SimConn {
     to_client: BytesMut,
     /// The client has seen EOF (or gave the connection up): nothing more is readable.
     finished: bool,
+    /// The client read CONNACK 0 on this connection: the broker holds its will.
+    accepted: bool,
+    /// The will in this connection's CONNECT: topic and payload.
+    pub will: Option<(String, Bytes)>,
 }
 
 impl SimConn {
@@ -142,6 +150,8 @@ pub struct RuntimeStats {
     pub sends_with_nothing_to_take: u64,
     pub closes: BTreeMap<String, u64>,
     pub ticks: u64,
+    /// The most output one connection ever had waiting (taken, not yet reported sent).
+    pub output_bytes_peak: usize,
     pub stale_closes: u64,
 }
 
@@ -198,6 +208,10 @@ pub struct Runtime {
     pub reach: BTreeMap<MessageKey, u32>,
     /// Messages that reached a worker since the driver last looked (for the model).
     pub arrivals: Vec<(MessageKey, WorkerId)>,
+    /// Accepted connections with a will that ended this turn: `true` when the will must have
+    /// been published (any end but DISCONNECT [MQTT-3.1.2-8]), `false` when it must not
+    /// [MQTT-3.1.2-10].
+    pub will_events: Vec<(ConnIndex, bool)>,
     /// Clients whose connections' events are printed (`SIM_TRACE=3,17`; `all` for every one).
     pub trace: Option<Vec<usize>>,
 }
@@ -236,6 +250,7 @@ impl Runtime {
             interest: vec![vec![BTreeSet::new(); count]; count],
             reach: BTreeMap::new(),
             arrivals: Vec::new(),
+            will_events: Vec::new(),
         }
     }
 
@@ -264,11 +279,15 @@ impl Runtime {
             to_broker_packets: VecDeque::new(),
             broker_in: BytesMut::new(),
             connect_fed: false,
+            connects_fed: 0,
+            second_connect: false,
             fed_this_turn: false,
             taken: VecDeque::new(),
             taken_bytes: 0,
             to_client: BytesMut::new(),
             finished: false,
+            accepted: false,
+            will: None,
         });
         self.by_id[worker.index()].insert(id, index);
         self.stats.connections_opened += 1;
@@ -289,6 +308,27 @@ impl Runtime {
             Wire::Packets => c.to_broker_packets.push_back(packet),
         }
         self.inbound.insert(conn);
+    }
+
+    /// The client put a will in the CONNECT it wrote on `conn`.
+    pub fn set_will(&mut self, conn: ConnIndex, topic: String, payload: Bytes) {
+        self.conns[conn].will = Some((topic, payload));
+    }
+
+    /// The client read CONNACK 0 on `conn`.
+    pub fn mark_accepted(&mut self, conn: ConnIndex) {
+        self.conns[conn].accepted = true;
+    }
+
+    /// An accepted connection with a will ended at the broker; `published` tells whether the
+    /// will went out (any end but DISCONNECT).
+    fn will_event(&mut self, conn: ConnIndex, published: bool) {
+        let c = &self.conns[conn];
+        let Some((topic, payload)) = c.will.clone().filter(|_| c.accepted) else { return };
+        if published {
+            self.note_reach(c.worker, &topic, &payload);
+        }
+        self.will_events.push((conn, published));
     }
 
     /// The client half-closes after what it wrote (the graceful end after DISCONNECT).
@@ -317,6 +357,7 @@ impl Runtime {
             ConnState::Open => {
                 let (worker, id) = (c.worker, c.id);
                 c.state = ConnState::ClosedByClient;
+                self.will_event(conn, true);
                 self.brokers[worker.index()].handle_closed(id, now);
                 self.touched[worker.index()] = true;
                 self.closed_this_turn.push((worker, id));
@@ -427,7 +468,11 @@ impl Runtime {
     fn feed_packet(&mut self, conn: ConnIndex, packet: Packet) {
         let c = &mut self.conns[conn];
         let (worker, id) = (c.worker, c.id);
-        c.connect_fed |= matches!(packet, Packet::Connect(_));
+        if matches!(packet, Packet::Connect(_)) {
+            c.connect_fed = true;
+            c.second_connect |= c.connects_fed > 0;
+            c.connects_fed += 1;
+        }
         if !c.fed_this_turn {
             c.fed_this_turn = true;
             self.fed.push(conn);
@@ -550,6 +595,7 @@ impl Runtime {
         }
         self.closed_this_turn.clear();
         for conn in std::mem::take(&mut self.fed) {
+            self.check_second_connect(conn);
             let c = &mut self.conns[conn];
             c.connect_fed = false;
             c.fed_this_turn = false;
@@ -558,6 +604,25 @@ impl Runtime {
             }
         }
         self.step += 1;
+    }
+
+    /// A second CONNECT on a connection is a protocol violation: the broker must have closed
+    /// the connection, for that reason, in the turn it read it [MQTT-3.1.0-2].
+    fn check_second_connect(&mut self, conn: ConnIndex) {
+        let c = &self.conns[conn];
+        if !c.second_connect {
+            return;
+        }
+        let (id, state) = (c.id, c.state);
+        match state {
+            ConnState::ClosedByBroker(CloseReason::ProtocolViolation(_))
+            | ConnState::ClosedByClient => {}
+            other => self.violation(format!(
+                "{id:?} read a second CONNECT and is {other:?}, not closed for a protocol \
+                 violation [MQTT-3.1.0-2]"
+            )),
+        }
+        self.conns[conn].second_connect = false;
     }
 
     /// A late "socket closed" completion for a connection the broker already gave up: the
@@ -622,6 +687,7 @@ impl Runtime {
         c.taken.extend(segments.into_iter().filter(|s| !s.is_empty()));
         c.taken_bytes += sum;
         let taken = c.taken_bytes;
+        self.stats.output_bytes_peak = self.stats.output_bytes_peak.max(taken);
         if taken > 0 {
             self.outbound.insert(conn);
         }
@@ -641,6 +707,11 @@ impl Runtime {
         *self.stats.closes.entry(close_reason_name(reason)).or_default() += 1;
         // A refused CONNECT's CONNACK may outlive its connection: take it once more.
         self.take(conn, worker, id);
+        match reason {
+            CloseReason::ClientDisconnect => self.will_event(conn, false),
+            CloseReason::ConnectRefused(_) | CloseReason::ConnectTimeout => {}
+            _ => self.will_event(conn, true),
+        }
         let c = &mut self.conns[conn];
         c.state = ConnState::ClosedByBroker(reason);
         if c.taken_bytes == 0 {

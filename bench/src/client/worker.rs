@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use io_uring::{opcode, types};
+use io_uring::{opcode, squeue, types};
 use ringmq::protocol::{decode, Packet, TopicName};
 
 use super::conn::{Conn, ConnContext, ConnState, Publisher, Subscriber, TX_QUEUED_BYTES_MAX};
@@ -24,6 +24,11 @@ use crate::plan::{LoadConfig, Role};
 use crate::ring::{self, BufRing, Completion, Op, Ring};
 use crate::stamp::SeqSummary;
 use crate::sys::monotonic_ns;
+
+fn thread_cpu_total_ns() -> u64 {
+    let (user, system) = crate::sys::thread_cpu_ns();
+    (user + system).max(1)
+}
 
 /// How often idle connections are checked for a due PINGREQ.
 const KEEPALIVE_SCAN_NS: u64 = 1_000_000_000;
@@ -46,6 +51,10 @@ pub struct WorkerReport {
     pub subscribers: Vec<(u32, Vec<(u32, SeqSummary)>)>,
     /// This thread's CPU time, (user, system) nanoseconds.
     pub cpu_ns: (u64, u64),
+    /// Connections were set up by linked ring operations, not system calls.
+    pub direct_setup: bool,
+    /// This thread's CPU time (user + system) while the run was in its Running phase.
+    pub running_cpu_ns: u64,
 }
 
 pub struct Worker {
@@ -56,8 +65,12 @@ pub struct Worker {
     shared: Arc<Shared>,
     thread: usize,
     conns: Vec<Conn>,
-    /// Destination address per connection, never resized while connects are in flight.
+    /// Destination address per connection, and the source addresses; never resized while
+    /// connects are in flight.
     destinations: Vec<libc::sockaddr_in>,
+    sources: Vec<libc::sockaddr_in>,
+    /// Connections are set up by linked ring operations (else by system calls).
+    direct_setup: bool,
     publishers: Vec<u32>,
     dirty: Vec<u32>,
     completions: Vec<Completion>,
@@ -68,6 +81,10 @@ pub struct Worker {
     /// Paced publishing: when the publishers are next visited, and how often.
     next_publish_ns: u64,
     publish_interval_ns: u64,
+    /// A publisher waited for deliveries (end-to-end window) at the last visit.
+    flow_blocked: bool,
+    /// This thread's CPU nanoseconds when it first saw Running and first saw Draining.
+    running_cpu_ns: (u64, u64),
     drained: bool,
 }
 
@@ -115,6 +132,13 @@ impl Worker {
             conns.push(conn);
         }
         let publish_interval_ns = Self::publish_interval_ns(&config);
+        let sources = config
+            .target
+            .sources
+            .iter()
+            .map(|&source| ring::sockaddr_v4(std::net::SocketAddrV4::new(source, 0)))
+            .collect();
+        let direct_setup = !config.connect_with_syscalls && ring.supports_direct_setup();
         Ok(Self {
             ring,
             buffers: Some(buffers),
@@ -123,6 +147,8 @@ impl Worker {
             thread,
             conns,
             destinations,
+            sources,
+            direct_setup,
             publishers,
             dirty: Vec::new(),
             completions: Vec::with_capacity(entries as usize * 4),
@@ -132,6 +158,8 @@ impl Worker {
             last_handoff_ns: 0,
             next_publish_ns: 0,
             publish_interval_ns,
+            flow_blocked: false,
+            running_cpu_ns: (0, 0),
             drained: false,
         })
     }
@@ -159,6 +187,9 @@ impl Worker {
         match phase {
             Phase::Connecting => self.open_connections(now_ns)?,
             Phase::Running => {
+                if self.running_cpu_ns.0 == 0 {
+                    self.running_cpu_ns.0 = thread_cpu_total_ns();
+                }
                 self.open_connections(now_ns)?;
                 if now_ns >= self.next_publish_ns {
                     self.next_publish_ns = now_ns + self.publish_interval_ns;
@@ -182,6 +213,11 @@ impl Worker {
         if paced_connecting {
             return Duration::from_millis(1);
         }
+        if phase == Phase::Running && self.flow_blocked && self.config.threads > 1 {
+            // Deliveries that unblock a publisher may be counted on another thread, which
+            // cannot wake this one: look again soon.
+            return Duration::from_micros(200);
+        }
         if phase == Phase::Running && self.publish_interval_ns > 0 {
             let until_due = self.next_publish_ns.saturating_sub(now_ns);
             return Duration::from_nanos(until_due.clamp(100_000, IDLE_TICK_NS));
@@ -199,12 +235,13 @@ impl Worker {
         ((1e9 / rate / 2.0) as u64).clamp(1_000_000, 50_000_000)
     }
 
-    fn context(config: &LoadConfig) -> ConnContext<'_> {
+    fn context<'a>(config: &'a LoadConfig, shared: &'a Shared) -> ConnContext<'a> {
         ConnContext {
             qos: config.qos,
             keepalive_secs: config.keepalive_secs,
             client_id_prefix: &config.client_id_prefix,
             topic_prefix: &config.topic_prefix,
+            deliveries: shared.deliveries.as_ref(),
         }
     }
 
@@ -236,7 +273,6 @@ impl Worker {
     }
 
     fn open(&mut self, local: usize, now_ns: u64) -> io::Result<()> {
-        let (source, _) = self.config.target.addresses(self.conns[local].global);
         self.stats.counters.connect_started += 1;
         if self.stats.first_connect_ns == 0 {
             self.stats.first_connect_ns = now_ns;
@@ -244,7 +280,11 @@ impl Worker {
         let conn = &mut self.conns[local];
         conn.started_ns = now_ns;
         conn.state = ConnState::Connecting;
-        let fd = match ring::client_socket(source) {
+        let source = self.source_of(local);
+        if self.direct_setup {
+            return self.push_setup_chain(local, source);
+        }
+        let fd = match ring::client_socket(source.map(|index| self.config.target.sources[index])) {
             Ok(fd) => fd,
             Err(error) => {
                 self.fail(local, format!("socket/bind: {error}"));
@@ -257,15 +297,80 @@ impl Worker {
             self.fail(local, format!("file table: {error}"));
             return Ok(());
         }
-        let entry = opcode::Connect::new(
+        let connect = self.connect_entry(local);
+        // SAFETY: `destinations` is never resized after `new`, so the address outlives the op.
+        unsafe { self.ring.push(&connect) }
+    }
+
+    /// Index into the source addresses for connection `local`, if sources are configured.
+    fn source_of(&self, local: usize) -> Option<usize> {
+        let target = &self.config.target;
+        let global = self.conns[local].global;
+        (!target.sources.is_empty())
+            .then(|| ((global / target.hosts.len() as u64) % target.sources.len() as u64) as usize)
+    }
+
+    fn connect_entry(&self, local: usize) -> squeue::Entry {
+        opcode::Connect::new(
             types::Fixed(local as u32),
             (&raw const self.destinations[local]).cast(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
         .build()
-        .user_data(ring::pack(Op::Connect, 0, local as u32));
-        // SAFETY: `destinations` is never resized after `new`, so the address outlives the op.
-        unsafe { self.ring.push(&entry) }
+        .user_data(ring::pack(Op::Connect, 0, local as u32))
+    }
+
+    /// Socket, TCP_NODELAY, (IP_BIND_ADDRESS_NO_PORT and bind to the source,) connect: one
+    /// linked chain, no process fd and no system call of our own. A failing link cancels the
+    /// rest; its error is kept for the connect's completion to report.
+    fn push_setup_chain(&mut self, local: usize, source: Option<usize>) -> io::Result<()> {
+        let slot = local as u32;
+        let fixed = types::Fixed(slot);
+        let setup = ring::pack(Op::Setup, 0, slot);
+        let link = squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS;
+        let option = |level: libc::c_int, name: libc::c_int| {
+            opcode::SetSockOpt::new(
+                fixed,
+                level as u32,
+                name as u32,
+                (&raw const ring::SOCKET_OPTION_ON).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+            .build()
+            .flags(link)
+            .user_data(setup)
+        };
+        let destination = types::DestinationSlot::try_from_slot_target(slot)
+            .map_err(|slot| io::Error::other(format!("slot {slot} out of range")))?;
+        let mut chain = vec![
+            opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
+                .file_index(Some(destination))
+                .build()
+                .flags(link)
+                .user_data(setup),
+            option(libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        ];
+        if let Some(index) = source {
+            chain.push(option(libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT));
+            chain.push(
+                opcode::Bind::new(
+                    fixed,
+                    (&raw const self.sources[index]).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+                .build()
+                .flags(link)
+                .user_data(setup),
+            );
+        }
+        chain.push(self.connect_entry(local));
+        self.ring.reserve(chain.len())?;
+        for entry in &chain {
+            // SAFETY: the option value is a static, and `sources` and `destinations` are never
+            // resized after `new`, so every address outlives the chain.
+            unsafe { self.ring.push(entry) }?;
+        }
+        Ok(())
     }
 
     fn fail(&mut self, local: usize, why: String) {
@@ -279,6 +384,8 @@ impl Worker {
         let rate = self.config.rate_per_publisher();
         let start_ns = self.shared.run_start_ns();
         let count = self.config.count_per_publisher;
+        let (topics, e2e_window) = (self.config.plan.topics, self.config.e2e_window);
+        self.flow_blocked = false;
         for index in 0..self.publishers.len() {
             let local = self.publishers[index] as usize;
             let conn = &mut self.conns[local];
@@ -294,7 +401,16 @@ impl Worker {
             } else {
                 u64::MAX
             };
-            let limit = count.map_or(due, |count| due.min(count));
+            let mut limit = count.map_or(due, |count| due.min(count));
+            if let Some(board) = self.shared.deliveries.as_ref() {
+                let subscribers = self.config.plan.subscribers_of(publisher.index % topics);
+                // No subscribers: nothing to wait for.
+                if let Some(average) = board.delivered(publisher.index).checked_div(subscribers) {
+                    let allowed = average + e2e_window;
+                    limit = limit.min(allowed);
+                    self.flow_blocked |= publisher.sent >= allowed;
+                }
+            }
             let before = publisher.sent;
             while publisher.sent < limit
                 && conn.tx.len() < TX_QUEUED_BYTES_MAX
@@ -322,6 +438,9 @@ impl Worker {
     /// The run is draining: publishers stop, and the deliveries they make expected are added
     /// to the shared total once.
     fn stop_publishing(&mut self) {
+        if self.running_cpu_ns.0 != 0 {
+            self.running_cpu_ns.1 = thread_cpu_total_ns();
+        }
         let mut expected = 0;
         for &local in &self.publishers {
             let publisher = self.conns[local as usize].publisher.as_mut().expect("publisher");
@@ -444,6 +563,13 @@ impl Worker {
             let local = slot as usize;
             match op {
                 Op::Connect => self.on_connect(local, completion.result, now_ns)?,
+                Op::Setup => {
+                    // Only failures are posted (SKIP_SUCCESS); the first one is the cause.
+                    let conn = &mut self.conns[local];
+                    if completion.result != -libc::ECANCELED && conn.setup_errno == 0 {
+                        conn.setup_errno = -completion.result;
+                    }
+                }
                 Op::Recv => self.on_recv(local, &completion, now_ns)?,
                 Op::Send => self.on_send(local, completion.result)?,
                 Op::Close | Op::Shutdown | Op::Accept => {}
@@ -455,14 +581,19 @@ impl Worker {
 
     fn on_connect(&mut self, local: usize, result: i32, now_ns: u64) -> io::Result<()> {
         if result < 0 {
-            let error = io::Error::from_raw_os_error(-result);
+            let setup_errno = self.conns[local].setup_errno;
+            let why = if result == -libc::ECANCELED && setup_errno != 0 {
+                format!("socket set-up: {}", io::Error::from_raw_os_error(setup_errno))
+            } else {
+                format!("connect: {}", io::Error::from_raw_os_error(-result))
+            };
             self.conns[local].state = ConnState::Connecting;
-            return self.lost(local, format!("connect: {error}"));
+            return self.lost(local, why);
         }
         self.stats.counters.tcp_connected += 1;
         let started = self.conns[local].started_ns;
         self.stats.tcp_connect.saturating_record(now_ns.saturating_sub(started).max(1));
-        let context = Self::context(&self.config);
+        let context = Self::context(&self.config, &self.shared);
         self.conns[local].on_tcp_connected(&context, now_ns);
         self.mark_dirty(local);
         self.arm_recv(local)
@@ -502,7 +633,7 @@ impl Worker {
 
     fn process_input(&mut self, local: usize, now_ns: u64) -> io::Result<()> {
         let max_packet_bytes = self.config.max_packet_bytes();
-        let context = Self::context(&self.config);
+        let context = Self::context(&self.config, &self.shared);
         let conn = &mut self.conns[local];
         let was_ready = conn.state == ConnState::Ready;
         let mut failure = None;
@@ -621,6 +752,13 @@ impl Worker {
             }
         }
         let stats = std::mem::take(&mut self.stats);
-        WorkerReport { stats, publishers, subscribers, cpu_ns: crate::sys::thread_cpu_ns() }
+        WorkerReport {
+            stats,
+            publishers,
+            subscribers,
+            cpu_ns: crate::sys::thread_cpu_ns(),
+            direct_setup: self.direct_setup,
+            running_cpu_ns: self.running_cpu_ns.1.saturating_sub(self.running_cpu_ns.0),
+        }
     }
 }

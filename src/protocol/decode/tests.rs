@@ -289,8 +289,8 @@ fn reserved_packet_types_are_refused() {
 #[test]
 fn reserved_flags_must_be_zero_mqtt_2_2_2_1_and_2_2_2_2() {
     // [MQTT-2.2.2-1] [MQTT-2.2.2-2]: every type but PUBLISH, PUBREL, SUBSCRIBE and
-    // UNSUBSCRIBE has flags 0000; a packet with other flags is refused. Checked from the first
-    // byte alone, before the length arrives.
+    // UNSUBSCRIBE has flags 0000 (for DISCONNECT also [MQTT-3.14.1-1]); a packet with other
+    // flags is refused. Checked from the first byte alone, before the length arrives.
     for packet_type in [1u8, 2, 4, 5, 7, 9, 11, 12, 13, 14] {
         for flags in 1..16u8 {
             let mut buf = BytesMut::from(&[(packet_type << 4) | flags][..]);
