@@ -74,6 +74,12 @@ fn qos1_pairs_arrive_complete_in_order_with_latency() {
     assert!(messages.drain_complete);
     assert_eq!(report.latency.as_ref().expect("latency measured").count, 6_000);
     assert_eq!(relay.forwarded, 6_000);
+    // The `--json` object carries the same figures for scripts.
+    let json = serde_json::to_value(&report).expect("serializable");
+    assert_eq!(json["messages"]["unique"], 6_000);
+    assert_eq!(json["messages"]["lost"], 0);
+    assert!(json["latency"]["p999_us"].as_f64().is_some_and(|us| us > 0.0));
+    assert!(json["cpu"]["busiest_worker_running_cores"].is_number());
 }
 
 #[test]
