@@ -399,3 +399,35 @@ fn a_close_waits_for_output_only_until_the_linger_deadline() {
     let counters = running.join().expect("clean stop");
     assert_eq!(counters[0].linger_expired, 1, "{counters:?}");
 }
+
+/// The broker's keepalive wheel is driven by the wait's timeout: a client silent for 1.5 times
+/// its keepalive is closed [MQTT-3.1.2-24], and the idle worker does not spin meanwhile (a
+/// handful of loop turns, not thousands).
+#[test]
+fn keepalive_expiry_is_driven_by_the_wait_timeout_without_spinning() {
+    use crate::protocol::{Connect, Packet, ProtocolVersion, Utf8Bytes};
+    let running = runtime(|_| {});
+    let mut client = Client { stream: connect(&running), input: bytes::BytesMut::new() };
+    client.send(&Packet::Connect(Connect {
+        protocol: ProtocolVersion::V311,
+        clean_session: true,
+        keep_alive_secs: 1,
+        client_id: Utf8Bytes::from_static("sleepy"),
+        will: None,
+        username: None,
+        password: None,
+    }));
+    assert!(matches!(client.receive(), Packet::Connack(_)));
+    let began = Instant::now();
+    client.stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    assert!(closed_by_server(&mut client.stream), "closed for silence");
+    let silent = began.elapsed();
+    assert!(
+        silent >= Duration::from_millis(1400),
+        "closed after {silent:?}, before 1.5 x keepalive"
+    );
+    assert!(silent < Duration::from_millis(2500), "closed only after {silent:?}");
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert!(counters[0].ring.turns < 100, "the idle loop spun: {:?}", counters[0].ring);
+}

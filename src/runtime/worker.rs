@@ -93,6 +93,8 @@ pub struct WorkerCounters {
     pub handoffs_in: u64,
     /// Receives paused: the turn's decode budget was spent, or the mesh was backpressured.
     pub reads_paused: u64,
+    /// The ring's own counters (turns, completions, SQ flushes, CQ overflows), as of the stop.
+    pub ring: RingCounters,
 }
 
 /// One multishot-accepting listener.
@@ -422,11 +424,11 @@ impl Worker {
         }
     }
 
-    fn log_stopped(&self) {
+    fn log_stopped(&mut self) {
+        self.counters.ring = self.ring.counters;
         tracing::info!(
             worker = self.index,
             counters = ?self.counters,
-            ring = ?self.ring.counters,
             mesh = ?self.peers.stats(),
             "worker stopped"
         );
