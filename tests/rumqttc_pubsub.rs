@@ -208,7 +208,8 @@ fn packet_over_max_packet_size_closes_only_its_connection() {
         .client
         .publish("limit/big", QoS::AtLeastOnce, false, vec![7u8; 1 << 20])
         .expect("queue");
-    publisher.wait_closed(Duration::from_secs(5));
+    let error = publisher.wait_closed(Duration::from_secs(5));
+    eprintln!("TEMP {error:?}");
     // The subscriber is still served, and its first message is the small one.
     let mut other = Session::connect(options(&broker, &unique_id("limit-other")));
     other.publish("limit/small", QoS::AtLeastOnce, false, "small");

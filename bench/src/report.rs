@@ -170,6 +170,14 @@ fn loss(config: &LoadConfig, outcome: &LoadOutcome) -> (u64, u64, u64) {
     (expected, received, unexpected)
 }
 
+fn per_sec(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
+}
+
 pub fn build(
     command: &str,
     config: &LoadConfig,
@@ -177,33 +185,6 @@ pub fn build(
     broker: Option<CpuUse>,
     relay: Option<CpuUse>,
 ) -> LoadReport {
-    let stats = &outcome.stats;
-    let counters = &stats.counters;
-    let local_publishers = config.plan.publishers > 0;
-    let (expected, lost, lost_basis, unexpected) = if local_publishers {
-        let (expected, received, unexpected) = loss(config, outcome);
-        (Some(expected), expected - received, "sent", unexpected + counters.foreign)
-    } else {
-        let gaps =
-            outcome.subscribers.iter().flat_map(|(_, t)| t.iter().map(|(_, s)| s.gaps)).sum();
-        (None, gaps, "gaps", counters.foreign)
-    };
-    // With local publishers, deliveries are counted from the start of publishing; without
-    // (`sub`), from the first delivery, since the publishers may start any time later.
-    let delivery_start_ns =
-        if local_publishers { outcome.run_start_ns } else { stats.first_delivery_ns };
-    let delivery_secs = if stats.last_delivery_ns > delivery_start_ns {
-        (stats.last_delivery_ns - delivery_start_ns) as f64 / 1e9
-    } else {
-        outcome.publish_secs
-    };
-    let per_sec = |count: u64, secs: f64| if secs > 0.0 { count as f64 / secs } else { 0.0 };
-    let setup_secs = if stats.last_ready_ns > stats.first_connect_ns {
-        (stats.last_ready_ns - stats.first_connect_ns) as f64 / 1e9
-    } else {
-        0.0
-    };
-    let worker_cpu = outcome.worker_cpu_ns.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let started_unix_secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
@@ -224,54 +205,94 @@ pub fn build(
             e2e_window: config.e2e_window,
             threads: config.threads,
         },
-        connections: ConnectionReport {
-            setup_path: if outcome.direct_setup { "io_uring" } else { "syscalls" },
-            planned: config.plan.connections(),
-            ready: counters.ready,
-            failed: counters.connect_failed,
-            closed_unexpectedly: counters.closed_unexpectedly,
-            protocol_errors: counters.protocol_errors,
-            setup_secs,
-            connect_rate_per_sec: per_sec(counters.ready, setup_secs),
-            tcp_connect_latency: LatencySummary::of(&stats.tcp_connect),
-            mqtt_connect_latency: LatencySummary::of(&stats.mqtt_connect),
-            ping_latency: LatencySummary::of(&stats.ping),
-            pings_sent: counters.pings_sent,
-            errors: stats.errors.clone(),
-        },
-        messages: MessageReport {
-            publish_secs: outcome.publish_secs,
-            published: counters.published,
-            publish_rate_per_sec: per_sec(counters.published, outcome.publish_secs),
-            acked: counters.acked,
-            expected_deliveries: expected,
-            delivered: counters.delivered,
-            unique: counters.unique,
-            lost,
-            lost_basis,
-            duplicates: counters.duplicates,
-            reordered: counters.reordered,
-            unknown: counters.unknown,
-            unexpected,
-            delivery_rate_per_sec: per_sec(counters.unique, delivery_secs),
-            delivery_bytes_per_sec: per_sec(counters.delivered_bytes, delivery_secs),
-            drain_secs: outcome.drain_secs,
-            drain_complete: outcome.drain_complete,
-        },
-        latency: LatencySummary::of(&stats.latency),
-        ack_latency: LatencySummary::of(&stats.ack_latency),
-        cpu: CpuReport {
-            wall_secs: outcome.wall_secs,
-            workers: CpuUse::new(worker_cpu, outcome.wall_secs),
-            process: CpuUse::new(outcome.process_cpu_ns, outcome.wall_secs),
-            broker,
-            relay,
-            busiest_worker_running_cores: outcome
-                .worker_running_cpu_ns
-                .iter()
-                .map(|&ns| ns as f64 / 1e9 / outcome.publish_secs.max(1e-9))
-                .fold(0.0, f64::max),
-        },
+        connections: connection_report(config, outcome),
+        messages: message_report(config, outcome),
+        latency: LatencySummary::of(&outcome.stats.latency),
+        ack_latency: LatencySummary::of(&outcome.stats.ack_latency),
+        cpu: cpu_report(outcome, broker, relay),
+    }
+}
+
+fn connection_report(config: &LoadConfig, outcome: &LoadOutcome) -> ConnectionReport {
+    let stats = &outcome.stats;
+    let counters = &stats.counters;
+    let setup_secs = if stats.last_ready_ns > stats.first_connect_ns {
+        (stats.last_ready_ns - stats.first_connect_ns) as f64 / 1e9
+    } else {
+        0.0
+    };
+    ConnectionReport {
+        setup_path: if outcome.direct_setup { "io_uring" } else { "syscalls" },
+        planned: config.plan.connections(),
+        ready: counters.ready,
+        failed: counters.connect_failed,
+        closed_unexpectedly: counters.closed_unexpectedly,
+        protocol_errors: counters.protocol_errors,
+        setup_secs,
+        connect_rate_per_sec: per_sec(counters.ready, setup_secs),
+        tcp_connect_latency: LatencySummary::of(&stats.tcp_connect),
+        mqtt_connect_latency: LatencySummary::of(&stats.mqtt_connect),
+        ping_latency: LatencySummary::of(&stats.ping),
+        pings_sent: counters.pings_sent,
+        errors: stats.errors.clone(),
+    }
+}
+
+fn message_report(config: &LoadConfig, outcome: &LoadOutcome) -> MessageReport {
+    let stats = &outcome.stats;
+    let counters = &stats.counters;
+    let local_publishers = config.plan.publishers > 0;
+    let (expected, lost, lost_basis, unexpected) = if local_publishers {
+        let (expected, received, unexpected) = loss(config, outcome);
+        (Some(expected), expected - received, "sent", unexpected + counters.foreign)
+    } else {
+        let gaps =
+            outcome.subscribers.iter().flat_map(|(_, t)| t.iter().map(|(_, s)| s.gaps)).sum();
+        (None, gaps, "gaps", counters.foreign)
+    };
+    // With local publishers, deliveries are counted from the start of publishing; without
+    // (`sub`), from the first delivery, since the publishers may start any time later.
+    let delivery_start_ns =
+        if local_publishers { outcome.run_start_ns } else { stats.first_delivery_ns };
+    let delivery_secs = if stats.last_delivery_ns > delivery_start_ns {
+        (stats.last_delivery_ns - delivery_start_ns) as f64 / 1e9
+    } else {
+        outcome.publish_secs
+    };
+    MessageReport {
+        publish_secs: outcome.publish_secs,
+        published: counters.published,
+        publish_rate_per_sec: per_sec(counters.published, outcome.publish_secs),
+        acked: counters.acked,
+        expected_deliveries: expected,
+        delivered: counters.delivered,
+        unique: counters.unique,
+        lost,
+        lost_basis,
+        duplicates: counters.duplicates,
+        reordered: counters.reordered,
+        unknown: counters.unknown,
+        unexpected,
+        delivery_rate_per_sec: per_sec(counters.unique, delivery_secs),
+        delivery_bytes_per_sec: per_sec(counters.delivered_bytes, delivery_secs),
+        drain_secs: outcome.drain_secs,
+        drain_complete: outcome.drain_complete,
+    }
+}
+
+fn cpu_report(outcome: &LoadOutcome, broker: Option<CpuUse>, relay: Option<CpuUse>) -> CpuReport {
+    let worker_cpu = outcome.worker_cpu_ns.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    CpuReport {
+        wall_secs: outcome.wall_secs,
+        workers: CpuUse::new(worker_cpu, outcome.wall_secs),
+        process: CpuUse::new(outcome.process_cpu_ns, outcome.wall_secs),
+        broker,
+        relay,
+        busiest_worker_running_cores: outcome
+            .worker_running_cpu_ns
+            .iter()
+            .map(|&ns| ns as f64 / 1e9 / outcome.publish_secs.max(1e-9))
+            .fold(0.0, f64::max),
     }
 }
 

@@ -45,6 +45,12 @@ const LOG_TAIL_BYTES: usize = 16 * 1024;
 const BASE_FLAGS: &[&str] =
     &["--log-level", "info", "--ring-entries", "1024", "--recv-buffers", "256"];
 
+/// The [`BASE_FLAGS`] pairs whose flag `flags` does not set itself (clap refuses a flag
+/// given twice).
+fn base_flags_not_in<'a>(flags: &[&str]) -> Vec<&'a str> {
+    BASE_FLAGS.chunks(2).filter(|pair| !flags.contains(&pair[0])).flatten().copied().collect()
+}
+
 /// A running `ringmq` process on `127.0.0.1:port`, killed when dropped.
 pub struct Broker {
     child: Child,
@@ -79,7 +85,7 @@ impl Broker {
     fn spawn(port: u16, flags: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(BASE_FLAGS)
+            .args(base_flags_not_in(flags))
             .args(flags)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -3,11 +3,12 @@
 //! never polls again after the connection failed (rumqttc would silently reconnect).
 
 use std::collections::VecDeque;
+use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
     Client, ConnAck, ConnectReturnCode, Connection, ConnectionError, Event, LastWill, MqttOptions,
-    Outgoing, Packet, Publish, QoS, RecvTimeoutError, SubscribeReasonCode,
+    Outgoing, Packet, Publish, QoS, RecvTimeoutError, StateError, SubscribeReasonCode,
 };
 
 use super::Broker;
@@ -173,7 +174,8 @@ impl Session {
         }
     }
 
-    /// Waits until the broker closes this connection, and returns the error rumqttc saw.
+    /// Waits until the broker closes this connection, and returns the error rumqttc saw;
+    /// panics if the connection failed for another reason (a timeout, a refused packet).
     pub fn wait_closed(&mut self, timeout: Duration) -> Box<ConnectionError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -184,7 +186,8 @@ impl Session {
                     self.received.push_back(publish)
                 }
                 Ok(_) => {}
-                Err(error) => return error,
+                Err(error) if closed_by_peer(&error) => return error,
+                Err(error) => panic!("the connection failed, but not by a close: {error}"),
             }
         }
     }
@@ -202,4 +205,23 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether rumqttc's error means the peer closed the connection (EOF or a reset: the broker
+/// closes with unread input pending, which the kernel turns into a reset).
+fn closed_by_peer(error: &ConnectionError) -> bool {
+    let io = match error {
+        ConnectionError::Io(io) => io,
+        ConnectionError::MqttState(StateError::ConnectionAborted) => return true,
+        ConnectionError::MqttState(StateError::Io(io)) => io,
+        ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(io))) => io,
+        _ => return false,
+    };
+    matches!(
+        io.kind(),
+        ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::UnexpectedEof
+            | ErrorKind::BrokenPipe
+    )
 }
