@@ -70,8 +70,10 @@ def main():
     thousands = lambda v: f"{v / 1000:,.0f}k" if v >= 10000 else f"{v:,.0f}"
     svg += panel(LEFT, 560, "Delivered messages per broker CPU-second (median)", thr, names,
                  "delivered_per_cpu_sec", "msgs / CPU-s", thousands)
-    svg += panel(LEFT + 560 + 90, 220, "p99 latency, fixed rate", lat, names, "p99_us",
-                 "microseconds", lambda v: f"{v:,.0f}")
+    lat = [(label, {n: {"p99_ms": (m.get("p99_us") or 0) / 1000 or None}
+                    for n, m in med_by.items()}) for label, med_by in lat]
+    svg += panel(LEFT + 560 + 90, 220, "p99 latency, fixed rate", lat, names, "p99_ms",
+                 "milliseconds", lambda v: f"{v:,.1f}" if v < 100 else f"{v:,.0f}")
     lx = LEFT
     for n in names:
         svg.append(f'<rect x="{lx}" y="{H - 22}" width="12" height="12" '
