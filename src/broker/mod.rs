@@ -32,6 +32,8 @@
 //!   handed off: its generated id is chosen to live here.
 //! - `Action::Remote { to, msg }`: deliver `msg` to worker `to`'s `handle_remote`, FIFO per
 //!   (from, to) pair. The runtime may hold it back (backpressure) but never drop or reorder it.
+//!   A SUBACK that starts a filter's interest waits for every other worker's
+//!   `RemoteMsg::InterestAck` (`interest.rs`), so a held-back channel delays SUBACKs too.
 //! - `handle_tick(now)` whenever `now >= next_deadline()`; it runs keepalive, connect
 //!   timeouts, session and retained expiry, and the `$SYS` interval. Timers have
 //!   [`keepalive::BUCKET_MILLIS`] precision: a deadline fires in the first tick at or after it
@@ -43,6 +45,7 @@
 //! `subscribe.rs` SUBSCRIBE/UNSUBSCRIBE and retained-on-subscribe; `publish.rs` inbound
 //! PUBLISH and routing; `delivery.rs` writing, queueing and refilling one session's output;
 //! `inflight.rs` the QoS state machines; `connection.rs` connection state, output and closing;
+//! `interest.rs` cross-worker interest and the SUBACKs that wait for it;
 //! `will.rs`; `keepalive.rs` the timing wheel; `route.rs` the cross-worker protocol and
 //! [`stable_hash`]; `sys.rs` `$SYS`; `stats.rs` the counters.
 //!
