@@ -115,9 +115,12 @@ run_pytest() {
     target_dir=$(cargo metadata --format-version 1 --no-deps \
         | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
     export RINGMQ_BIN="$target_dir/debug/ringmq"
+    # A per-test backstop, when pytest-timeout is there (RINGMQ_SKIP_INSTALL may leave it out).
+    local per_test_timeout=()
+    if python_has pytest-timeout 2; then per_test_timeout=(--timeout=300); fi
     local status=0
     # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
-    timeout 900 python3 -m pytest tests/python --timeout=300 ${PYTEST_ARGS:-} || status=$?
+    timeout 900 python3 -m pytest tests/python "${per_test_timeout[@]}" ${PYTEST_ARGS:-} || status=$?
     if [ "$status" = 5 ]; then
         # Exit 5: no test collected although test files exist - a broken test module or
         # a filter that matched nothing; either way nothing was checked.

@@ -124,11 +124,13 @@ pub struct ConnectionArgs {
     /// Also report this process's CPU use (the broker's), from /proc/<pid>/stat.
     #[arg(long)]
     pub broker_pid: Option<u32>,
-    /// Provided receive buffers per worker (power of two) and their size in bytes.
-    #[arg(long, default_value_t = 1024)]
-    pub recv_buffers: u16,
-    #[arg(long, default_value_t = 16 * 1024)]
-    pub recv_buffer_bytes: usize,
+    /// Provided receive buffers per worker (power of two) and their size in bytes. Defaults:
+    /// 1024 x 16 KiB with message traffic, 128 x 4 KiB for `conn` (only CONNACK/PINGRESP
+    /// arrive, and many threads may each need a pool).
+    #[arg(long)]
+    pub recv_buffers: Option<u16>,
+    #[arg(long)]
+    pub recv_buffer_bytes: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -145,6 +147,12 @@ pub struct MessageArgs {
     /// Unacknowledged QoS 1/2 messages per publisher.
     #[arg(long, default_value_t = 64)]
     pub window: u16,
+    /// End-to-end flow control: a publisher stays at most this many messages ahead of what
+    /// its subscribers (in this process) received, so max rate finds the sustainable rate
+    /// instead of filling the broker's queues. A lost message holds its publisher until the
+    /// run ends. 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub e2e_window: u64,
     /// Messages per publisher, then it stops (the run ends early when all have).
     #[arg(long)]
     pub count: Option<u64>,
@@ -240,6 +248,7 @@ pub fn load_config(
         payload_bytes: 64,
         rate: 0,
         window: 64,
+        e2e_window: 0,
         count: None,
         topic_prefix: "ringmq-bench".into(),
         topics: None,
@@ -253,8 +262,12 @@ pub fn load_config(
     };
     let ring_files = connection.ring_files.max(1);
     let threads_needed = plan.connections().div_ceil(u64::from(ring_files)) as usize;
-    if !connection.recv_buffers.is_power_of_two() {
-        return Err("--recv-buffers must be a power of two".into());
+    let idle_only = plan.publishers == 0 && plan.subscribers == 0;
+    let recv_buffers = connection.recv_buffers.unwrap_or(if idle_only { 128 } else { 1024 });
+    let recv_buffer_bytes =
+        connection.recv_buffer_bytes.unwrap_or(if idle_only { 4096 } else { 16 * 1024 });
+    if !recv_buffers.is_power_of_two() || recv_buffers > 32_768 || recv_buffer_bytes == 0 {
+        return Err("--recv-buffers must be a power of two up to 32768, of at least 1 byte".into());
     }
     let config = LoadConfig {
         target,
@@ -266,6 +279,7 @@ pub fn load_config(
         payload_bytes: messages.payload_bytes,
         rate_per_sec: messages.rate,
         window: messages.window,
+        e2e_window: messages.e2e_window,
         count_per_publisher: messages.count,
         duration: seconds(connection.duration, "--duration")?,
         drain: seconds(connection.drain, "--drain")?,
@@ -280,8 +294,8 @@ pub fn load_config(
             .unwrap_or_else(|| format!("rmqb-{}", std::process::id())),
         publisher_id_base: messages.publisher_id_base,
         progress,
-        recv_buffers: connection.recv_buffers,
-        recv_buffer_bytes: connection.recv_buffer_bytes,
+        recv_buffers,
+        recv_buffer_bytes,
     };
     config.validate()?;
     Ok(config)
@@ -309,6 +323,22 @@ mod tests {
         assert_eq!(pairs.deliveries_per_round(), 8);
         let fanin = args(Pattern::Fanin).plan(Some(2));
         assert_eq!((fanin.publishers, fanin.topics), (8, 2));
+    }
+
+    #[test]
+    fn large_connection_counts_get_a_ring_per_file_table_and_enough_address_pairs() {
+        let parse = |line: &str| match Cli::try_parse_from(line.split_whitespace()) {
+            Ok(Cli { command: Command::Conn { connection, conns }, .. }) => (connection, conns),
+            other => panic!("{line}: {other:?}"),
+        };
+        let idle = |conns| Plan { publishers: 0, subscribers: 0, topics: 1, idle: conns };
+        let (connection, conns) = parse("b conn --conns 50000 --source 127.1.0.1-127.1.0.2");
+        let config = load_config(&connection, None, idle(conns), false).expect("valid");
+        assert_eq!(config.threads, 4, "50000 connections / 16384 slots per ring");
+        assert_eq!((config.recv_buffers, config.recv_buffer_bytes), (128, 4096));
+        let (connection, conns) = parse("b conn --conns 50000");
+        let error = load_config(&connection, None, idle(conns), false).expect_err("one pair");
+        assert!(error.contains("address pairs"), "{error}");
     }
 
     #[test]

@@ -30,7 +30,7 @@
 //!
 //! # Verification
 //! Unit tests, a two-thread stress test (millions of items, FIFO, no loss, no duplicate) and
-//! `loom` models (`RUSTFLAGS="--cfg loom" cargo test --release --lib runtime::`). Miri
+//! `loom` models (`RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`). Miri
 //! needs a nightly toolchain, which this project does not use, so it has not been run.
 
 use std::fmt;

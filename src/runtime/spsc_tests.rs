@@ -187,7 +187,8 @@ fn zero_sized_items() {
 #[test]
 fn two_thread_stress_fifo_no_loss_no_duplicate() {
     const ITEMS: u64 = 8_000_000;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
     let (mut producer, mut consumer) = channel::<u64>(256);
     let writer = std::thread::spawn(move || {
         let mut next = 0u64;
@@ -232,5 +233,10 @@ fn two_thread_stress_fifo_no_loss_no_duplicate() {
     let full_events = writer.join().expect("producer thread panicked");
     assert_eq!(consumer.pop(), None, "nothing beyond the last item");
     // Not an assertion on timing: just evidence in `--nocapture` that both bounds were met.
-    eprintln!("spsc stress: {ITEMS} items, {full_events} full events, {empty_polls} empty polls");
+    let elapsed = started.elapsed();
+    let rate = ITEMS as f64 / elapsed.as_secs_f64() / 1e6;
+    eprintln!(
+        "spsc stress: {ITEMS} items in {elapsed:?} ({rate:.1} M items/s), {full_events} full \
+         events, {empty_polls} empty polls"
+    );
 }
