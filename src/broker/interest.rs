@@ -20,19 +20,20 @@
 //!   order (a later SUBACK never overtakes an earlier one, as in a single-worker broker): each
 //!   waits for at least what the one before it waits for, so one ordered map, keyed
 //!   (number, arrival), releases them in each connection's order.
-//! - Only the SUBACK waits. Later packets of the connection are handled as usual, and messages
-//!   matching the new subscription may be delivered before its SUBACK, which [MQTT-3.8.4]
-//!   permits ("The Server is permitted to start sending PUBLISH packets matching the
-//!   Subscription before the Server sends the SUBACK Packet"). Retained messages are written at
-//!   the SUBSCRIBE (see `subscribe.rs`).
+//! - Only the SUBACK (and the retained messages that follow it, see `subscribe.rs`) waits.
+//!   Later packets of the connection are handled as usual, and live messages matching the new
+//!   subscription may be delivered before its SUBACK, which [MQTT-3.8.4] permits ("The Server
+//!   is permitted to start sending PUBLISH packets matching the Subscription before the Server
+//!   sends the SUBACK Packet").
 //! - A connection that closes takes its held SUBACKs with it; an ack arriving afterwards
 //!   releases the others and finds nothing of it.
 //!
-//! Bounds: a held SUBACK is output the broker owes the connection, so its bytes count with the
-//! connection's output against the control-packet bound, twice `outbuf_bytes_max`; past it the
-//! connection is closed as a slow consumer (as a client that sends without reading is). So the
-//! held table holds at most 2 x `outbuf_bytes_max` / 5 entries per connection (5 bytes is the
-//! smallest SUBACK). The unconfirmed-filter map holds only filters with local subscribers
+//! Bounds: a held SUBACK is output the broker owes the connection, so its bytes, and those of
+//! the granted filters whose retained messages follow it, count with the connection's output
+//! against the control-packet bound, twice `outbuf_bytes_max`; past it the connection is
+//! closed as a slow consumer (as a client that sends without reading is). So the held table
+//! holds at most 2 x `outbuf_bytes_max` bytes of answers, and at most 2 x `outbuf_bytes_max`
+//! / 5 entries, per connection (5 bytes is the smallest SUBACK). The unconfirmed-filter map holds only filters with local subscribers
 //! (an entry goes when the filter's last subscriber does), so it is bounded by the
 //! subscriptions held: `sessions_max` x `subscriptions_per_session_max`.
 //!
@@ -41,8 +42,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Broker, CloseReason, ConnId, RemoteMsg, WorkerId};
-use crate::protocol::{encode::remaining_length_bytes, Packet, Suback, TopicFilter};
+use super::connection::Phase;
+use super::subscribe::SubscribeAnswer;
+use super::{Broker, CloseReason, ConnId, Millis, RemoteMsg, WorkerId};
+use crate::protocol::TopicFilter;
 
 /// A held SUBACK's place: the broadcast it waits for, then its arrival number.
 pub(super) type HeldKey = (u64, u64);
@@ -50,7 +53,7 @@ pub(super) type HeldKey = (u64, u64);
 #[derive(Debug)]
 struct HeldSuback {
     conn: ConnId,
-    suback: Suback,
+    answer: SubscribeAnswer,
     bytes: usize,
 }
 
@@ -149,7 +152,7 @@ impl Broker {
     }
 
     /// A peer applied one more of this worker's broadcasts: release what is now confirmed.
-    pub(super) fn on_interest_ack(&mut self, from: WorkerId) {
+    pub(super) fn on_interest_ack(&mut self, from: WorkerId, now: Millis) {
         let state = &mut self.interest;
         state.acked[from.index()] += 1;
         assert!(
@@ -165,46 +168,42 @@ impl Broker {
             let filter = entry.remove();
             state.unconfirmed.remove(&filter);
         }
-        self.release_subacks(confirmed);
+        self.release_subacks(confirmed, now);
     }
 
-    /// Answers a SUBSCRIBE with `suback`, now or once broadcast `waits_for` is confirmed.
-    /// Returns whether it was written now.
-    pub(super) fn answer_subscribe(
+    /// Holds `answer` if the SUBACK must wait for broadcast `waits_for` or for an earlier
+    /// held SUBACK of the connection; returns it if it may go now. Past the connection's
+    /// control-output bound it is neither: the connection is closed as a slow consumer.
+    pub(super) fn hold_suback(
         &mut self,
         conn: ConnId,
-        suback: Suback,
+        answer: SubscribeAnswer,
         waits_for: u64,
-    ) -> bool {
+    ) -> Option<SubscribeAnswer> {
         let confirmed = self.interest.confirmed(self.me);
-        let Some(state) = self.conns.get(&conn) else {
-            return false;
-        };
+        let state = self.conns.get_mut(&conn).expect("a subscribing connection is known");
         let behind = state.held_subacks.back().map_or(0, |&(number, _)| number);
         if waits_for <= confirmed && behind == 0 {
-            self.write_control(conn, &Packet::Suback(suback));
-            return true;
+            return Some(answer);
         }
-        let remaining = 2 + suback.return_codes.len();
-        let bytes = 1 + remaining_length_bytes(remaining) + remaining;
+        let bytes = answer.held_bytes();
         let owed = state.pending_bytes() + state.held_suback_bytes + bytes;
         if owed > self.config.outbuf_bytes_max.saturating_mul(2) {
             self.pending_closes.push_back((conn, CloseReason::SlowConsumer));
-            return false;
+            return None;
         }
         self.interest.arrivals += 1;
         // Never ahead of an earlier held SUBACK of this connection (order); never 0 (held).
         let key = (waits_for.max(behind).max(1), self.interest.arrivals);
-        let state = self.conns.get_mut(&conn).expect("looked up above");
         state.held_subacks.push_back(key);
         state.held_suback_bytes += bytes;
-        self.interest.held.insert(key, HeldSuback { conn, suback, bytes });
+        self.interest.held.insert(key, HeldSuback { conn, answer, bytes });
         self.stats.subacks_held += 1;
-        false
+        None
     }
 
-    /// Writes every held SUBACK waiting for a broadcast at or below `confirmed`, in order.
-    fn release_subacks(&mut self, confirmed: u64) {
+    /// Completes every held SUBACK waiting for a broadcast at or below `confirmed`, in order.
+    fn release_subacks(&mut self, confirmed: u64, now: Millis) {
         while let Some(entry) = self.interest.held.first_entry() {
             if entry.key().0 > confirmed {
                 break;
@@ -215,7 +214,10 @@ impl Broker {
                 self.conns.get_mut(&held.conn).expect("a held SUBACK's connection is known");
             assert_eq!(state.held_subacks.pop_front(), Some(key), "held SUBACKs out of order");
             state.held_suback_bytes -= held.bytes;
-            self.write_control(held.conn, &Packet::Suback(held.suback));
+            let Phase::Active(session) = state.phase else {
+                unreachable!("only a connection with a session subscribes")
+            };
+            self.complete_subscribe(held.conn, session, held.answer, now);
         }
     }
 

@@ -58,7 +58,7 @@ impl Broker {
             RemoteMsg::Interest { filter, interested } => {
                 self.on_remote_interest(from, &filter, interested);
             }
-            RemoteMsg::InterestAck => self.on_interest_ack(from),
+            RemoteMsg::InterestAck => self.on_interest_ack(from, now),
             RemoteMsg::Retain(message) => self.apply_retained_as_owner(message, now),
             RemoteMsg::RetainApplied(message) => {
                 self.store_retained(message, now);

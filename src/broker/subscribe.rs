@@ -6,11 +6,13 @@
 //! (counted). A filter the session already has is replaced, not duplicated [MQTT-3.8.4-3].
 //! The retained messages matching each granted filter are sent with RETAIN=1 [MQTT-3.3.1-6]
 //! [MQTT-3.3.1-8] — also for a replaced subscription, which the spec asks to re-send them.
-//! They are written at the SUBSCRIBE: after the SUBACK when it goes at once (Mosquitto's
-//! order), before it when the SUBACK waits for other workers (see `interest.rs`). Holding them
-//! back with the SUBACK would let a newer live message on the same topic, delivered to the
-//! new subscription meanwhile, arrive before the older retained one, which would then look
-//! like the topic's current value; [MQTT-3.8.4] permits PUBLISH before the SUBACK.
+//! They follow the SUBACK, as in Mosquitto, also when the SUBACK waits for other workers
+//! (`interest.rs`): they are then looked up when it is released, so they are the retained
+//! messages of that moment. The price: a live message delivered to the new subscription
+//! while its SUBACK waits arrives before the retained ones (which carry RETAIN=1, so a client
+//! can tell a stored message from a live one). Sending them at the SUBSCRIBE instead would
+//! put PUBLISHes before the SUBACK, which [MQTT-3.8.4] permits but clients such as
+//! `mosquitto_sub -C 1` do not expect (it would exit before its SUBACK).
 //!
 //! UNSUBSCRIBE removes the filters the session has (compared character by character
 //! [MQTT-3.10.4-1]) and is always answered UNSUBACK, even when nothing matched
@@ -22,7 +24,26 @@
 
 use super::delivery::Variants;
 use super::{Broker, ConnId, Message, Millis, SessionId};
+use crate::protocol::encode::remaining_length_bytes;
 use crate::protocol::{Packet, QoS, Suback, SubackCode, Subscribe, TopicFilter, Unsubscribe};
+
+/// What a SUBSCRIBE is answered with: its SUBACK, then the retained messages of each granted
+/// filter.
+#[derive(Debug)]
+pub(super) struct SubscribeAnswer {
+    pub suback: Suback,
+    pub granted: Vec<(TopicFilter, QoS)>,
+}
+
+impl SubscribeAnswer {
+    /// What holding it costs: the SUBACK's bytes and the granted filters' (the retained
+    /// messages it still owes are looked up by them).
+    pub fn held_bytes(&self) -> usize {
+        let remaining = 2 + self.suback.return_codes.len();
+        let suback = 1 + remaining_length_bytes(remaining) + remaining;
+        suback + self.granted.iter().map(|(filter, _)| filter.as_str().len()).sum::<usize>()
+    }
+}
 
 impl Broker {
     pub(super) fn handle_subscribe(
@@ -33,19 +54,35 @@ impl Broker {
         now: Millis,
     ) {
         let mut return_codes = Vec::with_capacity(subscribe.filters.len());
+        let mut granted = Vec::with_capacity(subscribe.filters.len());
         let mut waits_for = 0;
-        for (filter, qos) in &subscribe.filters {
-            let (code, interest) = self.add_subscription(session, filter, *qos);
+        for (filter, qos) in subscribe.filters {
+            let (code, interest) = self.add_subscription(session, &filter, qos);
             return_codes.push(code);
             waits_for = waits_for.max(interest);
+            if let SubackCode::Granted(qos) = code {
+                granted.push((filter, qos));
+            }
         }
         let suback = Suback { packet_id: subscribe.packet_id, return_codes };
-        let codes = suback.return_codes.clone();
-        self.answer_subscribe(conn, suback, waits_for);
-        for ((filter, _), code) in subscribe.filters.iter().zip(&codes) {
-            if let SubackCode::Granted(granted) = code {
-                self.send_retained(session, filter, *granted, now);
-            }
+        let answer = SubscribeAnswer { suback, granted };
+        if let Some(answer) = self.hold_suback(conn, answer, waits_for) {
+            self.complete_subscribe(conn, session, answer, now);
+        }
+    }
+
+    /// Writes the SUBACK, then the retained messages of each granted filter (Mosquitto's
+    /// order), read from the replica now.
+    pub(super) fn complete_subscribe(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        answer: SubscribeAnswer,
+        now: Millis,
+    ) {
+        self.write_control(conn, &Packet::Suback(answer.suback));
+        for (filter, granted) in &answer.granted {
+            self.send_retained(session, filter, *granted, now);
         }
     }
 
