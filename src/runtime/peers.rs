@@ -29,7 +29,7 @@ pub enum MeshItem {
 #[derive(Debug)]
 pub struct HandoffRecord {
     pub key: HandoffKey,
-    pub connect: Connect,
+    pub connect: Box<Connect>,
     pub leftover: BytesMut,
 }
 
