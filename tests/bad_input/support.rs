@@ -1,0 +1,406 @@
+//! What `tests/bad_input.rs` needs around the real binary: start it on a free loopback port
+//! and wait until it answers CONNECT, keep its log, stop it with SIGTERM (the workers then log
+//! their counters) or kill it when dropped; a raw peer that writes any bytes and sees the
+//! broker close; a fresh client's publish round trip, the "still serves" check after each case.
+//!
+//! Invariant: every wait has a deadline and fails the test when it passes.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ringmq::protocol::{
+    decode, encode, Connect, ConnectReturnCode, Packet, PacketId, ProtocolVersion, Publish, QoS,
+    SubackCode, Subscribe, TopicFilter, TopicName, Utf8Bytes,
+};
+
+/// How long the broker may take to close a connection it must close.
+pub const CLOSE_WITHIN: Duration = Duration::from_secs(3);
+/// How long a packet the broker owes may take to arrive.
+const RECEIVE_WITHIN: Duration = Duration::from_secs(5);
+const START_WITHIN: Duration = Duration::from_secs(10);
+const READ_SLICE: Duration = Duration::from_millis(20);
+
+/// Flags every broker here gets (a test's own flags come after): rings sized for a test.
+const BASE_FLAGS: &[&str] = &[
+    "--log-level",
+    "info",
+    "--file-table-slots",
+    "1024",
+    "--ring-entries",
+    "1024",
+    "--recv-buffers",
+    "256",
+];
+
+pub fn encoded(packet: &Packet) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode(packet, &mut out);
+    out.to_vec()
+}
+
+pub fn connect_packet(client_id: &str) -> Packet {
+    Packet::Connect(Connect {
+        protocol: ProtocolVersion::V311,
+        clean_session: true,
+        keep_alive_secs: 30,
+        client_id: Utf8Bytes::from(client_id.to_owned()),
+        will: None,
+        username: None,
+        password: None,
+    })
+}
+
+pub fn publish_qos0(topic: &str, payload: &[u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: TopicName::try_from(topic).expect("valid topic"),
+        packet_id: None,
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+pub fn filter(text: &str) -> TopicFilter {
+    TopicFilter::try_from(text).expect("valid filter")
+}
+
+fn unique_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The `ringmq` process, killed on drop.
+pub struct Broker {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<u8>>>,
+    log_reader: Option<JoinHandle<()>>,
+    round_trips: u64,
+}
+
+impl Broker {
+    /// Starts the binary with `flags` (two workers unless they say otherwise).
+    pub fn start(flags: &[&str]) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let workers: &[&str] = if flags.contains(&"--workers") { &[] } else { &["--workers", "2"] };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(BASE_FLAGS)
+            .args(workers)
+            .args(flags)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringmq");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&log);
+        // Drains the pipe so the broker never blocks writing its log.
+        let log_reader = std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(len @ 1..) = stderr.read(&mut chunk) {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..len]);
+            }
+        });
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut broker = Self { child, addr, log, log_reader: Some(log_reader), round_trips: 0 };
+        broker.wait_until_ready();
+        broker
+    }
+
+    fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + START_WITHIN;
+        while Instant::now() < deadline {
+            self.assert_running();
+            if let Ok(stream) = TcpStream::connect(self.addr) {
+                let mut peer = Peer::new(stream);
+                peer.write(&encoded(&connect_packet(&unique_id("ready"))));
+                if let Ok(Some(Packet::Connack(connack))) = peer.try_receive(RECEIVE_WITHIN) {
+                    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+                    peer.disconnect();
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ringmq did not answer CONNECT within {START_WITHIN:?}:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("wait on ringmq") {
+            panic!("ringmq exited with {status}; log:\n{}", self.log());
+        }
+    }
+
+    /// A new TCP connection, nothing sent yet.
+    pub fn open(&self) -> Peer {
+        Peer::new(TcpStream::connect(self.addr).expect("connect to ringmq"))
+    }
+
+    /// The broker still serves: a fresh client subscribes to a topic of its own, publishes to
+    /// it at QoS 1, gets PUBACK [MQTT-4.3.2-2] and its own message back, and disconnects.
+    pub fn round_trip(&mut self, after: &str) {
+        self.assert_running();
+        let mut peer = self.open();
+        peer.write(&encoded(&connect_packet(&unique_id("fresh"))));
+        peer.expect_connack_accepted();
+        self.round_trip_on(peer, after);
+    }
+
+    /// The round trip of [`Broker::round_trip`] on a client already connected.
+    pub fn round_trip_on(&mut self, mut peer: Peer, after: &str) {
+        self.round_trips += 1;
+        let topic = format!("round-trip/{}", self.round_trips);
+        let subscribe = Subscribe {
+            packet_id: PacketId::new(1).expect("non-zero"),
+            filters: vec![(filter(&topic), QoS::AtLeastOnce)],
+        };
+        peer.write(&encoded(&Packet::Subscribe(subscribe)));
+        let granted = peer.expect_suback(PacketId::new(1).expect("non-zero"));
+        assert_eq!(granted, [SubackCode::Granted(QoS::AtLeastOnce)], "after {after}");
+        let id = PacketId::new(2).expect("non-zero");
+        let payload = format!("after {after}");
+        peer.write(&encoded(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: TopicName::try_from(topic.as_str()).expect("valid topic"),
+            packet_id: Some(id),
+            payload: Bytes::from(payload.clone()),
+        })));
+        let (mut acked, mut delivered) = (false, false);
+        while !(acked && delivered) {
+            match peer.receive() {
+                Packet::Puback(acked_id) if acked_id == id => acked = true,
+                Packet::Publish(publish) if publish.payload == payload.as_bytes() => {
+                    let delivery_id = publish.packet_id.expect("QoS 1 has a packet id");
+                    peer.write(&encoded(&Packet::Puback(delivery_id)));
+                    delivered = true;
+                }
+                other => panic!("after {after}: unexpected {other:?}"),
+            }
+        }
+        peer.disconnect();
+        self.assert_running();
+    }
+
+    /// SIGTERM, wait for the exit, and return the whole log (it ends with every worker's
+    /// counters).
+    pub fn terminate(mut self) -> String {
+        let pid = i32::try_from(self.child.id()).expect("pid fits an i32");
+        // SAFETY: signals our own child, which has not been reaped (we hold `child`).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait on ringmq") {
+                assert!(status.success(), "ringmq exited with {status}:\n{}", self.log());
+                break;
+            }
+            assert!(Instant::now() < deadline, "ringmq still running 3 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(reader) = self.log_reader.take() {
+            reader.join().expect("log reader");
+        }
+        self.log()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // Child::kill is SIGKILL to this child's PID; an error only means it already exited.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- ringmq log ----\n{}", self.log());
+        }
+    }
+}
+
+/// The sum over the workers' final counters (`name: N` in their Debug print) of `name`.
+pub fn counter_sum(log: &str, name: &str) -> u64 {
+    let key = format!("{name}: ");
+    log.match_indices(&key)
+        .map(|(at, _)| {
+            let digits: String =
+                log[at + key.len()..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().expect("a counter value")
+        })
+        .sum()
+}
+
+/// Reads (and discards) until the peer closes (EOF or reset): `true`, or `timeout`: `false`.
+pub fn closed_by_peer(stream: &mut TcpStream, timeout: Duration) -> bool {
+    let mut peer = Peer::new(stream.try_clone().expect("clone the stream"));
+    peer.wait_closed(timeout).is_some()
+}
+
+/// One raw connection to the broker.
+pub struct Peer {
+    stream: TcpStream,
+    input: BytesMut,
+}
+
+enum Read1 {
+    Bytes,
+    Closed,
+    Nothing,
+}
+
+impl Peer {
+    fn new(stream: TcpStream) -> Self {
+        stream.set_read_timeout(Some(READ_SLICE)).expect("read timeout");
+        stream.set_write_timeout(Some(Duration::from_secs(5))).expect("write timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Self { stream, input: BytesMut::new() }
+    }
+
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
+    /// Writes `bytes`. A broker that already closed (reset, broken pipe) is not an error
+    /// here: the test then checks the close itself.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if let Err(error) = self.stream.write_all(bytes) {
+            assert!(
+                matches!(error.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+                "write: {error}"
+            );
+        }
+    }
+
+    pub fn shutdown_write(&mut self) {
+        self.stream.shutdown(Shutdown::Write).expect("shutdown");
+    }
+
+    pub fn disconnect(mut self) {
+        self.write(&encoded(&Packet::Disconnect));
+    }
+
+    /// Waits for the broker to close; returns the bytes it sent before, or panics after
+    /// [`CLOSE_WITHIN`].
+    pub fn expect_closed(&mut self, what: &str) -> Vec<u8> {
+        self.expect_closed_within(what, CLOSE_WITHIN)
+    }
+
+    pub fn expect_closed_within(&mut self, what: &str, timeout: Duration) -> Vec<u8> {
+        match self.wait_closed(timeout) {
+            Some(_) => self.input.split().to_vec(),
+            None => panic!("{what}: connection still open after {timeout:?}"),
+        }
+    }
+
+    /// How long until the broker closed, or `None` if it did not within `timeout`.
+    fn wait_closed(&mut self, timeout: Duration) -> Option<Duration> {
+        let began = Instant::now();
+        while began.elapsed() < timeout {
+            if let Read1::Closed = self.read_once() {
+                return Some(began.elapsed());
+            }
+        }
+        None
+    }
+
+    fn read_once(&mut self) -> Read1 {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Read1::Closed,
+            Ok(len) => {
+                self.input.extend_from_slice(&chunk[..len]);
+                Read1::Bytes
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                Read1::Nothing
+            }
+            // The broker closing with our bytes unread shows as a reset.
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => Read1::Closed,
+            Err(error) => panic!("read: {error}"),
+        }
+    }
+
+    /// The next packet within `timeout`; `Err` if the broker closed first.
+    fn try_receive(&mut self, timeout: Duration) -> Result<Option<Packet>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match decode(&mut self.input, usize::MAX) {
+                Ok(Some(packet)) => return Ok(Some(packet)),
+                Ok(None) => {}
+                Err(error) => return Err(format!("the broker sent invalid MQTT: {error}")),
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            if let Read1::Closed = self.read_once() {
+                return Err("the broker closed the connection".to_owned());
+            }
+        }
+    }
+
+    pub fn receive(&mut self) -> Packet {
+        match self.try_receive(RECEIVE_WITHIN) {
+            Ok(Some(packet)) => packet,
+            Ok(None) => panic!("no packet from the broker within {RECEIVE_WITHIN:?}"),
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    /// [MQTT-3.2.0-1] the first packet from the server is CONNACK; here it accepts.
+    pub fn expect_connack_accepted(&mut self) {
+        match self.receive() {
+            Packet::Connack(connack) => assert_eq!(connack.code, ConnectReturnCode::Accepted),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Whether CONNECT was accepted; `false` if the broker closed the connection instead.
+    pub fn try_connack_accepted(&mut self) -> bool {
+        match self.try_receive(RECEIVE_WITHIN) {
+            Ok(Some(Packet::Connack(connack))) => connack.code == ConnectReturnCode::Accepted,
+            Ok(other) => panic!("expected CONNACK, got {other:?}"),
+            Err(_) => false,
+        }
+    }
+
+    /// [MQTT-3.8.4-1] a SUBACK with the SUBSCRIBE's packet id; its return codes.
+    pub fn expect_suback(&mut self, packet_id: PacketId) -> Vec<SubackCode> {
+        match self.receive() {
+            Packet::Suback(suback) if suback.packet_id == packet_id => suback.return_codes,
+            other => panic!("expected SUBACK {packet_id:?}, got {other:?}"),
+        }
+    }
+
+    pub fn expect_publish(&mut self) -> Publish {
+        match self.receive() {
+            Packet::Publish(publish) => publish,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// PINGREQ answered by PINGRESP [MQTT-3.12.4-1]: the connection is alive.
+    pub fn ping(&mut self) {
+        self.write(&encoded(&Packet::Pingreq));
+        assert_eq!(self.receive(), Packet::Pingresp);
+    }
+}
