@@ -5,4 +5,6 @@
 use libfuzzer_sys::fuzz_target;
 use ringmq_fuzz::driver::{Driver, Input};
 
-fuzz_target!(|input: Input| Driver::run(&input));
+fuzz_target!(|input: Input| {
+    Driver::run(&input);
+});

@@ -97,28 +97,80 @@ impl Knobs {
 /// One thing that happens. `conn` picks among the driver's connections (modulo their count).
 #[derive(Arbitrary, Debug)]
 pub enum Op {
-    Open { worker: u8 },
-    Connect { conn: u8, client: u8, clean: bool, keepalive: u8, will: Option<Will>, user: bool },
-    Publish { conn: u8, topic: u8, qos: u8, retain: bool, dup: bool, id: u16, payload: u16 },
-    Subscribe { conn: u8, id: u16, filters: Vec<(u8, u8)> },
-    Unsubscribe { conn: u8, id: u16, filters: Vec<u8> },
+    Open {
+        worker: u8,
+    },
+    Connect {
+        conn: u8,
+        client: u8,
+        clean: bool,
+        keepalive: u8,
+        will: Option<Will>,
+        user: bool,
+    },
+    Publish {
+        conn: u8,
+        topic: u8,
+        qos: u8,
+        retain: bool,
+        dup: bool,
+        id: u16,
+        payload: u16,
+    },
+    Subscribe {
+        conn: u8,
+        id: u16,
+        filters: Vec<(u8, u8)>,
+    },
+    Unsubscribe {
+        conn: u8,
+        id: u16,
+        filters: Vec<u8>,
+    },
     /// PUBACK, PUBREC, PUBREL or PUBCOMP (by `kind`) for an id the client saw, or `id`.
-    Ack { conn: u8, kind: u8, pick: u8, id: u16 },
-    Ping { conn: u8 },
-    Disconnect { conn: u8 },
+    Ack {
+        conn: u8,
+        kind: u8,
+        pick: u8,
+        id: u16,
+    },
+    Ping {
+        conn: u8,
+    },
+    Disconnect {
+        conn: u8,
+    },
     /// A packet only a server may send.
-    ServerPacket { conn: u8, kind: u8 },
+    ServerPacket {
+        conn: u8,
+        kind: u8,
+    },
     /// Any bytes at all, through the decoder.
-    Raw { conn: u8, bytes: Vec<u8> },
+    Raw {
+        conn: u8,
+        bytes: Vec<u8>,
+    },
     /// The socket reports this many of the taken bytes sent (0: all of them).
-    Sent { conn: u8, bytes: u16 },
+    Sent {
+        conn: u8,
+        bytes: u16,
+    },
     /// The client vanished: the socket closed without DISCONNECT.
-    Vanish { conn: u8 },
+    Vanish {
+        conn: u8,
+    },
     /// A late close completion for a connection the broker no longer has.
-    StaleClose { pick: u8 },
-    Advance { millis: u16 },
+    StaleClose {
+        pick: u8,
+    },
+    Advance {
+        millis: u16,
+    },
     /// Deliver up to `count` held cross-worker messages on one link.
-    Deliver { link: u8, count: u8 },
+    Deliver {
+        link: u8,
+        count: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -320,7 +372,11 @@ impl Driver {
             return;
         };
         let seen = &self.conns[index].seen_ids;
-        let id = if seen.is_empty() { packet_id(id) } else { packet_id(seen[pick as usize % seen.len()]) };
+        let id = if seen.is_empty() {
+            packet_id(id)
+        } else {
+            packet_id(seen[pick as usize % seen.len()])
+        };
         let packet = match kind % 4 {
             0 => Packet::Puback(id),
             1 => Packet::Pubrec(id),
@@ -456,7 +512,9 @@ impl Driver {
         self.conns
             .iter()
             .position(|conn| conn.open && conn.worker == worker && conn.id == id)
-            .unwrap_or_else(|| panic!("worker {} acted on {id:?}, which it does not have", worker.0))
+            .unwrap_or_else(|| {
+                panic!("worker {} acted on {id:?}, which it does not have", worker.0)
+            })
     }
 
     fn act(&mut self, worker: WorkerId, action: Action) {
@@ -616,7 +674,9 @@ fn receive(conn: &mut Conn, limit: usize, summary: &mut Summary) {
         let packet = match decode(&mut conn.received, limit) {
             Ok(Some(packet)) => packet,
             Ok(None) => return,
-            Err(error) => panic!("{:?}: the broker wrote bytes that are not MQTT: {error}", conn.id),
+            Err(error) => {
+                panic!("{:?}: the broker wrote bytes that are not MQTT: {error}", conn.id)
+            }
         };
         if !conn.connack_seen {
             assert!(matches!(packet, Packet::Connack(_)), "first packet {packet:?} [MQTT-3.2.0-1]");

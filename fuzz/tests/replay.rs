@@ -81,7 +81,14 @@ fn broker_driver_delivers_a_publish_across_workers() {
         allow_anonymous: true,
         ..Knobs::default()
     };
-    let connect = |conn, client| Op::Connect { conn, client, clean: true, keepalive: 0, will: None, user: false };
+    let connect = |conn, client| Op::Connect {
+        conn,
+        client,
+        clean: true,
+        keepalive: 0,
+        will: None,
+        user: false,
+    };
     let ops = vec![
         Op::Open { worker: 0 },
         connect(0, 1),
