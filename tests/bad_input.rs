@@ -6,7 +6,7 @@
 //!
 //! Every wait has a deadline; no test takes more than a few seconds.
 
-#[path = "bad_input/support.rs"]
+#[path = "robust_support/mod.rs"]
 mod support;
 
 use std::io::Write;

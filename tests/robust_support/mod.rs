@@ -1,9 +1,12 @@
-//! What `tests/bad_input.rs` needs around the real binary: start it on a free loopback port
+//! What `tests/bad_input.rs` and `tests/faults.rs` need around the real binary: start it on a free loopback port
 //! and wait until it answers CONNECT, keep its log, stop it with SIGTERM (the workers then log
 //! their counters) or kill it when dropped; a raw peer that writes any bytes and sees the
 //! broker close; a fresh client's publish round trip, the "still serves" check after each case.
 //!
 //! Invariant: every wait has a deadline and fails the test when it passes.
+
+// Each test binary that includes this module uses a different part of it.
+#![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -15,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ringmq::protocol::{
-    decode, encode, Connect, ConnectReturnCode, Packet, PacketId, ProtocolVersion, Publish, QoS,
-    SubackCode, Subscribe, TopicFilter, TopicName, Utf8Bytes,
+    decode, encode, Connack, Connect, ConnectReturnCode, LastWill, Packet, PacketId,
+    ProtocolVersion, Publish, QoS, SubackCode, Subscribe, TopicFilter, TopicName, Utf8Bytes,
 };
 
 /// How long the broker may take to close a connection it must close.
@@ -45,14 +48,41 @@ pub fn encoded(packet: &Packet) -> Vec<u8> {
 }
 
 pub fn connect_packet(client_id: &str) -> Packet {
+    connect_packet_with(client_id, true, None)
+}
+
+pub fn connect_packet_with(client_id: &str, clean_session: bool, will: Option<LastWill>) -> Packet {
     Packet::Connect(Connect {
         protocol: ProtocolVersion::V311,
-        clean_session: true,
+        clean_session,
         keep_alive_secs: 30,
         client_id: Utf8Bytes::from(client_id.to_owned()),
-        will: None,
+        will,
         username: None,
         password: None,
+    })
+}
+
+/// A PUBLISH; `id` is used only for QoS 1 and 2.
+pub fn publish_packet(topic: &str, qos: QoS, id: u16, dup: bool, payload: &[u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup,
+        qos,
+        retain: false,
+        topic: TopicName::try_from(topic).expect("valid topic"),
+        packet_id: (qos != QoS::AtMostOnce).then(|| packet_id(id)),
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+pub fn packet_id(value: u16) -> PacketId {
+    PacketId::new(value).expect("a non-zero packet id")
+}
+
+pub fn subscribe_packet(id: u16, filter_text: &str, qos: QoS) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: packet_id(id),
+        filters: vec![(filter(filter_text), qos)],
     })
 }
 
@@ -71,7 +101,7 @@ pub fn filter(text: &str) -> TopicFilter {
     TopicFilter::try_from(text).expect("valid filter")
 }
 
-fn unique_id(prefix: &str) -> String {
+pub fn unique_id(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
@@ -284,6 +314,50 @@ impl Peer {
                 "write: {error}"
             );
         }
+    }
+
+    /// The client dies: the socket is closed with a reset (SO_LINGER 0), as when its process
+    /// is killed with unread data or its host vanishes, and no DISCONNECT is sent.
+    pub fn kill(self) {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: `linger` is a valid `struct linger` for SO_LINGER on our own open socket.
+        let result = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                std::ptr::addr_of!(linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(result, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    }
+
+    /// Sends CONNECT and returns the CONNACK.
+    pub fn connect(&mut self, packet: &Packet) -> Connack {
+        self.write(&encoded(packet));
+        match self.receive() {
+            Packet::Connack(connack) => connack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, packet: &Packet) {
+        self.write(&encoded(packet));
+    }
+
+    /// The next packet within `timeout`, or `None`; panics if the broker closed.
+    pub fn receive_within(&mut self, timeout: Duration) -> Option<Packet> {
+        self.try_receive(timeout).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// Nothing arrives for `duration` (a PINGREQ/PINGRESP then shows the connection alive).
+    pub fn expect_silence(&mut self, duration: Duration, what: &str) {
+        if let Some(packet) = self.receive_within(duration) {
+            panic!("{what}: unexpected {packet:?}");
+        }
+        self.ping();
     }
 
     pub fn shutdown_write(&mut self) {
