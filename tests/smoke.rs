@@ -69,11 +69,15 @@ impl Broker {
         }
     }
 
-    /// SIGTERM, then the exit status (or a panic after a second).
-    fn terminate(mut self) -> std::process::ExitStatus {
+    fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).expect("pid");
         // SAFETY: sends a signal to our own child process, which has not been reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// SIGTERM, then the exit status (or a panic after a second).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
         let began = Instant::now();
         while began.elapsed() < Duration::from_secs(1) {
             if let Some(status) = self.child.try_wait().expect("status") {
@@ -154,6 +158,18 @@ fn id(value: u16) -> PacketId {
 #[test]
 fn publish_subscribe_round_trip_then_a_clean_sigterm() {
     round_trip(1);
+}
+
+/// SIGHUP is reserved: logged and ignored, the broker keeps serving.
+#[test]
+fn sighup_is_ignored() {
+    let mut broker = Broker::start(1);
+    broker.connect().connect("before-hup");
+    broker.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(100));
+    broker.connect().connect("after-hup");
+    let status = broker.terminate();
+    assert!(status.success(), "ringmq exited with {status:?}");
 }
 
 /// The same with two workers: the clients may land on either and be handed to their client

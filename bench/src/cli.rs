@@ -147,6 +147,12 @@ pub struct MessageArgs {
     /// Unacknowledged QoS 1/2 messages per publisher.
     #[arg(long, default_value_t = 64)]
     pub window: u16,
+    /// End-to-end flow control: a publisher stays at most this many messages ahead of what
+    /// its subscribers (in this process) received, so max rate finds the sustainable rate
+    /// instead of filling the broker's queues. A lost message holds its publisher until the
+    /// run ends. 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub e2e_window: u64,
     /// Messages per publisher, then it stops (the run ends early when all have).
     #[arg(long)]
     pub count: Option<u64>,
@@ -242,6 +248,7 @@ pub fn load_config(
         payload_bytes: 64,
         rate: 0,
         window: 64,
+        e2e_window: 0,
         count: None,
         topic_prefix: "ringmq-bench".into(),
         topics: None,
@@ -272,6 +279,7 @@ pub fn load_config(
         payload_bytes: messages.payload_bytes,
         rate_per_sec: messages.rate,
         window: messages.window,
+        e2e_window: messages.e2e_window,
         count_per_publisher: messages.count,
         duration: seconds(connection.duration, "--duration")?,
         drain: seconds(connection.drain, "--drain")?,
@@ -315,6 +323,22 @@ mod tests {
         assert_eq!(pairs.deliveries_per_round(), 8);
         let fanin = args(Pattern::Fanin).plan(Some(2));
         assert_eq!((fanin.publishers, fanin.topics), (8, 2));
+    }
+
+    #[test]
+    fn large_connection_counts_get_a_ring_per_file_table_and_enough_address_pairs() {
+        let parse = |line: &str| match Cli::try_parse_from(line.split_whitespace()) {
+            Ok(Cli { command: Command::Conn { connection, conns }, .. }) => (connection, conns),
+            other => panic!("{line}: {other:?}"),
+        };
+        let idle = |conns| Plan { publishers: 0, subscribers: 0, topics: 1, idle: conns };
+        let (connection, conns) = parse("b conn --conns 50000 --source 127.1.0.1-127.1.0.2");
+        let config = load_config(&connection, None, idle(conns), false).expect("valid");
+        assert_eq!(config.threads, 4, "50000 connections / 16384 slots per ring");
+        assert_eq!((config.recv_buffers, config.recv_buffer_bytes), (128, 4096));
+        let (connection, conns) = parse("b conn --conns 50000");
+        let error = load_config(&connection, None, idle(conns), false).expect_err("one pair");
+        assert!(error.contains("address pairs"), "{error}");
     }
 
     #[test]

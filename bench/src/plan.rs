@@ -134,6 +134,9 @@ pub struct LoadConfig {
     pub rate_per_sec: u64,
     /// Unacknowledged QoS 1/2 messages per publisher.
     pub window: u16,
+    /// Messages per publisher sent but not yet delivered to its subscribers (on average);
+    /// 0: no end-to-end flow control. Needs the subscribers in this process.
+    pub e2e_window: u64,
     /// Messages per publisher, then it stops; `None`: until the duration ends.
     pub count_per_publisher: Option<u64>,
     /// How long to publish (or, for `conn`, to hold the connections).

@@ -51,6 +51,7 @@ pub struct PatternReport {
     /// Messages per second over all publishers; 0: max rate.
     pub rate_per_sec: u64,
     pub window: u16,
+    pub e2e_window: u64,
     pub threads: usize,
 }
 
@@ -127,6 +128,9 @@ pub struct CpuReport {
     pub broker: Option<CpuUse>,
     /// The in-process relay thread (`relay` only).
     pub relay: Option<CpuUse>,
+    /// The busiest worker thread's CPU seconds per second while publishing (or holding):
+    /// near 1.0 the load generator itself may be the bottleneck.
+    pub busiest_worker_running_cores: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -166,6 +170,14 @@ fn loss(config: &LoadConfig, outcome: &LoadOutcome) -> (u64, u64, u64) {
     (expected, received, unexpected)
 }
 
+fn per_sec(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
+}
+
 pub fn build(
     command: &str,
     config: &LoadConfig,
@@ -173,6 +185,60 @@ pub fn build(
     broker: Option<CpuUse>,
     relay: Option<CpuUse>,
 ) -> LoadReport {
+    let started_unix_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+        .saturating_sub(outcome.wall_secs as u64);
+    LoadReport {
+        command: command.to_owned(),
+        target: format!("{:?}:{}", config.target.hosts, config.target.port),
+        started_unix_secs,
+        pattern: PatternReport {
+            publishers: config.plan.publishers,
+            subscribers: config.plan.subscribers,
+            topics: config.plan.topics,
+            idle_connections: config.plan.idle,
+            qos: config.qos.as_u8(),
+            payload_bytes: config.payload_bytes,
+            rate_per_sec: config.rate_per_sec,
+            window: config.window,
+            e2e_window: config.e2e_window,
+            threads: config.threads,
+        },
+        connections: connection_report(config, outcome),
+        messages: message_report(config, outcome),
+        latency: LatencySummary::of(&outcome.stats.latency),
+        ack_latency: LatencySummary::of(&outcome.stats.ack_latency),
+        cpu: cpu_report(outcome, broker, relay),
+    }
+}
+
+fn connection_report(config: &LoadConfig, outcome: &LoadOutcome) -> ConnectionReport {
+    let stats = &outcome.stats;
+    let counters = &stats.counters;
+    let setup_secs = if stats.last_ready_ns > stats.first_connect_ns {
+        (stats.last_ready_ns - stats.first_connect_ns) as f64 / 1e9
+    } else {
+        0.0
+    };
+    ConnectionReport {
+        setup_path: if outcome.direct_setup { "io_uring" } else { "syscalls" },
+        planned: config.plan.connections(),
+        ready: counters.ready,
+        failed: counters.connect_failed,
+        closed_unexpectedly: counters.closed_unexpectedly,
+        protocol_errors: counters.protocol_errors,
+        setup_secs,
+        connect_rate_per_sec: per_sec(counters.ready, setup_secs),
+        tcp_connect_latency: LatencySummary::of(&stats.tcp_connect),
+        mqtt_connect_latency: LatencySummary::of(&stats.mqtt_connect),
+        ping_latency: LatencySummary::of(&stats.ping),
+        pings_sent: counters.pings_sent,
+        errors: stats.errors.clone(),
+    }
+}
+
+fn message_report(config: &LoadConfig, outcome: &LoadOutcome) -> MessageReport {
     let stats = &outcome.stats;
     let counters = &stats.counters;
     let local_publishers = config.plan.publishers > 0;
@@ -193,77 +259,45 @@ pub fn build(
     } else {
         outcome.publish_secs
     };
-    let per_sec = |count: u64, secs: f64| if secs > 0.0 { count as f64 / secs } else { 0.0 };
-    let setup_secs = if stats.last_ready_ns > stats.first_connect_ns {
-        (stats.last_ready_ns - stats.first_connect_ns) as f64 / 1e9
-    } else {
-        0.0
-    };
-    let worker_cpu = outcome.worker_cpu_ns.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let started_unix_secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-        .saturating_sub(outcome.wall_secs as u64);
-    LoadReport {
-        command: command.to_owned(),
-        target: format!("{:?}:{}", config.target.hosts, config.target.port),
-        started_unix_secs,
-        pattern: PatternReport {
-            publishers: config.plan.publishers,
-            subscribers: config.plan.subscribers,
-            topics: config.plan.topics,
-            idle_connections: config.plan.idle,
-            qos: config.qos.as_u8(),
-            payload_bytes: config.payload_bytes,
-            rate_per_sec: config.rate_per_sec,
-            window: config.window,
-            threads: config.threads,
-        },
-        connections: ConnectionReport {
-            setup_path: if outcome.direct_setup { "io_uring" } else { "syscalls" },
-            planned: config.plan.connections(),
-            ready: counters.ready,
-            failed: counters.connect_failed,
-            closed_unexpectedly: counters.closed_unexpectedly,
-            protocol_errors: counters.protocol_errors,
-            setup_secs,
-            connect_rate_per_sec: per_sec(counters.ready, setup_secs),
-            tcp_connect_latency: LatencySummary::of(&stats.tcp_connect),
-            mqtt_connect_latency: LatencySummary::of(&stats.mqtt_connect),
-            ping_latency: LatencySummary::of(&stats.ping),
-            pings_sent: counters.pings_sent,
-            errors: stats.errors.clone(),
-        },
-        messages: MessageReport {
-            publish_secs: outcome.publish_secs,
-            published: counters.published,
-            publish_rate_per_sec: per_sec(counters.published, outcome.publish_secs),
-            acked: counters.acked,
-            expected_deliveries: expected,
-            delivered: counters.delivered,
-            unique: counters.unique,
-            lost,
-            lost_basis,
-            duplicates: counters.duplicates,
-            reordered: counters.reordered,
-            unknown: counters.unknown,
-            unexpected,
-            delivery_rate_per_sec: per_sec(counters.unique, delivery_secs),
-            delivery_bytes_per_sec: per_sec(counters.delivered_bytes, delivery_secs),
-            drain_secs: outcome.drain_secs,
-            drain_complete: outcome.drain_complete,
-        },
-        latency: LatencySummary::of(&stats.latency),
-        ack_latency: LatencySummary::of(&stats.ack_latency),
-        cpu: CpuReport {
-            wall_secs: outcome.wall_secs,
-            workers: CpuUse::new(worker_cpu, outcome.wall_secs),
-            process: CpuUse::new(outcome.process_cpu_ns, outcome.wall_secs),
-            broker,
-            relay,
-        },
+    MessageReport {
+        publish_secs: outcome.publish_secs,
+        published: counters.published,
+        publish_rate_per_sec: per_sec(counters.published, outcome.publish_secs),
+        acked: counters.acked,
+        expected_deliveries: expected,
+        delivered: counters.delivered,
+        unique: counters.unique,
+        lost,
+        lost_basis,
+        duplicates: counters.duplicates,
+        reordered: counters.reordered,
+        unknown: counters.unknown,
+        unexpected,
+        delivery_rate_per_sec: per_sec(counters.unique, delivery_secs),
+        delivery_bytes_per_sec: per_sec(counters.delivered_bytes, delivery_secs),
+        drain_secs: outcome.drain_secs,
+        drain_complete: outcome.drain_complete,
     }
 }
+
+fn cpu_report(outcome: &LoadOutcome, broker: Option<CpuUse>, relay: Option<CpuUse>) -> CpuReport {
+    let worker_cpu = outcome.worker_cpu_ns.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    CpuReport {
+        wall_secs: outcome.wall_secs,
+        workers: CpuUse::new(worker_cpu, outcome.wall_secs),
+        process: CpuUse::new(outcome.process_cpu_ns, outcome.wall_secs),
+        broker,
+        relay,
+        busiest_worker_running_cores: outcome
+            .worker_running_cpu_ns
+            .iter()
+            .map(|&ns| ns as f64 / 1e9 / outcome.publish_secs.max(1e-9))
+            .fold(0.0, f64::max),
+    }
+}
+
+/// Above this share of a core, a worker thread may be limiting the run.
+pub const WORKER_SATURATED_CORES: f64 = 0.8;
 
 fn latency_line(name: &str, latency: &Option<LatencySummary>) -> Option<String> {
     let l = latency.as_ref()?;
@@ -350,6 +384,15 @@ pub fn text(report: &LoadReport) -> String {
         cpu.wall_secs,
         cpu_text(&cpu.workers),
         cpu_text(&cpu.process)
+    ));
+    lines.push(format!(
+        "  busiest worker while running: {:.2} cores{}",
+        cpu.busiest_worker_running_cores,
+        if cpu.busiest_worker_running_cores > WORKER_SATURATED_CORES {
+            " - the load generator may be the bottleneck: add --threads"
+        } else {
+            ""
+        }
     ));
     if let Some(broker) = &cpu.broker {
         lines.push(format!("  broker {}", cpu_text(broker)));

@@ -107,6 +107,11 @@ impl Outgoing {
         self.queue.len()
     }
 
+    /// Payload bytes queued (what `max_queued_bytes` bounds).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     pub fn has_queued(&self) -> bool {
         !self.queue.is_empty()
     }

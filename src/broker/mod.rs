@@ -437,6 +437,7 @@ impl Broker {
             subscriptions: session.subscriptions.clone(),
             inflight: session.outgoing.inflight_len(),
             queued: session.outgoing.queued_len(),
+            queued_bytes: session.outgoing.queued_bytes(),
             awaiting_pubrel: session.incoming.len(),
         })
     }
@@ -455,5 +456,7 @@ pub struct SessionInfo {
     pub subscriptions: Vec<(TopicFilter, QoS)>,
     pub inflight: usize,
     pub queued: usize,
+    /// Payload bytes of the queued messages.
+    pub queued_bytes: usize,
     pub awaiting_pubrel: usize,
 }

@@ -21,8 +21,11 @@
 use std::fmt;
 use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
 use thin_vec::ThinVec;
+
+use edges::Edges;
+
+mod edges;
 
 /// Levels of up to this many bytes are stored in the node itself; longer ones on the heap.
 pub(crate) const LABEL_INLINE_BYTES: usize = 14;
@@ -30,10 +33,6 @@ pub(crate) const LABEL_INLINE_BYTES: usize = 14;
 /// Nodes per arena chunk (a power of two, so indexing is a shift and a mask).
 const CHUNK_NODES: usize = 4096;
 const CHUNK_SHIFT: u32 = CHUNK_NODES.trailing_zeros();
-
-/// Below this edge-table capacity the table is never shrunk (shrinking a small table saves
-/// nothing worth a rehash).
-const EDGES_SHRINK_CAPACITY_MIN: usize = 1024;
 
 /// A node of one trie. Meaningless in any other trie.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -114,7 +113,7 @@ struct Node<T> {
 pub(crate) struct TopicTrie<T> {
     chunks: Vec<Vec<Node<T>>>,
     free: Vec<NodeId>,
-    edges: HashTable<NodeId>,
+    edges: Edges,
     /// Seeded per trie, so clients cannot pick topic levels that collide on every broker.
     hasher: foldhash::fast::RandomState,
     /// Mixed with a parent's id in an edge's hash; from the same seed.
@@ -155,7 +154,7 @@ impl<T: Default> TopicTrie<T> {
         Self {
             chunks: vec![vec![root]],
             free: Vec::new(),
-            edges: HashTable::new(),
+            edges: Edges::default(),
             hasher,
             parent_seed,
             live: 0,
@@ -180,12 +179,10 @@ impl<T: Default> TopicTrie<T> {
     pub(crate) fn child(&self, parent: NodeId, level: &Level<'_>) -> Option<NodeId> {
         let hash = edge_hash(self.parent_seed, parent, level.hash);
         let chunks = &self.chunks;
-        self.edges
-            .find(hash, |&id| {
-                let node = node_in(chunks, id);
-                node.parent == parent && node.label.equals(level)
-            })
-            .copied()
+        self.edges.find(hash, |&id| {
+            let node = node_in(chunks, id);
+            node.parent == parent && node.label.equals(level)
+        })
     }
 
     /// The child of `parent` for `level`, created with `T::default()` if absent; the flag says
@@ -213,7 +210,7 @@ impl<T: Default> TopicTrie<T> {
         self.live += 1;
         let hash = edge_hash(self.parent_seed, parent, level.hash);
         let (chunks, hasher, seed) = (&self.chunks, &self.hasher, self.parent_seed);
-        self.edges.insert_unique(hash, id, |&other| node_hash(chunks, hasher, seed, other));
+        self.edges.insert(hash, id, |&other| node_hash(chunks, hasher, seed, other));
         id
     }
 
@@ -243,9 +240,8 @@ impl<T: Default> TopicTrie<T> {
         assert_eq!(node.children, 0, "removing a node with children");
         let parent = node.parent;
         let hash = node_hash(&self.chunks, &self.hasher, self.parent_seed, id);
-        let entry = self.edges.find_entry(hash, |&other| other == id);
-        // A live node is the target of exactly one edge (module invariant).
-        entry.expect("a live node has its edge").remove();
+        let (chunks, hasher, seed) = (&self.chunks, &self.hasher, self.parent_seed);
+        self.edges.remove(hash, id, |&other| node_hash(chunks, hasher, seed, other));
         let freed =
             Node { label: Label::EMPTY, parent: NodeId::NONE, children: 0, value: T::default() };
         let old = std::mem::replace(self.node_mut(id), freed);
@@ -256,8 +252,9 @@ impl<T: Default> TopicTrie<T> {
         old.value
     }
 
-    /// Gives memory back after mass removals: the edge table when it is mostly empty, the
-    /// arena when no node is left. (A partly emptied arena keeps its chunks for reuse.)
+    /// Gives memory back after mass removals: the edge table when it is mostly empty (a
+    /// rehash of what is left, so rare: at a quarter full), the arena when no node is left. (A
+    /// partly emptied arena keeps its chunks for reuse.)
     fn shrink_if_sparse(&mut self) {
         if self.live == 0 {
             self.chunks.truncate(1);
@@ -265,12 +262,8 @@ impl<T: Default> TopicTrie<T> {
             self.chunks[0].shrink_to_fit();
             self.free = Vec::new();
         }
-        let capacity = self.edges.capacity();
-        if capacity > EDGES_SHRINK_CAPACITY_MIN && self.edges.len() * 4 < capacity {
-            let (chunks, hasher, seed) = (&self.chunks, &self.hasher, self.parent_seed);
-            let hash = |&other: &NodeId| node_hash(chunks, hasher, seed, other);
-            self.edges.shrink_to(self.edges.len() * 2, hash);
-        }
+        let (chunks, hasher, seed) = (&self.chunks, &self.hasher, self.parent_seed);
+        self.edges.shrink_if_sparse(|&other| node_hash(chunks, hasher, seed, other));
     }
 
     pub(crate) fn value(&self, id: NodeId) -> &T {
@@ -389,7 +382,7 @@ mod tests {
         assert_eq!(trie.len(), 0);
         assert_eq!(trie.child_count(NodeId::ROOT), 0);
         assert_eq!(trie.chunks.len(), 1);
-        assert!(trie.edges.capacity() <= EDGES_SHRINK_CAPACITY_MIN);
+        assert_eq!(trie.edges.capacity(), 0);
     }
 
     #[test]

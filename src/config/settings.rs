@@ -349,6 +349,7 @@ impl Settings {
             tcp_nodelay: self.set_tcp_nodelay.unwrap_or(defaults.tcp_nodelay),
             listen_backlog: self.listen_backlog.unwrap_or(defaults.listen_backlog),
             close_linger_millis: self.close_linger_millis.unwrap_or(defaults.close_linger_millis),
+            turn_packets_max: defaults.turn_packets_max,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct RuntimeConfig {
     pub tcp_nodelay: bool,
     /// listen(2) backlog.
     pub listen_backlog: u32,
+    /// Packets one loop turn decodes at most; input beyond it waits (its connection's receive
+    /// paused) for the next turn, so a flood cannot starve output and timers.
+    pub turn_packets_max: usize,
     /// How long a closing connection's already-taken output may take to leave before the send
     /// is cancelled and the connection closed anyway (a peer that stopped reading cannot hold
     /// a slot forever).
@@ -55,6 +58,7 @@ impl Default for RuntimeConfig {
             socket_sndbuf_bytes: 0,
             tcp_nodelay: true,
             listen_backlog: 4096,
+            turn_packets_max: 16_384,
             close_linger_millis: 2000,
         }
     }
@@ -80,6 +84,9 @@ impl RuntimeConfig {
         }
         if self.ring_entries == 0 || self.ring_entries > 1 << 15 {
             return Err("ring_entries must be 1..=32768".into());
+        }
+        if self.turn_packets_max == 0 {
+            return Err("turn_packets_max must be positive".into());
         }
         if self.max_connections == 0 {
             return Err("max_connections must be positive".into());

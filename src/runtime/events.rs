@@ -139,8 +139,9 @@ impl Worker {
         }
         match completion.errno() {
             None if completion.result > 0 => {
+                let hold = self.must_hold_input();
                 let conn = self.conns.slot_mut(slot);
-                if conn.phase == Phase::Open && (conn.paused || self.peers.is_backpressured()) {
+                if conn.phase == Phase::Open && (conn.paused || hold) {
                     self.pause_reading(id);
                 } else if conn.phase == Phase::Open {
                     self.decode_input(id, now);
@@ -174,6 +175,10 @@ impl Worker {
     pub(super) fn decode_input(&mut self, id: ConnId, now: Millis) {
         let max_packet_bytes = self.broker.config().max_packet_size;
         loop {
+            if self.must_hold_input() {
+                self.pause_reading(id);
+                return;
+            }
             let Some(conn) = self.conns.get_mut(id) else { return };
             if conn.phase != Phase::Open || conn.input_closed {
                 return;
@@ -181,6 +186,7 @@ impl Worker {
             match protocol::decode(&mut conn.input, max_packet_bytes) {
                 Ok(Some(packet)) => {
                     self.counters.packets_decoded += 1;
+                    self.decode_budget -= 1;
                     self.broker.handle_packet(id, packet, now);
                     self.apply_actions(now);
                 }
@@ -231,7 +237,9 @@ impl Worker {
             .send
             .as_mut()
             .unwrap_or_else(|| panic!("send completion for {id:?} without an op"));
+        let partial = sent_bytes < op.covered_bytes();
         let unsent = op.complete(sent_bytes);
+        self.counters.partial_sends += u64::from(partial);
         self.counters.sends += 1;
         self.counters.sent_bytes += sent_bytes as u64;
         if let Some(errno) = completion.errno() {
@@ -245,7 +253,6 @@ impl Worker {
                 self.broker.handle_sent(id, sent_bytes, now);
             }
             if unsent {
-                self.counters.partial_sends += 1;
                 self.list_for_flush(slot);
             } else if let Some(op) = self.conns.slot_mut(slot).send.take_if(|op| !op.has_unsent()) {
                 self.sends.give(op);

@@ -1,5 +1,4 @@
-//! The worker's side of the mesh: connection handoff both ways, doorbells, and pausing reads
-//! under mesh backpressure.
+//! The worker's side of the mesh: connection handoff both ways and doorbells.
 //!
 //! Handoff, on the worker that read the CONNECT: the broker forgets the connection
 //! (`Action::Handoff`); the connection stops decoding (bytes after the CONNECT stay in its
@@ -9,12 +8,7 @@
 //! closed; on failure (the target's table is full) the connection is closed, counted.
 //! On the home worker: descriptor and record are paired in either order, then the connection
 //! is opened as if accepted there: `handle_open`, `handle_packet(Connect)`, the leftover bytes.
-//!
-//! Backpressure: while a peer's overflow is at its bound, a connection that receives bytes
-//! keeps them undecoded and has its receive cancelled; when the peers have room again, the
-//! paused connections decode what they hold and receive again.
-
-use io_uring::opcode;
+//! Mesh backpressure is handled with the turn's decode budget, in `pacing.rs`.
 
 use super::conn::{PendingHandoff, Phase};
 use super::msg_ring::{self, HandoffKey};
@@ -122,51 +116,6 @@ impl Worker {
             conn.input = record.leftover;
             self.decode_input(id, now);
         }
-    }
-
-    /// Stops reading from `id` until the mesh has room: its bytes stay undecoded in its input.
-    pub(super) fn pause_reading(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(id) else { return };
-        if conn.paused {
-            return;
-        }
-        conn.paused = true;
-        self.counters.reads_paused += 1;
-        self.paused.push(id);
-        if conn.recv_armed {
-            conn.cancels_in_flight += 1;
-            let target = UserData::new(Op::Recv, id.slot(), id.generation()).pack();
-            let entry = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(UserData::new(Op::Cancel, id.slot(), id.generation()).pack());
-            // SAFETY: a cancel references no memory.
-            unsafe { self.ring.push(&entry) };
-        }
-    }
-
-    /// When the mesh has room again: decode what paused connections hold, receive again.
-    pub(super) fn resume_paused(&mut self, now: Millis) {
-        if self.paused.is_empty() || self.peers.is_backpressured() {
-            return;
-        }
-        let mut paused = std::mem::take(&mut self.paused);
-        for id in paused.drain(..) {
-            let Some(conn) = self.conns.get_mut(id) else { continue };
-            conn.paused = false;
-            if conn.phase != Phase::Open {
-                continue;
-            }
-            if !conn.input.is_empty() {
-                self.decode_input(id, now);
-            }
-            let Some(conn) = self.conns.get_mut(id) else { continue };
-            if conn.phase == Phase::Open && conn.peer_alive && !conn.recv_armed && !conn.paused {
-                self.arm_recv(id.slot());
-            }
-        }
-        // Whatever paused again while decoding is listed anew by `pause_reading`.
-        paused.append(&mut self.paused);
-        self.paused = paused;
     }
 
     /// End of phase 4: publish this turn's mesh items and ring the peers that sleep.

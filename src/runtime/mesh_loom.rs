@@ -74,3 +74,55 @@ fn loom_blocked_producer_never_sleeps_through_freed_room() {
         assert_eq!(consumer.drain(1, |_, item| assert_eq!(item, 2)), 1);
     });
 }
+
+/// Liveness with two producers and one consumer that really "sleeps" (spins until a doorbell
+/// it has not consumed yet is rung): the consumer gets both items, however the producers'
+/// flushes and its sleeps interleave. The swap in `flush` means only one producer rings per
+/// sleep; this shows the other's item is still seen. A lost wakeup would leave the consumer
+/// spinning forever, which loom reports as a failure (its branch limit). Preemptions are
+/// bounded to keep the run short.
+#[test]
+fn loom_two_producers_one_sleeping_consumer_gets_everything() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.check(|| {
+        let mut ends = build::<u32>(3, MeshLimits { ring_depth: 2, overflow_max: 2 });
+        ends.iter().for_each(|end| end.register_ring_fd(10 + end.worker().0 as i32));
+        let doorbells = Arc::new(AtomicUsize::new(0));
+        let mut producers = Vec::new();
+        for mut producer in ends.drain(1..) {
+            let doorbells = doorbells.clone();
+            producers.push(loom::thread::spawn(move || {
+                let _ = producer.push(WorkerId(0), u32::from(producer.worker().0));
+                producer.flush(|_, _| {
+                    doorbells.fetch_add(1, Ordering::SeqCst);
+                });
+                producer
+            }));
+        }
+        let mut consumer = ends.pop().expect("worker 0's end is left");
+        let mut items = Vec::new();
+        let mut doorbells_seen = 0;
+        while items.len() < 2 {
+            consumer.drain(8, |from, item| {
+                assert_eq!(u32::from(from.0), item);
+                items.push(item);
+            });
+            if items.len() == 2 {
+                break;
+            }
+            if consumer.prepare_to_sleep() {
+                while doorbells.load(Ordering::SeqCst) == doorbells_seen {
+                    loom::thread::yield_now();
+                }
+                doorbells_seen = doorbells.load(Ordering::SeqCst);
+            }
+            consumer.woke();
+        }
+        items.sort_unstable();
+        assert_eq!(items, [1, 2]);
+        for producer in producers {
+            producer.join().expect("producer thread panicked");
+        }
+    });
+}

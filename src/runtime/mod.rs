@@ -25,6 +25,7 @@ pub mod listener;
 pub mod mesh;
 pub mod msg_ring;
 mod output;
+mod pacing;
 pub mod peers;
 pub mod probe;
 pub mod send;

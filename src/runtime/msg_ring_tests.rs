@@ -39,9 +39,31 @@ fn push(ring: &mut IoUring, entry: &squeue::Entry) {
 }
 
 /// Submits, then waits up to `timeout` for one CQE. `Err` with ETIME means none came.
+///
+/// A wait can also end early with EINTR (a signal or pending task work, seen under load) or
+/// EBUSY/EAGAIN; those are retried with what is left of `timeout`, as the worker loop does,
+/// so only a real timeout fails a test.
 fn wait_one(ring: &IoUring, timeout: Duration) -> io::Result<usize> {
-    let timespec = types::Timespec::from(timeout);
-    ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&timespec))
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timespec = types::Timespec::from(left);
+        match ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&timespec)) {
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) && !left.is_zero() =>
+            {
+                // SAFETY: only this thread reads this ring's completion queue here.
+                if unsafe { ring.completion_shared() }.is_empty() {
+                    continue;
+                }
+                return Ok(0);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Pushes `entry`, waits for its completion, returns (user_data, result).

@@ -4,6 +4,9 @@
 //! connection's boxed [`super::send::SendOp`], and leaves in phase 4 with one `sendmsg` per
 //! connection — so everything a turn produced for a connection goes in one system call, and
 //! output the broker produced before a `Close` is already ours when the `Close` arrives.
+//! The send carries `MSG_WAITALL`: when the socket buffer fills, the kernel keeps feeding it as
+//! the peer reads and completes the send only when all of it has left (or on an error or a
+//! cancel, with the count sent so far), instead of waiting for our next turn to resubmit.
 //!
 //! Closing ([`super::conn::CloseStep`]): output taken before the close still leaves, for at
 //! most `close_linger_millis`; then the receive is cancelled, and the descriptor is closed
@@ -80,7 +83,7 @@ impl Worker {
             }
             let header = op.start();
             let entry = opcode::SendMsg::new(types::Fixed(slot), header)
-                .flags(libc::MSG_NOSIGNAL as u32)
+                .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
                 .build()
                 .user_data(UserData::new(Op::Send, slot, conn.generation).pack());
             // SAFETY: `header`, its iovecs and the `Bytes` they cover live in the boxed op,
@@ -146,12 +149,8 @@ impl Worker {
         conn.peer_alive = false;
         if conn.send_in_flight() {
             conn.cancels_in_flight += 1;
-            let target = UserData::new(Op::Send, id.slot(), id.generation()).pack();
-            let entry = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(UserData::new(Op::Cancel, id.slot(), id.generation()).pack());
-            // SAFETY: a cancel references no memory.
-            unsafe { self.ring.push(&entry) };
+            let target = UserData::new(Op::Send, id.slot(), id.generation());
+            self.ring.push_cancel(target, UserData::new(Op::Cancel, id.slot(), id.generation()));
         }
         self.advance_close(id.slot());
     }
@@ -165,21 +164,13 @@ impl Worker {
             CloseStep::Send => self.list_for_flush(slot),
             CloseStep::CancelRecv => {
                 conn.cancels_in_flight += 1;
-                let target = UserData::new(Op::Recv, slot, generation).pack();
-                let entry = opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(UserData::new(Op::Cancel, slot, generation).pack());
-                // SAFETY: a cancel references no memory.
-                unsafe { self.ring.push(&entry) };
+                let target = UserData::new(Op::Recv, slot, generation);
+                self.ring.push_cancel(target, UserData::new(Op::Cancel, slot, generation));
             }
             CloseStep::Close if conn.phase == Phase::HandingOff => self.send_fd(slot),
             CloseStep::Close => {
                 conn.close_in_flight = true;
-                let entry = opcode::Close::new(types::Fixed(slot))
-                    .build()
-                    .user_data(UserData::new(Op::Close, slot, generation).pack());
-                // SAFETY: a close of a direct descriptor references no memory.
-                unsafe { self.ring.push(&entry) };
+                self.ring.push_close_fixed(slot, UserData::new(Op::Close, slot, generation));
             }
         }
     }

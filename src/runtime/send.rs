@@ -28,6 +28,8 @@ pub struct SendOp {
     iovecs: Vec<libc::iovec>,
     header: libc::msghdr,
     in_flight: bool,
+    /// Bytes the send in flight (or the last one) covers.
+    covered: usize,
 }
 
 impl SendOp {
@@ -42,6 +44,7 @@ impl SendOp {
             iovecs: Vec::with_capacity(8),
             header,
             in_flight: false,
+            covered: 0,
         }
     }
 
@@ -52,6 +55,11 @@ impl SendOp {
 
     pub fn in_flight(&self) -> bool {
         self.in_flight
+    }
+
+    /// Bytes the send in flight (or the last one) covers.
+    pub fn covered_bytes(&self) -> usize {
+        self.covered
     }
 
     /// Whether anything is waiting to be sent (confirmed bytes excluded).
@@ -92,6 +100,7 @@ impl SendOp {
         }
         self.header.msg_iov = self.iovecs.as_mut_ptr();
         self.header.msg_iovlen = self.iovecs.len();
+        self.covered = self.iovecs.iter().map(|iov| iov.iov_len).sum();
         self.in_flight = true;
         &self.header
     }
@@ -101,7 +110,7 @@ impl SendOp {
     pub fn complete(&mut self, sent_bytes: usize) -> bool {
         assert!(self.in_flight, "completion of a send that was not in flight");
         self.in_flight = false;
-        let covered: usize = self.iovecs.iter().map(|iov| iov.iov_len).sum();
+        let covered = self.covered;
         assert!(sent_bytes <= covered, "kernel sent {sent_bytes} of {covered} bytes");
         let mut left = sent_bytes;
         while left > 0 {

@@ -289,20 +289,14 @@ fn client_id_homed_on(prefix: &str, worker: u16, workers: u16) -> String {
         .expect("some id hashes to every worker")
 }
 
-/// A tiny mesh (one item per ring, an overflow bound of one): a publisher on worker 1 flooding
-/// a subscriber on worker 0 drives the mesh into backpressure; reading pauses and resumes, and
-/// nothing is lost (QoS 1 end to end).
-#[test]
-fn mesh_backpressure_pauses_reading_and_loses_nothing() {
+/// A publisher on worker `from` floods a QoS 1 subscriber on worker `to` with 300 messages in
+/// one write; every message arrives, in order. Returns the workers' counters.
+fn flood(running: Running, from: u16, to: u16) -> Vec<super::worker::WorkerCounters> {
     use crate::protocol::{
         Packet, PacketId, Publish, QoS, Subscribe, TopicFilter, TopicName, Utf8Bytes,
     };
-    let running = runtime(|config| {
-        config.workers = 2;
-        config.mesh_ring_depth = 1;
-        config.mesh_overflow_max = 1;
-    });
-    let mut subscriber = Client::connect(&running, &client_id_homed_on("sub", 0, 2));
+    let workers = u16::try_from(running.threads.len()).expect("at most 128 workers");
+    let mut subscriber = Client::connect(&running, &client_id_homed_on("sub", to, workers));
     let first = PacketId::new(1).expect("non-zero");
     let filter = TopicFilter::new(Utf8Bytes::from_static("flood/#")).expect("filter");
     subscriber.send(&Packet::Subscribe(Subscribe {
@@ -310,9 +304,8 @@ fn mesh_backpressure_pauses_reading_and_loses_nothing() {
         filters: vec![(filter, QoS::AtLeastOnce)],
     }));
     assert!(matches!(subscriber.receive(), Packet::Suback(_)));
-    let mut publisher = Client::connect(&running, &client_id_homed_on("pub", 1, 2));
+    let mut publisher = Client::connect(&running, &client_id_homed_on("pub", from, workers));
     const MESSAGES: u16 = 300;
-    // All publishes in one write, so the publisher's worker reads many in one turn.
     let mut burst = bytes::BytesMut::new();
     for n in 1..=MESSAGES {
         let publish = Packet::Publish(Publish {
@@ -339,8 +332,30 @@ fn mesh_backpressure_pauses_reading_and_loses_nothing() {
     // [MQTT-4.6.0-2] order is kept for one publisher on one topic.
     assert_eq!(received, (1..=MESSAGES).collect::<Vec<_>>());
     running.stop();
-    let counters = running.join().expect("clean stop");
+    running.join().expect("clean stop")
+}
+
+/// A tiny mesh (one item per ring, an overflow bound of one): the flood from worker 1 to
+/// worker 0 drives the mesh into backpressure; worker 1's reading pauses and resumes, and
+/// nothing is lost or reordered.
+#[test]
+fn mesh_backpressure_pauses_reading_and_loses_nothing() {
+    let running = runtime(|config| {
+        config.workers = 2;
+        config.mesh_ring_depth = 1;
+        config.mesh_overflow_max = 1;
+    });
+    let counters = flood(running, 1, 0);
     assert!(counters[1].reads_paused > 0, "the flood met backpressure: {counters:?}");
+}
+
+/// A turn decodes at most `turn_packets_max` packets: the rest of a burst waits for later
+/// turns (its receive paused), and still arrives complete and in order.
+#[test]
+fn the_turn_budget_defers_input_without_losing_it() {
+    let running = runtime(|config| config.turn_packets_max = 8);
+    let counters = flood(running, 0, 0);
+    assert!(counters[0].reads_paused > 0, "the burst exceeded a turn's budget: {counters:?}");
 }
 
 /// A closing connection whose peer does not read: its output cannot leave, and after
@@ -383,4 +398,36 @@ fn a_close_waits_for_output_only_until_the_linger_deadline() {
     running.stop();
     let counters = running.join().expect("clean stop");
     assert_eq!(counters[0].linger_expired, 1, "{counters:?}");
+}
+
+/// The broker's keepalive wheel is driven by the wait's timeout: a client silent for 1.5 times
+/// its keepalive is closed [MQTT-3.1.2-24], and the idle worker does not spin meanwhile (a
+/// handful of loop turns, not thousands).
+#[test]
+fn keepalive_expiry_is_driven_by_the_wait_timeout_without_spinning() {
+    use crate::protocol::{Connect, Packet, ProtocolVersion, Utf8Bytes};
+    let running = runtime(|_| {});
+    let mut client = Client { stream: connect(&running), input: bytes::BytesMut::new() };
+    client.send(&Packet::Connect(Connect {
+        protocol: ProtocolVersion::V311,
+        clean_session: true,
+        keep_alive_secs: 1,
+        client_id: Utf8Bytes::from_static("sleepy"),
+        will: None,
+        username: None,
+        password: None,
+    }));
+    assert!(matches!(client.receive(), Packet::Connack(_)));
+    let began = Instant::now();
+    client.stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    assert!(closed_by_server(&mut client.stream), "closed for silence");
+    let silent = began.elapsed();
+    assert!(
+        silent >= Duration::from_millis(1400),
+        "closed after {silent:?}, before 1.5 x keepalive"
+    );
+    assert!(silent < Duration::from_millis(2500), "closed only after {silent:?}");
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert!(counters[0].ring.turns < 100, "the idle loop spun: {:?}", counters[0].ring);
 }

@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use io_uring::{cqueue, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::user_data::UserData;
 
@@ -152,6 +152,21 @@ impl Ring {
         assert!(pushed.is_ok(), "SQ full after a flush: ring_entries is too small for the limits");
     }
 
+    /// Queues a cancel of the operation whose `user_data` is `target`. Safe: a cancel hands
+    /// the kernel no memory of ours.
+    pub fn push_cancel(&mut self, target: UserData, user_data: UserData) {
+        let entry = opcode::AsyncCancel::new(target.pack()).build().user_data(user_data.pack());
+        // SAFETY: the entry references no memory.
+        unsafe { self.push(&entry) };
+    }
+
+    /// Queues the close of direct descriptor `slot`. Safe: a close hands the kernel no memory.
+    pub fn push_close_fixed(&mut self, slot: u32, user_data: UserData) {
+        let entry = opcode::Close::new(types::Fixed(slot)).build().user_data(user_data.pack());
+        // SAFETY: the entry references no memory.
+        unsafe { self.push(&entry) };
+    }
+
     /// Submits everything queued and waits for at least one completion, or until `timeout`
     /// (`None`: no limit; zero: do not sleep, only collect what is ready). Interrupted and
     /// timed-out waits are normal returns.
@@ -193,8 +208,6 @@ impl Ring {
 
 #[cfg(test)]
 mod tests {
-    use io_uring::opcode;
-
     use super::*;
     use crate::runtime::user_data::Op;
 

@@ -79,6 +79,7 @@ pub struct WorkerCounters {
     pub packets_decoded: u64,
     pub decode_errors: u64,
     pub sends: u64,
+    /// Sends the kernel completed with fewer bytes than they covered.
     pub partial_sends: u64,
     pub sent_bytes: u64,
     pub send_errors: u64,
@@ -90,8 +91,10 @@ pub struct WorkerCounters {
     pub handoff_failures: u64,
     /// Connections adopted from another worker.
     pub handoffs_in: u64,
-    /// Receives paused by mesh backpressure.
+    /// Receives paused: the turn's decode budget was spent, or the mesh was backpressured.
     pub reads_paused: u64,
+    /// The ring's own counters (turns, completions, SQ flushes, CQ overflows), as of the stop.
+    pub ring: RingCounters,
 }
 
 /// One multishot-accepting listener.
@@ -123,8 +126,10 @@ pub struct Worker {
     /// turn (each has bytes waiting, so each will take a buffer at once). At most one entry
     /// per slot: a connection is listed only when its receive is not armed.
     pub(super) starved: VecDeque<ConnId>,
-    /// Connections whose reading is paused by mesh backpressure (`Conn::paused`), each once.
-    pub(super) paused: Vec<ConnId>,
+    /// Connections whose reading is paused (`Conn::paused`), oldest first, each once.
+    pub(super) paused: VecDeque<ConnId>,
+    /// Packets this turn may still decode (`turn_packets_max` at the start of each turn).
+    pub(super) decode_budget: usize,
     /// Handed-off connections complete this turn, adopted after the drain.
     pub(super) adoptions: Vec<(u32, super::peers::HandoffRecord)>,
     /// Accepting paused: the file table is full (until a slot frees).
@@ -203,7 +208,8 @@ impl Worker {
             lingering: VecDeque::with_capacity(2 * slots),
             completions: Vec::with_capacity(cq_entries),
             starved: VecDeque::with_capacity(slots),
-            paused: Vec::with_capacity(slots),
+            paused: VecDeque::with_capacity(slots),
+            decode_budget: 0,
             adoptions: Vec::new(),
             accept_paused: false,
             accept_retry_at: None,
@@ -258,8 +264,11 @@ impl Worker {
         Ok(())
     }
 
-    /// Phase 2: copy the CQ out, then dispatch each completion.
+    /// Phase 2: copy the CQ out, then dispatch: first the input paused last turn, then each
+    /// completion.
     fn dispatch_completions(&mut self, now: Millis) {
+        self.decode_budget = self.config.turn_packets_max;
+        self.resume_paused(now);
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.reap(&mut completions);
         for completion in completions.drain(..) {
@@ -289,7 +298,6 @@ impl Worker {
             self.broker.handle_tick(now);
         }
         self.apply_actions(now);
-        self.resume_paused(now);
         self.rearm_starved();
         self.expire_lingering(now);
         if self.accept_retry_at.is_some_and(|at| at <= now) {
@@ -396,12 +404,8 @@ impl Worker {
             Some((now.plus_millis(STOP_FLUSH_MILLIS), now.plus_millis(STOP_ABANDON_MILLIS)));
         for index in 0..self.listeners.len() {
             if self.listeners[index].armed {
-                let target = UserData::new(Op::Accept, index as u32, 0).pack();
-                let entry = opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(UserData::new(Op::CancelAccept, index as u32, 0).pack());
-                // SAFETY: a cancel references no memory.
-                unsafe { self.ring.push(&entry) };
+                let target = UserData::new(Op::Accept, index as u32, 0);
+                self.ring.push_cancel(target, UserData::new(Op::CancelAccept, index as u32, 0));
             }
         }
         self.broker.handle_shutdown(now);
@@ -420,11 +424,11 @@ impl Worker {
         }
     }
 
-    fn log_stopped(&self) {
+    fn log_stopped(&mut self) {
+        self.counters.ring = self.ring.counters;
         tracing::info!(
             worker = self.index,
             counters = ?self.counters,
-            ring = ?self.ring.counters,
             mesh = ?self.peers.stats(),
             "worker stopped"
         );

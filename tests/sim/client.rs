@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use ringmq::broker::{Millis, WorkerId};
 use ringmq::protocol::{
-    self, Connack, Connect, ConnectReturnCode, Packet, PacketId, ProtocolVersion, Publish, QoS,
-    SubackCode, Subscribe, TopicFilter, TopicName, Unsubscribe, Utf8Bytes,
+    self, Connack, Connect, ConnectReturnCode, LastWill, Packet, PacketId, ProtocolVersion,
+    Publish, QoS, SubackCode, Subscribe, TopicFilter, TopicName, Unsubscribe, Utf8Bytes,
 };
 
 use super::model::{encode_payload, MessageKey, Model};
@@ -69,6 +69,8 @@ pub struct Temper {
     pub keepalive_secs: u16,
     /// Now and then sends a second CONNECT on a connection (a protocol violation).
     pub rude: bool,
+    /// Puts a will in its CONNECTs.
+    pub will: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -113,6 +115,9 @@ pub struct Client {
     pending_unsubscribes: BTreeMap<u16, Vec<u16>>,
     redo: Vec<Request>,
     next_seq: BTreeMap<u16, u32>,
+    /// The will of the current connection: its key (the sequence number is the connection's
+    /// number) and QoS.
+    will: Option<(MessageKey, QoS)>,
     pub stats: ClientStats,
 }
 
@@ -144,6 +149,7 @@ impl Client {
             pending_unsubscribes: BTreeMap::new(),
             redo: Vec::new(),
             next_seq: BTreeMap::new(),
+            will: None,
             stats: ClientStats::default(),
         }
     }
@@ -205,19 +211,46 @@ impl Client {
         self.got_connack = false;
         self.ever_connected = true;
         self.stats.connects += 1;
-        self.write(rt, Packet::Connect(self.connect_packet()));
+        self.arm_will(rt, model, conn, worker);
+        self.write(rt, Packet::Connect(self.connect_packet(model)));
         // Pipelined behind CONNECT (a client need not wait for CONNACK): everything sent on
         // earlier connections and not acknowledged goes again.
         self.resend(rt, model);
     }
 
-    fn connect_packet(&self) -> Connect {
+    fn arm_will(&mut self, rt: &mut Runtime, model: &mut Model, conn: ConnIndex, worker: WorkerId) {
+        self.will = None;
+        if !self.temper.will {
+            return;
+        }
+        let universe = &model.universe;
+        let will_topics = universe.topics.len() - universe.publish_topics;
+        let topic = (universe.publish_topics + self.index % will_topics) as u16;
+        let name = universe.topics[topic as usize].clone();
+        let seq = self.stats.connects as u32;
+        let key = MessageKey { publisher: self.index as u32, topic, seq };
+        // Any QoS, varied by client, connection and worker.
+        let mix = seq as usize + self.index + worker.index();
+        let qos = QoS::from_u8((mix % 3) as u8).expect("0..3 are QoS values");
+        model.will_armed(key, qos);
+        rt.set_will(conn, name, Bytes::from(encode_payload(key, qos, 0)));
+        self.will = Some((key, qos));
+    }
+
+    fn connect_packet(&self, model: &Model) -> Connect {
+        let will = self.will.map(|(key, qos)| LastWill {
+            topic: TopicName::try_from(model.universe.topics[key.topic as usize].as_str())
+                .expect("the universe holds valid topic names"),
+            payload: Bytes::from(encode_payload(key, qos, 0)),
+            qos,
+            retain: false,
+        });
         Connect {
             protocol: ProtocolVersion::V311,
             clean_session: self.clean,
             keep_alive_secs: self.temper.keepalive_secs,
             client_id: Utf8Bytes::from(self.client_id.clone()),
-            will: None,
+            will,
             username: None,
             password: None,
         }
@@ -225,12 +258,12 @@ impl Client {
 
     /// Sends CONNECT again on an established connection: the broker must close it
     /// [MQTT-3.1.0-2] (the runtime checks it did). The client learns of it by EOF.
-    pub fn send_second_connect(&mut self, rt: &mut Runtime) {
+    pub fn send_second_connect(&mut self, rt: &mut Runtime, model: &Model) {
         if self.phase != Phase::Connected {
             return;
         }
         self.stats.second_connects += 1;
-        self.write(rt, Packet::Connect(self.connect_packet()));
+        self.write(rt, Packet::Connect(self.connect_packet(model)));
     }
 
     fn reset_session(&mut self) {
@@ -287,7 +320,7 @@ impl Client {
         if self.conn.is_none() || self.outgoing.len() >= OUTGOING_MAX {
             return;
         }
-        let topic = rng.index(model.universe.topics.len()) as u16;
+        let topic = rng.index(model.universe.publish_topics) as u16;
         let qos = QoS::from_u8(rng.below(3) as u8).expect("0..3 are QoS values");
         let seq = self.next_seq.entry(topic).or_insert(0);
         *seq += 1;
@@ -420,6 +453,9 @@ impl Client {
             Packet::Connack(connack) if first => {
                 let conn = self.conn.expect("a client reads only its current connection");
                 self.home = Some(rt.conns[conn].worker);
+                if connack.code == ConnectReturnCode::Accepted {
+                    rt.mark_accepted(conn);
+                }
                 self.on_connack(model, connack)
             }
             _ if first => model.violation(format!(

@@ -10,7 +10,7 @@ use ringmq::protocol::QoS;
 
 use super::client::{Client, Phase, Temper};
 use super::introspect;
-use super::model::{Missing, Model, ModelStats, Universe};
+use super::model::{decode_payload, Missing, Model, ModelStats, Universe};
 use super::rng::Rng;
 use super::runtime::{ConnState, Runtime, RuntimeKnobs, RuntimeStats, Wire};
 
@@ -88,7 +88,11 @@ impl SimConfig {
     }
 }
 
-/// The topic space: `t/a/b` for 8 × 4 topics, every exact filter, and a few wildcards.
+/// Topics that carry only wills (`will/0` ..): client `i` uses `will/{i % WILL_TOPICS}`.
+pub const WILL_TOPICS: usize = 4;
+
+/// The topic space: `t/a/b` for 8 × 4 topics, the will topics, every exact filter, and a few
+/// wildcards.
 pub fn universe() -> Universe {
     let mut topics = Vec::new();
     for a in 0..8 {
@@ -96,11 +100,13 @@ pub fn universe() -> Universe {
             topics.push(format!("t/{a}/{b}"));
         }
     }
+    let publish_topics = topics.len();
+    topics.extend((0..WILL_TOPICS).map(|w| format!("will/{w}")));
     let mut filters = topics.clone();
     filters.extend((0..8).map(|a| format!("t/{a}/+")));
     filters.extend((0..4).map(|b| format!("t/+/{b}")));
-    filters.extend(["t/#", "#", "+/+/+", "t/+/+"].map(String::from));
-    Universe::new(topics, filters)
+    filters.extend(["t/#", "#", "+/+/+", "t/+/+", "will/+"].map(String::from));
+    Universe::new(topics, publish_topics, filters)
 }
 
 /// What a run did and found.
@@ -127,6 +133,7 @@ pub struct Sim {
     pub model: Model,
     pub clients: Vec<Client>,
     unchecked: Vec<&'static str>,
+    turns: u64,
 }
 
 impl Sim {
@@ -149,13 +156,14 @@ impl Sim {
                     lazy_acks: rng.chance(100),
                     keepalive_secs: if rng.chance(200) { rng.between(5, 60) as u16 } else { 0 },
                     rude: rng.chance(30),
+                    will: rng.chance(250),
                 };
                 Client::new(index, clean, temper)
             })
             .collect();
         let persistent: Vec<bool> = clients.iter().map(|c| !c.clean).collect();
         let model = Model::new(universe(), &persistent);
-        Self { config, rng, rt, model, clients, unchecked: Vec::new() }
+        Self { config, rng, rt, model, clients, unchecked: Vec::new(), turns: 0 }
     }
 
     /// The whole run: random steps, quiesce, final checks.
@@ -176,6 +184,7 @@ impl Sim {
 
     /// One loop turn: the clock moves, then a few random events, then the actions are drained.
     pub fn step(&mut self) {
+        let turn_start = self.model.now();
         let millis = self.rng.below(4);
         self.rt.advance(millis);
         let events = self.rng.between(1, 8);
@@ -203,8 +212,24 @@ impl Sim {
                 self.rt.reset_abandoned(conn);
             }
         }
-        self.rt.end_turn(&mut self.rng);
+        self.end_turn(turn_start);
         self.check_bounds();
+    }
+
+    /// Ends the runtime's loop turn and tells the model what the turn did to wills: each
+    /// published one was published at some point since `turn_start`.
+    fn end_turn(&mut self, turn_start: u64) {
+        self.rt.end_turn(&mut self.rng);
+        self.sync_arrivals();
+        for (conn, published) in std::mem::take(&mut self.rt.will_events) {
+            let will = self.rt.conns[conn].will.as_ref().map(|(_, payload)| payload.clone());
+            let Some((key, _)) = will.as_deref().and_then(decode_payload) else { continue };
+            if published {
+                self.model.will_published(key, turn_start);
+            } else {
+                self.model.will_discarded(key);
+            }
+        }
     }
 
     /// Passes the messages that reached workers to the model, in the order they did.
@@ -296,17 +321,18 @@ impl Sim {
                 let count = rng.between(1, 4) as usize;
                 client.flush_acks(rt, count);
             }
-            _ => client.send_second_connect(rt),
+            _ => client.send_second_connect(rt, model),
         }
     }
 
     /// Every client behaves and every persistent client comes back; the network runs until
     /// nothing moves. Returns whether everything settled.
     pub fn quiesce(&mut self) -> bool {
+        let turn_start = self.model.now();
         while let Some(conn) = self.rt.abandoned.pick(&mut self.rng) {
             self.rt.reset_abandoned(conn);
         }
-        self.rt.end_turn(&mut self.rng);
+        self.end_turn(turn_start);
         for client in &mut self.clients {
             client.reading = true;
             client.temper.lazy_acks = false;
@@ -382,6 +408,7 @@ impl Sim {
             if self.is_idle() {
                 return;
             }
+            let turn_start = self.model.now();
             self.rt.advance(self.rng.below(2));
             for _ in 0..self.rng.between(1, 8) {
                 let kind = self.rng.weighted(&[
@@ -395,7 +422,7 @@ impl Sim {
             if self.rng.chance(5) {
                 self.sweep_pings();
             }
-            self.rt.end_turn(&mut self.rng);
+            self.end_turn(turn_start);
             self.check_bounds();
         }
     }
@@ -403,9 +430,21 @@ impl Sim {
     /// Bounds visible from outside the broker: the client-side count of unacknowledged
     /// deliveries (each is in flight at the broker) against `max_inflight_messages`; and, where
     /// the core exposes them, the session queues.
+    /// One random client every turn, and every client every few hundred turns.
     fn check_bounds(&mut self) {
+        self.turns += 1;
+        if self.turns % 400 == 0 {
+            for index in 0..self.clients.len() {
+                self.check_client_bounds(index);
+            }
+        } else {
+            let index = self.rng.index(self.clients.len());
+            self.check_client_bounds(index);
+        }
+    }
+
+    fn check_client_bounds(&mut self, index: usize) {
         let inflight_max = usize::from(self.config.broker.max_inflight_messages);
-        let index = self.rng.index(self.clients.len());
         let client = &self.clients[index];
         if client.inflight_seen() > inflight_max {
             let text = format!(
@@ -423,6 +462,7 @@ impl Sim {
             homes += 1;
             if load.inflight > inflight_max
                 || load.queued_messages > config.max_queued_messages
+                || load.queued_bytes > config.max_queued_bytes
                 || load.filters.len() > config.subscriptions_per_session_max
             {
                 let text = format!("{} session above a bound: {load:?}", client.client_id);

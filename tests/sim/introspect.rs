@@ -14,12 +14,12 @@ pub struct Counts {
     pub subscriptions: usize,
 }
 
-/// One session's queues, for the bound checks. (The core reports no per-session queued
-/// bytes; `max_queued_bytes` is checked only through the drop counter.)
+/// One session's queues, for the bound checks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionLoad {
     pub inflight: usize,
     pub queued_messages: usize,
+    pub queued_bytes: usize,
     /// The session's filters, sorted.
     pub filters: Vec<String>,
     pub connected: bool,
@@ -38,6 +38,7 @@ pub fn session_load(broker: &Broker, client_id: &str) -> Option<SessionLoad> {
     Some(SessionLoad {
         inflight: info.inflight,
         queued_messages: info.queued,
+        queued_bytes: info.queued_bytes,
         filters: {
             let mut filters: Vec<String> =
                 info.subscriptions.iter().map(|(f, _)| f.as_str().to_string()).collect();

@@ -56,14 +56,17 @@ pub fn decode_payload(payload: &[u8]) -> Option<(MessageKey, QoS)> {
 /// model's own matcher (a second path beside the broker's index).
 #[derive(Clone, Debug)]
 pub struct Universe {
+    /// Topics; the first `publish_topics` are published to, the rest carry only wills.
     pub topics: Vec<String>,
+    pub publish_topics: usize,
     pub filters: Vec<String>,
     /// `matching[topic]`: the filters that match it.
     pub matching: Vec<Vec<u16>>,
 }
 
 impl Universe {
-    pub fn new(topics: Vec<String>, filters: Vec<String>) -> Self {
+    pub fn new(topics: Vec<String>, publish_topics: usize, filters: Vec<String>) -> Self {
+        assert!(publish_topics <= topics.len());
         let matching = topics
             .iter()
             .map(|topic| {
@@ -72,7 +75,7 @@ impl Universe {
                     .collect()
             })
             .collect();
-        Self { topics, filters, matching }
+        Self { topics, publish_topics, filters, matching }
     }
 
     pub fn matches(&self, filter: u16, topic: u16) -> bool {
@@ -124,6 +127,18 @@ struct Published {
     sent_at: u64,
     acked_at: Option<u64>,
     retransmitted: bool,
+    /// A will: armed at CONNECT, published when its connection ends (not by DISCONNECT).
+    will: WillState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WillState {
+    NotAWill,
+    /// In a CONNECT; may be published by any end of its connection the model did not see.
+    Armed,
+    Published,
+    /// Its connection ended with DISCONNECT: it must never be delivered [MQTT-3.1.2-10].
+    Discarded,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -156,6 +171,9 @@ pub struct ModelStats {
     pub deliveries: u64,
     pub duplicates_qos1: u64,
     pub expected_checked: u64,
+    pub wills_armed: u64,
+    pub wills_published: u64,
+    pub wills_discarded: u64,
 }
 
 /// A message the model expected a subscriber to get and it did not.
@@ -224,10 +242,52 @@ impl Model {
     /// The publisher wrote a PUBLISH (first transmission) of `key` at `qos`.
     pub fn publish_sent(&mut self, key: MessageKey, qos: QoS) {
         let at = self.tick();
-        let record = Published { qos, sent_at: at, acked_at: None, retransmitted: false };
+        let will = WillState::NotAWill;
+        let record = Published { qos, sent_at: at, acked_at: None, retransmitted: false, will };
         let previous = self.published.insert(key, record);
         assert!(previous.is_none(), "the driver published {key:?} twice");
         self.stats.published[qos.as_u8() as usize] += 1;
+    }
+
+    /// A CONNECT carrying the will `key` was written. Wills are left out of the order check:
+    /// a client's connections need not end in the order they began.
+    pub fn will_armed(&mut self, key: MessageKey, qos: QoS) {
+        let at = self.tick();
+        let will = WillState::Armed;
+        let record = Published { qos, sent_at: at, acked_at: None, retransmitted: true, will };
+        let previous = self.published.insert(key, record);
+        assert!(previous.is_none(), "the driver armed will {key:?} twice");
+        self.stats.wills_armed += 1;
+    }
+
+    /// The will `key` was published by the broker at some point since model time `since` (the
+    /// start of the loop turn in which its connection ended): from then it is expected like an
+    /// acknowledged publish.
+    pub fn will_published(&mut self, key: MessageKey, since: u64) {
+        let at = self.tick();
+        let record = self.published.get_mut(&key).expect("published wills were armed");
+        assert_eq!(record.will, WillState::Armed, "will {key:?} ended twice");
+        record.will = WillState::Published;
+        record.sent_at = since;
+        record.acked_at = Some(at);
+        self.stats.wills_published += 1;
+    }
+
+    /// The will `key`'s connection ended with DISCONNECT: it must never be delivered.
+    pub fn will_discarded(&mut self, key: MessageKey) {
+        let record = self.published.get_mut(&key).expect("discarded wills were armed");
+        assert_eq!(record.will, WillState::Armed, "will {key:?} ended twice");
+        record.will = WillState::Discarded;
+        self.stats.wills_discarded += 1;
+        let delivered = self.subscribers.iter().any(|s| s.seen.contains(&key));
+        if delivered {
+            self.violation(format!("will {key:?} was delivered after DISCONNECT [MQTT-3.1.2-10]"));
+        }
+    }
+
+    /// The current model time, for `will_published`.
+    pub fn now(&self) -> u64 {
+        self.clock
     }
 
     /// The publisher wrote the PUBLISH of `key` again (DUP, after a reconnect).
@@ -341,6 +401,11 @@ impl Model {
         if topic_index != Some(key.topic) || record.qos != payload_qos {
             self.violation(format!("client {client} got {key:?} on topic {topic}"));
             return;
+        }
+        if record.will == WillState::Discarded {
+            self.violation(format!(
+                "client {client} got will {key:?} after its DISCONNECT [MQTT-3.1.2-10]"
+            ));
         }
         if qos > record.qos {
             self.violation(format!(

@@ -82,6 +82,10 @@ pub struct SimConn {
     to_client: BytesMut,
     /// The client has seen EOF (or gave the connection up): nothing more is readable.
     finished: bool,
+    /// The client read CONNACK 0 on this connection: the broker holds its will.
+    accepted: bool,
+    /// The will in this connection's CONNECT: topic and payload.
+    pub will: Option<(String, Bytes)>,
 }
 
 impl SimConn {
@@ -204,6 +208,10 @@ pub struct Runtime {
     pub reach: BTreeMap<MessageKey, u32>,
     /// Messages that reached a worker since the driver last looked (for the model).
     pub arrivals: Vec<(MessageKey, WorkerId)>,
+    /// Accepted connections with a will that ended this turn: `true` when the will must have
+    /// been published (any end but DISCONNECT [MQTT-3.1.2-8]), `false` when it must not
+    /// [MQTT-3.1.2-10].
+    pub will_events: Vec<(ConnIndex, bool)>,
     /// Clients whose connections' events are printed (`SIM_TRACE=3,17`; `all` for every one).
     pub trace: Option<Vec<usize>>,
 }
@@ -242,6 +250,7 @@ impl Runtime {
             interest: vec![vec![BTreeSet::new(); count]; count],
             reach: BTreeMap::new(),
             arrivals: Vec::new(),
+            will_events: Vec::new(),
         }
     }
 
@@ -277,6 +286,8 @@ impl Runtime {
             taken_bytes: 0,
             to_client: BytesMut::new(),
             finished: false,
+            accepted: false,
+            will: None,
         });
         self.by_id[worker.index()].insert(id, index);
         self.stats.connections_opened += 1;
@@ -297,6 +308,27 @@ impl Runtime {
             Wire::Packets => c.to_broker_packets.push_back(packet),
         }
         self.inbound.insert(conn);
+    }
+
+    /// The client put a will in the CONNECT it wrote on `conn`.
+    pub fn set_will(&mut self, conn: ConnIndex, topic: String, payload: Bytes) {
+        self.conns[conn].will = Some((topic, payload));
+    }
+
+    /// The client read CONNACK 0 on `conn`.
+    pub fn mark_accepted(&mut self, conn: ConnIndex) {
+        self.conns[conn].accepted = true;
+    }
+
+    /// An accepted connection with a will ended at the broker; `published` tells whether the
+    /// will went out (any end but DISCONNECT).
+    fn will_event(&mut self, conn: ConnIndex, published: bool) {
+        let c = &self.conns[conn];
+        let Some((topic, payload)) = c.will.clone().filter(|_| c.accepted) else { return };
+        if published {
+            self.note_reach(c.worker, &topic, &payload);
+        }
+        self.will_events.push((conn, published));
     }
 
     /// The client half-closes after what it wrote (the graceful end after DISCONNECT).
@@ -325,6 +357,7 @@ impl Runtime {
             ConnState::Open => {
                 let (worker, id) = (c.worker, c.id);
                 c.state = ConnState::ClosedByClient;
+                self.will_event(conn, true);
                 self.brokers[worker.index()].handle_closed(id, now);
                 self.touched[worker.index()] = true;
                 self.closed_this_turn.push((worker, id));
@@ -674,6 +707,11 @@ impl Runtime {
         *self.stats.closes.entry(close_reason_name(reason)).or_default() += 1;
         // A refused CONNECT's CONNACK may outlive its connection: take it once more.
         self.take(conn, worker, id);
+        match reason {
+            CloseReason::ClientDisconnect => self.will_event(conn, false),
+            CloseReason::ConnectRefused(_) | CloseReason::ConnectTimeout => {}
+            _ => self.will_event(conn, true),
+        }
         let c = &mut self.conns[conn];
         c.state = ConnState::ClosedByBroker(reason);
         if c.taken_bytes == 0 {

@@ -7,6 +7,7 @@
 //! finds the message it acknowledges.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use ringmq::protocol::{
@@ -187,6 +188,35 @@ pub struct ConnContext<'a> {
     pub client_id_prefix: &'a str,
     /// Subscriber `j` subscribes to `<topic_prefix>/<topic of j>`.
     pub topic_prefix: &'a str,
+    /// Where deliveries are counted for end-to-end flow control (`--e2e-window`).
+    pub deliveries: Option<&'a DeliveryBoard>,
+}
+
+/// Distinct deliveries per local publisher, summed over all subscribers and shared by all
+/// workers: a publisher with an end-to-end window sends only while
+/// `sent < delivered / subscribers + window`.
+#[derive(Debug)]
+pub struct DeliveryBoard {
+    publisher_id_base: u32,
+    delivered: Vec<AtomicU64>,
+}
+
+impl DeliveryBoard {
+    pub fn new(publisher_id_base: u32, publishers: u32) -> Self {
+        Self { publisher_id_base, delivered: (0..publishers).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    /// Counts one distinct delivery from the publisher stamped `stamp_id`, if it is ours.
+    pub fn record(&self, stamp_id: u32) {
+        let index = stamp_id.wrapping_sub(self.publisher_id_base) as usize;
+        if let Some(count) = self.delivered.get(index) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn delivered(&self, index: u32) -> u64 {
+        self.delivered[index as usize].load(Ordering::Relaxed)
+    }
 }
 
 impl Conn {
@@ -255,7 +285,7 @@ impl Conn {
                 self.state = ConnState::Ready;
                 stats.counters.ready += 1;
             }
-            Packet::Publish(publish) => self.on_publish(publish, now_ns, stats),
+            Packet::Publish(publish) => self.on_publish(publish, context, now_ns, stats),
             Packet::Pubrel(packet_id) => {
                 // QoS 2 delivery to us: the broker released it; complete the flow.
                 self.queue(&Packet::Pubcomp(packet_id), now_ns);
@@ -302,7 +332,13 @@ impl Conn {
         Ok(())
     }
 
-    fn on_publish(&mut self, publish: Publish, now_ns: u64, stats: &mut Stats) {
+    fn on_publish(
+        &mut self,
+        publish: Publish,
+        context: &ConnContext<'_>,
+        now_ns: u64,
+        stats: &mut Stats,
+    ) {
         match publish.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
@@ -323,6 +359,10 @@ impl Conn {
         let subscriber = self.subscriber.get_or_insert_with(Box::default);
         let arrival =
             subscriber.trackers.entry(stamp.publisher_id).or_default().observe(stamp.sequence);
+        let distinct = matches!(arrival, Arrival::InOrder | Arrival::AfterGap(_) | Arrival::Late);
+        if let (true, Some(board)) = (distinct, context.deliveries) {
+            board.record(stamp.publisher_id);
+        }
         match arrival {
             Arrival::InOrder | Arrival::AfterGap(_) => stats.counters.unique += 1,
             Arrival::Late => {
@@ -371,6 +411,7 @@ mod tests {
             keepalive_secs: 30,
             client_id_prefix: "t",
             topic_prefix: "t",
+            deliveries: None,
         }
     }
 
@@ -433,6 +474,15 @@ mod tests {
         assert_eq!(stats.latency.len(), 4);
         assert_eq!(stats.latency.max(), 600);
         assert!(!conn.tx.is_empty(), "each QoS 1 delivery is acknowledged");
+    }
+
+    #[test]
+    fn delivery_board_counts_only_its_own_publishers() {
+        let board = DeliveryBoard::new(100, 2);
+        for stamp_id in [100, 101, 101, 99, 102, 7] {
+            board.record(stamp_id);
+        }
+        assert_eq!((board.delivered(0), board.delivered(1)), (1, 2));
     }
 
     #[test]

@@ -67,10 +67,14 @@ pub struct Shared {
     interval_latency: Mutex<Histogram<u64>>,
     drained_threads: AtomicUsize,
     expected_deliveries: AtomicU64,
+    /// Deliveries per publisher, kept only with an end-to-end window.
+    pub deliveries: Option<conn::DeliveryBoard>,
 }
 
 impl Shared {
-    fn new(threads: usize) -> Self {
+    fn new(config: &LoadConfig) -> Self {
+        let threads = config.threads;
+        let flow_controlled = config.e2e_window > 0 && config.plan.publishers > 0;
         Self {
             phase: AtomicU8::new(Phase::Connecting as u8),
             connect_start_ns: monotonic_ns(),
@@ -79,6 +83,9 @@ impl Shared {
             interval_latency: Mutex::new(latency_histogram()),
             drained_threads: AtomicUsize::new(0),
             expected_deliveries: AtomicU64::new(0),
+            deliveries: flow_controlled.then(|| {
+                conn::DeliveryBoard::new(config.publisher_id_base, config.plan.publishers)
+            }),
         }
     }
 
@@ -137,6 +144,8 @@ pub struct LoadOutcome {
     pub wall_secs: f64,
     /// CPU of each worker thread, (user, system) nanoseconds.
     pub worker_cpu_ns: Vec<(u64, u64)>,
+    /// CPU of each worker thread during the Running phase, nanoseconds.
+    pub worker_running_cpu_ns: Vec<u64>,
     /// CPU of the whole process during the run (includes an in-process relay).
     pub process_cpu_ns: (u64, u64),
     /// Connections were set up by linked ring operations (else by system calls).
@@ -147,7 +156,7 @@ pub struct LoadOutcome {
 pub fn run_load(config: LoadConfig) -> anyhow::Result<LoadOutcome> {
     config.validate().map_err(anyhow::Error::msg)?;
     let config = Arc::new(config);
-    let shared = Arc::new(Shared::new(config.threads));
+    let shared = Arc::new(Shared::new(&config));
     let cpu_before = process_cpu_ns();
     let start_ns = monotonic_ns();
     let handles: Vec<JoinHandle<anyhow::Result<WorkerReport>>> = (0..config.threads)
@@ -187,6 +196,7 @@ fn merge(config: &LoadConfig, reports: Vec<WorkerReport>) -> LoadOutcome {
     let mut sent = vec![0; config.plan.publishers as usize];
     let mut subscribers = Vec::new();
     let mut worker_cpu_ns = Vec::new();
+    let worker_running_cpu_ns = reports.iter().map(|report| report.running_cpu_ns).collect();
     let direct_setup = reports.iter().all(|report| report.direct_setup);
     for report in reports {
         stats.merge(&report.stats);
@@ -207,6 +217,7 @@ fn merge(config: &LoadConfig, reports: Vec<WorkerReport>) -> LoadOutcome {
         drain_complete: false,
         wall_secs: 0.0,
         worker_cpu_ns,
+        worker_running_cpu_ns,
         process_cpu_ns: (0, 0),
         direct_setup,
     }

@@ -25,6 +25,11 @@ use crate::ring::{self, BufRing, Completion, Op, Ring};
 use crate::stamp::SeqSummary;
 use crate::sys::monotonic_ns;
 
+fn thread_cpu_total_ns() -> u64 {
+    let (user, system) = crate::sys::thread_cpu_ns();
+    (user + system).max(1)
+}
+
 /// How often idle connections are checked for a due PINGREQ.
 const KEEPALIVE_SCAN_NS: u64 = 1_000_000_000;
 /// How often the interval latency histogram goes to the progress line.
@@ -48,6 +53,8 @@ pub struct WorkerReport {
     pub cpu_ns: (u64, u64),
     /// Connections were set up by linked ring operations, not system calls.
     pub direct_setup: bool,
+    /// This thread's CPU time (user + system) while the run was in its Running phase.
+    pub running_cpu_ns: u64,
 }
 
 pub struct Worker {
@@ -74,6 +81,10 @@ pub struct Worker {
     /// Paced publishing: when the publishers are next visited, and how often.
     next_publish_ns: u64,
     publish_interval_ns: u64,
+    /// A publisher waited for deliveries (end-to-end window) at the last visit.
+    flow_blocked: bool,
+    /// This thread's CPU nanoseconds when it first saw Running and first saw Draining.
+    running_cpu_ns: (u64, u64),
     drained: bool,
 }
 
@@ -147,6 +158,8 @@ impl Worker {
             last_handoff_ns: 0,
             next_publish_ns: 0,
             publish_interval_ns,
+            flow_blocked: false,
+            running_cpu_ns: (0, 0),
             drained: false,
         })
     }
@@ -174,6 +187,9 @@ impl Worker {
         match phase {
             Phase::Connecting => self.open_connections(now_ns)?,
             Phase::Running => {
+                if self.running_cpu_ns.0 == 0 {
+                    self.running_cpu_ns.0 = thread_cpu_total_ns();
+                }
                 self.open_connections(now_ns)?;
                 if now_ns >= self.next_publish_ns {
                     self.next_publish_ns = now_ns + self.publish_interval_ns;
@@ -197,6 +213,11 @@ impl Worker {
         if paced_connecting {
             return Duration::from_millis(1);
         }
+        if phase == Phase::Running && self.flow_blocked && self.config.threads > 1 {
+            // Deliveries that unblock a publisher may be counted on another thread, which
+            // cannot wake this one: look again soon.
+            return Duration::from_micros(200);
+        }
         if phase == Phase::Running && self.publish_interval_ns > 0 {
             let until_due = self.next_publish_ns.saturating_sub(now_ns);
             return Duration::from_nanos(until_due.clamp(100_000, IDLE_TICK_NS));
@@ -214,12 +235,13 @@ impl Worker {
         ((1e9 / rate / 2.0) as u64).clamp(1_000_000, 50_000_000)
     }
 
-    fn context(config: &LoadConfig) -> ConnContext<'_> {
+    fn context<'a>(config: &'a LoadConfig, shared: &'a Shared) -> ConnContext<'a> {
         ConnContext {
             qos: config.qos,
             keepalive_secs: config.keepalive_secs,
             client_id_prefix: &config.client_id_prefix,
             topic_prefix: &config.topic_prefix,
+            deliveries: shared.deliveries.as_ref(),
         }
     }
 
@@ -362,6 +384,8 @@ impl Worker {
         let rate = self.config.rate_per_publisher();
         let start_ns = self.shared.run_start_ns();
         let count = self.config.count_per_publisher;
+        let (topics, e2e_window) = (self.config.plan.topics, self.config.e2e_window);
+        self.flow_blocked = false;
         for index in 0..self.publishers.len() {
             let local = self.publishers[index] as usize;
             let conn = &mut self.conns[local];
@@ -377,7 +401,16 @@ impl Worker {
             } else {
                 u64::MAX
             };
-            let limit = count.map_or(due, |count| due.min(count));
+            let mut limit = count.map_or(due, |count| due.min(count));
+            if let Some(board) = self.shared.deliveries.as_ref() {
+                let subscribers = self.config.plan.subscribers_of(publisher.index % topics);
+                // No subscribers: nothing to wait for.
+                if let Some(average) = board.delivered(publisher.index).checked_div(subscribers) {
+                    let allowed = average + e2e_window;
+                    limit = limit.min(allowed);
+                    self.flow_blocked |= publisher.sent >= allowed;
+                }
+            }
             let before = publisher.sent;
             while publisher.sent < limit
                 && conn.tx.len() < TX_QUEUED_BYTES_MAX
@@ -405,6 +438,9 @@ impl Worker {
     /// The run is draining: publishers stop, and the deliveries they make expected are added
     /// to the shared total once.
     fn stop_publishing(&mut self) {
+        if self.running_cpu_ns.0 != 0 {
+            self.running_cpu_ns.1 = thread_cpu_total_ns();
+        }
         let mut expected = 0;
         for &local in &self.publishers {
             let publisher = self.conns[local as usize].publisher.as_mut().expect("publisher");
@@ -557,7 +593,7 @@ impl Worker {
         self.stats.counters.tcp_connected += 1;
         let started = self.conns[local].started_ns;
         self.stats.tcp_connect.saturating_record(now_ns.saturating_sub(started).max(1));
-        let context = Self::context(&self.config);
+        let context = Self::context(&self.config, &self.shared);
         self.conns[local].on_tcp_connected(&context, now_ns);
         self.mark_dirty(local);
         self.arm_recv(local)
@@ -597,7 +633,7 @@ impl Worker {
 
     fn process_input(&mut self, local: usize, now_ns: u64) -> io::Result<()> {
         let max_packet_bytes = self.config.max_packet_bytes();
-        let context = Self::context(&self.config);
+        let context = Self::context(&self.config, &self.shared);
         let conn = &mut self.conns[local];
         let was_ready = conn.state == ConnState::Ready;
         let mut failure = None;
@@ -722,6 +758,7 @@ impl Worker {
             subscribers,
             cpu_ns: crate::sys::thread_cpu_ns(),
             direct_setup: self.direct_setup,
+            running_cpu_ns: self.running_cpu_ns.1.saturating_sub(self.running_cpu_ns.0),
         }
     }
 }

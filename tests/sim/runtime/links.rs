@@ -128,7 +128,7 @@ impl Runtime {
     }
 
     /// Records which workers `worker` knows to want a publish to `topic` right now.
-    pub(super) fn note_reach(&mut self, worker: WorkerId, topic: &str, payload: &[u8]) {
+    pub fn note_reach(&mut self, worker: WorkerId, topic: &str, payload: &[u8]) {
         let Some((key, _)) = decode_payload(payload) else { return };
         let mut mask = 1u32 << worker.0;
         for (from, filters) in self.interest[worker.index()].iter().enumerate() {
