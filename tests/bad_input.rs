@@ -6,6 +6,7 @@
 //!
 //! Every wait has a deadline; no test takes more than a few seconds.
 
+mod common;
 #[path = "robust_support/mod.rs"]
 mod support;
 
@@ -28,7 +29,7 @@ fn connected_retrying(broker: &Broker, id: &str) -> (Peer, u64) {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut refused = 0;
     loop {
-        let mut peer = broker.open();
+        let mut peer = support::open(broker);
         peer.write(&connect_bytes(id));
         if peer.try_connack_accepted() {
             return (peer, refused);
@@ -41,7 +42,7 @@ fn connected_retrying(broker: &Broker, id: &str) -> (Peer, u64) {
 
 /// A connection that has sent CONNECT and read CONNACK 0.
 fn connected(broker: &Broker, id: &str) -> Peer {
-    let mut peer = broker.open();
+    let mut peer = support::open(broker);
     peer.write(&connect_bytes(id));
     peer.expect_connack_accepted();
     peer
@@ -50,17 +51,17 @@ fn connected(broker: &Broker, id: &str) -> Peer {
 /// Sends `bytes` on a fresh connection (after a CONNECT if `after_connect`), expects the
 /// broker to close it within [`CLOSE_WITHIN`], then checks the broker still serves.
 fn expect_closed_after(broker: &mut Broker, what: &str, after_connect: bool, bytes: &[u8]) {
-    let mut peer = if after_connect { connected(broker, "bad") } else { broker.open() };
+    let mut peer = if after_connect { connected(broker, "bad") } else { support::open(broker) };
     peer.write(bytes);
     peer.expect_closed(what);
-    broker.round_trip(what);
+    support::round_trip(broker, what);
 }
 
 /// [MQTT-4.8.0-1] Unless stated otherwise, a protocol violation closes the connection: a
 /// packet cut short by the client's EOF is never completed, so the broker closes.
 #[test]
 fn truncated_packet_then_eof_is_closed_mqtt_4_8_0_1() {
-    let mut broker = Broker::start(&[]);
+    let mut broker = support::start(&[]);
     let publish = encoded(&publish_qos0("t/truncated", &[7; 300]));
     for cut in [1, 2, 3, publish.len() / 2, publish.len() - 1] {
         let mut peer = connected(&broker, "truncated");
@@ -70,11 +71,11 @@ fn truncated_packet_then_eof_is_closed_mqtt_4_8_0_1() {
     }
     // A CONNECT cut short, then EOF.
     let connect = connect_bytes("truncated-connect");
-    let mut peer = broker.open();
+    let mut peer = support::open(&broker);
     peer.write(&connect[..connect.len() - 3]);
     peer.shutdown_write();
     peer.expect_closed("CONNECT cut short, then EOF");
-    broker.round_trip("truncated packets");
+    support::round_trip(&mut broker, "truncated packets");
 }
 
 /// A CONNECT cut short with the socket left open: the broker waits no longer than its
@@ -82,21 +83,21 @@ fn truncated_packet_then_eof_is_closed_mqtt_4_8_0_1() {
 /// within a reasonable time).
 #[test]
 fn truncated_connect_without_eof_is_closed_at_the_connect_timeout() {
-    let mut broker = Broker::start(&["--connect-timeout-secs", "1"]);
+    let mut broker = support::start(&["--connect-timeout-secs", "1"]);
     let connect = connect_bytes("half");
-    let mut peer = broker.open();
+    let mut peer = support::open(&broker);
     let began = Instant::now();
     peer.write(&connect[..connect.len() / 2]);
     peer.expect_closed_within("half a CONNECT", Duration::from_secs(3));
     assert!(began.elapsed() >= Duration::from_millis(900), "closed before the timeout");
-    broker.round_trip("half a CONNECT");
+    support::round_trip(&mut broker, "half a CONNECT");
 }
 
 /// [MQTT-2.2.2-2] [MQTT-4.8.0-1] Bytes that are not MQTT at all: reserved packet types 0 and
 /// 15, invalid flags, text. Before and after CONNECT.
 #[test]
 fn garbage_is_closed_mqtt_2_2_2_2() {
-    let mut broker = Broker::start(&[]);
+    let mut broker = support::start(&[]);
     let cases: [(&str, &[u8]); 5] = [
         ("packet type 0", &[0x00, 0x00]),
         ("packet type 15", &[0xF0, 0x00]),
@@ -114,7 +115,7 @@ fn garbage_is_closed_mqtt_2_2_2_2() {
 /// continuation bit set is refused at once, without waiting for more.
 #[test]
 fn five_byte_remaining_length_is_closed_section_2_2_3() {
-    let mut broker = Broker::start(&[]);
+    let mut broker = support::start(&[]);
     let five = [0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01];
     expect_closed_after(&mut broker, "five-byte remaining length", true, &five);
     // Only the first five bytes: the fourth length byte already asks for a fifth.
@@ -132,7 +133,7 @@ fn five_byte_remaining_length_is_closed_section_2_2_3() {
 /// after CONNECT and a CONNECT itself.
 #[test]
 fn oversized_packet_is_refused_from_its_header() {
-    let mut broker = Broker::start(&["--max-packet-size", "4096"]);
+    let mut broker = support::start(&["--max-packet-size", "4096"]);
     // PUBLISH, remaining length 1,000,000 (three length bytes): far over 4096.
     let header = [0x30, 0xC0, 0x84, 0x3D];
     expect_closed_after(&mut broker, "PUBLISH header announcing 1 MB", true, &header);
@@ -159,7 +160,7 @@ fn oversized_packet_is_refused_from_its_header() {
     assert_eq!(encoded_len(&publish), 4096);
     peer.write(&encoded(&publish));
     assert_eq!(peer.expect_publish().payload.len(), 4096 - head_bytes - 1);
-    broker.round_trip("oversized packets");
+    support::round_trip(&mut broker, "oversized packets");
 }
 
 /// [MQTT-1.5.3-1] A UTF-8 string must be well-formed (the surrogates U+D800..U+DFFF
@@ -167,7 +168,7 @@ fn oversized_packet_is_refused_from_its_header() {
 /// topic filter.
 #[test]
 fn invalid_utf8_is_closed_mqtt_1_5_3_1_and_1_5_3_2() {
-    let mut broker = Broker::start(&[]);
+    let mut broker = support::start(&[]);
     let topics: [(&str, &[u8]); 4] = [
         ("ill-formed UTF-8 topic", &[0xC3, 0x28]),
         ("surrogate U+D800 topic", &[0xED, 0xA0, 0x80]),
@@ -192,7 +193,7 @@ fn invalid_utf8_is_closed_mqtt_1_5_3_1_and_1_5_3_2() {
 /// [MQTT-3.3.2-2] The topic name in a PUBLISH must not contain wildcards.
 #[test]
 fn wildcard_in_publish_topic_is_closed_mqtt_3_3_2_2() {
-    let mut broker = Broker::start(&[]);
+    let mut broker = support::start(&[]);
     for topic in ["a/+", "a/#", "#", "+", "a+/b", "sport/tennis#"] {
         let mut publish = vec![0x30, (2 + topic.len() + 2) as u8, 0, topic.len() as u8];
         publish.extend_from_slice(topic.as_bytes());
@@ -205,7 +206,7 @@ fn wildcard_in_publish_topic_is_closed_mqtt_3_3_2_2() {
 /// the session it had still serves a client that connects afresh.
 #[test]
 fn second_connect_is_closed_mqtt_3_1_0_2() {
-    let mut broker = Broker::start(&[]);
+    let mut broker = support::start(&[]);
     expect_closed_after(&mut broker, "a second CONNECT", true, &connect_bytes("bad"));
     expect_closed_after(&mut broker, "a second CONNECT, other id", true, &connect_bytes("other"));
     // The client id itself is not poisoned.
@@ -217,7 +218,7 @@ fn second_connect_is_closed_mqtt_3_1_0_2() {
 /// the connection, without a CONNACK.
 #[test]
 fn first_packet_not_connect_is_closed_mqtt_3_1_0_1() {
-    let mut broker = Broker::start(&[]);
+    let mut broker = support::start(&[]);
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("non-zero"),
         filters: vec![(filter("a/#"), QoS::AtLeastOnce)],
@@ -230,11 +231,11 @@ fn first_packet_not_connect_is_closed_mqtt_3_1_0_1() {
         ("PUBACK first", encoded(&Packet::Puback(PacketId::new(1).expect("non-zero")))),
     ];
     for (what, bytes) in &firsts {
-        let mut peer = broker.open();
+        let mut peer = support::open(&broker);
         peer.write(bytes);
         let received = peer.expect_closed(what);
         assert!(received.is_empty(), "{what}: the broker answered {received:?} before closing");
-        broker.round_trip(what);
+        support::round_trip(&mut broker, what);
     }
 }
 
@@ -243,9 +244,9 @@ fn first_packet_not_connect_is_closed_mqtt_3_1_0_1() {
 /// trickle does not keep it open (section 3.1.4).
 #[test]
 fn slowloris_connect_is_closed_at_the_connect_timeout() {
-    let mut broker = Broker::start(&["--connect-timeout-secs", "1"]);
+    let mut broker = support::start(&["--connect-timeout-secs", "1"]);
     let connect = connect_bytes("slowloris");
-    let mut stream = broker.open().into_stream();
+    let mut stream = support::open(&broker).into_stream();
     let began = Instant::now();
     let mut sent = 0;
     // One byte every 100 ms, never the last one; each write fails once the broker closed.
@@ -261,7 +262,7 @@ fn slowloris_connect_is_closed_at_the_connect_timeout() {
     };
     assert!(closed_at >= Duration::from_millis(900), "closed after {closed_at:?}, before 1 s");
     assert!(closed_at < Duration::from_millis(2500), "closed only after {closed_at:?}");
-    broker.round_trip("slowloris");
+    support::round_trip(&mut broker, "slowloris");
 }
 
 /// `--max-connections`: a connection beyond it is accepted and closed at once (before it
@@ -269,7 +270,7 @@ fn slowloris_connect_is_closed_at_the_connect_timeout() {
 /// slot freed is usable again.
 #[test]
 fn connections_beyond_max_connections_are_refused_and_counted() {
-    let mut broker = Broker::start(&["--max-connections", "3", "--workers", "1"]);
+    let mut broker = support::start(&["--max-connections", "3", "--workers", "1"]);
     // The start-up probe's connection may still be closing: a holder refused then retries
     // (and that refusal is counted too).
     let mut refused = 0;
@@ -283,7 +284,7 @@ fn connections_beyond_max_connections_are_refused_and_counted() {
     let began = Instant::now();
     for attempt in 0..4 {
         refused += 1;
-        let mut peer = broker.open();
+        let mut peer = support::open(&broker);
         let received = peer.expect_closed(&format!("connection {} of 3", 4 + attempt));
         assert!(received.is_empty(), "a refused connection got {received:?}");
     }
@@ -295,8 +296,8 @@ fn connections_beyond_max_connections_are_refused_and_counted() {
     holders.pop().expect("three holders").disconnect();
     let (peer, retries) = connected_retrying(&broker, "after-a-holder-left");
     refused += retries;
-    broker.round_trip_on(peer, "max_connections");
-    let log = broker.terminate();
+    support::round_trip_on(&mut broker, peer, "max_connections");
+    let log = broker.stop();
     let counted: u64 = support::counter_sum(&log, "refused_max_connections");
     assert_eq!(counted, refused, "refusals counted in the workers' final counters:\n{log}");
 }
@@ -306,7 +307,7 @@ fn connections_beyond_max_connections_are_refused_and_counted() {
 /// code per filter in order [MQTT-3.9.3-1]; the broker stays responsive.
 #[test]
 fn subscribing_100k_filters_is_bounded_per_session() {
-    let mut broker = Broker::start(&["--subscriptions-per-session-max", "100"]);
+    let mut broker = support::start(&["--subscriptions-per-session-max", "100"]);
     let mut peer = connected(&broker, "greedy");
     let (packets, per_packet) = (100u16, 1000usize);
     let mut granted = 0;
@@ -334,16 +335,16 @@ fn subscribing_100k_filters_is_bounded_per_session() {
     peer.write(&encoded(&publish_qos0("f/0/99", b"held")));
     assert_eq!(peer.expect_publish().topic.as_str(), "f/0/99");
     peer.ping();
-    broker.round_trip("100k filters");
+    support::round_trip(&mut broker, "100k filters");
 }
 
 /// A client that connects and then writes nothing more is not a problem for anyone else:
 /// many idle half-open connections (no CONNECT) do not stop a fresh client.
 #[test]
 fn idle_connections_without_connect_do_not_block_others() {
-    let mut broker = Broker::start(&["--connect-timeout-secs", "1"]);
-    let idle: Vec<TcpStream> = (0..50).map(|_| broker.open().into_stream()).collect();
-    broker.round_trip("50 idle connections");
+    let mut broker = support::start(&["--connect-timeout-secs", "1"]);
+    let idle: Vec<TcpStream> = (0..50).map(|_| support::open(&broker).into_stream()).collect();
+    support::round_trip(&mut broker, "50 idle connections");
     // All of them are closed by the connect timeout.
     for mut stream in idle {
         assert!(

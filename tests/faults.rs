@@ -8,6 +8,7 @@
 //! The broker runs with two workers, so a reconnecting client is often accepted by the other
 //! worker and handed to its session's home, the path most likely to lose state.
 
+mod common;
 #[path = "robust_support/mod.rs"]
 mod support;
 
@@ -25,7 +26,7 @@ const QUIET: Duration = Duration::from_millis(300);
 
 /// Opens a connection and CONNECTs; asserts it is accepted, returns session present.
 fn connect(broker: &Broker, client_id: &str, clean: bool) -> (Peer, bool) {
-    let mut peer = broker.open();
+    let mut peer = support::open(broker);
     let connack = peer.connect(&connect_packet_with(client_id, clean, None));
     assert_eq!(connack.code, ringmq::protocol::ConnectReturnCode::Accepted, "{client_id}");
     (peer, connack.session_present)
@@ -45,7 +46,7 @@ fn next_publish(peer: &mut Peer) -> ringmq::protocol::Publish {
 /// delivered, and its will (the close was not a DISCONNECT) is.
 #[test]
 fn client_killed_mid_packet_delivers_only_its_will_mqtt_3_1_2_8() {
-    let broker = Broker::start(&[]);
+    let broker = support::start(&[]);
     let (mut subscriber, _) = connect(&broker, &unique_id("watcher"), true);
     subscribe(&mut subscriber, "mid/#", QoS::AtLeastOnce);
     let will = LastWill {
@@ -54,7 +55,7 @@ fn client_killed_mid_packet_delivers_only_its_will_mqtt_3_1_2_8() {
         qos: QoS::AtLeastOnce,
         retain: false,
     };
-    let mut victim = broker.open();
+    let mut victim = support::open(&broker);
     let connack = victim.connect(&connect_packet_with(&unique_id("victim"), true, Some(will)));
     assert_eq!(connack.code, ringmq::protocol::ConnectReturnCode::Accepted);
     let publish = encoded(&publish_packet("mid/data", QoS::AtLeastOnce, 9, false, &[1; 500]));
@@ -72,7 +73,7 @@ fn client_killed_mid_packet_delivers_only_its_will_mqtt_3_1_2_8() {
 /// then free for a new message.
 #[test]
 fn qos2_publisher_killed_after_pubrec_is_delivered_once_mqtt_4_3_3_2() {
-    let broker = Broker::start(&[]);
+    let broker = support::start(&[]);
     let (mut subscriber, _) = connect(&broker, &unique_id("q2-sub"), true);
     subscribe(&mut subscriber, "q2p/#", QoS::ExactlyOnce);
     let publisher_id = unique_id("q2-pub");
@@ -107,7 +108,7 @@ fn qos2_publisher_killed_after_pubrec_is_delivered_once_mqtt_4_3_3_2() {
 /// the resumed session the broker resends PUBREL, and not the PUBLISH.
 #[test]
 fn qos2_subscriber_killed_before_pubcomp_gets_pubrel_again_mqtt_4_4_0_1() {
-    let broker = Broker::start(&[]);
+    let broker = support::start(&[]);
     let subscriber_id = unique_id("q2-late");
     let (mut subscriber, _) = connect(&broker, &subscriber_id, false);
     subscribe(&mut subscriber, "q2s/#", QoS::ExactlyOnce);
@@ -129,7 +130,7 @@ fn qos2_subscriber_killed_before_pubcomp_gets_pubrel_again_mqtt_4_4_0_1() {
 /// with DUP set and the same packet id [MQTT-3.3.1-1].
 #[test]
 fn qos2_subscriber_killed_before_pubrec_gets_the_publish_again_with_dup_mqtt_4_4_0_1() {
-    let broker = Broker::start(&[]);
+    let broker = support::start(&[]);
     let subscriber_id = unique_id("q2-early");
     let (mut subscriber, _) = connect(&broker, &subscriber_id, false);
     subscribe(&mut subscriber, "q2e/#", QoS::ExactlyOnce);
@@ -156,7 +157,7 @@ fn qos2_subscriber_killed_before_pubrec_gets_the_publish_again_with_dup_mqtt_4_4
 /// published after the takeover go to the new connection.
 #[test]
 fn takeover_during_inflight_qos1_redelivers_to_the_new_connection_mqtt_3_1_4_2() {
-    let broker = Broker::start(&[]);
+    let broker = support::start(&[]);
     let subscriber_id = unique_id("q1-take");
     let (mut old, _) = connect(&broker, &subscriber_id, false);
     subscribe(&mut old, "q1t/#", QoS::AtLeastOnce);
@@ -181,7 +182,7 @@ fn takeover_during_inflight_qos1_redelivers_to_the_new_connection_mqtt_3_1_4_2()
 /// PUBREL again [MQTT-4.4.0-1], never the PUBLISH (that would be a second delivery).
 #[test]
 fn takeover_during_inflight_qos2_resends_pubrel_not_publish_mqtt_4_3_3_2() {
-    let broker = Broker::start(&[]);
+    let broker = support::start(&[]);
     let subscriber_id = unique_id("q2-take");
     let (mut old, _) = connect(&broker, &subscriber_id, false);
     subscribe(&mut old, "q2t/#", QoS::ExactlyOnce);
@@ -205,7 +206,7 @@ fn takeover_during_inflight_qos2_resends_pubrel_not_publish_mqtt_4_3_3_2() {
 /// exactly once.
 #[test]
 fn acknowledged_messages_survive_a_subscriber_killed_repeatedly() {
-    let broker = Broker::start(&[]);
+    let broker = support::start(&[]);
     let subscriber_id = unique_id("survivor");
     let (mut subscriber, _) = connect(&broker, &subscriber_id, false);
     subscribe(&mut subscriber, "soak/#", QoS::ExactlyOnce);

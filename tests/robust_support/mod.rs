@@ -1,7 +1,7 @@
-//! What `tests/bad_input.rs` and `tests/faults.rs` need around the real binary: start it on a free loopback port
-//! and wait until it answers CONNECT, keep its log, stop it with SIGTERM (the workers then log
-//! their counters) or kill it when dropped; a raw peer that writes any bytes and sees the
-//! broker close; a fresh client's publish round trip, the "still serves" check after each case.
+//! What `tests/bad_input.rs` and `tests/faults.rs` add to `tests/common` (which starts, stops
+//! and kills the binary): a raw peer that writes any bytes, tolerates the broker closing
+//! first, sees the close, and can die with a reset; a fresh client's publish round trip, the
+//! "still serves" check after each bad-input case.
 //!
 //! Invariant: every wait has a deadline and fails the test when it passes.
 
@@ -9,13 +9,10 @@
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
+pub use crate::common::{unique_id, Broker};
 use bytes::{Bytes, BytesMut};
 use ringmq::protocol::{
     decode, encode, Connack, Connect, ConnectReturnCode, LastWill, Packet, PacketId,
@@ -26,20 +23,7 @@ use ringmq::protocol::{
 pub const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 /// How long a packet the broker owes may take to arrive.
 const RECEIVE_WITHIN: Duration = Duration::from_secs(5);
-const START_WITHIN: Duration = Duration::from_secs(10);
 const READ_SLICE: Duration = Duration::from_millis(20);
-
-/// Flags every broker here gets (a test's own flags come after): rings sized for a test.
-const BASE_FLAGS: &[&str] = &[
-    "--log-level",
-    "info",
-    "--file-table-slots",
-    "1024",
-    "--ring-entries",
-    "1024",
-    "--recv-buffers",
-    "256",
-];
 
 pub fn encoded(packet: &Packet) -> Vec<u8> {
     let mut out = BytesMut::new();
@@ -101,166 +85,66 @@ pub fn filter(text: &str) -> TopicFilter {
     TopicFilter::try_from(text).expect("valid filter")
 }
 
-pub fn unique_id(prefix: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+/// Starts the binary through `tests/common` (free port, readiness, log, kill on drop) with
+/// `flags`, and two workers unless they say otherwise: a client is then often accepted by a
+/// worker that is not its session's home, the handoff path.
+pub fn start(flags: &[&str]) -> Broker {
+    let mut all: Vec<&str> = flags.to_vec();
+    if !flags.contains(&"--workers") {
+        all.extend(["--workers", "2"]);
+    }
+    Broker::start(&all)
 }
 
-/// The `ringmq` process, killed on drop.
-pub struct Broker {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<u8>>>,
-    log_reader: Option<JoinHandle<()>>,
-    round_trips: u64,
+/// A new TCP connection to `broker`, nothing sent yet.
+pub fn open(broker: &Broker) -> Peer {
+    Peer::new(TcpStream::connect(broker.addr()).expect("connect to ringmq"))
 }
 
-impl Broker {
-    /// Starts the binary with `flags` (two workers unless they say otherwise).
-    pub fn start(flags: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let workers: &[&str] = if flags.contains(&"--workers") { &[] } else { &["--workers", "2"] };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(BASE_FLAGS)
-            .args(workers)
-            .args(flags)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringmq");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let sink = Arc::clone(&log);
-        // Drains the pipe so the broker never blocks writing its log.
-        let log_reader = std::thread::spawn(move || {
-            let mut chunk = [0u8; 8192];
-            while let Ok(len @ 1..) = stderr.read(&mut chunk) {
-                sink.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..len]);
-            }
-        });
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut broker = Self { child, addr, log, log_reader: Some(log_reader), round_trips: 0 };
-        broker.wait_until_ready();
-        broker
-    }
-
-    fn wait_until_ready(&mut self) {
-        let deadline = Instant::now() + START_WITHIN;
-        while Instant::now() < deadline {
-            self.assert_running();
-            if let Ok(stream) = TcpStream::connect(self.addr) {
-                let mut peer = Peer::new(stream);
-                peer.write(&encoded(&connect_packet(&unique_id("ready"))));
-                if let Ok(Some(Packet::Connack(connack))) = peer.try_receive(RECEIVE_WITHIN) {
-                    assert_eq!(connack.code, ConnectReturnCode::Accepted);
-                    peer.disconnect();
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("ringmq did not answer CONNECT within {START_WITHIN:?}:\n{}", self.log());
-    }
-
-    pub fn log(&self) -> String {
-        String::from_utf8_lossy(&self.log.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    }
-
-    pub fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("wait on ringmq") {
-            panic!("ringmq exited with {status}; log:\n{}", self.log());
-        }
-    }
-
-    /// A new TCP connection, nothing sent yet.
-    pub fn open(&self) -> Peer {
-        Peer::new(TcpStream::connect(self.addr).expect("connect to ringmq"))
-    }
-
-    /// The broker still serves: a fresh client subscribes to a topic of its own, publishes to
-    /// it at QoS 1, gets PUBACK [MQTT-4.3.2-2] and its own message back, and disconnects.
-    pub fn round_trip(&mut self, after: &str) {
-        self.assert_running();
-        let mut peer = self.open();
-        peer.write(&encoded(&connect_packet(&unique_id("fresh"))));
-        peer.expect_connack_accepted();
-        self.round_trip_on(peer, after);
-    }
-
-    /// The round trip of [`Broker::round_trip`] on a client already connected.
-    pub fn round_trip_on(&mut self, mut peer: Peer, after: &str) {
-        self.round_trips += 1;
-        let topic = format!("round-trip/{}", self.round_trips);
-        let subscribe = Subscribe {
-            packet_id: PacketId::new(1).expect("non-zero"),
-            filters: vec![(filter(&topic), QoS::AtLeastOnce)],
-        };
-        peer.write(&encoded(&Packet::Subscribe(subscribe)));
-        let granted = peer.expect_suback(PacketId::new(1).expect("non-zero"));
-        assert_eq!(granted, [SubackCode::Granted(QoS::AtLeastOnce)], "after {after}");
-        let id = PacketId::new(2).expect("non-zero");
-        let payload = format!("after {after}");
-        peer.write(&encoded(&Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: TopicName::try_from(topic.as_str()).expect("valid topic"),
-            packet_id: Some(id),
-            payload: Bytes::from(payload.clone()),
-        })));
-        let (mut acked, mut delivered) = (false, false);
-        while !(acked && delivered) {
-            match peer.receive() {
-                Packet::Puback(acked_id) if acked_id == id => acked = true,
-                Packet::Publish(publish) if publish.payload == payload.as_bytes() => {
-                    let delivery_id = publish.packet_id.expect("QoS 1 has a packet id");
-                    peer.write(&encoded(&Packet::Puback(delivery_id)));
-                    delivered = true;
-                }
-                other => panic!("after {after}: unexpected {other:?}"),
-            }
-        }
-        peer.disconnect();
-        self.assert_running();
-    }
-
-    /// SIGTERM, wait for the exit, and return the whole log (it ends with every worker's
-    /// counters).
-    pub fn terminate(mut self) -> String {
-        let pid = i32::try_from(self.child.id()).expect("pid fits an i32");
-        // SAFETY: signals our own child, which has not been reaped (we hold `child`).
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait on ringmq") {
-                assert!(status.success(), "ringmq exited with {status}:\n{}", self.log());
-                break;
-            }
-            assert!(Instant::now() < deadline, "ringmq still running 3 s after SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if let Some(reader) = self.log_reader.take() {
-            reader.join().expect("log reader");
-        }
-        self.log()
-    }
+/// The broker still serves: a fresh client subscribes to a topic of its own, publishes to it
+/// at QoS 1, gets PUBACK [MQTT-4.3.2-2] and its own message back, and disconnects.
+pub fn round_trip(broker: &mut Broker, after: &str) {
+    broker.assert_running();
+    let mut peer = open(broker);
+    peer.write(&encoded(&connect_packet(&unique_id("fresh"))));
+    peer.expect_connack_accepted();
+    round_trip_on(broker, peer, after);
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        // Child::kill is SIGKILL to this child's PID; an error only means it already exited.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- ringmq log ----\n{}", self.log());
+/// The round trip of [`round_trip`] on a client already connected.
+pub fn round_trip_on(broker: &mut Broker, mut peer: Peer, after: &str) {
+    let topic = format!("round-trip/{}", unique_id("topic"));
+    let subscribe = Subscribe {
+        packet_id: PacketId::new(1).expect("non-zero"),
+        filters: vec![(filter(&topic), QoS::AtLeastOnce)],
+    };
+    peer.write(&encoded(&Packet::Subscribe(subscribe)));
+    let granted = peer.expect_suback(PacketId::new(1).expect("non-zero"));
+    assert_eq!(granted, [SubackCode::Granted(QoS::AtLeastOnce)], "after {after}");
+    let id = PacketId::new(2).expect("non-zero");
+    let payload = format!("after {after}");
+    peer.write(&encoded(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: TopicName::try_from(topic.as_str()).expect("valid topic"),
+        packet_id: Some(id),
+        payload: Bytes::from(payload.clone()),
+    })));
+    let (mut acked, mut delivered) = (false, false);
+    while !(acked && delivered) {
+        match peer.receive() {
+            Packet::Puback(acked_id) if acked_id == id => acked = true,
+            Packet::Publish(publish) if publish.payload == payload.as_bytes() => {
+                let delivery_id = publish.packet_id.expect("QoS 1 has a packet id");
+                peer.write(&encoded(&Packet::Puback(delivery_id)));
+                delivered = true;
+            }
+            other => panic!("after {after}: unexpected {other:?}"),
         }
     }
+    peer.disconnect();
+    broker.assert_running();
 }
 
 /// The sum over the workers' final counters (`name: N` in their Debug print) of `name`.
