@@ -94,11 +94,19 @@ fn max_inflight_messages_holds_the_rest_back_until_acknowledged() {
 }
 
 /// `max_queued_messages`: an online client that does not acknowledge, with its inflight
-/// window and its queue full, is disconnected as a slow consumer when one more message comes;
-/// its persistent session keeps what it had (README, Limits).
+/// window and its queue full, has one more message dropped, and is disconnected as a slow
+/// consumer once it has acknowledged nothing for `slow_consumer_timeout_secs`; its persistent
+/// session keeps what it had (README, Limits).
 #[test]
 fn max_queued_messages_disconnects_a_slow_consumer_and_keeps_its_session() {
-    let broker = Broker::start(&["--max-inflight-messages", "2", "--max-queued-messages", "3"]);
+    let broker = Broker::start(&[
+        "--max-inflight-messages",
+        "2",
+        "--max-queued-messages",
+        "3",
+        "--slow-consumer-timeout-secs",
+        "1",
+    ]);
     let id = unique_id("slow");
     let mut slow = RawClient::open(broker.addr());
     let mut persistent = ConnectOptions::new(&id);
@@ -118,6 +126,8 @@ fn max_queued_messages_disconnects_a_slow_consumer_and_keeps_its_session() {
     assert_eq!(slow.receive(), Packet::Pingresp, "still connected at the bound");
 
     publisher.publish("slow/x", QoS::AtLeastOnce, false, "5");
+    slow.send(&Packet::Pingreq);
+    assert_eq!(slow.receive(), Packet::Pingresp, "over the bound: dropped, not closed at once");
     assert!(
         slow.wait_closed(Duration::from_secs(3)).is_some(),
         "a slow consumer over the bound stays connected"

@@ -11,12 +11,17 @@ pub struct BrokerConfig {
     /// 0 = only the packet id space limits it (65535), as Mosquitto's 0 means "no limit".
     pub max_inflight_messages: u16,
     /// QoS 1/2 messages one session may queue (offline, or beyond the inflight window or the
-    /// output bound), in arrival order. At the bound: the new message is dropped (counted);
-    /// an online client is also disconnected as a slow consumer (counted), and a persistent
-    /// session keeps what it had. 0 = nothing is queued.
+    /// output bound), in arrival order. At the bound the new message is dropped (counted),
+    /// online or offline; an online client that stays there is closed after
+    /// `slow_consumer_timeout_secs`. 0 = nothing is queued.
     pub max_queued_messages: usize,
     /// Payload bytes one session may queue; at the bound, as `max_queued_messages`.
     pub max_queued_bytes: usize,
+    /// Seconds an online client may stay at its session's queue bound (messages to it being
+    /// dropped) without acknowledging anything (PUBACK, PUBREC, PUBCOMP); then it is closed
+    /// as a slow consumer (counted) and a persistent session keeps what it had. Checked on the
+    /// timing wheel, so up to one timer bucket late. 0 = never closed for this (drops only).
+    pub slow_consumer_timeout_secs: u64,
     /// Bytes of output one connection may have waiting for the socket. At the bound QoS 0 to
     /// it is dropped (counted) and QoS 1/2 wait in the session queue.
     pub outbuf_bytes_max: usize,
@@ -58,6 +63,7 @@ impl Default for BrokerConfig {
             max_inflight_messages: 20,
             max_queued_messages: 1000,
             max_queued_bytes: 16 << 20,
+            slow_consumer_timeout_secs: 30,
             outbuf_bytes_max: 4 << 20,
             queue_qos0_messages: false,
             max_awaiting_pubrel: 1000,

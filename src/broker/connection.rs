@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use super::interest::HeldKey;
 use super::{Action, Broker, CloseReason, ConnId, Millis, SessionId};
 use crate::protocol::{LastWill, OutBuf, Packet};
 
@@ -43,6 +44,16 @@ pub(super) struct Conn {
     /// Bytes the runtime took and has not yet reported sent.
     pub unsent_bytes: usize,
     pub send_flagged: bool,
+    /// SUBACKs owed and held until other workers confirm an interest, oldest first (their
+    /// keys in the broker's held table), and their encoded bytes (see `interest.rs`).
+    pub held_subacks: VecDeque<HeldKey>,
+    pub held_suback_bytes: usize,
+    /// When a message for this connection's session was first dropped at the queue bound
+    /// since the client last acknowledged one (or the queue last moved): the slow-consumer
+    /// clock (see `delivery.rs`).
+    pub queue_full_since: Option<Millis>,
+    /// Whether a slow-consumer timer for this connection is on the wheel (at most one).
+    pub slow_timer_filed: bool,
 }
 
 impl Conn {
@@ -57,6 +68,10 @@ impl Conn {
             out: OutBuf::new(),
             unsent_bytes: 0,
             send_flagged: false,
+            held_subacks: VecDeque::new(),
+            held_suback_bytes: 0,
+            queue_full_since: None,
+            slow_timer_filed: false,
         }
     }
 
@@ -111,6 +126,7 @@ impl Broker {
             return;
         };
         self.stats.closes.count(reason);
+        self.drop_held_subacks(std::mem::take(&mut state.held_subacks));
         if let Some(reason) = reason {
             if matches!(reason, CloseReason::ConnectRefused(_)) && !state.out.is_empty() {
                 self.closing.insert(conn, std::mem::take(&mut state.out));

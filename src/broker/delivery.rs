@@ -11,8 +11,13 @@
 //!   queue's bound), so it cannot overtake them.
 //! - QoS 1/2 is written if it fits, the inflight window has room and nothing is queued ahead of
 //!   it; otherwise it joins the session queue. A full queue drops the new message
-//!   (`messages_dropped_queue_full`); if the client is online it is also closed as a slow
-//!   consumer, and its persistent session keeps what it had.
+//!   (`messages_dropped_queue_full`), online or offline. An online client is closed as a slow
+//!   consumer only when it stays at the bound without acknowledging anything (PUBACK, PUBREC,
+//!   PUBCOMP) for `slow_consumer_timeout_secs`: the first drop since it last made progress
+//!   starts the clock, an acknowledgement or the queue moving stops it, and the timing wheel
+//!   checks it (`keepalive.rs`). A persistent session keeps what it had. So a client that
+//!   reconnects to a full queue and acknowledges its window is never cut off for messages that
+//!   arrive before its acknowledgements do.
 //! - Fan-out writes from an [`EncodedPublish`] per (QoS, retain) variant, encoded once per
 //!   publish; the queue and redelivery paths write the header by hand around the shared
 //!   payload. Neither allocates per subscriber (beyond amortised buffer growth).
@@ -21,8 +26,9 @@ use super::connection::Phase;
 use super::inflight::{
     Awaiting, Inflight, Outgoing, PubrecOutcome, QueueFull, QueueLimits, Queued,
 };
+use super::keepalive::start_slow_consumer_clock;
 use super::stats::WorkerStats;
-use super::{Broker, CloseReason, ConnId, Message, SessionId};
+use super::{Broker, ConnId, Message, Millis, SessionId};
 use crate::protocol::encode::remaining_length_bytes;
 use crate::protocol::{EncodedPublish, OutBuf, Packet, PacketId, QoS};
 
@@ -115,8 +121,9 @@ impl Broker {
         message: &Message,
         qos: QoS,
         variants: &mut Variants,
+        now: Millis,
     ) {
-        let Self { sessions, conns, actions, stats, config, pending_closes, .. } = self;
+        let Self { sessions, conns, actions, stats, config, timers, .. } = self;
         let session = sessions.get_mut(session_id);
         let retain = variants.retain;
         let queued = |message: &Message| Queued { message: message.clone(), qos, retain };
@@ -158,7 +165,10 @@ impl Broker {
             return;
         }
         if !enqueue(outgoing, queued(message), config.queue_limits(), stats) {
-            pending_closes.push_back((conn_id, CloseReason::SlowConsumer));
+            // Dropped, as for an offline session; the client is closed only if it stays at
+            // the bound without acknowledging anything (`keepalive.rs`).
+            let timeout_secs = config.slow_consumer_timeout_secs;
+            start_slow_consumer_clock(conn, conn_id, now, timeout_secs, timers);
         }
     }
 
@@ -173,6 +183,7 @@ impl Broker {
         };
         let outgoing = &mut sessions.get_mut(session_id).outgoing;
         let window = config.inflight_window();
+        let queued_before = outgoing.queued_len();
         while let Some(front) = outgoing.front_queued() {
             let len = publish_len(&front.message, front.qos);
             if !fits(conn.pending_bytes(), len, config.outbuf_bytes_max) {
@@ -201,6 +212,10 @@ impl Broker {
             outgoing.push_inflight(inflight_entry(packet_id, queued), window);
             stats.inflight_messages += 1;
         }
+        if outgoing.queued_len() < queued_before {
+            // The queue moved: no longer stuck at its bound.
+            conn.queue_full_since = None;
+        }
         conn.flag_send(conn_id, actions);
     }
 
@@ -226,6 +241,7 @@ impl Broker {
     pub(super) fn handle_puback(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
         if self.sessions.get_mut(session).outgoing.on_puback(id) {
             self.stats.inflight_messages -= 1;
+            self.client_progressed(conn);
             self.refill(conn);
         } else {
             self.stats.unexpected_acks += 1;
@@ -234,9 +250,11 @@ impl Broker {
 
     pub(super) fn handle_pubrec(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
         match self.sessions.get_mut(session).outgoing.on_pubrec(id) {
-            PubrecOutcome::Released | PubrecOutcome::AlreadyReleased => {
+            PubrecOutcome::Released => {
+                self.client_progressed(conn);
                 self.write_control(conn, &Packet::Pubrel(id));
             }
+            PubrecOutcome::AlreadyReleased => self.write_control(conn, &Packet::Pubrel(id)),
             PubrecOutcome::Unknown => self.stats.unexpected_acks += 1,
         }
     }
@@ -244,9 +262,17 @@ impl Broker {
     pub(super) fn handle_pubcomp(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
         if self.sessions.get_mut(session).outgoing.on_pubcomp(id) {
             self.stats.inflight_messages -= 1;
+            self.client_progressed(conn);
             self.refill(conn);
         } else {
             self.stats.unexpected_acks += 1;
+        }
+    }
+
+    /// The client acknowledged a message: it is not a stuck slow consumer.
+    fn client_progressed(&mut self, conn: ConnId) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.queue_full_since = None;
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Timers: keepalive [MQTT-3.1.2-24], connect timeouts, and expiry of unused persistent
-//! sessions, on one hashed timing wheel.
+//! Timers: keepalive [MQTT-3.1.2-24], connect timeouts, slow consumers, and expiry of unused
+//! persistent sessions, on one hashed timing wheel.
 //!
 //! The wheel has [`BUCKETS`] coarse buckets of [`BUCKET_MILLIS`] each. A timer names what to
 //! re-check (a connection or a session, with a serial so a stale entry is recognised), not a
@@ -11,10 +11,11 @@
 //! fixed-size however long a keepalive is.
 //!
 //! Invariants: each connection and each offline session has at most one live timer (a new
-//! one is filed only with a new serial/epoch, which makes the old one stale); a timer fires
-//! no earlier than its deadline and at most one bucket after it.
+//! one is filed only with a new serial/epoch, which makes the old one stale), plus, for a
+//! connection, at most one slow-consumer timer (`Conn::slow_timer_filed`); a timer fires no
+//! earlier than its deadline and at most one bucket after it.
 
-use super::connection::Phase;
+use super::connection::{Conn, Phase};
 use super::{Broker, CloseReason, ConnId, Millis, SessionId};
 
 /// Width of one bucket: the precision of every broker timer.
@@ -30,6 +31,9 @@ pub(super) enum Timer {
     Conn(ConnId, u32),
     /// An offline persistent session's expiry; the epoch is the session's.
     Session(SessionId, u32),
+    /// A connection whose session hit its queue bound: close it if it is still stuck there
+    /// without acknowledging anything after `slow_consumer_timeout_secs`.
+    SlowConsumer(ConnId, u32),
 }
 
 #[derive(Debug)]
@@ -125,6 +129,7 @@ impl Broker {
             match timer {
                 Timer::Conn(conn, serial) => self.check_conn_timer(conn, serial, now),
                 Timer::Session(session, epoch) => self.check_session_expiry(session, epoch, now),
+                Timer::SlowConsumer(conn, serial) => self.check_slow_consumer(conn, serial, now),
             }
         }
         self.due_timers = due;
@@ -170,6 +175,24 @@ impl Broker {
         }
     }
 
+    fn check_slow_consumer(&mut self, conn: ConnId, serial: u32, now: Millis) {
+        let timeout_millis = self.config.slow_consumer_timeout_secs.saturating_mul(1000);
+        let Some(state) = self.conns.get_mut(&conn).filter(|state| state.serial == serial) else {
+            return; // Stale: the connection closed.
+        };
+        state.slow_timer_filed = false;
+        let Some(since) = state.queue_full_since else {
+            return; // The client acknowledged something (or the queue moved) since.
+        };
+        let due = since.plus_millis(timeout_millis);
+        if now >= due {
+            self.close_conn(conn, Some(CloseReason::SlowConsumer), now);
+        } else {
+            state.slow_timer_filed = true;
+            self.timers.insert(due, Timer::SlowConsumer(conn, serial));
+        }
+    }
+
     /// Files the expiry timer of a session that just went offline, if sessions expire.
     pub(super) fn file_session_timer(&mut self, session: SessionId) {
         let expiry_secs = self.config.persistent_client_expiration_secs;
@@ -195,6 +218,26 @@ impl Broker {
         } else {
             self.timers.insert(due, Timer::Session(session, epoch));
         }
+    }
+}
+
+/// A message for `conn`'s session was dropped at the queue bound at `now`: starts the
+/// slow-consumer clock unless it runs already, and makes sure one timer will check it. A
+/// timeout of 0 never closes (drops only).
+pub(super) fn start_slow_consumer_clock(
+    conn: &mut Conn,
+    id: ConnId,
+    now: Millis,
+    timeout_secs: u64,
+    wheel: &mut TimingWheel,
+) {
+    if timeout_secs == 0 || conn.queue_full_since.is_some() {
+        return;
+    }
+    conn.queue_full_since = Some(now);
+    if !conn.slow_timer_filed {
+        conn.slow_timer_filed = true;
+        wheel.insert(now.plus_secs(timeout_secs), Timer::SlowConsumer(id, conn.serial));
     }
 }
 

@@ -32,6 +32,8 @@
 //!   handed off: its generated id is chosen to live here.
 //! - `Action::Remote { to, msg }`: deliver `msg` to worker `to`'s `handle_remote`, FIFO per
 //!   (from, to) pair. The runtime may hold it back (backpressure) but never drop or reorder it.
+//!   A SUBACK that starts a filter's interest waits for every other worker's
+//!   `RemoteMsg::InterestAck` (`interest.rs`), so a held-back channel delays SUBACKs too.
 //! - `handle_tick(now)` whenever `now >= next_deadline()`; it runs keepalive, connect
 //!   timeouts, session and retained expiry, and the `$SYS` interval. Timers have
 //!   [`keepalive::BUCKET_MILLIS`] precision: a deadline fires in the first tick at or after it
@@ -43,6 +45,7 @@
 //! `subscribe.rs` SUBSCRIBE/UNSUBSCRIBE and retained-on-subscribe; `publish.rs` inbound
 //! PUBLISH and routing; `delivery.rs` writing, queueing and refilling one session's output;
 //! `inflight.rs` the QoS state machines; `connection.rs` connection state, output and closing;
+//! `interest.rs` cross-worker interest and the SUBACKs that wait for it;
 //! `will.rs`; `keepalive.rs` the timing wheel; `route.rs` the cross-worker protocol and
 //! [`stable_hash`]; `sys.rs` `$SYS`; `stats.rs` the counters.
 //!
@@ -66,6 +69,7 @@ mod connect;
 mod connection;
 mod delivery;
 mod inflight;
+mod interest;
 mod publish;
 mod session;
 mod subscribe;
@@ -121,7 +125,9 @@ pub enum CloseReason {
     ConnectTimeout,
     /// Another connection took over the session [MQTT-3.1.4-2].
     TakenOver,
-    /// The connection's output and its session's queue are both full.
+    /// The client stayed at its session's queue bound without acknowledging anything for
+    /// `slow_consumer_timeout_secs`, or let control packets (acknowledgements it asked for)
+    /// pile up past twice `outbuf_bytes_max` without reading them.
     SlowConsumer,
     /// The broker is shutting down.
     Shutdown,
@@ -142,10 +148,14 @@ pub enum RemoteMsg {
     /// A publish for the receiving worker's matching sessions.
     Publish(Message),
     /// The sending worker now has (or no longer has) local subscribers of `filter`.
+    /// The receiver applies it and answers `InterestAck`.
     Interest {
         filter: TopicFilter,
         interested: bool,
     },
+    /// The sender applied the oldest `Interest` it had not yet acknowledged from the receiver
+    /// (FIFO pairs make a count enough); SUBACKs waiting for it may go (see `interest.rs`).
+    InterestAck,
     /// Retained message updates, serialised through the topic's owner worker so every replica
     /// applies them in one order. `Retain` asks the owner to apply one; `RetainApplied` is the
     /// owner's broadcast. An empty payload deletes.
@@ -165,7 +175,7 @@ impl fmt::Display for CloseReason {
             Self::KeepaliveTimeout => f.write_str("keepalive expired"),
             Self::ConnectTimeout => f.write_str("no CONNECT before the connect timeout"),
             Self::TakenOver => f.write_str("session taken over by a new connection"),
-            Self::SlowConsumer => f.write_str("output and session queue full"),
+            Self::SlowConsumer => f.write_str("slow consumer: not reading or not acknowledging"),
             Self::Shutdown => f.write_str("broker shutting down"),
         }
     }
@@ -187,6 +197,7 @@ pub struct Broker {
     subscriptions: SubscriptionIndex,
     retained: RetainedStore,
     timers: keepalive::TimingWheel,
+    interest: interest::InterestState,
     /// Reused by every match, so routing allocates nothing per publish in the steady state.
     matches: Matches,
     due_timers: Vec<keepalive::Timer>,
@@ -221,6 +232,7 @@ impl Broker {
             sessions: session::SessionTable::default(),
             subscriptions: SubscriptionIndex::new(),
             timers: keepalive::TimingWheel::new(now),
+            interest: interest::InterestState::new(workers),
             matches: Matches::default(),
             due_timers: Vec::new(),
             pending_closes: VecDeque::new(),
@@ -276,7 +288,7 @@ impl Broker {
             (session, Packet::Pubrel(id)) => self.handle_pubrel(conn, session, id),
             (session, Packet::Pubcomp(id)) => self.handle_pubcomp(conn, session, id),
             (session, Packet::Subscribe(subscribe)) => {
-                self.handle_subscribe(conn, session, subscribe)
+                self.handle_subscribe(conn, session, subscribe, now)
             }
             (session, Packet::Unsubscribe(unsubscribe)) => {
                 self.handle_unsubscribe(conn, session, unsubscribe);

@@ -89,7 +89,7 @@ impl Broker {
         }
         let mut matches = std::mem::take(&mut self.matches);
         self.subscriptions.match_topic(&message.topic, &mut matches);
-        self.fan_out(&message, &matches.sessions);
+        self.fan_out(&message, &matches.sessions, now);
         for worker in matches.workers.iter() {
             if worker != self.me {
                 self.send_remote(worker, RemoteMsg::Publish(message.clone()));
@@ -99,17 +99,17 @@ impl Broker {
     }
 
     /// Delivers a message another worker routed here to the local subscribers only.
-    pub(super) fn deliver_from_remote(&mut self, message: &Message) {
+    pub(super) fn deliver_from_remote(&mut self, message: &Message, now: Millis) {
         let mut matches = std::mem::take(&mut self.matches);
         self.subscriptions.match_topic(&message.topic, &mut matches);
-        self.fan_out(message, &matches.sessions);
+        self.fan_out(message, &matches.sessions, now);
         self.matches = matches;
     }
 
-    fn fan_out(&mut self, message: &Message, sessions: &[(SessionId, QoS)]) {
+    fn fan_out(&mut self, message: &Message, sessions: &[(SessionId, QoS)], now: Millis) {
         let mut variants = Variants::new(false);
         for &(session, granted) in sessions {
-            self.deliver(session, message, message.qos.min(granted), &mut variants);
+            self.deliver(session, message, message.qos.min(granted), &mut variants, now);
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   worker delivers to its local sessions only and never forwards again, so a message crosses
 //!   at most one hop and per-publisher order holds (the runtime's pair channels are FIFO).
 //! - Interest: a worker tells every other worker when a filter gains its first or loses its
-//!   last local subscriber; the receiver records it with `set_remote_interest`.
+//!   last local subscriber; the receiver records it with `set_remote_interest` and answers
+//!   `InterestAck`, which a SUBACK waits for (see `interest.rs`).
 //! - Retained messages: every worker keeps a full replica (a new subscription is answered
 //!   locally). Updates are serialised through the topic's owner worker,
 //!   `stable_hash(topic) % workers`: the publisher's worker sends [`RemoteMsg::Retain`] to the
@@ -53,10 +54,11 @@ impl Broker {
     pub(super) fn dispatch_remote(&mut self, from: WorkerId, msg: RemoteMsg, now: Millis) {
         assert!(from != self.me && from.0 < self.workers, "remote message from {from:?}");
         match msg {
-            RemoteMsg::Publish(message) => self.deliver_from_remote(&message),
+            RemoteMsg::Publish(message) => self.deliver_from_remote(&message, now),
             RemoteMsg::Interest { filter, interested } => {
-                self.subscriptions.set_remote_interest(&filter, from, interested);
+                self.on_remote_interest(from, &filter, interested);
             }
+            RemoteMsg::InterestAck => self.on_interest_ack(from, now),
             RemoteMsg::Retain(message) => self.apply_retained_as_owner(message, now),
             RemoteMsg::RetainApplied(message) => {
                 self.store_retained(message, now);

@@ -52,6 +52,8 @@ pub struct WorkerStats {
     pub wills_published: u64,
     /// CONNECTs handed to their session's home worker.
     pub handoffs: u64,
+    /// SUBACKs held until every other worker acknowledged a new interest.
+    pub subacks_held: u64,
     /// PUBACK/PUBREC/PUBCOMP for a packet id not awaiting that acknowledgement (ignored).
     pub unexpected_acks: u64,
     /// Connections closed, by reason.
@@ -130,6 +132,7 @@ impl WorkerStats {
         self.retained_expired += other.retained_expired;
         self.wills_published += other.wills_published;
         self.handoffs += other.handoffs;
+        self.subacks_held += other.subacks_held;
         self.unexpected_acks += other.unexpected_acks;
         self.closes.add(&other.closes);
     }

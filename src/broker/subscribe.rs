@@ -4,20 +4,46 @@
 //! code per filter [MQTT-3.8.4-4] [MQTT-3.8.4-5]: the granted QoS (the requested one: ringmq
 //! supports all three), or 0x80 once the session holds `subscriptions_per_session_max` filters
 //! (counted). A filter the session already has is replaced, not duplicated [MQTT-3.8.4-3].
-//! After the SUBACK, the retained messages matching each granted filter are sent with
-//! RETAIN=1 [MQTT-3.3.1-6] [MQTT-3.3.1-8] — also for a replaced subscription, which the spec
-//! asks to re-send them.
+//! The retained messages matching each granted filter are sent with RETAIN=1 [MQTT-3.3.1-6]
+//! [MQTT-3.3.1-8] — also for a replaced subscription, which the spec asks to re-send them.
+//! They follow the SUBACK, as in Mosquitto, also when the SUBACK waits for other workers
+//! (`interest.rs`): they are then looked up when it is released, so they are the retained
+//! messages of that moment. The price: a live message delivered to the new subscription
+//! while its SUBACK waits arrives before the retained ones (which carry RETAIN=1, so a client
+//! can tell a stored message from a live one). Sending them at the SUBSCRIBE instead would
+//! put PUBLISHes before the SUBACK, which [MQTT-3.8.4] permits but clients such as
+//! `mosquitto_sub -C 1` do not expect (it would exit before its SUBACK).
 //!
 //! UNSUBSCRIBE removes the filters the session has (compared character by character
 //! [MQTT-3.10.4-1]) and is always answered UNSUBACK, even when nothing matched
 //! [MQTT-3.10.4-4] [MQTT-3.10.4-5]. Messages already queued or in flight stay.
 //!
 //! A filter's first local subscriber and its last leaving are told to every other worker
-//! (`RemoteMsg::Interest`), so publishers elsewhere know to forward here.
+//! (`RemoteMsg::Interest`), so publishers elsewhere know to forward here; the SUBACK waits
+//! until they have all applied it (`interest.rs`).
 
 use super::delivery::Variants;
-use super::{Broker, ConnId, Message, RemoteMsg, SessionId, WorkerId};
+use super::{Broker, ConnId, Message, Millis, SessionId};
+use crate::protocol::encode::remaining_length_bytes;
 use crate::protocol::{Packet, QoS, Suback, SubackCode, Subscribe, TopicFilter, Unsubscribe};
+
+/// What a SUBSCRIBE is answered with: its SUBACK, then the retained messages of each granted
+/// filter.
+#[derive(Debug)]
+pub(super) struct SubscribeAnswer {
+    pub suback: Suback,
+    pub granted: Vec<(TopicFilter, QoS)>,
+}
+
+impl SubscribeAnswer {
+    /// What holding it costs: the SUBACK's bytes and the granted filters' (the retained
+    /// messages it still owes are looked up by them).
+    pub fn held_bytes(&self) -> usize {
+        let remaining = 2 + self.suback.return_codes.len();
+        let suback = 1 + remaining_length_bytes(remaining) + remaining;
+        suback + self.granted.iter().map(|(filter, _)| filter.as_str().len()).sum::<usize>()
+    }
+}
 
 impl Broker {
     pub(super) fn handle_subscribe(
@@ -25,26 +51,49 @@ impl Broker {
         conn: ConnId,
         session: SessionId,
         subscribe: Subscribe,
+        now: Millis,
     ) {
         let mut return_codes = Vec::with_capacity(subscribe.filters.len());
-        for (filter, qos) in &subscribe.filters {
-            return_codes.push(self.add_subscription(session, filter, *qos));
+        let mut granted = Vec::with_capacity(subscribe.filters.len());
+        let mut waits_for = 0;
+        for (filter, qos) in subscribe.filters {
+            let (code, interest) = self.add_subscription(session, &filter, qos);
+            return_codes.push(code);
+            waits_for = waits_for.max(interest);
+            if let SubackCode::Granted(qos) = code {
+                granted.push((filter, qos));
+            }
         }
         let suback = Suback { packet_id: subscribe.packet_id, return_codes };
-        self.write_control(conn, &Packet::Suback(suback.clone()));
-        for ((filter, _), code) in subscribe.filters.iter().zip(&suback.return_codes) {
-            if let SubackCode::Granted(granted) = code {
-                self.send_retained(session, filter, *granted);
-            }
+        let answer = SubscribeAnswer { suback, granted };
+        if let Some(answer) = self.hold_suback(conn, answer, waits_for) {
+            self.complete_subscribe(conn, session, answer, now);
         }
     }
 
+    /// Writes the SUBACK, then the retained messages of each granted filter (Mosquitto's
+    /// order), read from the replica now.
+    pub(super) fn complete_subscribe(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        answer: SubscribeAnswer,
+        now: Millis,
+    ) {
+        self.write_control(conn, &Packet::Suback(answer.suback));
+        for (filter, granted) in &answer.granted {
+            self.send_retained(session, filter, *granted, now);
+        }
+    }
+
+    /// Adds or replaces one subscription. Returns its SUBACK code and the interest broadcast
+    /// its SUBACK must wait for (0: none).
     fn add_subscription(
         &mut self,
         session: SessionId,
         filter: &TopicFilter,
         qos: QoS,
-    ) -> SubackCode {
+    ) -> (SubackCode, u64) {
         let max = self.config.subscriptions_per_session_max;
         let subscriptions = &mut self.sessions.get_mut(session).subscriptions;
         let count = subscriptions.len();
@@ -52,23 +101,31 @@ impl Broker {
             Some(existing) => existing.1 = qos,
             None if count >= max => {
                 self.stats.subscriptions_refused += 1;
-                return SubackCode::Failure;
+                return (SubackCode::Failure, 0);
             }
             None => subscriptions.push((filter.clone(), qos)),
         }
-        if self.subscriptions.subscribe(filter, session, qos) {
-            self.broadcast_interest(filter, true);
-        }
-        SubackCode::Granted(qos)
+        let waits_for = if self.subscriptions.subscribe(filter, session, qos) {
+            self.broadcast_interest(filter, true)
+        } else {
+            self.interest_pending_for(filter)
+        };
+        (SubackCode::Granted(qos), waits_for)
     }
 
     /// Sends the retained messages `filter` matches to `session`, at min(retained, granted).
-    fn send_retained(&mut self, session: SessionId, filter: &TopicFilter, granted: QoS) {
+    fn send_retained(
+        &mut self,
+        session: SessionId,
+        filter: &TopicFilter,
+        granted: QoS,
+        now: Millis,
+    ) {
         let mut found: Vec<Message> = Vec::new();
         self.retained.for_each_match(filter, |message| found.push(message.clone()));
         for message in &found {
             let mut variants = Variants::new(true);
-            self.deliver(session, message, message.qos.min(granted), &mut variants);
+            self.deliver(session, message, message.qos.min(granted), &mut variants, now);
         }
     }
 
@@ -94,16 +151,6 @@ impl Broker {
     pub(super) fn remove_from_index(&mut self, filter: &TopicFilter, session: SessionId) {
         if self.subscriptions.unsubscribe(filter, session) {
             self.broadcast_interest(filter, false);
-        }
-    }
-
-    fn broadcast_interest(&mut self, filter: &TopicFilter, interested: bool) {
-        for index in 0..self.workers {
-            let worker = WorkerId(index);
-            if worker != self.me {
-                let msg = RemoteMsg::Interest { filter: filter.clone(), interested };
-                self.send_remote(worker, msg);
-            }
         }
     }
 }

@@ -166,8 +166,9 @@ pub struct Settings {
     pub max_inflight_messages: Option<u16>,
 
     /// QoS 1/2 messages one session may queue (offline, or beyond the inflight window). At it
-    /// the new message is dropped (counted) and an online client is also disconnected as a
-    /// slow consumer (counted). 0 = nothing is queued (not Mosquitto's "no limit").
+    /// the new message is dropped (counted), online or offline; an online client that stays
+    /// there is closed after `slow_consumer_timeout_secs`. 0 = nothing is queued (not
+    /// Mosquitto's "no limit").
     #[arg(long, value_name = "N", help_heading = "MQTT limits")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queued_messages: Option<usize>,
@@ -177,6 +178,13 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES", help_heading = "MQTT limits")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queued_bytes: Option<usize>,
+
+    /// Seconds an online client may stay at its queue bound without acknowledging anything
+    /// (PUBACK, PUBREC, PUBCOMP); then it is disconnected as a slow consumer (counted).
+    /// 0 = never (messages over the bound are only dropped).
+    #[arg(long, value_name = "SECS", help_heading = "MQTT limits")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_consumer_timeout_secs: Option<u64>,
 
     /// Queue QoS 0 messages for offline persistent sessions too (true|false).
     #[arg(long, value_name = "BOOL", help_heading = "MQTT limits")]
@@ -300,6 +308,7 @@ impl Settings {
             max_inflight_messages,
             max_queued_messages,
             max_queued_bytes,
+            slow_consumer_timeout_secs,
             queue_qos0_messages,
             max_awaiting_pubrel,
             outbuf_bytes_max,
@@ -363,6 +372,9 @@ impl Settings {
                 .unwrap_or(defaults.max_inflight_messages),
             max_queued_messages: self.max_queued_messages.unwrap_or(defaults.max_queued_messages),
             max_queued_bytes: self.max_queued_bytes.unwrap_or(defaults.max_queued_bytes),
+            slow_consumer_timeout_secs: self
+                .slow_consumer_timeout_secs
+                .unwrap_or(defaults.slow_consumer_timeout_secs),
             outbuf_bytes_max: self.outbuf_bytes_max.unwrap_or(defaults.outbuf_bytes_max),
             queue_qos0_messages: self.queue_qos0_messages.unwrap_or(defaults.queue_qos0_messages),
             max_awaiting_pubrel: self.max_awaiting_pubrel.unwrap_or(defaults.max_awaiting_pubrel),
@@ -413,6 +425,7 @@ impl Settings {
             max_inflight_messages: Some(broker.max_inflight_messages),
             max_queued_messages: Some(broker.max_queued_messages),
             max_queued_bytes: Some(broker.max_queued_bytes),
+            slow_consumer_timeout_secs: Some(broker.slow_consumer_timeout_secs),
             queue_qos0_messages: Some(broker.queue_qos0_messages),
             max_awaiting_pubrel: Some(broker.max_awaiting_pubrel),
             outbuf_bytes_max: Some(broker.outbuf_bytes_max),
@@ -465,6 +478,7 @@ mod tests {
         broker.max_inflight_messages += 1;
         broker.max_queued_messages += 1;
         broker.max_queued_bytes += 1;
+        broker.slow_consumer_timeout_secs += 1;
         broker.queue_qos0_messages = !broker.queue_qos0_messages;
         broker.max_awaiting_pubrel += 1;
         broker.outbuf_bytes_max += 1;

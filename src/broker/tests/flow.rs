@@ -59,10 +59,11 @@ fn qos0_is_dropped_at_the_output_bound_and_qos1_waits() {
 }
 
 #[test]
-fn a_full_queue_while_online_closes_a_slow_consumer_and_keeps_its_session() {
+fn a_full_queue_while_online_drops_and_closes_only_after_the_timeout_without_acks() {
     let config = BrokerConfig {
         max_inflight_messages: 2,
         max_queued_messages: 3,
+        slow_consumer_timeout_secs: 30,
         ..BrokerConfig::default()
     };
     let mut cluster = Cluster::single(config);
@@ -72,10 +73,15 @@ fn a_full_queue_while_online_closes_a_slow_consumer_and_keeps_its_session() {
     for n in 0..6u8 {
         cluster.publish(publisher, "q", &[n], QoS::AtLeastOnce, false);
     }
+    // Two in flight, three queued, the sixth dropped like for an offline session.
+    assert_eq!(cluster.broker(0).stats().messages_dropped_queue_full, 1);
+    assert_eq!(cluster.ended(subscriber), None, "not closed at the first drop");
+    cluster.advance(29_000);
+    assert_eq!(cluster.ended(subscriber), None);
+    cluster.advance(1_100); // The deadline, plus at most one timer bucket.
     assert_eq!(cluster.ended(subscriber), Some(Ended::ByBroker(CloseReason::SlowConsumer)));
     let stats = cluster.broker(0).stats();
     assert_eq!(stats.closes.slow_consumer, 1);
-    assert_eq!(stats.messages_dropped_queue_full, 1);
     let info = cluster.broker(0).session_info("slow").expect("kept");
     assert_eq!((info.inflight, info.queued, info.connected), (2, 3, false));
     // Offline at the bound: dropped and counted, no close to make.
@@ -87,6 +93,94 @@ fn a_full_queue_while_online_closes_a_slow_consumer_and_keeps_its_session() {
     let got = cluster.recv_acking(back);
     assert_eq!(got.iter().map(|p| p.payload[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
     assert!(got[0].dup && got[1].dup && !got[2].dup, "only the resent ones are DUP [MQTT-3.3.1-1]");
+}
+
+#[test]
+fn an_acknowledgement_restarts_the_slow_consumer_clock() {
+    let config = BrokerConfig {
+        max_inflight_messages: 1,
+        max_queued_messages: 1,
+        slow_consumer_timeout_secs: 30,
+        ..BrokerConfig::default()
+    };
+    let mut cluster = Cluster::single(config);
+    let subscriber = cluster.connect("s", true);
+    let publisher = cluster.connect("p", true);
+    cluster.subscribe(subscriber, &[("q", QoS::AtLeastOnce)]);
+    for n in 0..3u8 {
+        cluster.publish(publisher, "q", &[n], QoS::AtLeastOnce, false);
+    }
+    assert_eq!(cluster.broker(0).stats().messages_dropped_queue_full, 1, "clock starts");
+    cluster.advance(20_000);
+    let first = cluster.recv_publishes(subscriber);
+    cluster.send(subscriber, Packet::Puback(first[0].packet_id.expect("QoS 1")));
+    // The ack moved the queue; at the bound again, a new drop starts a new clock at 20 s.
+    cluster.publish(publisher, "q", b"x", QoS::AtLeastOnce, false);
+    cluster.publish(publisher, "q", b"y", QoS::AtLeastOnce, false);
+    assert_eq!(cluster.broker(0).stats().messages_dropped_queue_full, 2);
+    cluster.advance(25_000); // 45 s after the first drop, 25 s after the second.
+    assert_eq!(cluster.ended(subscriber), None, "progress 25 s ago");
+    cluster.advance(5_100);
+    assert_eq!(cluster.ended(subscriber), Some(Ended::ByBroker(CloseReason::SlowConsumer)));
+}
+
+#[test]
+fn a_client_resending_to_its_own_full_queue_on_reconnect_recovers_mqtt_4_4_0_1() {
+    // SIM_FINDINGS finding 6: a persistent client subscribed to the topic it publishes to
+    // comes back to a full queue and re-sends its unacknowledged PUBLISH at once, as
+    // [MQTT-4.4.0-1] requires; that message lands in its own full queue.
+    let config = BrokerConfig {
+        max_inflight_messages: 1,
+        max_queued_messages: 3,
+        slow_consumer_timeout_secs: 30,
+        ..BrokerConfig::default()
+    };
+    let mut cluster = Cluster::single(config);
+    let looped = cluster.connect("loop", false);
+    cluster.subscribe(looped, &[("self", QoS::AtLeastOnce)]);
+    cluster.send(looped, Packet::Disconnect);
+    let publisher = cluster.connect("p", true);
+    for n in 0..3u8 {
+        cluster.publish(publisher, "self", &[n], QoS::AtLeastOnce, false);
+    }
+    let (back, _) = cluster.connect_on(0, connect_packet("loop", false));
+    cluster.publish(publisher, "self", &[3], QoS::AtLeastOnce, false); // queue full again
+    let resent = crate::protocol::Publish {
+        dup: true,
+        ..match publish_packet("self", &[9], QoS::AtLeastOnce, false, 77) {
+            Packet::Publish(publish) => publish,
+            _ => unreachable!("publish_packet builds a PUBLISH"),
+        }
+    };
+    cluster.send(back, Packet::Publish(resent));
+    assert_eq!(cluster.ended(back), None, "dropped, not disconnected");
+    assert_eq!(cluster.broker(0).stats().messages_dropped_queue_full, 1);
+    let got = cluster.recv_acking(back);
+    assert_eq!(got.iter().map(|p| p.payload[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    cluster.advance(31_000);
+    assert_eq!(cluster.ended(back), None, "it acknowledged its window: never cut off");
+    assert_eq!(cluster.broker(0).stats().closes.slow_consumer, 0);
+}
+
+#[test]
+fn a_slow_consumer_timeout_of_zero_only_drops() {
+    let config = BrokerConfig {
+        max_inflight_messages: 1,
+        max_queued_messages: 1,
+        slow_consumer_timeout_secs: 0,
+        ..BrokerConfig::default()
+    };
+    let mut cluster = Cluster::single(config);
+    let subscriber = cluster.connect("s", true);
+    let publisher = cluster.connect("p", true);
+    cluster.subscribe(subscriber, &[("q", QoS::AtLeastOnce)]);
+    for n in 0..5u8 {
+        cluster.publish(publisher, "q", &[n], QoS::AtLeastOnce, false);
+    }
+    cluster.advance(80_000);
+    assert_eq!(cluster.broker(0).stats().messages_dropped_queue_full, 3);
+    assert_eq!(cluster.ended(subscriber), None);
+    assert_eq!(cluster.broker(0).timer_count(), 2, "two keepalive timers, no slow-consumer one");
 }
 
 #[test]

@@ -57,6 +57,9 @@ pub struct Cluster {
     next_slot: u32,
     /// Every Remote message routed, by variant name, for tests of the cross-worker protocol.
     pub remote_log: Vec<(WorkerId, WorkerId, &'static str)>,
+    /// While set, `run` leaves Remote messages queued (a slow pair channel); `step_remote`
+    /// delivers them one at a time.
+    remotes_held: bool,
 }
 
 pub fn pid(value: u16) -> PacketId {
@@ -111,6 +114,7 @@ impl Cluster {
             remotes: VecDeque::new(),
             next_slot: 1,
             remote_log: Vec::new(),
+            remotes_held: false,
         }
     }
 
@@ -232,11 +236,41 @@ impl Cluster {
         state.next_packet_id
     }
 
-    /// Subscribes and returns the SUBACK's return codes.
-    pub fn subscribe(&mut self, client: Client, filters: &[(&str, QoS)]) -> Vec<SubackCode> {
+    /// Holds Remote messages in their queue (true) or lets `run` deliver them again (false,
+    /// which also delivers what was held).
+    pub fn hold_remotes(&mut self, held: bool) {
+        self.remotes_held = held;
+        self.run();
+    }
+
+    /// Remote messages queued and not yet delivered.
+    pub fn remotes_pending(&self) -> usize {
+        self.remotes.len()
+    }
+
+    /// Delivers the oldest queued Remote message and settles what it caused (further Remote
+    /// messages stay queued while they are held). False if none was queued.
+    pub fn step_remote(&mut self) -> bool {
+        let Some((from, to, msg)) = self.remotes.pop_front() else {
+            return false;
+        };
+        let now = self.now;
+        self.brokers[to.index()].handle_remote(from, msg, now);
+        self.run();
+        true
+    }
+
+    /// Sends a SUBSCRIBE without waiting for its SUBACK; returns its packet id.
+    pub fn send_subscribe(&mut self, client: Client, filters: &[(&str, QoS)]) -> PacketId {
         let packet_id = pid(self.next_packet_id(client));
         let filters = filters.iter().map(|(text, qos)| (filter(text), *qos)).collect();
         self.send(client, Packet::Subscribe(Subscribe { packet_id, filters }));
+        packet_id
+    }
+
+    /// Subscribes and returns the SUBACK's return codes.
+    pub fn subscribe(&mut self, client: Client, filters: &[(&str, QoS)]) -> Vec<SubackCode> {
+        let packet_id = self.send_subscribe(client, filters);
         self.decode_inbox(client);
         let received = &mut self.clients[client.0].received;
         let position = received.iter().position(|packet| matches!(packet, Packet::Suback(_)));
@@ -360,7 +394,8 @@ impl Cluster {
                     self.apply(WorkerId(index as u16), action);
                 }
             }
-            if let Some((from, to, msg)) = self.remotes.pop_front() {
+            let next = if self.remotes_held { None } else { self.remotes.pop_front() };
+            if let Some((from, to, msg)) = next {
                 moved = true;
                 let now = self.now;
                 self.brokers[to.index()].handle_remote(from, msg, now);
@@ -453,6 +488,7 @@ fn remote_name(msg: &RemoteMsg) -> &'static str {
     match msg {
         RemoteMsg::Publish(_) => "Publish",
         RemoteMsg::Interest { .. } => "Interest",
+        RemoteMsg::InterestAck => "InterestAck",
         RemoteMsg::Retain(_) => "Retain",
         RemoteMsg::RetainApplied(_) => "RetainApplied",
         RemoteMsg::Stats(_) => "Stats",

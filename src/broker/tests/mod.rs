@@ -6,6 +6,7 @@ mod harness;
 mod cluster;
 mod connect;
 mod flow;
+mod interest;
 mod keepalive;
 mod publish;
 mod qos;
