@@ -6,7 +6,7 @@
 #   scripts/fuzz.sh [SECONDS]
 #
 # Environment:
-#   FUZZ_TARGETS="decode broker"   the targets to run (default: all three)
+#   FUZZ_TARGETS="decode broker"   the targets to run (default: all four)
 #   FUZZ_ARGS="-jobs=2"            extra libFuzzer arguments
 #
 # cargo-fuzz needs nightly-only compiler flags; on the stable toolchain RUSTC_BOOTSTRAP=1
@@ -16,7 +16,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 seconds=${1:-20}
-targets=${FUZZ_TARGETS:-"decode decode_stream broker"}
+targets=${FUZZ_TARGETS:-"decode decode_stream broker sim"}
 export RUSTC_BOOTSTRAP=1
 
 log() { printf '==> fuzz: %s\n' "$*"; }

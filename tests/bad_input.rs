@@ -58,17 +58,26 @@ fn expect_closed_after(broker: &mut Broker, what: &str, after_connect: bool, byt
 }
 
 /// [MQTT-4.8.0-1] Unless stated otherwise, a protocol violation closes the connection: a
-/// packet cut short by the client's EOF is never completed, so the broker closes.
+/// packet cut short by the client's EOF is never completed, so the broker closes, and the
+/// half PUBLISH reaches no subscriber.
 #[test]
 fn truncated_packet_then_eof_is_closed_mqtt_4_8_0_1() {
     let mut broker = support::start(&[]);
+    let mut watcher = connected(&broker, "watcher");
+    let id = PacketId::new(1).expect("non-zero");
+    let subscribe = Subscribe { packet_id: id, filters: vec![(filter("t/#"), QoS::AtMostOnce)] };
+    watcher.write(&encoded(&Packet::Subscribe(subscribe)));
+    watcher.expect_suback(id);
     let publish = encoded(&publish_qos0("t/truncated", &[7; 300]));
     for cut in [1, 2, 3, publish.len() / 2, publish.len() - 1] {
+        let what = format!("PUBLISH cut after {cut} bytes, then EOF");
         let mut peer = connected(&broker, "truncated");
         peer.write(&publish[..cut]);
         peer.shutdown_write();
-        peer.expect_closed(&format!("PUBLISH cut after {cut} bytes, then EOF"));
+        peer.expect_closed(&what);
+        support::round_trip(&mut broker, &what);
     }
+    watcher.expect_silence(Duration::from_millis(200), "a truncated PUBLISH was delivered");
     // A CONNECT cut short, then EOF.
     let connect = connect_bytes("truncated-connect");
     let mut peer = support::open(&broker);

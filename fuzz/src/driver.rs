@@ -64,6 +64,10 @@ pub struct Knobs {
     pub retained_expiry: u8,
     pub sys_interval: u8,
     pub allow_anonymous: bool,
+    pub slow_consumer_timeout: u8,
+    /// End with `handle_shutdown` (every connection must be closed by it) instead of
+    /// closing each connection from the client side.
+    pub shutdown_at_end: bool,
 }
 
 impl Knobs {
@@ -71,6 +75,9 @@ impl Knobs {
         1 + u16::from(self.workers % 3)
     }
 
+    // The `..default()` is there for knobs the core adds later: without it this crate, which
+    // the workspace build does not compile, would break silently on the next new field.
+    #[allow(clippy::needless_update)]
     fn config(&self) -> BrokerConfig {
         let max_packet_size = 128 + usize::from(self.packet_bytes % 4096);
         BrokerConfig {
@@ -90,6 +97,9 @@ impl Knobs {
             retained_expiry_secs: u64::from(self.retained_expiry % 5),
             sys_interval_secs: [0, 1, 5][usize::from(self.sys_interval % 3)],
             allow_anonymous: self.allow_anonymous,
+            slow_consumer_timeout_secs: u64::from(self.slow_consumer_timeout % 4),
+            // A knob added to the core later keeps its default here until the driver varies it.
+            ..BrokerConfig::default()
         }
     }
 }
@@ -117,15 +127,19 @@ pub enum Op {
         id: u16,
         payload: u16,
     },
+    /// The first `count % 4 + 1` of `filters` (filter, requested QoS). Fixed-size fields
+    /// keep every op a few bytes, so random input makes many ops rather than one long one.
     Subscribe {
         conn: u8,
         id: u16,
-        filters: Vec<(u8, u8)>,
+        count: u8,
+        filters: [(u8, u8); 4],
     },
     Unsubscribe {
         conn: u8,
         id: u16,
-        filters: Vec<u8>,
+        count: u8,
+        filters: [u8; 4],
     },
     /// PUBACK, PUBREC, PUBREL or PUBCOMP (by `kind`) for an id the client saw, or `id`.
     Ack {
@@ -145,10 +159,12 @@ pub enum Op {
         conn: u8,
         kind: u8,
     },
-    /// Any bytes at all, through the decoder.
+    /// Any bytes at all (the first `len % 33`), through the decoder; several in a row make
+    /// longer ones.
     Raw {
         conn: u8,
-        bytes: Vec<u8>,
+        len: u8,
+        bytes: [u8; 32],
     },
     /// The socket reports this many of the taken bytes sent (0: all of them).
     Sent {
@@ -181,10 +197,27 @@ pub struct Will {
     pub payload: u8,
 }
 
-#[derive(Arbitrary, Debug)]
+#[derive(Debug)]
 pub struct Input {
     pub knobs: Knobs,
     pub ops: Vec<Op>,
+}
+
+/// Most ops one input runs, to bound the time of one execution.
+const OPS_MAX: usize = 4096;
+
+impl<'a> Arbitrary<'a> for Input {
+    /// The knobs, then ops back to back until the bytes run out: every byte the fuzzer adds
+    /// is more ops (the derived `Vec` would spend a continuation byte on each and stop early
+    /// on random input).
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let knobs = Knobs::arbitrary(u)?;
+        let mut ops = Vec::new();
+        while !u.is_empty() && ops.len() < OPS_MAX {
+            ops.push(Op::arbitrary(u)?);
+        }
+        Ok(Self { knobs, ops })
+    }
 }
 
 /// What a connection must do after the packet just fed.
@@ -230,6 +263,7 @@ pub struct Summary {
 /// The runtime's part, played for the fuzzer.
 pub struct Driver {
     summary: Summary,
+    shutdown_at_end: bool,
     config: BrokerConfig,
     workers: u16,
     brokers: Vec<Broker>,
@@ -254,6 +288,7 @@ impl Driver {
             (0..workers).map(|w| Broker::new(config.clone(), WorkerId(w), workers, now)).collect();
         Self {
             summary: Summary::default(),
+            shutdown_at_end: knobs.shutdown_at_end,
             output_bound_bytes: config.outbuf_bytes_max + config.max_packet_size,
             config,
             workers,
@@ -299,13 +334,15 @@ impl Driver {
                 };
                 self.send(conn, &Packet::Publish(publish));
             }
-            Op::Subscribe { conn, id, ref filters } => {
-                let filters = filters.iter().take(8).map(|&(f, q)| (filter(f), qos(q))).collect();
+            Op::Subscribe { conn, id, count, filters } => {
+                let count = usize::from(count % 4) + 1;
+                let filters = filters[..count].iter().map(|&(f, q)| (filter(f), qos(q))).collect();
                 let subscribe = Subscribe { packet_id: packet_id(id), filters };
                 self.send(conn, &Packet::Subscribe(subscribe));
             }
-            Op::Unsubscribe { conn, id, ref filters } => {
-                let filters = filters.iter().take(8).map(|&f| filter(f)).collect();
+            Op::Unsubscribe { conn, id, count, filters } => {
+                let count = usize::from(count % 4) + 1;
+                let filters = filters[..count].iter().map(|&f| filter(f)).collect();
                 let unsubscribe = Unsubscribe { packet_id: packet_id(id), filters };
                 self.send(conn, &Packet::Unsubscribe(unsubscribe));
             }
@@ -313,7 +350,7 @@ impl Driver {
             Op::Ping { conn } => self.send(conn, &Packet::Pingreq),
             Op::Disconnect { conn } => self.send(conn, &Packet::Disconnect),
             Op::ServerPacket { conn, kind } => self.send(conn, &server_packet(kind)),
-            Op::Raw { conn, ref bytes } => self.feed(conn, bytes),
+            Op::Raw { conn, len, ref bytes } => self.feed(conn, &bytes[..usize::from(len % 33)]),
             Op::Sent { conn, bytes } => self.sent(conn, bytes),
             Op::Vanish { conn } => self.vanish(conn),
             Op::StaleClose { pick } => self.stale_close(pick),
@@ -584,6 +621,9 @@ impl Driver {
     /// brokers must be empty.
     pub fn finish(mut self) -> Summary {
         self.flush_links();
+        if self.shutdown_at_end {
+            return self.shut_down();
+        }
         for index in 0..self.conns.len() {
             if self.conns[index].open {
                 self.check_no_unannounced_output(index);
@@ -608,6 +648,30 @@ impl Driver {
             assert_eq!(broker.subscription_count(), 0, "worker {worker}: subscriptions left");
             assert_eq!(broker.queued_message_count(), 0, "worker {worker}: messages queued");
             assert_eq!(broker.inflight_message_count(), 0, "worker {worker}: messages inflight");
+            assert_eq!(broker.stats().clients_connected, 0, "worker {worker}: clients_connected");
+        }
+        self.summary
+    }
+
+    /// `handle_shutdown` on every worker must close every connection (wills are published
+    /// through the still-running others), leaving no connection and no client connected.
+    fn shut_down(mut self) -> Summary {
+        for index in 0..self.conns.len() {
+            if self.conns[index].open {
+                self.check_no_unannounced_output(index);
+            }
+        }
+        for worker in 0..self.brokers.len() {
+            self.brokers[worker].handle_shutdown(self.now);
+            self.settle();
+            self.flush_links();
+        }
+        if let Some(conn) = self.conns.iter().find(|conn| conn.open) {
+            panic!("{:?} on worker {} still open after handle_shutdown", conn.id, conn.worker.0);
+        }
+        for broker in &self.brokers {
+            let worker = broker.worker().0;
+            assert_eq!(broker.connection_count(), 0, "worker {worker}: connections left");
             assert_eq!(broker.stats().clients_connected, 0, "worker {worker}: clients_connected");
         }
         self.summary

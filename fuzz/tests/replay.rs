@@ -92,7 +92,7 @@ fn broker_driver_delivers_a_publish_across_workers() {
     let ops = vec![
         Op::Open { worker: 0 },
         connect(0, 1),
-        Op::Subscribe { conn: 0, id: 1, filters: vec![(2, 1)] },
+        Op::Subscribe { conn: 0, id: 1, count: 0, filters: [(2, 1); 4] },
         // Client "b" lives on worker 1: connected on worker 0, it is handed off.
         Op::Open { worker: 0 },
         connect(1, 2),
