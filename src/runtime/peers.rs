@@ -22,7 +22,9 @@ use crate::protocol::Connect;
 #[derive(Debug)]
 pub enum MeshItem {
     Remote(RemoteMsg),
-    Handoff(HandoffRecord),
+    /// Boxed: a record is ~216 bytes (the CONNECT inline) against ~80 for a remote message,
+    /// and every slot of every mesh ring is sized for the largest variant.
+    Handoff(Box<HandoffRecord>),
 }
 
 /// A connection moving to its session's home worker: its CONNECT and the bytes read after it.
@@ -89,7 +91,7 @@ impl Peers {
 
     /// Queues a handoff record for worker `to` (after its descriptor arrived there).
     pub fn send_record(&mut self, to: WorkerId, record: HandoffRecord) -> Backpressure {
-        self.mesh().push(to, MeshItem::Handoff(record))
+        self.mesh().push(to, MeshItem::Handoff(Box::new(record)))
     }
 
     pub fn next_handoff_key(&mut self) -> HandoffKey {
@@ -109,7 +111,7 @@ impl Peers {
         mesh.drain(max_per_peer, |from, item| match item {
             MeshItem::Remote(msg) => each(Inbound::Remote(from, msg)),
             MeshItem::Handoff(record) => {
-                if let Some((slot, record)) = pairing.on_record(record.key, record) {
+                if let Some((slot, record)) = pairing.on_record(record.key, *record) {
                     each(Inbound::Adopt(slot, record));
                 }
             }
@@ -147,5 +149,18 @@ impl Peers {
 
     pub fn stats(&self) -> Option<MeshStats> {
         self.mesh.as_ref().map(|mesh| *mesh.stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every slot of every mesh ring (workers² of them, each `mesh_ring_depth` deep) is sized
+    /// for the largest item, so the item must stay as small as a remote message.
+    #[test]
+    fn a_mesh_item_is_no_larger_than_a_remote_message() {
+        assert!(std::mem::size_of::<HandoffRecord>() > std::mem::size_of::<RemoteMsg>());
+        assert_eq!(std::mem::size_of::<MeshItem>(), std::mem::size_of::<RemoteMsg>());
     }
 }
