@@ -54,7 +54,7 @@ if [[ -z $WORKERS ]]; then WORKERS=$(((TOTAL + 14999) / 15000)); ((WORKERS < 2))
 # ~28k ephemeral ports per (source, destination) pair: one source address per 20000.
 SOURCES=$(((TOTAL + 19999) / 20000))
 src_range() { # first count -> 127.<b>.<c>.<d> range starting at 127.<first>.0.1
-  local first=$1 count=$2 last=$((count))
+  local first=$1 last=$2
   printf '127.%d.0.1-127.%d.%d.%d' "$first" "$((first + last / 65536))" "$(((last / 256) % 256))" "$((last % 256))"
 }
 SUB_SOURCES=$(src_range 10 "$(((N + 19999) / 20000))")
@@ -98,7 +98,7 @@ echo "broker pid $BROKER: RSS before ${RSS_BEFORE} kB; $(sockstat)"
 # Subscribers: subscriber j subscribes to million/<j> at QoS 1. They run for the hold plus
 # the time the publishers need, then report how many deliveries arrived.
 CONNECT_TIMEOUT=$((N / 5000 + 30))
-SUB_SECS=$((HOLD + 60))
+SUB_SECS=$((HOLD + 30))
 "$BENCH_BIN" --json sub --subs "$N" --topics "$N" --qos 1 --topic-prefix million \
   --host 127.0.0.1 --port "$PORT" --source "$SUB_SOURCES" --keepalive "$KEEPALIVE" \
   --connect-inflight 4000 --connect-timeout "$CONNECT_TIMEOUT" --duration "$SUB_SECS" \
@@ -111,7 +111,7 @@ PIDS+=("$SUBS")
 START=$(date +%s)
 while :; do
   kill -0 "$SUBS" 2>/dev/null || { echo "subscribers exited early"; tail -5 "$RUN/sub.log"; exit 1; }
-  READY=$(tr '\r' '\n' <"$RUN/sub.log" | grep -o 'conns [0-9]*' | tail -1 | awk '{print $2}')
+  READY=$(tr '\r' '\n' <"$RUN/sub.log" | grep -o 'conns [0-9]*' | tail -1 | awk '{print $2}' || true)
   [[ ${READY:-0} -ge $N ]] && break
   (($(date +%s) - START > CONNECT_TIMEOUT)) && { echo "only ${READY:-0}/$N ready"; exit 1; }
   sleep 1
