@@ -5,7 +5,7 @@
 # p99, broker RSS per connection, kernel socket memory and CPU used. Stops what it started,
 # by PID.
 #
-#   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rcvbuf BYTES] [--sndbuf BYTES]
+#   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
 #                      [--keepalive SECONDS] [--no-build]
 #
 # Defaults: N = 1000000, hold 300 s, workers = enough 20000-slot file tables for N with
@@ -79,6 +79,12 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tcp_mem_pages() { awk '/^TCP:/ {for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat; }
 sockstat() { grep '^TCP:' /proc/net/sockstat; }
 
+# ringmq's listeners use SO_REUSEPORT: a broker already on the port would silently share
+# the connections (and falsify every figure), so the port must be free.
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  echo "port $PORT is in use: pick another with --port" >&2
+  exit 1
+fi
 "$BROKER_BIN" --port "$PORT" --workers "$WORKERS" --file-table-slots 20000 \
   --max-connections $((TOTAL + 1000)) --socket-rcvbuf-bytes "$RCVBUF" \
   --socket-sndbuf-bytes "$SNDBUF" --log-level warn >"$RUN/broker.log" 2>&1 &
