@@ -5,7 +5,7 @@
 # p99, broker RSS per connection, kernel socket memory and CPU used. Stops what it started,
 # by PID.
 #
-#   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rcvbuf BYTES] [--sndbuf BYTES]
+#   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
 #                      [--keepalive SECONDS] [--no-build]
 #
 # Defaults: N = 1000000, hold 300 s, workers = enough 20000-slot file tables for N with
@@ -54,7 +54,7 @@ if [[ -z $WORKERS ]]; then WORKERS=$(((TOTAL + 14999) / 15000)); ((WORKERS < 2))
 # ~28k ephemeral ports per (source, destination) pair: one source address per 20000.
 SOURCES=$(((TOTAL + 19999) / 20000))
 src_range() { # first count -> 127.<b>.<c>.<d> range starting at 127.<first>.0.1
-  local first=$1 count=$2 last=$((count))
+  local first=$1 last=$2
   printf '127.%d.0.1-127.%d.%d.%d' "$first" "$((first + last / 65536))" "$(((last / 256) % 256))" "$((last % 256))"
 }
 SUB_SOURCES=$(src_range 10 "$(((N + 19999) / 20000))")
@@ -79,6 +79,12 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tcp_mem_pages() { awk '/^TCP:/ {for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat; }
 sockstat() { grep '^TCP:' /proc/net/sockstat; }
 
+# ringmq's listeners use SO_REUSEPORT: a broker already on the port would silently share
+# the connections (and falsify every figure), so the port must be free.
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  echo "port $PORT is in use: pick another with --port" >&2
+  exit 1
+fi
 "$BROKER_BIN" --port "$PORT" --workers "$WORKERS" --file-table-slots 20000 \
   --max-connections $((TOTAL + 1000)) --socket-rcvbuf-bytes "$RCVBUF" \
   --socket-sndbuf-bytes "$SNDBUF" --log-level warn >"$RUN/broker.log" 2>&1 &
@@ -98,7 +104,7 @@ echo "broker pid $BROKER: RSS before ${RSS_BEFORE} kB; $(sockstat)"
 # Subscribers: subscriber j subscribes to million/<j> at QoS 1. They run for the hold plus
 # the time the publishers need, then report how many deliveries arrived.
 CONNECT_TIMEOUT=$((N / 5000 + 30))
-SUB_SECS=$((HOLD + 60))
+SUB_SECS=$((HOLD + 30))
 "$BENCH_BIN" --json sub --subs "$N" --topics "$N" --qos 1 --topic-prefix million \
   --host 127.0.0.1 --port "$PORT" --source "$SUB_SOURCES" --keepalive "$KEEPALIVE" \
   --connect-inflight 4000 --connect-timeout "$CONNECT_TIMEOUT" --duration "$SUB_SECS" \
@@ -111,7 +117,7 @@ PIDS+=("$SUBS")
 START=$(date +%s)
 while :; do
   kill -0 "$SUBS" 2>/dev/null || { echo "subscribers exited early"; tail -5 "$RUN/sub.log"; exit 1; }
-  READY=$(tr '\r' '\n' <"$RUN/sub.log" | grep -o 'conns [0-9]*' | tail -1 | awk '{print $2}')
+  READY=$(tr '\r' '\n' <"$RUN/sub.log" | grep -o 'conns [0-9]*' | tail -1 | awk '{print $2}' || true)
   [[ ${READY:-0} -ge $N ]] && break
   (($(date +%s) - START > CONNECT_TIMEOUT)) && { echo "only ${READY:-0}/$N ready"; exit 1; }
   sleep 1
