@@ -1,0 +1,327 @@
+//! Faults against the real binary: clients killed (socket reset, no DISCONNECT) in the middle
+//! of a packet and of QoS 1/2 flows, and session takeover while messages are in flight. What
+//! must hold: nothing acknowledged to a publisher (PUBACK, or PUBREC for QoS 2) is lost, a QoS 2
+//! message reaches the subscribing application exactly once [MQTT-4.3.3-2], unacknowledged
+//! messages are resent on the resumed session [MQTT-4.4.0-1], and a half packet is never acted
+//! upon.
+//!
+//! The broker runs with two workers, so a reconnecting client is often accepted by the other
+//! worker and handed to its session's home, the path most likely to lose state.
+
+mod common;
+#[path = "robust_support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringmq::protocol::{LastWill, Packet, QoS, SubackCode, TopicName};
+use support::{
+    connect_packet_with, encoded, packet_id, publish_packet, subscribe_packet, unique_id, Broker,
+    Peer,
+};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Opens a connection and CONNECTs; asserts it is accepted, returns session present.
+fn connect(broker: &Broker, client_id: &str, clean: bool) -> (Peer, bool) {
+    let mut peer = support::open(broker);
+    let connack = peer.connect(&connect_packet_with(client_id, clean, None));
+    assert_eq!(connack.code, ringmq::protocol::ConnectReturnCode::Accepted, "{client_id}");
+    (peer, connack.session_present)
+}
+
+fn subscribe(peer: &mut Peer, filter: &str, qos: QoS) {
+    peer.send(&subscribe_packet(1, filter, qos));
+    assert_eq!(peer.expect_suback(packet_id(1)), [SubackCode::Granted(qos)]);
+}
+
+/// The next PUBLISH, skipping nothing else.
+fn next_publish(peer: &mut Peer) -> ringmq::protocol::Publish {
+    peer.expect_publish()
+}
+
+/// [MQTT-3.1.2-8] A client killed half-way through a PUBLISH: the half packet is never
+/// delivered, and its will (the close was not a DISCONNECT) is.
+#[test]
+fn client_killed_mid_packet_delivers_only_its_will_mqtt_3_1_2_8() {
+    let broker = support::start(&[]);
+    let (mut subscriber, _) = connect(&broker, &unique_id("watcher"), true);
+    subscribe(&mut subscriber, "mid/#", QoS::AtLeastOnce);
+    let will = LastWill {
+        topic: TopicName::try_from("mid/will").expect("topic"),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    };
+    let mut victim = support::open(&broker);
+    let connack = victim.connect(&connect_packet_with(&unique_id("victim"), true, Some(will)));
+    assert_eq!(connack.code, ringmq::protocol::ConnectReturnCode::Accepted);
+    let publish = encoded(&publish_packet("mid/data", QoS::AtLeastOnce, 9, false, &[1; 500]));
+    victim.write(&publish[..publish.len() / 2]);
+    victim.kill();
+    let got = next_publish(&mut subscriber);
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("mid/will", &b"gone"[..]));
+    subscriber.send(&Packet::Puback(got.packet_id.expect("QoS 1")));
+    subscriber.expect_silence(QUIET, "after the will");
+}
+
+/// [MQTT-4.3.3-2] A QoS 2 publisher killed after PUBREC (the message is acknowledged): the
+/// subscriber gets it exactly once; the publisher's resumed session answers a DUP resend with
+/// PUBREC without routing it again, and PUBREL with PUBCOMP [MQTT-4.3.3-1]; the packet id is
+/// then free for a new message.
+#[test]
+fn qos2_publisher_killed_after_pubrec_is_delivered_once_mqtt_4_3_3_2() {
+    let broker = support::start(&[]);
+    let (mut subscriber, _) = connect(&broker, &unique_id("q2-sub"), true);
+    subscribe(&mut subscriber, "q2p/#", QoS::ExactlyOnce);
+    let publisher_id = unique_id("q2-pub");
+    let (mut publisher, _) = connect(&broker, &publisher_id, false);
+    publisher.send(&publish_packet("q2p/a", QoS::ExactlyOnce, 7, false, b"first"));
+    assert_eq!(publisher.receive(), Packet::Pubrec(packet_id(7)));
+    publisher.kill();
+
+    let (mut publisher, present) = connect(&broker, &publisher_id, false);
+    assert!(present, "the publisher's session is kept [MQTT-3.2.2-2]");
+    publisher.send(&publish_packet("q2p/a", QoS::ExactlyOnce, 7, true, b"first"));
+    assert_eq!(publisher.receive(), Packet::Pubrec(packet_id(7)));
+    publisher.send(&Packet::Pubrel(packet_id(7)));
+    assert_eq!(publisher.receive(), Packet::Pubcomp(packet_id(7)));
+    // The id is free again: a new message with it is a new message.
+    publisher.send(&publish_packet("q2p/a", QoS::ExactlyOnce, 7, false, b"second"));
+    assert_eq!(publisher.receive(), Packet::Pubrec(packet_id(7)));
+    publisher.send(&Packet::Pubrel(packet_id(7)));
+    assert_eq!(publisher.receive(), Packet::Pubcomp(packet_id(7)));
+
+    let mut app = Vec::new();
+    let mut receiver = Qos2Receiver::default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.len() < 2 && Instant::now() < deadline {
+        receiver.pump(&mut subscriber, &mut app, Duration::from_millis(50));
+    }
+    receiver.pump(&mut subscriber, &mut app, QUIET);
+    assert_eq!(app, [b"first".to_vec(), b"second".to_vec()], "each message exactly once");
+}
+
+/// [MQTT-4.4.0-1] A QoS 2 subscriber killed after PUBREC and PUBREL, before its PUBCOMP: on
+/// the resumed session the broker resends PUBREL, and not the PUBLISH.
+#[test]
+fn qos2_subscriber_killed_before_pubcomp_gets_pubrel_again_mqtt_4_4_0_1() {
+    let broker = support::start(&[]);
+    let subscriber_id = unique_id("q2-late");
+    let (mut subscriber, _) = connect(&broker, &subscriber_id, false);
+    subscribe(&mut subscriber, "q2s/#", QoS::ExactlyOnce);
+    publish_qos2(&broker, "q2s/x", b"once");
+    let publish = next_publish(&mut subscriber);
+    let id = publish.packet_id.expect("QoS 2");
+    subscriber.send(&Packet::Pubrec(id));
+    assert_eq!(subscriber.receive(), Packet::Pubrel(id));
+    subscriber.kill();
+
+    let (mut subscriber, present) = connect(&broker, &subscriber_id, false);
+    assert!(present);
+    assert_eq!(subscriber.receive(), Packet::Pubrel(id), "PUBREL resent, not PUBLISH");
+    subscriber.send(&Packet::Pubcomp(id));
+    subscriber.expect_silence(QUIET, "after PUBCOMP");
+}
+
+/// [MQTT-4.4.0-1] A QoS 2 subscriber killed before it answered PUBREC: the PUBLISH is resent
+/// with DUP set and the same packet id [MQTT-3.3.1-1].
+#[test]
+fn qos2_subscriber_killed_before_pubrec_gets_the_publish_again_with_dup_mqtt_4_4_0_1() {
+    let broker = support::start(&[]);
+    let subscriber_id = unique_id("q2-early");
+    let (mut subscriber, _) = connect(&broker, &subscriber_id, false);
+    subscribe(&mut subscriber, "q2e/#", QoS::ExactlyOnce);
+    publish_qos2(&broker, "q2e/x", b"again");
+    let first = next_publish(&mut subscriber);
+    assert!(!first.dup);
+    subscriber.kill();
+
+    let (mut subscriber, present) = connect(&broker, &subscriber_id, false);
+    assert!(present);
+    let again = next_publish(&mut subscriber);
+    assert!(again.dup, "a resent PUBLISH has DUP set [MQTT-3.3.1-1]");
+    assert_eq!((again.packet_id, &again.payload), (first.packet_id, &first.payload));
+    let id = again.packet_id.expect("QoS 2");
+    subscriber.send(&Packet::Pubrec(id));
+    assert_eq!(subscriber.receive(), Packet::Pubrel(id));
+    subscriber.send(&Packet::Pubcomp(id));
+    subscriber.expect_silence(QUIET, "after PUBCOMP");
+}
+
+/// [MQTT-3.1.4-2] A second connection with the same client id takes over while a QoS 1
+/// message is unacknowledged: the first connection is closed, the new one resumes the session
+/// (session present) and gets the message again with DUP [MQTT-4.4.0-1], and messages
+/// published after the takeover go to the new connection.
+#[test]
+fn takeover_during_inflight_qos1_redelivers_to_the_new_connection_mqtt_3_1_4_2() {
+    let broker = support::start(&[]);
+    let subscriber_id = unique_id("q1-take");
+    let (mut old, _) = connect(&broker, &subscriber_id, false);
+    subscribe(&mut old, "q1t/#", QoS::AtLeastOnce);
+    publish_qos1(&broker, "q1t/x", b"inflight");
+    let first = next_publish(&mut old);
+
+    let (mut new, present) = connect(&broker, &subscriber_id, false);
+    assert!(present);
+    old.expect_closed("the taken-over connection");
+    let again = next_publish(&mut new);
+    assert!(again.dup);
+    assert_eq!((again.packet_id, &again.payload), (first.packet_id, &first.payload));
+    new.send(&Packet::Puback(again.packet_id.expect("QoS 1")));
+    publish_qos1(&broker, "q1t/y", b"after");
+    let after = next_publish(&mut new);
+    assert_eq!(&after.payload[..], b"after");
+    new.send(&Packet::Puback(after.packet_id.expect("QoS 1")));
+    new.expect_silence(QUIET, "after both acknowledgements");
+}
+
+/// Takeover during a QoS 2 flow, after the subscriber's PUBREC: the new connection gets the
+/// PUBREL again [MQTT-4.4.0-1], never the PUBLISH (that would be a second delivery).
+#[test]
+fn takeover_during_inflight_qos2_resends_pubrel_not_publish_mqtt_4_3_3_2() {
+    let broker = support::start(&[]);
+    let subscriber_id = unique_id("q2-take");
+    let (mut old, _) = connect(&broker, &subscriber_id, false);
+    subscribe(&mut old, "q2t/#", QoS::ExactlyOnce);
+    publish_qos2(&broker, "q2t/x", b"once");
+    let publish = next_publish(&mut old);
+    let id = publish.packet_id.expect("QoS 2");
+    old.send(&Packet::Pubrec(id));
+    assert_eq!(old.receive(), Packet::Pubrel(id));
+
+    let (mut new, present) = connect(&broker, &subscriber_id, false);
+    assert!(present);
+    old.expect_closed("the taken-over connection");
+    assert_eq!(new.receive(), Packet::Pubrel(id));
+    new.send(&Packet::Pubcomp(id));
+    new.expect_silence(QUIET, "after PUBCOMP");
+}
+
+/// A publisher sends 300 messages, alternating QoS 1 and QoS 2, while a persistent QoS 2
+/// subscriber is killed every few messages (sometimes between PUBREC and PUBCOMP) and comes
+/// back. Every acknowledged message reaches the subscriber's application; each QoS 2 message
+/// exactly once.
+#[test]
+fn acknowledged_messages_survive_a_subscriber_killed_repeatedly() {
+    let broker = support::start(&[]);
+    let subscriber_id = unique_id("survivor");
+    let (mut subscriber, _) = connect(&broker, &subscriber_id, false);
+    subscribe(&mut subscriber, "soak/#", QoS::ExactlyOnce);
+    let (mut publisher, _) = connect(&broker, &unique_id("soak-pub"), true);
+    let mut receiver = Qos2Receiver::default();
+    let mut app = Vec::new();
+    let total: u16 = 300;
+    let mut kills = 0;
+    for seq in 1..=total {
+        let qos = if seq % 2 == 0 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
+        publish_acknowledged(&mut publisher, seq, qos);
+        if seq % 23 == 0 {
+            // Read a little, then die: whatever was mid-flow stays mid-flow.
+            receiver.pump(&mut subscriber, &mut app, Duration::from_millis(5));
+            subscriber.kill();
+            kills += 1;
+            let (resumed, present) = connect(&broker, &subscriber_id, false);
+            assert!(present, "kill {kills}: the session was kept");
+            subscriber = resumed;
+        } else if seq % 5 == 0 {
+            receiver.pump(&mut subscriber, &mut app, Duration::from_millis(1));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received_all(&app, total).is_err() && Instant::now() < deadline {
+        receiver.pump(&mut subscriber, &mut app, Duration::from_millis(50));
+    }
+    receiver.pump(&mut subscriber, &mut app, QUIET);
+    received_all(&app, total).unwrap_or_else(|why| panic!("after {kills} kills: {why}"));
+}
+
+/// Each of 1..=total received; the even ones (QoS 2) exactly once.
+fn received_all(app: &[Vec<u8>], total: u16) -> Result<(), String> {
+    let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+    for payload in app {
+        let text = std::str::from_utf8(payload).expect("our payloads are text");
+        *counts.entry(text.parse().expect("a sequence number")).or_default() += 1;
+    }
+    let missing: Vec<u16> = (1..=total).filter(|seq| !counts.contains_key(seq)).collect();
+    let doubled: Vec<u16> =
+        counts.iter().filter(|&(seq, &n)| seq % 2 == 0 && n > 1).map(|(&seq, _)| seq).collect();
+    if missing.is_empty() && doubled.is_empty() {
+        return Ok(());
+    }
+    Err(format!("acknowledged but never received: {missing:?}; QoS 2 received twice: {doubled:?}"))
+}
+
+/// Publishes `seq` at `qos` and completes the flow: PUBACK, or PUBREC/PUBREL/PUBCOMP.
+fn publish_acknowledged(publisher: &mut Peer, seq: u16, qos: QoS) {
+    let id = packet_id(seq);
+    let topic = format!("soak/{}", seq % 4);
+    publisher.send(&publish_packet(&topic, qos, seq, false, seq.to_string().as_bytes()));
+    if qos == QoS::AtLeastOnce {
+        assert_eq!(publisher.receive(), Packet::Puback(id));
+        return;
+    }
+    assert_eq!(publisher.receive(), Packet::Pubrec(id));
+    publisher.send(&Packet::Pubrel(id));
+    assert_eq!(publisher.receive(), Packet::Pubcomp(id));
+}
+
+/// Publishes one QoS 1 message from a fresh client and waits for PUBACK.
+fn publish_qos1(broker: &Broker, topic: &str, payload: &[u8]) {
+    let (mut publisher, _) = connect(broker, &unique_id("pub"), true);
+    publisher.send(&publish_packet(topic, QoS::AtLeastOnce, 1, false, payload));
+    assert_eq!(publisher.receive(), Packet::Puback(packet_id(1)));
+    publisher.disconnect();
+}
+
+/// Publishes one QoS 2 message from a fresh client and completes its flow.
+fn publish_qos2(broker: &Broker, topic: &str, payload: &[u8]) {
+    let (mut publisher, _) = connect(broker, &unique_id("pub"), true);
+    publisher.send(&publish_packet(topic, QoS::ExactlyOnce, 1, false, payload));
+    assert_eq!(publisher.receive(), Packet::Pubrec(packet_id(1)));
+    publisher.send(&Packet::Pubrel(packet_id(1)));
+    assert_eq!(publisher.receive(), Packet::Pubcomp(packet_id(1)));
+    publisher.disconnect();
+}
+
+/// The receiving side of a subscriber whose session state outlives its connections, as a
+/// persistent client's must [MQTT-4.1.0-1]: a QoS 2 message goes to the application when its
+/// PUBLISH first arrives, and its packet id is remembered until PUBREL, so a DUP resend of it
+/// is acknowledged but not delivered again (the receiver's half of [MQTT-4.3.3-2]).
+#[derive(Default)]
+struct Qos2Receiver {
+    awaiting_pubrel: HashSet<u16>,
+}
+
+impl Qos2Receiver {
+    /// Handles what arrives within `window`, acknowledging everything.
+    fn pump(&mut self, peer: &mut Peer, app: &mut Vec<Vec<u8>>, window: Duration) {
+        let deadline = Instant::now() + window;
+        while let Some(packet) =
+            peer.receive_within(deadline.saturating_duration_since(Instant::now()))
+        {
+            match packet {
+                Packet::Publish(publish) => match (publish.qos, publish.packet_id) {
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        if self.awaiting_pubrel.insert(id.get()) {
+                            app.push(publish.payload.to_vec());
+                        }
+                        peer.send(&Packet::Pubrec(id));
+                    }
+                    (QoS::AtLeastOnce, Some(id)) => {
+                        app.push(publish.payload.to_vec());
+                        peer.send(&Packet::Puback(id));
+                    }
+                    _ => app.push(publish.payload.to_vec()),
+                },
+                Packet::Pubrel(id) => {
+                    self.awaiting_pubrel.remove(&id.get());
+                    peer.send(&Packet::Pubcomp(id));
+                }
+                other => panic!("subscriber got {other:?}"),
+            }
+        }
+    }
+}
