@@ -6,5 +6,6 @@
 
 pub mod broker;
 pub mod config;
+pub mod persist;
 pub mod protocol;
 pub mod runtime;

@@ -46,6 +46,7 @@
 //! PUBLISH and routing; `delivery.rs` writing, queueing and refilling one session's output;
 //! `inflight.rs` the QoS state machines; `connection.rs` connection state, output and closing;
 //! `interest.rs` cross-worker interest and the SUBACKs that wait for it;
+//! `durable.rs` the persistence journal and the acks held for it;
 //! `will.rs`; `keepalive.rs` the timing wheel; `route.rs` the cross-worker protocol and
 //! [`stable_hash`]; `sys.rs` `$SYS`; `stats.rs` the counters.
 //!
@@ -68,6 +69,7 @@ mod topic_trie;
 mod connect;
 mod connection;
 mod delivery;
+mod durable;
 mod inflight;
 mod interest;
 mod publish;
@@ -163,6 +165,11 @@ pub enum RemoteMsg {
     RetainApplied(Message),
     /// A worker's counters for the `$SYS` aggregate kept by worker 0.
     Stats(Box<stats::WorkerStats>),
+    /// Persistence: the sender's journal durably holds (the records of) the first `count`
+    /// `Publish`/`Retain` messages the receiver sent it (see `durable.rs`).
+    Durable {
+        count: u64,
+    },
 }
 
 impl fmt::Display for CloseReason {
@@ -207,6 +214,8 @@ pub struct Broker {
     next_retained_expiry: Option<Millis>,
     serial: u32,
     generated_ids: u64,
+    /// The journal and the acknowledgements held for it; `None` without persistence.
+    durability: Option<Box<durable::Durability>>,
 }
 
 /// How often retained expiry runs: its precision.
@@ -239,6 +248,7 @@ impl Broker {
             next_retained_expiry,
             serial: 0,
             generated_ids: 0,
+            durability: None,
         }
     }
 

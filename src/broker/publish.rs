@@ -18,6 +18,7 @@
 use super::delivery::Variants;
 use super::inflight::IncomingQos2;
 use super::{Broker, CloseReason, ConnId, Message, Millis, RemoteMsg, SessionId};
+use crate::persist::record::Record;
 use crate::protocol::{Packet, PacketId, Publish, QoS};
 
 impl Broker {
@@ -47,7 +48,8 @@ impl Broker {
         };
         if message.qos == QoS::AtLeastOnce {
             self.route_publish(message, now);
-            self.write_control(conn, &Packet::Puback(id));
+            // Held until the message is durable wherever it went (`durable.rs`).
+            self.write_ack(conn, Packet::Puback(id), true);
             return;
         }
         self.receive_qos2(conn, session, id, message, now);
@@ -62,28 +64,41 @@ impl Broker {
         now: Millis,
     ) {
         let awaiting_max = self.config.max_awaiting_pubrel;
-        match self.sessions.get_mut(session).incoming.on_publish(id, awaiting_max) {
-            IncomingQos2::Deliver => self.route_publish(message, now),
-            IncomingQos2::Duplicate => {}
+        let state = self.sessions.get_mut(session);
+        let persistent = state.persistent;
+        let routed = match state.incoming.on_publish(id, awaiting_max) {
+            IncomingQos2::Deliver => {
+                if persistent {
+                    self.journal_qos2_received(session, id);
+                }
+                self.route_publish(message, now);
+                true
+            }
+            IncomingQos2::Duplicate => false,
             IncomingQos2::Full => {
                 let violation = CloseReason::ProtocolViolation(
                     "more QoS 2 PUBLISHes awaiting PUBREL than max_awaiting_pubrel",
                 );
                 return self.close_conn(conn, Some(violation), now);
             }
-        }
-        self.write_control(conn, &Packet::Pubrec(id));
+        };
+        self.write_ack(conn, Packet::Pubrec(id), routed);
     }
 
     pub(super) fn handle_pubrel(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
         // An unknown id still gets PUBCOMP: the client may be finishing an exchange whose
         // PUBCOMP it never saw [MQTT-4.3.3-2] [MQTT-3.6.4-1].
-        self.sessions.get_mut(session).incoming.on_pubrel(id);
-        self.write_control(conn, &Packet::Pubcomp(id));
+        let state = self.sessions.get_mut(session);
+        if state.incoming.on_pubrel(id) && state.persistent {
+            self.journal(|| Record::Qos2Released { sid: session.0, packet_id: id });
+        }
+        // PUBCOMP lets the client reuse the id: only once the release is durable.
+        self.write_ack(conn, Packet::Pubcomp(id), false);
     }
 
     /// Routes a message published here (by a client, as a will, or as `$SYS`).
     pub(super) fn route_publish(&mut self, message: Message, now: Millis) {
+        self.journal_begin_route();
         if message.retain {
             self.update_retained(&message, now);
         }

@@ -138,6 +138,13 @@ impl RetainedStore {
         }
     }
 
+    /// Calls `visit` with every retained message, in no particular order.
+    pub fn for_each(&self, mut visit: impl FnMut(&Message)) {
+        for (_, retained) in &self.messages {
+            visit(&retained.message);
+        }
+    }
+
     pub fn get(&self, topic: &TopicName) -> Option<&Message> {
         self.message_at(topic).map(|key| &self.messages[key as usize].message)
     }

@@ -21,6 +21,7 @@
 
 use super::{Action, Broker, Message, Millis, RemoteMsg, WorkerId};
 use crate::broker::retain::RetainOutcome;
+use crate::persist::record::Record;
 
 /// FNV-1a, 64 bits: a stable hash of `bytes` (the same in every process and version).
 pub fn stable_hash(bytes: &[u8]) -> u64 {
@@ -48,18 +49,27 @@ impl Broker {
             "remote message to {to:?} from {:?}",
             self.me
         );
-        self.actions.push_back(Action::Remote { to, msg });
+        if let Some(msg) = self.journal_remote_send(to, msg) {
+            self.actions.push_back(Action::Remote { to, msg });
+        }
     }
 
     pub(super) fn dispatch_remote(&mut self, from: WorkerId, msg: RemoteMsg, now: Millis) {
         assert!(from != self.me && from.0 < self.workers, "remote message from {from:?}");
         match msg {
-            RemoteMsg::Publish(message) => self.deliver_from_remote(&message, now),
+            RemoteMsg::Publish(message) => {
+                self.count_received(from);
+                self.deliver_from_remote(&message, now);
+            }
             RemoteMsg::Interest { filter, interested } => {
                 self.on_remote_interest(from, &filter, interested);
             }
             RemoteMsg::InterestAck => self.on_interest_ack(from, now),
-            RemoteMsg::Retain(message) => self.apply_retained_as_owner(message, now),
+            RemoteMsg::Retain(message) => {
+                self.count_received(from);
+                self.apply_retained_as_owner(message, now);
+            }
+            RemoteMsg::Durable { count } => self.on_remote_durable(from, count, now),
             RemoteMsg::RetainApplied(message) => {
                 self.store_retained(message, now);
             }
@@ -91,6 +101,11 @@ impl Broker {
         if matches!(outcome, RetainOutcome::NothingToDelete | RetainOutcome::Full) {
             return;
         }
+        self.journal(|| Record::Retain {
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            qos: message.qos,
+        });
         let others: Vec<WorkerId> = self.other_workers().collect();
         for worker in others {
             self.send_remote(worker, RemoteMsg::RetainApplied(message.clone()));

@@ -44,6 +44,8 @@ pub struct RuntimeConfig {
     /// is cancelled and the connection closed anyway (a peer that stopped reading cannot hold
     /// a slot forever).
     pub close_linger_millis: u64,
+    /// Persistence (each worker's journal, `persist`); `None` keeps everything in memory.
+    pub persistence: Option<crate::persist::PersistConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -65,6 +67,7 @@ impl Default for RuntimeConfig {
             listen_backlog: 4096,
             turn_packets_max: 16_384,
             close_linger_millis: 2000,
+            persistence: None,
         }
     }
 }
@@ -119,6 +122,14 @@ impl RuntimeConfig {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be positive".into());
+        }
+        if let Some(persistence) = &self.persistence {
+            if persistence.compact_bytes == 0 || persistence.pending_bytes_max == 0 {
+                return Err(
+                    "persistence_compact_bytes and persistence_pending_bytes_max must be positive"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }

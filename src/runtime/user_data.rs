@@ -33,10 +33,16 @@ pub enum Op {
     Doorbell = 10,
     /// Our doorbell to a peer failed (only failures complete: `IOSQE_CQE_SKIP_SUCCESS`).
     DoorbellFailed = 11,
+    /// A write of a journal batch (persistence; `journal.rs`).
+    JournalWrite = 12,
+    /// An fsync of a journal batch's file or directory.
+    JournalFsync = 13,
+    /// The interval policy's fsync of the journal file.
+    JournalSync = 14,
 }
 
 impl Op {
-    const ALL: [Op; 11] = [
+    const ALL: [Op; 14] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -48,6 +54,9 @@ impl Op {
         Op::HandoffFd,
         Op::Doorbell,
         Op::DoorbellFailed,
+        Op::JournalWrite,
+        Op::JournalFsync,
+        Op::JournalSync,
     ];
 
     fn from_u8(value: u8) -> Option<Op> {

@@ -24,6 +24,7 @@ use io_uring::{opcode, types};
 use super::bufring::BufRing;
 use super::config::RuntimeConfig;
 use super::conn::ConnTable;
+use super::journal::Journal;
 use super::mesh::MeshEnd;
 use super::peers::{Inbound, MeshItem, Peers};
 use super::send::SendPool;
@@ -59,6 +60,8 @@ pub struct WorkerSetup {
     pub epoch: Instant,
     /// This worker's end of the mesh; `None` when it is the only worker.
     pub mesh: Option<MeshEnd<MeshItem>>,
+    /// Persistence: the recovered state and where to write; `None` when it is off.
+    pub journal: Option<super::journal::JournalSetup>,
 }
 
 /// Counters, not log lines, per event on the message path; logged when the worker stops.
@@ -143,6 +146,8 @@ pub struct Worker {
     pub(super) config: RuntimeConfig,
     pub(super) epoch: Instant,
     pub(super) index: u16,
+    /// The persistence journal's writer; `None` when persistence is off.
+    pub(super) journal: Option<super::journal::Journal>,
     pub counters: WorkerCounters,
 }
 
@@ -190,13 +195,18 @@ impl Worker {
             None => Peers::solo(me),
         };
         peers.register_ring_fd(ring.fd());
+        let mut broker = Broker::new(setup.broker, me, setup.workers, now);
+        let journal = match setup.journal {
+            Some(journal) => Some(Journal::start(&mut broker, journal, setup.index, now)?),
+            None => None,
+        };
         Ok(Self {
             ring,
             buffers: ManuallyDrop::new(buffers),
             wake_word: ManuallyDrop::new(Box::new(0)),
             wake_armed: false,
             conns: ConnTable::new(config.file_table_slots),
-            broker: Broker::new(setup.broker, me, setup.workers, now),
+            broker,
             peers,
             listeners: setup
                 .listeners
@@ -219,6 +229,7 @@ impl Worker {
             config,
             epoch,
             index: setup.index,
+            journal,
             counters: WorkerCounters::default(),
         })
     }
@@ -297,6 +308,7 @@ impl Worker {
         if self.broker.next_deadline().is_some_and(|deadline| deadline <= now) {
             self.broker.handle_tick(now);
         }
+        self.journal_turn(now);
         self.apply_actions(now);
         self.rearm_starved();
         self.expire_lingering(now);
@@ -338,6 +350,7 @@ impl Worker {
             self.broker.next_deadline(),
             self.lingering.front().map(|(deadline, _)| *deadline),
             self.accept_retry_at,
+            self.journal.as_ref().and_then(Journal::deadline),
             self.stopping.map(|(flush, abandon)| if now < flush { flush } else { abandon }),
         ];
         let earliest = deadlines.into_iter().flatten().min()?;
@@ -348,8 +361,10 @@ impl Worker {
     /// kernel has had long enough.
     fn finished(&mut self, now: Millis) -> bool {
         let Some((_, abandon)) = self.stopping else { return false };
-        let idle =
-            self.conns.live() == 0 && !self.wake_armed && self.listeners.iter().all(|l| !l.armed);
+        let idle = self.conns.live() == 0
+            && !self.wake_armed
+            && self.listeners.iter().all(|l| !l.armed)
+            && self.journal_idle();
         if idle {
             return true;
         }
@@ -430,6 +445,7 @@ impl Worker {
             worker = self.index,
             counters = ?self.counters,
             mesh = ?self.peers.stats(),
+            journal = ?self.journal.as_ref().map(|journal| journal.counters),
             "worker stopped"
         );
     }

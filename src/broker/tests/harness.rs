@@ -492,6 +492,7 @@ fn remote_name(msg: &RemoteMsg) -> &'static str {
         RemoteMsg::Retain(_) => "Retain",
         RemoteMsg::RetainApplied(_) => "RetainApplied",
         RemoteMsg::Stats(_) => "Stats",
+        RemoteMsg::Durable { .. } => "Durable",
     }
 }
 

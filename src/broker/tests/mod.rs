@@ -5,6 +5,7 @@ mod harness;
 
 mod cluster;
 mod connect;
+mod durable;
 mod flow;
 mod interest;
 mod keepalive;

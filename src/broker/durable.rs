@@ -1,0 +1,497 @@
+//! Durability: the journal records the broker emits, and the acknowledgements it holds until
+//! they are durable (see docs/ARCHITECTURE.md, "Persistence").
+//!
+//! Present only when persistence is on (`Broker::durability` is `None` otherwise, and every
+//! hook is one test of that `Option`). The broker encodes a record into its journal buffer
+//! for each change of persistent state (`persist::record`); `appended` counts the bytes ever
+//! appended, so a position names "everything appended so far". The runtime takes the buffer
+//! (`take_journal`), writes it, and reports the position durable (`handle_durable`).
+//!
+//! Held acknowledgements: PUBACK, PUBREC, PUBCOMP, PUBREL, UNSUBACK and a persistent
+//! session's SUBACK wait, in one FIFO per worker (which keeps each connection's order), until
+//! the local journal is durable up to where it was when the ack was decided, and until every
+//! peer the message was sent to has confirmed that its own journal holds it.
+//!
+//! Cross-worker counting (the interest protocol's trick): each worker counts the `Publish` and
+//! `Retain` messages it sends each peer; the receiver counts what it receives, notes the count
+//! when the runtime takes a batch (`covered`: everything received by then has its records in
+//! the batch, or needed none) and answers `RemoteMsg::Durable { count }` once the batch is
+//! durable. Pair channels are FIFO, so a count confirms every message before it.
+//!
+//! QoS 2 barrier: a QoS 2 PUBLISH from a persistent session is delivered at once (Method B)
+//! and its id stored (`Qos2Received`). If a peer made its copy durable while this worker lost
+//! the id in a crash, the re-sent PUBLISH would be delivered twice. So the remote sends of
+//! such a message — and every remote `Publish`/`Retain` after it, to keep FIFO — wait until
+//! the id's record is durable here (`deferred`).
+//!
+//! Bounds: the journal buffer and the held acks (counted at `HELD_ACK_BYTES` each) together
+//! are kept under `pending_bytes_max` by pausing reads (`persistence_backpressured`); a turn's
+//! decoded packets may pass it by their own size. `deferred` holds remote sends of packets
+//! already read, under the same pause. Peer counts are O(workers).
+
+use std::collections::{HashMap, VecDeque};
+
+use smallvec::SmallVec;
+
+use super::connection::Phase;
+use super::inflight::{Awaiting, Inflight, Queued};
+use super::subscribe::SubscribeAnswer;
+use super::{Action, Broker, ConnId, Message, Millis, RemoteMsg, SessionId, WorkerId};
+use crate::broker::route::home_worker;
+use crate::persist::image::{EntryState, Image, StoredMessage};
+use crate::persist::record::{encode, Record};
+use crate::protocol::{Packet, QoS};
+
+/// What one held acknowledgement counts for against `pending_bytes_max`.
+const HELD_ACK_BYTES: usize = 64;
+
+/// A peer's side of the durability counting.
+#[derive(Clone, Copy, Debug, Default)]
+struct PeerCounts {
+    /// `Publish`/`Retain` sent to it, and how many of them it confirmed durable.
+    sent: u64,
+    acked: u64,
+    /// `Publish`/`Retain` received from it; the count when the last batch was taken; the
+    /// count last confirmed to it.
+    received: u64,
+    covered: u64,
+    answered: u64,
+}
+
+#[derive(Debug)]
+enum Held {
+    Control(Packet),
+    Subscribe(SessionId, SubscribeAnswer),
+}
+
+#[derive(Debug)]
+struct HeldAck {
+    conn: ConnId,
+    position: u64,
+    remote: SmallVec<[(WorkerId, u64); 2]>,
+    held: Held,
+}
+
+#[derive(Debug)]
+pub(super) struct Durability {
+    journal: Vec<u8>,
+    appended: u64,
+    taken: u64,
+    durable: u64,
+    pending_bytes_max: usize,
+    next_mid: u64,
+    next_seq: u64,
+    held: VecDeque<HeldAck>,
+    peers: Vec<PeerCounts>,
+    /// The (peer, count) pairs the message being routed was sent as.
+    route: SmallVec<[(WorkerId, u64); 4]>,
+    /// Remote sends must wait until the journal is durable up to here (QoS 2 barrier).
+    barrier: u64,
+    deferred: VecDeque<(u64, WorkerId, RemoteMsg)>,
+}
+
+impl Durability {
+    fn new(workers: u16, pending_bytes_max: usize) -> Self {
+        Self {
+            journal: Vec::new(),
+            appended: 0,
+            taken: 0,
+            durable: 0,
+            pending_bytes_max,
+            next_mid: 1,
+            next_seq: 1,
+            held: VecDeque::new(),
+            peers: vec![PeerCounts::default(); usize::from(workers)],
+            route: SmallVec::new(),
+            barrier: 0,
+            deferred: VecDeque::new(),
+        }
+    }
+
+    pub fn append(&mut self, record: &Record) {
+        self.appended += encode(record, &mut self.journal) as u64;
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Logs `message`'s body once per fan-out (`stored` caches its id) and its entry in
+    /// session `sid`; returns the entry's sequence number.
+    pub fn log_enqueue(
+        &mut self,
+        sid: SessionId,
+        message: &Message,
+        qos: QoS,
+        retain: bool,
+        stored: &mut Option<u64>,
+    ) -> u64 {
+        let mid = match *stored {
+            Some(mid) => mid,
+            None => {
+                let mid = self.next_mid;
+                self.next_mid += 1;
+                self.append(&message_record(mid, message));
+                *stored = Some(mid);
+                mid
+            }
+        };
+        let seq = self.take_seq();
+        self.append(&Record::Enqueue { sid: sid.0, seq, mid, qos, retain });
+        seq
+    }
+
+    fn remote_satisfied(&self, remote: &[(WorkerId, u64)]) -> bool {
+        remote.iter().all(|&(worker, count)| self.peers[worker.index()].acked >= count)
+    }
+
+    /// Whether an ack decided now may go at once.
+    fn clear(&self, remote: &[(WorkerId, u64)]) -> bool {
+        self.held.is_empty() && self.appended <= self.durable && self.remote_satisfied(remote)
+    }
+}
+
+fn message_record(mid: u64, message: &Message) -> Record {
+    Record::Message {
+        mid,
+        topic: message.topic.clone(),
+        payload: message.payload.clone(),
+        qos: message.qos,
+        retain: message.retain,
+    }
+}
+
+impl Broker {
+    /// Turns persistence on: from now on the broker journals its persistent state and holds
+    /// acknowledgements until the runtime reports them durable. Call before any event.
+    pub fn enable_persistence(&mut self, pending_bytes_max: usize) {
+        assert!(self.durability.is_none(), "persistence enabled twice");
+        self.durability = Some(Box::new(Durability::new(self.workers, pending_bytes_max)));
+    }
+
+    /// Moves the journal's pending records to `out` (empty) and returns the position they end
+    /// at, to be passed to `handle_durable` once written; `None` if there is nothing to write.
+    /// Call only when the previous batch is durable.
+    pub fn take_journal(&mut self, out: &mut Vec<u8>) -> Option<u64> {
+        assert!(out.is_empty(), "take_journal into a non-empty buffer");
+        let d = self.durability.as_deref_mut()?;
+        assert_eq!(d.taken, d.durable, "a journal batch is still in flight");
+        for peer in &mut d.peers {
+            peer.covered = peer.received;
+        }
+        if d.journal.is_empty() {
+            // Everything received so far needs nothing that is not durable already.
+            self.answer_peers();
+            return None;
+        }
+        std::mem::swap(out, &mut d.journal);
+        d.taken = d.appended;
+        Some(d.appended)
+    }
+
+    /// Journal bytes waiting to be taken (for a clean stop).
+    pub fn journal_pending_bytes(&self) -> usize {
+        self.durability.as_ref().map_or(0, |d| d.journal.len())
+    }
+
+    /// Whether reading from connections should pause until a journal write completes.
+    pub fn persistence_backpressured(&self) -> bool {
+        self.durability
+            .as_ref()
+            .is_some_and(|d| d.journal.len() + d.held.len() * HELD_ACK_BYTES >= d.pending_bytes_max)
+    }
+
+    /// Acknowledgements waiting for durability.
+    pub fn held_ack_count(&self) -> usize {
+        self.durability.as_ref().map_or(0, |d| d.held.len())
+    }
+
+    /// The journal is durable up to `position`: answer peers, emit deferred remote sends,
+    /// release held acknowledgements.
+    pub fn handle_durable(&mut self, position: u64, now: Millis) {
+        let Some(d) = self.durability.as_deref_mut() else { return };
+        assert!(position <= d.appended, "durable beyond what was appended");
+        d.durable = d.durable.max(position);
+        while d.deferred.front().is_some_and(|&(at, _, _)| at <= d.durable) {
+            // Cannot fail: the front exists.
+            let (_, to, msg) = d.deferred.pop_front().expect("front exists");
+            self.actions.push_back(Action::Remote { to, msg });
+        }
+        self.answer_peers();
+        self.release_held(now);
+        self.settle(now);
+    }
+
+    /// Confirms to each peer the messages covered by the last durable batch.
+    fn answer_peers(&mut self) {
+        let Some(d) = self.durability.as_deref_mut() else { return };
+        for (index, peer) in d.peers.iter_mut().enumerate() {
+            if peer.covered > peer.answered {
+                peer.answered = peer.covered;
+                let to = WorkerId(index as u16);
+                let msg = RemoteMsg::Durable { count: peer.covered };
+                self.actions.push_back(Action::Remote { to, msg });
+            }
+        }
+    }
+
+    /// A peer's journal holds the first `count` messages this worker sent it.
+    pub(super) fn on_remote_durable(&mut self, from: WorkerId, count: u64, now: Millis) {
+        let Some(d) = self.durability.as_deref_mut() else { return };
+        let peer = &mut d.peers[from.index()];
+        assert!(count <= peer.sent, "{from:?} confirmed more than was sent to it");
+        peer.acked = peer.acked.max(count);
+        self.release_held(now);
+    }
+
+    /// Counts a `Publish`/`Retain` received from `from` (it is confirmed once durable here).
+    pub(super) fn count_received(&mut self, from: WorkerId) {
+        if let Some(d) = self.durability.as_deref_mut() {
+            d.peers[from.index()].received += 1;
+        }
+    }
+
+    /// The journal's view of a remote send: counts a `Publish`/`Retain` and defers it behind
+    /// the QoS 2 barrier; returns the message if it may go now.
+    pub(super) fn journal_remote_send(
+        &mut self,
+        to: WorkerId,
+        msg: RemoteMsg,
+    ) -> Option<RemoteMsg> {
+        let Some(d) = self.durability.as_deref_mut() else { return Some(msg) };
+        if !matches!(msg, RemoteMsg::Publish(_) | RemoteMsg::Retain(_)) {
+            return Some(msg);
+        }
+        let peer = &mut d.peers[to.index()];
+        peer.sent += 1;
+        d.route.push((to, peer.sent));
+        if d.deferred.is_empty() && d.barrier <= d.durable {
+            return Some(msg);
+        }
+        d.deferred.push_back((d.barrier, to, msg));
+        None
+    }
+
+    /// Starts routing a message: forget the previous message's remote sends.
+    pub(super) fn journal_begin_route(&mut self) {
+        if let Some(d) = self.durability.as_deref_mut() {
+            d.route.clear();
+        }
+    }
+
+    /// Writes an acknowledgement now, or holds it until what it promises is durable.
+    /// `routed`: it acknowledges the message just routed (whose remote sends it waits for).
+    pub(super) fn write_ack(&mut self, conn: ConnId, packet: Packet, routed: bool) {
+        let Some(d) = self.durability.as_deref_mut() else {
+            return self.write_control(conn, &packet);
+        };
+        let remote = if routed { std::mem::take(&mut d.route) } else { SmallVec::new() };
+        if d.clear(&remote) {
+            return self.write_control(conn, &packet);
+        }
+        let remote = remote.into_iter().collect();
+        let held = HeldAck { conn, position: d.appended, remote, held: Held::Control(packet) };
+        d.held.push_back(held);
+    }
+
+    /// A persistent session's SUBACK (and the retained messages after it) waits until its
+    /// subscriptions are durable; returns `answer` if it may go now.
+    pub(super) fn hold_subscribe(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        answer: SubscribeAnswer,
+    ) -> Option<SubscribeAnswer> {
+        let persistent = self.sessions.get(session).persistent;
+        let Some(d) = self.durability.as_deref_mut().filter(|_| persistent) else {
+            return Some(answer);
+        };
+        if d.clear(&[]) {
+            return Some(answer);
+        }
+        let position = d.appended;
+        let held = Held::Subscribe(session, answer);
+        d.held.push_back(HeldAck { conn, position, remote: SmallVec::new(), held });
+        None
+    }
+
+    fn release_held(&mut self, now: Millis) {
+        loop {
+            let Some(d) = self.durability.as_deref_mut() else { return };
+            let ready = d.held.front().is_some_and(|front| {
+                front.position <= d.durable && d.remote_satisfied(&front.remote)
+            });
+            if !ready {
+                return;
+            }
+            // Cannot fail: the front exists.
+            let held = d.held.pop_front().expect("front exists");
+            match held.held {
+                Held::Control(packet) => self.write_control(held.conn, &packet),
+                Held::Subscribe(session, answer) => {
+                    let active = self
+                        .conns
+                        .get(&held.conn)
+                        .is_some_and(|state| state.phase == Phase::Active(session));
+                    if active {
+                        self.write_subscribe_answer(held.conn, session, answer, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends `record` if persistence is on (built only then).
+    pub(super) fn journal(&mut self, record: impl FnOnce() -> Record) {
+        if let Some(d) = self.durability.as_deref_mut() {
+            d.append(&record());
+        }
+    }
+
+    /// A QoS 2 PUBLISH from persistent session `sid` is about to be routed: log its id and
+    /// hold its remote sends until that record is durable.
+    pub(super) fn journal_qos2_received(
+        &mut self,
+        sid: SessionId,
+        packet_id: crate::protocol::PacketId,
+    ) {
+        if let Some(d) = self.durability.as_deref_mut() {
+            d.append(&Record::Qos2Received { sid: sid.0, packet_id });
+            d.barrier = d.appended;
+        }
+    }
+
+    /// Writes the worker's whole persistent state to `out` as a file's opening (header,
+    /// snapshot, `SnapshotEnd`), replacing the pending records it subsumes. Returns the
+    /// position that is durable once `out` is.
+    pub fn take_snapshot(&mut self, generation: u64, out: &mut Vec<u8>) -> u64 {
+        let me = self.me;
+        let workers = self.workers;
+        let d = self.durability.as_deref_mut().expect("persistence is enabled");
+        assert_eq!(d.taken, d.durable, "a journal batch is still in flight");
+        d.journal.clear();
+        d.taken = d.appended;
+        for peer in &mut d.peers {
+            peer.covered = peer.received;
+        }
+        encode(&Record::Header { worker: me.0, generation }, out);
+        // A message body shared by several entries (one fan-out) is stored once: the same
+        // topic and payload buffers and flags mean the same message.
+        let mut mids: HashMap<(usize, usize, usize, usize, u8), u64> = HashMap::new();
+        for (id, session) in self.sessions.iter_with_ids() {
+            if !session.persistent {
+                continue;
+            }
+            let sid = id.0;
+            encode(&Record::SessionOpen { sid, client_id: session.client_id.clone() }, out);
+            for (filter, qos) in &session.subscriptions {
+                encode(&Record::Subscribe { sid, filter: filter.clone(), qos: *qos }, out);
+            }
+            for packet_id in session.incoming.ids() {
+                encode(&Record::Qos2Received { sid, packet_id }, out);
+            }
+            let inflight = session
+                .outgoing
+                .inflight()
+                .map(|entry| (&entry.message, entry.qos, entry.retain, entry.seq, Some(entry)));
+            let queued = session
+                .outgoing
+                .queued()
+                .map(|entry| (&entry.message, entry.qos, entry.retain, entry.seq, None));
+            for (message, qos, retain, seq, inflight) in inflight.chain(queued) {
+                if seq == 0 {
+                    continue; // QoS 0, never journaled
+                }
+                let key = (
+                    message.topic.as_bytes().as_ptr() as usize,
+                    message.topic.as_bytes().len(),
+                    message.payload.as_ptr() as usize,
+                    message.payload.len(),
+                    message.qos.as_u8() | u8::from(message.retain) << 2,
+                );
+                let mid = *mids.entry(key).or_insert_with(|| {
+                    let mid = d.next_mid;
+                    d.next_mid += 1;
+                    encode(&message_record(mid, message), out);
+                    mid
+                });
+                encode(&Record::Enqueue { sid, seq, mid, qos, retain }, out);
+                if let Some(entry) = inflight {
+                    encode(&Record::Sent { seq, packet_id: entry.packet_id }, out);
+                    if entry.awaiting == Awaiting::Pubcomp {
+                        encode(&Record::Released { seq }, out);
+                    }
+                }
+            }
+        }
+        self.retained.for_each(|message| {
+            if home_worker(message.topic.as_bytes(), workers) == me {
+                let (topic, payload) = (message.topic.clone(), message.payload.clone());
+                encode(&Record::Retain { topic, payload, qos: message.qos }, out);
+            }
+        });
+        encode(&Record::SnapshotEnd, out);
+        d.appended
+    }
+
+    /// Loads a recovered state (this worker's share of it): its persistent sessions, offline,
+    /// with their subscriptions and messages, and the retained messages. Call after
+    /// `enable_persistence` and before any event; then write a snapshot.
+    pub fn restore(&mut self, image: Image, now: Millis) {
+        for stored in image.retained {
+            self.retained.set(message_from(stored), now);
+        }
+        for session in image.sessions {
+            let Some(id) = self.create_session(session.client_id.clone(), true, now) else {
+                tracing::warn!(client_id = %session.client_id, "restore: sessions_max reached; session dropped");
+                continue;
+            };
+            self.file_session_timer(id);
+            for (filter, qos) in &session.subscriptions {
+                self.restore_subscription(id, filter, *qos);
+            }
+            let awaiting_max = self.config.max_awaiting_pubrel;
+            for packet_id in session.awaiting_pubrel {
+                self.sessions.get_mut(id).incoming.on_publish(packet_id, awaiting_max);
+            }
+            for entry in session.entries {
+                self.restore_entry(id, entry);
+            }
+        }
+        self.refresh_gauges();
+    }
+
+    fn restore_entry(&mut self, id: SessionId, entry: crate::persist::image::EntryImage) {
+        let seq = self.durability.as_deref_mut().map_or(0, Durability::take_seq);
+        let message = message_from(entry.message);
+        let window = self.config.inflight_window();
+        let limits = self.config.queue_limits();
+        let outgoing = &mut self.sessions.get_mut(id).outgoing;
+        let (packet_id, awaiting) = match entry.state {
+            EntryState::Sent(packet_id) if entry.qos == QoS::AtLeastOnce => {
+                (Some(packet_id), Awaiting::Puback)
+            }
+            EntryState::Sent(packet_id) => (Some(packet_id), Awaiting::Pubrec),
+            EntryState::Released(packet_id) => (Some(packet_id), Awaiting::Pubcomp),
+            EntryState::Queued => (None, Awaiting::Puback),
+        };
+        let (qos, retain) = (entry.qos, entry.retain);
+        if let Some(packet_id) = packet_id.filter(|_| outgoing.inflight_len() < window) {
+            let inflight = Inflight { packet_id, message, qos, retain, awaiting, seq };
+            outgoing.push_inflight(inflight, window);
+            self.stats.inflight_messages += 1;
+            return;
+        }
+        // Not yet sent, or beyond a window that shrank since: queued (a new packet id).
+        match outgoing.enqueue(Queued { message, qos, retain, seq }, limits) {
+            Ok(()) => self.stats.queued_messages += 1,
+            Err(_) => self.stats.messages_dropped_queue_full += 1,
+        }
+    }
+}
+
+fn message_from(stored: StoredMessage) -> Message {
+    Message { topic: stored.topic, payload: stored.payload, qos: stored.qos, retain: stored.retain }
+}
