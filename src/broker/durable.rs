@@ -443,6 +443,11 @@ impl Broker {
         for stored in image.retained {
             self.retained.set(message_from(stored), now);
         }
+        for (worker, filter) in &image.remote_interest {
+            let worker = WorkerId(*worker);
+            assert!(worker != self.me && worker.0 < self.workers, "interest of {worker:?}");
+            self.subscriptions.set_remote_interest(filter, worker, true);
+        }
         for session in image.sessions {
             let Some(id) = self.create_session(session.client_id.clone(), true, now) else {
                 tracing::warn!(client_id = %session.client_id, "restore: sessions_max reached; session dropped");

@@ -53,6 +53,10 @@ pub struct Image {
     pub sessions: Vec<SessionImage>,
     /// Retained messages: every worker gets all of them (each keeps a full replica).
     pub retained: Vec<StoredMessage>,
+    /// In a worker's share: the filters other workers' recovered sessions subscribe to, by
+    /// worker index. Applied before any client is served, so a publish that arrives before
+    /// those workers' interest broadcasts is still routed to them.
+    pub remote_interest: Vec<(u16, TopicFilter)>,
 }
 
 impl Image {

@@ -216,7 +216,7 @@ impl Replay {
             .collect();
         let mut retained: Vec<StoredMessage> = self.retained.into_values().collect();
         retained.sort_by(|a, b| a.topic.cmp(&b.topic));
-        Image { sessions, retained }
+        Image { sessions, retained, remote_interest: Vec::new() }
     }
 }
 

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use super::image::{Image, SessionImage};
 use super::replay::Replay;
 use crate::broker::home_worker;
+use crate::protocol::TopicFilter;
 
 /// A worker's journal file name.
 pub fn file_name(worker: u16, generation: u64) -> String {
@@ -142,11 +143,23 @@ fn merge(image: &mut Image, part: Image) {
 /// retained message to every worker (each keeps a full replica).
 pub fn partition(image: Image, workers: u16) -> Vec<Image> {
     let mut parts: Vec<Image> = (0..workers)
-        .map(|_| Image { sessions: Vec::new(), retained: image.retained.clone() })
+        .map(|_| Image {
+            sessions: Vec::new(),
+            retained: image.retained.clone(),
+            remote_interest: Vec::new(),
+        })
         .collect();
+    let mut interest: std::collections::BTreeSet<(u16, TopicFilter)> = Default::default();
     for session in image.sessions {
         let home = home_worker(session.client_id.as_bytes(), workers);
+        for (filter, _) in &session.subscriptions {
+            interest.insert((home.0, filter.clone()));
+        }
         parts[home.index()].sessions.push(session);
+    }
+    for (worker, part) in parts.iter_mut().enumerate() {
+        let others = interest.iter().filter(|(home, _)| usize::from(*home) != worker);
+        part.remote_interest = others.cloned().collect();
     }
     parts
 }

@@ -128,6 +128,7 @@ fn partition_sends_each_session_home_and_every_retained_message_everywhere() {
     let image = Image {
         sessions: ids.iter().map(|id| session(id)).collect(),
         retained: file_bytes_retained(),
+        remote_interest: Vec::new(),
     };
     let parts = partition(image, 3);
     for (worker, part) in parts.iter().enumerate() {

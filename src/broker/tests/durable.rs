@@ -59,6 +59,11 @@ impl Disk {
 
     /// A new cluster of `workers` restored from the files (as a restart does).
     fn restart(&self, workers: u16, config: BrokerConfig) -> (Cluster, Disk) {
+        self.restart_holding(workers, config, false)
+    }
+
+    /// `restart`; with `hold`, no message between workers is delivered yet.
+    fn restart_holding(&self, workers: u16, config: BrokerConfig, hold: bool) -> (Cluster, Disk) {
         let mut image = crate::persist::image::Image::default();
         for file in &self.files {
             let replay = Replay::file(Bytes::from(file.clone()));
@@ -69,6 +74,7 @@ impl Disk {
             image.retained.extend(part.retained);
         }
         let mut cluster = Cluster::new(workers, config);
+        cluster.hold_remotes(hold);
         let now = cluster.now;
         let parts = partition(image, workers);
         let mut files = Vec::new();
@@ -299,4 +305,26 @@ fn every_truncation_of_a_journal_recovers_a_prefix_of_its_history() {
         );
         assert_eq!(image.sessions.len(), 1);
     }
+}
+
+#[test]
+fn after_a_restart_publishes_reach_restored_subscribers_elsewhere_before_any_interest_message() {
+    // Found by the kill -9 test: a publisher reconnecting at once published before the
+    // restored subscriber's worker had told the others of its interest, and its
+    // acknowledged messages went nowhere. The recovered interest is applied at restore.
+    let config = BrokerConfig::default();
+    let mut cluster = Cluster::new(2, config.clone());
+    let mut disk = Disk::attach(&mut cluster);
+    let sub_id = client_id_on(1, 2, "sub");
+    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
+    cluster.send_subscribe(subscriber, &[("after/restart", QoS::AtLeastOnce)]);
+    disk.flush_all(&mut cluster);
+    cluster.drop_client(subscriber);
+    disk.flush_all(&mut cluster);
+
+    let (mut cluster, _disk) = disk.restart_holding(2, config, true);
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&client_id_on(0, 2, "pub"), true));
+    cluster.publish(publisher, "after/restart", b"routed", QoS::AtLeastOnce, false);
+    let publishes = cluster.remote_log.iter().filter(|(_, _, name)| *name == "Publish").count();
+    assert_eq!(publishes, 1, "the publish is routed to worker 1 without its Interest message");
 }
