@@ -18,16 +18,18 @@
 //! the batch, or needed none) and answers `RemoteMsg::Durable { count }` once the batch is
 //! durable. Pair channels are FIFO, so a count confirms every message before it.
 //!
-//! QoS 2 barrier: a QoS 2 PUBLISH from a persistent session is delivered at once (Method B)
-//! and its id stored (`Qos2Received`). If a peer made its copy durable while this worker lost
-//! the id in a crash, the re-sent PUBLISH would be delivered twice. So the remote sends of
-//! such a message — and every remote `Publish`/`Retain` after it, to keep FIFO — wait until
-//! the id's record is durable here (`deferred`).
+//! QoS 2 from a persistent session (Method B: delivered at the PUBLISH, its id stored until
+//! PUBREL so a re-sent PUBLISH is not delivered twice). With only local destinations, the id's
+//! record (`Qos2Received`) goes in the same batch as the local copies, and batches take
+//! effect whole (`Commit`), so after a crash both or neither exist. With remote destinations
+//! the id is journaled only once every destination confirmed its copy durable, then the
+//! PUBREC waits for that record: a crash in between makes the client re-send, and the message
+//! is delivered again (a duplicate), never lost. Exactly once across workers needs the
+//! destinations to recognise a re-sent message (see docs/ARCHITECTURE.md, known gaps).
 //!
 //! Bounds: the journal buffer and the held acks (counted at `HELD_ACK_BYTES` each) together
 //! are kept under `pending_bytes_max` by pausing reads (`persistence_backpressured`); a turn's
-//! decoded packets may pass it by their own size. `deferred` holds remote sends of packets
-//! already read, under the same pause. Peer counts are O(workers).
+//! decoded packets may pass it by their own size. Peer counts are O(workers).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -40,7 +42,7 @@ use super::{Action, Broker, ConnId, Message, Millis, RemoteMsg, SessionId, Worke
 use crate::broker::route::home_worker;
 use crate::persist::image::{EntryState, Image, StoredMessage};
 use crate::persist::record::{encode, Record};
-use crate::protocol::{Packet, QoS};
+use crate::protocol::{Packet, PacketId, QoS};
 
 /// What one held acknowledgement counts for against `pending_bytes_max`.
 const HELD_ACK_BYTES: usize = 64;
@@ -69,6 +71,8 @@ struct HeldAck {
     conn: ConnId,
     position: u64,
     remote: SmallVec<[(WorkerId, u64); 2]>,
+    /// Appended once `remote` is satisfied; the ack then waits for it too.
+    after_remote: Option<Record>,
     held: Held,
 }
 
@@ -85,9 +89,6 @@ pub(super) struct Durability {
     peers: Vec<PeerCounts>,
     /// The (peer, count) pairs the message being routed was sent as.
     route: SmallVec<[(WorkerId, u64); 4]>,
-    /// Remote sends must wait until the journal is durable up to here (QoS 2 barrier).
-    barrier: u64,
-    deferred: VecDeque<(u64, WorkerId, RemoteMsg)>,
 }
 
 impl Durability {
@@ -103,8 +104,6 @@ impl Durability {
             held: VecDeque::new(),
             peers: vec![PeerCounts::default(); usize::from(workers)],
             route: SmallVec::new(),
-            barrier: 0,
-            deferred: VecDeque::new(),
         }
     }
 
@@ -186,6 +185,8 @@ impl Broker {
             self.answer_peers();
             return None;
         }
+        // The batch takes effect whole or not at all (`persist::replay`).
+        d.append(&Record::Commit);
         std::mem::swap(out, &mut d.journal);
         d.taken = d.appended;
         Some(d.appended)
@@ -208,17 +209,12 @@ impl Broker {
         self.durability.as_ref().map_or(0, |d| d.held.len())
     }
 
-    /// The journal is durable up to `position`: answer peers, emit deferred remote sends,
-    /// release held acknowledgements.
+    /// The journal is durable up to `position`: answer peers, release held
+    /// acknowledgements.
     pub fn handle_durable(&mut self, position: u64, now: Millis) {
         let Some(d) = self.durability.as_deref_mut() else { return };
         assert!(position <= d.appended, "durable beyond what was appended");
         d.durable = d.durable.max(position);
-        while d.deferred.front().is_some_and(|&(at, _, _)| at <= d.durable) {
-            // Cannot fail: the front exists.
-            let (_, to, msg) = d.deferred.pop_front().expect("front exists");
-            self.actions.push_back(Action::Remote { to, msg });
-        }
         self.answer_peers();
         self.release_held(now);
         self.settle(now);
@@ -253,25 +249,15 @@ impl Broker {
         }
     }
 
-    /// The journal's view of a remote send: counts a `Publish`/`Retain` and defers it behind
-    /// the QoS 2 barrier; returns the message if it may go now.
-    pub(super) fn journal_remote_send(
-        &mut self,
-        to: WorkerId,
-        msg: RemoteMsg,
-    ) -> Option<RemoteMsg> {
-        let Some(d) = self.durability.as_deref_mut() else { return Some(msg) };
-        if !matches!(msg, RemoteMsg::Publish(_) | RemoteMsg::Retain(_)) {
-            return Some(msg);
+    /// The journal's view of a remote send: counts a `Publish`/`Retain`, whose durability
+    /// the ack of the message being routed waits for.
+    pub(super) fn count_remote_send(&mut self, to: WorkerId, msg: &RemoteMsg) {
+        let Some(d) = self.durability.as_deref_mut() else { return };
+        if matches!(msg, RemoteMsg::Publish(_) | RemoteMsg::Retain(_)) {
+            let peer = &mut d.peers[to.index()];
+            peer.sent += 1;
+            d.route.push((to, peer.sent));
         }
-        let peer = &mut d.peers[to.index()];
-        peer.sent += 1;
-        d.route.push((to, peer.sent));
-        if d.deferred.is_empty() && d.barrier <= d.durable {
-            return Some(msg);
-        }
-        d.deferred.push_back((d.barrier, to, msg));
-        None
     }
 
     /// Starts routing a message: forget the previous message's remote sends.
@@ -284,16 +270,48 @@ impl Broker {
     /// Writes an acknowledgement now, or holds it until what it promises is durable.
     /// `routed`: it acknowledges the message just routed (whose remote sends it waits for).
     pub(super) fn write_ack(&mut self, conn: ConnId, packet: Packet, routed: bool) {
+        self.write_ack_then(conn, packet, routed, None);
+    }
+
+    /// `write_ack`, with `record` journaled first: at once if the message went to no other
+    /// worker, else once they all confirmed it durable (see the module documentation).
+    fn write_ack_then(
+        &mut self,
+        conn: ConnId,
+        packet: Packet,
+        routed: bool,
+        record: Option<Record>,
+    ) {
         let Some(d) = self.durability.as_deref_mut() else {
             return self.write_control(conn, &packet);
         };
         let remote = if routed { std::mem::take(&mut d.route) } else { SmallVec::new() };
-        if d.clear(&remote) {
+        let mut after_remote = None;
+        match record {
+            Some(record) if remote.is_empty() => d.append(&record),
+            record => after_remote = record,
+        }
+        if after_remote.is_none() && d.clear(&remote) {
             return self.write_control(conn, &packet);
         }
         let remote = remote.into_iter().collect();
-        let held = HeldAck { conn, position: d.appended, remote, held: Held::Control(packet) };
-        d.held.push_back(held);
+        let held = Held::Control(packet);
+        d.held.push_back(HeldAck { conn, position: d.appended, remote, after_remote, held });
+    }
+
+    /// PUBREC for a QoS 2 PUBLISH; `delivered`: it was routed now (not a re-sent one), from
+    /// a persistent session whose id must be journaled.
+    pub(super) fn write_pubrec(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        id: PacketId,
+        delivered: bool,
+    ) {
+        let persistent = self.sessions.get(session).persistent;
+        let record = (delivered && persistent)
+            .then_some(Record::Qos2Received { sid: session.0, packet_id: id });
+        self.write_ack_then(conn, Packet::Pubrec(id), delivered, record);
     }
 
     /// A persistent session's SUBACK (and the retained messages after it) waits until its
@@ -313,17 +331,27 @@ impl Broker {
         }
         let position = d.appended;
         let held = Held::Subscribe(session, answer);
-        d.held.push_back(HeldAck { conn, position, remote: SmallVec::new(), held });
+        let remote = SmallVec::new();
+        d.held.push_back(HeldAck { conn, position, remote, after_remote: None, held });
         None
     }
 
     fn release_held(&mut self, now: Millis) {
         loop {
             let Some(d) = self.durability.as_deref_mut() else { return };
-            let ready = d.held.front().is_some_and(|front| {
-                front.position <= d.durable && d.remote_satisfied(&front.remote)
-            });
-            if !ready {
+            let Some(front) = d.held.front() else { return };
+            if !d.remote_satisfied(&front.remote) {
+                return;
+            }
+            if front.after_remote.is_some() {
+                // Cannot fail: just checked.
+                let front = d.held.front_mut().expect("front exists");
+                let record = front.after_remote.take().expect("checked");
+                d.appended += encode(&record, &mut d.journal) as u64;
+                front.position = d.appended;
+                return;
+            }
+            if front.position > d.durable {
                 return;
             }
             // Cannot fail: the front exists.
@@ -347,19 +375,6 @@ impl Broker {
     pub(super) fn journal(&mut self, record: impl FnOnce() -> Record) {
         if let Some(d) = self.durability.as_deref_mut() {
             d.append(&record());
-        }
-    }
-
-    /// A QoS 2 PUBLISH from persistent session `sid` is about to be routed: log its id and
-    /// hold its remote sends until that record is durable.
-    pub(super) fn journal_qos2_received(
-        &mut self,
-        sid: SessionId,
-        packet_id: crate::protocol::PacketId,
-    ) {
-        if let Some(d) = self.durability.as_deref_mut() {
-            d.append(&Record::Qos2Received { sid: sid.0, packet_id });
-            d.barrier = d.appended;
         }
     }
 

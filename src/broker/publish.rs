@@ -64,13 +64,8 @@ impl Broker {
         now: Millis,
     ) {
         let awaiting_max = self.config.max_awaiting_pubrel;
-        let state = self.sessions.get_mut(session);
-        let persistent = state.persistent;
-        let routed = match state.incoming.on_publish(id, awaiting_max) {
+        let delivered = match self.sessions.get_mut(session).incoming.on_publish(id, awaiting_max) {
             IncomingQos2::Deliver => {
-                if persistent {
-                    self.journal_qos2_received(session, id);
-                }
                 self.route_publish(message, now);
                 true
             }
@@ -82,7 +77,8 @@ impl Broker {
                 return self.close_conn(conn, Some(violation), now);
             }
         };
-        self.write_ack(conn, Packet::Pubrec(id), routed);
+        // Held until the message is durable wherever it went, its id journaled (`durable.rs`).
+        self.write_pubrec(conn, session, id, delivered);
     }
 
     pub(super) fn handle_pubrel(&mut self, conn: ConnId, session: SessionId, id: PacketId) {

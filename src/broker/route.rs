@@ -49,9 +49,8 @@ impl Broker {
             "remote message to {to:?} from {:?}",
             self.me
         );
-        if let Some(msg) = self.journal_remote_send(to, msg) {
-            self.actions.push_back(Action::Remote { to, msg });
-        }
+        self.count_remote_send(to, &msg);
+        self.actions.push_back(Action::Remote { to, msg });
     }
 
     pub(super) fn dispatch_remote(&mut self, from: WorkerId, msg: RemoteMsg, now: Millis) {

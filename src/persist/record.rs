@@ -107,6 +107,9 @@ pub enum Record {
         sid: u32,
         packet_id: PacketId,
     },
+    /// Ends a batch: the records since the previous `Commit` (or `SnapshotEnd`) take effect
+    /// together or not at all, so a batch torn by a crash is dropped whole.
+    Commit,
 }
 
 mod kind {
@@ -124,6 +127,7 @@ mod kind {
     pub const RETAIN: u8 = 12;
     pub const QOS2_RECEIVED: u8 = 13;
     pub const QOS2_RELEASED: u8 = 14;
+    pub const COMMIT: u8 = 15;
 }
 
 /// Appends `record`, framed, to `out`; returns the frame's size in bytes.
@@ -156,6 +160,7 @@ fn encode_body(record: &Record, out: &mut Vec<u8>) {
             out.extend_from_slice(&generation.to_le_bytes());
         }
         Record::SnapshotEnd => out.push(kind::SNAPSHOT_END),
+        Record::Commit => out.push(kind::COMMIT),
         Record::SessionOpen { sid, client_id } => {
             out.push(kind::SESSION_OPEN);
             out.extend_from_slice(&sid.to_le_bytes());
@@ -231,6 +236,8 @@ pub enum BadRecord {
     Checksum,
     /// The checksum matches but the body is not a valid record.
     Body(&'static str),
+    /// The file ends inside a batch (records after the last `Commit`): a torn batch.
+    Uncommitted,
 }
 
 impl std::fmt::Display for BadRecord {
@@ -240,6 +247,7 @@ impl std::fmt::Display for BadRecord {
             Self::Length => f.write_str("impossible length"),
             Self::Checksum => f.write_str("checksum mismatch"),
             Self::Body(what) => write!(f, "bad body: {what}"),
+            Self::Uncommitted => f.write_str("a batch without its commit (torn write)"),
         }
     }
 }
@@ -338,6 +346,7 @@ fn decode_body(frame: Bytes) -> Result<Record, &'static str> {
             Record::Header { worker: body.u16()?, generation: body.u64()? }
         }
         kind::SNAPSHOT_END => Record::SnapshotEnd,
+        kind::COMMIT => Record::Commit,
         kind::SESSION_OPEN => Record::SessionOpen { sid: body.u32()?, client_id: body.utf8()? },
         kind::SESSION_DROP => Record::SessionDrop { sid: body.u32()? },
         kind::SUBSCRIBE => {
@@ -416,6 +425,7 @@ mod tests {
             },
             Record::Qos2Received { sid: 4, packet_id: pid(1) },
             Record::Qos2Released { sid: 4, packet_id: pid(1) },
+            Record::Commit,
         ]
     }
 

@@ -59,25 +59,45 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// Replays `bytes`, a whole file.
+    /// Replays `bytes`, a whole file. The snapshot's records apply as they come; after it,
+    /// records apply a batch at a time, at its `Commit`.
     pub fn file(bytes: Bytes) -> Self {
         let total = bytes.len();
         let mut input = bytes;
         let mut replay = Replay::default();
+        let mut batch: Vec<Record> = Vec::new();
+        let mut batch_start = 0;
         loop {
             let offset = total - input.len();
-            match record::decode(&mut input) {
-                Ok(None) => break,
-                Ok(Some(record)) => {
-                    if replay.records == 0 && !matches!(record, Record::Header { .. }) {
-                        let why = BadRecord::Body("the file does not start with a header");
-                        replay.dropped = Some(Dropped { offset, bytes: total - offset, why });
-                        break;
+            if batch.is_empty() {
+                batch_start = offset;
+            }
+            let record = match record::decode(&mut input) {
+                Ok(None) if batch.is_empty() => break,
+                Ok(None) => Err(BadRecord::Uncommitted),
+                Ok(Some(record)) => Ok(record),
+                Err(why) => Err(why),
+            };
+            match record {
+                Ok(record) if replay.records == 0 && !matches!(record, Record::Header { .. }) => {
+                    let why = BadRecord::Body("the file does not start with a header");
+                    replay.dropped = Some(Dropped { offset, bytes: total - offset, why });
+                    break;
+                }
+                Ok(Record::Commit) if replay.snapshot_complete => {
+                    replay.records += batch.len() as u64 + 1;
+                    for record in batch.drain(..) {
+                        replay.apply(record);
                     }
+                }
+                Ok(record) if replay.snapshot_complete => batch.push(record),
+                Ok(record) => {
                     replay.records += 1;
                     replay.apply(record);
                 }
                 Err(why) => {
+                    // A torn batch is dropped whole, from its first record.
+                    let offset = if batch.is_empty() { offset } else { batch_start };
                     replay.dropped = Some(Dropped { offset, bytes: total - offset, why });
                     break;
                 }
@@ -94,6 +114,8 @@ impl Replay {
                 first
             }
             Record::SnapshotEnd => !std::mem::replace(&mut self.snapshot_complete, true),
+            // Only in a snapshot, where it means nothing (batches are applied by `file`).
+            Record::Commit => false,
             Record::SessionOpen { sid, client_id } => {
                 self.drop_session(sid);
                 let session = ReplaySession {

@@ -42,6 +42,7 @@ fn sample() -> (Vec<u8>, Vec<usize>) {
         Record::SnapshotEnd,
         Record::Released { seq: 10 },
         Record::Done { seq: 10 },
+        Record::Commit,
         Record::Message {
             mid: 2,
             topic: topic("a/2"),
@@ -51,6 +52,7 @@ fn sample() -> (Vec<u8>, Vec<usize>) {
         },
         Record::Enqueue { sid: 1, seq: 12, mid: 2, qos: QoS::AtLeastOnce, retain: false },
         Record::Qos2Received { sid: 1, packet_id: pid(3) },
+        Record::Commit,
     ];
     let mut out = Vec::new();
     let mut ends = Vec::new();
@@ -66,7 +68,7 @@ fn a_whole_file_gives_the_state_its_records_describe() {
     let (file, _) = sample();
     let replay = Replay::file(Bytes::from(file));
     assert!(replay.snapshot_complete && replay.dropped.is_none());
-    assert_eq!((replay.records, replay.inconsistent), (14, 0));
+    assert_eq!((replay.records, replay.inconsistent), (16, 0));
     let image = replay.into_image();
     let session = &image.sessions[0];
     assert_eq!(session.client_id.as_str(), "c");
@@ -77,28 +79,29 @@ fn a_whole_file_gives_the_state_its_records_describe() {
     assert_eq!(image.retained.len(), 1);
 }
 
+/// The units that take effect together: each snapshot record alone, then each batch up to
+/// its `Commit` (indices into `sample`'s records).
+const GROUPS: &[std::ops::Range<usize>] =
+    &[0..1, 1..2, 2..3, 3..4, 4..5, 5..6, 6..7, 7..8, 8..9, 9..12, 12..16];
+
 #[test]
-fn a_truncated_file_keeps_every_whole_record_and_reports_the_rest() {
+fn a_truncated_file_keeps_every_whole_batch_and_reports_the_torn_one() {
     let (file, ends) = sample();
+    let group_end = |group: &std::ops::Range<usize>| ends[group.end - 1];
     for cut in 0..file.len() {
         let replay = Replay::file(Bytes::copy_from_slice(&file[..cut]));
-        let whole = ends.iter().filter(|&&end| end <= cut).count() as u64;
-        assert_eq!(replay.records, whole, "cut at {cut}");
-        let torn = !ends.contains(&cut) && cut != 0;
-        assert_eq!(
-            replay.dropped.map(|d| (d.offset, d.bytes)),
-            torn.then(|| {
-                let offset = ends.iter().copied().filter(|&end| end <= cut).max().unwrap_or(0);
-                (offset, cut - offset)
-            }),
-            "cut at {cut}"
-        );
+        let whole: Vec<_> = GROUPS.iter().filter(|group| group_end(group) <= cut).collect();
+        let applied: usize = whole.iter().map(|group| group.len()).sum();
+        assert_eq!(replay.records, applied as u64, "cut at {cut}");
+        let kept = whole.last().map_or(0, |group| group_end(group));
+        let expected = (cut != kept).then_some((kept, cut - kept));
+        assert_eq!(replay.dropped.map(|d| (d.offset, d.bytes)), expected, "cut at {cut}");
         assert_eq!(replay.snapshot_complete, cut >= ends[8]);
     }
 }
 
 #[test]
-fn a_flipped_byte_stops_replay_at_its_record_and_never_yields_a_wrong_state() {
+fn a_flipped_byte_drops_its_batch_and_never_yields_a_wrong_state() {
     let (file, ends) = sample();
     let whole = Replay::file(Bytes::from(file.clone())).into_image();
     for at in 0..file.len() {
@@ -106,15 +109,17 @@ fn a_flipped_byte_stops_replay_at_its_record_and_never_yields_a_wrong_state() {
         damaged[at] ^= 0x5a;
         let replay = Replay::file(Bytes::from(damaged));
         let record = ends.iter().position(|&end| at < end).expect("inside a record");
-        let start = if record == 0 { 0 } else { ends[record - 1] };
+        let group = GROUPS.iter().position(|group| group.contains(&record)).expect("grouped");
+        let start = if GROUPS[group].start == 0 { 0 } else { ends[GROUPS[group].start - 1] };
         let dropped = replay.dropped.expect("the damage is detected");
         assert_eq!(dropped.offset, start, "flip at {at}");
-        assert_eq!(replay.records, record as u64);
-        if record == ends.len() - 1 {
-            // Only the last record is lost: everything else is as in the whole file.
+        assert_eq!(replay.records, GROUPS[group].start as u64, "flip at {at}");
+        if group == GROUPS.len() - 1 {
+            // Only the last batch is lost: its entry and its QoS 2 id, nothing before.
             let image = replay.into_image();
             assert_eq!(image.retained, whole.retained);
             assert!(image.sessions[0].awaiting_pubrel.is_empty());
+            assert_eq!(image.sessions[0].entries.len(), 1);
         }
     }
 }
@@ -132,11 +137,12 @@ fn records_that_do_not_fit_the_state_are_skipped_and_counted() {
             filter: TopicFilter::try_from("x").expect("f"),
             qos: QoS::AtMostOnce,
         },
+        Record::Commit,
     ] {
         encode(&record, &mut file);
     }
     let replay = Replay::file(Bytes::from(file));
-    assert_eq!((replay.records, replay.inconsistent), (5, 3));
+    assert_eq!((replay.records, replay.inconsistent), (6, 3));
     assert!(replay.into_image().is_empty());
 }
 
