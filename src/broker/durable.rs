@@ -407,6 +407,8 @@ impl Broker {
             for packet_id in session.incoming.ids() {
                 encode(&Record::Qos2Received { sid, packet_id }, out);
             }
+            let packet_id = session.outgoing.next_packet_id();
+            encode(&Record::NextPacketId { sid, packet_id }, out);
             let inflight = session
                 .outgoing
                 .inflight()
@@ -475,6 +477,9 @@ impl Broker {
             let awaiting_max = self.config.max_awaiting_pubrel;
             for packet_id in session.awaiting_pubrel {
                 self.sessions.get_mut(id).incoming.on_publish(packet_id, awaiting_max);
+            }
+            if let Some(packet_id) = session.next_packet_id {
+                self.sessions.get_mut(id).outgoing.set_next_packet_id(packet_id);
             }
             for entry in session.entries {
                 self.restore_entry(id, entry);

@@ -151,6 +151,15 @@ impl Outgoing {
         }
     }
 
+    /// Where packet ids continue (persisted so a restart does not reuse recent ones).
+    pub fn next_packet_id(&self) -> PacketId {
+        self.next_packet_id
+    }
+
+    pub fn set_next_packet_id(&mut self, id: PacketId) {
+        self.next_packet_id = id;
+    }
+
     pub fn push_inflight(&mut self, entry: Inflight, window: usize) {
         assert!(self.inflight.len() < window, "inflight window of {window} overrun");
         assert!(entry.qos != QoS::AtMostOnce, "QoS 0 is never in flight");

@@ -45,6 +45,8 @@ pub struct SessionImage {
     pub entries: Vec<EntryImage>,
     /// Incoming QoS 2 packet ids delivered and awaiting PUBREL.
     pub awaiting_pubrel: Vec<PacketId>,
+    /// Where outgoing packet ids continue (after the last one known sent).
+    pub next_packet_id: Option<PacketId>,
 }
 
 /// Everything recovered: for one worker, or for the whole process before it is partitioned.

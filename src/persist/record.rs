@@ -110,6 +110,13 @@ pub enum Record {
     /// Ends a batch: the records since the previous `Commit` (or `SnapshotEnd`) take effect
     /// together or not at all, so a batch torn by a crash is dropped whole.
     Commit,
+    /// In a snapshot: where the session's packet ids continue (after the last `Sent`, ids
+    /// continue from there too). A restart must not reuse an id the client may still hold
+    /// for a message whose `Sent` was lost, or a re-sent PUBREL would release that message.
+    NextPacketId {
+        sid: u32,
+        packet_id: PacketId,
+    },
 }
 
 mod kind {
@@ -128,6 +135,7 @@ mod kind {
     pub const QOS2_RECEIVED: u8 = 13;
     pub const QOS2_RELEASED: u8 = 14;
     pub const COMMIT: u8 = 15;
+    pub const NEXT_PACKET_ID: u8 = 16;
 }
 
 /// Appends `record`, framed, to `out`; returns the frame's size in bytes.
@@ -161,6 +169,11 @@ fn encode_body(record: &Record, out: &mut Vec<u8>) {
         }
         Record::SnapshotEnd => out.push(kind::SNAPSHOT_END),
         Record::Commit => out.push(kind::COMMIT),
+        Record::NextPacketId { sid, packet_id } => {
+            out.push(kind::NEXT_PACKET_ID);
+            out.extend_from_slice(&sid.to_le_bytes());
+            out.extend_from_slice(&packet_id.get().to_le_bytes());
+        }
         Record::SessionOpen { sid, client_id } => {
             out.push(kind::SESSION_OPEN);
             out.extend_from_slice(&sid.to_le_bytes());
@@ -347,6 +360,9 @@ fn decode_body(frame: Bytes) -> Result<Record, &'static str> {
         }
         kind::SNAPSHOT_END => Record::SnapshotEnd,
         kind::COMMIT => Record::Commit,
+        kind::NEXT_PACKET_ID => {
+            Record::NextPacketId { sid: body.u32()?, packet_id: body.packet_id()? }
+        }
         kind::SESSION_OPEN => Record::SessionOpen { sid: body.u32()?, client_id: body.utf8()? },
         kind::SESSION_DROP => Record::SessionDrop { sid: body.u32()? },
         kind::SUBSCRIBE => {
@@ -426,6 +442,7 @@ mod tests {
             Record::Qos2Received { sid: 4, packet_id: pid(1) },
             Record::Qos2Released { sid: 4, packet_id: pid(1) },
             Record::Commit,
+            Record::NextPacketId { sid: 4, packet_id: pid(9) },
         ]
     }
 

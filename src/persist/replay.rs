@@ -31,6 +31,7 @@ struct ReplaySession {
     subscriptions: Vec<(TopicFilter, QoS)>,
     entries: BTreeMap<u64, Entry>,
     awaiting_pubrel: Vec<PacketId>,
+    next_packet_id: Option<PacketId>,
 }
 
 /// Where replay of a file stopped early.
@@ -123,6 +124,7 @@ impl Replay {
                     subscriptions: Vec::new(),
                     entries: BTreeMap::new(),
                     awaiting_pubrel: Vec::new(),
+                    next_packet_id: None,
                 };
                 self.sessions.insert(sid, session);
                 true
@@ -156,8 +158,18 @@ impl Replay {
                 }
                 added
             }
-            Record::Sent { seq, packet_id } => self.entry(seq, |entry| {
-                entry.state = EntryState::Sent(packet_id);
+            Record::Sent { seq, packet_id } => match self.entries.get(&seq).copied() {
+                Some(sid) => self.session(sid, |session| {
+                    session.next_packet_id = Some(packet_id.next());
+                    session.entries.get_mut(&seq).is_some_and(|entry| {
+                        entry.state = EntryState::Sent(packet_id);
+                        true
+                    })
+                }),
+                None => false,
+            },
+            Record::NextPacketId { sid, packet_id } => self.session(sid, |session| {
+                session.next_packet_id = Some(packet_id);
                 true
             }),
             Record::Released { seq } => self.entry(seq, |entry| match entry.state {
@@ -234,6 +246,7 @@ impl Replay {
                     })
                     .collect(),
                 awaiting_pubrel: session.awaiting_pubrel,
+                next_packet_id: session.next_packet_id,
             })
             .collect();
         let mut retained: Vec<StoredMessage> = self.retained.into_values().collect();

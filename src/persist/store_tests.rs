@@ -123,6 +123,7 @@ fn partition_sends_each_session_home_and_every_retained_message_everywhere() {
         subscriptions: Vec::new(),
         entries: Vec::new(),
         awaiting_pubrel: Vec::new(),
+        next_packet_id: None,
     };
     let ids: Vec<String> = (0..20).map(|n| format!("client-{n}")).collect();
     let image = Image {

@@ -346,3 +346,38 @@ fn after_a_restart_publishes_reach_restored_subscribers_elsewhere_before_any_int
     let publishes = cluster.remote_log.iter().filter(|(_, _, name)| *name == "Publish").count();
     assert_eq!(publishes, 1, "the publish is routed to worker 1 without its Interest message");
 }
+
+#[test]
+fn packet_ids_continue_after_a_restart_instead_of_starting_again() {
+    // Found by the kill -9 test: restarting at id 1 reused an id the client still held for
+    // a message whose `Sent` record was lost, and a PUBREL re-sent for an older message
+    // under that id released the client's newer copy, which then came a second time.
+    let config = BrokerConfig::default();
+    let mut cluster = Cluster::single(config.clone());
+    let mut disk = Disk::attach(&mut cluster);
+    let subscriber = persistent_subscriber(&mut cluster, &mut disk, "sub", "ids");
+    cluster.set_auto_ack(subscriber, true);
+    let publisher = cluster.connect("pub", true);
+    for n in 0..3u8 {
+        cluster.publish(publisher, "ids", &[n], QoS::AtLeastOnce, false);
+        disk.flush_all(&mut cluster);
+    }
+    let ids: Vec<u16> = cluster
+        .recv_acking(subscriber)
+        .iter()
+        .filter_map(|publish| publish.packet_id.map(|id| id.get()))
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    cluster.drop_client(subscriber);
+    disk.flush_all(&mut cluster);
+    let (mut cluster, _disk) = disk.restart(1, config);
+    let publisher = cluster.connect("pub", true);
+    cluster.publish(publisher, "ids", b"after", QoS::AtLeastOnce, false);
+    let (subscriber, _) = cluster.connect_on(0, connect_packet("sub", false));
+    let ids: Vec<u16> = cluster
+        .recv_publishes(subscriber)
+        .iter()
+        .filter_map(|publish| publish.packet_id.map(|id| id.get()))
+        .collect();
+    assert_eq!(ids, [4]);
+}
