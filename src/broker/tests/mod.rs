@@ -10,6 +10,7 @@ mod interest;
 mod keepalive;
 mod publish;
 mod qos;
+mod retain_confirm;
 mod retained;
 mod session;
 mod subscribe;
