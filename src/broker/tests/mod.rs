@@ -4,6 +4,7 @@
 mod harness;
 
 mod cluster;
+mod conformance;
 mod connect;
 mod flow;
 mod interest;
