@@ -277,9 +277,9 @@ impl Broker {
                     self.journal(|| Record::Released { seq });
                 }
                 self.client_progressed(conn);
-                self.write_ack(conn, Packet::Pubrel(id), false);
+                self.write_durable_ack(conn, Packet::Pubrel(id));
             }
-            PubrecOutcome::AlreadyReleased => self.write_ack(conn, Packet::Pubrel(id), false),
+            PubrecOutcome::AlreadyReleased => self.write_durable_ack(conn, Packet::Pubrel(id)),
             PubrecOutcome::Unknown => self.stats.unexpected_acks += 1,
         }
     }

@@ -68,12 +68,22 @@ enum Held {
 
 #[derive(Debug)]
 struct HeldAck {
+    /// Order of holding: a pending record registered at `index` n binds the acks from n on.
+    index: u64,
     conn: ConnId,
     position: u64,
     remote: SmallVec<[(WorkerId, u64); 2]>,
-    /// Appended once `remote` is satisfied; the ack then waits for it too.
-    after_remote: Option<Record>,
     held: Held,
+}
+
+/// A record that may be journaled only once peers confirmed what was sent them before it
+/// (a cross-worker QoS 2 id, see the module documentation).
+#[derive(Debug)]
+struct PendingRecord {
+    /// `Durability::held_count` when it was registered.
+    registered_at: u64,
+    remote: SmallVec<[(WorkerId, u64); 2]>,
+    record: Record,
 }
 
 #[derive(Debug)]
@@ -89,6 +99,9 @@ pub(super) struct Durability {
     peers: Vec<PeerCounts>,
     /// The (peer, count) pairs the message being routed was sent as.
     route: SmallVec<[(WorkerId, u64); 4]>,
+    /// Acks held so far (numbers them); records waiting for peers, oldest first.
+    held_count: u64,
+    pending: VecDeque<PendingRecord>,
 }
 
 impl Durability {
@@ -104,6 +117,8 @@ impl Durability {
             held: VecDeque::new(),
             peers: vec![PeerCounts::default(); usize::from(workers)],
             route: SmallVec::new(),
+            held_count: 0,
+            pending: VecDeque::new(),
         }
     }
 
@@ -146,9 +161,39 @@ impl Durability {
         remote.iter().all(|&(worker, count)| self.peers[worker.index()].acked >= count)
     }
 
-    /// Whether an ack decided now may go at once.
-    fn clear(&self, remote: &[(WorkerId, u64)]) -> bool {
-        self.held.is_empty() && self.appended <= self.durable && self.remote_satisfied(remote)
+    /// What an ack decided now waits for from the peers: everything sent to each so far
+    /// (conservative: acks are decided after any retained confirmation, when the message's own
+    /// sends are no longer told apart; FIFO channels make the wait about one round trip).
+    fn remote_now(&self) -> SmallVec<[(WorkerId, u64); 2]> {
+        let unconfirmed = self.peers.iter().enumerate().filter(|(_, peer)| peer.sent > peer.acked);
+        unconfirmed.map(|(index, peer)| (WorkerId(index as u16), peer.sent)).collect()
+    }
+
+    /// Holds an ack (or a SUBACK answer) until what was appended and sent so far is durable;
+    /// `None` if it may go at once.
+    fn hold(&mut self, conn: ConnId, held: Held) -> Option<Held> {
+        let remote = self.remote_now();
+        if self.held.is_empty() && self.appended <= self.durable && remote.is_empty() {
+            return Some(held);
+        }
+        let index = self.held_count;
+        self.held_count += 1;
+        self.held.push_back(HeldAck { index, conn, position: self.appended, remote, held });
+        None
+    }
+
+    /// Journals the pending records whose peers have confirmed; the acks held from their
+    /// registration on wait for them too.
+    fn append_confirmed_pending(&mut self) {
+        while self.pending.front().is_some_and(|pending| self.remote_satisfied(&pending.remote)) {
+            // Cannot fail: the front exists.
+            let pending = self.pending.pop_front().expect("front exists");
+            self.append(&pending.record);
+            let position = self.appended;
+            for held in self.held.iter_mut().filter(|held| held.index >= pending.registered_at) {
+                held.position = held.position.max(position);
+            }
+        }
     }
 }
 
@@ -205,7 +250,7 @@ impl Broker {
     }
 
     /// Acknowledgements waiting for durability.
-    pub fn held_ack_count(&self) -> usize {
+    pub fn durable_held_count(&self) -> usize {
         self.durability.as_ref().map_or(0, |d| d.held.len())
     }
 
@@ -239,6 +284,7 @@ impl Broker {
         let peer = &mut d.peers[from.index()];
         assert!(count <= peer.sent, "{from:?} confirmed more than was sent to it");
         peer.acked = peer.acked.max(count);
+        d.append_confirmed_pending();
         self.release_held(now);
     }
 
@@ -253,7 +299,7 @@ impl Broker {
     /// the ack of the message being routed waits for.
     pub(super) fn count_remote_send(&mut self, to: WorkerId, msg: &RemoteMsg) {
         let Some(d) = self.durability.as_deref_mut() else { return };
-        if matches!(msg, RemoteMsg::Publish(_) | RemoteMsg::Retain(_)) {
+        if matches!(msg, RemoteMsg::Publish(_) | RemoteMsg::Retain { .. }) {
             let peer = &mut d.peers[to.index()];
             peer.sent += 1;
             d.route.push((to, peer.sent));
@@ -267,51 +313,29 @@ impl Broker {
         }
     }
 
-    /// Writes an acknowledgement now, or holds it until what it promises is durable.
-    /// `routed`: it acknowledges the message just routed (whose remote sends it waits for).
-    pub(super) fn write_ack(&mut self, conn: ConnId, packet: Packet, routed: bool) {
-        self.write_ack_then(conn, packet, routed, None);
-    }
-
-    /// `write_ack`, with `record` journaled first: at once if the message went to no other
-    /// worker, else once they all confirmed it durable (see the module documentation).
-    fn write_ack_then(
-        &mut self,
-        conn: ConnId,
-        packet: Packet,
-        routed: bool,
-        record: Option<Record>,
-    ) {
+    /// Writes an acknowledgement (PUBACK, PUBREC, PUBCOMP, PUBREL, UNSUBACK) now, or holds it
+    /// until everything appended and sent to peers so far is durable, in the worker's FIFO.
+    pub(super) fn write_durable_ack(&mut self, conn: ConnId, packet: Packet) {
         let Some(d) = self.durability.as_deref_mut() else {
             return self.write_control(conn, &packet);
         };
-        let remote = if routed { std::mem::take(&mut d.route) } else { SmallVec::new() };
-        let mut after_remote = None;
-        match record {
-            Some(record) if remote.is_empty() => d.append(&record),
-            record => after_remote = record,
+        if let Some(Held::Control(packet)) = d.hold(conn, Held::Control(packet)) {
+            self.write_control(conn, &packet);
         }
-        if after_remote.is_none() && d.clear(&remote) {
-            return self.write_control(conn, &packet);
-        }
-        let remote = remote.into_iter().collect();
-        let held = Held::Control(packet);
-        d.held.push_back(HeldAck { conn, position: d.appended, remote, after_remote, held });
     }
 
-    /// PUBREC for a QoS 2 PUBLISH; `delivered`: it was routed now (not a re-sent one), from
-    /// a persistent session whose id must be journaled.
-    pub(super) fn write_pubrec(
-        &mut self,
-        conn: ConnId,
-        session: SessionId,
-        id: PacketId,
-        delivered: bool,
-    ) {
-        let persistent = self.sessions.get(session).persistent;
-        let record = (delivered && persistent)
-            .then_some(Record::Qos2Received { sid: session.0, packet_id: id });
-        self.write_ack_then(conn, Packet::Pubrec(id), delivered, record);
+    /// A QoS 2 PUBLISH from persistent session `session` was just routed: journal its id now
+    /// if it went to no other worker (the same batch as its local copies), else once every
+    /// worker it went to confirmed its copy durable. Its PUBREC, decided after this, waits.
+    pub(super) fn journal_qos2_received(&mut self, session: SessionId, packet_id: PacketId) {
+        let Some(d) = self.durability.as_deref_mut() else { return };
+        let record = Record::Qos2Received { sid: session.0, packet_id };
+        let remote: SmallVec<[(WorkerId, u64); 2]> = d.route.drain(..).collect();
+        if remote.is_empty() || d.remote_satisfied(&remote) {
+            return d.append(&record);
+        }
+        let registered_at = d.held_count;
+        d.pending.push_back(PendingRecord { registered_at, remote, record });
     }
 
     /// A persistent session's SUBACK (and the retained messages after it) waits until its
@@ -326,32 +350,20 @@ impl Broker {
         let Some(d) = self.durability.as_deref_mut().filter(|_| persistent) else {
             return Some(answer);
         };
-        if d.clear(&[]) {
-            return Some(answer);
+        match d.hold(conn, Held::Subscribe(session, answer)) {
+            Some(Held::Subscribe(_, answer)) => Some(answer),
+            _ => None,
         }
-        let position = d.appended;
-        let held = Held::Subscribe(session, answer);
-        let remote = SmallVec::new();
-        d.held.push_back(HeldAck { conn, position, remote, after_remote: None, held });
-        None
     }
 
     fn release_held(&mut self, now: Millis) {
         loop {
             let Some(d) = self.durability.as_deref_mut() else { return };
             let Some(front) = d.held.front() else { return };
-            if !d.remote_satisfied(&front.remote) {
-                return;
-            }
-            if front.after_remote.is_some() {
-                // Cannot fail: just checked.
-                let front = d.held.front_mut().expect("front exists");
-                let record = front.after_remote.take().expect("checked");
-                d.appended += encode(&record, &mut d.journal) as u64;
-                front.position = d.appended;
-                return;
-            }
-            if front.position > d.durable {
+            // A record pending since before this ack must be journaled (and durable) first.
+            let pending_first =
+                d.pending.front().is_some_and(|pending| pending.registered_at <= front.index);
+            if pending_first || !d.remote_satisfied(&front.remote) || front.position > d.durable {
                 return;
             }
             // Cannot fail: the front exists.

@@ -6,7 +6,8 @@
 //! until PUBREL, which is answered PUBCOMP [MQTT-4.3.3-2] [MQTT-3.6.4-1].
 //!
 //! Routing: a RETAIN=1 message updates the retained store through the topic's owner
-//! [MQTT-3.3.1-5] (an empty payload deletes [MQTT-3.3.1-10]); then the index gives the local
+//! [MQTT-3.3.1-5] (an empty payload deletes [MQTT-3.3.1-10]), and a QoS 1/2 one's PUBACK or
+//! PUBREC waits until every worker's replica has it (`retain_confirm.rs`); then the index gives the local
 //! sessions (each once, at its highest granted QoS [MQTT-3.3.5-1]) and the interested workers.
 //! Local sessions get min(published, granted) QoS [MQTT-3.8.4-6] with RETAIN=0
 //! [MQTT-3.3.1-9]; each interested worker gets one `RemoteMsg::Publish`.
@@ -17,9 +18,10 @@
 
 use super::delivery::Variants;
 use super::inflight::IncomingQos2;
-use super::{Broker, CloseReason, ConnId, Message, Millis, RemoteMsg, SessionId};
+use super::retain_confirm::Ack;
+use super::{Broker, CloseReason, ConnId, Message, Millis, RemoteMsg, RetainToken, SessionId};
 use crate::persist::record::Record;
-use crate::protocol::{Packet, PacketId, Publish, QoS};
+use crate::protocol::{PacketId, Publish, QoS};
 
 impl Broker {
     pub(super) fn handle_publish(
@@ -47,12 +49,34 @@ impl Broker {
             }
         };
         if message.qos == QoS::AtLeastOnce {
-            self.route_publish(message, now);
-            // Held until the message is durable wherever it went (`durable.rs`).
-            self.write_ack(conn, Packet::Puback(id), true);
+            let token = self.route_acknowledged(conn, message, now);
+            self.answer(conn, Ack::Puback(id), token);
             return;
         }
         self.receive_qos2(conn, session, id, message, now);
+    }
+
+    /// Routes a QoS 1/2 message from `conn`; a retained one returns the token of the update
+    /// its acknowledgement waits for (`retain_confirm.rs`), if any.
+    fn route_acknowledged(
+        &mut self,
+        conn: ConnId,
+        message: Message,
+        now: Millis,
+    ) -> Option<RetainToken> {
+        self.journal_begin_route();
+        let token =
+            if message.retain { self.update_retained(&message, Some(conn), now) } else { None };
+        self.route_to_subscribers(&message, now);
+        token
+    }
+
+    /// Writes `ack`, or holds it until retained update `token` is in effect everywhere.
+    fn answer(&mut self, conn: ConnId, ack: Ack, token: Option<RetainToken>) {
+        match token {
+            Some(token) => self.hold_ack(conn, ack, token),
+            None => self.write_ack(conn, ack),
+        }
     }
 
     fn receive_qos2(
@@ -64,12 +88,20 @@ impl Broker {
         now: Millis,
     ) {
         let awaiting_max = self.config.max_awaiting_pubrel;
-        let delivered = match self.sessions.get_mut(session).incoming.on_publish(id, awaiting_max) {
+        let token = match self.sessions.get_mut(session).incoming.on_publish(id, awaiting_max) {
             IncomingQos2::Deliver => {
-                self.route_publish(message, now);
-                true
+                let token = self.route_acknowledged(conn, message, now);
+                if self.sessions.get(session).persistent {
+                    // Before the PUBREC is decided, which then waits for it (`durable.rs`).
+                    self.journal_qos2_received(session, id);
+                }
+                if let Some(token) = token {
+                    self.note_qos2_token(session, id, token);
+                }
+                token
             }
-            IncomingQos2::Duplicate => false,
+            // Not routed again; its PUBREC waits for the first copy's retained update, if any.
+            IncomingQos2::Duplicate => self.qos2_token(conn, session, id),
             IncomingQos2::Full => {
                 let violation = CloseReason::ProtocolViolation(
                     "more QoS 2 PUBLISHes awaiting PUBREL than max_awaiting_pubrel",
@@ -77,8 +109,7 @@ impl Broker {
                 return self.close_conn(conn, Some(violation), now);
             }
         };
-        // Held until the message is durable wherever it went, its id journaled (`durable.rs`).
-        self.write_pubrec(conn, session, id, delivered);
+        self.answer(conn, Ack::Pubrec(id), token);
     }
 
     pub(super) fn handle_pubrel(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
@@ -88,19 +119,25 @@ impl Broker {
         if state.incoming.on_pubrel(id) && state.persistent {
             self.journal(|| Record::Qos2Released { sid: session.0, packet_id: id });
         }
-        // PUBCOMP lets the client reuse the id: only once the release is durable.
-        self.write_ack(conn, Packet::Pubcomp(id), false);
+        // PUBCOMP lets the client reuse the id: only once the release is durable (the final
+        // write goes through `write_durable_ack`).
+        self.write_ack(conn, Ack::Pubcomp(id));
     }
 
-    /// Routes a message published here (by a client, as a will, or as `$SYS`).
+    /// Routes a message published here with no acknowledgement to wait for it (a client's QoS
+    /// 0, a will, `$SYS`).
     pub(super) fn route_publish(&mut self, message: Message, now: Millis) {
-        self.journal_begin_route();
         if message.retain {
-            self.update_retained(&message, now);
+            self.update_retained(&message, None, now);
         }
+        self.route_to_subscribers(&message, now);
+    }
+
+    /// Delivers `message` to the local subscribers and sends it to the interested workers.
+    fn route_to_subscribers(&mut self, message: &Message, now: Millis) {
         let mut matches = std::mem::take(&mut self.matches);
         self.subscriptions.match_topic(&message.topic, &mut matches);
-        self.fan_out(&message, &matches.sessions, now);
+        self.fan_out(message, &matches.sessions, now);
         for worker in matches.workers.iter() {
             if worker != self.me {
                 self.send_remote(worker, RemoteMsg::Publish(message.clone()));

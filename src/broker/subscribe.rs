@@ -118,7 +118,15 @@ impl Broker {
                 self.stats.subscriptions_refused += 1;
                 return (SubackCode::Failure, 0);
             }
-            None => subscriptions.push((filter.clone(), qos)),
+            None => {
+                // The first few grow one at a time: most sessions hold one or two filters,
+                // and a first push would otherwise reserve room for four (120 bytes an idle
+                // session never uses). Past that, the usual doubling.
+                if count < 4 {
+                    subscriptions.reserve_exact(1);
+                }
+                subscriptions.push((filter.clone(), qos));
+            }
         }
         if self.sessions.get(session).persistent {
             self.journal(|| Record::Subscribe { sid: session.0, filter: filter.clone(), qos });
@@ -175,7 +183,7 @@ impl Broker {
                 self.journal(|| Record::Unsubscribe { sid: session.0, filter: filter.clone() });
             }
         }
-        self.write_ack(conn, Packet::Unsuback(unsubscribe.packet_id), false);
+        self.write_durable_ack(conn, Packet::Unsuback(unsubscribe.packet_id));
     }
 
     /// Removes one subscription from the index, telling the other workers if it was the last.

@@ -109,7 +109,7 @@ fn a_puback_waits_until_the_persistent_subscribers_copy_is_durable() {
     let publisher = cluster.connect("pub", true);
     cluster.publish(publisher, "t", b"m", QoS::AtLeastOnce, false);
     assert!(cluster.recv(publisher).is_empty(), "PUBACK before the message is durable");
-    assert_eq!(cluster.broker(0).held_ack_count(), 1);
+    assert_eq!(cluster.broker(0).durable_held_count(), 1);
     disk.flush(&mut cluster, 0);
     let id = pid(cluster.last_packet_id(publisher));
     assert_eq!(cluster.recv(publisher), vec![Packet::Puback(id)]);

@@ -4,6 +4,7 @@
 mod harness;
 
 mod cluster;
+mod conformance;
 mod connect;
 mod durable;
 mod flow;
@@ -11,6 +12,7 @@ mod interest;
 mod keepalive;
 mod publish;
 mod qos;
+mod retain_confirm;
 mod retained;
 mod session;
 mod subscribe;
