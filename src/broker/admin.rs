@@ -184,7 +184,8 @@ impl Broker {
             return false;
         }
         let delete = Message { topic, payload: Bytes::new(), qos: QoS::AtMostOnce, retain: true };
-        self.update_retained(&delete, now);
+        // No connection waits for it, so nothing to confirm.
+        let _ = self.update_retained(&delete, None, now);
         true
     }
 }
