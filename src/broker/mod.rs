@@ -83,6 +83,8 @@ mod will;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topic_strategies;
 
 pub use config::BrokerConfig;
 pub use ids::{ConnId, Millis, SessionId, WorkerId, WorkerSet};
