@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod ops;
 pub mod persist;
 pub mod protocol;
 pub mod runtime;

@@ -26,6 +26,7 @@ use super::config::RuntimeConfig;
 use super::conn::ConnTable;
 use super::journal::Journal;
 use super::mesh::MeshEnd;
+use super::ops_link::{OpsState, WorkerOps};
 use super::peers::{Inbound, MeshItem, Peers};
 use super::send::SendPool;
 use super::signals::StopWatch;
@@ -62,6 +63,8 @@ pub struct WorkerSetup {
     pub mesh: Option<MeshEnd<MeshItem>>,
     /// Persistence: the recovered state and where to write; `None` when it is off.
     pub journal: Option<super::journal::JournalSetup>,
+    /// Its statistics block and control queue (`ops_link`).
+    pub ops: WorkerOps,
 }
 
 /// Counters, not log lines, per event on the message path; logged when the worker stops.
@@ -149,6 +152,8 @@ pub struct Worker {
     /// The persistence journal's writer; `None` when persistence is off.
     pub(super) journal: Option<super::journal::Journal>,
     pub counters: WorkerCounters,
+    /// Statistics export and admin requests (`ops_link`).
+    pub(super) ops: OpsState,
 }
 
 /// The CQ holds a turn's completions without overflowing in the common worst case: a receive
@@ -231,11 +236,17 @@ impl Worker {
             index: setup.index,
             journal,
             counters: WorkerCounters::default(),
+            ops: OpsState::new(setup.ops),
         })
     }
 
     pub fn now(&self) -> Millis {
-        Millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+        self.millis_at(Instant::now())
+    }
+
+    fn millis_at(&self, instant: Instant) -> Millis {
+        let since = instant.saturating_duration_since(self.epoch);
+        Millis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Runs the loop until a stop has been carried out.
@@ -263,10 +274,12 @@ impl Worker {
             let waited = self.ring.submit_and_wait(timeout);
             self.peers.woke();
             waited?;
-            let now = self.now();
+            let turn_started = Instant::now();
+            let now = self.millis_at(turn_started);
             self.dispatch_completions(now);
             self.drain_peers(now);
             self.produce_output(now);
+            self.end_turn(turn_started, now);
             if self.finished(now) {
                 break;
             }
@@ -301,6 +314,7 @@ impl Worker {
             self.adopt(slot, record, now);
         }
         self.adoptions = adoptions;
+        self.drain_control(now);
     }
 
     /// Phase 4: deadlines, the broker's actions, and the sends they call for.
@@ -351,6 +365,7 @@ impl Worker {
             self.lingering.front().map(|(deadline, _)| *deadline),
             self.accept_retry_at,
             self.journal.as_ref().and_then(Journal::deadline),
+            self.ops.exporter.deadline(),
             self.stopping.map(|(flush, abandon)| if now < flush { flush } else { abandon }),
         ];
         let earliest = deadlines.into_iter().flatten().min()?;
