@@ -198,7 +198,7 @@ while :; do
   [[ ${READY:-0} -ge $N ]] && break
   if tr '\r' '\n' <"$RUN/sub.log" | tail -1 | grep -q ' running '; then
     # The bench gave up on the connections that failed and moved on: this is where it stops.
-    echo "only ${READY:-0}/$N ready; the rest failed: $(tr '\r' '\n' <"$RUN/sub.log" | tail -1)"
+    echo "only ${READY:-0}/$N ready when the bench stopped waiting (failed or still connecting): $(tr '\r' '\n' <"$RUN/sub.log" | tail -1)"
     echo "  broker RSS $(rss_kb "$BROKER") kB (before ${RSS_BEFORE} kB); $(sockstat); broker log:"
     grep -v '^$' "$RUN/broker.log" | sort | uniq -c | sort -rn | head -3
     exit 1
