@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::rumqtt::{self, Session};
 use common::{unique_id, Broker};
+use ringmq::protocol::Packet;
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -288,4 +289,18 @@ fn check_config_exits_0_when_valid_and_1_with_every_problem() {
     let (code, text) = check_config(&["-c", "/nonexistent/ringmq.toml"]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("cannot read config file /nonexistent/ringmq.toml"), "{text}");
+}
+
+#[test]
+fn debug_logs_say_when_a_connection_opens_and_closes_and_why() {
+    let broker = Broker::start(&["--workers", "1", "--log-level", "debug"]);
+    let mut client = broker.raw_client(&unique_id("logged"));
+    client.send(&Packet::Disconnect);
+    assert!(client.wait_closed(SETTLE).is_some(), "the broker closes after DISCONNECT");
+    let log = broker.stop();
+    let closing =
+        log.lines().find(|line| line.contains("closing")).unwrap_or_else(|| panic!("{log}"));
+    assert!(closing.contains("DEBUG") && closing.contains("client sent DISCONNECT"), "{closing}");
+    assert!(log.lines().any(|line| line.contains("DEBUG") && line.contains("connection opened")));
+    assert!(log.lines().any(|line| line.contains("DEBUG") && line.contains("connection closed")));
 }
