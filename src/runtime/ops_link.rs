@@ -226,6 +226,7 @@ impl Worker {
             (Metric::MeshPushed, mesh.pushed),
             (Metric::MeshReceived, mesh.received),
             (Metric::MeshOverflowed, mesh.overflowed),
+            (Metric::MeshOverflowHighWater, mesh.overflow_high_water as u64),
             (Metric::MeshDoorbells, mesh.doorbells_rung),
             (Metric::AdminRequests, self.ops.requests_answered),
         ];
