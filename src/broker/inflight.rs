@@ -278,7 +278,7 @@ impl Incoming {
 
     /// The ids awaiting PUBREL, in no particular order.
     pub fn ids(&self) -> impl Iterator<Item = PacketId> + '_ {
-        self.awaiting_pubrel.iter().copied()
+        self.awaiting_pubrel.iter().flat_map(|awaiting| awaiting.iter().copied())
     }
 }
 
