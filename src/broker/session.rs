@@ -104,6 +104,11 @@ impl SessionTable {
         // Cannot truncate: `insert` refuses indices beyond u32.
         self.slab.iter().map(|(index, session)| (SessionId(index as u32), session))
     }
+
+    /// One past the highest slot a session can occupy now: what a scan by slot covers.
+    pub fn slots(&self) -> usize {
+        self.slab.capacity()
+    }
 }
 
 impl Broker {
