@@ -70,14 +70,36 @@ pip_install() {
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
 }
 
+# Headless Chromium (Debian's package) and the npm packages of tests/browser/ (MQTT.js,
+# playwright-core, pinned by its package-lock.json), for every browser test (the WebSocket
+# round trip in tests/python/test_browser.py; the ops dashboard's screenshot). Idempotent:
+# npm runs only when node_modules is missing or older than the lock file.
+install_browser() {
+    if command -v dpkg-query >/dev/null; then
+        apt_install chromium
+        command -v npm >/dev/null || apt_install nodejs npm
+    fi
+    if ! command -v npm >/dev/null; then
+        log "WARNING: no npm: the browser tests will fail"
+        return 0
+    fi
+    local dir=tests/browser
+    if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+        log "npm ci in $dir"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) && touch "$dir/node_modules"
+    fi
+}
+
 install_dependencies() {
     if ! command -v python3 >/dev/null; then apt_install python3; fi
     if command -v dpkg-query >/dev/null; then
-        apt_install mosquitto mosquitto-clients
+        # openssl: the TLS tests make their certificates with it.
+        apt_install mosquitto mosquitto-clients openssl
     elif ! command -v mosquitto_pub >/dev/null; then
         log "WARNING: no dpkg and no mosquitto_pub: install the Mosquitto clients by hand"
     fi
     python_has paho-mqtt 2 || pip_install 'paho-mqtt>=2,<3'
+    install_browser
     python_has pytest 9 || python_has pytest 8 || pip_install 'pytest>=8,<10'
     python_has pytest-timeout 2 || pip_install 'pytest-timeout>=2,<3'
     local component

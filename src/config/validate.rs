@@ -11,6 +11,7 @@ use std::fmt;
 
 use crate::broker::{BrokerConfig, WorkerSet};
 use crate::runtime::RuntimeConfig;
+use crate::transport::ListenerKind;
 
 /// `IORING_MAX_ENTRIES`: the largest submission queue `io_uring_setup` accepts.
 pub const RING_ENTRIES_MAX: u32 = 32_768;
@@ -100,6 +101,7 @@ pub fn validate(
 ) -> Result<Vec<String>, Vec<Invalid>> {
     let mut checker = Checker::default();
     check_listeners(&mut checker, runtime);
+    check_transports(&mut checker, runtime);
     check_capacity(&mut checker, runtime, kernel);
     check_rings(&mut checker, runtime);
     check_broker(&mut checker, broker);
@@ -111,15 +113,18 @@ pub fn validate(
 }
 
 fn check_listeners(checker: &mut Checker, runtime: &RuntimeConfig) {
-    checker.require(!runtime.listeners.is_empty(), "bind", || {
+    checker.require(!runtime.all_listeners().is_empty(), "bind", || {
         "at least one listen address is needed".to_owned()
     });
     let mut seen = HashSet::new();
-    for addr in &runtime.listeners {
-        checker.require(seen.insert(addr), "bind", || format!("{addr} is listed twice"));
+    // SO_REUSEPORT would let two listeners share an address (and split its clients between
+    // them at random), so an address is refused twice across all listener kinds.
+    for (addr, kind) in runtime.all_listeners() {
+        let key = bind_key(kind);
+        checker.require(seen.insert(addr), key, || format!("{addr} is listed twice"));
         // Each worker binds its own SO_REUSEPORT socket; with port 0 each would get a
         // different ephemeral port.
-        checker.require(addr.port() != 0, "port", || {
+        checker.require(addr.port() != 0, key, || {
             format!("{addr}: port 0 is not supported (each worker would get its own port)")
         });
     }
@@ -136,6 +141,46 @@ fn check_listeners(checker: &mut Checker, runtime: &RuntimeConfig) {
             format!("must be at most {SOCKET_INT_MAX} (0 keeps the kernel default), got {bytes}")
         });
     }
+}
+
+fn bind_key(kind: ListenerKind) -> &'static str {
+    match kind {
+        ListenerKind::Mqtt => "bind",
+        ListenerKind::Mqtts => "tls_bind",
+        ListenerKind::Ws => "ws_bind",
+        ListenerKind::Wss => "wss_bind",
+    }
+}
+
+/// TLS needs its files, and client-certificate options need each other (as in Mosquitto).
+fn check_transports(checker: &mut Checker, runtime: &RuntimeConfig) {
+    let tls = &runtime.tls;
+    let given = |path: &std::path::Path| !path.as_os_str().is_empty();
+    if runtime.uses_tls() {
+        for (key, path) in [("certfile", &tls.certfile), ("keyfile", &tls.keyfile)] {
+            checker.require(given(path), key, || {
+                "a TLS listener (tls_bind, wss_bind) needs certfile and keyfile".to_owned()
+            });
+        }
+    } else {
+        checker.warn_if(given(&tls.certfile) || given(&tls.cafile), || {
+            "certfile/cafile are set but no TLS listener (tls_bind, wss_bind) uses them".to_owned()
+        });
+    }
+    checker.require(!tls.require_certificate || given(&tls.cafile), "require_certificate", || {
+        "needs cafile (the CAs that sign client certificates)".to_owned()
+    });
+    checker.require(
+        !tls.use_identity_as_username || tls.require_certificate,
+        "use_identity_as_username",
+        || "needs require_certificate = true (the name comes from the certificate)".to_owned(),
+    );
+    let path = &runtime.ws_path;
+    checker.require(
+        path.starts_with('/') && !path.contains(char::is_whitespace),
+        "ws_path",
+        || format!("must be an HTTP path starting with `/`, got {path:?}"),
+    );
 }
 
 fn check_capacity(checker: &mut Checker, runtime: &RuntimeConfig, kernel: &KernelLimits) {
