@@ -124,7 +124,8 @@ fn check_listeners(checker: &mut Checker, runtime: &RuntimeConfig) {
         checker.require(seen.insert(addr), key, || format!("{addr} is listed twice"));
         // Each worker binds its own SO_REUSEPORT socket; with port 0 each would get a
         // different ephemeral port.
-        checker.require(addr.port() != 0, key, || {
+        let port_key = if kind == ListenerKind::Mqtt { "port" } else { key };
+        checker.require(addr.port() != 0, port_key, || {
             format!("{addr}: port 0 is not supported (each worker would get its own port)")
         });
     }
@@ -390,6 +391,47 @@ mod tests {
         assert_eq!(rejected(|r, _| r.listeners = vec![twice, twice]), ["bind"]);
         assert_eq!(rejected(|r, _| r.listen_backlog = 0), ["listen_backlog"]);
         assert_eq!(rejected(|r, _| r.socket_sndbuf_bytes = u32::MAX), ["socket_sndbuf_bytes"]);
+    }
+
+    #[test]
+    fn tls_listeners_need_their_files_and_client_certificate_options_need_each_other() {
+        let tls = ("127.0.0.1:8883".parse().unwrap(), ListenerKind::Mqtts);
+        assert_eq!(rejected(|r, _| r.layered_listeners = vec![tls]), ["certfile", "keyfile"]);
+        let with_files = |r: &mut RuntimeConfig| {
+            r.layered_listeners = vec![tls];
+            r.tls.certfile = "server.pem".into();
+            r.tls.keyfile = "server.key".into();
+        };
+        assert!(rejected(|r, _| with_files(r)).is_empty());
+        let required = |r: &mut RuntimeConfig, _: &mut BrokerConfig| {
+            with_files(r);
+            r.tls.require_certificate = true;
+        };
+        assert_eq!(rejected(required), ["require_certificate"], "needs cafile");
+        let identity = |r: &mut RuntimeConfig, _: &mut BrokerConfig| {
+            with_files(r);
+            r.tls.cafile = "ca.pem".into();
+            r.tls.use_identity_as_username = true;
+        };
+        assert_eq!(rejected(identity), ["use_identity_as_username"], "needs require_certificate");
+        assert_eq!(rejected(|r, _| r.ws_path = "mqtt".into()), ["ws_path"]);
+    }
+
+    /// SO_REUSEPORT would let a plain and a WebSocket listener share an address and split
+    /// its clients between them: refused, under the later listener's key.
+    #[test]
+    fn an_address_is_refused_twice_across_listener_kinds() {
+        let addr = "127.0.0.1:1883".parse().unwrap();
+        let shared = |r: &mut RuntimeConfig, _: &mut BrokerConfig| {
+            r.listeners = vec![addr];
+            r.layered_listeners = vec![(addr, ListenerKind::Ws)];
+        };
+        assert_eq!(rejected(shared), ["ws_bind"]);
+        let only_ws = |r: &mut RuntimeConfig, _: &mut BrokerConfig| {
+            r.listeners.clear();
+            r.layered_listeners = vec![(addr, ListenerKind::Ws)];
+        };
+        assert!(rejected(only_ws).is_empty(), "a WebSocket listener alone is enough");
     }
 
     #[test]
