@@ -19,7 +19,7 @@ if (!url || !url.startsWith('ws')) {
 }
 
 const require = createRequire(import.meta.url);
-const bundle = fs.readFileSync(require.resolve('mqtt/dist/mqtt.min.js'));
+const bundle = fs.readFileSync(require.resolve('mqtt/dist/mqtt.min'));
 const page = `<!doctype html><meta charset="utf-8"><title>ringmq browser test</title>
 <script src="/mqtt.min.js"></script>
 <script>
