@@ -155,6 +155,9 @@ main() {
     if [ "${RINGMQ_SKIP_INSTALL:-0}" != 1 ]; then install_dependencies; fi
     step fmt cargo fmt --all -- --check
     step clippy cargo clippy --workspace --all-targets -- -D warnings
+    # Includes tests/density.rs (issue 6): 50,500 connections through an in-process broker,
+    # ~37 s here under load in a debug build (half of it the broker closing them), about a
+    # quarter of that on the CI runner.
     step test timeout 1800 cargo test --workspace
     if python_tests_present; then
         step pytest run_pytest
