@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotently; on Debian, as root), then runs every check:
-#   cargo fmt --check, cargo clippy -D warnings, cargo test --workspace, and pytest on
-#   tests/python/ when it holds tests. Every step runs even if an earlier one failed; the
+#   cargo fmt --check, cargo clippy -D warnings, cargo test --workspace, pytest on
+#   tests/python/ when it holds tests, and the headless-Chromium tests in tests/browser/. Every step runs even if an earlier one failed; the
 #   script exits non-zero if any failed. CI runs it through .ci/run.
 #
 # Environment:
 #   RINGMQ_SKIP_INSTALL=1   do not install anything (just run the checks)
 #   PYTEST_ARGS="..."       extra arguments for pytest (e.g. "-k retain -x")
+#   CHROMIUM=/path          the Chromium the browser tests drive (default /usr/bin/chromium)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -70,26 +71,6 @@ pip_install() {
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
 }
 
-# Headless Chromium (Debian's package) and the npm packages of tests/browser/ (MQTT.js,
-# playwright-core, pinned by its package-lock.json), for every browser test (the WebSocket
-# round trip in tests/python/test_browser.py; the ops dashboard's screenshot). Idempotent:
-# npm runs only when node_modules is missing or older than the lock file.
-install_browser() {
-    if command -v dpkg-query >/dev/null; then
-        apt_install chromium
-        command -v npm >/dev/null || apt_install nodejs npm
-    fi
-    if ! command -v npm >/dev/null; then
-        log "WARNING: no npm: the browser tests will fail"
-        return 0
-    fi
-    local dir=tests/browser
-    if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
-        log "npm ci in $dir"
-        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) && touch "$dir/node_modules"
-    fi
-}
-
 install_dependencies() {
     if ! command -v python3 >/dev/null; then apt_install python3; fi
     if command -v dpkg-query >/dev/null; then
@@ -98,8 +79,8 @@ install_dependencies() {
     elif ! command -v mosquitto_pub >/dev/null; then
         log "WARNING: no dpkg and no mosquitto_pub: install the Mosquitto clients by hand"
     fi
-    python_has paho-mqtt 2 || pip_install 'paho-mqtt>=2,<3'
     install_browser
+    python_has paho-mqtt 2 || pip_install 'paho-mqtt>=2,<3'
     python_has pytest 9 || python_has pytest 8 || pip_install 'pytest>=8,<10'
     python_has pytest-timeout 2 || pip_install 'pytest-timeout>=2,<3'
     local component
@@ -109,6 +90,27 @@ install_dependencies() {
             rustup component add "$component"
         fi
     done
+}
+
+# The browser tests: Debian's Chromium driven by npm's playwright-core (no browser download:
+# playwright-core is only the driver; executablePath points at the packaged Chromium).
+install_browser() {
+    if command -v dpkg-query >/dev/null; then
+        apt_install chromium nodejs npm
+    fi
+    if ! command -v npm >/dev/null; then
+        log "WARNING: no npm: the browser tests will fail"
+        return 0
+    fi
+    local lock_hash
+    lock_hash=$(cat tests/browser/package.json tests/browser/package-lock.json 2>/dev/null | sha256sum)
+    if [ -d tests/browser/node_modules ] \
+        && [ "$(cat tests/browser/node_modules/.installed-from 2>/dev/null)" = "$lock_hash" ]; then
+        return 0
+    fi
+    log "npm install (tests/browser)"
+    (cd tests/browser && npm install --no-audit --no-fund --loglevel=error) || return 1
+    printf '%s' "$lock_hash" >tests/browser/node_modules/.installed-from
 }
 
 # ---- Checking -----------------------------------------------------------------------------
@@ -151,6 +153,25 @@ run_pytest() {
     return "$status"
 }
 
+debug_binary() { # builds the debug binary and prints its path
+    cargo build --bin ringmq >&2 || return 1
+    local target_dir
+    target_dir=$(cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    printf '%s\n' "$target_dir/debug/ringmq"
+}
+
+run_browser_tests() {
+    local binary
+    binary=$(debug_binary) || return 1
+    local status=0 test
+    for test in tests/browser/*.test.mjs; do
+        log "browser: $test"
+        RINGMQ_BIN="$binary" timeout 120 node "$test" || status=1
+    done
+    return "$status"
+}
+
 main() {
     if [ "${RINGMQ_SKIP_INSTALL:-0}" != 1 ]; then install_dependencies; fi
     step fmt cargo fmt --all -- --check
@@ -164,6 +185,7 @@ main() {
     else
         log "pytest: skipped, tests/python/ holds no tests yet"
     fi
+    step browser run_browser_tests
     if [ "${#failed[@]}" -ne 0 ]; then
         log "FAILED steps: ${failed[*]}"
         exit 1

@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod ops;
 pub mod protocol;
 pub mod runtime;
 pub mod transport;

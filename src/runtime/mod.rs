@@ -20,11 +20,13 @@ pub mod bufring;
 pub mod config;
 pub mod conn;
 mod events;
+pub mod export;
 mod handoff;
 mod layers;
 pub mod listener;
 pub mod mesh;
 pub mod msg_ring;
+pub mod ops_link;
 mod output;
 mod pacing;
 pub mod peers;
@@ -54,9 +56,42 @@ use worker::{Worker, WorkerCounters, WorkerSetup};
 
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<()> {
-    // Before any thread exists, so every worker inherits the mask and only `sigwait` sees them.
+    run_with(runtime, broker, &StartOptions::default(), |_| Ok(()))
+}
+
+/// Options of [`start_with`] beyond the two layer configs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Depth of each worker's control queue (`ops_link`), the `admin_queue_depth` setting.
+    pub control_queue_depth: usize,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self { control_queue_depth: 16 }
+    }
+}
+
+/// [`run`], calling `attach` once the workers run (e.g. to start the operations thread with
+/// [`Running::take_ops_link`]); what it returns is dropped after the workers stopped.
+pub fn run_with<G>(
+    runtime: RuntimeConfig,
+    broker: BrokerConfig,
+    options: &StartOptions,
+    attach: impl FnOnce(&mut Running) -> anyhow::Result<G>,
+) -> anyhow::Result<()> {
+    // Before any thread exists, so every thread (workers, and the operations thread `attach`
+    // may start) inherits the mask and only `sigwait` sees them.
     signals::block()?;
-    let running = start(runtime, broker)?;
+    let mut running = start_with(runtime, broker, options)?;
+    let attached = match attach(&mut running) {
+        Ok(attached) => attached,
+        Err(error) => {
+            running.stop();
+            let _ = running.join();
+            return Err(error);
+        }
+    };
     // Signals, and a look every so often for a worker that ended on its own (a failure): then
     // the others are stopped too and its error is returned.
     loop {
@@ -71,6 +106,7 @@ pub fn run(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<()> {
     }
     running.stop();
     running.join()?;
+    drop(attached);
     Ok(())
 }
 
@@ -82,6 +118,7 @@ pub struct Running {
     transports: Arc<Transports>,
     stopper: Stopper,
     threads: Vec<JoinHandle<anyhow::Result<WorkerCounters>>>,
+    ops: Option<ops_link::OpsLink>,
 }
 
 impl Running {
@@ -100,6 +137,12 @@ impl Running {
     /// The shared transport configuration (e.g. to reload the certificates).
     pub fn transports(&self) -> &Arc<Transports> {
         &self.transports
+    }
+
+    /// The statistics blocks and control queues of the workers, for the operations thread;
+    /// `Some` once.
+    pub fn take_ops_link(&mut self) -> Option<ops_link::OpsLink> {
+        self.ops.take()
     }
 
     /// Asks every worker to stop (see the module documentation); returns at once.
@@ -125,6 +168,15 @@ impl Running {
 /// Checks the kernel, binds the listeners and starts the workers; returns once every worker
 /// has built its state (or the first failure, after stopping the others).
 pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Running> {
+    start_with(runtime, broker, &StartOptions::default())
+}
+
+/// [`start`] with options.
+pub fn start_with(
+    runtime: RuntimeConfig,
+    broker: BrokerConfig,
+    options: &StartOptions,
+) -> anyhow::Result<Running> {
     runtime.validate().map_err(|error| anyhow::anyhow!("runtime configuration: {error}"))?;
     // On a thread of its own, so the caller's thread gets no io_uring task context (whose
     // task work would interrupt its blocking calls) from the throwaway rings.
@@ -146,8 +198,12 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
     let cpus = allowed_cpus();
     tracing::info!(workers = runtime.workers, ?cpus, addrs = ?listeners.addrs, taskrun = ?support.mode, "starting");
     let stopper = Stopper::new(runtime.workers)?;
+    let wakers = (0..runtime.workers).map(|worker| stopper.waker(worker)).collect();
+    let (ops_link, worker_ops) =
+        ops_link::build(runtime.workers, options.control_queue_depth, wakers);
+    let mut worker_ops = worker_ops.into_iter();
     let connections = Arc::new(AtomicUsize::new(0));
-    let epoch = Instant::now();
+    let epoch = ops_link.epoch;
     let workers = u16::try_from(runtime.workers)?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(runtime.workers);
@@ -174,6 +230,7 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
             connections: Arc::clone(&connections),
             epoch,
             mesh: meshes[index].take(),
+            ops: worker_ops.next().expect("one ops side per worker"),
         };
         let ready = ready_tx.clone();
         let gates = Arc::clone(&gates);
@@ -183,7 +240,14 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
         threads.push(thread);
     }
     drop(ready_tx);
-    let running = Running { addrs: listeners.addrs, listener_kinds, transports, stopper, threads };
+    let running = Running {
+        addrs: listeners.addrs,
+        listener_kinds,
+        transports,
+        stopper,
+        threads,
+        ops: Some(ops_link),
+    };
     for _ in 0..runtime.workers {
         // A closed channel means a worker died before reporting; join() says how.
         let ready =
