@@ -75,23 +75,35 @@ for name in "${!port[@]}"; do
     done
 done
 
-run() { # run BROKER TRANSPORT MODE: one JSON line
+declare -A pid_of=([ringmq]=${pids[0]} [mosquitto]=${pids[1]})
+ticks=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of a process
+
+run() { # run BROKER TRANSPORT MODE: one JSON line, with the broker's CPU seconds added
     local args=(--json tls "$3" --port "${port[$1_$2]}" --threads "$threads" --duration "$duration"
         --payload-bytes "$payload")
     if [ "$2" = tcp ]; then args+=(--plain); else args+=(--cafile "$dir/ca.pem"); fi
-    "$bench" "${args[@]}"
+    local before after line
+    before=$(cpu_ticks "${pid_of[$1]}")
+    line=$("$bench" "${args[@]}")
+    after=$(cpu_ticks "${pid_of[$1]}")
+    python3 -c 'import json, sys; d = json.loads(sys.argv[1]); d["broker_cpu_secs"] = int(sys.argv[2]) / int(sys.argv[3]); print(json.dumps(d))' \
+        "$line" "$((after - before))" "$ticks"
 }
 
 field() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+per_cpu() { # per_cpu JSON COUNT_FIELD: COUNT_FIELD per broker CPU-second
+    python3 -c 'import json, sys; d = json.loads(sys.argv[1]); print(round(d[sys.argv[2]] / max(d["broker_cpu_secs"], 0.01)))' "$1" "$2"
+}
 
-echo "| broker | transport | sessions/s (connect+handshake+CONNACK) | p50 / p99 µs | msgs/s delivered ($payload B, $threads pubs) | MiB/s |"
-echo "| --- | --- | ---: | ---: | ---: | ---: |"
+echo "| broker | transport | sessions/s | p50 / p99 µs | sessions per broker CPU-s | msgs/s delivered ($payload B, $threads pubs) | MiB/s | msgs per broker CPU-s |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 for broker in ringmq mosquitto; do
     for transport in tcp tls; do
         hs=$(run "$broker" "$transport" handshakes)
         tp=$(run "$broker" "$transport" throughput)
         echo "$hs" >&2
         echo "$tp" >&2
-        echo "| $broker | $transport | $(field "$hs" per_sec) | $(field "$hs" p50_us) / $(field "$hs" p99_us) | $(field "$tp" msgs_per_sec) | $(field "$tp" mib_per_sec) |"
+        echo "| $broker | $transport | $(field "$hs" per_sec) | $(field "$hs" p50_us) / $(field "$hs" p99_us) | $(per_cpu "$hs" sessions) | $(field "$tp" msgs_per_sec) | $(field "$tp" mib_per_sec) | $(per_cpu "$tp" received) |"
     done
 done
