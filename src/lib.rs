@@ -10,3 +10,4 @@ pub mod ops;
 pub mod persist;
 pub mod protocol;
 pub mod runtime;
+pub mod transport;
