@@ -54,6 +54,8 @@ pub(super) struct Conn {
     pub queue_full_since: Option<Millis>,
     /// Whether a slow-consumer timer for this connection is on the wheel (at most one).
     pub slow_timer_filed: bool,
+    /// The peer's address, once the runtime gave it (`Broker::set_peer_addr`).
+    pub peer: Option<super::PeerAddr>,
 }
 
 impl Conn {
@@ -72,6 +74,7 @@ impl Conn {
             held_suback_bytes: 0,
             queue_full_since: None,
             slow_timer_filed: false,
+            peer: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod auth;
 mod cluster;
 mod connect;
 mod flow;
