@@ -34,6 +34,8 @@ pub struct HandoffRecord {
     pub key: HandoffKey,
     pub connect: Box<Connect>,
     pub leftover: BytesMut,
+    /// The peer's address, learned on the accepting worker.
+    pub peer: Option<crate::broker::PeerAddr>,
 }
 
 /// An inbound item, as phase 3 hands it to the worker.
