@@ -2,6 +2,9 @@
 //!
 //! Exit codes: 0 after a clean shutdown or `--print-config`; 2 for a configuration error
 //! (as clap does for a usage error); 1 when the runtime fails.
+//!
+//! `ringmq passwd ...` manages a password file instead (`passwd_main`): 0 on success, 1 on an
+//! error, 2 for a usage error.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -13,6 +16,9 @@ use ringmq::config::{self, Cli, Config, LogFormat};
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "passwd") {
+        return passwd_main();
+    }
     let cli = Cli::parse_args();
     let config = match config::load(&cli) {
         Ok(config) => config,
@@ -40,6 +46,28 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("ringmq: error: {error:#}");
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ringmq passwd`: add, change or delete a user in a password file.
+fn passwd_main() -> ExitCode {
+    use clap::Parser as _;
+    use ringmq::auth::passwd::{self, Outcome, PasswdArgs};
+    let args = PasswdArgs::parse_from(std::env::args_os().skip(1));
+    match passwd::run(&args, passwd::prompt_on_terminal) {
+        Ok(outcome) => {
+            let done = match outcome {
+                Outcome::Added => "added",
+                Outcome::Changed => "changed",
+                Outcome::Deleted => "deleted",
+            };
+            eprintln!("ringmq passwd: {} {done} in {}", args.user, args.file.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ringmq passwd: {error}");
             ExitCode::FAILURE
         }
     }
