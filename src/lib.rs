@@ -9,5 +9,6 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod ops;
 pub mod protocol;
 pub mod runtime;

@@ -18,6 +18,10 @@ pub struct WorkerStats {
     pub messages_received: u64,
     /// PUBLISH packets written to clients (first sends and redeliveries).
     pub messages_sent: u64,
+    /// `messages_received` by the QoS they were published with (index = QoS).
+    pub messages_received_by_qos: [u64; 3],
+    /// `messages_sent` by the QoS they were written with (index = QoS).
+    pub messages_sent_by_qos: [u64; 3],
     /// Bytes of packets received (their encoded size).
     pub bytes_received: u64,
     /// Bytes the runtime reported sent.
@@ -38,6 +42,8 @@ pub struct WorkerStats {
     pub messages_dropped_queue_full: u64,
     /// CONNECTs answered with a refusal.
     pub connects_refused: u64,
+    /// Of those, refused for bad credentials or as not authorized (CONNACK 4 or 5).
+    pub connects_refused_auth: u64,
     /// New sessions refused at `sessions_max`.
     pub sessions_refused_full: u64,
     /// Persistent sessions removed after `persistent_client_expiration_secs` offline.
@@ -54,6 +60,8 @@ pub struct WorkerStats {
     pub handoffs: u64,
     /// SUBACKs held until every other worker acknowledged a new interest.
     pub subacks_held: u64,
+    /// PUBACKs/PUBRECs held until every other worker applied their retained update.
+    pub retained_acks_held: u64,
     /// PUBACK/PUBREC/PUBCOMP for a packet id not awaiting that acknowledgement (ignored).
     pub unexpected_acks: u64,
     /// CONNECTs refused 0x04: unknown user, wrong or missing password.
@@ -88,6 +96,8 @@ pub struct CloseCounts {
     pub taken_over: u64,
     pub slow_consumer: u64,
     pub shutdown: u64,
+    /// An operator closed it through the admin API.
+    pub kicked: u64,
     /// The socket went away (`handle_closed`) without the broker asking.
     pub peer_closed: u64,
 }
@@ -104,6 +114,7 @@ impl CloseCounts {
             Some(CloseReason::TakenOver) => &mut self.taken_over,
             Some(CloseReason::SlowConsumer) => &mut self.slow_consumer,
             Some(CloseReason::Shutdown) => &mut self.shutdown,
+            Some(CloseReason::Kicked) => &mut self.kicked,
             None => &mut self.peer_closed,
         };
         *counter += 1;
@@ -119,6 +130,7 @@ impl CloseCounts {
         self.taken_over += other.taken_over;
         self.slow_consumer += other.slow_consumer;
         self.shutdown += other.shutdown;
+        self.kicked += other.kicked;
         self.peer_closed += other.peer_closed;
     }
 }
@@ -132,6 +144,10 @@ impl WorkerStats {
         self.clients_total += other.clients_total;
         self.messages_received += other.messages_received;
         self.messages_sent += other.messages_sent;
+        for qos in 0..3 {
+            self.messages_received_by_qos[qos] += other.messages_received_by_qos[qos];
+            self.messages_sent_by_qos[qos] += other.messages_sent_by_qos[qos];
+        }
         self.bytes_received += other.bytes_received;
         self.bytes_sent += other.bytes_sent;
         self.subscriptions += other.subscriptions;
@@ -141,6 +157,7 @@ impl WorkerStats {
         self.qos0_dropped_outbuf += other.qos0_dropped_outbuf;
         self.messages_dropped_queue_full += other.messages_dropped_queue_full;
         self.connects_refused += other.connects_refused;
+        self.connects_refused_auth += other.connects_refused_auth;
         self.sessions_refused_full += other.sessions_refused_full;
         self.sessions_expired += other.sessions_expired;
         self.subscriptions_refused += other.subscriptions_refused;
@@ -149,6 +166,7 @@ impl WorkerStats {
         self.wills_published += other.wills_published;
         self.handoffs += other.handoffs;
         self.subacks_held += other.subacks_held;
+        self.retained_acks_held += other.retained_acks_held;
         self.unexpected_acks += other.unexpected_acks;
         self.connects_refused_credentials += other.connects_refused_credentials;
         self.connects_refused_unauthorised += other.connects_refused_unauthorised;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::bind::BindAddress;
 use super::duration::DurationSecs;
 use crate::broker::{BrokerConfig, WorkerSet};
+use crate::ops::OpsConfig;
 use crate::runtime::RuntimeConfig;
 
 /// The MQTT port, used by `bind` entries that carry none.
@@ -156,6 +157,13 @@ pub struct Settings {
     #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh_overflow_max: Option<usize>,
+
+    /// Packets one worker decodes per loop turn at most. A connection with more input waits,
+    /// its receive paused, until a later turn, so a flood of input cannot starve output and
+    /// timers.
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_packets_max: Option<usize>,
 
     // ---- MQTT limits -----------------------------------------------------------------------
     /// Largest packet accepted, in bytes (1..=268435455), checked from the fixed header
@@ -304,6 +312,42 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_verify_queue_max: Option<usize>,
 
+    // ---- Operations (HTTP: /metrics, admin API, dashboard) ----------------------------------
+    /// Port of the HTTP listener serving /metrics (Prometheus), the admin API and the
+    /// dashboard; 0 = no HTTP listener. Off by default: a second port is the operator's choice.
+    #[arg(long, value_name = "PORT", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+
+    /// Address of the HTTP listener. Loopback by default: /metrics and the dashboard page
+    /// need no token, so expose them only on purpose.
+    #[arg(long, value_name = "IP", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_address: Option<std::net::IpAddr>,
+
+    /// Bearer token of the admin API ("" = none). Prefer `admin_token_file`: a flag shows in
+    /// the process list. Without a token the admin API answers 403.
+    #[arg(long, value_name = "TOKEN", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+
+    /// File whose first line is the admin API's bearer token ("" = none); read at start and
+    /// again on SIGHUP.
+    #[arg(long, value_name = "FILE", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// Admin requests waiting for one worker at once; beyond it the API answers 503.
+    #[arg(long, value_name = "N", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_queue_depth: Option<usize>,
+
+    /// Items one admin API list holds at most (clients, subscriptions, retained messages);
+    /// a larger `limit` is cut to it, and the answer says how many matched in all.
+    #[arg(long, value_name = "N", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_list_max: Option<usize>,
+
     // ---- Logging ---------------------------------------------------------------------------
     /// Log level when neither -v nor RUST_LOG is given.
     #[arg(long, value_enum, value_name = "LEVEL", help_heading = "Logging")]
@@ -321,6 +365,7 @@ pub struct Settings {
 pub struct Built {
     pub runtime: RuntimeConfig,
     pub broker: BrokerConfig,
+    pub ops: OpsConfig,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
 }
@@ -354,6 +399,7 @@ impl Settings {
             recv_buffer_bytes,
             mesh_ring_depth,
             mesh_overflow_max,
+            turn_packets_max,
             max_packet_size,
             max_inflight_messages,
             max_queued_messages,
@@ -378,6 +424,12 @@ impl Settings {
             auth_failure_addresses_max,
             auth_verify_threads,
             auth_verify_queue_max,
+            http_port,
+            http_address,
+            admin_token,
+            admin_token_file,
+            admin_queue_depth,
+            admin_list_max,
             log_level,
             log_format,
         )
@@ -388,6 +440,7 @@ impl Settings {
         Built {
             runtime: self.build_runtime(),
             broker: self.build_broker(),
+            ops: self.build_ops(),
             log_level: self.log_level.unwrap_or_default(),
             log_format: self.log_format.unwrap_or_default(),
         }
@@ -420,7 +473,7 @@ impl Settings {
             tcp_nodelay: self.set_tcp_nodelay.unwrap_or(defaults.tcp_nodelay),
             listen_backlog: self.listen_backlog.unwrap_or(defaults.listen_backlog),
             close_linger_millis: self.close_linger_millis.unwrap_or(defaults.close_linger_millis),
-            turn_packets_max: defaults.turn_packets_max,
+            turn_packets_max: self.turn_packets_max.unwrap_or(defaults.turn_packets_max),
             auth_verify_threads: self.auth_verify_threads.unwrap_or(defaults.auth_verify_threads),
             auth_verify_queue_max: self
                 .auth_verify_queue_max
@@ -475,10 +528,22 @@ impl Settings {
         }
     }
 
+    fn build_ops(&self) -> OpsConfig {
+        let defaults = OpsConfig::default();
+        OpsConfig {
+            http_port: self.http_port.unwrap_or(defaults.http_port),
+            http_address: self.http_address.unwrap_or(defaults.http_address),
+            admin_token: self.admin_token.clone().unwrap_or(defaults.admin_token),
+            admin_token_file: self.admin_token_file.clone().unwrap_or(defaults.admin_token_file),
+            admin_queue_depth: self.admin_queue_depth.unwrap_or(defaults.admin_queue_depth),
+            admin_list_max: self.admin_list_max.unwrap_or(defaults.admin_list_max),
+        }
+    }
+
     /// Every field given, from built configs: what `--print-config` prints. Building the
     /// result again gives back the same configs (tested), so printed output is a valid file.
     pub fn from_built(built: &Built) -> Settings {
-        let (runtime, broker) = (&built.runtime, &built.broker);
+        let (runtime, broker, ops) = (&built.runtime, &built.broker, &built.ops);
         let port = runtime.listeners.first().map_or(DEFAULT_PORT, |addr| addr.port());
         Settings {
             port: Some(port),
@@ -496,6 +561,7 @@ impl Settings {
             recv_buffer_bytes: Some(runtime.recv_buffer_bytes),
             mesh_ring_depth: Some(runtime.mesh_ring_depth),
             mesh_overflow_max: Some(runtime.mesh_overflow_max),
+            turn_packets_max: Some(runtime.turn_packets_max),
             max_packet_size: Some(broker.max_packet_size),
             max_inflight_messages: Some(broker.max_inflight_messages),
             max_queued_messages: Some(broker.max_queued_messages),
@@ -522,6 +588,12 @@ impl Settings {
             auth_failure_addresses_max: Some(broker.auth_failure_addresses_max),
             auth_verify_threads: Some(runtime.auth_verify_threads),
             auth_verify_queue_max: Some(runtime.auth_verify_queue_max),
+            http_port: Some(ops.http_port),
+            http_address: Some(ops.http_address),
+            admin_token: Some(ops.admin_token.clone()),
+            admin_token_file: Some(ops.admin_token_file.clone()),
+            admin_queue_depth: Some(ops.admin_queue_depth),
+            admin_list_max: Some(ops.admin_list_max),
             log_level: Some(built.log_level),
             log_format: Some(built.log_format),
         }
@@ -556,6 +628,7 @@ mod tests {
         runtime.recv_buffer_bytes += 1;
         runtime.mesh_ring_depth *= 2;
         runtime.mesh_overflow_max += 1;
+        runtime.turn_packets_max += 1;
         runtime.auth_verify_threads += 1;
         runtime.auth_verify_queue_max += 1;
         broker.max_packet_size += 1;
@@ -580,6 +653,12 @@ mod tests {
         broker.auth_failures_max += 1;
         broker.auth_failure_window_secs += 1;
         broker.auth_failure_addresses_max += 1;
+        built.ops.http_port = 9883;
+        built.ops.http_address = "::1".parse().unwrap();
+        built.ops.admin_token = "secret".to_owned();
+        built.ops.admin_token_file = "/etc/ringmq/token".into();
+        built.ops.admin_queue_depth += 1;
+        built.ops.admin_list_max += 1;
         built.log_level = LogLevel::Trace;
         built.log_format = LogFormat::Json;
         Settings::from_built(&built)

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use crate::broker::{BrokerConfig, WorkerSet};
+use crate::ops::config::{OpsConfig, ADMIN_LIST_MAX_MAX, ADMIN_QUEUE_DEPTH_MAX};
 use crate::runtime::RuntimeConfig;
 
 /// `IORING_MAX_ENTRIES`: the largest submission queue `io_uring_setup` accepts.
@@ -179,6 +180,9 @@ fn check_rings(checker: &mut Checker, runtime: &RuntimeConfig) {
     checker.require(runtime.recv_buffer_bytes >= 1, "recv_buffer_bytes", || {
         "must be at least 1".to_owned()
     });
+    checker.require(runtime.turn_packets_max >= 1, "turn_packets_max", || {
+        "must be at least 1 (a turn that may decode nothing would never read)".to_owned()
+    });
     let depth = runtime.mesh_ring_depth;
     checker.require(depth.is_power_of_two(), "mesh_ring_depth", || {
         format!("must be a power of two (at least 1), got {depth}")
@@ -251,6 +255,48 @@ fn check_auth(checker: &mut Checker, runtime: &RuntimeConfig, broker: &BrokerCon
     checker.warn_if(broker.password_file.is_none() && !broker.allow_anonymous, || {
         "allow_anonymous = false without a password_file: any user name is accepted".to_owned()
     });
+}
+
+/// Checks the operations settings and adds its errors and warnings to `checked` (so every
+/// problem is reported at once). The token file is read here: `--check-config` must catch a
+/// missing or empty one.
+pub fn check_ops(ops: &OpsConfig, checked: &mut Result<Vec<String>, Vec<Invalid>>) {
+    let mut checker = Checker::default();
+    let depth = ops.admin_queue_depth;
+    checker.require((1..=ADMIN_QUEUE_DEPTH_MAX).contains(&depth), "admin_queue_depth", || {
+        format!("must be 1..={ADMIN_QUEUE_DEPTH_MAX}, got {depth}")
+    });
+    let list = ops.admin_list_max;
+    checker.require((1..=ADMIN_LIST_MAX_MAX).contains(&list), "admin_list_max", || {
+        format!("must be 1..={ADMIN_LIST_MAX_MAX}, got {list}")
+    });
+    let both = !ops.admin_token.is_empty() && !ops.admin_token_file.as_os_str().is_empty();
+    checker.require(!both, "admin_token", || {
+        "give admin_token or admin_token_file, not both".to_owned()
+    });
+    if !both {
+        match ops.read_token() {
+            Err(message) => checker.require(false, "admin_token_file", || message),
+            Ok(Some(token)) => checker.warn_if(token.len() < 16, || {
+                format!("the admin token is {} characters long; 16 or more is safer", token.len())
+            }),
+            Ok(None) => checker.warn_if(ops.http_port != 0, || {
+                "no admin_token or admin_token_file: the admin API answers 403".to_owned()
+            }),
+        }
+    }
+    checker.warn_if(ops.http_port != 0 && !ops.http_address.is_loopback(), || {
+        format!(
+            "http_address {} is not loopback: /metrics and the dashboard page are served \
+             without a token",
+            ops.http_address
+        )
+    });
+    match checked {
+        Ok(warnings) if checker.errors.is_empty() => warnings.extend(checker.warnings),
+        Ok(_) => *checked = Err(checker.errors),
+        Err(errors) => errors.extend(checker.errors),
+    }
 }
 
 #[cfg(test)]
@@ -329,6 +375,7 @@ mod tests {
         assert_eq!(rejected(|r, _| r.recv_buffers = 0), ["recv_buffers"]);
         assert_eq!(rejected(|r, _| r.mesh_ring_depth = 100), ["mesh_ring_depth"]);
         assert_eq!(rejected(|r, _| r.recv_buffer_bytes = 0), ["recv_buffer_bytes"]);
+        assert_eq!(rejected(|r, _| r.turn_packets_max = 0), ["turn_packets_max"]);
     }
 
     #[test]

@@ -21,10 +21,12 @@ pub mod bufring;
 pub mod config;
 pub mod conn;
 mod events;
+pub mod export;
 mod handoff;
 pub mod listener;
 pub mod mesh;
 pub mod msg_ring;
+pub mod ops_link;
 mod output;
 mod pacing;
 mod peer_name;
@@ -56,9 +58,42 @@ use worker::{Worker, WorkerCounters, WorkerSetup};
 
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<()> {
-    // Before any thread exists, so every worker inherits the mask and only `sigwait` sees them.
+    run_with(runtime, broker, &StartOptions::default(), |_| Ok(()))
+}
+
+/// Options of [`start_with`] beyond the two layer configs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Depth of each worker's control queue (`ops_link`), the `admin_queue_depth` setting.
+    pub control_queue_depth: usize,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self { control_queue_depth: 16 }
+    }
+}
+
+/// [`run`], calling `attach` once the workers run (e.g. to start the operations thread with
+/// [`Running::take_ops_link`]); what it returns is dropped after the workers stopped.
+pub fn run_with<G>(
+    runtime: RuntimeConfig,
+    broker: BrokerConfig,
+    options: &StartOptions,
+    attach: impl FnOnce(&mut Running) -> anyhow::Result<G>,
+) -> anyhow::Result<()> {
+    // Before any thread exists, so every thread (workers, and the operations thread `attach`
+    // may start) inherits the mask and only `sigwait` sees them.
     signals::block()?;
-    let mut running = start(runtime, broker)?;
+    let mut running = start_with(runtime, broker, options)?;
+    let attached = match attach(&mut running) {
+        Ok(attached) => attached,
+        Err(error) => {
+            running.stop();
+            let _ = running.join();
+            return Err(error);
+        }
+    };
     // Signals, and a look every so often for a worker that ended on its own (a failure): then
     // the others are stopped too and its error is returned.
     loop {
@@ -80,6 +115,7 @@ pub fn run(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<()> {
     }
     running.stop();
     running.join()?;
+    drop(attached);
     Ok(())
 }
 
@@ -91,6 +127,7 @@ pub struct Running {
     threads: Vec<JoinHandle<anyhow::Result<WorkerCounters>>>,
     reloader: reload::Reloader,
     verifiers: verify::VerifierPool,
+    ops: Option<ops_link::OpsLink>,
 }
 
 impl Running {
@@ -99,9 +136,20 @@ impl Running {
         &self.addrs
     }
 
+    /// The statistics blocks and control queues of the workers, for the operations thread;
+    /// `Some` once.
+    pub fn take_ops_link(&mut self) -> Option<ops_link::OpsLink> {
+        self.ops.take()
+    }
+
     /// Asks every worker to stop (see the module documentation); returns at once.
     pub fn stop(&self) {
         self.stopper.stop();
+    }
+
+    /// Adds a source to what SIGHUP reloads (see `reload.rs`).
+    pub fn add_reload_source(&mut self, source: Box<dyn reload::ReloadSource>) {
+        self.reloader.add(source);
     }
 
     /// Reloads every reloadable file (what SIGHUP does): each source that loads reaches every
@@ -132,6 +180,15 @@ impl Running {
 /// Checks the kernel, binds the listeners and starts the workers; returns once every worker
 /// has built its state (or the first failure, after stopping the others).
 pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Running> {
+    start_with(runtime, broker, &StartOptions::default())
+}
+
+/// [`start`] with options.
+pub fn start_with(
+    runtime: RuntimeConfig,
+    broker: BrokerConfig,
+    options: &StartOptions,
+) -> anyhow::Result<Running> {
     runtime.validate().map_err(|error| anyhow::anyhow!("runtime configuration: {error}"))?;
     // On a thread of its own, so the caller's thread gets no io_uring task context (whose
     // task work would interrupt its blocking calls) from the throwaway rings.
@@ -153,8 +210,12 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
         runtime.auth_verify_queue_max,
         watches,
     )?;
+    let wakers = (0..runtime.workers).map(|worker| stopper.waker(worker)).collect();
+    let (ops_link, worker_ops) =
+        ops_link::build(runtime.workers, options.control_queue_depth, wakers);
+    let mut worker_ops = worker_ops.into_iter();
     let connections = Arc::new(AtomicUsize::new(0));
-    let epoch = Instant::now();
+    let epoch = ops_link.epoch;
     let workers = u16::try_from(runtime.workers)?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(runtime.workers);
@@ -181,6 +242,7 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
             mesh: meshes[index].take(),
             auth: Arc::clone(&auth),
             verifier: verifiers.sender(),
+            ops: worker_ops.next().expect("one ops side per worker"),
         };
         let ready = ready_tx.clone();
         let gates = Arc::clone(&gates);
@@ -190,7 +252,14 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
         threads.push(thread);
     }
     drop(ready_tx);
-    let running = Running { addrs: listeners.addrs, stopper, threads, reloader, verifiers };
+    let running = Running {
+        addrs: listeners.addrs,
+        stopper,
+        threads,
+        ops: Some(ops_link),
+        reloader,
+        verifiers,
+    };
     for _ in 0..runtime.workers {
         // A closed channel means a worker died before reporting; join() says how.
         let ready =

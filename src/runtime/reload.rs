@@ -12,8 +12,10 @@
 //!   (`Worker::apply_reload`). Nothing on the message path is locked or shared.
 //!
 //! To make another setting reloadable (certificates, limits): add a `Reloaded` variant, a
-//! `ReloadSource` that builds it, register the source in [`Reloader::new`]'s caller
-//! (`runtime::start`), and apply the variant in `Worker::apply_reload`.
+//! `ReloadSource` that builds it, register the source (in `runtime::start_with`, or from
+//! outside with `Running::add_reload_source`), and apply the variant in
+//! `Worker::apply_reload`. A source whose value lives outside the workers (the HTTP thread's
+//! token) returns no `Reloaded` and applies itself in `load`.
 
 use std::sync::Arc;
 
@@ -30,8 +32,10 @@ pub enum Reloaded {
 pub trait ReloadSource: Send + std::fmt::Debug {
     /// Names the source in log lines.
     fn name(&self) -> &'static str;
-    /// Loads the new value and a one-line description of it, or says why it cannot.
-    fn load(&mut self) -> Result<(Reloaded, String), String>;
+    /// Loads the new value and a one-line description of it, or says why it cannot. A source
+    /// that applies itself outside the workers (e.g. the HTTP thread's admin token) returns
+    /// `None` as its value.
+    fn load(&mut self) -> Result<(Option<Reloaded>, String), String>;
 }
 
 /// The password and ACL files.
@@ -54,11 +58,11 @@ impl ReloadSource for AuthSource {
         "auth"
     }
 
-    fn load(&mut self) -> Result<(Reloaded, String), String> {
+    fn load(&mut self) -> Result<(Option<Reloaded>, String), String> {
         let tables = AuthTables::load(&self.files, self.generation + 1)?;
         self.generation += 1;
         let summary = tables.to_string();
-        Ok((Reloaded::Auth(Arc::new(tables)), summary))
+        Ok((Some(Reloaded::Auth(Arc::new(tables))), summary))
     }
 }
 
@@ -81,6 +85,11 @@ impl Reloader {
         Self { sources }
     }
 
+    /// One more source, reloaded after the others.
+    pub fn add(&mut self, source: Box<dyn ReloadSource>) {
+        self.sources.push(source);
+    }
+
     /// Loads every source; hands each new value to `deliver`; logs and returns what happened.
     pub fn reload(&mut self, mut deliver: impl FnMut(Reloaded)) -> Vec<ReloadReport> {
         let mut reports = Vec::with_capacity(self.sources.len());
@@ -88,7 +97,9 @@ impl Reloader {
             let source_name = source.name();
             let outcome = match source.load() {
                 Ok((value, summary)) => {
-                    deliver(value);
+                    if let Some(value) = value {
+                        deliver(value);
+                    }
                     tracing::info!(source = source_name, "reloaded: {summary}");
                     Ok(summary)
                 }
