@@ -77,6 +77,9 @@ pub struct Conn {
     pub verify_pending: bool,
     /// Where a `HandingOff` connection goes, and with what.
     pub handoff: Option<Box<PendingHandoff>>,
+    /// Its bytes pass through TLS and/or WebSocket layers (kept in the worker's `layers`
+    /// map, so a plain connection pays one flag for them).
+    pub layered: bool,
 }
 
 /// A connection on its way to its session's home worker.
@@ -107,6 +110,7 @@ impl Conn {
             peer_pending: false,
             verify_pending: false,
             handoff: None,
+            layered: false,
         }
     }
 

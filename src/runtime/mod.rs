@@ -23,6 +23,7 @@ pub mod conn;
 mod events;
 pub mod export;
 mod handoff;
+mod layers;
 pub mod listener;
 pub mod mesh;
 pub mod msg_ring;
@@ -53,6 +54,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::broker::BrokerConfig;
+use crate::transport::{ListenerKind, Transports};
 use signals::Stopper;
 use worker::{Worker, WorkerCounters, WorkerSetup};
 
@@ -123,6 +125,8 @@ pub fn run_with<G>(
 #[derive(Debug)]
 pub struct Running {
     addrs: Vec<SocketAddr>,
+    listener_kinds: Vec<ListenerKind>,
+    transports: Arc<Transports>,
     stopper: Stopper,
     threads: Vec<JoinHandle<anyhow::Result<WorkerCounters>>>,
     reloader: reload::Reloader,
@@ -131,9 +135,21 @@ pub struct Running {
 }
 
 impl Running {
-    /// The listen addresses, with port 0 resolved.
+    /// Every listen address (plain MQTT first, then TLS, WebSocket, WSS, in the order
+    /// configured), with port 0 resolved.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The listen addresses that speak `kind`, with port 0 resolved.
+    pub fn addrs_of(&self, kind: ListenerKind) -> Vec<SocketAddr> {
+        let kinds = self.listener_kinds.iter();
+        self.addrs.iter().zip(kinds).filter(|(_, k)| **k == kind).map(|(a, _)| *a).collect()
+    }
+
+    /// The shared transport configuration (e.g. to reload the certificates).
+    pub fn transports(&self) -> &Arc<Transports> {
+        &self.transports
     }
 
     /// The statistics blocks and control queues of the workers, for the operations thread;
@@ -200,7 +216,17 @@ pub fn start_with(
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     tracing::info!("auth: {auth}");
     let reloader = reload::Reloader::new(vec![Box::new(auth_source)]);
-    let listeners = listener::bind_all(&runtime)?;
+    let transports = Arc::new(
+        Transports::new(runtime.uses_tls().then_some(&runtime.tls), &runtime.ws_path)
+            .map_err(|error| anyhow::anyhow!("TLS: {error}"))?,
+    );
+    let all_listeners = runtime.all_listeners();
+    let listener_kinds: Vec<ListenerKind> = all_listeners.iter().map(|(_, kind)| *kind).collect();
+    let bound = RuntimeConfig {
+        listeners: all_listeners.iter().map(|(addr, _)| *addr).collect(),
+        ..runtime.clone()
+    };
+    let listeners = listener::bind_all(&bound)?;
     let cpus = allowed_cpus();
     tracing::info!(workers = runtime.workers, ?cpus, addrs = ?listeners.addrs, taskrun = ?support.mode, "starting");
     let stopper = Stopper::new(runtime.workers)?;
@@ -236,6 +262,8 @@ pub fn start_with(
             config: runtime.clone(),
             broker: broker.clone(),
             listeners: sockets,
+            listener_kinds: listener_kinds.clone(),
+            transports: Arc::clone(&transports),
             stop: stopper.watch(index),
             connections: Arc::clone(&connections),
             epoch,
@@ -254,6 +282,8 @@ pub fn start_with(
     drop(ready_tx);
     let running = Running {
         addrs: listeners.addrs,
+        listener_kinds,
+        transports,
         stopper,
         threads,
         ops: Some(ops_link),
