@@ -55,6 +55,10 @@ pub struct RuntimeConfig {
     pub close_linger_millis: u64,
     /// Persistence (each worker's journal, `persist`); `None` keeps everything in memory.
     pub persistence: Option<crate::persist::PersistConfig>,
+    /// Threads that verify passwords off the ring loops (`verify.rs`); 0 = inline.
+    pub auth_verify_threads: usize,
+    /// Verifications queued at most; a CONNECT beyond it is refused 0x03 (counted).
+    pub auth_verify_queue_max: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -80,6 +84,8 @@ impl Default for RuntimeConfig {
             turn_packets_max: 16_384,
             close_linger_millis: 2000,
             persistence: None,
+            auth_verify_threads: 1,
+            auth_verify_queue_max: 4096,
         }
     }
 }

@@ -33,16 +33,18 @@ pub enum Op {
     Doorbell = 10,
     /// Our doorbell to a peer failed (only failures complete: `IOSQE_CQE_SKIP_SUCCESS`).
     DoorbellFailed = 11,
+    /// getsockopt(SO_PEERNAME) of connection `slot` (`peer_name.rs`).
+    PeerName = 12,
     /// A write of a journal batch (persistence; `journal.rs`).
-    JournalWrite = 12,
+    JournalWrite = 13,
     /// An fsync of a journal batch's file or directory.
-    JournalFsync = 13,
+    JournalFsync = 14,
     /// The interval policy's fsync of the journal file.
-    JournalSync = 14,
+    JournalSync = 15,
 }
 
 impl Op {
-    const ALL: [Op; 14] = [
+    const ALL: [Op; 15] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -54,6 +56,7 @@ impl Op {
         Op::HandoffFd,
         Op::Doorbell,
         Op::DoorbellFailed,
+        Op::PeerName,
         Op::JournalWrite,
         Op::JournalFsync,
         Op::JournalSync,
