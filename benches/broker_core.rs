@@ -31,7 +31,7 @@ struct Bench {
 }
 
 fn connect(client_id: String) -> Packet {
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V311,
         clean_session: true,
         keep_alive_secs: 0,
@@ -39,7 +39,7 @@ fn connect(client_id: String) -> Packet {
         will: None,
         username: None,
         password: None,
-    })
+    }))
 }
 
 impl Bench {

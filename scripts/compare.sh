@@ -109,7 +109,6 @@ RINGMQ_ARGS=(--bind 127.0.0.1 --port "$PORT_RINGMQ" --workers 1 --max-connection
   --max-inflight-messages 100 --max-queued-messages 1000000 --max-queued-bytes 1073741824
   --log-level warn)
 
-version_of() { "$@" 2>&1 | head -n 1 || true; }
 python3 - "$OUT/brokers.json" <<EOF
 import json, sys
 b = []
@@ -127,7 +126,7 @@ for name in brokers:
             open("$OUT/mosquitto.conf").read())
     elif name == "rumqttd":
         add(name, ["$RUMQTTD", "-c", "$OUT/rumqttd.toml"], $PORT_RUMQTTD,
-            "$(version_of "$RUMQTTD" --version 2>/dev/null)", open("$OUT/rumqttd.toml").read())
+            "$(cargo install --list --root "$CACHE/rumqttd" 2>/dev/null | head -n 1 | tr -d :)", open("$OUT/rumqttd.toml").read())
     else:
         sys.exit(f"unknown broker {name}")
 json.dump(b, open(sys.argv[1], "w"), indent=1)

@@ -106,7 +106,7 @@ impl Bench {
                 username: None,
                 password: None,
             };
-            broker.handle_packet(conn, Packet::Connect(connect), NOW);
+            broker.handle_packet(conn, Packet::Connect(Box::new(connect)), NOW);
             conn
         };
         let publisher = open(0);

@@ -7,9 +7,6 @@
 //! (`SIM_SEEDS` runs seeds 1..=N; `SIM_CLIENTS` / `SIM_STEPS` change the size of a run.)
 //! Trace clients:     `SIM_TRACE=150,191` prints those clients' packets, handoffs and links
 //!                    (`SIM_TRACE=` alone: every client).
-//! Strict interest:   `SIM_STRICT_INTEREST=1` also fails on SIM_FINDINGS.md #3 losses.
-//! Ignored runs:      `cargo test --test simulation -- --ignored` (tiny bounds, many short
-//!                    runs: each waits for a core fix named in its `ignore` reason).
 //!
 //! The second half of this file tests the checker itself: each property is shown to fail when
 //! the thing it guards against is injected.
@@ -49,17 +46,16 @@ fn size(default: Size) -> Size {
 }
 
 /// Runs every seed; a failure (or a panic inside the broker) names its seed and how to replay.
-fn run_seeds(test: &str, mode: Mode, default_seeds: &[u64], default_size: Size, strict: bool) {
+fn run_seeds(test: &str, mode: Mode, default_seeds: &[u64], default_size: Size) {
     let size = size(default_size);
     let mut failures = Vec::new();
     for seed in seeds(default_seeds) {
         let replay = format!(
             "replay: SIM_SEED={seed} SIM_CLIENTS={} SIM_STEPS={} cargo test --test simulation \
-             {test} -- --include-ignored --nocapture",
+             {test} -- --nocapture",
             size.clients, size.steps
         );
-        let outcome =
-            panic::catch_unwind(AssertUnwindSafe(|| sim::run_seed(seed, mode, size, strict)));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| sim::run_seed(seed, mode, size)));
         match outcome {
             Ok((report, Ok(()))) => println!(
                 "seed {seed} ok: {} published (QoS0/1/2 {:?}), {} acked, {} deliveries, {} \
@@ -105,26 +101,24 @@ fn run_seeds(test: &str, mode: Mode, default_seeds: &[u64], default_size: Size, 
 #[test]
 fn simulation_generous_bounds() {
     let size = Size { clients: 1500, steps: 15_000 };
-    run_seeds("simulation_generous_bounds", Mode::Generous, &[1, 2, 3], size, false);
+    run_seeds("simulation_generous_bounds", Mode::Generous, &[1, 2, 3], size);
 }
 
 /// Many short runs: more distinct schedules (worker counts, link delays, wire modes) than the
 /// long runs, which is what finds cross-worker races such as SIM_FINDINGS.md #3 (on main
 /// 2081498 it hits seeds 2, 46, 59, 71, 99, 115, 130: 10 of seeds 1..=200 at this size).
 #[test]
-#[ignore = "fails until SIM_FINDINGS.md #3 (SUBACK before the interest is known) is fixed"]
 fn simulation_many_short_runs() {
     let size = Size { clients: 200, steps: 2000 };
     let seeds: Vec<u64> = (101..=140).chain([2, 46, 59, 71, 99]).collect();
-    run_seeds("simulation_many_short_runs", Mode::Generous, &seeds, size, true);
+    run_seeds("simulation_many_short_runs", Mode::Generous, &seeds, size);
 }
 
 /// Tiny bounds: every bound holds and every lost message is counted.
 #[test]
-#[ignore = "fails until SIM_FINDINGS.md #6 (slow-consumer livelock) is fixed; run with --ignored"]
 fn simulation_tiny_bounds() {
     let size = Size { clients: 400, steps: 6000 };
-    run_seeds("simulation_tiny_bounds", Mode::Tiny, &[11, 12], size, false);
+    run_seeds("simulation_tiny_bounds", Mode::Tiny, &[11, 12], size);
 }
 
 /// A fuzz target's way in: every choice from input bytes; when they run out the run winds
@@ -137,7 +131,7 @@ fn simulation_runs_from_fuzzer_bytes() {
     let report = Sim::with_rng(config, sim::rng::Rng::from_bytes(bytes)).run();
     assert!(report.quiesced);
     assert!(report.connects > 0 && report.model.deliveries > 0, "{:?}", report.model);
-    sim::judge(&report, Mode::Generous, true).expect("a fuzzer-driven run passes");
+    sim::judge(&report, Mode::Generous).expect("a fuzzer-driven run passes");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -150,7 +144,7 @@ fn run_with_fault(fault: Option<Fault>) -> (Report, Result<(), String>) {
     config.knobs.link_delay_steps_max = 30;
     config.knobs.fault = fault;
     let report = Sim::new(config).run();
-    let verdict = sim::judge(&report, Mode::Generous, true);
+    let verdict = sim::judge(&report, Mode::Generous);
     (report, verdict)
 }
 

@@ -134,7 +134,7 @@ impl Client {
     }
 
     fn connect(&mut self, client_id: &'static str) {
-        self.send(&Packet::Connect(Connect {
+        self.send(&Packet::Connect(Box::new(Connect {
             protocol: ProtocolVersion::V311,
             clean_session: true,
             keep_alive_secs: 30,
@@ -142,7 +142,7 @@ impl Client {
             will: None,
             username: None,
             password: None,
-        }));
+        })));
         match self.receive() {
             // [MQTT-3.2.0-1] the first packet from the server is CONNACK.
             Packet::Connack(connack) => assert_eq!(connack.code, ConnectReturnCode::Accepted),

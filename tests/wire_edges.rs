@@ -71,7 +71,7 @@ fn packets_split_into_single_bytes_or_coalesced_are_all_decoded() {
     let mut bytes = BytesMut::new();
     let client_id = unique_id("split-pub");
     encode(
-        &Packet::Connect(ringmq::protocol::Connect {
+        &Packet::Connect(Box::new(ringmq::protocol::Connect {
             protocol: ProtocolVersion::V311,
             clean_session: true,
             keep_alive_secs: 30,
@@ -79,7 +79,7 @@ fn packets_split_into_single_bytes_or_coalesced_are_all_decoded() {
             will: None,
             username: None,
             password: None,
-        }),
+        })),
         &mut bytes,
     );
     for index in 0..20u16 {

@@ -163,7 +163,8 @@ def summarize(run, kind):
     if r is None:
         return dict(ok=False, error=run["stderr_tail"][-300:])
     m, c = r["messages"], r["connections"]
-    out = dict(ok=run["rc"] == 0 and run.get("broker_alive", True),
+    # A run where not every connection came up measured a smaller pattern: not counted.
+    out = dict(ok=run["rc"] == 0 and run.get("broker_alive", True) and c["ready"] == c["planned"],
                connections_ready=c["ready"], connections_planned=c["planned"],
                closed_unexpectedly=c["closed_unexpectedly"])
     cpu = run.get("broker_cpu_secs")
@@ -207,7 +208,22 @@ def machine_info():
                 mem_gib=round(mem_kib / 1024 / 1024, 1), loadavg_start=load)
 
 
+def reprocess(out_dir):
+    """Recomputes the medians and tables of an earlier results.json (e.g. after a change to
+    what counts as a valid run)."""
+    res = json.load(open(os.path.join(out_dir, "results.json")))
+    for by_broker in list(res["raw"].values()) + [{"relay": v} for v in res["relay_raw"].values()]:
+        for runs in by_broker.values():
+            for r in runs:
+                sm = r["summary"]
+                if "connections_planned" in sm:
+                    sm["ok"] = sm["ok"] and sm["connections_ready"] == sm["connections_planned"]
+    write_results(out_dir, res["machine"], res["scenarios"], res["raw"], res["relay_raw"])
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--reprocess":
+        return reprocess(sys.argv[2])
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", required=True)
     ap.add_argument("--brokers-json", required=True, help="[{name, argv, port, version}]")
@@ -232,7 +248,9 @@ def main():
                                          settings=b.get("settings", ""))
                          for b in brokers_spec})
     raw = {s["id"]: {b["name"]: [] for b in brokers_spec} for s in scen}
-    relay_raw = {s["id"]: [] for s in scen if s["kind"] == "throughput"}
+    # The relay runs the throughput scenarios (the ceiling) and the fixed-rate ones (this
+    # machine's latency floor under its current load).
+    relay_raw = {s["id"]: [] for s in scen if s["kind"] != "idle"}
     for rnd in range(a.runs):
         for s in scen:
             # The brokers take turns inside each round so slow drift in the shared machine's
@@ -259,6 +277,10 @@ def main():
                       + json.dumps({k: (round(v, 1) if isinstance(v, float) else v)
                                     for k, v in sm.items()}), flush=True)
     info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    write_results(a.out, info, scen, raw, relay_raw)
+
+
+def write_results(out_dir, info, scen, raw, relay_raw):
 
     keys = ["delivered", "delivery_rate", "broker_cpu_secs", "delivered_per_cpu_sec", "p50_us",
             "p99_us", "lost", "rss_peak_mib", "connect_rate", "rss_per_conn_kib",
@@ -276,9 +298,9 @@ def main():
             medians[s["id"]]["relay"]["ok_runs"] = sum(1 for x in samples if x.get("ok"))
     result = dict(machine=info, scenarios=[{k: v for k, v in s.items()} for s in scen],
                   medians=medians, raw=raw, relay_raw=relay_raw)
-    with open(os.path.join(a.out, "results.json"), "w") as f:
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
-    with open(os.path.join(a.out, "results.md"), "w") as f:
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown(result))
     print(markdown(result))
 

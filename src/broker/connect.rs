@@ -33,7 +33,7 @@ impl Broker {
     pub(super) fn handle_connect(
         &mut self,
         conn: ConnId,
-        connect: Connect,
+        connect: Box<Connect>,
         now: Millis,
     ) -> Connected {
         if !connect.client_id.is_empty() {

@@ -139,7 +139,7 @@ pub enum Action {
     Send(ConnId),
     Close(ConnId, CloseReason),
     Remote { to: WorkerId, msg: RemoteMsg },
-    Handoff { conn: ConnId, to: WorkerId, connect: Connect },
+    Handoff { conn: ConnId, to: WorkerId, connect: Box<Connect> },
 }
 
 /// Messages between the brokers of different workers, FIFO per ordered pair.

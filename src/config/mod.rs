@@ -62,6 +62,10 @@ impl Cli {
         for (key, value) in &defaults_table() {
             let shown = match key.as_str() {
                 "workers" => format!("one per core, here {value}"),
+                // Scaled down per worker as workers grow (see their help text).
+                "recv_buffers" | "mesh_ring_depth" => {
+                    format!("{} with the default workers", display_value(value))
+                }
                 _ => display_value(value),
             };
             command = command.mut_arg(key, |arg| {

@@ -131,7 +131,8 @@ pub struct Settings {
     pub ring_entries: Option<u32>,
 
     /// Provided receive buffers per worker, a power of two up to 32768. When all are in use,
-    /// receives wait for one to be returned.
+    /// receives wait for one to be returned. Default: 4096 up to 2 workers, then
+    /// 8192 / workers rounded down to a power of two, at least 256.
     #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recv_buffers: Option<u16>,
@@ -142,6 +143,8 @@ pub struct Settings {
     pub recv_buffer_bytes: Option<u32>,
 
     /// Depth of each single-producer ring between two workers, in messages (a power of two).
+    /// There are workers x (workers - 1) rings. Default: 8192 up to 2 workers, then
+    /// 16384 / workers rounded down to a power of two, at least 256.
     #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh_ring_depth: Option<usize>,
@@ -343,15 +346,20 @@ impl Settings {
             Some(bind) => bind.iter().map(|address| address.socket_addr(port)).collect(),
             None => defaults.listeners.iter().map(|addr| (addr.ip(), port).into()).collect(),
         };
+        let workers = self.workers.unwrap_or_else(default_workers);
         RuntimeConfig {
             listeners,
-            workers: self.workers.unwrap_or_else(default_workers),
+            workers,
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             file_table_slots: self.file_table_slots.unwrap_or(defaults.file_table_slots),
             ring_entries: self.ring_entries.unwrap_or(defaults.ring_entries),
-            recv_buffers: self.recv_buffers.unwrap_or(defaults.recv_buffers),
+            recv_buffers: self
+                .recv_buffers
+                .unwrap_or_else(|| RuntimeConfig::default_recv_buffers(workers)),
             recv_buffer_bytes: self.recv_buffer_bytes.unwrap_or(defaults.recv_buffer_bytes),
-            mesh_ring_depth: self.mesh_ring_depth.unwrap_or(defaults.mesh_ring_depth),
+            mesh_ring_depth: self
+                .mesh_ring_depth
+                .unwrap_or_else(|| RuntimeConfig::default_mesh_ring_depth(workers)),
             mesh_overflow_max: self.mesh_overflow_max.unwrap_or(defaults.mesh_overflow_max),
             socket_rcvbuf_bytes: self.socket_rcvbuf_bytes.unwrap_or(defaults.socket_rcvbuf_bytes),
             socket_sndbuf_bytes: self.socket_sndbuf_bytes.unwrap_or(defaults.socket_sndbuf_bytes),

@@ -164,7 +164,7 @@ pub fn any_unsubscribe() -> impl Strategy<Value = Unsubscribe> {
 /// Any of the 14 packet types, each equally likely.
 pub fn any_packet() -> impl Strategy<Value = Packet> {
     prop_oneof![
-        any_connect().prop_map(Packet::Connect),
+        any_connect().prop_map(|connect| Packet::Connect(Box::new(connect))),
         any_connack().prop_map(Packet::Connack),
         any_publish().prop_map(Packet::Publish),
         any_packet_id().prop_map(Packet::Puback),

@@ -110,7 +110,7 @@ fn check_publish_flags(flags: u8) -> Result<(), DecodeError> {
 fn decode_body(first_byte: u8, body: Bytes) -> Result<Packet, DecodeError> {
     let mut reader = Reader::new(body);
     let packet = match first_byte >> 4 {
-        1 => Packet::Connect(decode_connect(&mut reader)?),
+        1 => Packet::Connect(Box::new(decode_connect(&mut reader)?)),
         2 => Packet::Connack(decode_connack(&mut reader)?),
         3 => Packet::Publish(decode_publish(first_byte, &mut reader)?),
         4 => Packet::Puback(reader.packet_id()?),

@@ -79,7 +79,7 @@ pub struct Conn {
 #[derive(Debug)]
 pub struct PendingHandoff {
     pub to: WorkerId,
-    pub connect: Connect,
+    pub connect: Box<Connect>,
     /// Set when the descriptor is sent; the record carries it too.
     pub key: Option<HandoffKey>,
 }

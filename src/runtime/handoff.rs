@@ -21,7 +21,7 @@ use crate::protocol::{Connect, Packet};
 
 impl Worker {
     /// `Action::Handoff`: the broker has forgotten `id`; move it to worker `to`.
-    pub(super) fn begin_handoff(&mut self, id: ConnId, to: WorkerId, connect: Connect) {
+    pub(super) fn begin_handoff(&mut self, id: ConnId, to: WorkerId, connect: Box<Connect>) {
         let Some(conn) = self.conns.get_mut(id) else { return };
         assert_eq!(conn.phase, Phase::Open, "handoff of {id:?} in {:?}", conn.phase);
         assert!(to != self.broker.worker(), "handoff of {id:?} to its own worker");

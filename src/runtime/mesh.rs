@@ -59,9 +59,10 @@
 //! # Memory
 //! The rings are allocated at start-up: `workers × (workers − 1) × capacity × size_of::<T>()`
 //! bytes in all (the OS commits a page when a ring first writes it, so an idle pair costs
-//! little until traffic has wrapped its ring once). With the default depth of 8192 and a
-//! 216-byte item that is 1.8 MB per ordered pair: 3.5 MB for 2 workers, 99 MB for 8, 425 MB
-//! for 16. Keep `T` small (box rare large variants) and scale the depth down as workers grow.
+//! little until traffic has wrapped its ring once). The runtime's item is 80 bytes (the
+//! handoff record is boxed) and its default depth shrinks as workers grow
+//! (`RuntimeConfig::default_mesh_ring_depth`): 1.3 MB for 2 workers, 21 MB for 16, 54 MB for
+//! 52. Keep `T` small (box rare large variants).
 //!
 //! # Ring file descriptors
 //! Each worker creates its ring on its own (pinned) thread and calls

@@ -22,6 +22,9 @@ use crate::protocol::Connect;
 #[derive(Debug)]
 pub enum MeshItem {
     Remote(RemoteMsg),
+    /// Inline: the record's CONNECT is boxed (as `Packet::Connect` is), so a record is smaller
+    /// than a remote message, and every slot of every mesh ring is sized for the largest
+    /// variant.
     Handoff(HandoffRecord),
 }
 
@@ -29,7 +32,7 @@ pub enum MeshItem {
 #[derive(Debug)]
 pub struct HandoffRecord {
     pub key: HandoffKey,
-    pub connect: Connect,
+    pub connect: Box<Connect>,
     pub leftover: BytesMut,
 }
 
@@ -147,5 +150,18 @@ impl Peers {
 
     pub fn stats(&self) -> Option<MeshStats> {
         self.mesh.as_ref().map(|mesh| *mesh.stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every slot of every mesh ring (workers² of them, each `mesh_ring_depth` deep) is sized
+    /// for the largest item, so the item must stay as small as a remote message.
+    #[test]
+    fn a_mesh_item_is_no_larger_than_a_remote_message() {
+        assert!(std::mem::size_of::<HandoffRecord>() <= std::mem::size_of::<RemoteMsg>());
+        assert_eq!(std::mem::size_of::<MeshItem>(), std::mem::size_of::<RemoteMsg>());
     }
 }

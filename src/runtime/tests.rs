@@ -182,7 +182,7 @@ impl Client {
         use crate::protocol::{Connect, Packet, ProtocolVersion, Utf8Bytes};
         let mut client = Self { stream: connect(running), input: bytes::BytesMut::new() };
         let client_id = Utf8Bytes::new(bytes::Bytes::from(client_id.to_owned())).expect("utf-8");
-        client.send(&Packet::Connect(Connect {
+        client.send(&Packet::Connect(Box::new(Connect {
             protocol: ProtocolVersion::V311,
             clean_session: true,
             keep_alive_secs: 30,
@@ -190,7 +190,7 @@ impl Client {
             will: None,
             username: None,
             password: None,
-        }));
+        })));
         assert!(matches!(client.receive(), Packet::Connack(_)));
         client
     }
@@ -408,7 +408,7 @@ fn keepalive_expiry_is_driven_by_the_wait_timeout_without_spinning() {
     use crate::protocol::{Connect, Packet, ProtocolVersion, Utf8Bytes};
     let running = runtime(|_| {});
     let mut client = Client { stream: connect(&running), input: bytes::BytesMut::new() };
-    client.send(&Packet::Connect(Connect {
+    client.send(&Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V311,
         clean_session: true,
         keep_alive_secs: 1,
@@ -416,7 +416,7 @@ fn keepalive_expiry_is_driven_by_the_wait_timeout_without_spinning() {
         will: None,
         username: None,
         password: None,
-    }));
+    })));
     assert!(matches!(client.receive(), Packet::Connack(_)));
     let began = Instant::now();
     client.stream.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");

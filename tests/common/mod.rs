@@ -286,7 +286,7 @@ impl ConnectOptions {
     }
 
     fn to_packet(&self) -> Packet {
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             protocol: ProtocolVersion::V311,
             clean_session: self.clean_session,
             keep_alive_secs: self.keep_alive_secs,
@@ -295,7 +295,7 @@ impl ConnectOptions {
             will: self.will.clone(),
             username: None,
             password: None,
-        })
+        }))
     }
 }
 

@@ -36,7 +36,7 @@ pub fn connect_packet(client_id: &str) -> Packet {
 }
 
 pub fn connect_packet_with(client_id: &str, clean_session: bool, will: Option<LastWill>) -> Packet {
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V311,
         clean_session,
         keep_alive_secs: 30,
@@ -44,7 +44,7 @@ pub fn connect_packet_with(client_id: &str, clean_session: bool, will: Option<La
         will,
         username: None,
         password: None,
-    })
+    }))
 }
 
 /// A PUBLISH; `id` is used only for QoS 1 and 2.

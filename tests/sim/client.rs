@@ -212,7 +212,7 @@ impl Client {
         self.ever_connected = true;
         self.stats.connects += 1;
         self.arm_will(rt, model, conn, worker);
-        self.write(rt, Packet::Connect(self.connect_packet(model)));
+        self.write(rt, Packet::Connect(Box::new(self.connect_packet(model))));
         // Pipelined behind CONNECT (a client need not wait for CONNACK): everything sent on
         // earlier connections and not acknowledged goes again.
         self.resend(rt, model);
@@ -263,7 +263,7 @@ impl Client {
             return;
         }
         self.stats.second_connects += 1;
-        self.write(rt, Packet::Connect(self.connect_packet(model)));
+        self.write(rt, Packet::Connect(Box::new(self.connect_packet(model))));
     }
 
     fn reset_session(&mut self) {

@@ -9,7 +9,7 @@
 //! ```ignore
 //! let config = SimConfig::from_seed(0, Mode::Generous, 20, 500);
 //! let report = Sim::with_rng(config, Rng::from_bytes(data.to_vec())).run();
-//! if let Err(why) = judge(&report, Mode::Generous, true) { panic!("{why}") }
+//! if let Err(why) = judge(&report, Mode::Generous) { panic!("{why}") }
 //! ```
 #![allow(dead_code)] // Each test binary that includes the harness uses a different part of it.
 
@@ -30,15 +30,7 @@ pub struct Size {
 }
 
 /// Runs the simulation for `seed` and judges it; the verdict's `Err` explains a failure.
-/// `strict_interest` (or `SIM_STRICT_INTEREST=1`): see [`judge`].
-pub fn run_seed(
-    seed: u64,
-    mode: Mode,
-    size: Size,
-    strict_interest: bool,
-) -> (Report, Result<(), String>) {
-    let strict_interest =
-        strict_interest || std::env::var("SIM_STRICT_INTEREST").is_ok_and(|v| v == "1");
+pub fn run_seed(seed: u64, mode: Mode, size: Size) -> (Report, Result<(), String>) {
     let config = SimConfig::from_seed(seed, mode, size.clients, size.steps);
     let summary = format!(
         "seed {seed} ({mode:?}): {} workers, {} clients, {} steps, wire {:?}, inflight {}, \
@@ -56,7 +48,7 @@ pub fn run_seed(
         config.knobs.socket_bytes_max,
     );
     let report = Sim::new(config).run();
-    let verdict = judge(&report, mode, strict_interest).map_err(|why| format!("{summary}\n{why}"));
+    let verdict = judge(&report, mode).map_err(|why| format!("{summary}\n{why}"));
     (report, verdict)
 }
 
@@ -66,11 +58,10 @@ pub fn run_seed(
 /// A message that reached the subscriber's worker only after its UNSUBSCRIBE went out
 /// (`Cause::TransitWindow`) is not a loss: the lead accepted that window (SIM_FINDINGS.md #5,
 /// [MQTT-3.10.4-3]). One the publisher's worker routed before it heard of the subscriber's
-/// interest (`Cause::InterestWindow`, #3) is a bug the core is to fix (a SUBACK must wait for
-/// the other workers); until that fix lands it counts only when `strict_interest`, so the
-/// default runs stay green while the runs that exist to catch it (`simulation_many_short_runs`)
-/// are strict. Every other missing message always counts.
-pub fn judge(report: &Report, mode: Mode, strict_interest: bool) -> Result<(), String> {
+/// interest (`Cause::InterestWindow`, #3) is a bug — fixed by holding the SUBACK until every
+/// other worker acknowledged the interest — and always counts, as does every other missing
+/// message.
+pub fn judge(report: &Report, mode: Mode) -> Result<(), String> {
     let mut problems = Vec::new();
     for violation in report.violations.iter().take(20) {
         problems.push(format!("violation: {violation}"));
@@ -80,7 +71,7 @@ pub fn judge(report: &Report, mode: Mode, strict_interest: bool) -> Result<(), S
     }
     let counted = |m: &&model::Missing| match m.cause {
         model::Cause::Unexplained => true,
-        model::Cause::InterestWindow => strict_interest,
+        model::Cause::InterestWindow => true,
         model::Cause::TransitWindow => false,
     };
     let missing = report.missing.iter().filter(counted).count() as u64;

@@ -249,7 +249,7 @@ impl Conn {
     /// TCP is up: say CONNECT.
     pub fn on_tcp_connected(&mut self, context: &ConnContext<'_>, now_ns: u64) {
         let client_id = format!("{}-{}", context.client_id_prefix, self.global);
-        let connect = Packet::Connect(Connect {
+        let connect = Packet::Connect(Box::new(Connect {
             protocol: ProtocolVersion::V311,
             clean_session: true,
             keep_alive_secs: context.keepalive_secs,
@@ -257,7 +257,7 @@ impl Conn {
             will: None,
             username: None,
             password: None,
-        });
+        }));
         self.queue(&connect, now_ns);
         self.state = ConnState::AwaitConnack;
     }

@@ -28,7 +28,7 @@ fn first_packet_must_be_connect_mqtt_3_1_0_1() {
 fn a_second_connect_is_a_protocol_violation_mqtt_3_1_0_2() {
     let mut cluster = Cluster::single(BrokerConfig::default());
     let client = cluster.connect("c", true);
-    cluster.send(client, Packet::Connect(connect_packet("c", true)));
+    cluster.send(client, Packet::Connect(Box::new(connect_packet("c", true))));
     assert!(cluster.recv(client).is_empty(), "no second CONNACK");
     assert!(matches!(
         cluster.ended(client),
@@ -264,7 +264,8 @@ fn a_handed_off_connect_is_counted_once() {
     let mut cluster = Cluster::new(2, BrokerConfig::default());
     let id = client_id_on(1, 2, "counted");
     let connect = connect_packet(&id, true);
-    let bytes = crate::protocol::encode::encoded_len(&Packet::Connect(connect.clone())) as u64;
+    let bytes =
+        crate::protocol::encode::encoded_len(&Packet::Connect(Box::new(connect.clone()))) as u64;
     cluster.connect_on(0, connect);
     let received: Vec<u64> = cluster.brokers.iter().map(|b| b.stats().bytes_received).collect();
     assert_eq!(received, vec![0, bytes]);

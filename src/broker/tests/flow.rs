@@ -204,7 +204,7 @@ fn send_is_emitted_once_per_empty_to_non_empty_transition() {
     let mut broker = Broker::new(BrokerConfig::default(), WorkerId(0), 1, Millis(0));
     let conn = ConnId::new(1, 0);
     broker.handle_open(conn, Millis(0));
-    broker.handle_packet(conn, Packet::Connect(connect_packet("x", true)), Millis(0));
+    broker.handle_packet(conn, Packet::Connect(Box::new(connect_packet("x", true))), Millis(0));
     for _ in 0..3 {
         broker.handle_packet(conn, Packet::Pingreq, Millis(0));
     }
@@ -227,7 +227,7 @@ fn a_refused_connack_outlives_its_connection_until_taken() {
     let conn = ConnId::new(1, 0);
     broker.handle_open(conn, Millis(0));
     let connect = Connect { ..connect_packet("x", true) };
-    broker.handle_packet(conn, Packet::Connect(connect), Millis(0));
+    broker.handle_packet(conn, Packet::Connect(Box::new(connect)), Millis(0));
     let actions: Vec<Action> = std::iter::from_fn(|| broker.poll_action()).collect();
     assert!(matches!(actions[0], Action::Send(_)));
     assert!(matches!(actions[1], Action::Close(_, CloseReason::ConnectRefused(_))));

@@ -157,7 +157,7 @@ impl Cluster {
     /// Opens a connection on `worker`, sends `connect`, and returns the client and CONNACK.
     pub fn connect_on(&mut self, worker: u16, connect: Connect) -> (Client, Connack) {
         let client = self.open(worker);
-        self.send(client, Packet::Connect(connect));
+        self.send(client, Packet::Connect(Box::new(connect)));
         let received = self.recv(client);
         match received.first() {
             Some(Packet::Connack(connack)) => {

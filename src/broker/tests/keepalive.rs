@@ -77,7 +77,7 @@ fn connecting_in_time_cancels_the_connect_timeout() {
     let mut cluster = Cluster::single(config);
     let client = cluster.open(0);
     cluster.advance(1_000);
-    cluster.send(client, Packet::Connect(keepalive_connect("late", 0)));
+    cluster.send(client, Packet::Connect(Box::new(keepalive_connect("late", 0))));
     cluster.advance(60_000);
     assert_eq!(cluster.ended(client), None);
 }

@@ -89,8 +89,8 @@ fn connect_with_everything() -> Connect {
 /// One example of each of the 14 packet types.
 fn examples() -> Vec<Packet> {
     vec![
-        Packet::Connect(connect_with_everything()),
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(connect_with_everything())),
+        Packet::Connect(Box::new(Connect {
             protocol: ProtocolVersion::V31,
             clean_session: false,
             keep_alive_secs: 0,
@@ -98,7 +98,7 @@ fn examples() -> Vec<Packet> {
             will: None,
             username: Some(Utf8Bytes::from_static("only-user")),
             password: None,
-        }),
+        })),
         Packet::Connack(Connack { session_present: true, code: ConnectReturnCode::Accepted }),
         Packet::Connack(Connack { session_present: false, code: ConnectReturnCode::NotAuthorized }),
         publish(QoS::AtMostOnce, b"21.5"),
@@ -505,7 +505,7 @@ fn username_and_password_flags_require_their_fields_mqtt_3_1_2_19_and_3_1_2_21()
 
 #[test]
 fn bytes_after_the_last_field_are_refused() {
-    let mut connect = encoded(&Packet::Connect(connect_with_everything()));
+    let mut connect = encoded(&Packet::Connect(Box::new(connect_with_everything())));
     connect[1] += 1;
     connect.push(0);
     assert_eq!(refused(&connect), DecodeError::TrailingBytes(1));

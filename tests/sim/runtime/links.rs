@@ -13,7 +13,7 @@ use super::{ConnIndex, ConnState, Runtime};
 
 pub(super) enum LinkItem {
     Remote(RemoteMsg),
-    Handoff { conn: ConnIndex, connect: Connect },
+    Handoff { conn: ConnIndex, connect: Box<Connect> },
 }
 
 #[derive(Default)]
@@ -100,7 +100,7 @@ impl Runtime {
         }
     }
 
-    fn land_handoff(&mut self, conn: ConnIndex, to: WorkerId, connect: Connect) {
+    fn land_handoff(&mut self, conn: ConnIndex, to: WorkerId, connect: Box<Connect>) {
         let id = self.slots[to.index()].allocate();
         self.by_id[to.index()].insert(id, conn);
         let c = &mut self.conns[conn];
@@ -195,7 +195,7 @@ impl Runtime {
         from: WorkerId,
         id: ConnId,
         to: WorkerId,
-        connect: Connect,
+        connect: Box<Connect>,
         rng: &mut Rng,
     ) {
         let Some(conn) = self.known(from, id, "Handoff") else { return };

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# One million live connections (issue 6): starts ringmq, connects N subscribers (each to its
+# own topic, QoS 1) with ringmq-bench, holds them with keepalive pings, publishes one QoS 1
+# message to 1% of them and checks that every one arrived, then prints connects/s, connect
+# p99, broker RSS per connection, kernel socket memory and CPU used. Stops what it started,
+# by PID.
+#
+#   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
+#                      [--keepalive SECONDS] [--no-build]
+#
+# Defaults: N = 1000000, hold 300 s, workers = enough 20000-slot file tables for N with
+# headroom, 4 KiB socket buffers on the broker side. Exit status 0 only if every subscriber
+# connected and subscribed and every published message arrived.
+set -euo pipefail
+
+N=1000000
+HOLD=300
+WORKERS=
+RCVBUF=4096
+SNDBUF=4096
+KEEPALIVE=60
+BUILD=1
+PORT=${RINGMQ_MILLION_PORT:-18830}
+while (($#)); do
+  case $1 in
+    --n) N=$2; shift 2 ;;
+    --hold) HOLD=$2; shift 2 ;;
+    --workers) WORKERS=$2; shift 2 ;;
+    --rcvbuf) RCVBUF=$2; shift 2 ;;
+    --sndbuf) SNDBUF=$2; shift 2 ;;
+    --keepalive) KEEPALIVE=$2; shift 2 ;;
+    --port) PORT=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+if ((BUILD)); then
+  cargo build -q --release --bin ringmq
+  cargo build -q --release -p ringmq-bench
+fi
+BROKER_BIN=$TARGET/release/ringmq
+BENCH_BIN=$TARGET/release/ringmq-bench
+
+PUBS=$(((N + 99) / 100))
+TOTAL=$((N + PUBS))
+# SO_REUSEPORT spreads accepts by hash and handoffs move connections to their session's
+# worker, so tables fill unevenly: plan 15000 of each worker's 20000 slots.
+if [[ -z $WORKERS ]]; then WORKERS=$(((TOTAL + 14999) / 15000)); ((WORKERS < 2)) && WORKERS=2; fi
+# ~28k ephemeral ports per (source, destination) pair: one source address per 20000.
+SOURCES=$(((TOTAL + 19999) / 20000))
+src_range() { # first count -> 127.<b>.<c>.<d> range starting at 127.<first>.0.1
+  local first=$1 last=$2
+  printf '127.%d.0.1-127.%d.%d.%d' "$first" "$((first + last / 65536))" "$(((last / 256) % 256))" "$((last % 256))"
+}
+SUB_SOURCES=$(src_range 10 "$(((N + 19999) / 20000))")
+PUB_SOURCES=$(src_range 60 "$(((PUBS + 19999) / 20000))")
+RUN=$(mktemp -d /tmp/ringmq-million.XXXXXX)
+echo "run dir $RUN: N=$N (+$PUBS publishers), workers=$WORKERS, hold ${HOLD}s, sources $SUB_SOURCES"
+
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tcp_mem_pages() { awk '/^TCP:/ {for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat; }
+sockstat() { grep '^TCP:' /proc/net/sockstat; }
+
+# ringmq's listeners use SO_REUSEPORT: a broker already on the port would silently share
+# the connections (and falsify every figure), so the port must be free.
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  echo "port $PORT is in use: pick another with --port" >&2
+  exit 1
+fi
+"$BROKER_BIN" --port "$PORT" --workers "$WORKERS" --file-table-slots 20000 \
+  --max-connections $((TOTAL + 1000)) --socket-rcvbuf-bytes "$RCVBUF" \
+  --socket-sndbuf-bytes "$SNDBUF" --log-level warn >"$RUN/broker.log" 2>&1 &
+BROKER=$!
+PIDS+=("$BROKER")
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+  kill -0 "$BROKER" || { cat "$RUN/broker.log"; exit 1; }
+  sleep 0.1
+done
+sleep 1
+RSS_BEFORE=$(rss_kb "$BROKER")
+TCP_MEM_BEFORE=$(tcp_mem_pages)
+CPU_BEFORE=$(cpu_ticks "$BROKER")
+echo "broker pid $BROKER: RSS before ${RSS_BEFORE} kB; $(sockstat)"
+
+# Subscribers: subscriber j subscribes to million/<j> at QoS 1. They run for the hold plus
+# the time the publishers need, then report how many deliveries arrived.
+CONNECT_TIMEOUT=$((N / 5000 + 30))
+SUB_SECS=$((HOLD + 30))
+"$BENCH_BIN" --json sub --subs "$N" --topics "$N" --qos 1 --topic-prefix million \
+  --host 127.0.0.1 --port "$PORT" --source "$SUB_SOURCES" --keepalive "$KEEPALIVE" \
+  --connect-inflight 4000 --connect-timeout "$CONNECT_TIMEOUT" --duration "$SUB_SECS" \
+  --drain 5 --client-id-prefix msub --broker-pid "$BROKER" \
+  >"$RUN/sub.json" 2>"$RUN/sub.log" &
+SUBS=$!
+PIDS+=("$SUBS")
+
+# Wait until every subscriber is connected and subscribed (the bench's progress line).
+START=$(date +%s)
+while :; do
+  kill -0 "$SUBS" 2>/dev/null || { echo "subscribers exited early"; tail -5 "$RUN/sub.log"; exit 1; }
+  READY=$(tr '\r' '\n' <"$RUN/sub.log" | grep -o 'conns [0-9]*' | tail -1 | awk '{print $2}' || true)
+  [[ ${READY:-0} -ge $N ]] && break
+  (($(date +%s) - START > CONNECT_TIMEOUT)) && { echo "only ${READY:-0}/$N ready"; exit 1; }
+  sleep 1
+done
+CONNECTED_AT=$(date +%s)
+RSS_AFTER=$(rss_kb "$BROKER")
+TCP_MEM_AFTER=$(tcp_mem_pages)
+echo "all $N subscribed after $((CONNECTED_AT - START)) s; broker RSS ${RSS_AFTER} kB; $(sockstat)"
+
+# Hold, then publish one QoS 1 message on each of topics million/0 .. million/(PUBS-1).
+sleep "$HOLD"
+RSS_HELD=$(rss_kb "$BROKER")
+"$BENCH_BIN" --json pub --pubs "$PUBS" --topics "$N" --count 1 --qos 1 \
+  --topic-prefix million --host 127.0.0.1 --port "$PORT" --source "$PUB_SOURCES" \
+  --connect-timeout 60 --duration 30 --drain 5 --client-id-prefix mpub \
+  >"$RUN/pub.json" 2>"$RUN/pub.log" || { echo "publishers failed"; tail -5 "$RUN/pub.log"; exit 1; }
+wait "$SUBS" || true
+CPU_AFTER=$(cpu_ticks "$BROKER")
+
+python3 - "$RUN" "$N" "$PUBS" "$RSS_BEFORE" "$RSS_AFTER" "$RSS_HELD" "$TCP_MEM_BEFORE" \
+  "$TCP_MEM_AFTER" "$((CPU_AFTER - CPU_BEFORE))" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+run, n, pubs, rss0, rss1, rss2, mem0, mem1, cpu, hz = sys.argv[1:]
+n, pubs = int(n), int(pubs)
+sub = json.load(open(f"{run}/sub.json"))
+pub = json.load(open(f"{run}/pub.json"))
+print(json.dumps({"sub": sub, "pub": pub}, indent=1), file=open(f"{run}/summary.json", "w"))
+def find(d, *keys):
+    for k in keys:
+        d = d.get(k, {}) if isinstance(d, dict) else {}
+    return d
+c = sub["connections"]
+ok = True
+def check(what, good):
+    global ok
+    ok &= good
+    print(f"{'ok  ' if good else 'FAIL'} {what}")
+page = 4096
+print(f"connections: {c['ready']}/{n} ready in {c['setup_secs']:.1f} s = {c['connect_rate_per_sec']:.0f} connects/s")
+for name in ("tcp_connect_latency", "mqtt_connect_latency", "ping_latency"):
+    l = c.get(name)
+    if l:
+        print(f"  {name}: p50 {l['p50_us']:.0f} us, p99 {l['p99_us']:.0f} us, max {l.get('max_us', 0):.0f} us")
+print(f"broker RSS: {int(rss0)} kB before, {int(rss1)} kB connected, {int(rss2)} kB after hold: "
+      f"{(int(rss1) - int(rss0)) * 1024 / n:.0f} B per connection "
+      f"({(int(rss2) - int(rss0)) * 1024 / n:.0f} B after hold)")
+print(f"kernel TCP memory (sockstat, both ends): {int(mem0) * page >> 20} MiB before, "
+      f"{int(mem1) * page >> 20} MiB connected = {(int(mem1) - int(mem0)) * page / n:.0f} B per pair")
+print(f"broker CPU from connect to end: {int(cpu) / int(hz):.1f} s; bench subscribers "
+      f"{sub['cpu']['process']['user_secs'] + sub['cpu']['process']['system_secs']:.1f} s "
+      f"over {sub['cpu']['wall_secs']:.0f} s wall")
+m, pm = sub["messages"], pub["messages"]
+print(f"published {pm['published']}, acked {pm['acked']}; subscribers received {m['delivered']} "
+      f"({m['unique']} unique, {m['unexpected']} unexpected); pings sent {c['pings_sent']}")
+check(f"all {n} connected and subscribed", c["ready"] == n and c["failed"] == 0)
+check("no connection lost during the hold", c["closed_unexpectedly"] == 0 and c["protocol_errors"] == 0)
+check(f"all {pubs} publishes acked", pm["published"] == pubs and pm["acked"] == pubs)
+check(f"every one of the {pubs} messages arrived once (unique {m['unique']})",
+      m["unique"] == pubs and m["unexpected"] == 0)
+sys.exit(0 if ok else 1)
+PY
