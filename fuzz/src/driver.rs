@@ -819,7 +819,7 @@ fn connect_packet(
         qos: qos(will.qos),
         retain: will.retain,
     });
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V311,
         clean_session: clean,
         keep_alive_secs,
@@ -827,7 +827,7 @@ fn connect_packet(
         will,
         username: user.then(|| Utf8Bytes::from_static("user")),
         password: None,
-    })
+    }))
 }
 
 fn server_packet(kind: u8) -> Packet {
