@@ -8,9 +8,10 @@
 //! (`[MQTT-3.3.1-9]`), or in its name (`..._mqtt_3_3_1_9`, `..._mqtt_3_3_1_10_and_11`,
 //! `..._mqtt_3_1_2_11_and_3_1_2_13`). Test code is: `tests/` (Rust and Python), `src/**/tests/`,
 //! `src/**/tests.rs`, `src/**/*_tests.rs`, `src/**/proptests.rs`, and the part of any other
-//! source file after its `#[cfg(test)]`. A citation belongs to the function it is written in
-//! (a helper such as the broker harness's `subscribe` asserts for every test that calls it);
-//! one before any function (a module comment) counts for nothing.
+//! source file after its `#[cfg(test)] mod ... {`. A citation belongs to the function it is
+//! written in, or documents (`///` above it); a helper such as the broker harness's
+//! `subscribe` asserts for every test that calls it. One outside any function (a module
+//! comment, a struct's documentation) counts for nothing.
 
 mod conformance {
     pub mod statements;
@@ -149,16 +150,26 @@ fn citations(root: &Path) -> BTreeMap<String, BTreeSet<String>> {
         let lines: Vec<&str> = text.lines().collect();
         let mut in_tests = all_test_code(&path);
         let mut function: Option<String> = None;
+        // Ids in `///` lines belong to the item they document, the next function if it is one.
+        let mut documented: Vec<String> = Vec::new();
         for (index, line) in lines.iter().enumerate() {
             if !in_tests {
                 in_tests = opens_test_module(&lines, index);
                 continue;
             }
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("///") {
+                documented.extend(ids_in_line(line));
+                continue;
+            }
             if let Some(name) = declared_function(line) {
                 function = Some(name.to_owned());
-                for id in ids_in_name(name) {
+                let ids = ids_in_name(name).into_iter().chain(documented.drain(..));
+                for id in ids {
                     cited.entry(id).or_default().insert(format!("{}::{name}", path.display()));
                 }
+            } else if !(trimmed.is_empty() || trimmed.starts_with("#[")) {
+                documented.clear();
             }
             let Some(name) = &function else { continue };
             for id in ids_in_line(line) {

@@ -31,6 +31,7 @@ impl Broker {
         now: Millis,
     ) {
         self.stats.messages_received += 1;
+        self.stats.messages_received_by_qos[publish.qos as usize] += 1;
         let packet_id = publish.packet_id;
         let message = Message {
             topic: publish.topic,
@@ -87,8 +88,15 @@ impl Broker {
     ) {
         let awaiting_max = self.config.max_awaiting_pubrel;
         let token = match self.sessions.get_mut(session).incoming.on_publish(id, awaiting_max) {
-            IncomingQos2::Deliver => self.route_acknowledged(conn, message, now),
-            IncomingQos2::Duplicate => None,
+            IncomingQos2::Deliver => {
+                let token = self.route_acknowledged(conn, message, now);
+                if let Some(token) = token {
+                    self.note_qos2_token(session, id, token);
+                }
+                token
+            }
+            // Not routed again; its PUBREC waits for the first copy's retained update, if any.
+            IncomingQos2::Duplicate => self.qos2_token(conn, session, id),
             IncomingQos2::Full => {
                 let violation = CloseReason::ProtocolViolation(
                     "more QoS 2 PUBLISHes awaiting PUBREL than max_awaiting_pubrel",

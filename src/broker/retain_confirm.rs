@@ -31,9 +31,9 @@
 //!   sent. Its updates still complete on every replica; their tokens keep counting
 //!   confirmations (so every confirmation finds its token) and are forgotten at the last one.
 //!   A QoS 1 client re-sends after reconnecting, and that copy is held again. A QoS 2 client's
-//!   re-sent PUBLISH carries a packet id already stored (Method B, `inflight.rs`): it is not
-//!   routed again and its PUBREC is not held (the update, started a reconnect earlier, is
-//!   normally long applied, but this is the one case the guarantee does not cover).
+//!   re-sent PUBLISH carries a packet id already stored (Method B, `inflight.rs`), so it is
+//!   not routed again; if the first copy's update is still waiting, the new PUBREC waits for
+//!   it too (the token is found by session and packet id), else it goes at once.
 //!
 //! Bounds: a held acknowledgement, and each one queued behind it, is output the broker owes the
 //! connection, so its 4 bytes count with the connection's output and held SUBACKs against the
@@ -42,7 +42,7 @@
 //! 2 x `outbuf_bytes_max` / 4 entries per connection (2 M by default), reached only when the
 //! mesh stalls for a long time, since a stalled mesh also pauses reading (`mesh_overflow_max`).
 //! Tokens are held only by these entries, plus those of connections closed within the last
-//! mesh round trip.
+//! mesh round trip; the QoS 2 index holds at most one entry per waiting token.
 //!
 //! Invariant: a token waits for at least one confirmation; every confirmation (`RetainAck`,
 //! an origin's `RetainApplied`, `RetainUnchanged`) finds its token waiting; a connection's
@@ -52,7 +52,7 @@ use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 
 use super::ids::IdBuildHasher;
-use super::{Broker, CloseReason, ConnId, RemoteMsg, WorkerId};
+use super::{Broker, CloseReason, ConnId, RemoteMsg, SessionId, WorkerId};
 use crate::protocol::{Packet, PacketId};
 
 /// Names one retained update that a client's acknowledgement waits for, among those its
@@ -81,12 +81,13 @@ impl Ack {
 /// The encoded size of every [`Ack`]: fixed header, remaining length 2, packet id.
 const ACK_BYTES: usize = 4;
 
-/// An update in flight: the connection whose acknowledgement waits (none once it closed) and
-/// the confirmations still to come.
+/// An update in flight: the connection whose acknowledgement waits (none once it closed), the
+/// confirmations still to come, and, for a QoS 2 PUBLISH, its session and packet id.
 #[derive(Debug)]
 struct Waiting {
     conn: Option<ConnId>,
     missing: u16,
+    qos2: Option<(SessionId, PacketId)>,
 }
 
 /// One owed acknowledgement and the update it waits for (none: it waits only for the
@@ -99,6 +100,8 @@ pub(super) struct RetainConfirms {
     waiting: HashMap<RetainToken, Waiting, IdBuildHasher>,
     /// Per connection with a held acknowledgement: what it is owed, in order.
     held: HashMap<ConnId, VecDeque<HeldAck>, IdBuildHasher>,
+    /// The waiting updates of QoS 2 PUBLISHes, by session and packet id, for a re-sent copy.
+    qos2: HashMap<(SessionId, PacketId), RetainToken>,
 }
 
 impl RetainConfirms {
@@ -124,9 +127,35 @@ impl Broker {
     pub(super) fn new_retain_token(&mut self, conn: ConnId) -> RetainToken {
         assert!(self.workers > 1, "with one worker no retained update is confirmed");
         let token = self.retain_confirms.next_token();
-        let waiting = Waiting { conn: Some(conn), missing: self.workers - 1 };
+        let waiting = Waiting { conn: Some(conn), missing: self.workers - 1, qos2: None };
         self.retain_confirms.waiting.insert(token, waiting);
         token
+    }
+
+    /// Files `token` as the update of QoS 2 packet `id` from `session`, for a re-sent copy.
+    pub(super) fn note_qos2_token(&mut self, session: SessionId, id: PacketId, token: RetainToken) {
+        let confirms = &mut self.retain_confirms;
+        let waiting = confirms.waiting.get_mut(&token).expect("a new token is waiting");
+        waiting.qos2 = Some((session, id));
+        if let Some(previous) = confirms.qos2.insert((session, id), token) {
+            // The id's earlier update (a PUBLISH before PUBREL freed the id) is still waiting.
+            if let Some(earlier) = confirms.waiting.get_mut(&previous) {
+                earlier.qos2 = None;
+            }
+        }
+    }
+
+    /// The still-waiting update of a re-sent QoS 2 PUBLISH, now answered on `conn`.
+    pub(super) fn qos2_token(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        id: PacketId,
+    ) -> Option<RetainToken> {
+        let token = *self.retain_confirms.qos2.get(&(session, id))?;
+        let waiting = self.retain_confirms.waiting.get_mut(&token).expect("filed tokens wait");
+        waiting.conn = Some(conn);
+        Some(token)
     }
 
     /// Writes `ack` to `conn`, or queues it behind the connection's held acknowledgements.
@@ -183,6 +212,9 @@ impl Broker {
     pub(super) fn settle_retain_token(&mut self, token: RetainToken) {
         let waiting = self.retain_confirms.waiting.remove(&token);
         let waiting = waiting.unwrap_or_else(|| panic!("{token:?} settled, not waiting"));
+        if let Some(key) = waiting.qos2 {
+            self.retain_confirms.qos2.remove(&key);
+        }
         if let Some(conn) = waiting.conn {
             self.release_acks(conn);
         }

@@ -322,3 +322,52 @@ fn a_transient_error_closes_only_the_connection_it_arrived_on_mqtt_4_8_0_2() {
     cluster.send(bystander, Packet::Pingreq);
     assert_eq!(cluster.recv(bystander), vec![Packet::Pingresp]);
 }
+
+#[test]
+fn session_state_is_kept_for_the_whole_session_mqtt_4_1_0_1() {
+    // Subscriptions, a QoS 1 message sent and unacknowledged, a QoS 2 id awaiting PUBREL, and
+    // a message queued while offline: all of it is there when the client comes back.
+    let mut cluster = Cluster::single(BrokerConfig::default());
+    let client = cluster.connect("keeper", false);
+    cluster.subscribe(client, &[("k/#", QoS::AtLeastOnce)]);
+    cluster.publish(client, "elsewhere", b"q2", QoS::ExactlyOnce, false);
+    let awaiting = pid(cluster.last_packet_id(client));
+    let publisher = cluster.connect("p", true);
+    cluster.publish(publisher, "k/1", b"unacked", QoS::AtLeastOnce, false);
+    cluster.drop_client(client);
+    cluster.publish(publisher, "k/2", b"queued", QoS::AtLeastOnce, false);
+    let info = cluster.broker(0).session_info("keeper").expect("kept offline");
+    assert_eq!((info.inflight, info.queued, info.awaiting_pubrel), (1, 1, 1));
+    let (client, connack) = cluster.connect_on(0, connect_packet("keeper", false));
+    assert!(connack.session_present);
+    let payloads: Vec<_> =
+        cluster.recv_publishes(client).iter().map(|p| p.payload.to_vec()).collect();
+    assert_eq!(payloads, vec![b"unacked".to_vec(), b"queued".to_vec()]);
+    cluster.send(client, Packet::Pubrel(awaiting));
+    assert_eq!(cluster.recv(client), vec![Packet::Pubcomp(awaiting)]);
+    let info = cluster.broker(0).session_info("keeper").expect("connected");
+    assert_eq!(info.subscriptions, vec![(filter("k/#"), QoS::AtLeastOnce)]);
+    assert_eq!(info.awaiting_pubrel, 0);
+}
+
+#[test]
+fn deliveries_started_before_an_unsubscribe_are_completed_mqtt_3_10_4_3() {
+    let mut cluster = Cluster::single(BrokerConfig::default());
+    let subscriber = cluster.connect("s", true);
+    cluster.subscribe(subscriber, &[("t", QoS::ExactlyOnce)]);
+    let publisher = cluster.connect("p", true);
+    cluster.publish(publisher, "t", b"1", QoS::AtLeastOnce, false);
+    cluster.publish(publisher, "t", b"2", QoS::ExactlyOnce, false);
+    let sent = cluster.recv_publishes(subscriber);
+    let ids: Vec<_> = sent.iter().map(|p| p.packet_id.expect("QoS > 0")).collect();
+    cluster.unsubscribe(subscriber, &["t"]);
+    cluster.recv(subscriber);
+    cluster.publish(publisher, "t", b"3", QoS::AtLeastOnce, false);
+    assert!(cluster.recv_publishes(subscriber).is_empty(), "nothing new [MQTT-3.10.4-2]");
+    cluster.send(subscriber, Packet::Puback(ids[0]));
+    cluster.send(subscriber, Packet::Pubrec(ids[1]));
+    assert_eq!(cluster.recv(subscriber), vec![Packet::Pubrel(ids[1])]);
+    cluster.send(subscriber, Packet::Pubcomp(ids[1]));
+    assert_eq!(cluster.broker(0).session_info("s").expect("connected").inflight, 0);
+    assert_eq!(cluster.broker(0).stats().unexpected_acks, 0, "both were still in flight");
+}

@@ -183,6 +183,36 @@ fn a_resent_qos2_publish_is_answered_behind_the_held_pubrec_mqtt_4_3_3_2() {
 }
 
 #[test]
+fn a_qos2_publish_resent_after_a_reconnect_waits_for_the_first_copys_update_mqtt_4_3_3_2() {
+    let workers = 2;
+    let mut cluster = Cluster::new(workers, BrokerConfig::default());
+    let id = client_id_on(0, workers, "resender");
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&id, false));
+    let topic_text = topic_owned_by(1, workers, "again");
+    cluster.hold_remotes(true);
+    cluster.publish(publisher, &topic_text, b"r", QoS::ExactlyOnce, true);
+    let packet_id = cluster.last_packet_id(publisher);
+    cluster.drop_client(publisher);
+    // Back on its persistent session, the client re-sends the PUBLISH it has no PUBREC for.
+    let (publisher, connack) = cluster.connect_on(0, connect_packet(&id, false));
+    assert!(connack.session_present);
+    let mut resent = publish_packet(&topic_text, b"r", QoS::ExactlyOnce, true, packet_id);
+    if let Packet::Publish(publish) = &mut resent {
+        publish.dup = true;
+    }
+    cluster.send(publisher, resent);
+    assert!(cluster.recv(publisher).is_empty(), "worker 1 has not applied the update yet");
+    cluster.hold_remotes(false);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(packet_id))]);
+    assert_eq!(replicas_with(&cluster, &topic_text, b"r"), 2);
+    assert_eq!(cluster.remote_log.iter().filter(|(_, _, n)| *n == "Retain").count(), 1);
+    // Once the update is in effect everywhere, a re-sent copy is answered at once.
+    cluster.send(publisher, publish_packet(&topic_text, b"r", QoS::ExactlyOnce, true, packet_id));
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(packet_id))]);
+    assert_eq!(cluster.broker(0).unconfirmed_retained_count(), 0);
+}
+
+#[test]
 fn a_publisher_that_leaves_while_held_leaves_nothing_behind() {
     let workers = 3;
     let mut cluster = Cluster::new(workers, BrokerConfig::default());
