@@ -46,7 +46,9 @@ fn decode_stream_corpus_and_seeds_pass() {
 
 #[test]
 fn broker_corpus_passes() {
-    corpus("broker").iter().for_each(|input| run_broker(input));
+    let corpus = corpus("broker");
+    assert!(!corpus.is_empty(), "the broker corpus is committed");
+    corpus.iter().for_each(|input| run_broker(input));
 }
 
 #[test]
