@@ -7,9 +7,9 @@
 # Each phase has its own broker, so the counters in its log are that phase's alone.
 # The broker's RSS and open fds are sampled every 0.2 s; at the end the broker is stopped and
 # its per-worker counters (drops at each bound, closes by reason) are read from its log.
-# Prints a Markdown table, and exits non-zero if a check fails: RSS grows in the slow phase
-# by more than the bounds allow (outbuf_bytes_max + max_queued_bytes), the bounds' drops are
-# not counted, or the bench saw losses between the well-behaved clients.
+# Prints a Markdown table, and exits non-zero if a check fails: RSS grows from 10 s into the
+# stall to its end by more than the bounds allow (outbuf_bytes_max + max_queued_bytes), the
+# bounds' drops are not counted, or the bench saw QoS 1/2 losses between well-behaved clients.
 #
 #   scripts/slow-consumer.sh [SECONDS]        (default 60)
 #
@@ -145,10 +145,16 @@ for qos in qos_list:
             failures.append(f"QoS {qos} {phase}: {m['lost']} lost between well-behaved clients")
         if report["connections"]["ready"] != report["connections"]["planned"]:
             failures.append(f"QoS {qos} {phase}: not every connection came up")
-    growth = peak.get("with", 0) - peak.get("without", 0)
+    # Each phase has its own broker, whose peak depends on how many receive buffers the load
+    # happened to touch; what the bounds promise is that the stalled subscriber's share stops
+    # growing once they are reached: RSS from 10 s into the phase to its end.
+    points = series.get("with", [])
+    start = points[0][0] if points else 0
+    settled = [kib for t, kib in points if t - start >= 10]
+    growth = (max(settled) - settled[0]) if settled else 0
     bound = (outbuf + queued_bytes) // 1024
     if growth > bound:
-        failures.append(f"QoS {qos}: RSS grew {growth} KiB with the slow consumer, over the {bound} KiB its bounds allow")
+        failures.append(f"QoS {qos}: RSS grew {growth} KiB after 10 s of the stall, over the {bound} KiB its bounds allow")
     log = open(f"{out}/broker-with-q{qos}.log").read()
     baseline = open(f"{out}/broker-without-q{qos}.log").read()
     closes = [l for l in log.splitlines() if "closing" in l and "slow" in l.lower()]
@@ -166,7 +172,7 @@ for qos in qos_list:
                  f"{counter(baseline, 'qos0_dropped_outbuf')}, `messages_dropped_queue_full` "
                  f"{counter(baseline, 'messages_dropped_queue_full')}; with it: `qos0_dropped_outbuf` {dropped0}, "
                  f"`messages_dropped_queue_full` {dropped}, `closes.slow_consumer` {slow_closes}"
-                 f"{close_after}; RSS growth with the slow consumer {growth / 1024:.1f} MiB "
+                 f"{close_after}; RSS growth from 10 s into the stall to its end {growth / 1024:.1f} MiB "
                  f"(bound {bound / 1024:.0f} MiB)")
     if qos == "0" and dropped0 == 0:
         failures.append("QoS 0: no drop counted at outbuf_bytes_max")
