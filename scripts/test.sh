@@ -199,7 +199,10 @@ main() {
     # page needs three one-second samples); installing Chromium once took 52 s of apt here.
     step browser run_browser_tests
     # Without ASan (FUZZ_SANITIZER=none): protocol and broker forbid unsafe, and the build
-    # and the runs cost several times less.
+    # and the runs cost several times less. Cost here (load ~15): 80 s with the fuzz builds
+    # warm (replays a few seconds, then 4 x 11 s of fuzzing). A fresh runner also installs
+    # cargo-fuzz and builds the fuzz crate twice (debug for cargo test: 5 min here; release
+    # with coverage for libFuzzer: 7.5 min here), so roughly 4-5 min on the CI runner.
     step fuzz env FUZZ_SANITIZER=none scripts/fuzz.sh "${RINGMQ_FUZZ_SECONDS:-10}"
     if [ "${#failed[@]}" -ne 0 ]; then
         log "FAILED steps: ${failed[*]}"
