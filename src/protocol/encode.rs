@@ -321,6 +321,12 @@ impl OutBuf {
         self.len == 0
     }
 
+    /// Makes room for `bytes` more copied bytes, so a packet written in parts grows the
+    /// buffer at most once.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.scratch.reserve(bytes);
+    }
+
     pub fn put_slice(&mut self, bytes: &[u8]) {
         self.scratch.extend_from_slice(bytes);
         self.len += bytes.len();

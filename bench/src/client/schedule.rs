@@ -141,8 +141,8 @@ mod tests {
             }
             now += MS;
         }
-        for position in 0..7 {
-            assert_eq!(handed[position], schedule.due(position as u32, 1_000 * MS), "{position}");
+        for (position, &count) in handed.iter().enumerate() {
+            assert_eq!(count, schedule.due(position as u32, 1_000 * MS), "publisher {position}");
         }
     }
 }

@@ -427,7 +427,11 @@ impl Worker {
             None => 0,
             Some(schedule) => {
                 let next = self.shared.run_start_ns().saturating_add(schedule.next_due_ns());
-                if self.lagging.is_empty() { next } else { next.min(now_ns + LAGGING_RETRY_NS) }
+                if self.lagging.is_empty() {
+                    next
+                } else {
+                    next.min(now_ns + LAGGING_RETRY_NS)
+                }
             }
         };
     }
