@@ -3,18 +3,19 @@
 //! own codec, then stop it with SIGTERM and expect exit status 0 within a second.
 //!
 //! Independent clients (Mosquitto's, paho) are exercised by the integration suite; this test
-//! only proves that bytes flow through the runtime both ways and that the stop is clean.
+//! only proves that bytes flow through the runtime both ways and that the stop is clean. The
+//! broker process is handled here (the one-second stop and the signals are the point); the
+//! client is the suite's `RawClient` (`tests/common`).
 
-use std::io::{ErrorKind, Read, Write};
+mod common;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use ringmq::protocol::{
-    decode, encode, Connect, ConnectReturnCode, Packet, PacketId, ProtocolVersion, Publish, QoS,
-    SubackCode, Subscribe, TopicFilter, TopicName, Utf8Bytes,
-};
+use bytes::Bytes;
+use common::{ConnectOptions, RawClient};
+use ringmq::protocol::{ConnectReturnCode, Packet, PacketId, Publish, QoS, TopicName};
 
 /// The broker process; killed if the test fails before stopping it.
 struct Broker {
@@ -48,25 +49,21 @@ impl Broker {
         Self { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
     }
 
-    fn connect(&mut self) -> Client {
+    /// A client connected (CONNECT answered with CONNACK 0) as `client_id`, once the broker
+    /// listens.
+    fn client(&mut self, client_id: &str) -> RawClient {
         let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match TcpStream::connect(self.addr) {
-                Ok(stream) => {
-                    stream.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-                    return Client { stream, input: BytesMut::new() };
-                }
-                Err(error) if Instant::now() < deadline => {
-                    let status = self.child.try_wait().expect("status");
-                    assert!(
-                        status.is_none(),
-                        "ringmq exited during start-up: {status:?} ({error})"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(error) => panic!("ringmq did not listen on {}: {error}", self.addr),
-            }
+        while let Err(error) = TcpStream::connect(self.addr) {
+            let status = self.child.try_wait().expect("status");
+            assert!(status.is_none(), "ringmq exited during start-up: {status:?} ({error})");
+            assert!(Instant::now() < deadline, "ringmq did not listen on {}: {error}", self.addr);
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let mut client = RawClient::open(self.addr);
+        // [MQTT-3.2.0-1] the first packet from the server is CONNACK.
+        let connack = client.connect(ConnectOptions::new(client_id));
+        assert_eq!(connack.code, ConnectReturnCode::Accepted);
+        client
     }
 
     fn signal(&self, signal: i32) {
@@ -98,59 +95,6 @@ impl Drop for Broker {
     }
 }
 
-struct Client {
-    stream: TcpStream,
-    input: BytesMut,
-}
-
-impl Client {
-    fn send(&mut self, packet: &Packet) {
-        let mut out = BytesMut::new();
-        encode(packet, &mut out);
-        self.stream.write_all(&out).expect("write");
-    }
-
-    /// The next packet from the broker, within two seconds.
-    fn receive(&mut self) -> Packet {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            if let Some(packet) = decode(&mut self.input, 1 << 20).expect("broker sent valid MQTT")
-            {
-                return packet;
-            }
-            assert!(Instant::now() < deadline, "no packet from the broker within two seconds");
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("the broker closed the connection"),
-                Ok(len) => self.input.extend_from_slice(&chunk[..len]),
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) => {}
-                Err(error) => panic!("read: {error}"),
-            }
-        }
-    }
-
-    fn connect(&mut self, client_id: &'static str) {
-        self.send(&Packet::Connect(Box::new(Connect {
-            protocol: ProtocolVersion::V311,
-            clean_session: true,
-            keep_alive_secs: 30,
-            client_id: Utf8Bytes::from_static(client_id),
-            will: None,
-            username: None,
-            password: None,
-        })));
-        match self.receive() {
-            // [MQTT-3.2.0-1] the first packet from the server is CONNACK.
-            Packet::Connack(connack) => assert_eq!(connack.code, ConnectReturnCode::Accepted),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-}
-
 fn id(value: u16) -> PacketId {
     PacketId::new(value).expect("non-zero packet id")
 }
@@ -164,10 +108,10 @@ fn publish_subscribe_round_trip_then_a_clean_sigterm() {
 #[test]
 fn sighup_is_ignored() {
     let mut broker = Broker::start(1);
-    broker.connect().connect("before-hup");
+    broker.client("before-hup");
     broker.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(100));
-    broker.connect().connect("after-hup");
+    broker.client("after-hup");
     let status = broker.terminate();
     assert!(status.success(), "ringmq exited with {status:?}");
 }
@@ -181,24 +125,11 @@ fn publish_subscribe_round_trip_across_two_workers() {
 
 fn round_trip(workers: u16) {
     let mut broker = Broker::start(workers);
-    let mut subscriber = broker.connect();
-    subscriber.connect("smoke-subscriber");
-    let filter = TopicFilter::new(Utf8Bytes::from_static("smoke/+")).expect("filter");
-    subscriber.send(&Packet::Subscribe(Subscribe {
-        packet_id: id(1),
-        filters: vec![(filter, QoS::AtLeastOnce)],
-    }));
-    match subscriber.receive() {
-        // [MQTT-3.8.4-1] SUBACK with the same packet id; QoS 1 granted.
-        Packet::Suback(suback) => {
-            assert_eq!(suback.packet_id, id(1));
-            assert_eq!(suback.return_codes, vec![SubackCode::Granted(QoS::AtLeastOnce)]);
-        }
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
+    let mut subscriber = broker.client("smoke-subscriber");
+    // [MQTT-3.8.4-1] SUBACK with the same packet id; QoS 1 granted (checked by `subscribe`).
+    subscriber.subscribe(&[("smoke/+", QoS::AtLeastOnce)]);
 
-    let mut publisher = broker.connect();
-    publisher.connect("smoke-publisher");
+    let mut publisher = broker.client("smoke-publisher");
     let payload = Bytes::from(vec![0x5a; 3000]);
     publisher.send(&Packet::Publish(Publish {
         dup: false,

@@ -191,9 +191,9 @@ fn a_subscription_is_in_effect_on_every_worker_once_acknowledged() {
 }
 
 /// With four workers, a retained message whose PUBACK the publisher has seen is replayed to a
-/// new subscriber on any worker [MQTT-3.3.1-6] (100 rounds, fresh topic and client each).
+/// new subscriber on any worker [MQTT-3.3.1-6] (100 rounds, fresh topic and client each): the
+/// PUBACK waits until every worker's replica has the message (`broker/retain_confirm.rs`).
 #[test]
-#[ignore = "fails about one run in two: /work/ITEST_FINDINGS.md, finding 1"]
 fn a_retained_message_is_in_effect_on_every_worker_once_acknowledged() {
     let broker = Broker::start(&["--workers", "4"]);
     let mut publisher = broker.raw_client(&unique_id("retained-pub"));

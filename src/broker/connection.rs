@@ -127,6 +127,7 @@ impl Broker {
         };
         self.stats.closes.count(reason);
         self.drop_held_subacks(std::mem::take(&mut state.held_subacks));
+        self.drop_held_acks(conn);
         if let Some(reason) = reason {
             if matches!(reason, CloseReason::ConnectRefused(_)) && !state.out.is_empty() {
                 self.closing.insert(conn, std::mem::take(&mut state.out));

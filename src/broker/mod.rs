@@ -33,7 +33,9 @@
 //! - `Action::Remote { to, msg }`: deliver `msg` to worker `to`'s `handle_remote`, FIFO per
 //!   (from, to) pair. The runtime may hold it back (backpressure) but never drop or reorder it.
 //!   A SUBACK that starts a filter's interest waits for every other worker's
-//!   `RemoteMsg::InterestAck` (`interest.rs`), so a held-back channel delays SUBACKs too.
+//!   `RemoteMsg::InterestAck` (`interest.rs`), and a retained QoS 1/2 PUBLISH's PUBACK/PUBREC
+//!   waits until every replica applied it (`retain_confirm.rs`), so a held-back channel
+//!   delays those acknowledgements too.
 //! - `handle_tick(now)` whenever `now >= next_deadline()`; it runs keepalive, connect
 //!   timeouts, session and retained expiry, and the `$SYS` interval. Timers have
 //!   [`keepalive::BUCKET_MILLIS`] precision: a deadline fires in the first tick at or after it
@@ -45,7 +47,8 @@
 //! `subscribe.rs` SUBSCRIBE/UNSUBSCRIBE and retained-on-subscribe; `publish.rs` inbound
 //! PUBLISH and routing; `delivery.rs` writing, queueing and refilling one session's output;
 //! `inflight.rs` the QoS state machines; `connection.rs` connection state, output and closing;
-//! `interest.rs` cross-worker interest and the SUBACKs that wait for it;
+//! `interest.rs` cross-worker interest and the SUBACKs that wait for it; `retain_confirm.rs`
+//! the publisher acknowledgements that wait until a retained update is applied everywhere;
 //! `will.rs`; `keepalive.rs` the timing wheel; `route.rs` the cross-worker protocol and
 //! [`stable_hash`]; `sys.rs` `$SYS`; `stats.rs` the counters.
 //!
@@ -71,6 +74,7 @@ mod delivery;
 mod inflight;
 mod interest;
 mod publish;
+mod retain_confirm;
 mod session;
 mod subscribe;
 mod sys;
@@ -78,9 +82,12 @@ mod will;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topic_strategies;
 
 pub use config::BrokerConfig;
 pub use ids::{ConnId, Millis, SessionId, WorkerId, WorkerSet};
+pub use retain_confirm::RetainToken;
 pub use route::{home_worker, stable_hash};
 
 use std::collections::{HashMap, VecDeque};
@@ -158,9 +165,23 @@ pub enum RemoteMsg {
     InterestAck,
     /// Retained message updates, serialised through the topic's owner worker so every replica
     /// applies them in one order. `Retain` asks the owner to apply one; `RetainApplied` is the
-    /// owner's broadcast. An empty payload deletes.
-    Retain(Message),
-    RetainApplied(Message),
+    /// owner's broadcast. An empty payload deletes. An update with a `token` is one a client's
+    /// acknowledgement waits for (`retain_confirm.rs`): every replica confirms it to the
+    /// worker that started it (`origin`: for `Retain`, its sender).
+    Retain {
+        message: Message,
+        token: Option<RetainToken>,
+    },
+    RetainApplied {
+        message: Message,
+        origin: WorkerId,
+        token: Option<RetainToken>,
+    },
+    /// The sender's replica applied the receiver's retained update `token`.
+    RetainAck(RetainToken),
+    /// From the owner: update `token` changed nothing (a delete of nothing, or a new topic
+    /// at `retained_messages_max`), so no other replica will apply it.
+    RetainUnchanged(RetainToken),
     /// A worker's counters for the `$SYS` aggregate kept by worker 0.
     Stats(Box<stats::WorkerStats>),
 }
@@ -198,6 +219,7 @@ pub struct Broker {
     retained: RetainedStore,
     timers: keepalive::TimingWheel,
     interest: interest::InterestState,
+    retain_confirms: retain_confirm::RetainConfirms,
     /// Reused by every match, so routing allocates nothing per publish in the steady state.
     matches: Matches,
     due_timers: Vec<keepalive::Timer>,
@@ -233,6 +255,7 @@ impl Broker {
             subscriptions: SubscriptionIndex::new(),
             timers: keepalive::TimingWheel::new(now),
             interest: interest::InterestState::new(workers),
+            retain_confirms: retain_confirm::RetainConfirms::default(),
             matches: Matches::default(),
             due_timers: Vec::new(),
             pending_closes: VecDeque::new(),

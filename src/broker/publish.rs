@@ -6,7 +6,8 @@
 //! until PUBREL, which is answered PUBCOMP [MQTT-4.3.3-2] [MQTT-3.6.4-1].
 //!
 //! Routing: a RETAIN=1 message updates the retained store through the topic's owner
-//! [MQTT-3.3.1-5] (an empty payload deletes [MQTT-3.3.1-10]); then the index gives the local
+//! [MQTT-3.3.1-5] (an empty payload deletes [MQTT-3.3.1-10]), and a QoS 1/2 one's PUBACK or
+//! PUBREC waits until every worker's replica has it (`retain_confirm.rs`); then the index gives the local
 //! sessions (each once, at its highest granted QoS [MQTT-3.3.5-1]) and the interested workers.
 //! Local sessions get min(published, granted) QoS [MQTT-3.8.4-6] with RETAIN=0
 //! [MQTT-3.3.1-9]; each interested worker gets one `RemoteMsg::Publish`.
@@ -17,8 +18,9 @@
 
 use super::delivery::Variants;
 use super::inflight::IncomingQos2;
-use super::{Broker, CloseReason, ConnId, Message, Millis, RemoteMsg, SessionId};
-use crate::protocol::{Packet, PacketId, Publish, QoS};
+use super::retain_confirm::Ack;
+use super::{Broker, CloseReason, ConnId, Message, Millis, RemoteMsg, RetainToken, SessionId};
+use crate::protocol::{PacketId, Publish, QoS};
 
 impl Broker {
     pub(super) fn handle_publish(
@@ -46,11 +48,33 @@ impl Broker {
             }
         };
         if message.qos == QoS::AtLeastOnce {
-            self.route_publish(message, now);
-            self.write_control(conn, &Packet::Puback(id));
+            let token = self.route_acknowledged(conn, message, now);
+            self.answer(conn, Ack::Puback(id), token);
             return;
         }
         self.receive_qos2(conn, session, id, message, now);
+    }
+
+    /// Routes a QoS 1/2 message from `conn`; a retained one returns the token of the update
+    /// its acknowledgement waits for (`retain_confirm.rs`), if any.
+    fn route_acknowledged(
+        &mut self,
+        conn: ConnId,
+        message: Message,
+        now: Millis,
+    ) -> Option<RetainToken> {
+        let token =
+            if message.retain { self.update_retained(&message, Some(conn), now) } else { None };
+        self.route_to_subscribers(&message, now);
+        token
+    }
+
+    /// Writes `ack`, or holds it until retained update `token` is in effect everywhere.
+    fn answer(&mut self, conn: ConnId, ack: Ack, token: Option<RetainToken>) {
+        match token {
+            Some(token) => self.hold_ack(conn, ack, token),
+            None => self.write_ack(conn, ack),
+        }
     }
 
     fn receive_qos2(
@@ -62,34 +86,47 @@ impl Broker {
         now: Millis,
     ) {
         let awaiting_max = self.config.max_awaiting_pubrel;
-        match self.sessions.get_mut(session).incoming.on_publish(id, awaiting_max) {
-            IncomingQos2::Deliver => self.route_publish(message, now),
-            IncomingQos2::Duplicate => {}
+        let token = match self.sessions.get_mut(session).incoming.on_publish(id, awaiting_max) {
+            IncomingQos2::Deliver => {
+                let token = self.route_acknowledged(conn, message, now);
+                if let Some(token) = token {
+                    self.note_qos2_token(session, id, token);
+                }
+                token
+            }
+            // Not routed again; its PUBREC waits for the first copy's retained update, if any.
+            IncomingQos2::Duplicate => self.qos2_token(conn, session, id),
             IncomingQos2::Full => {
                 let violation = CloseReason::ProtocolViolation(
                     "more QoS 2 PUBLISHes awaiting PUBREL than max_awaiting_pubrel",
                 );
                 return self.close_conn(conn, Some(violation), now);
             }
-        }
-        self.write_control(conn, &Packet::Pubrec(id));
+        };
+        self.answer(conn, Ack::Pubrec(id), token);
     }
 
     pub(super) fn handle_pubrel(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
         // An unknown id still gets PUBCOMP: the client may be finishing an exchange whose
         // PUBCOMP it never saw [MQTT-4.3.3-2] [MQTT-3.6.4-1].
         self.sessions.get_mut(session).incoming.on_pubrel(id);
-        self.write_control(conn, &Packet::Pubcomp(id));
+        self.write_ack(conn, Ack::Pubcomp(id));
     }
 
-    /// Routes a message published here (by a client, as a will, or as `$SYS`).
+    /// Routes a message published here with no acknowledgement to wait for it (a client's QoS
+    /// 0, a will, `$SYS`).
     pub(super) fn route_publish(&mut self, message: Message, now: Millis) {
         if message.retain {
-            self.update_retained(&message, now);
+            self.update_retained(&message, None, now);
         }
+        self.route_to_subscribers(&message, now);
+    }
+
+    /// Delivers `message` to the local subscribers and sends it to the interested workers.
+    fn route_to_subscribers(&mut self, message: &Message, now: Millis) {
         let mut matches = std::mem::take(&mut self.matches);
         self.subscriptions.match_topic(&message.topic, &mut matches);
-        self.fan_out(&message, &matches.sessions, now);
+        self.fan_out(message, &matches.sessions, now);
         for worker in matches.workers.iter() {
             if worker != self.me {
                 self.send_remote(worker, RemoteMsg::Publish(message.clone()));

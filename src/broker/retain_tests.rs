@@ -7,6 +7,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
+use crate::broker::topic_strategies::{filter_text, topic_text};
 use crate::protocol::QoS;
 
 fn filter(text: &str) -> TopicFilter {
@@ -147,33 +148,9 @@ enum Op {
     },
 }
 
-const LEVELS: [&str; 5] = ["a", "b", "", "$s", "a-long-level-on-the-heap"];
-
-fn level() -> impl Strategy<Value = String> {
-    prop::sample::select(&LEVELS[..]).prop_map(str::to_owned)
-}
-
-fn topic_text() -> impl Strategy<Value = String> {
-    prop::collection::vec(level(), 1..4)
-        .prop_map(|levels| levels.join("/"))
-        .prop_filter("topics are not empty", |text| !text.is_empty())
-}
-
-fn filter_text() -> impl Strategy<Value = String> {
-    let part = prop_oneof![3 => level(), 1 => Just("+".to_owned())];
-    (prop::collection::vec(part, 1..4), any::<bool>())
-        .prop_map(|(mut levels, hash)| {
-            if hash {
-                levels.push("#".to_owned());
-            }
-            levels.join("/")
-        })
-        .prop_filter("filters are not empty", |text| !text.is_empty())
-}
-
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (topic_text(), prop_oneof![Just(String::new()), "[xy]{1,3}"], 0..3000u64)
+        6 => (topic_text(3), prop_oneof![Just(String::new()), "[xy]{1,3}"], 0..3000u64)
             .prop_map(|(topic, payload, advance)| Op::Set { topic, payload, advance }),
         1 => (0..5000u64, 0..4u64).prop_map(|(advance, expiry_secs)| Op::Expire { advance, expiry_secs }),
     ]

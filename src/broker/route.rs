@@ -15,11 +15,13 @@
 //!   locally). Updates are serialised through the topic's owner worker,
 //!   `stable_hash(topic) % workers`: the publisher's worker sends [`RemoteMsg::Retain`] to the
 //!   owner, the owner applies it and broadcasts [`RemoteMsg::RetainApplied`] to all the others,
-//!   so every replica applies one topic's updates in the owner's order.
+//!   so every replica applies one topic's updates in the owner's order. A client's QoS 1/2
+//!   retained update carries a token that every replica confirms to the publisher's worker
+//!   (`RetainAck`), whose PUBACK/PUBREC waits for them (`retain_confirm.rs`).
 //!
 //! Architecture Invariant: a `RemoteMsg::Publish` is never forwarded by its receiver.
 
-use super::{Action, Broker, Message, Millis, RemoteMsg, WorkerId};
+use super::{Action, Broker, ConnId, Message, Millis, RemoteMsg, RetainToken, WorkerId};
 use crate::broker::retain::RetainOutcome;
 
 /// FNV-1a, 64 bits: a stable hash of `bytes` (the same in every process and version).
@@ -59,28 +61,55 @@ impl Broker {
                 self.on_remote_interest(from, &filter, interested);
             }
             RemoteMsg::InterestAck => self.on_interest_ack(from, now),
-            RemoteMsg::Retain(message) => self.apply_retained_as_owner(message, now),
-            RemoteMsg::RetainApplied(message) => {
-                self.store_retained(message, now);
+            RemoteMsg::Retain { message, token } => {
+                self.apply_retained_as_owner(message, from, token, now);
             }
+            RemoteMsg::RetainApplied { message, origin, token } => {
+                self.store_retained(message, now);
+                self.confirm_retained(origin, token);
+            }
+            RemoteMsg::RetainAck(token) => self.on_retain_confirmed(token),
+            RemoteMsg::RetainUnchanged(token) => self.settle_retain_token(token),
             RemoteMsg::Stats(stats) => self.record_worker_stats(from, *stats),
         }
     }
 
     /// Starts a retained update for `message` (a PUBLISH with RETAIN=1): applied here if this
     /// worker owns the topic, otherwise sent to the owner, which applies and broadcasts it.
-    pub(super) fn update_retained(&mut self, message: &Message, now: Millis) {
+    /// With `ack_for`, the update is one `conn`'s acknowledgement waits for: the result is the
+    /// token that every other worker will confirm (`retain_confirm.rs`), or `None` when there
+    /// is nothing to wait for (one worker, or an update that changed nothing here, the owner).
+    pub(super) fn update_retained(
+        &mut self,
+        message: &Message,
+        ack_for: Option<ConnId>,
+        now: Millis,
+    ) -> Option<RetainToken> {
         let owner = home_worker(message.topic.as_bytes(), self.workers);
+        let mut token =
+            ack_for.filter(|_| self.workers > 1).map(|conn| self.new_retain_token(conn));
         if owner == self.me {
-            self.apply_retained_as_owner(message.clone(), now);
+            let changed = self.apply_retained_as_owner(message.clone(), self.me, token, now);
+            if !changed {
+                // Settled already: no replica will confirm an update that changed nothing.
+                token = None;
+            }
         } else {
-            self.send_remote(owner, RemoteMsg::Retain(message.clone()));
+            self.send_remote(owner, RemoteMsg::Retain { message: message.clone(), token });
         }
+        token
     }
 
     /// The owner's step: apply to the local replica and, when it changed anything, tell every
-    /// other replica to apply the same update.
-    fn apply_retained_as_owner(&mut self, message: Message, now: Millis) {
+    /// other replica to apply the same update, on behalf of `origin` (whose `token` they
+    /// confirm). Returns whether anything changed; when nothing did, `token` is settled.
+    fn apply_retained_as_owner(
+        &mut self,
+        message: Message,
+        origin: WorkerId,
+        token: Option<RetainToken>,
+        now: Millis,
+    ) -> bool {
         assert_eq!(
             home_worker(message.topic.as_bytes(), self.workers),
             self.me,
@@ -89,12 +118,19 @@ impl Broker {
         );
         let outcome = self.store_retained(message.clone(), now);
         if matches!(outcome, RetainOutcome::NothingToDelete | RetainOutcome::Full) {
-            return;
+            match token {
+                Some(token) if origin == self.me => self.settle_retain_token(token),
+                Some(token) => self.send_remote(origin, RemoteMsg::RetainUnchanged(token)),
+                None => {}
+            }
+            return false;
         }
         let others: Vec<WorkerId> = self.other_workers().collect();
         for worker in others {
-            self.send_remote(worker, RemoteMsg::RetainApplied(message.clone()));
+            let message = message.clone();
+            self.send_remote(worker, RemoteMsg::RetainApplied { message, origin, token });
         }
+        true
     }
 
     fn store_retained(&mut self, message: Message, now: Millis) -> RetainOutcome {
@@ -116,6 +152,13 @@ mod tests {
         assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(stable_hash(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn a_remote_message_stays_80_bytes() {
+        // Every mesh ring slot holds one; the retained update's token and origin fit beside
+        // the enum's tag, so confirming retained updates costs no ring memory.
+        assert!(std::mem::size_of::<RemoteMsg>() <= 80, "{}", std::mem::size_of::<RemoteMsg>());
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct WorkerStats {
     pub handoffs: u64,
     /// SUBACKs held until every other worker acknowledged a new interest.
     pub subacks_held: u64,
+    /// PUBACKs/PUBRECs held until every other worker applied their retained update.
+    pub retained_acks_held: u64,
     /// PUBACK/PUBREC/PUBCOMP for a packet id not awaiting that acknowledgement (ignored).
     pub unexpected_acks: u64,
     /// Connections closed, by reason.
@@ -133,6 +135,7 @@ impl WorkerStats {
         self.wills_published += other.wills_published;
         self.handoffs += other.handoffs;
         self.subacks_held += other.subacks_held;
+        self.retained_acks_held += other.retained_acks_held;
         self.unexpected_acks += other.unexpected_acks;
         self.closes.add(&other.closes);
     }

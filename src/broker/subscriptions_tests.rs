@@ -5,6 +5,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::broker::topic_strategies::{filter_text, topic_text};
 
 fn filter(text: &str) -> TopicFilter {
     TopicFilter::try_from(text).expect("test filter is valid")
@@ -204,30 +205,6 @@ enum Op {
     Remote(String, u16, bool),
 }
 
-const LEVELS: [&str; 5] = ["a", "b", "", "$s", "long-level-name-on-heap"];
-
-fn level() -> impl Strategy<Value = String> {
-    prop::sample::select(&LEVELS[..]).prop_map(str::to_owned)
-}
-
-fn filter_text() -> impl Strategy<Value = String> {
-    let part = prop_oneof![3 => level(), 1 => Just("+".to_owned())];
-    (prop::collection::vec(part, 1..4), any::<bool>())
-        .prop_map(|(mut levels, hash)| {
-            if hash {
-                levels.push("#".to_owned());
-            }
-            levels.join("/")
-        })
-        .prop_filter("filters are not empty", |text| !text.is_empty())
-}
-
-fn topic_text() -> impl Strategy<Value = String> {
-    prop::collection::vec(level(), 1..5)
-        .prop_map(|levels| levels.join("/"))
-        .prop_filter("topics are not empty", |text| !text.is_empty())
-}
-
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (filter_text(), 0..6u32, 0..3u8).prop_map(|(f, s, q)| Op::Subscribe(f, s, q)),
@@ -308,7 +285,7 @@ proptest! {
     #[test]
     fn the_index_agrees_with_brute_force_matching(
         ops in prop::collection::vec(op(), 1..60),
-        topics in prop::collection::vec(topic_text(), 1..12),
+        topics in prop::collection::vec(topic_text(4), 1..12),
     ) {
         let mut index = SubscriptionIndex::new();
         let mut model = Model::default();

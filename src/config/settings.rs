@@ -155,6 +155,13 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh_overflow_max: Option<usize>,
 
+    /// Packets one worker decodes per loop turn at most. A connection with more input waits,
+    /// its receive paused, until a later turn, so a flood of input cannot starve output and
+    /// timers.
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_packets_max: Option<usize>,
+
     // ---- MQTT limits -----------------------------------------------------------------------
     /// Largest packet accepted, in bytes (1..=268435455), checked from the fixed header
     /// before the body is read. Over it the connection is closed.
@@ -307,6 +314,7 @@ impl Settings {
             recv_buffer_bytes,
             mesh_ring_depth,
             mesh_overflow_max,
+            turn_packets_max,
             max_packet_size,
             max_inflight_messages,
             max_queued_messages,
@@ -366,7 +374,7 @@ impl Settings {
             tcp_nodelay: self.set_tcp_nodelay.unwrap_or(defaults.tcp_nodelay),
             listen_backlog: self.listen_backlog.unwrap_or(defaults.listen_backlog),
             close_linger_millis: self.close_linger_millis.unwrap_or(defaults.close_linger_millis),
-            turn_packets_max: defaults.turn_packets_max,
+            turn_packets_max: self.turn_packets_max.unwrap_or(defaults.turn_packets_max),
         }
     }
 
@@ -429,6 +437,7 @@ impl Settings {
             recv_buffer_bytes: Some(runtime.recv_buffer_bytes),
             mesh_ring_depth: Some(runtime.mesh_ring_depth),
             mesh_overflow_max: Some(runtime.mesh_overflow_max),
+            turn_packets_max: Some(runtime.turn_packets_max),
             max_packet_size: Some(broker.max_packet_size),
             max_inflight_messages: Some(broker.max_inflight_messages),
             max_queued_messages: Some(broker.max_queued_messages),
@@ -482,6 +491,7 @@ mod tests {
         runtime.recv_buffer_bytes += 1;
         runtime.mesh_ring_depth *= 2;
         runtime.mesh_overflow_max += 1;
+        runtime.turn_packets_max += 1;
         broker.max_packet_size += 1;
         broker.max_inflight_messages += 1;
         broker.max_queued_messages += 1;

@@ -60,6 +60,7 @@ fn every_limit_has_a_flag() {
             "--queue-qos0-messages=true",
             "--sys-interval=0",
             "--ring-entries=1024",
+            "--turn-packets-max=64",
             "--log-format=json",
         ],
         None,
@@ -67,6 +68,7 @@ fn every_limit_has_a_flag() {
     assert_eq!(config.runtime.workers, 3);
     assert_eq!(config.runtime.max_connections, 5000);
     assert_eq!(config.runtime.ring_entries, 1024);
+    assert_eq!(config.runtime.turn_packets_max, 64);
     assert!(!config.runtime.tcp_nodelay);
     let broker = &config.broker;
     assert_eq!(broker.max_packet_size, 65_536);
@@ -209,7 +211,7 @@ fn connection_capacity_is_the_smaller_of_the_two_bounds() {
 fn help_shows_every_settings_default() {
     let help = Cli::command_with_defaults().render_help().to_string();
     let defaults = defaults_table();
-    assert_eq!(defaults.len(), 34, "a setting was added: update the example file and README");
+    assert_eq!(defaults.len(), 35, "a setting was added: update the example file and README");
     for (key, value) in &defaults {
         let flag = format!("--{}", key.replace('_', "-"));
         assert!(help.contains(&flag), "{flag} missing from --help");

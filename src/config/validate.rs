@@ -178,6 +178,9 @@ fn check_rings(checker: &mut Checker, runtime: &RuntimeConfig) {
     checker.require(runtime.recv_buffer_bytes >= 1, "recv_buffer_bytes", || {
         "must be at least 1".to_owned()
     });
+    checker.require(runtime.turn_packets_max >= 1, "turn_packets_max", || {
+        "must be at least 1 (a turn that may decode nothing would never read)".to_owned()
+    });
     let depth = runtime.mesh_ring_depth;
     checker.require(depth.is_power_of_two(), "mesh_ring_depth", || {
         format!("must be a power of two (at least 1), got {depth}")
@@ -306,6 +309,7 @@ mod tests {
         assert_eq!(rejected(|r, _| r.recv_buffers = 0), ["recv_buffers"]);
         assert_eq!(rejected(|r, _| r.mesh_ring_depth = 100), ["mesh_ring_depth"]);
         assert_eq!(rejected(|r, _| r.recv_buffer_bytes = 0), ["recv_buffer_bytes"]);
+        assert_eq!(rejected(|r, _| r.turn_packets_max = 0), ["turn_packets_max"]);
     }
 
     #[test]

@@ -260,6 +260,21 @@ impl Cluster {
         true
     }
 
+    /// Delivers the oldest queued Remote message from `from` to `to` (other pairs' messages
+    /// may be older: pairs are independent channels, each FIFO) and settles what it caused.
+    /// False if that pair had none queued.
+    pub fn step_link(&mut self, from: u16, to: u16) -> bool {
+        let pair = (WorkerId(from), WorkerId(to));
+        let Some(index) = self.remotes.iter().position(|(f, t, _)| (*f, *t) == pair) else {
+            return false;
+        };
+        let (from, to, msg) = self.remotes.remove(index).expect("the position is in range");
+        let now = self.now;
+        self.brokers[to.index()].handle_remote(from, msg, now);
+        self.run();
+        true
+    }
+
     /// Sends a SUBSCRIBE without waiting for its SUBACK; returns its packet id.
     pub fn send_subscribe(&mut self, client: Client, filters: &[(&str, QoS)]) -> PacketId {
         let packet_id = pid(self.next_packet_id(client));
@@ -489,8 +504,10 @@ fn remote_name(msg: &RemoteMsg) -> &'static str {
         RemoteMsg::Publish(_) => "Publish",
         RemoteMsg::Interest { .. } => "Interest",
         RemoteMsg::InterestAck => "InterestAck",
-        RemoteMsg::Retain(_) => "Retain",
-        RemoteMsg::RetainApplied(_) => "RetainApplied",
+        RemoteMsg::Retain { .. } => "Retain",
+        RemoteMsg::RetainApplied { .. } => "RetainApplied",
+        RemoteMsg::RetainAck(_) => "RetainAck",
+        RemoteMsg::RetainUnchanged(_) => "RetainUnchanged",
         RemoteMsg::Stats(_) => "Stats",
     }
 }
@@ -501,4 +518,21 @@ pub fn client_id_on(worker: u16, workers: u16, prefix: &str) -> String {
         .map(|n| format!("{prefix}-{n}"))
         .find(|id| crate::broker::home_worker(id.as_bytes(), workers) == WorkerId(worker))
         .expect("some id lands on every worker")
+}
+
+/// A client homed on `worker` among the cluster's workers, connected there.
+pub fn client_on(cluster: &mut Cluster, worker: u16, name: &str, clean: bool) -> Client {
+    let workers = cluster.brokers.len() as u16;
+    let id = client_id_on(worker, workers, name);
+    let (client, _) = cluster.connect_on(worker, connect_packet(&id, clean));
+    assert_eq!(cluster.where_is(client), WorkerId(worker));
+    client
+}
+
+/// A topic whose retained updates are owned by `owner` among `workers`.
+pub fn topic_owned_by(owner: u16, workers: u16, prefix: &str) -> String {
+    (0..)
+        .map(|n| format!("{prefix}/{n}"))
+        .find(|t| crate::broker::home_worker(t.as_bytes(), workers) == WorkerId(owner))
+        .expect("some topic lands on every worker")
 }

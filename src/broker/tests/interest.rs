@@ -4,7 +4,7 @@
 //! slow pair channel.
 
 use super::harness::*;
-use crate::broker::{BrokerConfig, CloseReason, WorkerId};
+use crate::broker::{BrokerConfig, CloseReason};
 use crate::protocol::{Packet, QoS, SubackCode};
 
 fn subacks(packets: &[Packet]) -> Vec<u16> {
@@ -15,15 +15,6 @@ fn subacks(packets: &[Packet]) -> Vec<u16> {
             _ => None,
         })
         .collect()
-}
-
-/// A client homed on `worker` among `workers`, connected there.
-fn client_on(cluster: &mut Cluster, worker: u16, name: &str, clean: bool) -> Client {
-    let workers = cluster.brokers.len() as u16;
-    let id = client_id_on(worker, workers, name);
-    let (client, _) = cluster.connect_on(worker, connect_packet(&id, clean));
-    assert_eq!(cluster.where_is(client), WorkerId(worker));
-    client
 }
 
 #[test]

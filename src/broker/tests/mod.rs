@@ -4,12 +4,14 @@
 mod harness;
 
 mod cluster;
+mod conformance;
 mod connect;
 mod flow;
 mod interest;
 mod keepalive;
 mod publish;
 mod qos;
+mod retain_confirm;
 mod retained;
 mod session;
 mod subscribe;

@@ -2,7 +2,7 @@
 //! and replicate across workers through the topic's owner.
 
 use super::harness::*;
-use crate::broker::{home_worker, BrokerConfig, WorkerId};
+use crate::broker::{BrokerConfig, WorkerId};
 use crate::protocol::{QoS, TopicName};
 
 fn retained_payload(cluster: &Cluster, worker: u16, topic_text: &str) -> Option<Vec<u8>> {
@@ -112,10 +112,7 @@ fn retained_updates_go_through_the_owner_and_reach_every_replica() {
     let workers = 3;
     let mut cluster = Cluster::new(workers, BrokerConfig::default());
     // A topic owned by worker 2, published from a client on worker 0.
-    let topic_text = (0..)
-        .map(|n| format!("owned/{n}"))
-        .find(|t| home_worker(t.as_bytes(), workers) == WorkerId(2))
-        .expect("some topic lands on worker 2");
+    let topic_text = topic_owned_by(2, workers, "owned");
     let publisher_id = client_id_on(0, workers, "pub");
     let (publisher, _) = cluster.connect_on(0, connect_packet(&publisher_id, true));
     for payload in [&b"1"[..], b"2", b"3"] {

@@ -590,3 +590,93 @@ fn suback_without_return_codes_is_refused_mqtt_3_8_4_5() {
     // [MQTT-3.8.4-5]: one return code per filter, and a SUBSCRIBE has at least one.
     assert_eq!(refused(&raw(0x90, &[0, 1])), DecodeError::EmptySuback);
 }
+
+// ---- Conformance: statements of the CONNECT payload, strings and topics -------------------
+
+#[test]
+fn connect_payload_fields_are_read_in_their_order_mqtt_3_1_3_1() {
+    // [MQTT-3.1.3-1]: client id, will topic, will message, user name, password.
+    let mut payload = Vec::new();
+    for text in [&b"id"[..], b"will/topic", b"will message", b"user", b"password"] {
+        payload.extend_from_slice(&field(text));
+    }
+    // User name, password, will (QoS 0), clean session.
+    let Ok(Packet::Connect(connect)) = decode_one(&connect_packet(0xC6, &payload)) else {
+        panic!("a CONNECT with every field is accepted");
+    };
+    let will = connect.will.expect("the will flag is set");
+    assert_eq!(connect.client_id.as_str(), "id");
+    assert_eq!((will.topic.as_str(), will.payload.as_ref()), ("will/topic", &b"will message"[..]));
+    assert_eq!(connect.username.as_ref().map(Utf8Bytes::as_str), Some("user"));
+    assert_eq!(connect.password.as_deref(), Some(&b"password"[..]));
+}
+
+#[test]
+fn a_field_whose_flag_is_0_is_refused_mqtt_3_1_2_18_and_3_1_2_20() {
+    // A user name with the user name flag 0, and a password with the password flag 0, are
+    // bytes after the last field the flags announce.
+    let mut with_user = field(b"id");
+    with_user.extend_from_slice(&field(b"user"));
+    assert_eq!(refused(&connect_packet(0x02, &with_user)), DecodeError::TrailingBytes(6));
+    let mut with_password = with_user.clone();
+    with_password.extend_from_slice(&field(b"pw"));
+    assert_eq!(refused(&connect_packet(0x82, &with_password)), DecodeError::TrailingBytes(4));
+}
+
+#[test]
+fn the_client_id_is_present_first_and_utf8_mqtt_3_1_3_3_and_4() {
+    assert_eq!(refused(&connect_packet(0x02, &[])), DecodeError::Truncated, "[MQTT-3.1.3-3]");
+    assert_eq!(refused(&connect_packet(0x02, &field(b"\xFFid"))), DecodeError::InvalidUtf8);
+}
+
+#[test]
+fn the_user_name_is_utf8_mqtt_3_1_3_11() {
+    let mut payload = field(b"id");
+    payload.extend_from_slice(&field(b"us\xC0\xAFer"));
+    assert_eq!(refused(&connect_packet(0x82, &payload)), DecodeError::InvalidUtf8);
+}
+
+#[test]
+fn the_topic_name_is_present_first_and_utf8_mqtt_3_3_2_1() {
+    assert_eq!(refused(&raw(0x30, &[0])), DecodeError::Truncated);
+    assert_eq!(refused(&publish_packet(0x32, b"t/\xFF")), DecodeError::InvalidUtf8);
+}
+
+#[test]
+fn subscribe_and_unsubscribe_filters_are_utf8_mqtt_3_8_3_1_and_3_10_3_1() {
+    assert_eq!(refused(&subscribe_packet(b"a/\xFF", 0)), DecodeError::InvalidUtf8);
+    let mut body = 1u16.to_be_bytes().to_vec();
+    body.extend_from_slice(&field(b"\xED\xA0\x80/#"));
+    assert_eq!(refused(&raw(0xA2, &body)), DecodeError::InvalidUtf8);
+}
+
+#[test]
+fn wildcards_stand_in_filters_never_in_topic_names_mqtt_4_7_1_1() {
+    assert_eq!(refused(&publish_packet(0x30, b"a/+/c")), DecodeError::WildcardInTopicName);
+    let Ok(Packet::Subscribe(subscribe)) = decode_one(&subscribe_packet(b"a/+/#", 1)) else {
+        panic!("a filter with wildcards is accepted");
+    };
+    assert_eq!(subscribe.filters, vec![(filter("a/+/#"), QoS::AtLeastOnce)]);
+}
+
+#[test]
+fn topic_names_and_filters_hold_no_u0000_mqtt_4_7_3_2() {
+    assert_eq!(refused(&publish_packet(0x30, b"\0")), DecodeError::NullCharacter);
+    let mut body = 1u16.to_be_bytes().to_vec();
+    body.extend_from_slice(&field(b"a/\0/b"));
+    assert_eq!(refused(&raw(0xA2, &body)), DecodeError::NullCharacter);
+}
+
+#[test]
+fn topic_names_and_filters_of_65535_bytes_are_accepted_mqtt_4_7_3_3() {
+    // The 16-bit length prefix cannot say more than 65535; the longest it can say passes.
+    let long = vec![b'a'; usize::from(u16::MAX)];
+    let Ok(Packet::Publish(publish)) = decode_one(&publish_packet(0x30, &long)) else {
+        panic!("a 65535-byte topic name is accepted");
+    };
+    assert_eq!(publish.topic.as_bytes().len(), 65_535);
+    let Ok(Packet::Subscribe(subscribe)) = decode_one(&subscribe_packet(&long, 0)) else {
+        panic!("a 65535-byte filter is accepted");
+    };
+    assert_eq!(subscribe.filters[0].0.as_str().len(), 65_535);
+}
