@@ -6,11 +6,14 @@
 # by PID.
 #
 #   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
-#                      [--keepalive SECONDS] [--no-build]
+#                      [--keepalive SECONDS] [--recv-buffers N] [--no-build]
 #
 # Defaults: N = 1000000, hold 300 s, workers = enough 20000-slot file tables for N with
-# headroom, 4 KiB socket buffers on the broker side. Exit status 0 only if every subscriber
-# connected and subscribed and every published message arrived.
+# headroom, 4 KiB socket buffers on the broker side, 256 receive buffers of 16 KiB per worker.
+# Exit status 0 only if every subscriber connected and subscribed and every published message
+# arrived. While connecting it prints a line every 5 s (ready count, the listeners' accept
+# queues, kernel TCP counters), so a stall shows where it is; the run directory keeps the
+# broker's log (each worker's counters at the stop) and the bench's output.
 set -euo pipefail
 
 N=1000000
@@ -19,8 +22,11 @@ WORKERS=
 RCVBUF=4096
 SNDBUF=4096
 KEEPALIVE=60
+RECV_BUFFERS=256
+RECV_BUFFER_BYTES=16384
 BUILD=1
 PORT=${RINGMQ_MILLION_PORT:-18830}
+# RINGMQ_MILLION_BROKER_ARGS: extra broker flags (e.g. "--mesh-ring-depth 65536") for experiments.
 while (($#)); do
   case $1 in
     --n) N=$2; shift 2 ;;
@@ -29,9 +35,10 @@ while (($#)); do
     --rcvbuf) RCVBUF=$2; shift 2 ;;
     --sndbuf) SNDBUF=$2; shift 2 ;;
     --keepalive) KEEPALIVE=$2; shift 2 ;;
+    --recv-buffers) RECV_BUFFERS=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -51,14 +58,19 @@ TOTAL=$((N + PUBS))
 # SO_REUSEPORT spreads accepts by hash and handoffs move connections to their session's
 # worker, so tables fill unevenly: plan 15000 of each worker's 20000 slots.
 if [[ -z $WORKERS ]]; then WORKERS=$(((TOTAL + 14999) / 15000)); ((WORKERS < 2)) && WORKERS=2; fi
-# ~28k ephemeral ports per (source, destination) pair: one source address per 20000.
-SOURCES=$(((TOTAL + 19999) / 20000))
+# Ephemeral ports per (source, destination) pair: the range holds ~28k, but connect() takes
+# ports of one parity first (even for connect, odd left to bind) and scans every used one of
+# that parity before trying the other: past ~14.1k connections on one pair each connect scans
+# ~14k ports (measured: 13000 on one pair set up in 1.6 s with 0.45 s system time; 20000 took
+# 24.6 s, 6.9 s system, and only 16142 became ready, the rest late past the broker's connect
+# timeout). That was the stall at ~70k with 5 sources for 100k. So: one source per 10000.
+PER_SOURCE=10000
 src_range() { # first count -> 127.<b>.<c>.<d> range starting at 127.<first>.0.1
   local first=$1 last=$2
   printf '127.%d.0.1-127.%d.%d.%d' "$first" "$((first + last / 65536))" "$(((last / 256) % 256))" "$((last % 256))"
 }
-SUB_SOURCES=$(src_range 10 "$(((N + 19999) / 20000))")
-PUB_SOURCES=$(src_range 60 "$(((PUBS + 19999) / 20000))")
+SUB_SOURCES=$(src_range 10 "$(((N + PER_SOURCE - 1) / PER_SOURCE))")
+PUB_SOURCES=$(src_range 60 "$(((PUBS + PER_SOURCE - 1) / PER_SOURCE))")
 RUN=$(mktemp -d /tmp/ringmq-million.XXXXXX)
 echo "run dir $RUN: N=$N (+$PUBS publishers), workers=$WORKERS, hold ${HOLD}s, sources $SUB_SOURCES"
 
@@ -78,6 +90,22 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tcp_mem_pages() { awk '/^TCP:/ {for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat; }
 sockstat() { grep '^TCP:' /proc/net/sockstat; }
+# Kernel TCP counters that explain lost or stalled connects (absolute values).
+NSTAT_KEYS='TcpExtListenOverflows|TcpExtListenDrops|TcpExtTCPReqQFullDrop|TcpExtTCPReqQFullDoCookies|TcpExtSyncookiesSent|TcpExtSyncookiesFailed|TcpExtTCPAbortOnMemory|TcpExtTCPMemoryPressures|TcpExtTCPBacklogDrop|TcpAttemptFails|TcpEstabResets|TcpExtTCPTimeouts|TcpRetransSegs'
+nstat_now() { nstat -asz 2>/dev/null | awk -v keys="^($NSTAT_KEYS)$" '$1 ~ keys {print $1, $2}'; }
+nstat_delta() { # nstat_delta BEFORE-FILE: the counters that moved since
+  nstat_now | awk 'NR == FNR {before[$1] = $2; next} $2 != before[$1] {printf "%s +%d ", $1, $2 - before[$1]}' "$1" -
+}
+# The listeners' accept queues: "Recv-Q/Send-Q" per SO_REUSEPORT socket (queued/backlog).
+accept_queues() { ss -Hltn "sport = :$PORT" 2>/dev/null | awk '{printf "%s/%s ", $2, $3}'; }
+# Resident kB of the broker's receive-buffer mappings (each exactly RECV_BUFFERS x
+# RECV_BUFFER_BYTES), which grow with traffic up to their fixed size, not with connections.
+buffer_rss_kb() {
+  awk -v size=$((RECV_BUFFERS * RECV_BUFFER_BYTES / 1024)) '
+    /^Size:/ {match_size = ($2 == size)}
+    /^Rss:/ && match_size {total += $2}
+    END {print total + 0}' "/proc/$1/smaps"
+}
 
 # ringmq's listeners use SO_REUSEPORT: a broker already on the port would silently share
 # the connections (and falsify every figure), so the port must be free.
@@ -87,7 +115,9 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
 fi
 "$BROKER_BIN" --port "$PORT" --workers "$WORKERS" --file-table-slots 20000 \
   --max-connections $((TOTAL + 1000)) --socket-rcvbuf-bytes "$RCVBUF" \
-  --socket-sndbuf-bytes "$SNDBUF" --log-level warn >"$RUN/broker.log" 2>&1 &
+  --socket-sndbuf-bytes "$SNDBUF" --recv-buffers "$RECV_BUFFERS" \
+  --recv-buffer-bytes "$RECV_BUFFER_BYTES" --log-level info ${RINGMQ_MILLION_BROKER_ARGS:-} \
+  >"$RUN/broker.log" 2>&1 &
 BROKER=$!
 PIDS+=("$BROKER")
 for _ in $(seq 100); do
@@ -97,13 +127,15 @@ for _ in $(seq 100); do
 done
 sleep 1
 RSS_BEFORE=$(rss_kb "$BROKER")
+BUF_BEFORE=$(buffer_rss_kb "$BROKER")
+nstat_now >"$RUN/nstat.before"
 TCP_MEM_BEFORE=$(tcp_mem_pages)
 CPU_BEFORE=$(cpu_ticks "$BROKER")
 echo "broker pid $BROKER: RSS before ${RSS_BEFORE} kB; $(sockstat)"
 
 # Subscribers: subscriber j subscribes to million/<j> at QoS 1. They run for the hold plus
 # the time the publishers need, then report how many deliveries arrived.
-CONNECT_TIMEOUT=$((N / 5000 + 30))
+CONNECT_TIMEOUT=$((N / 2500 + 60))
 SUB_SECS=$((HOLD + 30))
 "$BENCH_BIN" --json sub --subs "$N" --topics "$N" --qos 1 --topic-prefix million \
   --host 127.0.0.1 --port "$PORT" --source "$SUB_SOURCES" --keepalive "$KEEPALIVE" \
@@ -115,16 +147,31 @@ PIDS+=("$SUBS")
 
 # Wait until every subscriber is connected and subscribed (the bench's progress line).
 START=$(date +%s)
+LAST_LINE=$START
 while :; do
   kill -0 "$SUBS" 2>/dev/null || { echo "subscribers exited early"; tail -5 "$RUN/sub.log"; exit 1; }
   READY=$(tr '\r' '\n' <"$RUN/sub.log" | grep -o 'conns [0-9]*' | tail -1 | awk '{print $2}' || true)
   [[ ${READY:-0} -ge $N ]] && break
-  (($(date +%s) - START > CONNECT_TIMEOUT)) && { echo "only ${READY:-0}/$N ready"; exit 1; }
+  if (($(date +%s) - START > CONNECT_TIMEOUT)); then
+    echo "only ${READY:-0}/$N ready after ${CONNECT_TIMEOUT}s; $(sockstat)"
+    echo "  accept queues: $(accept_queues)"
+    echo "  kernel: $(nstat_delta "$RUN/nstat.before")"
+    tr '\r' '\n' <"$RUN/sub.log" | grep -v '^\[' | tail -5
+    exit 1
+  fi
+  if (($(date +%s) - LAST_LINE >= 5)); then
+    LAST_LINE=$(date +%s)
+    echo "  [$((LAST_LINE - START))s] ready ${READY:-0}; $(sockstat); accept queues $(accept_queues); kernel $(nstat_delta "$RUN/nstat.before")"
+  fi
   sleep 1
 done
 CONNECTED_AT=$(date +%s)
 RSS_AFTER=$(rss_kb "$BROKER")
+BUF_AFTER=$(buffer_rss_kb "$BROKER")
 TCP_MEM_AFTER=$(tcp_mem_pages)
+SLAB_TCP=$(awk '$1 == "TCP" || $1 == "request_sock_TCP" || $1 == "sock_inode_cache" || $1 == "filp" {printf "%s %d x %d B; ", $1, $2, $4}' /proc/slabinfo 2>/dev/null || true)
+echo "kernel: $(nstat_delta "$RUN/nstat.before")"
+echo "slabs: ${SLAB_TCP:-/proc/slabinfo not readable}"
 echo "all $N subscribed after $((CONNECTED_AT - START)) s; broker RSS ${RSS_AFTER} kB; $(sockstat)"
 
 # Hold, then publish one QoS 1 message on each of topics million/0 .. million/(PUBS-1).
@@ -138,9 +185,9 @@ wait "$SUBS" || true
 CPU_AFTER=$(cpu_ticks "$BROKER")
 
 python3 - "$RUN" "$N" "$PUBS" "$RSS_BEFORE" "$RSS_AFTER" "$RSS_HELD" "$TCP_MEM_BEFORE" \
-  "$TCP_MEM_AFTER" "$((CPU_AFTER - CPU_BEFORE))" "$(getconf CLK_TCK)" <<'PY'
+  "$TCP_MEM_AFTER" "$((CPU_AFTER - CPU_BEFORE))" "$(getconf CLK_TCK)" "$BUF_BEFORE" "$BUF_AFTER" <<'PY'
 import json, sys
-run, n, pubs, rss0, rss1, rss2, mem0, mem1, cpu, hz = sys.argv[1:]
+run, n, pubs, rss0, rss1, rss2, mem0, mem1, cpu, hz, buf0, buf1 = sys.argv[1:]
 n, pubs = int(n), int(pubs)
 sub = json.load(open(f"{run}/sub.json"))
 pub = json.load(open(f"{run}/pub.json"))
@@ -164,6 +211,10 @@ for name in ("tcp_connect_latency", "mqtt_connect_latency", "ping_latency"):
 print(f"broker RSS: {int(rss0)} kB before, {int(rss1)} kB connected, {int(rss2)} kB after hold: "
       f"{(int(rss1) - int(rss0)) * 1024 / n:.0f} B per connection "
       f"({(int(rss2) - int(rss0)) * 1024 / n:.0f} B after hold)")
+buffers = int(buf1) - int(buf0)
+print(f"  of which receive-buffer pages (fixed mappings, bounded by --recv-buffers, not per "
+      f"connection): {buffers} kB; the rest: "
+      f"{(int(rss1) - int(rss0) - buffers) * 1024 / n:.0f} B per connection")
 print(f"kernel TCP memory (sockstat, both ends): {int(mem0) * page >> 20} MiB before, "
       f"{int(mem1) * page >> 20} MiB connected = {(int(mem1) - int(mem0)) * page / n:.0f} B per pair")
 print(f"broker CPU from connect to end: {int(cpu) / int(hz):.1f} s; bench subscribers "

@@ -6,5 +6,6 @@
 
 pub mod broker;
 pub mod config;
+pub mod ops;
 pub mod protocol;
 pub mod runtime;

@@ -1,26 +1,36 @@
 //! The `ringmq` binary: command line and file -> validated config -> logging -> runtime.
 //!
-//! Exit codes: 0 after a clean shutdown or `--print-config`; 2 for a configuration error
-//! (as clap does for a usage error); 1 when the runtime fails.
+//! Exit codes: 0 after a clean shutdown, `--print-config` or a valid `--check-config`; 2 for a
+//! configuration error (as clap does for a usage error); 1 when the runtime fails or
+//! `--check-config` finds the configuration invalid.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use mimalloc::MiMalloc;
 use ringmq::config::{self, Cli, Config, LogFormat};
+use ringmq::ops::OpsServer;
+use ringmq::runtime::StartOptions;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
+    if cli.print_config_docs {
+        print!("{}", config::docs::markdown());
+        return ExitCode::SUCCESS;
+    }
     let config = match config::load(&cli) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("ringmq: {error}");
-            return ExitCode::from(2);
+            return ExitCode::from(if cli.check_config { 1 } else { 2 });
         }
     };
+    if cli.check_config {
+        return check_config(&config);
+    }
     if cli.print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
@@ -28,7 +38,7 @@ fn main() -> ExitCode {
     let rust_log = std::env::var("RUST_LOG").ok();
     init_logging(&config::log_filter(&cli, rust_log.as_deref(), &config), config.log_format);
     log_start(&config);
-    match ringmq::runtime::run(config.runtime, config.broker) {
+    match run(config) {
         Ok(()) => {
             tracing::info!("ringmq stopped");
             ExitCode::SUCCESS
@@ -43,6 +53,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--check-config` on a configuration that loaded: its warnings, then "configuration ok".
+fn check_config(config: &Config) -> ExitCode {
+    for warning in &config.warnings {
+        eprintln!("ringmq: warning: {warning}");
+    }
+    println!("configuration ok");
+    ExitCode::SUCCESS
+}
+
+/// The runtime, with the HTTP listener beside it when `http_port` is set.
+fn run(config: Config) -> anyhow::Result<()> {
+    let options = StartOptions { control_queue_depth: config.ops.admin_queue_depth };
+    let ops = config.ops;
+    ringmq::runtime::run_with(config.runtime, config.broker, &options, move |running| {
+        let link = running.take_ops_link().expect("the link is taken once, here");
+        OpsServer::start(&ops, link)
+    })
 }
 
 /// Logs to standard error; `filter` is a `tracing` directive string ("info", "ringmq=debug").

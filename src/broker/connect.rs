@@ -88,6 +88,12 @@ impl Broker {
     /// Answers CONNACK with `code` (session present 0 [MQTT-3.2.2-4]) and closes.
     pub(super) fn refuse_connect(&mut self, conn: ConnId, code: ConnectReturnCode, now: Millis) {
         self.stats.connects_refused += 1;
+        if matches!(
+            code,
+            ConnectReturnCode::BadUsernameOrPassword | ConnectReturnCode::NotAuthorized
+        ) {
+            self.stats.connects_refused_auth += 1;
+        }
         let connack = Connack { session_present: false, code };
         self.write_control(conn, &Packet::Connack(connack));
         self.close_conn(conn, Some(CloseReason::ConnectRefused(code)), now);

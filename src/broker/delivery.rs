@@ -173,6 +173,7 @@ impl Broker {
             if room {
                 variants.write(message, qos, None, &mut conn.out);
                 stats.messages_sent += 1;
+                stats.messages_sent_by_qos[0] += 1;
                 conn.flag_send(conn_id, actions);
             } else {
                 stats.qos0_dropped_outbuf += 1;
@@ -185,6 +186,7 @@ impl Broker {
             variants.write(message, qos, Some(packet_id), &mut conn.out);
             outgoing.push_inflight(inflight_entry(packet_id, queued(message)), window);
             stats.messages_sent += 1;
+            stats.messages_sent_by_qos[qos as usize] += 1;
             stats.inflight_messages += 1;
             conn.flag_send(conn_id, actions);
             return;
@@ -220,6 +222,7 @@ impl Broker {
             let queued = outgoing.dequeue().expect("the front exists");
             stats.queued_messages -= 1;
             stats.messages_sent += 1;
+            stats.messages_sent_by_qos[queued.qos as usize] += 1;
             if queued.qos == QoS::AtMostOnce {
                 write_publish(
                     &mut conn.out,
@@ -256,6 +259,7 @@ impl Broker {
                     let id = Some(entry.packet_id);
                     write_publish(&mut conn.out, &entry.message, entry.qos, entry.retain, true, id);
                     stats.messages_sent += 1;
+                    stats.messages_sent_by_qos[entry.qos as usize] += 1;
                 }
                 Awaiting::Pubcomp => conn.out.put_packet(&Packet::Pubrel(entry.packet_id)),
             }

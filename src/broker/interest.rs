@@ -213,6 +213,10 @@ impl Broker {
             let state =
                 self.conns.get_mut(&held.conn).expect("a held SUBACK's connection is known");
             assert_eq!(state.held_subacks.pop_front(), Some(key), "held SUBACKs out of order");
+            if state.held_subacks.is_empty() {
+                // Most connections subscribe once: an idle one keeps no deque allocation.
+                state.held_subacks = std::collections::VecDeque::new();
+            }
             state.held_suback_bytes -= held.bytes;
             let Phase::Active(session) = state.phase else {
                 unreachable!("only a connection with a session subscribes")

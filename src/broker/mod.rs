@@ -59,6 +59,7 @@
 
 use std::fmt;
 
+pub mod admin;
 pub mod config;
 pub mod ids;
 pub mod keepalive;
@@ -138,6 +139,9 @@ pub enum CloseReason {
     SlowConsumer,
     /// The broker is shutting down.
     Shutdown,
+    /// An operator closed the connection through the admin API (its will is published: the
+    /// client did not send DISCONNECT).
+    Kicked,
 }
 
 /// What the broker asks its driver to do. See the module documentation for the contract.
@@ -198,6 +202,7 @@ impl fmt::Display for CloseReason {
             Self::TakenOver => f.write_str("session taken over by a new connection"),
             Self::SlowConsumer => f.write_str("slow consumer: not reading or not acknowledging"),
             Self::Shutdown => f.write_str("broker shutting down"),
+            Self::Kicked => f.write_str("kicked by an operator (admin API)"),
         }
     }
 }

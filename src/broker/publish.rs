@@ -31,6 +31,7 @@ impl Broker {
         now: Millis,
     ) {
         self.stats.messages_received += 1;
+        self.stats.messages_received_by_qos[publish.qos as usize] += 1;
         let packet_id = publish.packet_id;
         let message = Message {
             topic: publish.topic,

@@ -18,6 +18,10 @@ pub struct WorkerStats {
     pub messages_received: u64,
     /// PUBLISH packets written to clients (first sends and redeliveries).
     pub messages_sent: u64,
+    /// `messages_received` by the QoS they were published with (index = QoS).
+    pub messages_received_by_qos: [u64; 3],
+    /// `messages_sent` by the QoS they were written with (index = QoS).
+    pub messages_sent_by_qos: [u64; 3],
     /// Bytes of packets received (their encoded size).
     pub bytes_received: u64,
     /// Bytes the runtime reported sent.
@@ -38,6 +42,8 @@ pub struct WorkerStats {
     pub messages_dropped_queue_full: u64,
     /// CONNECTs answered with a refusal.
     pub connects_refused: u64,
+    /// Of those, refused for bad credentials or as not authorized (CONNACK 4 or 5).
+    pub connects_refused_auth: u64,
     /// New sessions refused at `sessions_max`.
     pub sessions_refused_full: u64,
     /// Persistent sessions removed after `persistent_client_expiration_secs` offline.
@@ -74,6 +80,8 @@ pub struct CloseCounts {
     pub taken_over: u64,
     pub slow_consumer: u64,
     pub shutdown: u64,
+    /// An operator closed it through the admin API.
+    pub kicked: u64,
     /// The socket went away (`handle_closed`) without the broker asking.
     pub peer_closed: u64,
 }
@@ -90,6 +98,7 @@ impl CloseCounts {
             Some(CloseReason::TakenOver) => &mut self.taken_over,
             Some(CloseReason::SlowConsumer) => &mut self.slow_consumer,
             Some(CloseReason::Shutdown) => &mut self.shutdown,
+            Some(CloseReason::Kicked) => &mut self.kicked,
             None => &mut self.peer_closed,
         };
         *counter += 1;
@@ -105,6 +114,7 @@ impl CloseCounts {
         self.taken_over += other.taken_over;
         self.slow_consumer += other.slow_consumer;
         self.shutdown += other.shutdown;
+        self.kicked += other.kicked;
         self.peer_closed += other.peer_closed;
     }
 }
@@ -118,6 +128,10 @@ impl WorkerStats {
         self.clients_total += other.clients_total;
         self.messages_received += other.messages_received;
         self.messages_sent += other.messages_sent;
+        for qos in 0..3 {
+            self.messages_received_by_qos[qos] += other.messages_received_by_qos[qos];
+            self.messages_sent_by_qos[qos] += other.messages_sent_by_qos[qos];
+        }
         self.bytes_received += other.bytes_received;
         self.bytes_sent += other.bytes_sent;
         self.subscriptions += other.subscriptions;
@@ -127,6 +141,7 @@ impl WorkerStats {
         self.qos0_dropped_outbuf += other.qos0_dropped_outbuf;
         self.messages_dropped_queue_full += other.messages_dropped_queue_full;
         self.connects_refused += other.connects_refused;
+        self.connects_refused_auth += other.connects_refused_auth;
         self.sessions_refused_full += other.sessions_refused_full;
         self.sessions_expired += other.sessions_expired;
         self.subscriptions_refused += other.subscriptions_refused;

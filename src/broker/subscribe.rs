@@ -103,7 +103,15 @@ impl Broker {
                 self.stats.subscriptions_refused += 1;
                 return (SubackCode::Failure, 0);
             }
-            None => subscriptions.push((filter.clone(), qos)),
+            None => {
+                // The first few grow one at a time: most sessions hold one or two filters,
+                // and a first push would otherwise reserve room for four (120 bytes an idle
+                // session never uses). Past that, the usual doubling.
+                if count < 4 {
+                    subscriptions.reserve_exact(1);
+                }
+                subscriptions.push((filter.clone(), qos));
+            }
         }
         let waits_for = if self.subscriptions.subscribe(filter, session, qos) {
             self.broadcast_interest(filter, true)

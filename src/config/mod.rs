@@ -8,6 +8,7 @@
 //! reads back to the same configuration.
 
 mod bind;
+pub mod docs;
 mod duration;
 mod settings;
 mod validate;
@@ -23,6 +24,7 @@ pub use settings::{default_workers, LogFormat, LogLevel, Settings, DEFAULT_PORT}
 pub use validate::{validate, Invalid, KernelLimits};
 
 use crate::broker::BrokerConfig;
+use crate::ops::OpsConfig;
 use crate::runtime::RuntimeConfig;
 
 /// The command line. Run `ringmq --help` for the generated text.
@@ -44,6 +46,15 @@ pub struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    /// Check the configuration (file and flags) and exit: 0 and "configuration ok" when it
+    /// is valid, 2 and every problem otherwise. Nothing is bound or started.
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// Print docs/CONFIG.md (every setting, generated from this binary) and exit.
+    #[arg(long, hide = true)]
+    pub print_config_docs: bool,
 
     /// Log more: -v for debug, -vv for trace (overrides RUST_LOG and log_level).
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
@@ -68,6 +79,7 @@ impl Cli {
                 }
                 _ => display_value(value),
             };
+            let shown = if shown.is_empty() { "none".to_owned() } else { shown };
             command = command.mut_arg(key, |arg| {
                 let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
                 arg.help(format!("{help} [default: {shown}]"))
@@ -127,6 +139,7 @@ fn list(errors: &[Invalid]) -> String {
 pub struct Config {
     pub runtime: RuntimeConfig,
     pub broker: BrokerConfig,
+    pub ops: OpsConfig,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     /// Legal values that are probably unintended; the binary logs them at start-up.
@@ -152,8 +165,14 @@ impl Config {
     pub fn summary(&self) -> String {
         let table = toml::Table::try_from(Settings::from_built(&self.built()))
             .expect("settings serialize to a TOML table");
-        let pairs: Vec<String> =
-            table.iter().map(|(key, value)| format!("{key}={}", display_value(value))).collect();
+        let pairs: Vec<String> = table
+            .iter()
+            .map(|(key, value)| match key.as_str() {
+                // A secret stays out of the logs.
+                "admin_token" if !self.ops.admin_token.is_empty() => format!("{key}=<set>"),
+                _ => format!("{key}={}", display_value(value)),
+            })
+            .collect();
         pairs.join(" ").replace(", ", ",")
     }
 
@@ -161,6 +180,7 @@ impl Config {
         settings::Built {
             runtime: self.runtime.clone(),
             broker: self.broker.clone(),
+            ops: self.ops.clone(),
             log_level: self.log_level,
             log_format: self.log_format,
         }
@@ -224,10 +244,13 @@ pub fn resolve(
 ) -> Result<Config, ConfigError> {
     let merged = file.unwrap_or_default().overlay(cli.clone());
     let built = merged.build();
-    let warnings = validate(&built.runtime, &built.broker, kernel).map_err(ConfigError::Invalid)?;
+    let mut checked = validate(&built.runtime, &built.broker, kernel);
+    validate::check_ops(&built.ops, &mut checked);
+    let warnings = checked.map_err(ConfigError::Invalid)?;
     Ok(Config {
         runtime: built.runtime,
         broker: built.broker,
+        ops: built.ops,
         log_level: built.log_level,
         log_format: built.log_format,
         warnings,

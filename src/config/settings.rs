@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::bind::BindAddress;
 use super::duration::DurationSecs;
 use crate::broker::{BrokerConfig, WorkerSet};
+use crate::ops::OpsConfig;
 use crate::runtime::RuntimeConfig;
 
 /// The MQTT port, used by `bind` entries that carry none.
@@ -264,6 +265,42 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
 
+    // ---- Operations (HTTP: /metrics, admin API, dashboard) ----------------------------------
+    /// Port of the HTTP listener serving /metrics (Prometheus), the admin API and the
+    /// dashboard; 0 = no HTTP listener. Off by default: a second port is the operator's choice.
+    #[arg(long, value_name = "PORT", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+
+    /// Address of the HTTP listener. Loopback by default: /metrics and the dashboard page
+    /// need no token, so expose them only on purpose.
+    #[arg(long, value_name = "IP", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_address: Option<std::net::IpAddr>,
+
+    /// Bearer token of the admin API ("" = none). Prefer `admin_token_file`: a flag shows in
+    /// the process list. Without a token the admin API answers 403.
+    #[arg(long, value_name = "TOKEN", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+
+    /// File whose first line is the admin API's bearer token ("" = none); read at start and
+    /// again on SIGHUP.
+    #[arg(long, value_name = "FILE", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// Admin requests waiting for one worker at once; beyond it the API answers 503.
+    #[arg(long, value_name = "N", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_queue_depth: Option<usize>,
+
+    /// Items one admin API list holds at most (clients, subscriptions, retained messages);
+    /// a larger `limit` is cut to it, and the answer says how many matched in all.
+    #[arg(long, value_name = "N", help_heading = "Operations")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_list_max: Option<usize>,
+
     // ---- Logging ---------------------------------------------------------------------------
     /// Log level when neither -v nor RUST_LOG is given.
     #[arg(long, value_enum, value_name = "LEVEL", help_heading = "Logging")]
@@ -281,6 +318,7 @@ pub struct Settings {
 pub struct Built {
     pub runtime: RuntimeConfig,
     pub broker: BrokerConfig,
+    pub ops: OpsConfig,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
 }
@@ -332,6 +370,12 @@ impl Settings {
             retained_expiry_secs,
             sys_interval,
             allow_anonymous,
+            http_port,
+            http_address,
+            admin_token,
+            admin_token_file,
+            admin_queue_depth,
+            admin_list_max,
             log_level,
             log_format,
         )
@@ -342,6 +386,7 @@ impl Settings {
         Built {
             runtime: self.build_runtime(),
             broker: self.build_broker(),
+            ops: self.build_ops(),
             log_level: self.log_level.unwrap_or_default(),
             log_format: self.log_format.unwrap_or_default(),
         }
@@ -416,10 +461,22 @@ impl Settings {
         }
     }
 
+    fn build_ops(&self) -> OpsConfig {
+        let defaults = OpsConfig::default();
+        OpsConfig {
+            http_port: self.http_port.unwrap_or(defaults.http_port),
+            http_address: self.http_address.unwrap_or(defaults.http_address),
+            admin_token: self.admin_token.clone().unwrap_or(defaults.admin_token),
+            admin_token_file: self.admin_token_file.clone().unwrap_or(defaults.admin_token_file),
+            admin_queue_depth: self.admin_queue_depth.unwrap_or(defaults.admin_queue_depth),
+            admin_list_max: self.admin_list_max.unwrap_or(defaults.admin_list_max),
+        }
+    }
+
     /// Every field given, from built configs: what `--print-config` prints. Building the
     /// result again gives back the same configs (tested), so printed output is a valid file.
     pub fn from_built(built: &Built) -> Settings {
-        let (runtime, broker) = (&built.runtime, &built.broker);
+        let (runtime, broker, ops) = (&built.runtime, &built.broker, &built.ops);
         let port = runtime.listeners.first().map_or(DEFAULT_PORT, |addr| addr.port());
         Settings {
             port: Some(port),
@@ -457,6 +514,12 @@ impl Settings {
             retained_expiry_secs: Some(broker.retained_expiry_secs),
             sys_interval: Some(broker.sys_interval_secs),
             allow_anonymous: Some(broker.allow_anonymous),
+            http_port: Some(ops.http_port),
+            http_address: Some(ops.http_address),
+            admin_token: Some(ops.admin_token.clone()),
+            admin_token_file: Some(ops.admin_token_file.clone()),
+            admin_queue_depth: Some(ops.admin_queue_depth),
+            admin_list_max: Some(ops.admin_list_max),
             log_level: Some(built.log_level),
             log_format: Some(built.log_format),
         }
@@ -509,6 +572,12 @@ mod tests {
         broker.retained_expiry_secs += 1;
         broker.sys_interval_secs += 1;
         broker.allow_anonymous = !broker.allow_anonymous;
+        built.ops.http_port = 9883;
+        built.ops.http_address = "::1".parse().unwrap();
+        built.ops.admin_token = "secret".to_owned();
+        built.ops.admin_token_file = "/etc/ringmq/token".into();
+        built.ops.admin_queue_depth += 1;
+        built.ops.admin_list_max += 1;
         built.log_level = LogLevel::Trace;
         built.log_format = LogFormat::Json;
         Settings::from_built(&built)

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use crate::broker::{BrokerConfig, WorkerSet};
+use crate::ops::config::{OpsConfig, ADMIN_LIST_MAX_MAX, ADMIN_QUEUE_DEPTH_MAX};
 use crate::runtime::RuntimeConfig;
 
 /// `IORING_MAX_ENTRIES`: the largest submission queue `io_uring_setup` accepts.
@@ -231,6 +232,48 @@ fn check_broker(checker: &mut Checker, broker: &BrokerConfig) {
             broker.max_queued_bytes
         )
     });
+}
+
+/// Checks the operations settings and adds its errors and warnings to `checked` (so every
+/// problem is reported at once). The token file is read here: `--check-config` must catch a
+/// missing or empty one.
+pub fn check_ops(ops: &OpsConfig, checked: &mut Result<Vec<String>, Vec<Invalid>>) {
+    let mut checker = Checker::default();
+    let depth = ops.admin_queue_depth;
+    checker.require((1..=ADMIN_QUEUE_DEPTH_MAX).contains(&depth), "admin_queue_depth", || {
+        format!("must be 1..={ADMIN_QUEUE_DEPTH_MAX}, got {depth}")
+    });
+    let list = ops.admin_list_max;
+    checker.require((1..=ADMIN_LIST_MAX_MAX).contains(&list), "admin_list_max", || {
+        format!("must be 1..={ADMIN_LIST_MAX_MAX}, got {list}")
+    });
+    let both = !ops.admin_token.is_empty() && !ops.admin_token_file.as_os_str().is_empty();
+    checker.require(!both, "admin_token", || {
+        "give admin_token or admin_token_file, not both".to_owned()
+    });
+    if !both {
+        match ops.read_token() {
+            Err(message) => checker.require(false, "admin_token_file", || message),
+            Ok(Some(token)) => checker.warn_if(token.len() < 16, || {
+                format!("the admin token is {} characters long; 16 or more is safer", token.len())
+            }),
+            Ok(None) => checker.warn_if(ops.http_port != 0, || {
+                "no admin_token or admin_token_file: the admin API answers 403".to_owned()
+            }),
+        }
+    }
+    checker.warn_if(ops.http_port != 0 && !ops.http_address.is_loopback(), || {
+        format!(
+            "http_address {} is not loopback: /metrics and the dashboard page are served \
+             without a token",
+            ops.http_address
+        )
+    });
+    match checked {
+        Ok(warnings) if checker.errors.is_empty() => warnings.extend(checker.warnings),
+        Ok(_) => *checked = Err(checker.errors),
+        Err(errors) => errors.extend(checker.errors),
+    }
 }
 
 #[cfg(test)]

@@ -382,11 +382,16 @@ impl OutBuf {
     }
 
     /// Moves every queued segment to the end of `out` and returns their total length. The
-    /// scratch allocation goes with them, so an idle connection keeps no buffer.
+    /// scratch allocation goes with them, so an idle connection keeps no buffer. The scratch
+    /// is always the last segment, so it goes to `out` directly rather than through
+    /// `segments`: output made only of copied bytes (control packets, small payloads) never
+    /// gives the deque an allocation, which it would then keep for the connection's life.
     pub fn take_into(&mut self, out: &mut Vec<Bytes>) -> usize {
-        self.seal();
-        self.scratch = BytesMut::new();
         out.extend(self.segments.drain(..));
+        if !self.scratch.is_empty() {
+            out.push(self.scratch.split().freeze());
+        }
+        self.scratch = BytesMut::new();
         std::mem::take(&mut self.len)
     }
 

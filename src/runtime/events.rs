@@ -298,6 +298,8 @@ impl Worker {
 
     fn on_wake(&mut self, now: Millis) {
         self.wake_armed = false;
+        // The same eventfd carries the admin API's wake-ups (`ops_link`).
+        self.ops.control_due = true;
         if self.stop.requested() {
             self.begin_stop(now);
         } else {

@@ -20,10 +20,12 @@ pub mod bufring;
 pub mod config;
 pub mod conn;
 mod events;
+pub mod export;
 mod handoff;
 pub mod listener;
 pub mod mesh;
 pub mod msg_ring;
+pub mod ops_link;
 mod output;
 mod pacing;
 pub mod peers;
@@ -52,9 +54,42 @@ use worker::{Worker, WorkerCounters, WorkerSetup};
 
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<()> {
-    // Before any thread exists, so every worker inherits the mask and only `sigwait` sees them.
+    run_with(runtime, broker, &StartOptions::default(), |_| Ok(()))
+}
+
+/// Options of [`start_with`] beyond the two layer configs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Depth of each worker's control queue (`ops_link`), the `admin_queue_depth` setting.
+    pub control_queue_depth: usize,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self { control_queue_depth: 16 }
+    }
+}
+
+/// [`run`], calling `attach` once the workers run (e.g. to start the operations thread with
+/// [`Running::take_ops_link`]); what it returns is dropped after the workers stopped.
+pub fn run_with<G>(
+    runtime: RuntimeConfig,
+    broker: BrokerConfig,
+    options: &StartOptions,
+    attach: impl FnOnce(&mut Running) -> anyhow::Result<G>,
+) -> anyhow::Result<()> {
+    // Before any thread exists, so every thread (workers, and the operations thread `attach`
+    // may start) inherits the mask and only `sigwait` sees them.
     signals::block()?;
-    let running = start(runtime, broker)?;
+    let mut running = start_with(runtime, broker, options)?;
+    let attached = match attach(&mut running) {
+        Ok(attached) => attached,
+        Err(error) => {
+            running.stop();
+            let _ = running.join();
+            return Err(error);
+        }
+    };
     // Signals, and a look every so often for a worker that ended on its own (a failure): then
     // the others are stopped too and its error is returned.
     loop {
@@ -69,6 +104,7 @@ pub fn run(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<()> {
     }
     running.stop();
     running.join()?;
+    drop(attached);
     Ok(())
 }
 
@@ -78,12 +114,19 @@ pub struct Running {
     addrs: Vec<SocketAddr>,
     stopper: Stopper,
     threads: Vec<JoinHandle<anyhow::Result<WorkerCounters>>>,
+    ops: Option<ops_link::OpsLink>,
 }
 
 impl Running {
     /// The listen addresses, with port 0 resolved.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The statistics blocks and control queues of the workers, for the operations thread;
+    /// `Some` once.
+    pub fn take_ops_link(&mut self) -> Option<ops_link::OpsLink> {
+        self.ops.take()
     }
 
     /// Asks every worker to stop (see the module documentation); returns at once.
@@ -109,6 +152,15 @@ impl Running {
 /// Checks the kernel, binds the listeners and starts the workers; returns once every worker
 /// has built its state (or the first failure, after stopping the others).
 pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Running> {
+    start_with(runtime, broker, &StartOptions::default())
+}
+
+/// [`start`] with options.
+pub fn start_with(
+    runtime: RuntimeConfig,
+    broker: BrokerConfig,
+    options: &StartOptions,
+) -> anyhow::Result<Running> {
     runtime.validate().map_err(|error| anyhow::anyhow!("runtime configuration: {error}"))?;
     // On a thread of its own, so the caller's thread gets no io_uring task context (whose
     // task work would interrupt its blocking calls) from the throwaway rings.
@@ -120,8 +172,12 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
     let cpus = allowed_cpus();
     tracing::info!(workers = runtime.workers, ?cpus, addrs = ?listeners.addrs, taskrun = ?support.mode, "starting");
     let stopper = Stopper::new(runtime.workers)?;
+    let wakers = (0..runtime.workers).map(|worker| stopper.waker(worker)).collect();
+    let (ops_link, worker_ops) =
+        ops_link::build(runtime.workers, options.control_queue_depth, wakers);
+    let mut worker_ops = worker_ops.into_iter();
     let connections = Arc::new(AtomicUsize::new(0));
-    let epoch = Instant::now();
+    let epoch = ops_link.epoch;
     let workers = u16::try_from(runtime.workers)?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(runtime.workers);
@@ -146,6 +202,7 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
             connections: Arc::clone(&connections),
             epoch,
             mesh: meshes[index].take(),
+            ops: worker_ops.next().expect("one ops side per worker"),
         };
         let ready = ready_tx.clone();
         let gates = Arc::clone(&gates);
@@ -155,7 +212,7 @@ pub fn start(runtime: RuntimeConfig, broker: BrokerConfig) -> anyhow::Result<Run
         threads.push(thread);
     }
     drop(ready_tx);
-    let running = Running { addrs: listeners.addrs, stopper, threads };
+    let running = Running { addrs: listeners.addrs, stopper, threads, ops: Some(ops_link) };
     for _ in 0..runtime.workers {
         // A closed channel means a worker died before reporting; join() says how.
         let ready =

@@ -42,15 +42,33 @@ impl Stopper {
     pub fn stop(&self) {
         self.requested.store(true, Ordering::Release);
         for waker in &self.wakers {
-            let one = 1u64;
-            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
-            let written = unsafe { libc::write(waker.as_raw_fd(), (&raw const one).cast(), 8) };
-            // EAGAIN means the counter is already non-zero: the worker is woken anyway.
-            assert!(
-                written == 8 || io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
-            );
+            wake(waker);
         }
     }
+
+    /// A handle that wakes worker `worker` without asking it to stop: its wake-up read
+    /// completes, and it then looks at its control queue (`ops_link`).
+    pub fn waker(&self, worker: usize) -> Waker {
+        Waker(Arc::clone(&self.wakers[worker]))
+    }
+}
+
+/// Wakes one worker through its eventfd; see [`Stopper::waker`].
+#[derive(Clone, Debug)]
+pub struct Waker(Arc<OwnedFd>);
+
+impl Waker {
+    pub fn wake(&self) {
+        wake(&self.0);
+    }
+}
+
+fn wake(eventfd: &OwnedFd) {
+    let one = 1u64;
+    // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+    let written = unsafe { libc::write(eventfd.as_raw_fd(), (&raw const one).cast(), 8) };
+    // EAGAIN means the counter is already at its maximum: the worker is woken anyway.
+    assert!(written == 8 || io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN));
 }
 
 impl StopWatch {

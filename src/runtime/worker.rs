@@ -25,6 +25,7 @@ use super::bufring::BufRing;
 use super::config::RuntimeConfig;
 use super::conn::ConnTable;
 use super::mesh::MeshEnd;
+use super::ops_link::{OpsState, WorkerOps};
 use super::peers::{Inbound, MeshItem, Peers};
 use super::send::SendPool;
 use super::signals::StopWatch;
@@ -59,6 +60,8 @@ pub struct WorkerSetup {
     pub epoch: Instant,
     /// This worker's end of the mesh; `None` when it is the only worker.
     pub mesh: Option<MeshEnd<MeshItem>>,
+    /// Its statistics block and control queue (`ops_link`).
+    pub ops: WorkerOps,
 }
 
 /// Counters, not log lines, per event on the message path; logged when the worker stops.
@@ -144,6 +147,8 @@ pub struct Worker {
     pub(super) epoch: Instant,
     pub(super) index: u16,
     pub counters: WorkerCounters,
+    /// Statistics export and admin requests (`ops_link`).
+    pub(super) ops: OpsState,
 }
 
 /// The CQ holds a turn's completions without overflowing in the common worst case: a receive
@@ -220,11 +225,17 @@ impl Worker {
             epoch,
             index: setup.index,
             counters: WorkerCounters::default(),
+            ops: OpsState::new(setup.ops),
         })
     }
 
     pub fn now(&self) -> Millis {
-        Millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+        self.millis_at(Instant::now())
+    }
+
+    fn millis_at(&self, instant: Instant) -> Millis {
+        let since = instant.saturating_duration_since(self.epoch);
+        Millis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Runs the loop until a stop has been carried out.
@@ -252,10 +263,12 @@ impl Worker {
             let waited = self.ring.submit_and_wait(timeout);
             self.peers.woke();
             waited?;
-            let now = self.now();
+            let turn_started = Instant::now();
+            let now = self.millis_at(turn_started);
             self.dispatch_completions(now);
             self.drain_peers(now);
             self.produce_output(now);
+            self.end_turn(turn_started, now);
             if self.finished(now) {
                 break;
             }
@@ -290,6 +303,7 @@ impl Worker {
             self.adopt(slot, record, now);
         }
         self.adoptions = adoptions;
+        self.drain_control(now);
     }
 
     /// Phase 4: deadlines, the broker's actions, and the sends they call for.
@@ -338,6 +352,7 @@ impl Worker {
             self.broker.next_deadline(),
             self.lingering.front().map(|(deadline, _)| *deadline),
             self.accept_retry_at,
+            self.ops.exporter.deadline(),
             self.stopping.map(|(flush, abandon)| if now < flush { flush } else { abandon }),
         ];
         let earliest = deadlines.into_iter().flatten().min()?;

@@ -71,6 +71,8 @@ pub struct Temper {
     pub rude: bool,
     /// Puts a will in its CONNECTs.
     pub will: bool,
+    /// Per mille of its publishes sent with RETAIN=1 (from `SimConfig::retain_per_mille`).
+    pub retain_per_mille: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -330,8 +332,16 @@ impl Client {
         let name = TopicName::try_from(model.universe.topics[topic as usize].as_str())
             .expect("the universe holds valid topic names");
         let packet_id = (qos != QoS::AtMostOnce).then(|| self.allocate_packet_id());
-        let publish = Publish { dup: false, qos, retain: false, topic: name, packet_id, payload };
+        // No draw when retained messages are off, so such runs replay as before. Only QoS 1/2
+        // messages are retained: a QoS 0 one may be dropped on its way to a new subscriber, and
+        // its acknowledgement-free update is left to the broker's own tests.
+        let per_mille = self.temper.retain_per_mille;
+        let retain = per_mille > 0 && qos != QoS::AtMostOnce && rng.chance(per_mille);
+        let publish = Publish { dup: false, qos, retain, topic: name, packet_id, payload };
         model.publish_sent(key, qos);
+        if retain {
+            model.publish_retained(key);
+        }
         if let Some(id) = packet_id {
             let stage = if qos == QoS::AtLeastOnce { Stage::Sent1 } else { Stage::Sent2 };
             self.send_order += 1;
@@ -552,14 +562,22 @@ impl Client {
         }
     }
 
+    /// Hands a PUBLISH to the application: a stored retained message (RETAIN=1, sent for a
+    /// new subscription) to the model's retained check, any other to the delivery checks.
+    fn deliver(&self, model: &mut Model, topic: &str, publish: &Publish) {
+        if publish.retain {
+            model.retained_delivered(self.index, topic, &publish.payload, publish.qos);
+        } else {
+            model.delivered(self.index, topic, &publish.payload, publish.qos, publish.dup);
+        }
+    }
+
     fn on_publish(&mut self, rt: &mut Runtime, model: &mut Model, publish: Publish) {
         let topic = publish.topic.as_str().to_string();
         match (publish.qos, publish.packet_id) {
-            (QoS::AtMostOnce, _) => {
-                model.delivered(self.index, &topic, &publish.payload, publish.qos, publish.dup);
-            }
+            (QoS::AtMostOnce, _) => self.deliver(model, &topic, &publish),
             (QoS::AtLeastOnce, Some(id)) => {
-                model.delivered(self.index, &topic, &publish.payload, publish.qos, publish.dup);
+                self.deliver(model, &topic, &publish);
                 self.acknowledge(rt, Packet::Puback(id));
             }
             (QoS::ExactlyOnce, Some(id)) => {
@@ -574,13 +592,7 @@ impl Client {
                     (None, key) => {
                         let key = key.unwrap_or(MessageKey { publisher: 0, topic: 0, seq: 0 });
                         self.incoming_qos2.insert(id.get(), key);
-                        model.delivered(
-                            self.index,
-                            &topic,
-                            &publish.payload,
-                            publish.qos,
-                            publish.dup,
-                        );
+                        self.deliver(model, &topic, &publish);
                     }
                 }
                 self.acknowledge(rt, Packet::Pubrec(id));

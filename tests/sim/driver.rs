@@ -34,6 +34,9 @@ pub struct SimConfig {
     pub persistent_per_mille: u64,
     pub broker: BrokerConfig,
     pub knobs: RuntimeKnobs,
+    /// Per mille of publishes sent with RETAIN=1; 0 (the default: no random draw, so seeds
+    /// replay as before) leaves retained messages out of the run.
+    pub retain_per_mille: u64,
 }
 
 impl SimConfig {
@@ -84,6 +87,7 @@ impl SimConfig {
             persistent_per_mille: rng.between(200, 700),
             broker,
             knobs,
+            retain_per_mille: 0,
         }
     }
 }
@@ -157,6 +161,7 @@ impl Sim {
                     keepalive_secs: if rng.chance(200) { rng.between(5, 60) as u16 } else { 0 },
                     rude: rng.chance(30),
                     will: rng.chance(250),
+                    retain_per_mille: config.retain_per_mille,
                 };
                 Client::new(index, clean, temper)
             })
@@ -178,6 +183,10 @@ impl Sim {
         let homes: Vec<u16> = self.clients.iter().map(|c| c.home.map_or(0, |w| w.0)).collect();
         let reach = &self.rt.reach;
         let missing = self.model.missing(&homes, |key| reach.get(key).copied().unwrap_or(0));
+        if quiesced && self.config.mode == Mode::Generous {
+            self.model.check_retained_received();
+        }
+        self.check_retained_replicas();
         self.finish();
         self.report(quiesced, missing)
     }
@@ -496,6 +505,28 @@ impl Sim {
         }
         self.run_until_idle(200_000);
         self.check_left_behind();
+    }
+
+    /// Every worker's replica holds the same retained message for each topic (the owner
+    /// serialises each topic's updates). Call when the links are empty.
+    fn check_retained_replicas(&mut self) {
+        if !self.rt.links_empty() {
+            return;
+        }
+        for topic_text in self.model.universe.topics.clone() {
+            let topic = ringmq::protocol::TopicName::try_from(topic_text.as_str())
+                .expect("the universe holds valid topic names");
+            let payloads: Vec<Option<bytes::Bytes>> = self
+                .rt
+                .brokers
+                .iter()
+                .map(|broker| broker.retained(&topic).map(|message| message.payload.clone()))
+                .collect();
+            if payloads.windows(2).any(|pair| pair[0] != pair[1]) {
+                let text = format!("retained replicas differ on {topic_text}: {payloads:?}");
+                self.model.violation(text);
+            }
+        }
     }
 
     fn check_left_behind(&mut self) {

@@ -13,7 +13,12 @@
 //! - no loss (checked at the end): a message acknowledged to its publisher (PUBACK or PUBREC)
 //!   reaches every subscriber whose matching subscription (granted QoS ≥ 1) held from before the
 //!   publish was sent until after its acknowledgement arrived, if the subscriber's session is
-//!   persistent or still alive at the end.
+//!   persistent or still alive at the end;
+//! - retained messages (when the run publishes any): a RETAIN=1 delivery is a retained
+//!   publish to that topic, never older than one acknowledged before the subscriber's
+//!   SUBSCRIBE [MQTT-3.3.1-6] (a retained PUBLISH is acknowledged only once every worker's
+//!   replica holds it), and, with generous bounds, a subscription held to the end got the
+//!   topic's retained message if one was acknowledged before its SUBSCRIBE was sent.
 //!
 //! Time here is a counter of model events, so "before" is exact: the simulation is one thread.
 
@@ -161,6 +166,11 @@ struct Subscriber {
     seen_in_session: BTreeSet<MessageKey>,
     /// Last first-delivered sequence per (publisher, topic, delivered QoS), this session.
     last_seq: BTreeMap<(u32, u16, QoS), u32>,
+    /// Per filter, when its first SUBSCRIBE of this session was sent.
+    first_subscribe: BTreeMap<u16, u64>,
+    /// Per topic, when a retained message (RETAIN=1) last reached the application, this
+    /// session.
+    retained_got: BTreeMap<u16, u64>,
 }
 
 /// Counts for the run's report.
@@ -174,6 +184,9 @@ pub struct ModelStats {
     pub wills_armed: u64,
     pub wills_published: u64,
     pub wills_discarded: u64,
+    pub retained_published: u64,
+    pub retained_deliveries: u64,
+    pub retained_expected: u64,
 }
 
 /// A message the model expected a subscriber to get and it did not.
@@ -209,6 +222,8 @@ pub struct Model {
     /// When each message first reached each worker (its publisher's by routing, others by a
     /// `RemoteMsg::Publish`).
     arrivals: BTreeMap<(MessageKey, u16), u64>,
+    /// Per topic, its retained publishes in the order they were sent.
+    retained: BTreeMap<u16, Vec<MessageKey>>,
     pub violations: Vec<String>,
     pub stats: ModelStats,
 }
@@ -223,6 +238,7 @@ impl Model {
             published: BTreeMap::new(),
             subscribers: subscribers.collect(),
             arrivals: BTreeMap::new(),
+            retained: BTreeMap::new(),
             violations: Vec::new(),
             stats: ModelStats::default(),
         }
@@ -303,6 +319,13 @@ impl Model {
         self.arrivals.entry((key, worker)).or_insert(at);
     }
 
+    /// The PUBLISH of `key` (just sent) had RETAIN=1.
+    pub fn publish_retained(&mut self, key: MessageKey) {
+        assert!(self.published.contains_key(&key), "retained {key:?} was published");
+        self.retained.entry(key.topic).or_default().push(key);
+        self.stats.retained_published += 1;
+    }
+
     /// The publisher received PUBACK (QoS 1) or PUBREC (QoS 2) for `key`.
     pub fn publish_acked(&mut self, key: MessageKey) {
         let at = self.tick();
@@ -322,6 +345,8 @@ impl Model {
         subscriber.asked.clear();
         subscriber.seen_in_session.clear();
         subscriber.last_seq.clear();
+        subscriber.first_subscribe.clear();
+        subscriber.retained_got.clear();
     }
 
     /// `client`'s session ended (a clean session's connection is gone).
@@ -336,6 +361,7 @@ impl Model {
         let subscriber = &mut self.subscribers[client];
         subscriber.asked.insert(filter);
         subscriber.latest_request.insert(filter, at);
+        subscriber.first_subscribe.entry(filter).or_insert(at);
         // A re-subscription replaces the old one; its QoS is known again at the SUBACK.
         if let Some(index) = subscriber.open.remove(&filter) {
             subscriber.intervals[index].until = at;
@@ -424,6 +450,97 @@ impl Model {
             return;
         }
         self.check_repeat(client, key, &record, qos, dup);
+    }
+
+    /// A stored retained message (RETAIN=1, sent for a new subscription [MQTT-3.3.1-8])
+    /// reached `client`'s application. It must be a retained publish to `topic`, and not
+    /// older than any retained publish to `topic` acknowledged before the client's first
+    /// SUBSCRIBE of a matching filter this session [MQTT-3.3.1-6]. (That SUBSCRIBE is the
+    /// earliest that can have caused this delivery, so it asks the least of it; a message is
+    /// certainly older than another when it was acknowledged before the other was sent, as
+    /// the topic's owner then applied it first.)
+    pub fn retained_delivered(&mut self, client: usize, topic: &str, payload: &[u8], qos: QoS) {
+        let at = self.tick();
+        self.stats.retained_deliveries += 1;
+        let Some((key, _)) = decode_payload(payload) else {
+            if !topic.starts_with('$') {
+                self.violation(format!(
+                    "client {client} got a retained payload never sent on {topic}"
+                ));
+            }
+            return;
+        };
+        let is_retained = self.retained.get(&key.topic).is_some_and(|keys| keys.contains(&key));
+        let Some(record) = self.published.get(&key).filter(|_| is_retained) else {
+            self.violation(format!("client {client} got {key:?} with RETAIN=1, never retained"));
+            return;
+        };
+        if self.universe.topic_index(topic) != Some(key.topic) || qos > record.qos {
+            self.violation(format!("client {client} got retained {key:?} on {topic} at {qos:?}"));
+            return;
+        }
+        let delivered_acked = record.acked_at;
+        let universe = &self.universe;
+        let subscriber = &mut self.subscribers[client];
+        subscriber.retained_got.insert(key.topic, at);
+        let first = subscriber
+            .first_subscribe
+            .iter()
+            .filter(|(&filter, _)| universe.matches(filter, key.topic))
+            .map(|(_, &at)| at)
+            .min();
+        let Some(first) = first else {
+            let text = format!("client {client} got retained {key:?} with no SUBSCRIBE for it");
+            return self.violation(text);
+        };
+        let newer = self.retained[&key.topic].iter().find(|other| {
+            let other = &self.published[*other];
+            let required = other.acked_at.is_some_and(|acked| acked < first);
+            required && delivered_acked.is_some_and(|acked| acked < other.sent_at)
+        });
+        if let Some(newer) = newer {
+            self.violation(format!(
+                "client {client} got retained {key:?}, older than {newer:?}, which was \
+                 acknowledged before the client subscribed [MQTT-3.3.1-6]"
+            ));
+        }
+    }
+
+    /// With generous bounds (nothing dropped), every subscription held to the end at QoS 1 or
+    /// 2 must have been sent a retained message for each matching topic that had a QoS 1/2
+    /// retained publish acknowledged before its SUBSCRIBE was sent. Call after quiescing.
+    pub fn check_retained_received(&mut self) {
+        let mut problems = Vec::new();
+        for (client, subscriber) in self.subscribers.iter().enumerate() {
+            for (&filter, &index) in &subscriber.open {
+                let interval = &subscriber.intervals[index];
+                let Some(&asked_at) = subscriber.latest_request.get(&filter) else { continue };
+                if interval.granted == QoS::AtMostOnce {
+                    continue;
+                }
+                for (&topic, keys) in &self.retained {
+                    let owed = self.universe.matches(filter, topic)
+                        && keys.iter().any(|key| {
+                            let record = &self.published[key];
+                            record.qos != QoS::AtMostOnce
+                                && record.acked_at.is_some_and(|acked| acked < asked_at)
+                        });
+                    if !owed {
+                        continue;
+                    }
+                    self.stats.retained_expected += 1;
+                    if subscriber.retained_got.get(&topic).is_none_or(|&got| got < asked_at) {
+                        problems.push(format!(
+                            "client {client} subscribed to filter {filter} and never got topic \
+                             {topic}'s retained message [MQTT-3.3.1-6]"
+                        ));
+                    }
+                }
+            }
+        }
+        for problem in problems.into_iter().take(10) {
+            self.violation(problem);
+        }
     }
 
     fn check_repeat(
