@@ -6,14 +6,17 @@
 # by PID.
 #
 #   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
-#                      [--keepalive SECONDS] [--recv-buffers N] [--no-build]
+#                      [--keepalive SECONDS] [--recv-buffers N] [--broker ringmq|mosquitto|rumqttd]
+#                      [--no-build]
 #
 # Defaults: N = 1000000, hold 300 s, workers = enough 20000-slot file tables for N with
 # headroom, 4 KiB socket buffers on the broker side, 256 receive buffers of 16 KiB per worker.
 # Exit status 0 only if every subscriber connected and subscribed and every published message
 # arrived. While connecting it prints a line every 5 s (ready count, the listeners' accept
 # queues, kernel TCP counters), so a stall shows where it is; the run directory keeps the
-# broker's log (each worker's counters at the stop) and the bench's output.
+# broker's log (each worker's counters at the stop) and the bench's output. --broker runs the
+# same test against Mosquitto (`mosquitto` on the PATH) or rumqttd ($RUMQTTD, default
+# compare.sh's cache), with the limits compare.sh gives them.
 set -euo pipefail
 
 N=1000000
@@ -22,6 +25,8 @@ WORKERS=
 RCVBUF=4096
 SNDBUF=4096
 KEEPALIVE=60
+BROKER_NAME=ringmq
+RUMQTTD=${RUMQTTD:-/tmp/compare-cache/rumqttd/bin/rumqttd}
 RECV_BUFFERS=256
 RECV_BUFFER_BYTES=16384
 BUILD=1
@@ -36,9 +41,10 @@ while (($#)); do
     --sndbuf) SNDBUF=$2; shift 2 ;;
     --keepalive) KEEPALIVE=$2; shift 2 ;;
     --recv-buffers) RECV_BUFFERS=$2; shift 2 ;;
+    --broker) BROKER_NAME=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -56,8 +62,12 @@ BENCH_BIN=$TARGET/release/ringmq-bench
 PUBS=$(((N + 99) / 100))
 TOTAL=$((N + PUBS))
 # SO_REUSEPORT spreads accepts by hash and handoffs move connections to their session's
-# worker, so tables fill unevenly: plan 15000 of each worker's 20000 slots.
-if [[ -z $WORKERS ]]; then WORKERS=$(((TOTAL + 14999) / 15000)); ((WORKERS < 2)) && WORKERS=2; fi
+# worker, so tables fill unevenly: plan 17500 of each worker's 20000 slots. Sessions spread
+# within 2% of even (FNV-1a of the client ids: 1.01M over 58 workers, 17223 to 17567), and
+# connections not yet handed off are bounded by the bench's connects in flight (4000 over all
+# workers). Fewer workers matter: every worker holds each other worker's interest in every
+# filter (~57 bytes per filter per worker), so memory per connection grows with the count.
+if [[ -z $WORKERS ]]; then WORKERS=$(((TOTAL + 17499) / 17500)); ((WORKERS < 2)) && WORKERS=2; fi
 # Ephemeral ports per (source, destination) pair: the range holds ~28k, but connect() takes
 # ports of one parity first (even for connect, odd left to bind) and scans every used one of
 # that parity before trying the other: past ~14.1k connections on one pair each connect scans
@@ -72,7 +82,7 @@ src_range() { # first count -> 127.<b>.<c>.<d> range starting at 127.<first>.0.1
 SUB_SOURCES=$(src_range 10 "$(((N + PER_SOURCE - 1) / PER_SOURCE))")
 PUB_SOURCES=$(src_range 60 "$(((PUBS + PER_SOURCE - 1) / PER_SOURCE))")
 RUN=$(mktemp -d /tmp/ringmq-million.XXXXXX)
-echo "run dir $RUN: N=$N (+$PUBS publishers), workers=$WORKERS, hold ${HOLD}s, sources $SUB_SOURCES"
+echo "run dir $RUN: $BROKER_NAME, N=$N (+$PUBS publishers), workers=$WORKERS, hold ${HOLD}s, sources $SUB_SOURCES"
 
 PIDS=()
 cleanup() {
@@ -101,6 +111,7 @@ accept_queues() { ss -Hltn "sport = :$PORT" 2>/dev/null | awk '{printf "%s/%s ",
 # Resident kB of the broker's receive-buffer mappings (each exactly RECV_BUFFERS x
 # RECV_BUFFER_BYTES), which grow with traffic up to their fixed size, not with connections.
 buffer_rss_kb() {
+  [[ $BROKER_NAME == ringmq ]] || { echo 0; return; }
   awk -v size=$((RECV_BUFFERS * RECV_BUFFER_BYTES / 1024)) '
     /^Size:/ {match_size = ($2 == size)}
     /^Rss:/ && match_size {total += $2}
@@ -113,11 +124,44 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   echo "port $PORT is in use: pick another with --port" >&2
   exit 1
 fi
-"$BROKER_BIN" --port "$PORT" --workers "$WORKERS" --file-table-slots 20000 \
-  --max-connections $((TOTAL + 1000)) --socket-rcvbuf-bytes "$RCVBUF" \
-  --socket-sndbuf-bytes "$SNDBUF" --recv-buffers "$RECV_BUFFERS" \
-  --recv-buffer-bytes "$RECV_BUFFER_BYTES" --log-level info ${RINGMQ_MILLION_BROKER_ARGS:-} \
-  >"$RUN/broker.log" 2>&1 &
+start_broker() {
+  case $BROKER_NAME in
+    ringmq)
+      exec "$BROKER_BIN" --port "$PORT" --workers "$WORKERS" --file-table-slots 20000 \
+        --max-connections $((TOTAL + 1000)) --socket-rcvbuf-bytes "$RCVBUF" \
+        --socket-sndbuf-bytes "$SNDBUF" --recv-buffers "$RECV_BUFFERS" \
+        --recv-buffer-bytes "$RECV_BUFFER_BYTES" --log-level info ${RINGMQ_MILLION_BROKER_ARGS:-} ;;
+    mosquitto)
+      # The same limits compare.sh gives it; one process fd per connection, so RLIMIT_NOFILE
+      # (20000 here) caps it.
+      printf '%s\n' "listener $PORT 127.0.0.1" "allow_anonymous true" "set_tcp_nodelay true" \
+        "max_queued_messages 1000" "max_connections -1" "persistence false" \
+        "log_dest stderr" "log_type error" "log_type warning" >"$RUN/mosquitto.conf"
+      exec mosquitto -c "$RUN/mosquitto.conf" ;;
+    rumqttd)
+      cat >"$RUN/rumqttd.toml" <<EOF
+id = 0
+[router]
+id = 0
+max_connections = $((TOTAL + 1000))
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$PORT"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+EOF
+      exec "$RUMQTTD" -c "$RUN/rumqttd.toml" ;;
+    *) echo "unknown broker $BROKER_NAME" >&2; exit 2 ;;
+  esac
+}
+start_broker >"$RUN/broker.log" 2>&1 &
 BROKER=$!
 PIDS+=("$BROKER")
 for _ in $(seq 100); do
@@ -152,6 +196,13 @@ while :; do
   kill -0 "$SUBS" 2>/dev/null || { echo "subscribers exited early"; tail -5 "$RUN/sub.log"; exit 1; }
   READY=$(tr '\r' '\n' <"$RUN/sub.log" | grep -o 'conns [0-9]*' | tail -1 | awk '{print $2}' || true)
   [[ ${READY:-0} -ge $N ]] && break
+  if tr '\r' '\n' <"$RUN/sub.log" | tail -1 | grep -q ' running '; then
+    # The bench gave up on the connections that failed and moved on: this is where it stops.
+    echo "only ${READY:-0}/$N ready when the bench stopped waiting (failed or still connecting): $(tr '\r' '\n' <"$RUN/sub.log" | tail -1)"
+    echo "  broker RSS $(rss_kb "$BROKER") kB (before ${RSS_BEFORE} kB); $(sockstat); broker log:"
+    grep -v '^$' "$RUN/broker.log" | sort | uniq -c | sort -rn | head -3
+    exit 1
+  fi
   if (($(date +%s) - START > CONNECT_TIMEOUT)); then
     echo "only ${READY:-0}/$N ready after ${CONNECT_TIMEOUT}s; $(sockstat)"
     echo "  accept queues: $(accept_queues)"

@@ -184,6 +184,8 @@ main() {
     else
         log "pytest: skipped, tests/python/ holds no tests yet"
     fi
+    # Headless Chromium (tests/browser/*.test.mjs): the dashboard test takes ~7 s here (its
+    # page needs three one-second samples); installing Chromium once took 52 s of apt here.
     step browser run_browser_tests
     if [ "${#failed[@]}" -ne 0 ]; then
         log "FAILED steps: ${failed[*]}"

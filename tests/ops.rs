@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::rumqtt::{self, Session};
 use common::{unique_id, Broker};
+use ringmq::protocol::Packet;
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -136,15 +137,17 @@ fn metrics_move_when_clients_connect_and_publish() {
     for _ in 0..8 {
         subscriber.next_publish();
     }
+    // Each worker exports on its own schedule (the accepting worker may not be the session's
+    // home), so wait for every figure at once.
     let after = scrape_until(addr, "2 clients and 8 messages", |s| {
         value(s, "ringmq_clients_connected", "") == 2.0
+            && value(s, "ringmq_connections_accepted_total", "") >= accepted_before + 2.0
             && value(s, "ringmq_messages_received_total", "qos=\"1\"") == 3.0
             && value(s, "ringmq_messages_sent_total", "qos=\"1\"") == 3.0
     });
     assert_eq!(value(&after, "ringmq_messages_received_total", "qos=\"0\""), 5.0);
     assert_eq!(value(&after, "ringmq_messages_sent_total", "qos=\"0\""), 5.0);
     assert_eq!(value(&after, "ringmq_subscriptions", ""), 1.0);
-    assert!(value(&after, "ringmq_connections_accepted_total", "") >= accepted_before + 2.0);
     assert!(value(&after, "ringmq_bytes_received_total", "") > 0.0);
     assert!(value(&after, "ringmq_loop_turns_total", "") > 0.0);
     assert!(value(&after, "ringmq_loop_busy_seconds_total", "") > 0.0);
@@ -288,4 +291,18 @@ fn check_config_exits_0_when_valid_and_1_with_every_problem() {
     let (code, text) = check_config(&["-c", "/nonexistent/ringmq.toml"]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("cannot read config file /nonexistent/ringmq.toml"), "{text}");
+}
+
+#[test]
+fn debug_logs_say_when_a_connection_opens_and_closes_and_why() {
+    let broker = Broker::start(&["--workers", "1", "--log-level", "debug"]);
+    let mut client = broker.raw_client(&unique_id("logged"));
+    client.send(&Packet::Disconnect);
+    assert!(client.wait_closed(SETTLE).is_some(), "the broker closes after DISCONNECT");
+    let log = broker.stop();
+    let closing =
+        log.lines().find(|line| line.contains("closing")).unwrap_or_else(|| panic!("{log}"));
+    assert!(closing.contains("DEBUG") && closing.contains("client sent DISCONNECT"), "{closing}");
+    assert!(log.lines().any(|line| line.contains("DEBUG") && line.contains("connection opened")));
+    assert!(log.lines().any(|line| line.contains("DEBUG") && line.contains("connection closed")));
 }

@@ -147,7 +147,7 @@ impl Broker {
         state.serial = serial;
         state.last_heard = now;
         state.keepalive_grace_millis = u64::from(connect.keep_alive_secs) * 1500;
-        state.will = connect.will.clone();
+        state.will = connect.will.clone().map(Box::new);
         self.stats.clients_connected += 1;
         self.file_conn_timer(conn);
     }

@@ -39,21 +39,30 @@ pub(super) struct Conn {
     pub last_heard: Millis,
     /// 1.5 times the keepalive [MQTT-3.1.2-24]; 0 = no keepalive.
     pub keepalive_grace_millis: u64,
-    pub will: Option<LastWill>,
+    /// Boxed: most clients set none, and inline it would cost every connection 64 bytes.
+    pub will: Option<Box<LastWill>>,
     pub out: OutBuf,
     /// Bytes the runtime took and has not yet reported sent.
     pub unsent_bytes: usize,
     pub send_flagged: bool,
-    /// SUBACKs owed and held until other workers confirm an interest, oldest first (their
-    /// keys in the broker's held table), and their encoded bytes (see `interest.rs`).
-    pub held_subacks: VecDeque<HeldKey>,
-    pub held_suback_bytes: usize,
+    /// SUBACKs owed and held until other workers confirm an interest (see `interest.rs`);
+    /// `None` when there are none, which is almost always: boxed, so that an idle connection
+    /// pays 8 bytes for it rather than 40.
+    held: Option<Box<HeldSubacks>>,
     /// When a message for this connection's session was first dropped at the queue bound
     /// since the client last acknowledged one (or the queue last moved): the slow-consumer
     /// clock (see `delivery.rs`).
     pub queue_full_since: Option<Millis>,
     /// Whether a slow-consumer timer for this connection is on the wheel (at most one).
     pub slow_timer_filed: bool,
+}
+
+/// A connection's held SUBACKs: their keys in the broker's held table, oldest first, and
+/// their encoded bytes.
+#[derive(Debug, Default)]
+struct HeldSubacks {
+    keys: VecDeque<HeldKey>,
+    bytes: usize,
 }
 
 impl Conn {
@@ -68,11 +77,41 @@ impl Conn {
             out: OutBuf::new(),
             unsent_bytes: 0,
             send_flagged: false,
-            held_subacks: VecDeque::new(),
-            held_suback_bytes: 0,
+            held: None,
             queue_full_since: None,
             slow_timer_filed: false,
         }
+    }
+
+    /// The broadcast number the newest held SUBACK waits for; 0 when none is held.
+    pub fn newest_held_suback(&self) -> u64 {
+        self.held.as_ref().and_then(|held| held.keys.back()).map_or(0, |&(number, _)| number)
+    }
+
+    /// Encoded bytes of the held SUBACKs.
+    pub fn held_suback_bytes(&self) -> usize {
+        self.held.as_ref().map_or(0, |held| held.bytes)
+    }
+
+    pub fn hold_suback(&mut self, key: HeldKey, bytes: usize) {
+        let held = self.held.get_or_insert_with(Box::default);
+        held.keys.push_back(key);
+        held.bytes += bytes;
+    }
+
+    /// Releases the oldest held SUBACK, which must be `key` (they go in order).
+    pub fn release_suback(&mut self, key: HeldKey, bytes: usize) {
+        let held = self.held.as_mut().expect("releasing a SUBACK that was not held");
+        assert_eq!(held.keys.pop_front(), Some(key), "held SUBACKs out of order");
+        held.bytes -= bytes;
+        if held.keys.is_empty() {
+            self.held = None;
+        }
+    }
+
+    /// The keys of every held SUBACK, oldest first, leaving none.
+    pub fn take_held_subacks(&mut self) -> VecDeque<HeldKey> {
+        self.held.take().map(|held| held.keys).unwrap_or_default()
     }
 
     /// Output not yet confirmed sent: what the `OutBuf` holds plus what the runtime took.
@@ -126,7 +165,7 @@ impl Broker {
             return;
         };
         self.stats.closes.count(reason);
-        self.drop_held_subacks(std::mem::take(&mut state.held_subacks));
+        self.drop_held_subacks(state.take_held_subacks());
         self.drop_held_acks(conn);
         if let Some(reason) = reason {
             if matches!(reason, CloseReason::ConnectRefused(_)) && !state.out.is_empty() {
@@ -141,7 +180,7 @@ impl Broker {
         self.detach_session(session, conn, now);
         if reason != Some(CloseReason::ClientDisconnect) {
             if let Some(will) = state.will.take() {
-                self.publish_will(will, now);
+                self.publish_will(*will, now);
             }
         }
     }

@@ -38,7 +38,7 @@
 //! subscriptions held: `sessions_max` x `subscriptions_per_session_max`.
 //!
 //! Invariant: for each peer, acks received <= broadcasts sent; a held SUBACK's connection is
-//! known and lists the SUBACK's key in its `held_subacks`, in the map's order.
+//! known and lists the SUBACK's key among its held SUBACKs, in the map's order.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -182,12 +182,12 @@ impl Broker {
     ) -> Option<SubscribeAnswer> {
         let confirmed = self.interest.confirmed(self.me);
         let state = self.conns.get_mut(&conn).expect("a subscribing connection is known");
-        let behind = state.held_subacks.back().map_or(0, |&(number, _)| number);
+        let behind = state.newest_held_suback();
         if waits_for <= confirmed && behind == 0 {
             return Some(answer);
         }
         let bytes = answer.held_bytes();
-        let owed = state.pending_bytes() + state.held_suback_bytes + bytes;
+        let owed = state.pending_bytes() + state.held_suback_bytes() + bytes;
         if owed > self.config.outbuf_bytes_max.saturating_mul(2) {
             self.pending_closes.push_back((conn, CloseReason::SlowConsumer));
             return None;
@@ -195,8 +195,7 @@ impl Broker {
         self.interest.arrivals += 1;
         // Never ahead of an earlier held SUBACK of this connection (order); never 0 (held).
         let key = (waits_for.max(behind).max(1), self.interest.arrivals);
-        state.held_subacks.push_back(key);
-        state.held_suback_bytes += bytes;
+        state.hold_suback(key, bytes);
         self.interest.held.insert(key, HeldSuback { conn, answer, bytes });
         self.stats.subacks_held += 1;
         None
@@ -212,12 +211,7 @@ impl Broker {
             let held = entry.remove();
             let state =
                 self.conns.get_mut(&held.conn).expect("a held SUBACK's connection is known");
-            assert_eq!(state.held_subacks.pop_front(), Some(key), "held SUBACKs out of order");
-            if state.held_subacks.is_empty() {
-                // Most connections subscribe once: an idle one keeps no deque allocation.
-                state.held_subacks = std::collections::VecDeque::new();
-            }
-            state.held_suback_bytes -= held.bytes;
+            state.release_suback(key, held.bytes);
             let Phase::Active(session) = state.phase else {
                 unreachable!("only a connection with a session subscribes")
             };

@@ -185,7 +185,7 @@ impl Broker {
             return false;
         };
         let queued = self.retain_confirms.held.get(&conn).map_or(0, VecDeque::len);
-        let owed = state.pending_bytes() + state.held_suback_bytes + queued * ACK_BYTES;
+        let owed = state.pending_bytes() + state.held_suback_bytes() + queued * ACK_BYTES;
         if owed + ACK_BYTES > self.config.outbuf_bytes_max.saturating_mul(2) {
             self.pending_closes.push_back((conn, CloseReason::SlowConsumer));
             return false;

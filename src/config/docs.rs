@@ -19,8 +19,8 @@ then the defaults below. Unknown keys in the file are an error. `ringmq --check-
 configuration and exits (0 valid, 1 not); `ringmq --print-config` prints the effective values as \
 a TOML file; `ringmq.example.toml` lists every key commented out.
 
-SIGHUP re-reads the files named by settings that say so (`admin_token_file`); every other \
-setting takes effect at start.
+Settings take effect at start, except the files that say they are read again \
+(`admin_token_file`).
 ";
 
 /// The whole file.

@@ -285,7 +285,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
 
     /// File whose first line is the admin API's bearer token ("" = none); read at start and
-    /// again on SIGHUP.
+    /// again whenever it changes (its modification time is checked on each admin request), so
+    /// a token can be rotated without a restart.
     #[arg(long, value_name = "FILE", help_heading = "Operations")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<std::path::PathBuf>,

@@ -44,6 +44,7 @@ fn error(status: u16, message: &str) -> Response {
 impl Admin {
     /// Answers one `/api/...` request.
     pub fn handle(&mut self, request: &Request) -> Response {
+        self.token.reload_if_changed();
         if let Err(response) = self.token.check(request.header("authorization")) {
             return response;
         }

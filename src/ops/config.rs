@@ -12,7 +12,7 @@ pub struct OpsConfig {
     pub http_address: IpAddr,
     /// The admin API's bearer token, given inline ("" = none).
     pub admin_token: String,
-    /// A file whose first line is the token ("" = none); read at start and on SIGHUP.
+    /// A file whose first line is the token ("" = none); read at start and again when it changes.
     pub admin_token_file: PathBuf,
     /// Depth of each worker's control queue: admin requests waiting for that worker.
     pub admin_queue_depth: usize,

@@ -112,6 +112,7 @@ metrics! {
     MeshPushed: Counter "ringmq_mesh_pushed_total" "" "Items sent to other workers.";
     MeshReceived: Counter "ringmq_mesh_received_total" "" "Items received from other workers.";
     MeshOverflowed: Counter "ringmq_mesh_overflowed_total" "" "Items that waited in an overflow (a peer's ring was full).";
+    MeshOverflowHighWater: Gauge "ringmq_mesh_overflow_high_water" "" "Most items one peer's overflow has held (mesh_overflow_max is the bound).";
     MeshDoorbells: Counter "ringmq_mesh_doorbells_total" "" "MSG_RING doorbells rung.";
     AdminRequests: Counter "ringmq_admin_requests_total" "" "Admin control requests this worker answered.";
 }

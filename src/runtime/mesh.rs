@@ -203,6 +203,9 @@ pub fn build<T: Send>(workers: usize, limits: MeshLimits) -> Vec<MeshEnd<T>> {
         .collect()
 }
 
+/// An emptied overflow keeps at most this many items' room; beyond it the memory goes back.
+const OVERFLOW_KEPT_CAPACITY: usize = 1024;
+
 /// Whether an overflow of `len` items puts its worker under backpressure.
 fn over_bound(len: usize, overflow_max: usize) -> bool {
     len > 0 && len >= overflow_max
@@ -328,6 +331,11 @@ impl<T> MeshEnd<T> {
             }
             if was_over_bound && !over_bound(peer.overflow.len(), self.overflow_max) {
                 self.peers_over_bound -= 1;
+            }
+            if peer.overflow.is_empty() && peer.overflow.capacity() > OVERFLOW_KEPT_CAPACITY {
+                // A burst is over: give back what it grew (a connect storm grew these to
+                // ~10k items, 800 KB per peer, kept for the process's life otherwise).
+                peer.overflow = VecDeque::new();
             }
             if producer.publish() > 0 {
                 published.insert(worker_id(index));

@@ -226,6 +226,7 @@ impl Worker {
             (Metric::MeshPushed, mesh.pushed),
             (Metric::MeshReceived, mesh.received),
             (Metric::MeshOverflowed, mesh.overflowed),
+            (Metric::MeshOverflowHighWater, mesh.overflow_high_water as u64),
             (Metric::MeshDoorbells, mesh.doorbells_rung),
             (Metric::AdminRequests, self.ops.requests_answered),
         ];
@@ -247,5 +248,42 @@ pub fn lower_thread_priority() {
     };
     if result != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the priority");
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::os::fd::RawFd;
+
+    use super::*;
+    use crate::runtime::signals::Stopper;
+
+    fn wake_ups(fd: RawFd) -> u64 {
+        let mut value = 0u64;
+        // SAFETY: reads at most 8 bytes into a live u64; the eventfd is non-blocking.
+        let read = unsafe { libc::read(fd, (&raw mut value).cast(), 8) };
+        if read == 8 {
+            value
+        } else {
+            0
+        }
+    }
+
+    #[test]
+    fn a_full_control_queue_refuses_and_every_request_rings_the_worker() {
+        let stopper = Stopper::new(1).expect("an eventfd");
+        let watch = stopper.watch(0);
+        let (mut link, mut sides) = build(1, 2, vec![stopper.waker(0)]);
+        let query = AdminQuery::Kick { client_id: "a".to_owned() };
+        assert!(link.control[0].send(query.clone()).is_some());
+        assert!(link.control[0].send(query.clone()).is_some());
+        assert!(link.control[0].send(query.clone()).is_none(), "depth 2: the third is refused");
+        assert_eq!(wake_ups(watch.fd()), 2, "the refused request rang no bell");
+        assert!(!watch.requested(), "a wake-up is not a stop");
+        let mut drained = Vec::new();
+        sides[0].control.drain(16, |request| drained.push(request));
+        assert_eq!(drained.len(), 2);
+        let _ = drained[0].reply.set(AdminAnswer::Done(true));
+        assert!(link.control[0].send(query).is_some(), "room again once the worker drained");
     }
 }
