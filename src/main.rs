@@ -68,9 +68,10 @@ fn check_config(config: &Config) -> ExitCode {
 fn run(config: Config) -> anyhow::Result<()> {
     let options = StartOptions { control_queue_depth: config.ops.admin_queue_depth };
     let ops = config.ops;
+    let bound = OpsServer::bind(&ops)?;
     ringmq::runtime::run_with(config.runtime, config.broker, &options, move |running| {
         let link = running.take_ops_link().expect("the link is taken once, here");
-        OpsServer::start(&ops, link)
+        bound.map(|bound| OpsServer::start(bound, &ops, link)).transpose()
     })
 }
 

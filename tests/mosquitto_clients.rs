@@ -150,7 +150,12 @@ fn readme_flow_subscriber_prints_topic_and_payload() {
 }
 
 /// QoS 0, 1 and 2 from mosquitto_pub to a QoS 2 mosquitto_sub: each arrives at the QoS it
-/// was published with [MQTT-3.8.4-6], unretained, in publish order [MQTT-4.6.0-6].
+/// was published with [MQTT-3.8.4-6], unretained, exactly once.
+///
+/// Each `mosquitto_pub` is its own client, and with several workers their connections may
+/// land on different workers, so the three messages can arrive in any order: MQTT orders
+/// messages per publishing client and topic, not across clients (section 4.6). The
+/// comparison is therefore of the sorted lines.
 #[test]
 fn qos_0_1_and_2_with_mosquitto_clients() {
     let broker = Broker::start(&[]);
@@ -159,7 +164,9 @@ fn qos_0_1_and_2_with_mosquitto_clients() {
     publish(&broker, &["-t", "a/zero", "-m", "q0"]);
     publish(&broker, &["-t", "a/one", "-m", "q1", "-q", "1"]);
     publish(&broker, &["-t", "a/two", "-m", "q2", "-q", "2"]);
-    assert_eq!(subscriber.finish(), ["a/zero 0 0 q0", "a/one 1 0 q1", "a/two 2 0 q2"]);
+    let mut seen = subscriber.finish();
+    seen.sort();
+    assert_eq!(seen, ["a/one 1 0 q1", "a/two 2 0 q2", "a/zero 0 0 q0"]);
 }
 
 /// `mosquitto_pub -r`: a subscriber that comes later gets the message with RETAIN=1

@@ -306,3 +306,18 @@ fn debug_logs_say_when_a_connection_opens_and_closes_and_why() {
     assert!(log.lines().any(|line| line.contains("DEBUG") && line.contains("connection opened")));
     assert!(log.lines().any(|line| line.contains("DEBUG") && line.contains("connection closed")));
 }
+
+#[test]
+fn an_http_port_in_use_stops_the_start_with_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a port to occupy");
+    let http_port = taken.local_addr().expect("its address").port().to_string();
+    let mqtt_port = free_port().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["--bind", "127.0.0.1", "--port", &mqtt_port, "--workers", "1"])
+        .args(["--ring-entries", "256", "--recv-buffers", "64", "--http-port", &http_port])
+        .output()
+        .expect("run ringmq");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("binding the HTTP listener on 127.0.0.1:{http_port}")), "{log}");
+}

@@ -7,6 +7,11 @@
 //! every worker, so any one replica answers a read, and a delete goes through the topic's
 //! owner like any retained update (`route.rs`), so every replica drops it.
 //!
+//! Listing clients or subscriptions visits every session of the worker, which can hold a
+//! million: so a listing is an [`AdminScan`] the runtime advances a bounded number of session
+//! slots per loop turn ([`Broker::admin_scan`]), and no turn does more than that budget of it.
+//! A scan is not a snapshot: a session created or removed while it runs may be missed.
+//!
 //! Invariants: every answer holds at most the `limit` the query carries (the HTTP side caps
 //! it at `admin_list_max`), and also says how many matched in all; nothing here allocates in
 //! proportion to the state beyond that limit.
@@ -14,7 +19,8 @@
 use bytes::Bytes;
 
 use super::connection::Phase;
-use super::{Broker, CloseReason, ConnId, Message, Millis};
+use super::session::Session;
+use super::{Broker, CloseReason, ConnId, Message, Millis, SessionId};
 use crate::protocol::{QoS, TopicFilter, TopicName};
 
 /// A question from the admin API to one worker.
@@ -83,69 +89,114 @@ pub enum AdminAnswer {
     Done(bool),
 }
 
+/// What [`Broker::handle_admin`] gives back: an answer, or a scan to advance.
+#[derive(Debug)]
+pub enum AdminProgress {
+    Done(AdminAnswer),
+    Scanning(AdminScan),
+}
+
+/// A listing of this worker's sessions in progress, advanced by [`Broker::admin_scan`].
+#[derive(Debug)]
+pub struct AdminScan {
+    next_slot: usize,
+    kind: ScanKind,
+}
+
+#[derive(Debug)]
+enum ScanKind {
+    Clients {
+        search: String,
+        limit: usize,
+        items: Vec<AdminClient>,
+        matched: usize,
+    },
+    Subscriptions {
+        search: String,
+        limit: usize,
+        items: Vec<AdminSubscription>,
+        matched: usize,
+    },
+    /// Answered.
+    Done,
+}
+
 impl Broker {
-    /// Answers one admin query (a kick or a delete acts, and its actions are queued).
-    pub fn handle_admin(&mut self, query: AdminQuery, now: Millis) -> AdminAnswer {
-        let answer = match query {
-            AdminQuery::Clients { search, limit } => self.admin_clients(&search, limit),
-            AdminQuery::Subscriptions { search, limit } => self.admin_subscriptions(&search, limit),
-            AdminQuery::Kick { client_id } => AdminAnswer::Done(self.admin_kick(&client_id, now)),
-            AdminQuery::Retained { filter, limit } => self.admin_retained(&filter, limit),
+    /// Takes one admin query: a kick or a delete acts at once (its actions are queued), a
+    /// retained read answers at once, a listing starts a scan.
+    pub fn handle_admin(&mut self, query: AdminQuery, now: Millis) -> AdminProgress {
+        let kind = match query {
+            AdminQuery::Clients { search, limit } => {
+                ScanKind::Clients { search, limit, items: Vec::new(), matched: 0 }
+            }
+            AdminQuery::Subscriptions { search, limit } => {
+                ScanKind::Subscriptions { search, limit, items: Vec::new(), matched: 0 }
+            }
+            AdminQuery::Kick { client_id } => {
+                let kicked = self.admin_kick(&client_id, now);
+                self.settle(now);
+                return AdminProgress::Done(AdminAnswer::Done(kicked));
+            }
+            AdminQuery::Retained { filter, limit } => {
+                return AdminProgress::Done(self.admin_retained(&filter, limit));
+            }
             AdminQuery::DeleteRetained { topic } => {
-                AdminAnswer::Done(self.admin_delete_retained(topic, now))
+                let deleted = self.admin_delete_retained(topic, now);
+                self.settle(now);
+                return AdminProgress::Done(AdminAnswer::Done(deleted));
             }
         };
-        self.settle(now);
-        answer
+        AdminProgress::Scanning(AdminScan { next_slot: 0, kind })
     }
 
-    fn admin_clients(&self, search: &str, limit: usize) -> AdminAnswer {
-        let mut items = Vec::new();
-        let mut matched = 0;
-        for session in self.sessions.iter() {
-            if !session.client_id.as_str().contains(search) {
-                continue;
+    /// Advances `scan` over at most `slots_budget` session slots; the answer once it has
+    /// covered every slot.
+    pub fn admin_scan(&self, scan: &mut AdminScan, slots_budget: usize) -> Option<AdminAnswer> {
+        let end = scan.next_slot.saturating_add(slots_budget).min(self.sessions.slots());
+        for slot in scan.next_slot..end {
+            // Slots are below the slab's capacity, which holds fewer than 2^32 sessions.
+            let Some(session) = self.sessions.try_get(SessionId(slot as u32)) else { continue };
+            match &mut scan.kind {
+                ScanKind::Clients { search, limit, items, matched } => {
+                    if session.client_id.as_str().contains(search.as_str()) {
+                        *matched += 1;
+                        if items.len() < *limit {
+                            items.push(self.admin_client(session));
+                        }
+                    }
+                }
+                ScanKind::Subscriptions { search, limit, items, matched } => {
+                    admin_subscriptions_of(session, search, *limit, items, matched);
+                }
+                ScanKind::Done => panic!("an admin scan advanced after its answer"),
             }
-            matched += 1;
-            if items.len() >= limit {
-                continue;
-            }
-            let conn = session.conn.and_then(|id| Some((id, self.conns.get(&id)?)));
-            items.push(AdminClient {
-                client_id: session.client_id.as_str().to_owned(),
-                conn: conn.map(|(id, _)| id),
-                persistent: session.persistent,
-                connected_since: conn.map(|(_, state)| state.opened_at),
-                // The broker keeps 1.5 times the keepalive [MQTT-3.1.2-24].
-                keepalive_secs: conn.map_or(0, |(_, state)| state.keepalive_grace_millis / 1500),
-                inflight: session.outgoing.inflight_len(),
-                queued: session.outgoing.queued_len(),
-                subscriptions: session.subscriptions.len(),
-            });
         }
-        AdminAnswer::Clients { items, matched }
+        scan.next_slot = end;
+        if end < self.sessions.slots() {
+            return None;
+        }
+        Some(match std::mem::replace(&mut scan.kind, ScanKind::Done) {
+            ScanKind::Clients { items, matched, .. } => AdminAnswer::Clients { items, matched },
+            ScanKind::Subscriptions { items, matched, .. } => {
+                AdminAnswer::Subscriptions { items, matched }
+            }
+            ScanKind::Done => panic!("an admin scan advanced after its answer"),
+        })
     }
 
-    fn admin_subscriptions(&self, search: &str, limit: usize) -> AdminAnswer {
-        let mut items = Vec::new();
-        let mut matched = 0;
-        for session in self.sessions.iter() {
-            let client_id = session.client_id.as_str();
-            for (filter, qos) in &session.subscriptions {
-                if !client_id.contains(search) && !filter.as_str().contains(search) {
-                    continue;
-                }
-                matched += 1;
-                if items.len() < limit {
-                    items.push(AdminSubscription {
-                        client_id: client_id.to_owned(),
-                        filter: filter.as_str().to_owned(),
-                        qos: *qos,
-                    });
-                }
-            }
+    fn admin_client(&self, session: &Session) -> AdminClient {
+        let conn = session.conn.and_then(|id| Some((id, self.conns.get(&id)?)));
+        AdminClient {
+            client_id: session.client_id.as_str().to_owned(),
+            conn: conn.map(|(id, _)| id),
+            persistent: session.persistent,
+            connected_since: conn.map(|(_, state)| state.opened_at),
+            // The broker keeps 1.5 times the keepalive [MQTT-3.1.2-24].
+            keepalive_secs: conn.map_or(0, |(_, state)| state.keepalive_grace_millis / 1500),
+            inflight: session.outgoing.inflight_len(),
+            queued: session.outgoing.queued_len(),
+            subscriptions: session.subscriptions.len(),
         }
-        AdminAnswer::Subscriptions { items, matched }
     }
 
     /// Closes `client_id`'s connection if its session is here and connected.
@@ -187,5 +238,28 @@ impl Broker {
         // No connection waits for it, so nothing to confirm.
         let _ = self.update_retained(&delete, None, now);
         true
+    }
+}
+
+fn admin_subscriptions_of(
+    session: &Session,
+    search: &str,
+    limit: usize,
+    items: &mut Vec<AdminSubscription>,
+    matched: &mut usize,
+) {
+    let client_id = session.client_id.as_str();
+    for (filter, qos) in &session.subscriptions {
+        if !client_id.contains(search) && !filter.as_str().contains(search) {
+            continue;
+        }
+        *matched += 1;
+        if items.len() < limit {
+            items.push(AdminSubscription {
+                client_id: client_id.to_owned(),
+                filter: filter.as_str().to_owned(),
+                qos: *qos,
+            });
+        }
     }
 }

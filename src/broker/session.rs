@@ -98,6 +98,11 @@ impl SessionTable {
     pub fn iter(&self) -> impl Iterator<Item = &Session> {
         self.slab.iter().map(|(_, session)| session)
     }
+
+    /// One past the highest slot a session can occupy now: what a scan by slot covers.
+    pub fn slots(&self) -> usize {
+        self.slab.capacity()
+    }
 }
 
 impl Broker {

@@ -49,14 +49,28 @@ struct Shared {
     reload: AtomicBool,
 }
 
+/// The HTTP listener, bound before the workers start (so a port in use, or an unreadable
+/// token file, stops the broker before it sizes anything), with the token it will check.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    token: token::Token,
+}
+
 impl OpsServer {
-    /// Binds the listener and starts the threads; `None` when `http_port` is 0.
-    pub fn start(config: &OpsConfig, link: OpsLink) -> anyhow::Result<Option<Self>> {
+    /// Binds the listener and reads the token; `None` when `http_port` is 0.
+    pub fn bind(config: &OpsConfig) -> anyhow::Result<Option<Bound>> {
         let Some(addr) = config.http_addr() else { return Ok(None) };
         let listener = TcpListener::bind(addr)
             .map_err(|error| anyhow::anyhow!("binding the HTTP listener on {addr}: {error}"))?;
-        let addr = listener.local_addr()?;
         let token = token::Token::load(config).map_err(|error| anyhow::anyhow!(error))?;
+        Ok(Some(Bound { listener, token }))
+    }
+
+    /// Starts the threads on a bound listener, once the workers run.
+    pub fn start(bound: Bound, config: &OpsConfig, link: OpsLink) -> anyhow::Result<Self> {
+        let Bound { listener, token } = bound;
+        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
         let history = Arc::new(Mutex::new(History::default()));
         let blocks = link.blocks.clone();
@@ -72,7 +86,7 @@ impl OpsServer {
             .name("ringmq-stats".to_owned())
             .spawn(move || sample(&blocks, &history, &sampler_shared))?;
         tracing::info!(%addr, admin = config.admin_enabled(), "HTTP listener: /metrics, /api/v1, /dashboard");
-        Ok(Some(Self { addr, shared, threads: vec![http, sampler] }))
+        Ok(Self { addr, shared, threads: vec![http, sampler] })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -18,6 +18,7 @@
 //! wake-up read completes after that write and the drain runs after the completion, so a
 //! request is never missed (a wake-up may find nothing: harmless).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -25,11 +26,14 @@ use super::export::{Exporter, Metric, StatsBlock};
 use super::signals::Waker;
 use super::spsc::{self, Consumer, Producer};
 use super::worker::Worker;
-use crate::broker::admin::{AdminAnswer, AdminQuery};
+use crate::broker::admin::{AdminAnswer, AdminProgress, AdminQuery, AdminScan};
 use crate::broker::Millis;
 
-/// Requests one worker handles per turn at most, so the admin API cannot starve the ring.
+/// Requests one worker takes per turn at most, so the admin API cannot starve the ring.
 const CONTROL_REQUESTS_PER_TURN: usize = 16;
+/// Session slots a worker scans per turn for listings (`broker::admin::AdminScan`): about a
+/// tenth of a millisecond of work, so listing a million sessions never stalls a turn.
+const SCAN_SLOTS_PER_TURN: usize = 4096;
 
 /// Where a worker puts its answer; the HTTP thread polls it.
 pub type ReplySlot = OnceLock<AdminAnswer>;
@@ -78,6 +82,13 @@ pub struct WorkerOps {
     pub control: Consumer<ControlRequest>,
 }
 
+impl WorkerOps {
+    /// Listings in progress a worker holds at most: as many as its queue holds requests.
+    fn scans_max(&self) -> usize {
+        self.control.capacity()
+    }
+}
+
 /// Builds both sides for `workers` workers with control queues `queue_depth` deep.
 pub fn build(workers: usize, queue_depth: usize, wakers: Vec<Waker>) -> (OpsLink, Vec<WorkerOps>) {
     assert_eq!(wakers.len(), workers, "one waker per worker");
@@ -105,39 +116,70 @@ pub struct OpsState {
     control: Consumer<ControlRequest>,
     /// The wake-up read completed: requests may be waiting.
     pub control_due: bool,
+    /// Listings in progress, oldest first, at most `scans_max`; each turn advances the oldest.
+    scans: VecDeque<(AdminScan, Arc<ReplySlot>)>,
+    scans_max: usize,
     requests_answered: u64,
 }
 
 impl OpsState {
     pub fn new(ops: WorkerOps) -> Self {
+        let scans_max = ops.scans_max();
         Self {
             exporter: Exporter::new(ops.block),
             control: ops.control,
             control_due: false,
+            scans: VecDeque::with_capacity(scans_max),
+            scans_max,
             requests_answered: 0,
         }
+    }
+
+    /// A listing is in progress: the worker must not sleep.
+    pub fn scanning(&self) -> bool {
+        !self.scans.is_empty()
     }
 }
 
 impl Worker {
-    /// Phase 3, when the wake-up fired: answers waiting control requests.
+    /// Phase 3: advances the oldest listing by one slice and, when the wake-up fired, takes
+    /// waiting control requests (as many as there is room for listings).
     pub(super) fn drain_control(&mut self, now: Millis) {
+        self.advance_scan();
         if !std::mem::take(&mut self.ops.control_due) {
             return;
         }
+        let room = self.ops.scans_max - self.ops.scans.len();
         let mut requests = Vec::new();
-        self.ops.control.drain(CONTROL_REQUESTS_PER_TURN, |request| requests.push(request));
+        self.ops.control.drain(CONTROL_REQUESTS_PER_TURN.min(room), |r| requests.push(r));
         if !self.ops.control.is_empty() {
-            // Over this turn's budget: look again next turn.
+            // Over this turn's budget, or no room for listings: look again next turn.
             self.ops.control_due = true;
         }
         for request in requests {
-            let answer = self.broker.handle_admin(request.query, now);
-            self.apply_actions(now);
-            // Only this worker sets the slot, once.
-            let _ = request.reply.set(answer);
-            self.ops.requests_answered += 1;
+            match self.broker.handle_admin(request.query, now) {
+                AdminProgress::Done(answer) => {
+                    self.apply_actions(now);
+                    self.answer(&request.reply, answer);
+                }
+                AdminProgress::Scanning(scan) => self.ops.scans.push_back((scan, request.reply)),
+            }
         }
+    }
+
+    fn advance_scan(&mut self) {
+        let Some((scan, reply)) = self.ops.scans.front_mut() else { return };
+        if let Some(answer) = self.broker.admin_scan(scan, SCAN_SLOTS_PER_TURN) {
+            let reply = Arc::clone(reply);
+            self.ops.scans.pop_front();
+            self.answer(&reply, answer);
+        }
+    }
+
+    fn answer(&mut self, reply: &ReplySlot, answer: AdminAnswer) {
+        // Only this worker sets the slot, once.
+        let _ = reply.set(answer);
+        self.ops.requests_answered += 1;
     }
 
     /// End of a turn: account its time and export if due.

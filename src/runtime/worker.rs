@@ -345,7 +345,7 @@ impl Worker {
     /// close or the stop; forever if there is none.
     fn wait_timeout(&self, now: Millis) -> Option<Duration> {
         let resumable = !self.paused.is_empty() && !self.peers.is_backpressured();
-        if !self.starved.is_empty() || resumable {
+        if !self.starved.is_empty() || resumable || self.ops.scanning() {
             return Some(Duration::ZERO);
         }
         let deadlines = [

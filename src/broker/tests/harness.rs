@@ -126,6 +126,11 @@ impl Cluster {
         &self.brokers[usize::from(worker)]
     }
 
+    /// For calls the harness does not script (the admin API's); the caller handles the actions.
+    pub fn broker_mut(&mut self, worker: u16) -> &mut Broker {
+        &mut self.brokers[usize::from(worker)]
+    }
+
     fn fresh_conn(&mut self) -> ConnId {
         self.next_slot += 1;
         ConnId::new(self.next_slot, 7)

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod admin;
 mod cluster;
 mod conformance;
 mod connect;
