@@ -66,7 +66,7 @@ TOTAL=$((N + PUBS))
 # within 2% of even (FNV-1a of the client ids: 1.01M over 58 workers, 17223 to 17567), and
 # connections not yet handed off are bounded by the bench's connects in flight (4000 over all
 # workers). Fewer workers matter: every worker holds each other worker's interest in every
-# filter (~57 bytes per filter per worker), so memory per connection grows with the count.
+# filter (~49 bytes per filter per worker), so memory per connection grows with the count.
 if [[ -z $WORKERS ]]; then WORKERS=$(((TOTAL + 17499) / 17500)); ((WORKERS < 2)) && WORKERS=2; fi
 # Ephemeral ports per (source, destination) pair: the range holds ~28k, but connect() takes
 # ports of one parity first (even for connect, odd left to bind) and scans every used one of

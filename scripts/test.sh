@@ -74,7 +74,8 @@ pip_install() {
 install_dependencies() {
     if ! command -v python3 >/dev/null; then apt_install python3; fi
     if command -v dpkg-query >/dev/null; then
-        apt_install mosquitto mosquitto-clients
+        # openssl: the TLS tests make their certificates with it.
+        apt_install mosquitto mosquitto-clients openssl
     elif ! command -v mosquitto_pub >/dev/null; then
         log "WARNING: no dpkg and no mosquitto_pub: install the Mosquitto clients by hand"
     fi

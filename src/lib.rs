@@ -9,3 +9,4 @@ pub mod config;
 pub mod ops;
 pub mod protocol;
 pub mod runtime;
+pub mod transport;

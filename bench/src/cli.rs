@@ -76,6 +76,9 @@ pub enum Command {
         #[arg(long, default_value_t = 4 << 20)]
         relay_queue_bytes: usize,
     },
+    /// TLS handshakes per second or throughput over TLS (blocking threads with rustls; see
+    /// src/tls.rs); --plain for the same over plain TCP.
+    Tls(crate::tls::TlsArgs),
 }
 
 #[derive(Args, Debug, Clone)]

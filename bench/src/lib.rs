@@ -13,3 +13,4 @@ pub mod report;
 pub mod ring;
 pub mod stamp;
 pub mod sys;
+pub mod tls;

@@ -44,6 +44,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             let plan = pattern.plan(messages.topics);
             ("pubsub", connection, cli::load_config(connection, Some(messages), plan, progress))
         }
+        Command::Tls(args) => return ringmq_bench::tls::run(args, cli.json),
         Command::Relay { connection, messages, pattern, relay_queue_bytes } => {
             let plan = pattern.plan(messages.topics);
             let config = cli::load_config(connection, Some(messages), plan, progress)

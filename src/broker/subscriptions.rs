@@ -55,13 +55,19 @@ enum Local {
 const HAS_PLUS: u8 = 1;
 const HAS_HASH: u8 = 2;
 const NO_REMOTE: u32 = u32::MAX;
+/// Marks a `Slot::remote` that names its one other worker inline. A filter with its own topic
+/// (one subscriber, so one interested worker) is the common case at density: every other
+/// worker holds such an entry, so a set in the slab for it would cost ~25 bytes per filter per
+/// worker (issue 6).
+const ONE_REMOTE: u32 = 1 << 31;
 
 /// What a trie node holds: 12 bytes, so a node is 40.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     /// The one subscriber's session id, or the key of the shared set (see [`Local`]).
     session: u32,
-    /// Key of this filter's other-worker set in `SubscriptionIndex::remote`, or `NO_REMOTE`.
+    /// This filter's other workers: `NO_REMOTE`; one worker, inline (`ONE_REMOTE | index`);
+    /// or the key of a set of several in `SubscriptionIndex::remote`.
     remote: u32,
     local: Local,
     wildcard_children: u8,
@@ -112,6 +118,12 @@ impl fmt::Debug for SubscriptionIndex {
             .field("remote_sets", &self.remote.len())
             .finish()
     }
+}
+
+/// The worker an inline `Slot::remote` names.
+fn one_remote(remote: u32) -> WorkerId {
+    // Cannot fail: inline values are made from a u16 worker index (see `set_remote_interest`).
+    WorkerId(u16::try_from(remote & !ONE_REMOTE).expect("an inline worker index"))
 }
 
 impl SubscriptionIndex {
@@ -226,29 +238,60 @@ impl SubscriptionIndex {
         worker: WorkerId,
         interested: bool,
     ) {
+        assert!(u32::from(worker.0) < ONE_REMOTE, "worker {worker:?} out of range");
         if interested {
             let node = self.node_or_insert(filter);
             let slot = self.trie.value_mut(node);
-            if slot.remote == NO_REMOTE {
-                let key = self.remote.insert(WorkerSet::empty());
-                slot.remote = u32::try_from(key).expect("fewer than 2^32 remote sets");
+            match slot.remote {
+                NO_REMOTE => slot.remote = ONE_REMOTE | u32::from(worker.0),
+                one if one & ONE_REMOTE != 0 => {
+                    let existing = one_remote(one);
+                    if existing != worker {
+                        let mut workers = WorkerSet::empty();
+                        workers.insert(existing);
+                        workers.insert(worker);
+                        let key = self.remote.insert(workers);
+                        slot.remote = u32::try_from(key)
+                            .ok()
+                            .filter(|&key| key < ONE_REMOTE)
+                            .expect("fewer than 2^31 remote sets");
+                    }
+                }
+                key => self.remote[key as usize].insert(worker),
             }
-            self.remote[slot.remote as usize].insert(worker);
             return;
         }
         let Some(node) = self.trie.find(filter.levels()) else {
             return;
         };
         let slot = self.trie.value_mut(node);
-        if slot.remote == NO_REMOTE {
-            return;
-        }
-        let workers = &mut self.remote[slot.remote as usize];
-        workers.remove(worker);
-        if workers.is_empty() {
-            self.remote.remove(slot.remote as usize);
+        let emptied = match slot.remote {
+            NO_REMOTE => false,
+            one if one & ONE_REMOTE != 0 => one_remote(one) == worker,
+            key => {
+                let workers = &mut self.remote[key as usize];
+                workers.remove(worker);
+                let emptied = workers.is_empty();
+                if emptied {
+                    self.remote.remove(key as usize);
+                }
+                emptied
+            }
+        };
+        if emptied {
             slot.remote = NO_REMOTE;
             self.prune(node);
+        }
+    }
+
+    /// The other workers a `Slot::remote` names (not `NO_REMOTE`).
+    fn remote_workers(&self, remote: u32) -> WorkerSet {
+        if remote & ONE_REMOTE != 0 {
+            let mut workers = WorkerSet::empty();
+            workers.insert(one_remote(remote));
+            workers
+        } else {
+            self.remote[remote as usize]
         }
     }
 
@@ -312,7 +355,7 @@ impl SubscriptionIndex {
     fn collect(&self, node: NodeId, out: &mut Matches) -> usize {
         let slot = self.trie.value(node);
         if slot.remote != NO_REMOTE {
-            out.workers = out.workers.union(self.remote[slot.remote as usize]);
+            out.workers = out.workers.union(self.remote_workers(slot.remote));
         }
         match slot.local {
             Local::None => 0,

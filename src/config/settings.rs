@@ -13,6 +13,9 @@
 //! `set_tcp_nodelay`, `queue_qos0_messages`, `port`); the rest follow ringmq's
 //! `thing_unit_max` style and match the field they set.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +24,15 @@ use super::duration::DurationSecs;
 use crate::broker::{BrokerConfig, WorkerSet};
 use crate::ops::OpsConfig;
 use crate::runtime::RuntimeConfig;
+use crate::transport::{ListenerKind, TlsFiles};
 
 /// The MQTT port, used by `bind` entries that carry none.
 pub const DEFAULT_PORT: u16 = 1883;
+/// Ports of `tls_bind`, `ws_bind` and `wss_bind` entries that carry none (8883 is IANA's
+/// secure-mqtt; 8083/8084 are the WebSocket ports other brokers ship with).
+pub const DEFAULT_TLS_PORT: u16 = 8883;
+pub const DEFAULT_WS_PORT: u16 = 8083;
+pub const DEFAULT_WSS_PORT: u16 = 8084;
 
 /// Log verbosity when neither `-v` nor `RUST_LOG` says otherwise.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -116,6 +125,57 @@ pub struct Settings {
     #[arg(long, value_name = "MILLIS", help_heading = "Listeners and workers")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub close_linger_millis: Option<u64>,
+
+    // ---- TLS and WebSocket -----------------------------------------------------------------
+    /// Address for MQTT over TLS, repeatable; an entry without a port listens on 8883.
+    /// Needs `certfile` and `keyfile`. None by default.
+    #[arg(long, value_name = "ADDR", help_heading = "TLS and WebSocket")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_bind: Option<Vec<BindAddress>>,
+
+    /// Address for MQTT over WebSocket, repeatable; an entry without a port listens on 8083.
+    /// None by default.
+    #[arg(long, value_name = "ADDR", help_heading = "TLS and WebSocket")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_bind: Option<Vec<BindAddress>>,
+
+    /// Address for MQTT over WebSocket over TLS, repeatable; an entry without a port listens
+    /// on 8084. Needs `certfile` and `keyfile`. None by default.
+    #[arg(long, value_name = "ADDR", help_heading = "TLS and WebSocket")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wss_bind: Option<Vec<BindAddress>>,
+
+    /// HTTP path of the WebSocket upgrade (subprotocols `mqtt` and `mqttv3.1`).
+    #[arg(long, value_name = "PATH", help_heading = "TLS and WebSocket")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_path: Option<String>,
+
+    /// PEM file with the server's certificate chain, leaf first (reloaded on SIGHUP).
+    #[arg(long, value_name = "FILE", help_heading = "TLS and WebSocket")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certfile: Option<PathBuf>,
+
+    /// PEM file with the server's private key (reloaded on SIGHUP).
+    #[arg(long, value_name = "FILE", help_heading = "TLS and WebSocket")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyfile: Option<PathBuf>,
+
+    /// PEM file with the CAs that sign client certificates; when set, clients are asked for
+    /// one (reloaded on SIGHUP). Empty: client certificates are not asked for.
+    #[arg(long, value_name = "FILE", help_heading = "TLS and WebSocket")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cafile: Option<PathBuf>,
+
+    /// Refuse TLS clients without a certificate signed by `cafile` (mutual TLS; true|false).
+    #[arg(long, value_name = "BOOL", help_heading = "TLS and WebSocket")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_certificate: Option<bool>,
+
+    /// Use the client certificate's subject CN as the user name, ignoring the CONNECT's user
+    /// name and password (true|false; needs `require_certificate`).
+    #[arg(long, value_name = "BOOL", help_heading = "TLS and WebSocket")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_identity_as_username: Option<bool>,
 
     // ---- Rings and buffers -----------------------------------------------------------------
     /// Slots in each worker's registered (direct) file table: that worker's connection cap.
@@ -347,6 +407,15 @@ impl Settings {
             socket_rcvbuf_bytes,
             socket_sndbuf_bytes,
             close_linger_millis,
+            tls_bind,
+            ws_bind,
+            wss_bind,
+            ws_path,
+            certfile,
+            keyfile,
+            cafile,
+            require_certificate,
+            use_identity_as_username,
             file_table_slots,
             ring_entries,
             recv_buffers,
@@ -403,6 +472,19 @@ impl Settings {
         let workers = self.workers.unwrap_or_else(default_workers);
         RuntimeConfig {
             listeners,
+            layered_listeners: self.layered_listeners(),
+            ws_path: self.ws_path.clone().unwrap_or(defaults.ws_path),
+            tls: TlsFiles {
+                certfile: self.certfile.clone().unwrap_or(defaults.tls.certfile),
+                keyfile: self.keyfile.clone().unwrap_or(defaults.tls.keyfile),
+                cafile: self.cafile.clone().unwrap_or(defaults.tls.cafile),
+                require_certificate: self
+                    .require_certificate
+                    .unwrap_or(defaults.tls.require_certificate),
+                use_identity_as_username: self
+                    .use_identity_as_username
+                    .unwrap_or(defaults.tls.use_identity_as_username),
+            },
             workers,
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             file_table_slots: self.file_table_slots.unwrap_or(defaults.file_table_slots),
@@ -422,6 +504,21 @@ impl Settings {
             close_linger_millis: self.close_linger_millis.unwrap_or(defaults.close_linger_millis),
             turn_packets_max: self.turn_packets_max.unwrap_or(defaults.turn_packets_max),
         }
+    }
+
+    /// The TLS, WebSocket and WSS addresses, in that order, each with its default port.
+    fn layered_listeners(&self) -> Vec<(SocketAddr, ListenerKind)> {
+        let kinds = [
+            (&self.tls_bind, ListenerKind::Mqtts, DEFAULT_TLS_PORT),
+            (&self.ws_bind, ListenerKind::Ws, DEFAULT_WS_PORT),
+            (&self.wss_bind, ListenerKind::Wss, DEFAULT_WSS_PORT),
+        ];
+        kinds
+            .into_iter()
+            .flat_map(|(bind, kind, port)| {
+                bind.iter().flatten().map(move |address| (address.socket_addr(port), kind))
+            })
+            .collect()
     }
 
     fn build_broker(&self) -> BrokerConfig {
@@ -489,6 +586,15 @@ impl Settings {
             socket_rcvbuf_bytes: Some(runtime.socket_rcvbuf_bytes),
             socket_sndbuf_bytes: Some(runtime.socket_sndbuf_bytes),
             close_linger_millis: Some(runtime.close_linger_millis),
+            tls_bind: Some(layered_of(runtime, ListenerKind::Mqtts)),
+            ws_bind: Some(layered_of(runtime, ListenerKind::Ws)),
+            wss_bind: Some(layered_of(runtime, ListenerKind::Wss)),
+            ws_path: Some(runtime.ws_path.clone()),
+            certfile: Some(runtime.tls.certfile.clone()),
+            keyfile: Some(runtime.tls.keyfile.clone()),
+            cafile: Some(runtime.tls.cafile.clone()),
+            require_certificate: Some(runtime.tls.require_certificate),
+            use_identity_as_username: Some(runtime.tls.use_identity_as_username),
             file_table_slots: Some(runtime.file_table_slots),
             ring_entries: Some(runtime.ring_entries),
             recv_buffers: Some(runtime.recv_buffers),
@@ -533,6 +639,12 @@ impl Settings {
     }
 }
 
+/// The layered listeners of one kind, as `*_bind` entries.
+fn layered_of(runtime: &RuntimeConfig, kind: ListenerKind) -> Vec<BindAddress> {
+    let of_kind = runtime.layered_listeners.iter().filter(|(_, k)| *k == kind);
+    of_kind.map(|&(addr, _)| addr.into()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,6 +661,19 @@ mod tests {
         runtime.socket_rcvbuf_bytes += 1;
         runtime.socket_sndbuf_bytes += 1;
         runtime.close_linger_millis += 1;
+        runtime.layered_listeners = vec![
+            ("127.0.0.1:8884".parse().unwrap(), ListenerKind::Mqtts),
+            ("127.0.0.1:8085".parse().unwrap(), ListenerKind::Ws),
+            ("[::1]:8086".parse().unwrap(), ListenerKind::Wss),
+        ];
+        runtime.ws_path = "/ws".into();
+        runtime.tls = TlsFiles {
+            certfile: "server.pem".into(),
+            keyfile: "server.key".into(),
+            cafile: "ca.pem".into(),
+            require_certificate: true,
+            use_identity_as_username: true,
+        };
         runtime.file_table_slots += 1;
         runtime.ring_entries *= 2;
         runtime.recv_buffers /= 2;
@@ -632,6 +757,27 @@ mod tests {
         );
         let port_only = Settings { port: Some(1999), ..Default::default() };
         assert_eq!(port_only.build().runtime.listeners, vec!["0.0.0.0:1999".parse().unwrap()]);
+    }
+
+    #[test]
+    fn tls_and_websocket_entries_without_a_port_take_their_kinds_default() {
+        let settings = Settings {
+            tls_bind: Some(vec!["127.0.0.1".parse().unwrap()]),
+            ws_bind: Some(vec!["127.0.0.1".parse().unwrap(), "[::1]:9001".parse().unwrap()]),
+            wss_bind: Some(vec!["0.0.0.0".parse().unwrap()]),
+            ..Default::default()
+        };
+        let runtime = settings.build().runtime;
+        assert_eq!(runtime.listeners, vec!["0.0.0.0:1883".parse().unwrap()], "plain unchanged");
+        assert_eq!(
+            runtime.layered_listeners,
+            vec![
+                ("127.0.0.1:8883".parse().unwrap(), ListenerKind::Mqtts),
+                ("127.0.0.1:8083".parse().unwrap(), ListenerKind::Ws),
+                ("[::1]:9001".parse().unwrap(), ListenerKind::Ws),
+                ("0.0.0.0:8084".parse().unwrap(), ListenerKind::Wss),
+            ]
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::fmt;
 use crate::broker::{BrokerConfig, WorkerSet};
 use crate::ops::config::{OpsConfig, ADMIN_LIST_MAX_MAX, ADMIN_QUEUE_DEPTH_MAX};
 use crate::runtime::RuntimeConfig;
+use crate::transport::ListenerKind;
 
 /// `IORING_MAX_ENTRIES`: the largest submission queue `io_uring_setup` accepts.
 pub const RING_ENTRIES_MAX: u32 = 32_768;
@@ -101,6 +102,7 @@ pub fn validate(
 ) -> Result<Vec<String>, Vec<Invalid>> {
     let mut checker = Checker::default();
     check_listeners(&mut checker, runtime);
+    check_transports(&mut checker, runtime);
     check_capacity(&mut checker, runtime, kernel);
     check_rings(&mut checker, runtime);
     check_broker(&mut checker, broker);
@@ -112,15 +114,19 @@ pub fn validate(
 }
 
 fn check_listeners(checker: &mut Checker, runtime: &RuntimeConfig) {
-    checker.require(!runtime.listeners.is_empty(), "bind", || {
+    checker.require(!runtime.all_listeners().is_empty(), "bind", || {
         "at least one listen address is needed".to_owned()
     });
     let mut seen = HashSet::new();
-    for addr in &runtime.listeners {
-        checker.require(seen.insert(addr), "bind", || format!("{addr} is listed twice"));
+    // SO_REUSEPORT would let two listeners share an address (and split its clients between
+    // them at random), so an address is refused twice across all listener kinds.
+    for (addr, kind) in runtime.all_listeners() {
+        let key = bind_key(kind);
+        checker.require(seen.insert(addr), key, || format!("{addr} is listed twice"));
         // Each worker binds its own SO_REUSEPORT socket; with port 0 each would get a
         // different ephemeral port.
-        checker.require(addr.port() != 0, "port", || {
+        let port_key = if kind == ListenerKind::Mqtt { "port" } else { key };
+        checker.require(addr.port() != 0, port_key, || {
             format!("{addr}: port 0 is not supported (each worker would get its own port)")
         });
     }
@@ -137,6 +143,46 @@ fn check_listeners(checker: &mut Checker, runtime: &RuntimeConfig) {
             format!("must be at most {SOCKET_INT_MAX} (0 keeps the kernel default), got {bytes}")
         });
     }
+}
+
+fn bind_key(kind: ListenerKind) -> &'static str {
+    match kind {
+        ListenerKind::Mqtt => "bind",
+        ListenerKind::Mqtts => "tls_bind",
+        ListenerKind::Ws => "ws_bind",
+        ListenerKind::Wss => "wss_bind",
+    }
+}
+
+/// TLS needs its files, and client-certificate options need each other (as in Mosquitto).
+fn check_transports(checker: &mut Checker, runtime: &RuntimeConfig) {
+    let tls = &runtime.tls;
+    let given = |path: &std::path::Path| !path.as_os_str().is_empty();
+    if runtime.uses_tls() {
+        for (key, path) in [("certfile", &tls.certfile), ("keyfile", &tls.keyfile)] {
+            checker.require(given(path), key, || {
+                "a TLS listener (tls_bind, wss_bind) needs certfile and keyfile".to_owned()
+            });
+        }
+    } else {
+        checker.warn_if(given(&tls.certfile) || given(&tls.cafile), || {
+            "certfile/cafile are set but no TLS listener (tls_bind, wss_bind) uses them".to_owned()
+        });
+    }
+    checker.require(!tls.require_certificate || given(&tls.cafile), "require_certificate", || {
+        "needs cafile (the CAs that sign client certificates)".to_owned()
+    });
+    checker.require(
+        !tls.use_identity_as_username || tls.require_certificate,
+        "use_identity_as_username",
+        || "needs require_certificate = true (the name comes from the certificate)".to_owned(),
+    );
+    let path = &runtime.ws_path;
+    checker.require(
+        path.starts_with('/') && !path.contains(char::is_whitespace),
+        "ws_path",
+        || format!("must be an HTTP path starting with `/`, got {path:?}"),
+    );
 }
 
 fn check_capacity(checker: &mut Checker, runtime: &RuntimeConfig, kernel: &KernelLimits) {
@@ -388,6 +434,47 @@ mod tests {
         assert_eq!(rejected(|r, _| r.listeners = vec![twice, twice]), ["bind"]);
         assert_eq!(rejected(|r, _| r.listen_backlog = 0), ["listen_backlog"]);
         assert_eq!(rejected(|r, _| r.socket_sndbuf_bytes = u32::MAX), ["socket_sndbuf_bytes"]);
+    }
+
+    #[test]
+    fn tls_listeners_need_their_files_and_client_certificate_options_need_each_other() {
+        let tls = ("127.0.0.1:8883".parse().unwrap(), ListenerKind::Mqtts);
+        assert_eq!(rejected(|r, _| r.layered_listeners = vec![tls]), ["certfile", "keyfile"]);
+        let with_files = |r: &mut RuntimeConfig| {
+            r.layered_listeners = vec![tls];
+            r.tls.certfile = "server.pem".into();
+            r.tls.keyfile = "server.key".into();
+        };
+        assert!(rejected(|r, _| with_files(r)).is_empty());
+        let required = |r: &mut RuntimeConfig, _: &mut BrokerConfig| {
+            with_files(r);
+            r.tls.require_certificate = true;
+        };
+        assert_eq!(rejected(required), ["require_certificate"], "needs cafile");
+        let identity = |r: &mut RuntimeConfig, _: &mut BrokerConfig| {
+            with_files(r);
+            r.tls.cafile = "ca.pem".into();
+            r.tls.use_identity_as_username = true;
+        };
+        assert_eq!(rejected(identity), ["use_identity_as_username"], "needs require_certificate");
+        assert_eq!(rejected(|r, _| r.ws_path = "mqtt".into()), ["ws_path"]);
+    }
+
+    /// SO_REUSEPORT would let a plain and a WebSocket listener share an address and split
+    /// its clients between them: refused, under the later listener's key.
+    #[test]
+    fn an_address_is_refused_twice_across_listener_kinds() {
+        let addr = "127.0.0.1:1883".parse().unwrap();
+        let shared = |r: &mut RuntimeConfig, _: &mut BrokerConfig| {
+            r.listeners = vec![addr];
+            r.layered_listeners = vec![(addr, ListenerKind::Ws)];
+        };
+        assert_eq!(rejected(shared), ["ws_bind"]);
+        let only_ws = |r: &mut RuntimeConfig, _: &mut BrokerConfig| {
+            r.listeners.clear();
+            r.layered_listeners = vec![(addr, ListenerKind::Ws)];
+        };
+        assert!(rejected(only_ws).is_empty(), "a WebSocket listener alone is enough");
     }
 
     #[test]

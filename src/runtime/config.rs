@@ -2,12 +2,21 @@
 
 use std::net::SocketAddr;
 
+use crate::transport::{ListenerKind, TlsFiles};
+
 /// Everything the runtime sizes itself from. Memory that can be sized from these is sized at
 /// start-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeConfig {
     /// Plain-TCP MQTT listen addresses; each worker has its own SO_REUSEPORT socket on each.
     pub listeners: Vec<SocketAddr>,
+    /// TLS, WebSocket and WSS listen addresses (never `ListenerKind::Mqtt`), bound after
+    /// `listeners`, each with its own sockets per worker too.
+    pub layered_listeners: Vec<(SocketAddr, ListenerKind)>,
+    /// The HTTP path WebSocket listeners upgrade on.
+    pub ws_path: String,
+    /// Certificates and client-certificate rules for the TLS listeners.
+    pub tls: TlsFiles,
     /// Worker threads, each pinned to core `i mod cores`, each with its own ring.
     pub workers: usize,
     /// Connections the whole process holds (Mosquitto's `max_connections`). Beyond it a new
@@ -51,6 +60,9 @@ impl Default for RuntimeConfig {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             listeners: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            layered_listeners: Vec::new(),
+            ws_path: "/mqtt".to_owned(),
+            tls: TlsFiles::default(),
             workers,
             max_connections: 1_000_000,
             file_table_slots: 20_000,
@@ -94,10 +106,29 @@ impl RuntimeConfig {
         u16::try_from(count).expect("at most 4096")
     }
 
+    /// Whether any listener speaks TLS (and so needs the certificate files).
+    pub fn uses_tls(&self) -> bool {
+        self.layered_listeners.iter().any(|(_, kind)| kind.uses_tls())
+    }
+
+    /// Every listen address with what it speaks: the plain ones first, in the order bound.
+    pub fn all_listeners(&self) -> Vec<(SocketAddr, ListenerKind)> {
+        let plain = self.listeners.iter().map(|&addr| (addr, ListenerKind::Mqtt));
+        plain.chain(self.layered_listeners.iter().copied()).collect()
+    }
+
     /// Checks the values against what the kernel and the runtime's encodings allow.
     pub fn validate(&self) -> Result<(), String> {
-        if self.listeners.is_empty() {
+        if self.listeners.is_empty() && self.layered_listeners.is_empty() {
             return Err("no listen address".into());
+        }
+        if self.layered_listeners.iter().any(|(_, kind)| *kind == ListenerKind::Mqtt) {
+            return Err("plain MQTT listeners belong in `listeners`".into());
+        }
+        if self.uses_tls()
+            && (self.tls.certfile.as_os_str().is_empty() || self.tls.keyfile.as_os_str().is_empty())
+        {
+            return Err("a TLS listener needs certfile and keyfile".into());
         }
         if self.workers == 0 || self.workers > crate::broker::WorkerSet::CAPACITY {
             return Err(format!("workers must be 1..={}", crate::broker::WorkerSet::CAPACITY));

@@ -75,6 +75,9 @@ pub struct Conn {
     pub paused: bool,
     /// Where a `HandingOff` connection goes, and with what.
     pub handoff: Option<Box<PendingHandoff>>,
+    /// Its bytes pass through TLS and/or WebSocket layers (kept in the worker's `layers`
+    /// map, so a plain connection pays one flag for them).
+    pub layered: bool,
 }
 
 /// A connection on its way to its session's home worker.
@@ -103,6 +106,7 @@ impl Conn {
             send: None,
             paused: false,
             handoff: None,
+            layered: false,
         }
     }
 

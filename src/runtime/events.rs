@@ -9,11 +9,13 @@ use bytes::BytesMut;
 use io_uring::{opcode, types};
 
 use super::conn::Phase;
+use super::layers::LayeredInput;
 use super::uring::Completion;
 use super::user_data::{Op, UserData};
 use super::worker::{Worker, ACCEPT_RETRY_MILLIS};
 use crate::broker::{ConnId, Millis};
-use crate::protocol;
+use crate::protocol::{self, Packet};
+use crate::transport::ListenerKind;
 
 impl Worker {
     pub(super) fn dispatch(&mut self, completion: Completion, now: Millis) {
@@ -56,7 +58,10 @@ impl Worker {
             self.listeners[listener as usize].armed = false;
         }
         match completion.errno() {
-            None => self.on_accepted(completion.result as u32, now),
+            None => {
+                let kind = self.listeners[listener as usize].kind;
+                self.on_accepted(completion.result as u32, kind, now)
+            }
             Some(libc::ENFILE) => {
                 self.counters.accept_paused_table_full += 1;
                 if self.counters.accept_paused_table_full == 1 {
@@ -81,7 +86,7 @@ impl Worker {
         }
     }
 
-    fn on_accepted(&mut self, slot: u32, now: Millis) {
+    fn on_accepted(&mut self, slot: u32, kind: ListenerKind, now: Millis) {
         assert!(
             (slot as usize) < self.conns.slots(),
             "kernel allocated slot {slot} beyond the table"
@@ -92,6 +97,10 @@ impl Worker {
         if total > self.config.max_connections || self.stopping.is_some() {
             self.counters.refused_max_connections += u64::from(self.stopping.is_none());
             tracing::debug!(conn = ?id, total, "refused: max_connections reached");
+            self.begin_close(slot, now);
+            return;
+        }
+        if !self.attach_layers(slot, kind) {
             self.begin_close(slot, now);
             return;
         }
@@ -118,6 +127,7 @@ impl Worker {
         let data = completion.user_data;
         // Copy the bytes out and give the buffer back first, whatever happens next.
         let mut received = 0;
+        let mut layered = None;
         let current = self.current(data);
         if let Some(buffer) = completion.buffer() {
             let len = usize::try_from(completion.result).unwrap_or(0);
@@ -125,7 +135,13 @@ impl Worker {
             if let Some(id) = current {
                 let conn = self.conns.slot_mut(id.slot());
                 if matches!(conn.phase, Phase::Open | Phase::HandingOff) && !conn.input_closed {
-                    conn.input.extend_from_slice(&lease);
+                    if conn.layered {
+                        let layers = &mut self.layers;
+                        layered =
+                            Some(Self::receive_layered(layers, id.slot(), &lease, &mut conn.input));
+                    } else {
+                        conn.input.extend_from_slice(&lease);
+                    }
                     received = len;
                 }
             }
@@ -139,12 +155,21 @@ impl Worker {
         }
         match completion.errno() {
             None if completion.result > 0 => {
+                let next = match layered {
+                    Some(outcome) => self.after_layered_receive(id, outcome, now),
+                    None => LayeredInput::Decode,
+                };
                 let hold = self.must_hold_input();
                 let conn = self.conns.slot_mut(slot);
-                if conn.phase == Phase::Open && (conn.paused || hold) {
+                if next == LayeredInput::Ended {
+                    // The connection is closing; its input was dropped.
+                } else if conn.phase == Phase::Open && (conn.paused || hold) {
                     self.pause_reading(id);
                 } else if conn.phase == Phase::Open {
                     self.decode_input(id, now);
+                }
+                if next == LayeredInput::DecodeThenEnd && self.conns.get_mut(id).is_some() {
+                    self.end_by_transport(slot, now);
                 }
             }
             Some(libc::ENOBUFS) => {
@@ -184,7 +209,12 @@ impl Worker {
                 return;
             }
             match protocol::decode(&mut conn.input, max_packet_bytes) {
-                Ok(Some(packet)) => {
+                Ok(Some(mut packet)) => {
+                    if conn.layered {
+                        if let Packet::Connect(connect) = &mut packet {
+                            self.apply_identity(id.slot(), connect);
+                        }
+                    }
                     self.counters.packets_decoded += 1;
                     self.decode_budget -= 1;
                     self.broker.handle_packet(id, packet, now);
@@ -249,8 +279,11 @@ impl Worker {
             }
             self.on_peer_gone(slot, now);
         } else {
-            if conn.broker_knows && sent_bytes > 0 {
-                self.broker.handle_sent(id, sent_bytes, now);
+            let mqtt_bytes =
+                if conn.layered { self.layered_sent(slot, sent_bytes) } else { sent_bytes };
+            let conn = self.conns.slot_mut(slot);
+            if conn.broker_knows && mqtt_bytes > 0 {
+                self.broker.handle_sent(id, mqtt_bytes, now);
             }
             if unsent || self.conns.slot_mut(slot).output_announced {
                 self.list_for_flush(slot);
@@ -284,6 +317,7 @@ impl Worker {
             tracing::warn!(conn = ?id, error = %std::io::Error::from_raw_os_error(errno), "close failed");
         }
         self.conns.slot_mut(id.slot()).close_in_flight = false;
+        self.remove_layers(id.slot());
         if let Some(op) = self.conns.release(id.slot()) {
             self.sends.give(op);
         }

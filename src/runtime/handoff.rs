@@ -71,13 +71,16 @@ impl Worker {
         let leftover = std::mem::take(&mut conn.input);
         conn.phase = Phase::Closing;
         conn.peer_alive = false;
-        if let Some(errno) = completion.errno() {
+        let failed = completion.errno();
+        // On a failure the layers stay, dropped at the close completion.
+        let layers = if failed.is_none() { self.remove_layers(id.slot()) } else { None };
+        if let Some(errno) = failed {
             self.counters.handoff_failures += 1;
             let error = std::io::Error::from_raw_os_error(errno);
             tracing::warn!(conn = ?id, to = ?handoff.to, %error, "handoff failed: closing the connection");
         } else {
             self.counters.handoffs_out += 1;
-            let record = HandoffRecord { key, connect: handoff.connect, leftover };
+            let record = HandoffRecord { key, connect: handoff.connect, leftover, layers };
             // Backpressure is noticed where reads happen; a record is never held back.
             let _ = self.peers.send_record(handoff.to, record);
         }
@@ -106,11 +109,19 @@ impl Worker {
             self.begin_close(slot, now);
             return;
         }
+        if let Some(layers) = record.layers {
+            self.insert_layers(slot, layers);
+        }
         self.arm_recv(slot);
         self.conns.slot_mut(slot).broker_knows = true;
         self.broker.handle_open(id, now);
         self.broker.handle_packet(id, Packet::Connect(record.connect), now);
         self.apply_actions(now);
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        if conn.layered && conn.phase == Phase::Open {
+            // What the layers produced while the connection was moving.
+            self.flush_layers(id);
+        }
         let Some(conn) = self.conns.get_mut(id) else { return };
         if conn.phase == Phase::Open && !record.leftover.is_empty() {
             conn.input = record.leftover;

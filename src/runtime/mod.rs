@@ -22,6 +22,7 @@ pub mod conn;
 mod events;
 pub mod export;
 mod handoff;
+mod layers;
 pub mod listener;
 pub mod mesh;
 pub mod msg_ring;
@@ -49,6 +50,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::broker::BrokerConfig;
+use crate::transport::{ListenerKind, Transports};
 use signals::Stopper;
 use worker::{Worker, WorkerCounters, WorkerSetup};
 
@@ -112,15 +114,29 @@ pub fn run_with<G>(
 #[derive(Debug)]
 pub struct Running {
     addrs: Vec<SocketAddr>,
+    listener_kinds: Vec<ListenerKind>,
+    transports: Arc<Transports>,
     stopper: Stopper,
     threads: Vec<JoinHandle<anyhow::Result<WorkerCounters>>>,
     ops: Option<ops_link::OpsLink>,
 }
 
 impl Running {
-    /// The listen addresses, with port 0 resolved.
+    /// Every listen address (plain MQTT first, then TLS, WebSocket, WSS, in the order
+    /// configured), with port 0 resolved.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The listen addresses that speak `kind`, with port 0 resolved.
+    pub fn addrs_of(&self, kind: ListenerKind) -> Vec<SocketAddr> {
+        let kinds = self.listener_kinds.iter();
+        self.addrs.iter().zip(kinds).filter(|(_, k)| **k == kind).map(|(a, _)| *a).collect()
+    }
+
+    /// The shared transport configuration (e.g. to reload the certificates).
+    pub fn transports(&self) -> &Arc<Transports> {
+        &self.transports
     }
 
     /// The statistics blocks and control queues of the workers, for the operations thread;
@@ -168,7 +184,17 @@ pub fn start_with(
     let support = std::thread::scope(|scope| scope.spawn(|| probe::probe(msg_ring)).join())
         .map_err(|_| anyhow::anyhow!("the kernel probe panicked"))??;
     raise_descriptor_limit(runtime.file_table_slots)?;
-    let listeners = listener::bind_all(&runtime)?;
+    let transports = Arc::new(
+        Transports::new(runtime.uses_tls().then_some(&runtime.tls), &runtime.ws_path)
+            .map_err(|error| anyhow::anyhow!("TLS: {error}"))?,
+    );
+    let all_listeners = runtime.all_listeners();
+    let listener_kinds: Vec<ListenerKind> = all_listeners.iter().map(|(_, kind)| *kind).collect();
+    let bound = RuntimeConfig {
+        listeners: all_listeners.iter().map(|(addr, _)| *addr).collect(),
+        ..runtime.clone()
+    };
+    let listeners = listener::bind_all(&bound)?;
     let cpus = allowed_cpus();
     tracing::info!(workers = runtime.workers, ?cpus, addrs = ?listeners.addrs, taskrun = ?support.mode, "starting");
     let stopper = Stopper::new(runtime.workers)?;
@@ -198,6 +224,8 @@ pub fn start_with(
             config: runtime.clone(),
             broker: broker.clone(),
             listeners: sockets,
+            listener_kinds: listener_kinds.clone(),
+            transports: Arc::clone(&transports),
             stop: stopper.watch(index),
             connections: Arc::clone(&connections),
             epoch,
@@ -212,7 +240,14 @@ pub fn start_with(
         threads.push(thread);
     }
     drop(ready_tx);
-    let running = Running { addrs: listeners.addrs, stopper, threads, ops: Some(ops_link) };
+    let running = Running {
+        addrs: listeners.addrs,
+        listener_kinds,
+        transports,
+        stopper,
+        threads,
+        ops: Some(ops_link),
+    };
     for _ in 0..runtime.workers {
         // A closed channel means a worker died before reporting; join() says how.
         let ready =

@@ -63,6 +63,10 @@ impl Worker {
     /// Moves the broker's output for `id` into its send op now and lists it for phase 4.
     fn take_output(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id) else { return };
+        if conn.layered {
+            self.take_layered_output(id);
+            return;
+        }
         let op = conn.send.get_or_insert_with(|| self.sends.take());
         self.broker.take_output(id, op.queue());
         conn.output_announced = false;

@@ -34,6 +34,8 @@ pub struct HandoffRecord {
     pub key: HandoffKey,
     pub connect: Box<Connect>,
     pub leftover: BytesMut,
+    /// Its TLS / WebSocket state, which the home worker continues.
+    pub layers: Option<Box<crate::transport::Layered>>,
 }
 
 /// An inbound item, as phase 3 hands it to the worker.

@@ -32,6 +32,7 @@ use super::signals::StopWatch;
 use super::uring::{Completion, Ring, RingCounters};
 use super::user_data::{Op, UserData};
 use crate::broker::{Broker, BrokerConfig, ConnId, Millis, WorkerId};
+use crate::transport::{LayerFactory, Layered, ListenerKind, Transports};
 
 /// Inbound cross-worker messages handled per turn, so one busy peer cannot starve the ring.
 const PEER_MESSAGES_PER_TURN: usize = 4096;
@@ -44,6 +45,9 @@ const SEND_OPS_KEPT: usize = 1024;
 const STOP_FLUSH_MILLIS: u64 = 300;
 const STOP_ABANDON_MILLIS: u64 = 800;
 
+/// Layered connections' state by slot (slots are small integers the kernel picks).
+pub(super) type LayerMap = hashbrown::HashMap<u32, Box<Layered>, foldhash::fast::FixedState>;
+
 /// Everything a worker is started with.
 #[derive(Debug)]
 pub struct WorkerSetup {
@@ -53,6 +57,10 @@ pub struct WorkerSetup {
     pub config: RuntimeConfig,
     pub broker: BrokerConfig,
     pub listeners: Vec<OwnedFd>,
+    /// What each of `listeners` speaks, in the same order.
+    pub listener_kinds: Vec<ListenerKind>,
+    /// The TLS configuration and WebSocket path layered connections are made from.
+    pub transports: Arc<Transports>,
     pub stop: StopWatch,
     /// Connections open in the whole process (for `max_connections`).
     pub connections: Arc<AtomicUsize>,
@@ -96,6 +104,9 @@ pub struct WorkerCounters {
     pub handoffs_in: u64,
     /// Receives paused: the turn's decode budget was spent, or the mesh was backpressured.
     pub reads_paused: u64,
+    /// TLS / WebSocket connections ended by their transport (a failed handshake, a bad
+    /// frame, an untrusted certificate).
+    pub transport_errors: u64,
     /// The ring's own counters (turns, completions, SQ flushes, CQ overflows), as of the stop.
     pub ring: RingCounters,
 }
@@ -104,6 +115,7 @@ pub struct WorkerCounters {
 #[derive(Debug)]
 pub(super) struct Listener {
     pub fd: OwnedFd,
+    pub kind: ListenerKind,
     pub armed: bool,
 }
 
@@ -120,6 +132,13 @@ pub struct Worker {
     pub(super) peers: Peers,
     pub(super) listeners: Vec<Listener>,
     pub(super) sends: SendPool,
+    /// TLS / WebSocket state of the layered connections, by slot (`Conn::layered`).
+    pub(super) layers: LayerMap,
+    pub(super) layer_factory: LayerFactory,
+    /// The broker's output for a layered connection, on its way through the layers.
+    pub(super) mqtt_scratch: Vec<bytes::Bytes>,
+    /// The layers' wire output, on its way into the connection's send op.
+    pub(super) wire_scratch: Vec<bytes::Bytes>,
     /// Slots with output to start this turn, each at most once (`Conn::flush_listed`).
     pub(super) flush: Vec<u32>,
     /// Closing connections with output still leaving, oldest first, by linger deadline.
@@ -178,6 +197,7 @@ pub fn pin(cpu: usize) -> io::Result<()> {
 impl Worker {
     /// Builds the worker on the calling thread (already pinned): ring, tables, buffers, broker.
     pub fn new(setup: WorkerSetup) -> anyhow::Result<Self> {
+        assert_eq!(setup.listeners.len(), setup.listener_kinds.len(), "a listener without a kind");
         let config = setup.config;
         let ring = Ring::new(config.ring_entries, completion_entries(&config))?;
         ring.submitter().register_files_sparse(config.file_table_slots).map_err(|error| {
@@ -206,9 +226,14 @@ impl Worker {
             listeners: setup
                 .listeners
                 .into_iter()
-                .map(|fd| Listener { fd, armed: false })
+                .zip(setup.listener_kinds)
+                .map(|(fd, kind)| Listener { fd, kind, armed: false })
                 .collect(),
             sends: SendPool::new(SEND_OPS_KEPT),
+            layers: LayerMap::default(),
+            layer_factory: LayerFactory::new(setup.transports),
+            mqtt_scratch: Vec::new(),
+            wire_scratch: Vec::new(),
             flush: Vec::with_capacity(slots),
             lingering: VecDeque::with_capacity(2 * slots),
             completions: Vec::with_capacity(cq_entries),

@@ -231,7 +231,7 @@ enum Startup {
 /// A loopback port that the kernel just handed out and that no other broker of this test
 /// process has been given. The broker binds with SO_REUSEPORT, so two brokers on one port
 /// would silently share connections; handing each port out once rules that out here.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut given = GIVEN.lock().unwrap_or_else(|poison| poison.into_inner());
     let given = given.get_or_insert_with(HashSet::new);

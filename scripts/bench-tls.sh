@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# TLS handshakes per second and MQTT throughput over TLS, against plain TCP, for ringmq and
+# Mosquitto in the same run, with the same client (`ringmq-bench tls`, blocking threads with
+# rustls; every handshake is a full one). Certificates are made with openssl in a temporary
+# directory. Both brokers listen on loopback only and are stopped (by PID) at the end.
+#
+# usage: scripts/bench-tls.sh [DURATION_SECS] [THREADS] [PAYLOAD_BYTES]
+# Prints a markdown table (and the raw JSON lines to stderr).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+duration=${1:-5}
+threads=${2:-2}
+payload=${3:-64}
+ringmq_workers=${RINGMQ_WORKERS:-2}
+base_port=${BASE_PORT:-27000}
+ports=(ringmq_tcp=$base_port ringmq_tls=$((base_port + 1)) mosquitto_tcp=$((base_port + 2)) mosquitto_tls=$((base_port + 3)))
+declare -A port
+for entry in "${ports[@]}"; do port[${entry%%=*}]=${entry#*=}; done
+
+cargo build --release --quiet --bin ringmq --bin ringmq-bench
+target_dir=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+ringmq=$target_dir/release/ringmq
+bench=$target_dir/release/ringmq-bench
+
+dir=$(mktemp -d)
+chmod 755 "$dir" # mosquitto drops to its own user and must read the files
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+ssl() { openssl "$@" >/dev/null 2>&1; }
+( cd "$dir"
+  ssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
+      -out ca.pem -subj /CN=bench-ca -days 2
+  ssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key \
+      -out server.csr -subj /CN=localhost
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >server.ext
+  ssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+      -days 2 -extfile server.ext
+  chmod 644 server.key )
+
+for name in "${!port[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/${port[$name]}") 2>/dev/null; then
+        echo "port ${port[$name]} ($name) is in use: set BASE_PORT" >&2
+        exit 1
+    fi
+done
+
+"$ringmq" --bind 127.0.0.1 --port "${port[ringmq_tcp]}" --tls-bind "127.0.0.1:${port[ringmq_tls]}" \
+    --certfile "$dir/server.pem" --keyfile "$dir/server.key" --workers "$ringmq_workers" \
+    --log-level warn 2>"$dir/ringmq.log" &
+pids+=($!)
+cat >"$dir/mosquitto.conf" <<CONF
+per_listener_settings false
+allow_anonymous true
+log_dest none
+listener ${port[mosquitto_tcp]} 127.0.0.1
+listener ${port[mosquitto_tls]} 127.0.0.1
+certfile $dir/server.pem
+keyfile $dir/server.key
+CONF
+mosquitto -c "$dir/mosquitto.conf" 2>"$dir/mosquitto.log" &
+pids+=($!)
+
+for name in "${!port[@]}"; do
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/${port[$name]}") 2>/dev/null && break
+        sleep 0.05
+    done
+done
+
+declare -A pid_of=([ringmq]=${pids[0]} [mosquitto]=${pids[1]})
+ticks=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of a process
+
+run() { # run BROKER TRANSPORT MODE: one JSON line, with the broker's CPU seconds added
+    local args=(--json tls "$3" --port "${port[$1_$2]}" --threads "$threads" --duration "$duration"
+        --payload-bytes "$payload")
+    if [ "$2" = tcp ]; then args+=(--plain); else args+=(--cafile "$dir/ca.pem"); fi
+    local before after line
+    before=$(cpu_ticks "${pid_of[$1]}")
+    line=$("$bench" "${args[@]}")
+    after=$(cpu_ticks "${pid_of[$1]}")
+    python3 -c 'import json, sys; d = json.loads(sys.argv[1]); d["broker_cpu_secs"] = int(sys.argv[2]) / int(sys.argv[3]); print(json.dumps(d))' \
+        "$line" "$((after - before))" "$ticks"
+}
+
+field() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+per_cpu() { # per_cpu JSON COUNT_FIELD: COUNT_FIELD per broker CPU-second
+    python3 -c 'import json, sys; d = json.loads(sys.argv[1]); print(round(d[sys.argv[2]] / max(d["broker_cpu_secs"], 0.01)))' "$1" "$2"
+}
+
+echo "| broker | transport | sessions/s | p50 / p99 µs | sessions per broker CPU-s | msgs/s delivered ($payload B, $threads pubs) | MiB/s | msgs per broker CPU-s |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+for broker in ringmq mosquitto; do
+    for transport in tcp tls; do
+        hs=$(run "$broker" "$transport" handshakes)
+        tp=$(run "$broker" "$transport" throughput)
+        echo "$hs" >&2
+        echo "$tp" >&2
+        echo "| $broker | $transport | $(field "$hs" per_sec) | $(field "$hs" p50_us) / $(field "$hs" p99_us) | $(per_cpu "$hs" sessions) | $(field "$tp" msgs_per_sec) | $(field "$tp" mib_per_sec) | $(per_cpu "$tp" received) |"
+    done
+done
