@@ -6,7 +6,8 @@
 //! a turn produced for a connection is one contiguous segment (small payloads are copied into
 //! it) in one system call, instead of one segment, one allocation and one iovec per packet.
 //! A `Close` (or handoff) takes the output at once, so what the broker produced before it is
-//! ours before the broker forgets the connection.
+//! ours before the broker forgets the connection; so does every `Send` for a connection with
+//! TLS/WebSocket layers, whose output goes through them (`layers.rs`).
 //! The send carries `MSG_WAITALL`: when the socket buffer fills, the kernel keeps feeding it as
 //! the peer reads and completes the send only when all of it has left (or on an error or a
 //! cancel, with the count sent so far), instead of waiting for our next turn to resubmit.
@@ -54,6 +55,12 @@ impl Worker {
     /// The broker has output for `id`: list it for phase 4, which takes the output.
     fn announce_output(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id) else { return };
+        if conn.layered {
+            // TLS/WebSocket layers frame and encrypt what they are handed: their connections'
+            // output is taken at once, through the layers (`take_output`).
+            self.take_output(id);
+            return;
+        }
         conn.output_announced = true;
         if conn.peer_alive {
             self.list_for_flush(id.slot());
