@@ -7,10 +7,11 @@
 #
 #   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
 #                      [--keepalive SECONDS] [--recv-buffers N] [--broker ringmq|mosquitto|rumqttd]
-#                      [--no-build]
+#                      [--connect-timeout SECONDS] [--no-build]
 #
-# Defaults: N = 1000000, hold 300 s, workers = enough 20000-slot file tables for N with
-# headroom, 4 KiB socket buffers on the broker side, 256 receive buffers of 16 KiB per worker.
+# Defaults: N = 1000000, hold 300 s, connect budget N / 2500 + 60 s, workers = enough
+# 20000-slot file tables for N with headroom, 4 KiB socket buffers on the broker side, 256
+# receive buffers of 16 KiB per worker.
 # Exit status 0 only if every subscriber connected and subscribed and every published message
 # arrived. While connecting it prints a line every 5 s (ready count, the listeners' accept
 # queues, kernel TCP counters), so a stall shows where it is; the run directory keeps the
@@ -21,6 +22,7 @@ set -euo pipefail
 
 N=1000000
 HOLD=300
+CONNECT_TIMEOUT=
 WORKERS=
 RCVBUF=4096
 SNDBUF=4096
@@ -42,6 +44,7 @@ while (($#)); do
     --keepalive) KEEPALIVE=$2; shift 2 ;;
     --recv-buffers) RECV_BUFFERS=$2; shift 2 ;;
     --broker) BROKER_NAME=$2; shift 2 ;;
+    --connect-timeout) CONNECT_TIMEOUT=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -179,7 +182,7 @@ echo "broker pid $BROKER: RSS before ${RSS_BEFORE} kB; $(sockstat)"
 
 # Subscribers: subscriber j subscribes to million/<j> at QoS 1. They run for the hold plus
 # the time the publishers need, then report how many deliveries arrived.
-CONNECT_TIMEOUT=$((N / 2500 + 60))
+[[ -n $CONNECT_TIMEOUT ]] || CONNECT_TIMEOUT=$((N / 2500 + 60))
 SUB_SECS=$((HOLD + 30))
 "$BENCH_BIN" --json sub --subs "$N" --topics "$N" --qos 1 --topic-prefix million \
   --host 127.0.0.1 --port "$PORT" --source "$SUB_SOURCES" --keepalive "$KEEPALIVE" \

@@ -3,6 +3,9 @@
 //! Exit codes: 0 after a clean shutdown, `--print-config` or a valid `--check-config`; 2 for a
 //! configuration error (as clap does for a usage error); 1 when the runtime fails or
 //! `--check-config` finds the configuration invalid.
+//!
+//! `ringmq passwd ...` manages a password file instead (`passwd_main`): 0 on success, 1 on an
+//! error, 2 for a usage error.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -16,6 +19,9 @@ use ringmq::runtime::StartOptions;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "passwd") {
+        return passwd_main();
+    }
     let cli = Cli::parse_args();
     if cli.print_config_docs {
         print!("{}", config::docs::markdown());
@@ -73,6 +79,28 @@ fn run(config: Config) -> anyhow::Result<()> {
         let link = running.take_ops_link().expect("the link is taken once, here");
         bound.map(|bound| OpsServer::start(bound, &ops, link)).transpose()
     })
+}
+
+/// `ringmq passwd`: add, change or delete a user in a password file.
+fn passwd_main() -> ExitCode {
+    use clap::Parser as _;
+    use ringmq::auth::passwd::{self, Outcome, PasswdArgs};
+    let args = PasswdArgs::parse_from(std::env::args_os().skip(1));
+    match passwd::run(&args, passwd::prompt_on_terminal) {
+        Ok(outcome) => {
+            let done = match outcome {
+                Outcome::Added => "added",
+                Outcome::Changed => "changed",
+                Outcome::Deleted => "deleted",
+            };
+            eprintln!("ringmq passwd: {} {done} in {}", args.user, args.file.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ringmq passwd: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logs to standard error; `filter` is a `tracing` directive string ("info", "ringmq=debug").

@@ -572,7 +572,7 @@ impl Driver {
                 self.summary.remote_messages += 1;
                 self.links[worker.index() * usize::from(self.workers) + to.index()].push_back(msg);
             }
-            Action::Handoff { conn: id, to, connect } => {
+            Action::Handoff { conn: id, to, connect, .. } => {
                 let index = self.conn_index(worker, id);
                 assert_eq!(to, home_worker(connect.client_id.as_bytes(), self.workers));
                 assert_ne!(to, worker, "a handoff to itself");

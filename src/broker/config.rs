@@ -1,6 +1,8 @@
 //! The limits and knobs the broker core obeys. Built by `crate::config` from the CLI and the
 //! TOML file; defaults here are the broker's defaults.
 
+use std::path::PathBuf;
+
 /// Every bound the core enforces, each with what happens at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerConfig {
@@ -54,6 +56,21 @@ pub struct BrokerConfig {
     pub sys_interval_secs: u64,
     /// Whether clients without a user name may connect (CONNACK 0x05 otherwise).
     pub allow_anonymous: bool,
+    /// Mosquitto's `password_file`: users and their hashes. Read by the runtime at start and
+    /// on SIGHUP (the broker never opens files); `None` = user names are not checked.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto's `acl_file`: topic rules per user. Read like `password_file`; `None` = no
+    /// ACL (everything allowed).
+    pub acl_file: Option<PathBuf>,
+    /// Failed CONNECTs (bad user name or password) one source address may make per
+    /// `auth_failure_window_secs` on one worker; further CONNECTs from it with a user name are
+    /// refused 0x05 without checking the password until the window ends (counted). 0 = no
+    /// limit.
+    pub auth_failures_max: u32,
+    pub auth_failure_window_secs: u64,
+    /// Source addresses one worker tracks for `auth_failures_max`. When full, ended windows
+    /// are swept; a new address beyond it is not limited (counted: `auth_limiter_full`).
+    pub auth_failure_addresses_max: usize,
 }
 
 impl Default for BrokerConfig {
@@ -76,6 +93,11 @@ impl Default for BrokerConfig {
             retained_expiry_secs: 0,
             sys_interval_secs: 10,
             allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+            auth_failures_max: 10,
+            auth_failure_window_secs: 60,
+            auth_failure_addresses_max: 65_536,
         }
     }
 }
@@ -86,6 +108,22 @@ impl BrokerConfig {
         match self.max_inflight_messages {
             0 => usize::from(u16::MAX),
             window => usize::from(window),
+        }
+    }
+
+    pub(super) fn limiter_config(&self) -> crate::auth::LimiterConfig {
+        crate::auth::LimiterConfig {
+            failures_max: self.auth_failures_max,
+            window_millis: self.auth_failure_window_secs.saturating_mul(1000),
+            addresses_max: self.auth_failure_addresses_max,
+        }
+    }
+
+    /// The files a reload reads.
+    pub fn auth_files(&self) -> crate::auth::AuthFiles {
+        crate::auth::AuthFiles {
+            password_file: self.password_file.clone(),
+            acl_file: self.acl_file.clone(),
         }
     }
 

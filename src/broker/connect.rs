@@ -8,6 +8,7 @@
 //! - `max_keepalive_secs` set and the keepalive above it, or 0 (no keepalive): 0x02, as
 //!   Mosquitto does for 3.1.1 clients, which cannot be told a lower value;
 //! - `allow_anonymous` off and no user name: 0x05;
+//! - credentials, the failed-CONNECT limit and the will's ACL (`auth.rs`): 0x04 or 0x05;
 //! - a new session at `sessions_max`: 0x03.
 //!
 //! Takeover [MQTT-3.1.4-2]: a CONNECT for a client id whose session is connected closes the old
@@ -16,6 +17,7 @@
 //! publishes it too, except when both connections are CleanSession=0.) Session present is 1
 //! exactly when CleanSession=0 found a stored session [MQTT-3.2.2-1..3].
 
+use super::auth::Verdict;
 use super::connection::Phase;
 use super::route::home_worker;
 use super::{Action, Broker, CloseReason, ConnId, Millis, SessionId};
@@ -30,19 +32,22 @@ pub(super) enum Connected {
 }
 
 impl Broker {
+    /// `verdict`: the password check, when the runtime ran it off the loop (`auth.rs`);
+    /// `None` checks inline.
     pub(super) fn handle_connect(
         &mut self,
         conn: ConnId,
         connect: Box<Connect>,
+        verdict: Option<Verdict>,
         now: Millis,
     ) -> Connected {
         if !connect.client_id.is_empty() {
             let home = home_worker(connect.client_id.as_bytes(), self.workers);
             if home != self.me {
                 // The runtime moves the socket; this worker forgets it (its timer goes stale).
-                self.conns.remove(&conn);
+                let peer = self.conns.remove(&conn).and_then(|state| state.peer);
                 self.stats.handoffs += 1;
-                self.actions.push_back(Action::Handoff { conn, to: home, connect });
+                self.actions.push_back(Action::Handoff { conn, to: home, connect, peer });
                 return Connected::HandedOff;
             }
         }
@@ -50,6 +55,13 @@ impl Broker {
             self.refuse_connect(conn, code, now);
             return Connected::Refused;
         }
+        let identity = match self.authenticate(conn, &connect, verdict, now) {
+            Ok(identity) => identity,
+            Err(code) => {
+                self.refuse_connect(conn, code, now);
+                return Connected::Refused;
+            }
+        };
         let client_id = if connect.client_id.is_empty() {
             self.generate_client_id()
         } else {
@@ -61,6 +73,7 @@ impl Broker {
             self.refuse_connect(conn, ConnectReturnCode::ServerUnavailable, now);
             return Connected::Refused;
         };
+        self.attach_identity(session, identity);
         self.activate(conn, session, &connect, now);
         let connack = Connack { session_present: present, code: ConnectReturnCode::Accepted };
         self.write_control(conn, &Packet::Connack(connack));
@@ -70,7 +83,7 @@ impl Broker {
         Connected::Accepted
     }
 
-    fn check_connect(&self, connect: &Connect) -> Result<(), ConnectReturnCode> {
+    pub(super) fn check_connect(&self, connect: &Connect) -> Result<(), ConnectReturnCode> {
         let empty_id = connect.client_id.is_empty();
         if empty_id && (!connect.clean_session || connect.protocol == ProtocolVersion::V31) {
             return Err(ConnectReturnCode::IdentifierRejected); // [MQTT-3.1.3-8]

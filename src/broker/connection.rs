@@ -55,6 +55,8 @@ pub(super) struct Conn {
     pub queue_full_since: Option<Millis>,
     /// Whether a slow-consumer timer for this connection is on the wheel (at most one).
     pub slow_timer_filed: bool,
+    /// The peer's address, once the runtime gave it (`Broker::set_peer_addr`).
+    pub peer: Option<super::PeerAddr>,
 }
 
 /// A connection's held SUBACKs: their keys in the broker's held table, oldest first, and
@@ -80,6 +82,7 @@ impl Conn {
             held: None,
             queue_full_since: None,
             slow_timer_filed: false,
+            peer: None,
         }
     }
 

@@ -25,10 +25,12 @@
 //! - `handle_closed(conn, now)` when the peer went away or the socket failed (not after a
 //!   `Close` the broker asked for; unknown connections are ignored). An abnormal close
 //!   publishes the will.
-//! - `Action::Handoff { conn, to, connect }`: the CONNECT's session lives on worker `to`
+//! - `set_peer_addr(conn, addr)` after `handle_open` and before the connection's first packet,
+//!   when the runtime knows the peer's address (it keys the failed-CONNECT limiter).
+//! - `Action::Handoff { conn, to, connect, peer }`: the CONNECT's session lives on worker `to`
 //!   ([`home_worker`] of the client id); the broker has forgotten `conn`, and the runtime moves
-//!   the socket and any bytes after CONNECT to `to`, which calls `handle_open` then
-//!   `handle_packet(Packet::Connect(connect))`. A CONNECT with an empty client id is never
+//!   the socket and any bytes after CONNECT to `to`, which calls `handle_open`, `set_peer_addr`
+//!   with `peer` (if known), then `handle_packet(Packet::Connect(connect))`. A CONNECT with an empty client id is never
 //!   handed off: its generated id is chosen to live here.
 //! - `Action::Remote { to, msg }`: deliver `msg` to worker `to`'s `handle_remote`, FIFO per
 //!   (from, to) pair. The runtime may hold it back (backpressure) but never drop or reorder it.
@@ -41,6 +43,7 @@
 //!   [`keepalive::BUCKET_MILLIS`] precision: a deadline fires in the first tick at or after it
 //!   and at most one bucket late. `next_deadline` may be early (a harmless re-check).
 //! - `handle_shutdown(now)` closes every connection (`Close(.., Shutdown)`, wills published).
+//! - `set_auth(tables)` swaps the password and ACL tables (a reload); connections stay.
 //!
 //! # Where things live
 //! `connect.rs` CONNECT/CONNACK, handoff, takeover; `session.rs` the session table;
@@ -49,7 +52,9 @@
 //! `inflight.rs` the QoS state machines; `connection.rs` connection state, output and closing;
 //! `interest.rs` cross-worker interest and the SUBACKs that wait for it; `retain_confirm.rs`
 //! the publisher acknowledgements that wait until a retained update is applied everywhere;
-//! `will.rs`; `keepalive.rs` the timing wheel; `route.rs` the cross-worker protocol and
+//! `will.rs`; `auth.rs` credentials, the failure limiter and ACL checks (`crate::auth` holds
+//! the tables); `peer.rs` peer addresses; `keepalive.rs` the timing wheel; `route.rs` the
+//! cross-worker protocol and
 //! [`stable_hash`]; `sys.rs` `$SYS`; `stats.rs` the counters.
 //!
 //! Architecture Invariant: each packet is dispatched by the one `match` in
@@ -69,11 +74,13 @@ pub mod stats;
 pub mod subscriptions;
 mod topic_trie;
 
+mod auth;
 mod connect;
 mod connection;
 mod delivery;
 mod inflight;
 mod interest;
+mod peer;
 mod publish;
 mod retain_confirm;
 mod session;
@@ -86,8 +93,10 @@ mod tests;
 #[cfg(test)]
 mod topic_strategies;
 
+pub use auth::{Verdict, VerifyJob};
 pub use config::BrokerConfig;
 pub use ids::{ConnId, Millis, SessionId, WorkerId, WorkerSet};
+pub use peer::PeerAddr;
 pub use retain_confirm::RetainToken;
 pub use route::{home_worker, stable_hash};
 
@@ -150,7 +159,7 @@ pub enum Action {
     Send(ConnId),
     Close(ConnId, CloseReason),
     Remote { to: WorkerId, msg: RemoteMsg },
-    Handoff { conn: ConnId, to: WorkerId, connect: Box<Connect> },
+    Handoff { conn: ConnId, to: WorkerId, connect: Box<Connect>, peer: Option<PeerAddr> },
 }
 
 /// Messages between the brokers of different workers, FIFO per ordered pair.
@@ -234,6 +243,7 @@ pub struct Broker {
     next_retained_expiry: Option<Millis>,
     serial: u32,
     generated_ids: u64,
+    auth: auth::AuthState,
 }
 
 /// How often retained expiry runs: its precision.
@@ -245,6 +255,7 @@ impl Broker {
         assert!(usize::from(workers) <= WorkerSet::CAPACITY, "at most 128 workers");
         let next_retained_expiry = (config.retained_expiry_secs > 0)
             .then(|| now.plus_millis(RETAINED_EXPIRY_PERIOD_MILLIS));
+        let auth = auth::AuthState::new(config.limiter_config());
         Self {
             sys: sys::SysState::new(config.sys_interval_secs, workers, now),
             retained: RetainedStore::new(config.retained_messages_max),
@@ -267,6 +278,7 @@ impl Broker {
             next_retained_expiry,
             serial: 0,
             generated_ids: 0,
+            auth,
         }
     }
 
@@ -286,6 +298,18 @@ impl Broker {
         self.open_conn(conn, now);
     }
 
+    /// The peer's address of a connection the broker knows (see the contract above).
+    pub fn set_peer_addr(&mut self, conn: ConnId, peer: PeerAddr) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.peer = Some(peer);
+        }
+    }
+
+    /// The peer's address of a connection, if the runtime gave it.
+    pub fn peer_addr(&self, conn: ConnId) -> Option<PeerAddr> {
+        self.conns.get(&conn).and_then(|state| state.peer)
+    }
+
     /// Dispatches one packet from `conn` to its handler: the broker's one `match`.
     pub fn handle_packet(&mut self, conn: ConnId, packet: Packet, now: Millis) {
         let Some(state) = self.conns.get_mut(&conn) else {
@@ -297,7 +321,7 @@ impl Broker {
         let session = match (state.phase, packet) {
             (Phase::AwaitingConnect, Packet::Connect(connect)) => {
                 // A CONNECT handed to another worker is counted there.
-                if self.handle_connect(conn, connect, now) != Connected::HandedOff {
+                if self.handle_connect(conn, connect, None, now) != Connected::HandedOff {
                     self.stats.bytes_received += bytes;
                 }
                 return self.settle(now);

@@ -12,6 +12,9 @@
 //! Local sessions get min(published, granted) QoS [MQTT-3.8.4-6] with RETAIN=0
 //! [MQTT-3.3.1-9]; each interested worker gets one `RemoteMsg::Publish`.
 //!
+//! ACL (`auth.rs`): a PUBLISH its client may not write is acknowledged and dropped
+//! [MQTT-3.3.5-2]; each subscriber the ACL does not let read the topic is skipped.
+//!
 //! The fan-out encodes the PUBLISH once per QoS it is delivered at (`Variants`), never per
 //! subscriber, and reuses the broker's `Matches` buffer, so a steady stream of publishes
 //! allocates nothing per subscriber.
@@ -40,13 +43,25 @@ impl Broker {
             retain: publish.retain,
         };
         let id = match (message.qos, packet_id) {
-            (QoS::AtMostOnce, None) => return self.route_publish(message, now),
-            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) => id,
+            (QoS::AtMostOnce, None) => None,
+            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) => Some(id),
             _ => {
                 let violation =
                     CloseReason::ProtocolViolation("packet id iff QoS > 0 [MQTT-2.3.1-5]");
                 return self.close_conn(conn, Some(violation), now);
             }
+        };
+        if !self.may_publish(session, message.topic.as_str()) {
+            // [MQTT-3.3.5-2]: acknowledged by the normal QoS rules, not routed or retained.
+            match (message.qos, id) {
+                (QoS::AtLeastOnce, Some(id)) => self.write_ack(conn, Ack::Puback(id)),
+                (QoS::ExactlyOnce, Some(id)) => self.write_ack(conn, Ack::Pubrec(id)),
+                _ => {}
+            }
+            return;
+        }
+        let Some(id) = id else {
+            return self.route_publish(message, now);
         };
         if message.qos == QoS::AtLeastOnce {
             let token = self.route_acknowledged(conn, message, now);
@@ -147,6 +162,10 @@ impl Broker {
     fn fan_out(&mut self, message: &Message, sessions: &[(SessionId, QoS)], now: Millis) {
         let mut variants = Variants::new(false);
         for &(session, granted) in sessions {
+            // Read access per delivered message (`auth.rs`); free without an ACL.
+            if !self.may_deliver(session, message.topic.as_str()) {
+                continue;
+            }
             self.deliver(session, message, message.qos.min(granted), &mut variants, now);
         }
     }

@@ -32,6 +32,9 @@ pub(super) struct Session {
     /// Bumped whenever the session goes offline, so an older expiry timer is recognised.
     pub epoch: u32,
     pub offline_since: Millis,
+    /// The identity the ACL checks (`auth.rs`); `None` for a client without a user name
+    /// while no ACL was loaded at its CONNECT (it is then anonymous).
+    pub auth: Option<Box<super::auth::SessionAuth>>,
 }
 
 impl Session {
@@ -45,6 +48,7 @@ impl Session {
             incoming: Incoming::default(),
             epoch: 0,
             offline_since: now,
+            auth: None,
         }
     }
 }

@@ -64,6 +64,22 @@ pub struct WorkerStats {
     pub retained_acks_held: u64,
     /// PUBACK/PUBREC/PUBCOMP for a packet id not awaiting that acknowledgement (ignored).
     pub unexpected_acks: u64,
+    /// CONNECTs refused 0x04: unknown user, wrong or missing password.
+    pub connects_refused_credentials: u64,
+    /// CONNECTs refused 0x05 because the ACL does not let the client write its will's topic.
+    pub connects_refused_unauthorised: u64,
+    /// CONNECTs refused 0x05 because their address failed `auth_failures_max` times.
+    pub connects_rate_limited: u64,
+    /// CONNECTs refused 0x03 because the password verifier's queue was full.
+    pub connects_refused_busy: u64,
+    /// Failures not tracked: the limiter held `auth_failure_addresses_max` live addresses.
+    pub auth_limiter_full: u64,
+    /// PUBLISHes the ACL did not let their client write (acknowledged, dropped).
+    pub publishes_denied: u64,
+    /// SUBSCRIBE filters answered 0x80 by the ACL.
+    pub subscriptions_denied: u64,
+    /// Messages not delivered to a subscriber the ACL does not let read their topic.
+    pub deliveries_denied: u64,
     /// Connections closed, by reason.
     pub closes: CloseCounts,
 }
@@ -152,6 +168,14 @@ impl WorkerStats {
         self.subacks_held += other.subacks_held;
         self.retained_acks_held += other.retained_acks_held;
         self.unexpected_acks += other.unexpected_acks;
+        self.connects_refused_credentials += other.connects_refused_credentials;
+        self.connects_refused_unauthorised += other.connects_refused_unauthorised;
+        self.connects_rate_limited += other.connects_rate_limited;
+        self.auth_limiter_full += other.auth_limiter_full;
+        self.connects_refused_busy += other.connects_refused_busy;
+        self.publishes_denied += other.publishes_denied;
+        self.subscriptions_denied += other.subscriptions_denied;
+        self.deliveries_denied += other.deliveries_denied;
         self.closes.add(&other.closes);
     }
 }

@@ -3,7 +3,7 @@
 //! Each filter of a SUBSCRIBE is handled in order and answered in one SUBACK with a return
 //! code per filter [MQTT-3.8.4-4] [MQTT-3.8.4-5]: the granted QoS (the requested one: ringmq
 //! supports all three), or 0x80 once the session holds `subscriptions_per_session_max` filters
-//! (counted). A filter the session already has is replaced, not duplicated [MQTT-3.8.4-3].
+//! (counted), or 0x80 for a filter the ACL gives no read access under (`auth.rs`). A filter the session already has is replaced, not duplicated [MQTT-3.8.4-3].
 //! The retained messages matching each granted filter are sent with RETAIN=1 [MQTT-3.3.1-6]
 //! [MQTT-3.3.1-8] — also for a replaced subscription, which the spec asks to re-send them.
 //! They follow the SUBACK, as in Mosquitto, also when the SUBACK waits for other workers
@@ -94,6 +94,9 @@ impl Broker {
         filter: &TopicFilter,
         qos: QoS,
     ) -> (SubackCode, u64) {
+        if !self.subscribe_allowed(session, filter.as_str()) {
+            return (SubackCode::Failure, 0);
+        }
         let max = self.config.subscriptions_per_session_max;
         let subscriptions = &mut self.sessions.get_mut(session).subscriptions;
         let count = subscriptions.len();
@@ -132,6 +135,9 @@ impl Broker {
         let mut found: Vec<Message> = Vec::new();
         self.retained.for_each_match(filter, |message| found.push(message.clone()));
         for message in &found {
+            if !self.may_deliver(session, message.topic.as_str()) {
+                continue;
+            }
             let mut variants = Variants::new(true);
             self.deliver(session, message, message.qos.min(granted), &mut variants, now);
         }

@@ -27,8 +27,8 @@ impl SysState {
     }
 }
 
-/// The topics published, Mosquitto's names.
-const TOPICS: [&str; 10] = [
+/// The topics published: Mosquitto's names, then ringmq's own (authentication and ACL).
+pub(super) const TOPICS: [&str; 15] = [
     "$SYS/broker/clients/connected",
     "$SYS/broker/clients/total",
     "$SYS/broker/messages/received",
@@ -39,10 +39,15 @@ const TOPICS: [&str; 10] = [
     "$SYS/broker/retained messages/count",
     "$SYS/broker/uptime",
     "$SYS/broker/version",
+    "$SYS/broker/auth/bad credentials",
+    "$SYS/broker/auth/rate limited",
+    "$SYS/broker/acl/publishes denied",
+    "$SYS/broker/acl/subscriptions denied",
+    "$SYS/broker/acl/deliveries denied",
 ];
 
 /// The payload of each of [`TOPICS`], in order.
-fn values(total: &WorkerStats, uptime_secs: u64) -> [String; 10] {
+fn values(total: &WorkerStats, uptime_secs: u64) -> [String; 15] {
     [
         total.clients_connected.to_string(),
         total.clients_total.to_string(),
@@ -54,6 +59,11 @@ fn values(total: &WorkerStats, uptime_secs: u64) -> [String; 10] {
         total.retained_messages.to_string(),
         format!("{uptime_secs} seconds"),
         format!("ringmq version {}", env!("CARGO_PKG_VERSION")),
+        total.connects_refused_credentials.to_string(),
+        total.connects_rate_limited.to_string(),
+        total.publishes_denied.to_string(),
+        total.subscriptions_denied.to_string(),
+        total.deliveries_denied.to_string(),
     ]
 }
 

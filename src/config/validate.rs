@@ -106,6 +106,7 @@ pub fn validate(
     check_capacity(&mut checker, runtime, kernel);
     check_rings(&mut checker, runtime);
     check_broker(&mut checker, broker);
+    check_auth(&mut checker, runtime, broker);
     if checker.errors.is_empty() {
         Ok(checker.warnings)
     } else {
@@ -277,6 +278,28 @@ fn check_broker(checker: &mut Checker, broker: &BrokerConfig) {
              queue one largest message",
             broker.max_queued_bytes
         )
+    });
+}
+
+/// The failed-login limiter needs a window and a table when it is on; the files are read
+/// (and refused with their line) by the runtime at start.
+fn check_auth(checker: &mut Checker, runtime: &RuntimeConfig, broker: &BrokerConfig) {
+    checker.require(
+        runtime.auth_verify_threads == 0 || runtime.auth_verify_queue_max >= 1,
+        "auth_verify_queue_max",
+        || "must be at least 1 while auth_verify_threads is on".to_owned(),
+    );
+    if broker.auth_failures_max == 0 {
+        return;
+    }
+    checker.require(broker.auth_failure_window_secs >= 1, "auth_failure_window_secs", || {
+        "must be at least 1 while auth_failures_max is on".to_owned()
+    });
+    checker.require(broker.auth_failure_addresses_max >= 1, "auth_failure_addresses_max", || {
+        "must be at least 1 while auth_failures_max is on".to_owned()
+    });
+    checker.warn_if(broker.password_file.is_none() && !broker.allow_anonymous, || {
+        "allow_anonymous = false without a password_file: any user name is accepted".to_owned()
     });
 }
 
@@ -522,5 +545,24 @@ mod tests {
         let limits = KernelLimits::of_this_process();
         assert!(limits.open_files_soft.is_some() && limits.open_files_hard.is_some());
         assert!(limits.open_files_soft <= limits.open_files_hard);
+    }
+
+    #[test]
+    fn the_failure_limiter_needs_a_window_and_a_table_when_on() {
+        assert_eq!(
+            rejected(|_, b| b.auth_failure_window_secs = 0),
+            vec!["auth_failure_window_secs"]
+        );
+        assert_eq!(
+            rejected(|_, b| b.auth_failure_addresses_max = 0),
+            vec!["auth_failure_addresses_max"]
+        );
+        assert!(rejected(|_, b| {
+            b.auth_failures_max = 0;
+            b.auth_failure_window_secs = 0;
+        })
+        .is_empty());
+        let warned = warnings(|_, b| b.allow_anonymous = false);
+        assert!(warned.iter().any(|w| w.contains("without a password_file")), "{warned:?}");
     }
 }

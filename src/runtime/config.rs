@@ -53,6 +53,10 @@ pub struct RuntimeConfig {
     /// is cancelled and the connection closed anyway (a peer that stopped reading cannot hold
     /// a slot forever).
     pub close_linger_millis: u64,
+    /// Threads that verify passwords off the ring loops (`verify.rs`); 0 = inline.
+    pub auth_verify_threads: usize,
+    /// Verifications queued at most; a CONNECT beyond it is refused 0x03 (counted).
+    pub auth_verify_queue_max: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -77,6 +81,8 @@ impl Default for RuntimeConfig {
             listen_backlog: 4096,
             turn_packets_max: 16_384,
             close_linger_millis: 2000,
+            auth_verify_threads: 1,
+            auth_verify_queue_max: 4096,
         }
     }
 }

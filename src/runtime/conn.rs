@@ -16,7 +16,7 @@ use bytes::BytesMut;
 
 use super::msg_ring::HandoffKey;
 use super::send::SendOp;
-use crate::broker::{ConnId, WorkerId};
+use crate::broker::{ConnId, PeerAddr, WorkerId};
 use crate::protocol::Connect;
 
 /// Where a slot is in its life.
@@ -73,6 +73,10 @@ pub struct Conn {
     /// Reading paused by mesh backpressure: the receive is cancelled and not re-armed, and
     /// the input is not decoded, until the worker's peers have room again.
     pub paused: bool,
+    /// The peer's address is being asked for (`peer_name.rs`): input is kept, not decoded.
+    pub peer_pending: bool,
+    /// The CONNECT's password is being verified off the loop (`verify.rs`): likewise.
+    pub verify_pending: bool,
     /// Where a `HandingOff` connection goes, and with what.
     pub handoff: Option<Box<PendingHandoff>>,
     /// Its bytes pass through TLS and/or WebSocket layers (kept in the worker's `layers`
@@ -85,6 +89,7 @@ pub struct Conn {
 pub struct PendingHandoff {
     pub to: WorkerId,
     pub connect: Box<Connect>,
+    pub peer: Option<PeerAddr>,
     /// Set when the descriptor is sent; the record carries it too.
     pub key: Option<HandoffKey>,
 }
@@ -105,6 +110,8 @@ impl Conn {
             input: BytesMut::new(),
             send: None,
             paused: false,
+            peer_pending: false,
+            verify_pending: false,
             handoff: None,
             layered: false,
         }

@@ -21,7 +21,10 @@ impl Worker {
     pub(super) fn dispatch(&mut self, completion: Completion, now: Millis) {
         let data = completion.user_data;
         match data.op {
-            Op::Accept => self.on_accept(data.slot, completion, now),
+            Op::Accept => {
+                let ipv6 = self.listeners[data.slot as usize].ipv6;
+                self.on_accept(data.slot, completion, ipv6, now)
+            }
             Op::Recv => self.on_recv(completion, now),
             Op::Send => self.on_send(completion, now),
             Op::Cancel => self.on_cancel(completion, now),
@@ -30,6 +33,7 @@ impl Worker {
             // Its effect shows on the accept (ECANCELED); nothing to do here.
             Op::CancelAccept => {}
             Op::SendFd => self.on_send_fd(completion),
+            Op::PeerName => self.on_peer_name(completion, now),
             Op::HandoffFd => self.on_handoff_fd(completion, now),
             // The items are drained every turn; the doorbell only ended our wait.
             Op::Doorbell => {}
@@ -53,14 +57,14 @@ impl Worker {
         current.then_some(id)
     }
 
-    fn on_accept(&mut self, listener: u32, completion: Completion, now: Millis) {
+    fn on_accept(&mut self, listener: u32, completion: Completion, ipv6: bool, now: Millis) {
         if !completion.more() {
             self.listeners[listener as usize].armed = false;
         }
         match completion.errno() {
             None => {
                 let kind = self.listeners[listener as usize].kind;
-                self.on_accepted(completion.result as u32, kind, now)
+                self.on_accepted(completion.result as u32, kind, ipv6, now)
             }
             Some(libc::ENFILE) => {
                 self.counters.accept_paused_table_full += 1;
@@ -86,7 +90,7 @@ impl Worker {
         }
     }
 
-    fn on_accepted(&mut self, slot: u32, kind: ListenerKind, now: Millis) {
+    fn on_accepted(&mut self, slot: u32, kind: ListenerKind, ipv6: bool, now: Millis) {
         assert!(
             (slot as usize) < self.conns.slots(),
             "kernel allocated slot {slot} beyond the table"
@@ -105,6 +109,9 @@ impl Worker {
             return;
         }
         tracing::debug!(conn = ?id, worker = self.index, "connection opened");
+        // Before the receive, so its completion usually comes first; decoding waits for it
+        // anyway (`peer_name.rs`).
+        self.arm_peer_name(slot, ipv6);
         self.arm_recv(slot);
         let conn = self.conns.slot_mut(slot);
         conn.broker_knows = true;
@@ -205,7 +212,13 @@ impl Worker {
                 return;
             }
             let Some(conn) = self.conns.get_mut(id) else { return };
-            if conn.phase != Phase::Open || conn.input_closed {
+            // Until the peer's address is known, or the CONNECT's password verified, the input
+            // waits (`peer_name.rs`, `verify.rs`).
+            if conn.phase != Phase::Open
+                || conn.input_closed
+                || conn.peer_pending
+                || conn.verify_pending
+            {
                 return;
             }
             match protocol::decode(&mut conn.input, max_packet_bytes) {
@@ -217,7 +230,11 @@ impl Worker {
                     }
                     self.counters.packets_decoded += 1;
                     self.decode_budget -= 1;
-                    self.broker.handle_packet(id, packet, now);
+                    match packet {
+                        // Its password may be checked off the loop (`verify.rs`).
+                        protocol::Packet::Connect(connect) => self.feed_connect(id, connect, now),
+                        packet => self.broker.handle_packet(id, packet, now),
+                    }
                     self.apply_actions(now);
                 }
                 Ok(None) => {
@@ -337,6 +354,12 @@ impl Worker {
         if self.stop.requested() {
             self.begin_stop(now);
         } else {
+            for value in self.stop.take_reloads() {
+                self.apply_reload(value);
+            }
+            for verified in self.stop.take_verified() {
+                self.on_verified(verified, now);
+            }
             self.arm_wake();
         }
     }

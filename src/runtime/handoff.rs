@@ -16,19 +16,25 @@ use super::peers::HandoffRecord;
 use super::uring::Completion;
 use super::user_data::{Op, UserData};
 use super::worker::Worker;
-use crate::broker::{ConnId, Millis, WorkerId};
-use crate::protocol::{Connect, Packet};
+use crate::broker::{ConnId, Millis, PeerAddr, WorkerId};
+use crate::protocol::Connect;
 
 impl Worker {
     /// `Action::Handoff`: the broker has forgotten `id`; move it to worker `to`.
-    pub(super) fn begin_handoff(&mut self, id: ConnId, to: WorkerId, connect: Box<Connect>) {
+    pub(super) fn begin_handoff(
+        &mut self,
+        id: ConnId,
+        to: WorkerId,
+        connect: Box<Connect>,
+        peer: Option<PeerAddr>,
+    ) {
         let Some(conn) = self.conns.get_mut(id) else { return };
         assert_eq!(conn.phase, Phase::Open, "handoff of {id:?} in {:?}", conn.phase);
         assert!(to != self.broker.worker(), "handoff of {id:?} to its own worker");
         tracing::debug!(conn = ?id, ?to, "handing off to the session's home worker");
         conn.broker_knows = false;
         conn.phase = Phase::HandingOff;
-        conn.handoff = Some(Box::new(PendingHandoff { to, connect, key: None }));
+        conn.handoff = Some(Box::new(PendingHandoff { to, connect, peer, key: None }));
         self.advance_close(id.slot());
     }
 
@@ -80,7 +86,13 @@ impl Worker {
             tracing::warn!(conn = ?id, to = ?handoff.to, %error, "handoff failed: closing the connection");
         } else {
             self.counters.handoffs_out += 1;
-            let record = HandoffRecord { key, connect: handoff.connect, leftover, layers };
+            let record = HandoffRecord {
+                key,
+                connect: handoff.connect,
+                leftover,
+                layers,
+                peer: handoff.peer.map(Box::new),
+            };
             // Backpressure is noticed where reads happen; a record is never held back.
             let _ = self.peers.send_record(handoff.to, record);
         }
@@ -115,7 +127,10 @@ impl Worker {
         self.arm_recv(slot);
         self.conns.slot_mut(slot).broker_knows = true;
         self.broker.handle_open(id, now);
-        self.broker.handle_packet(id, Packet::Connect(record.connect), now);
+        if let Some(peer) = record.peer {
+            self.broker.set_peer_addr(id, *peer);
+        }
+        self.feed_connect(id, record.connect, now);
         self.apply_actions(now);
         let Some(conn) = self.conns.get_mut(id) else { return };
         if conn.layered && conn.phase == Phase::Open {

@@ -8,7 +8,8 @@
 //! Map: `worker` (the loop and its phases), `events` (completion handlers), `output` (broker
 //! actions, sends, closing), `conn` (slot table and close steps), `send` (the boxed sendmsg
 //! state), `bufring` (provided receive buffers), `uring` (the ring), `user_data`, `listener`,
-//! `signals`, `probe`, `peers` (the link to other workers). `unsafe` lives only in these files.
+//! `signals`, `probe`, `peers` (the link to other workers), `peer_name` (peer addresses),
+//! `reload` (SIGHUP). `unsafe` lives only in these files.
 //!
 //! Shutdown: SIGINT/SIGTERM stop accepting, close every connection (output already taken gets
 //! a short time to leave) and exit 0 within a second. Wills ARE published at shutdown
@@ -29,13 +30,16 @@ pub mod msg_ring;
 pub mod ops_link;
 mod output;
 mod pacing;
+mod peer_name;
 pub mod peers;
 pub mod probe;
+pub mod reload;
 pub mod send;
 pub mod signals;
 pub mod spsc;
 pub mod uring;
 pub mod user_data;
+pub mod verify;
 pub mod worker;
 
 #[cfg(test)]
@@ -95,9 +99,16 @@ pub fn run_with<G>(
     // Signals, and a look every so often for a worker that ended on its own (a failure): then
     // the others are stopped too and its error is returned.
     loop {
-        if let Some(signal) = signals::wait_for_stop(Duration::from_millis(200))? {
-            tracing::info!(signal, "stopping");
-            break;
+        match signals::wait_for_signal(Duration::from_millis(200))? {
+            Some(signals::Signal::Stop(signal)) => {
+                tracing::info!(signal, "stopping");
+                break;
+            }
+            Some(signals::Signal::Reload) => {
+                tracing::info!("SIGHUP: reloading");
+                running.reload();
+            }
+            None => {}
         }
         if running.threads.iter().any(JoinHandle::is_finished) {
             tracing::error!("a worker ended unexpectedly: stopping the others");
@@ -118,6 +129,8 @@ pub struct Running {
     transports: Arc<Transports>,
     stopper: Stopper,
     threads: Vec<JoinHandle<anyhow::Result<WorkerCounters>>>,
+    reloader: reload::Reloader,
+    verifiers: verify::VerifierPool,
     ops: Option<ops_link::OpsLink>,
 }
 
@@ -150,6 +163,19 @@ impl Running {
         self.stopper.stop();
     }
 
+    /// Adds a source to what SIGHUP reloads (see `reload.rs`).
+    pub fn add_reload_source(&mut self, source: Box<dyn reload::ReloadSource>) {
+        self.reloader.add(source);
+    }
+
+    /// Reloads every reloadable file (what SIGHUP does): each source that loads reaches every
+    /// worker, which swaps it in between two loop turns; a source that fails changes nothing.
+    /// Returns at once, before the workers have applied it.
+    pub fn reload(&mut self) -> Vec<reload::ReloadReport> {
+        let stopper = &self.stopper;
+        self.reloader.reload(|value| stopper.deliver(&value))
+    }
+
     /// Waits for every worker to end; returns their counters, or the first failure.
     pub fn join(self) -> anyhow::Result<Vec<WorkerCounters>> {
         let mut counters = Vec::with_capacity(self.threads.len());
@@ -161,6 +187,8 @@ impl Running {
                 Err(_) => failure = failure.or(Some(anyhow::anyhow!("a worker panicked"))),
             }
         }
+        // The workers' senders are gone with them: the verifiers end.
+        self.verifiers.join();
         failure.map_or(Ok(counters), Err)
     }
 }
@@ -184,6 +212,10 @@ pub fn start_with(
     let support = std::thread::scope(|scope| scope.spawn(|| probe::probe(msg_ring)).join())
         .map_err(|_| anyhow::anyhow!("the kernel probe panicked"))??;
     raise_descriptor_limit(runtime.file_table_slots)?;
+    let (auth_source, auth) = reload::AuthSource::load_initial(broker.auth_files())
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    tracing::info!("auth: {auth}");
+    let reloader = reload::Reloader::new(vec![Box::new(auth_source)]);
     let transports = Arc::new(
         Transports::new(runtime.uses_tls().then_some(&runtime.tls), &runtime.ws_path)
             .map_err(|error| anyhow::anyhow!("TLS: {error}"))?,
@@ -198,6 +230,12 @@ pub fn start_with(
     let cpus = allowed_cpus();
     tracing::info!(workers = runtime.workers, ?cpus, addrs = ?listeners.addrs, taskrun = ?support.mode, "starting");
     let stopper = Stopper::new(runtime.workers)?;
+    let watches = (0..runtime.workers).map(|index| stopper.watch(index)).collect();
+    let verifiers = verify::VerifierPool::start(
+        runtime.auth_verify_threads,
+        runtime.auth_verify_queue_max,
+        watches,
+    )?;
     let wakers = (0..runtime.workers).map(|worker| stopper.waker(worker)).collect();
     let (ops_link, worker_ops) =
         ops_link::build(runtime.workers, options.control_queue_depth, wakers);
@@ -230,6 +268,8 @@ pub fn start_with(
             connections: Arc::clone(&connections),
             epoch,
             mesh: meshes[index].take(),
+            auth: Arc::clone(&auth),
+            verifier: verifiers.sender(),
             ops: worker_ops.next().expect("one ops side per worker"),
         };
         let ready = ready_tx.clone();
@@ -247,6 +287,8 @@ pub fn start_with(
         stopper,
         threads,
         ops: Some(ops_link),
+        reloader,
+        verifiers,
     };
     for _ in 0..runtime.workers {
         // A closed channel means a worker died before reporting; join() says how.

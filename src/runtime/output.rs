@@ -44,9 +44,9 @@ impl Worker {
                 Action::Remote { to, msg } => {
                     let _ = self.peers.send(to, msg);
                 }
-                Action::Handoff { conn, to, connect } => {
+                Action::Handoff { conn, to, connect, peer } => {
                     self.take_output(conn);
-                    self.begin_handoff(conn, to, connect);
+                    self.begin_handoff(conn, to, connect, peer);
                 }
             }
         }

@@ -36,6 +36,9 @@ pub struct HandoffRecord {
     pub leftover: BytesMut,
     /// Its TLS / WebSocket state, which the home worker continues.
     pub layers: Option<Box<crate::transport::Layered>>,
+    /// The peer's address, learned on the accepting worker (boxed: the record must stay no
+    /// larger than a remote message).
+    pub peer: Option<Box<crate::broker::PeerAddr>>,
 }
 
 /// An inbound item, as phase 3 hands it to the worker.

@@ -1,46 +1,87 @@
-//! Shutdown: SIGINT/SIGTERM stop the broker, SIGHUP is reserved (logged and ignored).
+//! Signals and the workers' control channel: SIGINT/SIGTERM stop the broker, SIGHUP reloads
+//! (`reload.rs`).
 //!
 //! The signals are blocked in every thread (the mask is set before the workers are spawned and
 //! inherited), and the main thread takes them synchronously with `sigwait`, so no handler runs
 //! on a worker's stack and no ring operation is interrupted. A stop sets a shared flag and
 //! writes each worker's eventfd, which the worker keeps a read armed on through its ring: the
-//! wake-up arrives as an ordinary completion, and no worker polls for the flag.
+//! wake-up arrives as an ordinary completion, and no worker polls for the flag. A reload puts
+//! its values in each worker's inbox (a mutex only the main thread and that worker's wake-up
+//! handler take) and writes the same eventfd.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-/// The process-wide stop request, and one wake-up descriptor per worker.
+use super::reload::Reloaded;
+use super::verify::Verified;
+
+/// What waits for one worker besides a stop: reloaded values and password verdicts.
+#[derive(Debug, Default)]
+struct Mail {
+    reloads: Vec<Reloaded>,
+    verified: Vec<Verified>,
+}
+
+type Inbox = Arc<Mutex<Mail>>;
+
+/// The process-wide stop request, and one wake-up descriptor and reload inbox per worker.
 #[derive(Debug)]
 pub struct Stopper {
     requested: Arc<AtomicBool>,
     wakers: Vec<Arc<OwnedFd>>,
+    inboxes: Vec<Inbox>,
 }
 
-/// One worker's side of the stop request.
+/// One worker's side of the stop request and of reloads.
 #[derive(Clone, Debug)]
 pub struct StopWatch {
     requested: Arc<AtomicBool>,
     waker: Arc<OwnedFd>,
+    inbox: Inbox,
 }
+
+/// Reloads waiting per worker are few (one per source per SIGHUP); more means a worker is not
+/// running its loop, and older values are superseded anyway.
+const INBOX_MAX: usize = 64;
 
 impl Stopper {
     pub fn new(workers: usize) -> io::Result<Self> {
         let wakers = (0..workers).map(|_| eventfd().map(Arc::new)).collect::<io::Result<_>>()?;
-        Ok(Self { requested: Arc::new(AtomicBool::new(false)), wakers })
+        let inboxes = (0..workers).map(|_| Inbox::default()).collect();
+        Ok(Self { requested: Arc::new(AtomicBool::new(false)), wakers, inboxes })
     }
 
     pub fn watch(&self, worker: usize) -> StopWatch {
         StopWatch {
             requested: Arc::clone(&self.requested),
             waker: Arc::clone(&self.wakers[worker]),
+            inbox: Arc::clone(&self.inboxes[worker]),
         }
     }
 
     /// Asks every worker to stop; idempotent.
     pub fn stop(&self) {
         self.requested.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Gives every worker a reloaded value and wakes it; it applies the value between two
+    /// loop turns.
+    pub fn deliver(&self, value: &Reloaded) {
+        for inbox in &self.inboxes {
+            let mut inbox = inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            if inbox.reloads.len() >= INBOX_MAX {
+                // Only the newest value of each source matters; keep the bound.
+                inbox.reloads.remove(0);
+            }
+            inbox.reloads.push(value.clone());
+        }
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
         for waker in &self.wakers {
             wake(waker);
         }
@@ -74,6 +115,23 @@ fn wake(eventfd: &OwnedFd) {
 impl StopWatch {
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::Acquire)
+    }
+
+    /// The reloaded values delivered since the last call, oldest first.
+    pub fn take_reloads(&self) -> Vec<Reloaded> {
+        std::mem::take(&mut self.inbox.lock().unwrap_or_else(PoisonError::into_inner).reloads)
+    }
+
+    /// The password verdicts posted since the last call.
+    pub fn take_verified(&self) -> Vec<Verified> {
+        std::mem::take(&mut self.inbox.lock().unwrap_or_else(PoisonError::into_inner).verified)
+    }
+
+    /// Posts a verdict for this worker and wakes it (from a verifier thread). Bounded by the
+    /// verifier queue: at most `auth_verify_queue_max` jobs are out at once.
+    pub fn post_verified(&self, verified: Verified) {
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner).verified.push(verified);
+        wake(&self.waker);
     }
 
     /// The eventfd to keep a read armed on.
@@ -115,31 +173,34 @@ pub fn block() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits up to `timeout` for SIGINT or SIGTERM (logging and ignoring SIGHUP); returns its
-/// name, or `None` when the time passed without one.
-pub fn wait_for_stop(timeout: std::time::Duration) -> io::Result<Option<&'static str>> {
+/// What the main thread was asked to do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Signal {
+    /// SIGINT or SIGTERM (named).
+    Stop(&'static str),
+    /// SIGHUP.
+    Reload,
+}
+
+/// Waits up to `timeout` for SIGINT, SIGTERM or SIGHUP; `None` when the time passed without
+/// one.
+pub fn wait_for_signal(timeout: std::time::Duration) -> io::Result<Option<Signal>> {
     let set = signal_set();
     let timespec = libc::timespec {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
     };
-    loop {
-        // SAFETY: `set` is initialised and blocked (by `block`); no siginfo is asked for.
-        let signal = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timespec) };
-        match signal {
-            libc::SIGINT => return Ok(Some("SIGINT")),
-            libc::SIGTERM => return Ok(Some("SIGTERM")),
-            libc::SIGHUP => {
-                tracing::info!(
-                    "SIGHUP received: reserved (configuration reload is not built), ignored"
-                );
-            }
-            _ => {
-                let error = io::Error::last_os_error();
-                return match error.raw_os_error() {
-                    Some(libc::EAGAIN | libc::EINTR) => Ok(None),
-                    _ => Err(error),
-                };
+    // SAFETY: `set` is initialised and blocked (by `block`); no siginfo is asked for.
+    let signal = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timespec) };
+    match signal {
+        libc::SIGINT => Ok(Some(Signal::Stop("SIGINT"))),
+        libc::SIGTERM => Ok(Some(Signal::Stop("SIGTERM"))),
+        libc::SIGHUP => Ok(Some(Signal::Reload)),
+        _ => {
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINTR) => Ok(None),
+                _ => Err(error),
             }
         }
     }
@@ -167,6 +228,21 @@ mod tests {
             assert!(watch.requested());
             assert_eq!(counter(watch.fd()), Some(2), "both stops accumulate in one wake-up");
             assert_eq!(counter(watch.fd()), None, "nothing more to read");
+        }
+    }
+
+    #[test]
+    fn a_reload_reaches_every_inbox_and_wakes_every_worker() {
+        let stopper = Stopper::new(2).expect("eventfds");
+        let watches = [stopper.watch(0), stopper.watch(1)];
+        let tables = Arc::new(crate::auth::AuthTables { generation: 5, ..Default::default() });
+        stopper.deliver(&Reloaded::Auth(tables));
+        for watch in &watches {
+            assert!(!watch.requested(), "a reload is not a stop");
+            assert_eq!(counter(watch.fd()), Some(1));
+            let taken = watch.take_reloads();
+            assert!(matches!(taken.as_slice(), [Reloaded::Auth(t)] if t.generation == 5));
+            assert!(watch.take_reloads().is_empty());
         }
     }
 }

@@ -33,10 +33,12 @@ pub enum Op {
     Doorbell = 10,
     /// Our doorbell to a peer failed (only failures complete: `IOSQE_CQE_SKIP_SUCCESS`).
     DoorbellFailed = 11,
+    /// getsockopt(SO_PEERNAME) of connection `slot` (`peer_name.rs`).
+    PeerName = 12,
 }
 
 impl Op {
-    const ALL: [Op; 11] = [
+    const ALL: [Op; 12] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -48,6 +50,7 @@ impl Op {
         Op::HandoffFd,
         Op::Doorbell,
         Op::DoorbellFailed,
+        Op::PeerName,
     ];
 
     fn from_u8(value: u8) -> Option<Op> {

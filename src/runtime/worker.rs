@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +68,10 @@ pub struct WorkerSetup {
     pub epoch: Instant,
     /// This worker's end of the mesh; `None` when it is the only worker.
     pub mesh: Option<MeshEnd<MeshItem>>,
+    /// The password and ACL tables loaded at start-up (replaced by reloads).
+    pub auth: Arc<crate::auth::AuthTables>,
+    /// The password verifiers' queue; `None`: verify inline (`verify.rs`).
+    pub verifier: Option<std::sync::mpsc::SyncSender<super::verify::Job>>,
     /// Its statistics block and control queue (`ops_link`).
     pub ops: WorkerOps,
 }
@@ -104,6 +108,10 @@ pub struct WorkerCounters {
     pub handoffs_in: u64,
     /// Receives paused: the turn's decode budget was spent, or the mesh was backpressured.
     pub reads_paused: u64,
+    /// CONNECTs whose password went to a verifier thread, and those refused 0x03 because
+    /// the verifiers' queue was full.
+    pub verifications_queued: u64,
+    pub verify_queue_full: u64,
     /// TLS / WebSocket connections ended by their transport (a failed handshake, a bad
     /// frame, an untrusted certificate).
     pub transport_errors: u64,
@@ -117,6 +125,8 @@ pub(super) struct Listener {
     pub fd: OwnedFd,
     pub kind: ListenerKind,
     pub armed: bool,
+    /// An IPv6 socket: its peers' addresses are `sockaddr_in6` (`peer_name.rs`).
+    pub ipv6: bool,
 }
 
 /// A worker's whole state. Memory the kernel writes into (the receive buffers, the wake-up
@@ -159,6 +169,11 @@ pub struct Worker {
     /// After an unexpected accept error, when to try again (never a tight retry loop).
     pub(super) accept_retry_at: Option<Millis>,
     pub(super) stop: StopWatch,
+    /// Peer-address requests in flight (`peer_name.rs`).
+    pub(super) peer_names: super::peer_name::PeerNames,
+    /// The password verifiers' queue, and the CONNECTs waiting for a verdict (`verify.rs`).
+    pub(super) verifier: Option<std::sync::mpsc::SyncSender<super::verify::Job>>,
+    pub(super) verifying: std::collections::HashMap<ConnId, Box<crate::protocol::Connect>>,
     /// Set when a stop was seen: (flush deadline, abandon deadline).
     pub(super) stopping: Option<(Millis, Millis)>,
     pub(super) connections: Arc<AtomicUsize>,
@@ -210,6 +225,8 @@ impl Worker {
         let now = Millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
         let slots = config.file_table_slots as usize;
         let cq_entries = ring.cq_entries() as usize;
+        let mut broker = Broker::new(setup.broker, me, setup.workers, now);
+        broker.set_auth(setup.auth);
         let peers = match setup.mesh {
             Some(mesh) => Peers::meshed(mesh, config.file_table_slots),
             None => Peers::solo(me),
@@ -221,13 +238,16 @@ impl Worker {
             wake_word: ManuallyDrop::new(Box::new(0)),
             wake_armed: false,
             conns: ConnTable::new(config.file_table_slots),
-            broker: Broker::new(setup.broker, me, setup.workers, now),
+            broker,
             peers,
             listeners: setup
                 .listeners
                 .into_iter()
                 .zip(setup.listener_kinds)
-                .map(|(fd, kind)| Listener { fd, kind, armed: false })
+                .map(|(fd, kind)| {
+                    let ipv6 = super::peer_name::listener_is_ipv6(fd.as_fd());
+                    Listener { fd, kind, armed: false, ipv6 }
+                })
                 .collect(),
             sends: SendPool::new(SEND_OPS_KEPT),
             layers: LayerMap::default(),
@@ -244,6 +264,9 @@ impl Worker {
             accept_paused: false,
             accept_retry_at: None,
             stop: setup.stop,
+            peer_names: super::peer_name::PeerNames::default(),
+            verifier: setup.verifier,
+            verifying: std::collections::HashMap::new(),
             stopping: None,
             connections: setup.connections,
             config,
@@ -464,12 +487,28 @@ impl Worker {
         }
     }
 
+    /// Applies what a reload delivered (`reload.rs`), between two loop turns.
+    pub(super) fn apply_reload(&mut self, value: super::reload::Reloaded) {
+        match value {
+            super::reload::Reloaded::Auth(tables) => {
+                tracing::debug!(
+                    worker = self.index,
+                    generation = tables.generation,
+                    "auth tables swapped"
+                );
+                self.broker.set_auth(tables);
+            }
+        }
+    }
+
     fn log_stopped(&mut self) {
         self.counters.ring = self.ring.counters;
         tracing::info!(
             worker = self.index,
             counters = ?self.counters,
             mesh = ?self.peers.stats(),
+            peer_names_learned = self.peer_names.learned,
+            peer_names_failed = self.peer_names.failed,
             "worker stopped"
         );
     }

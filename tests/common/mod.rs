@@ -147,6 +147,13 @@ impl Broker {
         String::from_utf8_lossy(&log[start..]).into_owned()
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the broker process.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("a pid fits in i32");
+        // SAFETY: signals our own child, which has not been reaped (we hold `child`).
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({signal})");
+    }
+
     /// Panics (with the log) if the broker process has exited: a test that saw a client
     /// misbehave should also see the broker still up.
     pub fn assert_running(&mut self) {

@@ -643,7 +643,7 @@ impl Runtime {
                 Action::Send(id) => self.on_send(worker, id),
                 Action::Close(id, reason) => self.on_close(worker, id, reason),
                 Action::Remote { to, msg } => self.on_remote(worker, to, msg, rng),
-                Action::Handoff { conn, to, connect } => {
+                Action::Handoff { conn, to, connect, .. } => {
                     self.on_handoff(worker, conn, to, connect, rng)
                 }
             }

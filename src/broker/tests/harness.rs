@@ -175,6 +175,33 @@ impl Cluster {
         }
     }
 
+    /// Opens a connection on `worker` whose peer is `peer`, sends `connect`, and returns the
+    /// client and CONNACK (as the runtime does: the address before the first packet).
+    pub fn connect_from(
+        &mut self,
+        worker: u16,
+        peer: std::net::SocketAddr,
+        connect: Connect,
+    ) -> (Client, Connack) {
+        let client = self.open(worker);
+        let conn = self.conn_of(client);
+        self.brokers[usize::from(worker)].set_peer_addr(conn, peer.into());
+        self.send(client, Packet::Connect(Box::new(connect)));
+        let received = self.recv(client);
+        match received.first() {
+            Some(Packet::Connack(connack)) => (client, *connack),
+            other => panic!("expected CONNACK first [MQTT-3.2.0-1], got {other:?}"),
+        }
+    }
+
+    /// Gives every broker these password and ACL tables (what a reload does).
+    pub fn set_auth(&mut self, tables: crate::auth::AuthTables) {
+        let tables = std::sync::Arc::new(tables);
+        for broker in &mut self.brokers {
+            broker.set_auth(std::sync::Arc::clone(&tables));
+        }
+    }
+
     /// Connects `client_id` on worker 0 and expects it accepted.
     pub fn connect(&mut self, client_id: &str, clean_session: bool) -> Client {
         let (client, connack) = self.connect_on(0, connect_packet(client_id, clean_session));
@@ -438,7 +465,7 @@ impl Cluster {
                 self.remote_log.push((worker, to, remote_name(&msg)));
                 self.remotes.push_back((worker, to, msg));
             }
-            Action::Handoff { conn, to, connect } => {
+            Action::Handoff { conn, to, connect, peer } => {
                 assert_ne!(to, worker, "handoff to itself");
                 let client =
                     self.by_conn.remove(&(worker, conn)).expect("handing off a known conn");
@@ -449,6 +476,9 @@ impl Cluster {
                 self.by_conn.insert((to, new_conn), client);
                 let now = self.now;
                 self.brokers[to.index()].handle_open(new_conn, now);
+                if let Some(peer) = peer {
+                    self.brokers[to.index()].set_peer_addr(new_conn, peer);
+                }
                 self.brokers[to.index()].handle_packet(new_conn, Packet::Connect(connect), now);
             }
         }
