@@ -18,7 +18,7 @@ ports=(ringmq_tcp=$base_port ringmq_tls=$((base_port + 1)) mosquitto_tcp=$((base
 declare -A port
 for entry in "${ports[@]}"; do port[${entry%%=*}]=${entry#*=}; done
 
-cargo build --release --quiet --bin ringmq --bin ringmq-bench
+cargo build --release --quiet --bin ringmq && cargo build --release --quiet -p ringmq-bench
 target_dir=$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 ringmq=$target_dir/release/ringmq
@@ -59,6 +59,8 @@ pids+=($!)
 cat >"$dir/mosquitto.conf" <<CONF
 per_listener_settings false
 allow_anonymous true
+# As in scripts/compare.sh: without it, Nagle + delayed ACKs stall each handshake flight ~40 ms.
+set_tcp_nodelay true
 log_dest none
 listener ${port[mosquitto_tcp]} 127.0.0.1
 listener ${port[mosquitto_tls]} 127.0.0.1

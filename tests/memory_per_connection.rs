@@ -218,10 +218,11 @@ fn an_idle_subscribed_connection_costs_a_bounded_number_of_heap_bytes() {
          each other worker"
     );
     assert!(home > 100.0, "implausibly small: {home:.0}; is the allocator counting?");
-    // Regression bounds just above what was measured after issue 6's cuts: 899 on the home
-    // worker, 49 on each other (102 before the one interested worker was kept inline). The
-    // issue's 600-byte budget is for the whole process: home + (workers - 1) x remote, see
-    // docs/BENCHMARKS.md, density.
-    assert!(home < 950.0, "{home:.0} heap bytes per connection on its home worker");
+    // Regression bounds just above what was measured: 899 on the home worker after issue 6's
+    // cuts, then 951 once the broker's `Conn` kept the peer's address inline and the session
+    // its ACL identity (auth, #8b: +52 bytes); 49 on each other worker (102 before the one
+    // interested worker was kept inline). The issue's 600-byte budget is for the whole
+    // process: home + (workers - 1) x remote, see docs/BENCHMARKS.md, density.
+    assert!(home < 1000.0, "{home:.0} heap bytes per connection on its home worker");
     assert!(remote < 60.0, "{remote:.0} heap bytes per connection on each other worker");
 }

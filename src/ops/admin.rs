@@ -291,6 +291,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_worker_that_does_not_answer_is_a_504_after_the_timeout() {
+        let started = Instant::now();
+        let answered = Arc::new(ReplySlot::new());
+        let _ = answered.set(AdminAnswer::Done(true));
+        let silent = Arc::new(ReplySlot::new());
+        let response = wait(vec![answered, silent]).expect_err("one worker never answers");
+        assert_eq!(response.status, 504);
+        assert!(started.elapsed() >= REPLY_TIMEOUT);
+    }
+
+    #[test]
     fn base64_matches_the_rfc_4648_vectors() {
         for (input, expected) in [
             ("", ""),
