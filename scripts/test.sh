@@ -106,7 +106,11 @@ install_dependencies() {
 # playwright-core is only the driver; executablePath points at the packaged Chromium).
 install_browser() {
     if command -v dpkg-query >/dev/null; then
-        apt_install chromium nodejs npm
+        apt_install chromium
+        # Node often comes from elsewhere (NodeSource's nodejs bundles npm, and Debian's npm
+        # package conflicts with it): install Debian's only for what is missing.
+        if ! command -v node >/dev/null; then apt_install nodejs; fi
+        if ! command -v npm >/dev/null; then apt_install npm; fi
     fi
     if ! command -v npm >/dev/null; then
         log "WARNING: no npm: the browser tests will fail"

@@ -196,6 +196,9 @@ fn admin_api_lists_kicks_and_deletes() {
             client["connected_since_unix_millis"].as_u64().expect("a time") > 1_600_000_000_000
         );
         assert!(client["worker"].as_u64().expect("a worker") < 2);
+        // The test's clients connect from 127.0.0.1 (the kernel tells the worker, 6.7+).
+        let address = client["address"].as_str().expect("an address");
+        assert!(address.starts_with("127.0.0.1:"), "{address}");
     }
     assert_eq!(listed[1]["subscriptions"], 1);
     let (_, one) = json(addr, "GET", &format!("/api/v1/clients?search={prefix}&limit=1"), token);
