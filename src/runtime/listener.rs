@@ -163,9 +163,9 @@ fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 fn from_sockaddr(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
+            let sin = (storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
             // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin =
-                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin = unsafe { &*sin };
             let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
             Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
         }
@@ -196,9 +196,9 @@ mod tests {
     fn option(fd: RawFd, level: i32, name: i32) -> i32 {
         let mut value = 0i32;
         let mut len = mem::size_of::<i32>() as libc::socklen_t;
+        let value_ptr = (&raw mut value).cast();
         // SAFETY: `value` is a live i32 and `len` its size.
-        let result =
-            unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
+        let result = unsafe { libc::getsockopt(fd, level, name, value_ptr, &mut len) };
         assert_eq!(result, 0);
         value
     }
