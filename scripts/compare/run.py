@@ -240,6 +240,10 @@ def main():
     scen = scenarios(a.quick)
     if a.only:
         keep = set(a.only.split(","))
+        unknown = keep - {s["id"] for s in scen}
+        if unknown:
+            ap.error("--only: unknown scenario id(s) %s; known: %s"
+                     % (",".join(sorted(unknown)), ",".join(s["id"] for s in scen)))
         scen = [s for s in scen if s["id"] in keep]
     info = machine_info()
     info.update(date_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), runs=a.runs,
