@@ -2,7 +2,10 @@
 # ringmq vs Mosquitto (and rumqttd), side by side in one run. Not part of CI.
 #
 #   scripts/compare.sh [--quick] [--runs N] [--brokers ringmq,mosquitto,rumqttd]
-#                      [--only unicast_q0,...] [--out DIR]
+#                      [--only unicast_q0,...] [--out DIR] [--baseline RINGMQ_BINARY]
+#
+# --baseline adds a broker "ringmq-base" (that binary, same settings, its own port): an A/B
+# of two ringmq builds in the same run, turn about, with the same load generator.
 #
 # Installs (cached, idempotent) Debian's mosquitto and rumqttd 0.20 (cargo install into
 # $COMPARE_CACHE, default ~/.cache/ringmq-compare), builds ringmq and ringmq-bench (release),
@@ -23,6 +26,7 @@ QUICK=
 BROKERS=ringmq,mosquitto,rumqttd
 ONLY=
 OUT=
+BASELINE=
 BROKER_CPU=0
 BENCH_CPU=1
 COMMAND="scripts/compare.sh $*"
@@ -33,13 +37,18 @@ while [[ $# -gt 0 ]]; do
     --brokers) BROKERS=$2; shift ;;
     --only) ONLY=$2; shift ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --baseline) BASELINE=$(realpath "$2"); shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
 OUT=${OUT:-$ROOT/target/compare/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$CACHE" "$OUT"
+if [[ -n $BASELINE ]]; then
+  [[ -x $BASELINE ]] || { echo "--baseline $BASELINE is not an executable" >&2; exit 2; }
+  BROKERS=$BROKERS,ringmq-base
+fi
 has() { [[ ",$BROKERS," == *",$1,"* ]]; }
 
 # ---- install (cached) -----------------------------------------------------------------------
@@ -69,7 +78,7 @@ if [[ -n $rumqttd_pid ]]; then
 fi
 
 # ---- broker configs -------------------------------------------------------------------------
-PORT_RINGMQ=18830 PORT_MOSQUITTO=18831 PORT_RUMQTTD=18832
+PORT_RINGMQ=18830 PORT_MOSQUITTO=18831 PORT_RUMQTTD=18832 PORT_BASE=18833
 # Generous limits alike: queues far larger than a run needs, 100 QoS 1/2 in flight per
 # client, no connection caps under 20000 (the fd limit here), TCP_NODELAY on (Mosquitto's
 # default off adds Nagle delays to small deliveries).
@@ -105,9 +114,11 @@ next_connection_delay_ms = 0
     max_inflight_count = 100
     dynamic_filters = true
 EOF
-RINGMQ_ARGS=(--bind 127.0.0.1 --port "$PORT_RINGMQ" --workers 1 --max-connections 20000
+RINGMQ_SETTINGS=(--workers 1 --max-connections 20000
   --max-inflight-messages 100 --max-queued-messages 1000000 --max-queued-bytes 1073741824
   --log-level warn)
+RINGMQ_ARGS=(--bind 127.0.0.1 --port "$PORT_RINGMQ" "${RINGMQ_SETTINGS[@]}")
+BASE_ARGS=(--bind 127.0.0.1 --port "$PORT_BASE" "${RINGMQ_SETTINGS[@]}")
 
 python3 - "$OUT/brokers.json" <<EOF
 import json, sys
@@ -120,6 +131,9 @@ for name in brokers:
     if name == "ringmq":
         add(name, ["$RINGMQ"] + """${RINGMQ_ARGS[*]}""".split(), $PORT_RINGMQ,
             "ringmq $(cd "$ROOT" && git rev-parse --short HEAD)", """${RINGMQ_ARGS[*]}""")
+    elif name == "ringmq-base":
+        add(name, ["$BASELINE"] + """${BASE_ARGS[*]}""".split(), $PORT_BASE,
+            "ringmq baseline $BASELINE", """${BASE_ARGS[*]}""")
     elif name == "mosquitto":
         add(name, ["$MOSQUITTO", "-c", "$OUT/mosquitto.conf"], $PORT_MOSQUITTO,
             "$(dpkg-query -W -f='mosquitto ${Version}' mosquitto 2>/dev/null || echo mosquitto)",

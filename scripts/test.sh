@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotently; on Debian, as root), then runs every check:
 #   cargo fmt --check, cargo clippy -D warnings, cargo test --workspace, pytest on
-#   tests/python/ when it holds tests, and the headless-Chromium tests in tests/browser/. Every step runs even if an earlier one failed; the
-#   script exits non-zero if any failed. CI runs it through .ci/run.
+#   tests/python/ when it holds tests, the headless-Chromium tests in tests/browser/, and the
+#   fuzz targets (scripts/fuzz.sh: the committed corpora replayed, then each target run
+#   briefly). Every step runs even if an earlier one failed; the script exits non-zero if any
+#   failed. CI runs it through .ci/run.
 #
 # Environment:
 #   RINGMQ_SKIP_INSTALL=1   do not install anything (just run the checks)
 #   PYTEST_ARGS="..."       extra arguments for pytest (e.g. "-k retain -x")
 #   CHROMIUM=/path          the Chromium the browser tests drive (default /usr/bin/chromium)
+#   RINGMQ_FUZZ_SECONDS=N   seconds each fuzz target runs after its corpus replay (default
+#                           10; 0 = replay only)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -83,6 +87,12 @@ install_dependencies() {
     python_has paho-mqtt 2 || pip_install 'paho-mqtt>=2,<3'
     python_has pytest 9 || python_has pytest 8 || pip_install 'pytest>=8,<10'
     python_has pytest-timeout 2 || pip_install 'pytest-timeout>=2,<3'
+    # libfuzzer-sys compiles libFuzzer (C++); cargo-fuzz drives it.
+    if ! command -v c++ >/dev/null; then apt_install g++; fi
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        log "cargo install cargo-fuzz"
+        cargo install cargo-fuzz --version '^0.13' --locked
+    fi
     local component
     for component in rustfmt clippy; do
         if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
@@ -96,7 +106,11 @@ install_dependencies() {
 # playwright-core is only the driver; executablePath points at the packaged Chromium).
 install_browser() {
     if command -v dpkg-query >/dev/null; then
-        apt_install chromium nodejs npm
+        apt_install chromium
+        # Node often comes from elsewhere (NodeSource's nodejs bundles npm, and Debian's npm
+        # package conflicts with it): install Debian's only for what is missing.
+        if ! command -v node >/dev/null; then apt_install nodejs; fi
+        if ! command -v npm >/dev/null; then apt_install npm; fi
     fi
     if ! command -v npm >/dev/null; then
         log "WARNING: no npm: the browser tests will fail"
@@ -188,6 +202,12 @@ main() {
     # Headless Chromium (tests/browser/*.test.mjs): the dashboard test takes ~7 s here (its
     # page needs three one-second samples); installing Chromium once took 52 s of apt here.
     step browser run_browser_tests
+    # Without ASan (FUZZ_SANITIZER=none): protocol and broker forbid unsafe, and the build
+    # and the runs cost several times less. Cost here (load ~15): 80 s with the fuzz builds
+    # warm (replays a few seconds, then 4 x 11 s of fuzzing). A fresh runner also installs
+    # cargo-fuzz and builds the fuzz crate twice (debug for cargo test: 5 min here; release
+    # with coverage for libFuzzer: 7.5 min here), so roughly 4-5 min on the CI runner.
+    step fuzz env FUZZ_SANITIZER=none scripts/fuzz.sh "${RINGMQ_FUZZ_SECONDS:-10}"
     if [ "${#failed[@]}" -ne 0 ]; then
         log "FAILED steps: ${failed[*]}"
         exit 1

@@ -10,9 +10,6 @@
 //! The check: publishing K more messages in a cycle costs at most a constant per message plus
 //! one buffer doubling per subscriber — orders of magnitude below K x N.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use bytes::BytesMut;
 use ringmq::broker::{Action, Broker, BrokerConfig, ConnId, Millis, WorkerId};
 use ringmq::protocol::{
@@ -20,46 +17,12 @@ use ringmq::protocol::{
     TopicFilter, TopicName, Utf8Bytes,
 };
 
-struct Counting;
+mod counting_alloc;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator, which upholds the
-// `GlobalAlloc` contract; the counter is a relaxed atomic and does not allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's layout obligations are passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with `layout` (all allocations go there).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: as for `dealloc`; `new_size` obligations are the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting_alloc::{counted, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn counted<T>(work: impl FnOnce() -> T) -> (T, usize) {
-    ALLOCATIONS.store(0, Ordering::Relaxed);
-    COUNTING.store(true, Ordering::Relaxed);
-    let result = work();
-    COUNTING.store(false, Ordering::Relaxed);
-    (result, ALLOCATIONS.load(Ordering::Relaxed))
-}
 
 const NOW: Millis = Millis(0);
 

@@ -1,9 +1,9 @@
 //! Faults against the real binary: clients killed (socket reset, no DISCONNECT) in the middle
-//! of a packet and of QoS 1/2 flows, and session takeover while messages are in flight. What
-//! must hold: nothing acknowledged to a publisher (PUBACK, or PUBREC for QoS 2) is lost, a QoS 2
-//! message reaches the subscribing application exactly once [MQTT-4.3.3-2], unacknowledged
-//! messages are resent on the resumed session [MQTT-4.4.0-1], and a half packet is never acted
-//! upon.
+//! of a packet and of QoS 1/2 flows, session takeover while messages are in flight, and a
+//! worker's inbound mesh ring full (backpressure, never a drop). What must hold: nothing
+//! acknowledged to a publisher (PUBACK, or PUBREC for QoS 2) is lost, a QoS 2 message reaches
+//! the subscribing application exactly once [MQTT-4.3.3-2], unacknowledged messages are resent
+//! on the resumed session [MQTT-4.4.0-1], and a half packet is never acted upon.
 //!
 //! The broker runs with two workers, so a reconnecting client is often accepted by the other
 //! worker and handed to its session's home, the path most likely to lose state.
@@ -236,6 +236,94 @@ fn acknowledged_messages_survive_a_subscriber_killed_repeatedly() {
     }
     receiver.pump(&mut subscriber, &mut app, QUIET);
     received_all(&app, total).unwrap_or_else(|why| panic!("after {kills} kills: {why}"));
+}
+
+/// A worker's inbound mesh ring full: with rings of one message and an overflow bound of one,
+/// a burst of 400 QoS 1 and QoS 2 messages from a publisher whose session lives on worker 1 to
+/// a subscriber on worker 0 fills worker 0's inbound ring at once. Worker 1 must stop reading
+/// (backpressure, counted as `reads_paused`) rather than drop: every message acknowledged to
+/// the publisher reaches the subscriber, in order, each QoS 2 one exactly once
+/// [MQTT-4.3.3-2], and no drop is counted anywhere.
+#[test]
+fn a_full_mesh_ring_backpressures_and_loses_no_qos1_or_qos2_message() {
+    let mut broker = support::start(&[
+        "--workers",
+        "2",
+        "--mesh-ring-depth",
+        "1",
+        "--mesh-overflow-max",
+        "1",
+        "--max-inflight-messages",
+        "100",
+        "--max-queued-messages",
+        "10000",
+    ]);
+    let homed_on = |prefix: &str, worker: u16| {
+        (0..)
+            .map(|n| format!("{}-{n}", unique_id(prefix)))
+            .find(|id| ringmq::broker::home_worker(id.as_bytes(), 2).0 == worker)
+            .expect("some id hashes to each worker")
+    };
+    let (mut subscriber, _) = connect(&broker, &homed_on("mesh-sub", 0), true);
+    subscribe(&mut subscriber, "mesh/#", QoS::ExactlyOnce);
+    let (mut publisher, _) = connect(&broker, &homed_on("mesh-pub", 1), true);
+    let total: u16 = 400;
+    let mut burst = Vec::new();
+    for seq in 1..=total {
+        let qos = if seq % 2 == 0 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
+        let payload = seq.to_string();
+        burst.extend(encoded(&publish_packet("mesh/x", qos, seq, false, payload.as_bytes())));
+    }
+    publisher.write(&burst);
+
+    let mut receiver = Qos2Receiver::default();
+    let mut app = Vec::new();
+    let mut acknowledged = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (acknowledged.len() < usize::from(total) || received_all(&app, total).is_err())
+        && Instant::now() < deadline
+    {
+        complete_publisher_flows(&mut publisher, &mut acknowledged, Duration::from_millis(20));
+        receiver.pump(&mut subscriber, &mut app, Duration::from_millis(20));
+    }
+    receiver.pump(&mut subscriber, &mut app, QUIET);
+    assert_eq!(acknowledged.len(), usize::from(total), "every publish acknowledged");
+    received_all(&app, total).unwrap_or_else(|why| panic!("{why}"));
+    let order: Vec<u16> = app
+        .iter()
+        .map(|payload| std::str::from_utf8(payload).expect("text").parse().expect("a number"))
+        .collect();
+    assert_eq!(order, (1..=total).collect::<Vec<_>>(), "in order, nothing twice [MQTT-4.6.0-2]");
+    subscriber.disconnect();
+    publisher.disconnect();
+    broker.assert_running();
+    let log = broker.stop();
+    assert!(support::counter_sum(&log, "reads_paused") > 0, "backpressure was met:\n{log}");
+    assert!(support::counter_sum(&log, "full_events") > 0, "the ring was full:\n{log}");
+    for drop in ["messages_dropped_queue_full", "qos0_dropped_outbuf", "handoff_failures"] {
+        assert_eq!(support::counter_sum(&log, drop), 0, "{drop}:\n{log}");
+    }
+}
+
+/// Reads the publisher's side for `window`: PUBACK and PUBCOMP complete a flow, PUBREC is
+/// answered with PUBREL.
+fn complete_publisher_flows(
+    publisher: &mut Peer,
+    acknowledged: &mut HashSet<u16>,
+    window: Duration,
+) {
+    let deadline = Instant::now() + window;
+    while let Some(packet) =
+        publisher.receive_within(deadline.saturating_duration_since(Instant::now()))
+    {
+        match packet {
+            Packet::Puback(id) | Packet::Pubcomp(id) => {
+                assert!(acknowledged.insert(id.get()), "{id:?} acknowledged twice");
+            }
+            Packet::Pubrec(id) => publisher.send(&Packet::Pubrel(id)),
+            other => panic!("publisher got {other:?}"),
+        }
+    }
 }
 
 /// Each of 1..=total received; the even ones (QoS 2) exactly once.

@@ -392,3 +392,33 @@ fn a_missing_certificate_file_stops_start_up_with_its_name() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/ringmq/server.pem"), "{stderr}");
 }
+
+/// SIGHUP reloads the certificates without dropping connections: the server's certificate is
+/// replaced by one from another CA; a subscriber connected before keeps receiving, a new
+/// client trusting only the new CA gets in, one trusting only the old CA is refused.
+#[test]
+fn sighup_reloads_the_certificates_and_keeps_open_connections() {
+    let pki = Pki::new("reload");
+    let (broker, port) = tls_broker(&pki, &[]);
+    let mut sub_args = tls_args(&pki, "ca.pem", None);
+    sub_args.extend(args(&["-i", "reload-sub", "-t", "reload/#", "-v"]));
+    let subscriber = Subscriber::start(port, &sub_args);
+    for name in ["pem", "key"] {
+        let rogue = std::fs::read(pki.path(&format!("rogue.{name}"))).expect("read");
+        std::fs::write(pki.path(&format!("server.{name}")), rogue).expect("replace");
+    }
+    broker.signal(libc::SIGHUP);
+    let message = args(&["-t", "reload/a", "-m", "after reload"]);
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    // The reload is asynchronous: retry until the new certificate is served.
+    while !publish(port, &[tls_args(&pki, "rogue-ca.pem", None), message.clone()].concat())
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the new certificate was never served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(subscriber.next_message(), "reload/a after reload", "the old session lives on");
+    publish_refused(port, &[tls_args(&pki, "ca.pem", None), message].concat());
+    broker.stop();
+}

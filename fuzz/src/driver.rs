@@ -9,8 +9,11 @@
 //! - no panic (the core's own `assert!`s included);
 //! - every action names a connection the broker still has, and a `Handoff` goes to the client
 //!   id's home worker;
-//! - a connection's output taken and not yet reported sent stays within `outbuf_bytes_max`
-//!   plus one largest packet;
+//! - a connection's output taken and not yet reported sent stays within twice
+//!   `outbuf_bytes_max` plus one largest packet: publishes stop at `outbuf_bytes_max`, control
+//!   packets (acknowledgements, SUBACK, PINGRESP) are written past it, and a connection whose
+//!   output passes twice the bound is closed as a slow consumer (`write_control`); the first
+//!   fuzz run found the `outbuf_bytes_max + one packet` this check began with too tight;
 //! - everything the broker writes decodes as server-to-client MQTT, CONNACK first
 //!   [MQTT-3.2.0-1];
 //! - a CONNECT is answered (CONNACK or handoff) at once; a first packet that is not CONNECT
@@ -32,6 +35,7 @@ use std::collections::{BTreeSet, VecDeque};
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use ringmq::broker::{home_worker, Action, Broker, BrokerConfig, ConnId, Millis, WorkerId};
+use ringmq::protocol::encode::encoded_len;
 use ringmq::protocol::{
     decode, encode, Connack, Connect, ConnectReturnCode, LastWill, Packet, PacketId,
     ProtocolVersion, Publish, QoS, Subscribe, TopicFilter, TopicName, Unsubscribe, Utf8Bytes,
@@ -247,6 +251,8 @@ struct Conn {
     received: BytesMut,
     /// Packet ids of QoS 1/2 PUBLISHes and PUBRELs the client received, and its own PUBRECs.
     seen_ids: Vec<u16>,
+    /// The last packets the client received (name, bytes), for a failure's message.
+    recent: VecDeque<(&'static str, usize)>,
     expect: Expect,
 }
 
@@ -289,7 +295,7 @@ impl Driver {
         Self {
             summary: Summary::default(),
             shutdown_at_end: knobs.shutdown_at_end,
-            output_bound_bytes: config.outbuf_bytes_max + config.max_packet_size,
+            output_bound_bytes: 2 * config.outbuf_bytes_max + config.max_packet_size,
             config,
             workers,
             brokers,
@@ -379,6 +385,7 @@ impl Driver {
             unsent_bytes: 0,
             received: BytesMut::new(),
             seen_ids: Vec::new(),
+            recent: VecDeque::new(),
             expect: Expect::Nothing,
         });
         self.brokers[worker.index()].handle_open(id, self.now);
@@ -597,17 +604,19 @@ impl Driver {
         let taken = self.brokers[conn.worker.index()].take_output(conn.id, &mut out);
         assert_eq!(taken, out.iter().map(Bytes::len).sum::<usize>());
         conn.unsent_bytes += taken;
-        assert!(
-            conn.unsent_bytes <= self.output_bound_bytes,
-            "{:?} has {} bytes of output taken and unsent, over the bound {}",
-            conn.id,
-            conn.unsent_bytes,
-            self.output_bound_bytes
-        );
         for chunk in out {
             conn.received.extend_from_slice(&chunk);
         }
         receive(conn, self.output_bound_bytes, &mut self.summary);
+        assert!(
+            conn.unsent_bytes <= self.output_bound_bytes,
+            "{:?} has {} bytes of output taken and unsent, over the bound {}; the last packets \
+             it got (name, bytes): {:?}",
+            conn.id,
+            conn.unsent_bytes,
+            self.output_bound_bytes,
+            conn.recent
+        );
     }
 
     fn forget(&mut self, index: usize) {
@@ -745,6 +754,10 @@ fn receive(conn: &mut Conn, limit: usize, summary: &mut Summary) {
         if !conn.connack_seen {
             assert!(matches!(packet, Packet::Connack(_)), "first packet {packet:?} [MQTT-3.2.0-1]");
         }
+        if conn.recent.len() == 24 {
+            conn.recent.pop_front();
+        }
+        conn.recent.push_back((packet.name(), encoded_len(&packet)));
         match packet {
             Packet::Connack(Connack { code, .. }) => {
                 assert!(!conn.connack_seen, "{:?}: a second CONNACK ({code:?})", conn.id);
@@ -806,7 +819,7 @@ fn connect_packet(
         qos: qos(will.qos),
         retain: will.retain,
     });
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V311,
         clean_session: clean,
         keep_alive_secs,
@@ -814,7 +827,7 @@ fn connect_packet(
         will,
         username: user.then(|| Utf8Bytes::from_static("user")),
         password: None,
-    })
+    }))
 }
 
 fn server_packet(kind: u8) -> Packet {

@@ -13,7 +13,7 @@ fn id(value: u16) -> PacketId {
 }
 
 fn connect(protocol: ProtocolVersion, will: bool, credentials: bool) -> Packet {
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol,
         clean_session: !will,
         keep_alive_secs: 60,
@@ -26,7 +26,7 @@ fn connect(protocol: ProtocolVersion, will: bool, credentials: bool) -> Packet {
         }),
         username: credentials.then(|| Utf8Bytes::from_static("user")),
         password: credentials.then(|| Bytes::from_static(b"\x00secret\xff")),
-    })
+    }))
 }
 
 fn publish(qos: QoS, retain: bool, dup: bool, topic: &'static str, payload_bytes: usize) -> Packet {

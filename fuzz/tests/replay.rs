@@ -1,6 +1,7 @@
 //! Replays the committed corpora through the same checks as the fuzz targets, without
 //! libFuzzer, so a plain `cargo test` here catches a regression on any input the fuzzer kept.
 //! Also checks that the seeds themselves pass and that the driver runs a few fixed inputs.
+//! An empty corpus directory fails its test: a replay of nothing would check nothing.
 
 use std::path::Path;
 
@@ -45,7 +46,16 @@ fn decode_stream_corpus_and_seeds_pass() {
 
 #[test]
 fn broker_corpus_passes() {
-    corpus("broker").iter().for_each(|input| run_broker(input));
+    let corpus = corpus("broker");
+    assert!(!corpus.is_empty(), "the broker corpus is committed");
+    corpus.iter().for_each(|input| run_broker(input));
+}
+
+#[test]
+fn sim_corpus_passes() {
+    let corpus = corpus("sim");
+    assert!(!corpus.is_empty(), "the sim corpus is committed");
+    corpus.iter().for_each(|input| ringmq_fuzz::sim::check_sim(input));
 }
 
 /// Fixed pseudo-random inputs, so the driver is exercised even before a corpus exists.

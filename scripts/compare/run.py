@@ -240,6 +240,10 @@ def main():
     scen = scenarios(a.quick)
     if a.only:
         keep = set(a.only.split(","))
+        unknown = keep - {s["id"] for s in scen}
+        if unknown:
+            ap.error("--only: unknown scenario id(s) %s; known: %s"
+                     % (",".join(sorted(unknown)), ",".join(s["id"] for s in scen)))
         scen = [s for s in scen if s["id"] in keep]
     info = machine_info()
     info.update(date_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), runs=a.runs,
@@ -258,11 +262,17 @@ def main():
             for b in brokers_spec:
                 broker = Broker(b["name"], b["argv"], b["port"],
                                 os.path.join(a.out, f"{b['name']}.log"))
-                broker.start()
                 try:
-                    run = run_bench(a.bench, a.bench_cpu, s, b["port"], broker)
-                finally:
-                    broker.stop()
+                    broker.start()
+                except RuntimeError as error:
+                    # A start failure (port taken, memory short on the shared machine) costs
+                    # this run, not the whole comparison.
+                    run = dict(argv=b["argv"], report=None, stderr_tail=str(error))
+                else:
+                    try:
+                        run = run_bench(a.bench, a.bench_cpu, s, b["port"], broker)
+                    finally:
+                        broker.stop()
                 sm = summarize(run, s["kind"])
                 sm["loadavg"] = open("/proc/loadavg").read().split()[0]
                 raw[s["id"]][b["name"]].append(dict(summary=sm, argv=run["argv"]))

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use super::connection::Phase;
 use super::session::Session;
-use super::{Broker, CloseReason, ConnId, Message, Millis, SessionId};
+use super::{Broker, CloseReason, ConnId, Message, Millis, PeerAddr, SessionId};
 use crate::protocol::{QoS, TopicFilter, TopicName};
 
 /// A question from the admin API to one worker.
@@ -42,8 +42,10 @@ pub enum AdminQuery {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminClient {
     pub client_id: String,
-    /// The connection, when the session is connected (the runtime adds its address).
+    /// The connection, when the session is connected.
     pub conn: Option<ConnId>,
+    /// The connection's peer address, when connected and the kernel told it (Linux 6.7+).
+    pub address: Option<PeerAddr>,
     pub persistent: bool,
     /// When the current connection was opened, on the runtime's clock.
     pub connected_since: Option<Millis>,
@@ -189,6 +191,7 @@ impl Broker {
         AdminClient {
             client_id: session.client_id.as_str().to_owned(),
             conn: conn.map(|(id, _)| id),
+            address: conn.and_then(|(_, state)| state.peer),
             persistent: session.persistent,
             connected_since: conn.map(|(_, state)| state.opened_at),
             // The broker keeps 1.5 times the keepalive [MQTT-3.1.2-24].

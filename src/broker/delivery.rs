@@ -31,13 +31,18 @@ use super::stats::WorkerStats;
 use super::{Broker, ConnId, Message, Millis, SessionId};
 use crate::persist::record::Record;
 use crate::protocol::encode::remaining_length_bytes;
+use crate::protocol::encode::SHARED_PAYLOAD_BYTES_MIN;
 use crate::protocol::{EncodedPublish, OutBuf, Packet, PacketId, QoS};
 
-/// One publish's encodings, made on first use: one per QoS, all with the same RETAIN flag.
+/// One publish's encodings, one per QoS, all with the same RETAIN flag. A variant is encoded
+/// on its second use: the first subscriber at a QoS gets the packet written directly, so a
+/// message with one subscriber (unicast) costs no shared encoding (an allocation, and a
+/// reference to the payload taken and dropped).
 #[derive(Debug)]
 pub(super) struct Variants {
     retain: bool,
     encoded: [Option<EncodedPublish>; 3],
+    written: [bool; 3],
     /// The journal id of the message's body once stored (persistence, `durable.rs`).
     stored: Option<u64>,
 }
@@ -46,14 +51,28 @@ impl Variants {
     /// `retain`: the RETAIN flag on the wire — 0 for established subscriptions
     /// [MQTT-3.3.1-9], 1 for a new subscription's retained messages [MQTT-3.3.1-8].
     pub fn new(retain: bool) -> Self {
-        Self { retain, encoded: [None, None, None], stored: None }
+        Self { retain, encoded: [None, None, None], written: [false; 3], stored: None }
     }
 
-    fn get(&mut self, message: &Message, qos: QoS) -> &EncodedPublish {
+    /// Writes `message` at `qos` (with `packet_id` iff QoS 1 or 2) to `out`.
+    fn write(
+        &mut self,
+        message: &Message,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+        out: &mut OutBuf,
+    ) {
+        let index = usize::from(qos.as_u8());
         let retain = self.retain;
-        self.encoded[usize::from(qos.as_u8())].get_or_insert_with(|| {
-            EncodedPublish::new(&message.topic, message.payload.clone(), qos, retain, false)
-        })
+        if !std::mem::replace(&mut self.written[index], true) {
+            write_publish(out, message, qos, retain, false, packet_id);
+            return;
+        }
+        self.encoded[index]
+            .get_or_insert_with(|| {
+                EncodedPublish::new(&message.topic, message.payload.clone(), qos, retain, false)
+            })
+            .write(packet_id, out);
     }
 }
 
@@ -89,6 +108,12 @@ pub(super) fn write_publish(
     assert_eq!(packet_id.is_some(), qos != QoS::AtMostOnce, "packet id iff QoS 1 or 2");
     let topic = message.topic.as_bytes();
     let remaining = publish_remaining(message, qos);
+    let copied_payload_bytes =
+        if message.payload.len() < SHARED_PAYLOAD_BYTES_MIN { message.payload.len() } else { 0 };
+    out.reserve(
+        1 + remaining_length_bytes(remaining) + remaining - message.payload.len()
+            + copied_payload_bytes,
+    );
     let mut header = [0u8; 5];
     header[0] = 0x30 | (u8::from(dup) << 3) | (qos.as_u8() << 1) | u8::from(retain);
     let mut used = 1;
@@ -158,7 +183,7 @@ impl Broker {
         }
         if qos == QoS::AtMostOnce {
             if room {
-                variants.get(message, qos).write(None, &mut conn.out);
+                variants.write(message, qos, None, &mut conn.out);
                 stats.messages_sent += 1;
                 stats.messages_sent_by_qos[0] += 1;
                 conn.flag_send(conn_id, actions);
@@ -173,7 +198,7 @@ impl Broker {
             if let Some(journal) = durability.as_deref_mut().filter(|_| seq != 0) {
                 journal.append(&Record::Sent { seq, packet_id });
             }
-            variants.get(message, qos).write(Some(packet_id), &mut conn.out);
+            variants.write(message, qos, Some(packet_id), &mut conn.out);
             outgoing.push_inflight(inflight_entry(packet_id, queued(message)), window);
             stats.messages_sent += 1;
             stats.messages_sent_by_qos[qos as usize] += 1;

@@ -22,6 +22,8 @@ pub const FILE_TABLE_SLOTS_MAX: u32 = 1 << 20;
 pub const RECV_BUFFERS_MAX: u16 = 32_768;
 /// MQTT 3.1.1's largest Remaining Length (four length bytes).
 pub const MAX_PACKET_SIZE_MAX: usize = 268_435_455;
+/// One more than the largest `retained_messages_max` (the retained store's u32 keys).
+const RETAINED_MESSAGES_LIMIT: usize = u32::MAX as usize;
 /// setsockopt(2) and listen(2) take an `int`.
 const SOCKET_INT_MAX: u32 = i32::MAX as u32;
 
@@ -269,6 +271,11 @@ fn check_broker(checker: &mut Checker, broker: &BrokerConfig) {
             broker.outbuf_bytes_max
         )
     });
+    // The retained store keys its messages with u32 and reserves u32::MAX as "none".
+    let retained = broker.retained_messages_max;
+    checker.require(retained < RETAINED_MESSAGES_LIMIT, "retained_messages_max", || {
+        format!("must be 0..={}, got {retained}", RETAINED_MESSAGES_LIMIT - 1)
+    });
     checker.require(broker.connect_timeout_secs >= 1, "connect_timeout_secs", || {
         "must be at least 1".to_owned()
     });
@@ -384,6 +391,16 @@ mod tests {
         assert_eq!(rejected(|r, _| r.workers = 0), ["workers"]);
         assert_eq!(rejected(|r, _| r.workers = 129), ["workers"]);
         assert!(rejected(|r, _| r.workers = 128).is_empty());
+    }
+
+    /// A `retained_messages_max` the retained store cannot key is an error naming the key,
+    /// not an assertion failure when the broker starts.
+    #[test]
+    fn retained_messages_max_must_fit_the_store_keys() {
+        let limit = u32::MAX as usize;
+        assert_eq!(rejected(|_, b| b.retained_messages_max = limit), ["retained_messages_max"]);
+        assert!(rejected(|_, b| b.retained_messages_max = limit - 1).is_empty());
+        assert!(rejected(|_, b| b.retained_messages_max = 0).is_empty());
     }
 
     #[test]

@@ -139,8 +139,7 @@ impl Admin {
         json!({
             "client_id": client.client_id,
             "connected": client.conn.is_some(),
-            // Peer addresses are not tracked by the runtime yet.
-            "address": Value::Null,
+            "address": client.address.map(|address| address.to_string()),
             "worker": worker,
             "persistent": client.persistent,
             "connected_since_unix_millis": client.connected_since.map(|at| self.unix_millis(at)),

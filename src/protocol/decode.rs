@@ -42,9 +42,39 @@ pub fn decode(buf: &mut BytesMut, max_packet_bytes: usize) -> Result<Option<Pack
     if buf.len() < packet_bytes {
         return Ok(None);
     }
+    if let Some(packet) =
+        decode_bodiless(header.first_byte, &buf[header.header_bytes..packet_bytes])?
+    {
+        // Nothing to share with the buffer: no split, no reference count touched.
+        buf.advance(packet_bytes);
+        return Ok(Some(packet));
+    }
     let mut packet = buf.split_to(packet_bytes).freeze();
     packet.advance(header.header_bytes);
     decode_body(header.first_byte, packet).map(Some)
+}
+
+/// The packets that are only a packet id or nothing (acknowledgements, PINGREQ, PINGRESP,
+/// DISCONNECT), decoded from a borrowed body; `None` for every other type or length (the
+/// general path then decodes them, or names what is wrong). On the message path every QoS 1/2
+/// message brings at least one of these.
+fn decode_bodiless(first_byte: u8, body: &[u8]) -> Result<Option<Packet>, DecodeError> {
+    let packet_id = || {
+        let id = u16::from_be_bytes([body[0], body[1]]);
+        PacketId::new(id).ok_or(DecodeError::ZeroPacketId)
+    };
+    let packet = match (first_byte >> 4, body.len()) {
+        (4, 2) => Packet::Puback(packet_id()?),
+        (5, 2) => Packet::Pubrec(packet_id()?),
+        (6, 2) => Packet::Pubrel(packet_id()?),
+        (7, 2) => Packet::Pubcomp(packet_id()?),
+        (11, 2) => Packet::Unsuback(packet_id()?),
+        (12, 0) => Packet::Pingreq,
+        (13, 0) => Packet::Pingresp,
+        (14, 0) => Packet::Disconnect,
+        _ => return Ok(None),
+    };
+    Ok(Some(packet))
 }
 
 /// The fixed header: the first byte and the decoded remaining length.

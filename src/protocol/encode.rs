@@ -116,9 +116,22 @@ fn publish_first_byte(qos: QoS, retain: bool, dup: bool) -> u8 {
 /// the framing of the stream: a PUBLISH whose packet id disagrees with its QoS, a string over
 /// 65,535 bytes, a packet over the largest remaining length.
 pub fn encode(packet: &Packet, out: &mut BytesMut) {
-    if let Packet::Publish(publish) = packet {
-        encode_publish_head(publish, out);
-        out.put_slice(&publish.payload);
+    let first_and_id = match packet {
+        Packet::Publish(publish) => {
+            encode_publish_head(publish, out);
+            out.put_slice(&publish.payload);
+            return;
+        }
+        // The acknowledgements, one per QoS 1/2 message on the message path: written whole.
+        Packet::Puback(id) => Some((0x40, id)),
+        Packet::Pubrec(id) => Some((0x50, id)),
+        Packet::Pubrel(id) => Some((0x62, id)),
+        Packet::Pubcomp(id) => Some((0x70, id)),
+        _ => None,
+    };
+    if let Some((first, id)) = first_and_id {
+        let [high, low] = id.get().to_be_bytes();
+        out.extend_from_slice(&[first, 2, high, low]);
         return;
     }
     let remaining = remaining_length(packet);
@@ -319,6 +332,12 @@ impl OutBuf {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Makes room for `bytes` more copied bytes, so a packet written in parts grows the
+    /// buffer at most once.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.scratch.reserve(bytes);
     }
 
     pub fn put_slice(&mut self, bytes: &[u8]) {

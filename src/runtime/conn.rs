@@ -64,6 +64,8 @@ pub struct Conn {
     pub close_in_flight: bool,
     /// In the worker's list of connections with output to start this turn.
     pub flush_listed: bool,
+    /// The broker announced output (`Action::Send`) that is not yet taken.
+    pub output_announced: bool,
     /// Bytes of a packet not yet complete (empty, with no capacity, between packets).
     pub input: BytesMut,
     /// Output taken from the broker and the send in flight; `None` when there is none.
@@ -104,6 +106,7 @@ impl Conn {
             cancels_in_flight: 0,
             close_in_flight: false,
             flush_listed: false,
+            output_announced: false,
             input: BytesMut::new(),
             send: None,
             paused: false,

@@ -305,7 +305,7 @@ impl Worker {
             if conn.broker_knows && mqtt_bytes > 0 {
                 self.broker.handle_sent(id, mqtt_bytes, now);
             }
-            if unsent {
+            if unsent || self.conns.slot_mut(slot).output_announced {
                 self.list_for_flush(slot);
             } else if let Some(op) = self.conns.slot_mut(slot).send.take_if(|op| !op.has_unsent()) {
                 self.sends.give(op);

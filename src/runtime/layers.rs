@@ -189,3 +189,20 @@ impl Worker {
         connect.password = None::<Bytes>;
     }
 }
+
+/// SIGHUP's certificate reload: rebuilds the TLS configuration from `certfile`, `keyfile` and
+/// `cafile`; applied by itself (workers pick it up at their next TLS accept, by generation), so
+/// open connections keep their sessions. A file that does not load changes nothing.
+#[derive(Debug)]
+pub(super) struct CertificateSource(pub std::sync::Arc<crate::transport::Transports>);
+
+impl super::reload::ReloadSource for CertificateSource {
+    fn name(&self) -> &'static str {
+        "certificates"
+    }
+
+    fn load(&mut self) -> Result<(Option<super::reload::Reloaded>, String), String> {
+        self.0.reload_certificates().map_err(|error| error.to_string())?;
+        Ok((None, "TLS certificates reloaded".to_owned()))
+    }
+}

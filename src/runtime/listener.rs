@@ -26,6 +26,11 @@ pub fn bind_all(config: &RuntimeConfig) -> io::Result<Listeners> {
     let mut per_worker: Vec<Vec<OwnedFd>> = (0..config.workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::with_capacity(config.listeners.len());
     for requested in &config.listeners {
+        if requested.port() != 0 {
+            ensure_unheld(*requested).map_err(|error| {
+                io::Error::new(error.kind(), format!("listening on {requested}: {error}"))
+            })?;
+        }
         let mut addr = *requested;
         for sockets in &mut per_worker {
             let socket = open(addr, config).map_err(|error| {
@@ -40,14 +45,38 @@ pub fn bind_all(config: &RuntimeConfig) -> io::Result<Listeners> {
     Ok(Listeners { per_worker, addrs })
 }
 
-fn open(addr: SocketAddr, config: &RuntimeConfig) -> io::Result<OwnedFd> {
+/// Fails with `AddrInUse` when another socket already listens on `addr`, even one that set
+/// `SO_REUSEPORT`: without this a second broker (ours or anyone's under the same user) on the
+/// same port would join our reuse-port group and silently take a share of the connections.
+/// A socket without `SO_REUSEPORT` cannot bind beside a listener, so a probe bind tells.
+/// (Something could still take the port between the probe and our binds; the window is the
+/// few microseconds in between, at start-up only.)
+fn ensure_unheld(addr: SocketAddr) -> io::Result<()> {
+    let socket = new_socket(addr)?;
+    let raw = socket.as_raw_fd();
+    // SO_REUSEADDR lets the probe bind past connections in TIME_WAIT, as our listeners
+    // will; it never lets a socket bind beside a listener.
+    set_option(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if addr.is_ipv6() {
+        set_option(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    let (storage, len) = to_sockaddr(addr);
+    // SAFETY: `storage` holds a sockaddr of `len` bytes for `addr`'s family.
+    check(unsafe { libc::bind(raw, (&raw const storage).cast(), len) }).map(drop)
+}
+
+fn new_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: socket(2) has no memory arguments; the result is checked before use.
     let fd = check(unsafe {
         libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0)
     })?;
     // SAFETY: `fd` is a descriptor we just created and own alone.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open(addr: SocketAddr, config: &RuntimeConfig) -> io::Result<OwnedFd> {
+    let socket = new_socket(addr)?;
     let raw = socket.as_raw_fd();
     set_option(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     set_option(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
@@ -134,9 +163,9 @@ fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 fn from_sockaddr(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
+            let sin = (storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
             // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin =
-                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin = unsafe { &*sin };
             let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
             Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
         }
@@ -167,11 +196,36 @@ mod tests {
     fn option(fd: RawFd, level: i32, name: i32) -> i32 {
         let mut value = 0i32;
         let mut len = mem::size_of::<i32>() as libc::socklen_t;
+        let value_ptr = (&raw mut value).cast();
         // SAFETY: `value` is a live i32 and `len` its size.
-        let result =
-            unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
+        let result = unsafe { libc::getsockopt(fd, level, name, value_ptr, &mut len) };
         assert_eq!(result, 0);
         value
+    }
+
+    /// A port another reuse-port group already listens on (here: a second broker's
+    /// listeners) is refused at start-up instead of silently shared.
+    #[test]
+    fn a_port_another_broker_listens_on_is_refused() {
+        let first = bind_all(&RuntimeConfig {
+            listeners: vec!["127.0.0.1:0".parse().expect("address")],
+            workers: 2,
+            ..RuntimeConfig::default()
+        })
+        .expect("first bind");
+        let taken = first.addrs[0];
+        let second = bind_all(&RuntimeConfig {
+            listeners: vec![taken],
+            workers: 2,
+            ..RuntimeConfig::default()
+        });
+        let error = second.expect_err("a second group on the same port");
+        assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{error}");
+        assert!(error.to_string().contains(&taken.to_string()), "{error}");
+        drop(first);
+        // Once the first broker is gone the port is free again.
+        bind_all(&RuntimeConfig { listeners: vec![taken], workers: 2, ..RuntimeConfig::default() })
+            .expect("the port after the first group closed");
     }
 
     /// Port 0 resolves once and every worker's socket shares it; the options are on the

@@ -217,11 +217,15 @@ pub fn start_with(
     let (auth_source, auth) = reload::AuthSource::load_initial(broker.auth_files())
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     tracing::info!("auth: {auth}");
-    let reloader = reload::Reloader::new(vec![Box::new(auth_source)]);
     let transports = Arc::new(
         Transports::new(runtime.uses_tls().then_some(&runtime.tls), &runtime.ws_path)
             .map_err(|error| anyhow::anyhow!("TLS: {error}"))?,
     );
+    let mut sources: Vec<Box<dyn reload::ReloadSource>> = vec![Box::new(auth_source)];
+    if transports.tls.is_some() {
+        sources.push(Box::new(layers::CertificateSource(Arc::clone(&transports))));
+    }
+    let reloader = reload::Reloader::new(sources);
     let all_listeners = runtime.all_listeners();
     let listener_kinds: Vec<ListenerKind> = all_listeners.iter().map(|(_, kind)| *kind).collect();
     let bound = RuntimeConfig {

@@ -1,9 +1,13 @@
 //! The broker's actions, the sends they lead to, and the steps of closing a connection.
 //!
-//! Output is taken from the broker as soon as it announces it (`Action::Send`), into the
-//! connection's boxed [`super::send::SendOp`], and leaves in phase 4 with one `sendmsg` per
-//! connection — so everything a turn produced for a connection goes in one system call, and
-//! output the broker produced before a `Close` is already ours when the `Close` arrives.
+//! `Action::Send` only lists the connection; its output stays in the broker's `OutBuf` and is
+//! taken in phase 4, into the connection's boxed [`super::send::SendOp`], right before its one
+//! `sendmsg` of the turn (or, with a send in flight, after that send completes). So everything
+//! a turn produced for a connection is one contiguous segment (small payloads are copied into
+//! it) in one system call, instead of one segment, one allocation and one iovec per packet.
+//! A `Close` (or handoff) takes the output at once, so what the broker produced before it is
+//! ours before the broker forgets the connection; so does every `Send` for a connection with
+//! TLS/WebSocket layers, whose output goes through them (`layers.rs`).
 //! The send carries `MSG_WAITALL`: when the socket buffer fills, the kernel keeps feeding it as
 //! the peer reads and completes the send only when all of it has left (or on an error or a
 //! cancel, with the count sent so far), instead of waiting for our next turn to resubmit.
@@ -24,7 +28,7 @@ impl Worker {
     pub(super) fn apply_actions(&mut self, now: Millis) {
         while let Some(action) = self.broker.poll_action() {
             match action {
-                Action::Send(id) => self.take_output(id),
+                Action::Send(id) => self.announce_output(id),
                 Action::Close(id, reason) => {
                     let Some(conn) = self.conns.get_mut(id) else { continue };
                     if conn.phase != Phase::Open {
@@ -41,13 +45,29 @@ impl Worker {
                     let _ = self.peers.send(to, msg);
                 }
                 Action::Handoff { conn, to, connect, peer } => {
-                    self.begin_handoff(conn, to, connect, peer)
+                    self.take_output(conn);
+                    self.begin_handoff(conn, to, connect, peer);
                 }
             }
         }
     }
 
-    /// Moves the broker's output for `id` into its send op and lists it for phase 4.
+    /// The broker has output for `id`: list it for phase 4, which takes the output.
+    fn announce_output(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        if conn.layered {
+            // TLS/WebSocket layers frame and encrypt what they are handed: their connections'
+            // output is taken at once, through the layers (`take_output`).
+            self.take_output(id);
+            return;
+        }
+        conn.output_announced = true;
+        if conn.peer_alive {
+            self.list_for_flush(id.slot());
+        }
+    }
+
+    /// Moves the broker's output for `id` into its send op now and lists it for phase 4.
     fn take_output(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id) else { return };
         if conn.layered {
@@ -56,6 +76,7 @@ impl Worker {
         }
         let op = conn.send.get_or_insert_with(|| self.sends.take());
         self.broker.take_output(id, op.queue());
+        conn.output_announced = false;
         if !conn.peer_alive {
             // Nobody to send to; the broker has been told (or will be) that it is gone.
             if !op.in_flight() {
@@ -74,17 +95,29 @@ impl Worker {
         }
     }
 
-    /// Phase 4's last step: one `sendmsg` for each listed connection without one in flight.
+    /// Phase 4's last step: for each listed connection without a send in flight, take the
+    /// broker's output and start one `sendmsg` with everything unsent.
     pub(super) fn start_sends(&mut self) {
         let mut flush = std::mem::take(&mut self.flush);
         for slot in flush.drain(..) {
+            let id = self.conns.id_of(slot);
             let conn = self.conns.slot_mut(slot);
             conn.flush_listed = false;
             if conn.phase == Phase::Free || !conn.peer_alive || conn.send_in_flight() {
                 continue;
             }
+            if conn.output_announced {
+                conn.output_announced = false;
+                if conn.broker_knows {
+                    let op = conn.send.get_or_insert_with(|| self.sends.take());
+                    self.broker.take_output(id, op.queue());
+                }
+            }
             let Some(op) = conn.send.as_mut() else { continue };
             if !op.has_unsent() {
+                if let Some(op) = conn.send.take() {
+                    self.sends.give(op);
+                }
                 continue;
             }
             let header = op.start();

@@ -517,13 +517,18 @@ impl Worker {
 
     fn log_stopped(&mut self) {
         self.counters.ring = self.ring.counters;
+        // The broker's counters (drops at each bound, closes by reason) and what is still
+        // held, so a run's log proves what happened at the limits and that everything returned.
         tracing::info!(
             worker = self.index,
+            live = self.conns.live(),
+            buffers_leased = self.buffers.leased(),
             counters = ?self.counters,
             mesh = ?self.peers.stats(),
             journal = ?self.journal.as_ref().map(|journal| journal.counters),
             peer_names_learned = self.peer_names.learned,
             peer_names_failed = self.peer_names.failed,
+            broker = ?self.broker.stats(),
             "worker stopped"
         );
     }

@@ -7,6 +7,7 @@
 //! phase ends by itself: each has a deadline.
 
 pub mod conn;
+pub mod schedule;
 pub mod stats;
 pub mod worker;
 

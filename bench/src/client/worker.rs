@@ -18,6 +18,7 @@ use io_uring::{opcode, squeue, types};
 use ringmq::protocol::{decode, Packet, TopicName};
 
 use super::conn::{Conn, ConnContext, ConnState, Publisher, Subscriber, TX_QUEUED_BYTES_MAX};
+use super::schedule::Schedule;
 use super::stats::Stats;
 use super::{Phase, Shared};
 use crate::plan::{LoadConfig, Role};
@@ -40,6 +41,12 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 const RX_IDLE_CAPACITY_MAX: usize = 64 * 1024;
 /// The longest a loop turn waits for completions when nothing is due sooner.
 const IDLE_TICK_NS: u64 = 10_000_000;
+/// The shortest wait for the next paced message: at higher rates a visit sends the few
+/// messages that came due meanwhile, instead of waking once per message.
+const PACED_TICK_MIN_NS: u64 = 100_000;
+/// How soon a paced publisher that could not send all it owed (window, queue, not ready) is
+/// visited again.
+const LAGGING_RETRY_NS: u64 = 1_000_000;
 
 /// What a worker hands back at the end.
 #[derive(Debug)]
@@ -78,9 +85,14 @@ pub struct Worker {
     next_to_open: usize,
     last_keepalive_scan_ns: u64,
     last_handoff_ns: u64,
-    /// Paced publishing: when the publishers are next visited, and how often.
+    /// Paced publishing (`None`: max rate, every publisher visited every turn).
+    schedule: Option<Schedule>,
+    /// When the publishers are next visited.
     next_publish_ns: u64,
-    publish_interval_ns: u64,
+    /// Paced publishers (positions in `publishers`) behind their due count, visited again.
+    lagging: Vec<u32>,
+    /// Publishers (positions) to visit this time; kept for its allocation.
+    visit: Vec<u32>,
     /// A publisher waited for deliveries (end-to-end window) at the last visit.
     flow_blocked: bool,
     /// This thread's CPU nanoseconds when it first saw Running and first saw Draining.
@@ -131,7 +143,7 @@ impl Worker {
             destinations.push(ring::sockaddr_v4(config.target.addresses(global).1));
             conns.push(conn);
         }
-        let publish_interval_ns = Self::publish_interval_ns(&config);
+        let schedule = Self::schedule(&config, &conns, &publishers);
         let sources = config
             .target
             .sources
@@ -156,8 +168,10 @@ impl Worker {
             next_to_open: 0,
             last_keepalive_scan_ns: 0,
             last_handoff_ns: 0,
+            schedule,
             next_publish_ns: 0,
-            publish_interval_ns,
+            lagging: Vec::new(),
+            visit: Vec::new(),
             flow_blocked: false,
             running_cpu_ns: (0, 0),
             drained: false,
@@ -192,7 +206,6 @@ impl Worker {
                 }
                 self.open_connections(now_ns)?;
                 if now_ns >= self.next_publish_ns {
-                    self.next_publish_ns = now_ns + self.publish_interval_ns;
                     self.publish(now_ns);
                 }
             }
@@ -218,21 +231,29 @@ impl Worker {
             // cannot wake this one: look again soon.
             return Duration::from_micros(200);
         }
-        if phase == Phase::Running && self.publish_interval_ns > 0 {
+        if phase == Phase::Running && self.schedule.is_some() {
             let until_due = self.next_publish_ns.saturating_sub(now_ns);
-            return Duration::from_nanos(until_due.clamp(100_000, IDLE_TICK_NS));
+            return Duration::from_nanos(until_due.clamp(PACED_TICK_MIN_NS, IDLE_TICK_NS));
         }
         Duration::from_nanos(IDLE_TICK_NS)
     }
 
-    /// Paced publishers are visited every half of their message interval (1 to 50 ms), so
-    /// that many slow publishers do not cost a scan of all of them every millisecond.
-    fn publish_interval_ns(config: &LoadConfig) -> u64 {
+    /// At a fixed rate, publisher `i` of the run's `n` has the phase `i / n` (see
+    /// [`Schedule`]), so messages come due evenly spread, not all publishers at once.
+    fn schedule(config: &LoadConfig, conns: &[Conn], publishers: &[u32]) -> Option<Schedule> {
         let rate = config.rate_per_publisher();
         if rate <= 0.0 {
-            return 0;
+            return None;
         }
-        ((1e9 / rate / 2.0) as u64).clamp(1_000_000, 50_000_000)
+        let publishers_total = f64::from(config.plan.publishers);
+        let phases: Vec<f64> = publishers
+            .iter()
+            .map(|&local| {
+                let publisher = conns[local as usize].publisher.as_ref().expect("a publisher");
+                f64::from(publisher.index) / publishers_total
+            })
+            .collect();
+        Some(Schedule::new(rate, &phases))
     }
 
     fn context<'a>(config: &'a LoadConfig, shared: &'a Shared) -> ConnContext<'a> {
@@ -379,60 +400,89 @@ impl Worker {
         self.stats.error(why);
     }
 
+    /// Visits the publishers with messages due (all of them at max rate) and queues what
+    /// each may send now.
     fn publish(&mut self, now_ns: u64) {
-        let qos = self.config.qos;
-        let rate = self.config.rate_per_publisher();
-        let start_ns = self.shared.run_start_ns();
-        let count = self.config.count_per_publisher;
-        let (topics, e2e_window) = (self.config.plan.topics, self.config.e2e_window);
-        self.flow_blocked = false;
-        for index in 0..self.publishers.len() {
-            let local = self.publishers[index] as usize;
-            let conn = &mut self.conns[local];
-            if conn.state != ConnState::Ready {
-                continue;
-            }
-            let publisher = conn.publisher.as_mut().expect("listed publishers have state");
-            if publisher.done {
-                continue;
-            }
-            let due = if rate > 0.0 {
-                ((now_ns.saturating_sub(start_ns)) as f64 * rate / 1e9) as u64 + 1
-            } else {
-                u64::MAX
-            };
-            let mut limit = count.map_or(due, |count| due.min(count));
-            if let Some(board) = self.shared.deliveries.as_ref() {
-                let subscribers = self.config.plan.subscribers_of(publisher.index % topics);
-                // No subscribers: nothing to wait for.
-                if let Some(average) = board.delivered(publisher.index).checked_div(subscribers) {
-                    let allowed = average + e2e_window;
-                    limit = limit.min(allowed);
-                    self.flow_blocked |= publisher.sent >= allowed;
-                }
-            }
-            let before = publisher.sent;
-            while publisher.sent < limit
-                && conn.tx.len() < TX_QUEUED_BYTES_MAX
-                && publisher.can_send(qos)
-            {
-                publisher.publish(qos, now_ns, &mut conn.tx);
-            }
-            let sent_now = publisher.sent - before;
-            if count.is_some_and(|count| publisher.sent >= count) {
-                publisher.done = true;
-                self.stats.counters.publishers_done += 1;
-            }
-            if sent_now > 0 {
-                self.stats.counters.published += sent_now;
-                self.stats.counters.published_bytes += sent_now * self.config.payload_bytes as u64;
-                conn.last_send_ns = now_ns;
-                if !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(local as u32);
-                }
+        let elapsed_ns = now_ns.saturating_sub(self.shared.run_start_ns());
+        let mut visit = std::mem::take(&mut self.visit);
+        visit.clear();
+        match self.schedule.as_mut() {
+            None => visit.extend(0..self.publishers.len() as u32),
+            Some(schedule) => {
+                visit.append(&mut self.lagging);
+                schedule.advance(elapsed_ns, &mut visit);
+                visit.sort_unstable();
+                visit.dedup();
             }
         }
+        self.flow_blocked = false;
+        for &position in &visit {
+            let due = self.schedule.as_ref().map_or(u64::MAX, |s| s.due(position, elapsed_ns));
+            if self.publish_one(position, due, now_ns) && self.schedule.is_some() {
+                self.lagging.push(position);
+            }
+        }
+        self.visit = visit;
+        self.next_publish_ns = match &self.schedule {
+            None => 0,
+            Some(schedule) => {
+                let next = self.shared.run_start_ns().saturating_add(schedule.next_due_ns());
+                if self.lagging.is_empty() {
+                    next
+                } else {
+                    next.min(now_ns + LAGGING_RETRY_NS)
+                }
+            }
+        };
+    }
+
+    /// Queues what the publisher at `position` may send now, up to `due` messages in all.
+    /// Returns whether it stays behind `due` (and is not done).
+    fn publish_one(&mut self, position: u32, due: u64, now_ns: u64) -> bool {
+        let qos = self.config.qos;
+        let count = self.config.count_per_publisher;
+        let (topics, e2e_window) = (self.config.plan.topics, self.config.e2e_window);
+        let local = self.publishers[position as usize] as usize;
+        let conn = &mut self.conns[local];
+        let publisher = conn.publisher.as_mut().expect("listed publishers have state");
+        if publisher.done {
+            return false;
+        }
+        if conn.state != ConnState::Ready {
+            return true;
+        }
+        let mut limit = count.map_or(due, |count| due.min(count));
+        if let Some(board) = self.shared.deliveries.as_ref() {
+            let subscribers = self.config.plan.subscribers_of(publisher.index % topics);
+            // No subscribers: nothing to wait for.
+            if let Some(average) = board.delivered(publisher.index).checked_div(subscribers) {
+                let allowed = average + e2e_window;
+                limit = limit.min(allowed);
+                self.flow_blocked |= publisher.sent >= allowed;
+            }
+        }
+        let before = publisher.sent;
+        while publisher.sent < limit
+            && conn.tx.len() < TX_QUEUED_BYTES_MAX
+            && publisher.can_send(qos)
+        {
+            publisher.publish(qos, now_ns, &mut conn.tx);
+        }
+        let sent_now = publisher.sent - before;
+        if count.is_some_and(|count| publisher.sent >= count) {
+            publisher.done = true;
+            self.stats.counters.publishers_done += 1;
+        }
+        if sent_now > 0 {
+            self.stats.counters.published += sent_now;
+            self.stats.counters.published_bytes += sent_now * self.config.payload_bytes as u64;
+            conn.last_send_ns = now_ns;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(local as u32);
+            }
+        }
+        !publisher.done && publisher.sent < due
     }
 
     /// The run is draining: publishers stop, and the deliveries they make expected are added

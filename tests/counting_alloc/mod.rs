@@ -1,0 +1,53 @@
+//! A counting global allocator for the allocation-free tests. A test binary installs it as
+//! its only allocator (hence one test file per check):
+//!
+//! ```ignore
+//! mod counting_alloc;
+//! #[global_allocator]
+//! static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
+//! ```
+//!
+//! and measures work with [`counted`], which counts allocations and reallocations in every
+//! thread while the work runs.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+pub struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which upholds the
+// `GlobalAlloc` contract; the counter is a relaxed atomic and does not allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's layout obligations are passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout` (all allocations go there).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as for `dealloc`; `new_size` obligations are the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Runs `work`, returning its result and the allocations made meanwhile.
+pub fn counted<T>(work: impl FnOnce() -> T) -> (T, usize) {
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    let result = work();
+    COUNTING.store(false, Ordering::Relaxed);
+    (result, ALLOCATIONS.load(Ordering::Relaxed))
+}
