@@ -23,9 +23,15 @@
 //! record (`Qos2Received`) goes in the same batch as the local copies, and batches take
 //! effect whole (`Commit`), so after a crash both or neither exist. With remote destinations
 //! the id is journaled only once every destination confirmed its copy durable, then the
-//! PUBREC waits for that record: a crash in between makes the client re-send, and the message
-//! is delivered again (a duplicate), never lost. Exactly once across workers needs the
-//! destinations to recognise a re-sent message (see docs/ARCHITECTURE.md, known gaps).
+//! PUBREC waits for that record. A crash in between makes the client re-send the PUBLISH, and
+//! the destinations recognise it: the copies to other workers carry the client id and packet
+//! id (`RemoteMsg::PublishOnce`), and each destination journals the pair (`Qos2Forwarded`) in
+//! the batch of its copy and drops a second copy with a pair it holds. The origin tells every
+//! other worker when the client releases the id (PUBREL, known or not: a crash may have lost
+//! it at the origin only) or starts a new persistent session (`RemoteMsg::Qos2Release`); the
+//! PUBCOMP waits until they journaled that, so a reused id is never taken for a copy. The
+//! pairs are bounded by `sessions_max` x `max_awaiting_pubrel`; beyond it a copy is stored
+//! without its pair (counted: `forwarded_over_bound`), so a re-sent one could come twice.
 //!
 //! Bounds: the journal buffer and the held acks (counted at `HELD_ACK_BYTES` each) together
 //! are kept under `pending_bytes_max` by pausing reads (`persistence_backpressured`); a turn's
@@ -38,11 +44,13 @@ use smallvec::SmallVec;
 use super::connection::Phase;
 use super::inflight::{Awaiting, Inflight, Queued};
 use super::subscribe::SubscribeAnswer;
-use super::{Action, Broker, ConnId, Message, Millis, RemoteMsg, SessionId, WorkerId};
+use super::{
+    Action, Broker, ConnId, ForwardedQos2, Message, Millis, RemoteMsg, SessionId, WorkerId,
+};
 use crate::broker::route::home_worker;
 use crate::persist::image::{EntryState, Image, StoredMessage};
 use crate::persist::record::{encode, Record};
-use crate::protocol::{Packet, PacketId, QoS};
+use crate::protocol::{Packet, PacketId, QoS, Utf8Bytes};
 
 /// What one held acknowledgement counts for against `pending_bytes_max`.
 const HELD_ACK_BYTES: usize = 64;
@@ -102,10 +110,20 @@ pub(super) struct Durability {
     /// Acks held so far (numbers them); records waiting for peers, oldest first.
     held_count: u64,
     pending: VecDeque<PendingRecord>,
+    /// The QoS 2 publish being routed, if from a persistent session: (client id, packet id).
+    origin: Option<(Utf8Bytes, PacketId)>,
+    /// QoS 2 ids of other workers' persistent sessions whose messages this worker stored
+    /// and that are not yet released, by origin client id; at most `forwarded_max` ids.
+    forwarded: HashMap<Utf8Bytes, SmallVec<[PacketId; 4]>>,
+    forwarded_len: usize,
+    forwarded_max: usize,
+    /// Re-sent QoS 2 copies recognised and not stored again; ids not kept at the bound.
+    pub forwarded_duplicates: u64,
+    pub forwarded_over_bound: u64,
 }
 
 impl Durability {
-    fn new(workers: u16, pending_bytes_max: usize) -> Self {
+    fn new(workers: u16, pending_bytes_max: usize, forwarded_max: usize) -> Self {
         Self {
             journal: Vec::new(),
             appended: 0,
@@ -119,6 +137,49 @@ impl Durability {
             route: SmallVec::new(),
             held_count: 0,
             pending: VecDeque::new(),
+            origin: None,
+            forwarded: HashMap::new(),
+            forwarded_len: 0,
+            forwarded_max,
+            forwarded_duplicates: 0,
+            forwarded_over_bound: 0,
+        }
+    }
+
+    /// Records that a forwarded QoS 2 message was stored here; false if it already was.
+    fn note_forwarded(&mut self, origin: &Utf8Bytes, packet_id: PacketId) -> bool {
+        let ids = self.forwarded.get(origin);
+        if ids.is_some_and(|ids| ids.contains(&packet_id)) {
+            self.forwarded_duplicates += 1;
+            return false;
+        }
+        if self.forwarded_len >= self.forwarded_max {
+            // Stored without its id: a copy re-sent after a crash would be stored again.
+            self.forwarded_over_bound += 1;
+            return true;
+        }
+        self.forwarded.entry(origin.clone()).or_default().push(packet_id);
+        self.forwarded_len += 1;
+        self.append(&Record::Qos2Forwarded { origin: origin.clone(), packet_id });
+        true
+    }
+
+    /// Forgets `origin`'s `packet_id` (all its ids for `None`), journaling each removal.
+    fn forget_forwarded(&mut self, origin: Utf8Bytes, packet_id: Option<PacketId>) {
+        let Some(ids) = self.forwarded.get_mut(&origin) else { return };
+        let removed: SmallVec<[PacketId; 4]> = match packet_id {
+            Some(id) => {
+                let Some(at) = ids.iter().position(|&known| known == id) else { return };
+                smallvec::smallvec![ids.swap_remove(at)]
+            }
+            None => std::mem::take(ids),
+        };
+        if ids.is_empty() {
+            self.forwarded.remove(&origin);
+        }
+        self.forwarded_len -= removed.len();
+        for packet_id in removed {
+            self.append(&Record::Qos2ForwardReleased { origin: origin.clone(), packet_id });
         }
     }
 
@@ -212,7 +273,11 @@ impl Broker {
     /// acknowledgements until the runtime reports them durable. Call before any event.
     pub fn enable_persistence(&mut self, pending_bytes_max: usize) {
         assert!(self.durability.is_none(), "persistence enabled twice");
-        self.durability = Some(Box::new(Durability::new(self.workers, pending_bytes_max)));
+        // Each session has at most `max_awaiting_pubrel` ids unreleased.
+        let forwarded_max =
+            self.config.sessions_max.saturating_mul(self.config.max_awaiting_pubrel);
+        self.durability =
+            Some(Box::new(Durability::new(self.workers, pending_bytes_max, forwarded_max)));
     }
 
     /// Moves the journal's pending records to `out` (empty) and returns the position they end
@@ -299,7 +364,14 @@ impl Broker {
     /// the ack of the message being routed waits for.
     pub(super) fn count_remote_send(&mut self, to: WorkerId, msg: &RemoteMsg) {
         let Some(d) = self.durability.as_deref_mut() else { return };
-        if matches!(msg, RemoteMsg::Publish(_) | RemoteMsg::Retain { .. }) {
+        let counted = matches!(
+            msg,
+            RemoteMsg::Publish(_)
+                | RemoteMsg::Retain { .. }
+                | RemoteMsg::PublishOnce(_)
+                | RemoteMsg::Qos2Release { .. }
+        );
+        if counted {
             let peer = &mut d.peers[to.index()];
             peer.sent += 1;
             d.route.push((to, peer.sent));
@@ -324,11 +396,68 @@ impl Broker {
         }
     }
 
+    /// A QoS 2 PUBLISH from persistent session `session` is about to be routed: its copies
+    /// to other workers carry its origin (`remote_publish`).
+    pub(super) fn journal_origin(&mut self, session: SessionId, packet_id: PacketId) {
+        let persistent = self.sessions.get(session).persistent;
+        if let Some(d) = self.durability.as_deref_mut().filter(|_| persistent) {
+            d.origin = Some((self.sessions.get(session).client_id.clone(), packet_id));
+        }
+    }
+
+    /// The message to send another worker for `message`: with its origin while a persistent
+    /// session's QoS 2 publish is routed, so a re-sent copy is recognised there.
+    pub(super) fn remote_publish(&self, message: &Message) -> RemoteMsg {
+        match self.durability.as_deref().and_then(|d| d.origin.as_ref()) {
+            Some((origin, packet_id)) => RemoteMsg::PublishOnce(Box::new(ForwardedQos2 {
+                message: message.clone(),
+                origin: origin.clone(),
+                packet_id: *packet_id,
+            })),
+            None => RemoteMsg::Publish(message.clone()),
+        }
+    }
+
+    /// A forwarded QoS 2 message arrived: whether to store it (false: a re-sent copy of one
+    /// stored before, whose origin lost its id in a crash).
+    pub(super) fn accept_forwarded(&mut self, forwarded: &ForwardedQos2) -> bool {
+        match self.durability.as_deref_mut() {
+            Some(d) => d.note_forwarded(&forwarded.origin, forwarded.packet_id),
+            None => true,
+        }
+    }
+
+    /// The origin released `packet_id` (or, `None`, started a new session).
+    pub(super) fn release_forwarded(&mut self, origin: Utf8Bytes, packet_id: Option<PacketId>) {
+        if let Some(d) = self.durability.as_deref_mut() {
+            d.forget_forwarded(origin, packet_id);
+        }
+    }
+
+    /// Tells every other worker that persistent session `session`'s client released
+    /// `packet_id` (`None`: all ids, a new session). Its PUBCOMP, decided after this, waits
+    /// until they journaled it: the client may then reuse the id.
+    pub(super) fn release_forwarded_everywhere(
+        &mut self,
+        session: SessionId,
+        packet_id: Option<PacketId>,
+    ) {
+        if self.durability.is_none() || self.workers == 1 {
+            return;
+        }
+        let origin = self.sessions.get(session).client_id.clone();
+        for worker in self.other_workers().collect::<SmallVec<[WorkerId; 8]>>() {
+            let msg = RemoteMsg::Qos2Release { origin: origin.clone(), packet_id };
+            self.send_remote(worker, msg);
+        }
+    }
+
     /// A QoS 2 PUBLISH from persistent session `session` was just routed: journal its id now
     /// if it went to no other worker (the same batch as its local copies), else once every
     /// worker it went to confirmed its copy durable. Its PUBREC, decided after this, waits.
     pub(super) fn journal_qos2_received(&mut self, session: SessionId, packet_id: PacketId) {
         let Some(d) = self.durability.as_deref_mut() else { return };
+        d.origin = None;
         let record = Record::Qos2Received { sid: session.0, packet_id };
         let remote: SmallVec<[(WorkerId, u64); 2]> = d.route.drain(..).collect();
         if remote.is_empty() || d.remote_satisfied(&remote) {
@@ -455,6 +584,11 @@ impl Broker {
                 }
             }
         }
+        for (origin, ids) in &d.forwarded {
+            for &packet_id in ids {
+                encode(&Record::Qos2Forwarded { origin: origin.clone(), packet_id }, out);
+            }
+        }
         self.retained.for_each(|message| {
             if home_worker(message.topic.as_bytes(), workers) == me {
                 let (topic, payload) = (message.topic.clone(), message.payload.clone());
@@ -476,6 +610,11 @@ impl Broker {
             let worker = WorkerId(*worker);
             assert!(worker != self.me && worker.0 < self.workers, "interest of {worker:?}");
             self.subscriptions.set_remote_interest(filter, worker, true);
+        }
+        if let Some(d) = self.durability.as_deref_mut() {
+            for (_, origin, packet_id) in image.qos2_forwarded {
+                d.note_forwarded(&origin, packet_id);
+            }
         }
         for session in image.sessions {
             let Some(id) = self.create_session(session.client_id.clone(), true, now) else {

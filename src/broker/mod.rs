@@ -107,8 +107,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 
 use crate::protocol::{
-    encode::encoded_len, Connect, ConnectReturnCode, DecodeError, OutBuf, Packet, QoS, TopicFilter,
-    TopicName, Utf8Bytes,
+    encode::encoded_len, Connect, ConnectReturnCode, DecodeError, OutBuf, Packet, PacketId, QoS,
+    TopicFilter, TopicName, Utf8Bytes,
 };
 use connect::Connected;
 use connection::Phase;
@@ -204,6 +204,24 @@ pub enum RemoteMsg {
     Durable {
         count: u64,
     },
+    /// Persistence: a QoS 2 publish from a persistent session's client, with that client's
+    /// id and the packet id, so that a copy re-sent after a crash is stored once (see
+    /// `durable.rs`). Counted like `Publish` for durability.
+    PublishOnce(Box<ForwardedQos2>),
+    /// Persistence: the origin's client released a QoS 2 packet id (PUBREL), or (`packet_id`
+    /// `None`) started a new persistent session: forget the id (all of its ids).
+    Qos2Release {
+        origin: Utf8Bytes,
+        packet_id: Option<PacketId>,
+    },
+}
+
+/// A QoS 2 message forwarded with its origin (`RemoteMsg::PublishOnce`).
+#[derive(Clone, Debug)]
+pub struct ForwardedQos2 {
+    pub message: Message,
+    pub origin: Utf8Bytes,
+    pub packet_id: PacketId,
 }
 
 impl fmt::Display for CloseReason {

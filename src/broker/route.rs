@@ -78,6 +78,16 @@ impl Broker {
             RemoteMsg::RetainUnchanged(token) => self.settle_retain_token(token),
             RemoteMsg::Stats(stats) => self.record_worker_stats(from, *stats),
             RemoteMsg::Durable { count } => self.on_remote_durable(from, count, now),
+            RemoteMsg::PublishOnce(forwarded) => {
+                self.count_received(from);
+                if self.accept_forwarded(&forwarded) {
+                    self.deliver_from_remote(&forwarded.message, now);
+                }
+            }
+            RemoteMsg::Qos2Release { origin, packet_id } => {
+                self.count_received(from);
+                self.release_forwarded(origin, packet_id);
+            }
         }
     }
 

@@ -59,11 +59,15 @@ pub struct Image {
     /// worker index. Applied before any client is served, so a publish that arrives before
     /// those workers' interest broadcasts is still routed to them.
     pub remote_interest: Vec<(u16, TopicFilter)>,
+    /// QoS 2 messages from persistent sessions of other workers stored here and not yet
+    /// released (`Record::Qos2Forwarded`), by the worker that stored them: (worker, origin
+    /// client id, packet id). Kept only when the worker count is unchanged (`store::partition`).
+    pub qos2_forwarded: Vec<(u16, Utf8Bytes, PacketId)>,
 }
 
 impl Image {
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.retained.is_empty()
+        self.sessions.is_empty() && self.retained.is_empty() && self.qos2_forwarded.is_empty()
     }
 
     /// Outgoing messages held across all sessions.

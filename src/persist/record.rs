@@ -117,6 +117,18 @@ pub enum Record {
         sid: u32,
         packet_id: PacketId,
     },
+    /// A QoS 2 message from persistent session `origin`'s client with `packet_id`, published
+    /// on another worker, was stored here: a copy re-sent before `origin`'s worker journaled
+    /// its id (a crash in between) is recognised and not stored twice (`broker/durable.rs`).
+    Qos2Forwarded {
+        origin: Utf8Bytes,
+        packet_id: PacketId,
+    },
+    /// `origin`'s client released `packet_id` (PUBREL): a new message may reuse it.
+    Qos2ForwardReleased {
+        origin: Utf8Bytes,
+        packet_id: PacketId,
+    },
 }
 
 mod kind {
@@ -136,6 +148,8 @@ mod kind {
     pub const QOS2_RELEASED: u8 = 14;
     pub const COMMIT: u8 = 15;
     pub const NEXT_PACKET_ID: u8 = 16;
+    pub const QOS2_FORWARDED: u8 = 17;
+    pub const QOS2_FORWARD_RELEASED: u8 = 18;
 }
 
 /// Appends `record`, framed, to `out`; returns the frame's size in bytes.
@@ -234,6 +248,13 @@ fn encode_body(record: &Record, out: &mut Vec<u8>) {
             out.push(if received { kind::QOS2_RECEIVED } else { kind::QOS2_RELEASED });
             out.extend_from_slice(&sid.to_le_bytes());
             out.extend_from_slice(&packet_id.get().to_le_bytes());
+        }
+        Record::Qos2Forwarded { origin, packet_id }
+        | Record::Qos2ForwardReleased { origin, packet_id } => {
+            let forwarded = matches!(record, Record::Qos2Forwarded { .. });
+            out.push(if forwarded { kind::QOS2_FORWARDED } else { kind::QOS2_FORWARD_RELEASED });
+            out.extend_from_slice(&packet_id.get().to_le_bytes());
+            put_bytes(out, origin.as_bytes());
         }
     }
 }
@@ -395,6 +416,14 @@ fn decode_body(frame: Bytes) -> Result<Record, &'static str> {
         kind::QOS2_RELEASED => {
             Record::Qos2Released { sid: body.u32()?, packet_id: body.packet_id()? }
         }
+        kind::QOS2_FORWARDED => {
+            let packet_id = body.packet_id()?;
+            Record::Qos2Forwarded { packet_id, origin: body.utf8()? }
+        }
+        kind::QOS2_FORWARD_RELEASED => {
+            let packet_id = body.packet_id()?;
+            Record::Qos2ForwardReleased { packet_id, origin: body.utf8()? }
+        }
         _ => return Err("unknown record kind"),
     };
     if body.0.has_remaining() {
@@ -443,6 +472,11 @@ mod tests {
             Record::Qos2Released { sid: 4, packet_id: pid(1) },
             Record::Commit,
             Record::NextPacketId { sid: 4, packet_id: pid(9) },
+            Record::Qos2Forwarded { origin: Utf8Bytes::from_static("pub-1"), packet_id: pid(7) },
+            Record::Qos2ForwardReleased {
+                origin: Utf8Bytes::from_static("pub-1"),
+                packet_id: pid(7),
+            },
         ]
     }
 

@@ -9,7 +9,7 @@
 //! Invariant: the result holds only sessions opened and not dropped, entries enqueued and not
 //! done, each entry's message body, and retained topics set and not deleted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 
@@ -57,6 +57,7 @@ pub struct Replay {
     entries: HashMap<u64, u32>,
     messages: HashMap<u64, StoredMessage>,
     retained: HashMap<TopicName, StoredMessage>,
+    forwarded: BTreeSet<(Utf8Bytes, PacketId)>,
 }
 
 impl Replay {
@@ -203,6 +204,14 @@ impl Replay {
                 session.awaiting_pubrel.retain(|&id| id != packet_id);
                 true
             }),
+            Record::Qos2Forwarded { origin, packet_id } => {
+                self.forwarded.insert((origin, packet_id));
+                true
+            }
+            Record::Qos2ForwardReleased { origin, packet_id } => {
+                self.forwarded.remove(&(origin, packet_id));
+                true
+            }
         };
         self.inconsistent += u64::from(!fits);
     }
@@ -251,7 +260,13 @@ impl Replay {
             .collect();
         let mut retained: Vec<StoredMessage> = self.retained.into_values().collect();
         retained.sort_by(|a, b| a.topic.cmp(&b.topic));
-        Image { sessions, retained, remote_interest: Vec::new() }
+        let worker = self.header.map_or(0, |(worker, _)| worker);
+        let qos2_forwarded = self
+            .forwarded
+            .into_iter()
+            .map(|(origin, packet_id)| (worker, origin, packet_id))
+            .collect();
+        Image { sessions, retained, remote_interest: Vec::new(), qos2_forwarded }
     }
 }
 

@@ -43,8 +43,9 @@ fn parse_epoch(name: &str) -> Option<u64> {
 /// What a start-up found on disk.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// The epoch read, if any.
+    /// The epoch read, if any, and how many workers wrote it.
     pub epoch: Option<u64>,
+    pub epoch_workers: u16,
     pub image: Image,
     /// Files read, records applied, bytes dropped as bad, records skipped as inconsistent.
     pub files: usize,
@@ -68,6 +69,7 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
             by_worker.entry(worker).or_default().push(generation);
         }
     }
+    recovered.epoch_workers = by_worker.keys().next_back().map_or(0, |worker| worker + 1);
     for (worker, mut generations) in by_worker {
         generations.sort_unstable_by(|a, b| b.cmp(a));
         let replay = recover_worker(&epoch_dir, worker, &generations, &mut recovered)?;
@@ -137,18 +139,37 @@ fn merge(image: &mut Image, part: Image) {
         image.sessions.push(session);
     }
     image.retained.extend(part.retained);
+    image.qos2_forwarded.extend(part.qos2_forwarded);
 }
 
 /// Splits `image` among `workers`: each session to its client id's home worker, every
-/// retained message to every worker (each keeps a full replica).
-pub fn partition(image: Image, workers: u16) -> Vec<Image> {
+/// retained message to every worker (each keeps a full replica). `epoch_workers`: the worker
+/// count of the run that wrote `image`; the QoS 2 ids forwarded to a worker stay with it only
+/// if the count is the same (after a change, a re-sent QoS 2 message that crossed workers
+/// before the crash may be delivered twice, never lost; logged).
+pub fn partition(image: Image, workers: u16, epoch_workers: u16) -> Vec<Image> {
     let mut parts: Vec<Image> = (0..workers)
         .map(|_| Image {
             sessions: Vec::new(),
             retained: image.retained.clone(),
             remote_interest: Vec::new(),
+            qos2_forwarded: Vec::new(),
         })
         .collect();
+    if epoch_workers == workers {
+        for (worker, origin, packet_id) in image.qos2_forwarded {
+            if let Some(part) = parts.get_mut(usize::from(worker)) {
+                part.qos2_forwarded.push((worker, origin, packet_id));
+            }
+        }
+    } else if !image.qos2_forwarded.is_empty() {
+        tracing::warn!(
+            ids = image.qos2_forwarded.len(),
+            epoch_workers,
+            workers,
+            "persistence: the worker count changed; forgetting forwarded QoS 2 ids (a re-sent one may be delivered twice)"
+        );
+    }
     let mut interest: std::collections::BTreeSet<(u16, TopicFilter)> = Default::default();
     for session in image.sessions {
         let home = home_worker(session.client_id.as_bytes(), workers);

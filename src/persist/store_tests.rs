@@ -130,15 +130,28 @@ fn partition_sends_each_session_home_and_every_retained_message_everywhere() {
         sessions: ids.iter().map(|id| session(id)).collect(),
         retained: file_bytes_retained(),
         remote_interest: Vec::new(),
+        qos2_forwarded: (0..3)
+            .map(|worker| (worker, Utf8Bytes::from_static("p"), pid(1)))
+            .collect(),
     };
-    let parts = partition(image, 3);
+    let changed = partition(image.clone(), 2, 3);
+    assert!(
+        changed.iter().all(|part| part.qos2_forwarded.is_empty()),
+        "a new worker count forgets them"
+    );
+    let parts = partition(image, 3, 3);
     for (worker, part) in parts.iter().enumerate() {
         assert_eq!(part.retained.len(), 1);
+        assert_eq!(part.qos2_forwarded, vec![(worker as u16, Utf8Bytes::from_static("p"), pid(1))]);
         for session in &part.sessions {
             assert_eq!(home_worker(session.client_id.as_bytes(), 3).index(), worker);
         }
     }
     assert_eq!(parts.iter().map(|p| p.sessions.len()).sum::<usize>(), 20);
+}
+
+fn pid(value: u16) -> crate::protocol::PacketId {
+    crate::protocol::PacketId::new(value).expect("non-zero")
 }
 
 fn file_bytes_retained() -> Vec<super::super::image::StoredMessage> {

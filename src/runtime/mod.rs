@@ -343,7 +343,7 @@ fn prepare_persistence(
     let epoch = NextEpoch::create(&config.dir, recovered.epoch).map_err(|error| {
         anyhow::anyhow!("persistence: preparing {}: {error}", config.dir.display())
     })?;
-    let parts = crate::persist::store::partition(recovered.image, workers);
+    let parts = crate::persist::store::partition(recovered.image, workers, recovered.epoch_workers);
     let setups = parts
         .into_iter()
         .map(|image| {

@@ -72,11 +72,12 @@ impl Disk {
             let part = replay.into_image();
             image.sessions.extend(part.sessions);
             image.retained.extend(part.retained);
+            image.qos2_forwarded.extend(part.qos2_forwarded);
         }
         let mut cluster = Cluster::new(workers, config);
         cluster.hold_remotes(hold);
         let now = cluster.now;
-        let parts = partition(image, workers);
+        let parts = partition(image, workers, workers);
         let mut files = Vec::new();
         for (broker, part) in cluster.brokers.iter_mut().zip(parts) {
             broker.enable_persistence(1 << 20);
@@ -380,4 +381,76 @@ fn packet_ids_continue_after_a_restart_instead_of_starting_again() {
         .filter_map(|publish| publish.packet_id.map(|id| id.get()))
         .collect();
     assert_eq!(ids, [4]);
+}
+
+/// Worker 1's persistent subscriber of `q2` and worker 0's persistent publisher, with a QoS 2
+/// message from it durable in worker 1's copy but not in worker 0's id (a crash right after
+/// worker 1's batch), then a restart from those files.
+fn crash_after_the_remote_copy(config: &BrokerConfig) -> (Cluster, Disk, String, String) {
+    let mut cluster = Cluster::new(2, config.clone());
+    let mut disk = Disk::attach(&mut cluster);
+    let sub_id = client_id_on(1, 2, "s");
+    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
+    cluster.send_subscribe(subscriber, &[("q2", QoS::ExactlyOnce)]);
+    disk.flush_all(&mut cluster);
+    let pub_id = client_id_on(0, 2, "p");
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    cluster.send(publisher, publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7));
+    disk.flush(&mut cluster, 0);
+    disk.flush(&mut cluster, 1);
+    assert_eq!(journaled_ids(&disk, 0), 0, "the crash comes before worker 0 journals the id");
+    assert!(cluster.recv(publisher).is_empty(), "no PUBREC yet");
+    let (cluster, disk) = disk.restart(2, config.clone());
+    (cluster, disk, sub_id, pub_id)
+}
+
+#[test]
+fn a_qos2_publish_re_sent_after_a_crash_is_not_stored_twice_across_workers_mqtt_4_3_3_2() {
+    // [MQTT-4.3.3-2]: Method B delivers a QoS 2 message once. Before this, the re-sent
+    // PUBLISH (its id lost with worker 0's unfinished batch) was routed again and worker 1,
+    // which already held the first copy, stored a second: the subscriber got it twice.
+    let config = BrokerConfig::default();
+    let (mut cluster, mut disk, sub_id, pub_id) = crash_after_the_remote_copy(&config);
+    let (publisher, connack) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    assert!(connack.session_present);
+    let mut resent = publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7);
+    if let Packet::Publish(publish) = &mut resent {
+        publish.dup = true;
+    }
+    cluster.send(publisher, resent);
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
+    cluster.send(publisher, Packet::Pubrel(pid(7)));
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubcomp(pid(7))]);
+    // The released id is a new message again [MQTT-4.3.3-2]: delivered, not taken for a copy.
+    cluster.send(publisher, publish_packet("q2", b"next", QoS::ExactlyOnce, false, 7));
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
+    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
+    let payloads: Vec<Bytes> =
+        cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
+    assert_eq!(payloads, [Bytes::from_static(b"once"), Bytes::from_static(b"next")]);
+    let durability = cluster.broker(1).durability.as_deref().expect("persistence is on");
+    assert_eq!(durability.forwarded_duplicates, 1);
+}
+
+#[test]
+fn a_new_persistent_session_makes_other_workers_forget_the_old_ones_qos2_ids() {
+    // The client started over (CleanSession=1, then a new persistent session): its packet ids
+    // start afresh, and an id worker 1 still held from before the crash must not drop a new
+    // message [MQTT-3.1.2-6].
+    let config = BrokerConfig::default();
+    let (mut cluster, mut disk, sub_id, pub_id) = crash_after_the_remote_copy(&config);
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, true));
+    cluster.drop_client(publisher);
+    let (publisher, connack) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    assert!(!connack.session_present);
+    cluster.send(publisher, publish_packet("q2", b"fresh", QoS::ExactlyOnce, false, 7));
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
+    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
+    let payloads: Vec<Bytes> =
+        cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
+    assert_eq!(payloads, [Bytes::from_static(b"once"), Bytes::from_static(b"fresh")]);
 }

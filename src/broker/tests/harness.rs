@@ -545,6 +545,8 @@ fn remote_name(msg: &RemoteMsg) -> &'static str {
         RemoteMsg::RetainUnchanged(_) => "RetainUnchanged",
         RemoteMsg::Stats(_) => "Stats",
         RemoteMsg::Durable { .. } => "Durable",
+        RemoteMsg::PublishOnce(_) => "PublishOnce",
+        RemoteMsg::Qos2Release { .. } => "Qos2Release",
     }
 }
 
