@@ -6,10 +6,17 @@ worker, at QoS 2 from the subscriber's worker, and at QoS 2 from the other worke
 (persistence on, `persistence_fsync = batch`, 2 workers) is killed with SIGKILL at random
 moments and restarted on the same port and journal; the clients reconnect on their own and
 resume their sessions. At the end every message the broker acknowledged (PUBACK; PUBCOMP,
-which comes after PUBREC) must have reached the subscriber, and no QoS 2 message from the
-subscriber's worker may have reached it twice. A QoS 2 message that crossed workers may come
-twice after a crash (a known gap, see docs/ARCHITECTURE.md): its duplicates are reported, not
-failed.
+which comes after PUBREC) must have reached the subscriber, and no QoS 2 message may have
+reached it twice, from the subscriber's worker or across workers [MQTT-4.3.3-2].
+
+paho 2.2 itself re-publishes QoS 2 messages whose PUBREL it already sent, against
+[MQTT-4.3.3-1], when it tries to reconnect twice while the broker is down (as here, after a
+kill): its reconnect reset turns "awaiting PUBCOMP" into "re-send PUBREL", and a second reset
+turns that into "publish", so the message goes out as a new PUBLISH with a released id, which
+any broker must deliver again. Those were the same-worker duplicates this test used to show
+(blocks of QoS 2 messages, both copies new deliveries in one broker run). The publishers here
+get that one transition fixed (`keep_pubrel_across_reconnects`), and count how often it
+mattered, so that what the test measures is the broker.
 
 RINGMQ_KILL_ROUNDS sets the number of kills (default 3, for CI; the full run is 20).
 RINGMQ_KILL_SEED replays a run (the seed is printed).
@@ -80,6 +87,26 @@ class Server:
         return self.log.read().decode("utf-8", "replace")[-limit:]
 
 
+_paho_reset_out = mqtt.Client._messages_reconnect_reset_out
+PUBREL_KEPT = [0]  # messages paho would have re-published as new after their PUBREL
+
+
+def keep_pubrel_across_reconnects(client):
+    """Before paho's reconnect reset, a message still awaiting a re-sent PUBREL is put back
+    to "awaiting PUBCOMP", which the reset turns into "re-send PUBREL" again (instead of
+    "publish", paho 2.2's bug described in the module documentation)."""
+
+    def reset_out():
+        with client._out_message_mutex:  # pylint: disable=protected-access
+            for message in client._out_messages.values():  # pylint: disable=protected-access
+                if message.state == mqtt.mqtt_ms_resend_pubrel:
+                    message.state = mqtt.mqtt_ms_wait_for_pubcomp
+                    PUBREL_KEPT[0] += 1
+        _paho_reset_out(client)
+
+    client._messages_reconnect_reset_out = reset_out  # pylint: disable=protected-access
+
+
 def home_worker(client_id, workers):
     """ringmq's home worker of a client id: FNV-1a 64 of its bytes, modulo the workers."""
     value = 0xCBF29CE484222325
@@ -98,6 +125,7 @@ def paho_client(server, client_id, on_message=None):
     client.reconnect_delay_set(min_delay=0.05, max_delay=0.2)
     client.max_inflight_messages_set(INFLIGHT_MAX)
     client.max_queued_messages_set(0)
+    keep_pubrel_across_reconnects(client)
     connected = threading.Event()
     client.on_connect = lambda *_args: connected.set()
     if on_message is not None:
@@ -213,7 +241,8 @@ def kill_run():
         with lock:
             report = {p.topic: (len(p.sent), len(p.acknowledged()), len(received[p.topic]))
                       for p in publishers}
-            print(f"kills={ROUNDS} (topic: sent, acknowledged, received) {report}")
+            print(f"kills={ROUNDS} (topic: sent, acknowledged, received) {report}; "
+                  f"paho re-publishes after PUBREL prevented: {PUBREL_KEPT[0]}")
             yield KillRun(seed, publishers, dict(received), dict(details), report)
     finally:
         for client in clients:
@@ -231,11 +260,13 @@ def test_kill_9_loses_nothing_acknowledged(kill_run):
         assert not missing, f"{topic}: acknowledged and lost: {missing[:20]} ({len(missing)}); seed {kill_run.seed}"
 
 
-@pytest.mark.xfail(strict=False, reason="known gap (docs/ARCHITECTURE.md): a QoS 2 message can "
-                   "reach the subscriber twice after a crash, across workers and, rarely, on one")
-def test_kill_9_duplicates_no_qos2_message(kill_run):
+def test_kill_9_duplicates_no_qos2_message_mqtt_4_3_3_2(kill_run):
+    # [MQTT-4.3.3-2]: exactly once, on the subscriber's worker (q2) and across workers (x2).
+    found = {}
     for topic in ("kill9/q2", "kill9/x2"):
         duplicates = kill_run.duplicates(topic)
         shown = [(number, kill_run.details[(topic, number)]) for number in duplicates[:5]]
         print(f"{topic}: {len(duplicates)} duplicates; (number, [(mid, dup, broker start)]): {shown}")
-        assert not duplicates, f"{topic}: QoS 2 duplicates {duplicates[:20]} ({len(duplicates)}); seed {kill_run.seed}"
+        if duplicates:
+            found[topic] = (len(duplicates), duplicates[:20])
+    assert not found, f"QoS 2 duplicates (count, first numbers): {found}; seed {kill_run.seed}"
