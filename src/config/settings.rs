@@ -340,9 +340,9 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acl_file: Option<PathBuf>,
 
-    /// Failed logins (bad user name or password) one source address may make per window on
-    /// one worker; then its CONNECTs with a user name are refused 0x05 until the window ends
-    /// (counted). 0 = no limit.
+    /// Failed logins (bad user name or password) one source address may make per window,
+    /// counted across all workers; then its CONNECTs with a user name are refused 0x05 until
+    /// the window ends (counted). 0 = no limit (at most 65535 counts).
     #[arg(long, value_name = "N", help_heading = "Authentication")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failures_max: Option<u32>,
@@ -352,8 +352,9 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure_window_secs: Option<u64>,
 
-    /// Source addresses one worker tracks for `auth_failures_max`; beyond it (after ended
-    /// windows are swept) a new address is not limited (counted).
+    /// Source addresses tracked for `auth_failures_max`, for the whole broker (a table of
+    /// atomics shared by the workers, 8 bytes per address, rounded up to a power of two); an
+    /// address whose bucket of 4 holds live windows of others is not limited (counted).
     #[arg(long, value_name = "N", help_heading = "Authentication")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure_addresses_max: Option<usize>,
