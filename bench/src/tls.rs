@@ -30,6 +30,8 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 /// PUBLISHes written per `write` call by a throughput publisher.
 const PUBLISHES_PER_WRITE: usize = 64;
+/// How long a full end-to-end window may see no delivery before the run fails.
+const STALL_LIMIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TlsMode {
@@ -73,8 +75,7 @@ pub struct TlsArgs {
     /// End-to-end window (throughput): the publishers together keep at most this many
     /// PUBLISHes sent and not yet read by the subscriber, so a broker is measured delivering,
     /// not buffering or dropping.
-    /// The default stays under Mosquitto's `max_queued_messages` (1000) plus its in-flight
-    /// 20, so Mosquitto never drops at its queue bound either.
+    /// A broker that drops a message stalls the window: the run then fails (`STALL_LIMIT`).
     #[arg(long, default_value_t = 512)]
     pub window: u64,
 }
@@ -260,19 +261,28 @@ struct Flow {
 }
 
 impl Flow {
-    /// Waits until `batch` more PUBLISHes fit in the window; false when the run is over.
-    fn wait_for_room(&self, batch: u64) -> bool {
+    /// Waits until `batch` more PUBLISHes fit in the window; false when the run is over. A
+    /// broker that dropped messages would hold the window full for ever: after
+    /// [`STALL_LIMIT`] without a delivery that is an error saying so.
+    fn wait_for_room(&self, batch: u64) -> anyhow::Result<bool> {
+        let mut last = (self.received.load(Ordering::Relaxed), Instant::now());
         loop {
             if self.stop.load(Ordering::Relaxed) {
-                return false;
+                return Ok(false);
             }
-            let in_flight = self
-                .sent
-                .load(Ordering::Relaxed)
-                .saturating_sub(self.received.load(Ordering::Relaxed));
+            let received = self.received.load(Ordering::Relaxed);
+            let in_flight = self.sent.load(Ordering::Relaxed).saturating_sub(received);
             if in_flight + batch <= self.window {
-                return true;
+                return Ok(true);
             }
+            if received != last.0 {
+                last = (received, Instant::now());
+            }
+            anyhow::ensure!(
+                last.1.elapsed() < STALL_LIMIT,
+                "nothing delivered for {STALL_LIMIT:?} with {in_flight} PUBLISHes in flight: \
+                 the broker dropped some (check its queue limits)"
+            );
             std::thread::sleep(Duration::from_micros(50));
         }
     }
@@ -312,19 +322,20 @@ fn throughput(
         })
         .collect();
     let start = Instant::now();
-    let counted = count_publishes(&mut *subscriber, start + duration, &flow);
+    let counted = count_publishes(&mut *subscriber, start + duration, &flow)
+        .map_err(|error| error.context("the subscriber"));
     let secs = start.elapsed().as_secs_f64();
     flow.stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
     for publisher in publishers {
         match publisher.join() {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => failures.push(error.to_string()),
+            Ok(Err(error)) => failures.push(format!("{error:#}")),
             Err(_) => failures.push("a publisher panicked".to_owned()),
         }
     }
-    let (received, bytes) = counted?;
     anyhow::ensure!(failures.is_empty(), "publishers failed: {failures:?}");
+    let (received, bytes) = counted?;
     Ok(format!(
         "\"payload_bytes\":{},\"qos\":{},\"window\":{},\"publishers\":{},\"sent\":{},\
          \"received\":{received},\"msgs_per_sec\":{:.0},\"mib_per_sec\":{:.1}",
@@ -364,7 +375,7 @@ impl Publisher {
 
     fn run(mut self, stream: &mut dyn Stream, flow: &Flow) -> anyhow::Result<()> {
         let mut unacknowledged = 0usize;
-        while flow.wait_for_room(self.batch as u64) {
+        while flow.wait_for_room(self.batch as u64)? {
             for &offset in &self.id_offsets {
                 self.packets[offset..offset + 2].copy_from_slice(&self.next_id.to_be_bytes());
                 self.next_id = self.next_id.checked_add(1).unwrap_or(1);

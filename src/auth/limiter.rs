@@ -32,7 +32,7 @@
 //!
 //! Sans-IO: the time is an argument, the seed too.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -122,9 +122,7 @@ impl FailureLimiter {
 
     /// The bucket's first word and the tag of `address`.
     fn locate(&self, address: IpAddr) -> (usize, u16) {
-        let mut hasher = foldhash::fast::FixedState::with_seed(self.seed).build_hasher();
-        address.hash(&mut hasher);
-        let hash = hasher.finish();
+        let hash = foldhash::fast::FixedState::with_seed(self.seed).hash_one(address);
         let bucket = (hash as usize) & (self.capacity() - 1) & !(BUCKET_WORDS - 1);
         (bucket, (hash >> 48) as u16)
     }

@@ -172,7 +172,8 @@ pub struct Settings {
     pub require_certificate: Option<bool>,
 
     /// Use the client certificate's subject CN as the user name, ignoring the CONNECT's user
-    /// name and password (true|false; needs `require_certificate`).
+    /// name and password; the password file is not consulted on TLS and WSS listeners, as in
+    /// Mosquitto (true|false; needs `require_certificate`).
     #[arg(long, value_name = "BOOL", help_heading = "TLS and WebSocket")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub use_identity_as_username: Option<bool>,
