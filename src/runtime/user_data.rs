@@ -35,10 +35,16 @@ pub enum Op {
     DoorbellFailed = 11,
     /// getsockopt(SO_PEERNAME) of connection `slot` (`peer_name.rs`).
     PeerName = 12,
+    /// A write of a journal batch (persistence; `journal.rs`).
+    JournalWrite = 13,
+    /// An fsync of a journal batch's file or directory.
+    JournalFsync = 14,
+    /// The interval policy's fsync of the journal file.
+    JournalSync = 15,
 }
 
 impl Op {
-    const ALL: [Op; 12] = [
+    const ALL: [Op; 15] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -51,6 +57,9 @@ impl Op {
         Op::Doorbell,
         Op::DoorbellFailed,
         Op::PeerName,
+        Op::JournalWrite,
+        Op::JournalFsync,
+        Op::JournalSync,
     ];
 
     fn from_u8(value: u8) -> Option<Op> {
