@@ -210,6 +210,19 @@ fn check_capacity(checker: &mut Checker, runtime: &RuntimeConfig, kernel: &Kerne
             kernel.open_files_hard.map_or("unlimited".to_owned(), |n| n.to_string())
         )
     });
+    let rings = runtime.rings_per_worker_max;
+    let slots_per_worker = u64::from(slots) * u64::from(rings);
+    checker.require(
+        rings >= 1 && slots_per_worker < u64::from(crate::runtime::user_data::SLOTS_MAX),
+        "rings_per_worker_max",
+        || {
+            format!(
+                "must be at least 1, and times file_table_slots ({slots}) below {} (the slot \
+                 field of a completion's user_data), got {rings}",
+                crate::runtime::user_data::SLOTS_MAX
+            )
+        },
+    );
 }
 
 fn check_rings(checker: &mut Checker, runtime: &RuntimeConfig) {
@@ -446,6 +459,9 @@ mod tests {
         assert_eq!(rejected(|r, _| r.file_table_slots = 0), ["file_table_slots"]);
         assert_eq!(rejected(|r, _| r.file_table_slots = 524_289), ["file_table_slots"]);
         assert!(rejected(|r, _| r.file_table_slots = 524_288).is_empty());
+        assert_eq!(rejected(|r, _| r.rings_per_worker_max = 0), ["rings_per_worker_max"]);
+        assert!(rejected(|r, _| r.rings_per_worker_max = 838).is_empty());
+        assert_eq!(rejected(|r, _| r.rings_per_worker_max = 839), ["rings_per_worker_max"]);
         let (mut runtime, broker) = defaults();
         runtime.file_table_slots = FILE_TABLE_SLOTS_MAX + 1;
         let errors = validate(&runtime, &broker, &KernelLimits::UNKNOWN).unwrap_err();

@@ -46,9 +46,10 @@ impl Worker {
         let to = to.unwrap_or_else(|| panic!("slot {slot} handing off without a destination"));
         conn.close_in_flight = true;
         let key = self.peers.next_handoff_key();
+        let fixed = self.fixed(slot);
         let entry = msg_ring::send_fd_sqe(
             self.peers.ring_fd(to),
-            slot,
+            fixed.0,
             handoff_user_data(key).pack(),
             UserData::new(Op::SendFd, slot, generation).pack(),
         );
@@ -57,7 +58,7 @@ impl Worker {
         }
         // SAFETY: a MSG_RING descriptor send references no memory of ours; the target ring's
         // descriptor stays open until every worker has stopped (the exit gate).
-        unsafe { self.ring.push(&entry) };
+        unsafe { self.ring_for(slot).push(&entry) };
     }
 
     /// The descriptor send completed on our ring.
@@ -104,7 +105,7 @@ impl Worker {
         let data = completion.user_data;
         let key = HandoffKey { from: WorkerId(data.slot as u16), sequence: data.generation };
         assert!(completion.result >= 0, "handoff {key:?} posted an error to its target");
-        let slot = completion.result as u32;
+        let slot = self.conns.global_slot(completion.ring.into(), completion.result as u32);
         if let Some((slot, record)) = self.peers.on_handoff_slot(key, slot) {
             self.adopt(slot, record, now);
         }
@@ -116,6 +117,7 @@ impl Worker {
         assert!((slot as usize) < self.conns.slots(), "handed-off slot {slot} beyond the table");
         self.counters.handoffs_in += 1;
         let id = self.conns.open(slot);
+        self.keep_room_for_new_connections();
         self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.stopping.is_some() {
             self.begin_close(slot, now);
