@@ -187,8 +187,8 @@ pub struct Settings {
     pub file_table_slots: Option<u32>,
 
     /// Rings (each a file table of `file_table_slots`) a worker may own: it starts with one
-    /// and adds another when the one taking new connections is nearly full. 1 to 65535, and
-    /// times `file_table_slots` below 16777216.
+    /// and adds another when the one taking new connections is nearly full. At least 1; at
+    /// most 16777215 / `file_table_slots` are used (838 of 20000 slots).
     #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rings_per_worker_max: Option<u16>,

@@ -65,8 +65,12 @@ pub(super) struct Rings {
 }
 
 impl Rings {
-    pub fn new(max: u16) -> io::Result<Self> {
-        assert!(max >= 1, "a worker needs a ring");
+    /// At most `max` rings of `slots` each, fewer if their slots would not fit in a
+    /// `user_data`'s slot field.
+    pub fn new(max: u16, slots: u32) -> io::Result<Self> {
+        assert!(max >= 1 && slots >= 1, "a worker needs a ring with a slot");
+        let fitting = ((super::user_data::SLOTS_MAX - 1) / slots).max(1);
+        let max = usize::from(max).min(fitting as usize);
         // SAFETY: eventfd(2) has no memory arguments; the result is checked before use.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -80,7 +84,7 @@ impl Rings {
             eventfd,
             word: ManuallyDrop::new(Box::new(0)),
             word_armed: false,
-            max: usize::from(max),
+            max,
         })
     }
 }

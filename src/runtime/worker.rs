@@ -234,7 +234,7 @@ impl Worker {
         let epoch = setup.epoch;
         let now = Millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
         let slots = config.file_table_slots as usize;
-        let rings = super::rings::Rings::new(config.rings_per_worker_max)?;
+        let rings = super::rings::Rings::new(config.rings_per_worker_max, config.file_table_slots)?;
         let cq_entries = ring.cq_entries() as usize;
         let mut broker = Broker::new(setup.broker, me, setup.workers, now);
         broker.set_auth(setup.auth);
