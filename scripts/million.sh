@@ -73,7 +73,7 @@ TOTAL=$((N + PUBS))
 # bytes per filter per other worker) and each new filter is broadcast to every other worker,
 # so more workers cost memory and CPU per connection. A worker holds more connections than
 # one 20000-slot file table by owning several rings (`rings_per_worker_max`); it moves new
-# connections to another ring at 15/16 full, so plan 17500 per ring, plus two rings for the
+# connections to another ring at 7/8 full, so plan 17500 per ring, plus two rings for the
 # uneven spread (sessions within 2% of even by FNV-1a of the client id; connections not yet
 # handed to their session's worker bounded by the bench's 4000 connects in flight).
 if [[ -z $WORKERS ]]; then WORKERS=$(nproc); fi

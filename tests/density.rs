@@ -126,10 +126,11 @@ fn fifty_thousand_subscribers_connect_subscribe_and_receive_their_qos1_message()
     let table_moves: u64 = workers.iter().map(|w| w.accept_moved_table_full).sum();
     let handoff_failures: u64 = workers.iter().map(|w| w.handoff_failures).sum();
     let rings: usize = workers.iter().map(|w| w.rings).sum();
+    let retries: u64 = workers.iter().map(|w| w.handoff_retries).sum();
     eprintln!(
         "density: broker accepted {accepted}, refused {refused}, table-full pauses {table_full}, \
-         accepts that met a full ring {table_moves}, handoff failures {handoff_failures}, \
-         rings {rings}"
+         accepts that met a full ring {table_moves}, handoff failures {handoff_failures} \
+         (retries {retries}), rings {rings}"
     );
 
     let connections = u64::from(SUBSCRIBERS + PUBLISHERS);

@@ -94,6 +94,9 @@ pub struct PendingHandoff {
     pub peer: Option<PeerAddr>,
     /// Set when the descriptor is sent; the record carries it too.
     pub key: Option<HandoffKey>,
+    /// Sends of the descriptor the target refused because the ring it published was full
+    /// (each retried a turn later, when the target has moved to a ring with room).
+    pub refusals: u8,
 }
 
 impl Conn {
@@ -183,7 +186,8 @@ pub struct ConnTable {
     conns: Vec<Conn>,
     live: usize,
     slots_per_ring: u32,
-    /// Slots in use in each ring's table.
+    /// Slots in use in each ring's table: open or closing connections, and descriptors handed
+    /// to us whose record has not come yet (`land`).
     live_per_ring: Vec<u32>,
 }
 
@@ -235,6 +239,20 @@ impl ConnTable {
     pub fn global_slot(&self, ring: usize, local: u32) -> u32 {
         assert!(local < self.slots_per_ring, "ring slot {local} beyond the table");
         ring as u32 * self.slots_per_ring + local
+    }
+
+    /// A handed-off descriptor landed in `slot` (its record may come later): the kernel's
+    /// slot is taken, so the ring's count includes it until [`Self::unland`].
+    pub fn land(&mut self, slot: u32) {
+        let ring = self.ring_of(slot);
+        self.live_per_ring[ring] += 1;
+    }
+
+    /// The landed descriptor in `slot` is being opened (which counts it again).
+    pub fn unland(&mut self, slot: u32) {
+        let ring = self.ring_of(slot);
+        assert!(self.live_per_ring[ring] > 0, "unland without land in ring {ring}");
+        self.live_per_ring[ring] -= 1;
     }
 
     pub fn open(&mut self, slot: u32) -> ConnId {
@@ -326,6 +344,18 @@ mod tests {
         table.slot_mut(id.slot()).phase = Phase::Closing;
         table.release(id.slot());
         assert_eq!((table.live_in(0), table.live_in(1), table.live()), (1, 0, 1));
+    }
+
+    /// A handed-off descriptor holds its ring's slot from landing to opening, counted once.
+    #[test]
+    fn a_landed_descriptor_counts_in_its_ring_until_opened() {
+        let mut table = ConnTable::new(4);
+        table.add_ring();
+        table.land(5);
+        assert_eq!((table.live_in(1), table.live()), (1, 0), "landed: the ring's slot only");
+        table.unland(5);
+        table.open(5);
+        assert_eq!((table.live_in(1), table.live()), (1, 1));
     }
 
     #[test]

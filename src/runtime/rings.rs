@@ -18,11 +18,12 @@
 //!
 //! New connections: listeners accept into the open ring, and peers hand connections off into
 //! it (its fd is what this worker publishes in the mesh directory, which doorbells also use).
-//! When the open ring's free slots fall to a sixteenth, the open ring moves to the ring with
+//! When the open ring's free slots fall to an eighth, the open ring moves to the ring with
 //! the most room, or to a new ring while there are fewer than `rings_per_worker_max`; armed
 //! accepts elsewhere are cancelled and re-armed on it. A ring can still fill (handoffs in
 //! flight, accepts that raced the cancel): its accept then fails ENFILE, which moves the open
-//! ring too, and only when every ring is full does accepting pause (until a slot frees).
+//! ring too, and only when every ring is full does accepting pause (until a slot frees); a
+//! handoff's descriptor send that fails ENFILE is sent again a turn later (`handoff.rs`).
 //!
 //! Invariants: rings are never dropped while the worker runs (peers may MSG_RING any of them
 //! until the exit gate), and each ring's buffers outlive its registration (`Drop`).
@@ -40,8 +41,10 @@ use super::worker::Worker;
 
 /// A further ring's receive buffers at most (each `recv_buffer_bytes`).
 pub(super) const FURTHER_RING_RECV_BUFFERS_MAX: u16 = 64;
-/// The open ring moves on when fewer than `slots / OPEN_RING_ROOM_FRACTION` slots are free.
-const OPEN_RING_ROOM_FRACTION: u32 = 16;
+/// The open ring moves on when fewer than `slots / OPEN_RING_ROOM_FRACTION` slots are free:
+/// room for the descriptors peers hand off between two of our reaps (they count as soon as
+/// they are reaped; one that finds the ring full is sent again, `handoff.rs`).
+const OPEN_RING_ROOM_FRACTION: u32 = 8;
 
 /// A ring beyond the first, with its own provided buffers.
 #[derive(Debug)]

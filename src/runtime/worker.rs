@@ -107,6 +107,8 @@ pub struct WorkerCounters {
     /// target's table was full: closed).
     pub handoffs_out: u64,
     pub handoff_failures: u64,
+    /// Descriptor sends refused by a full target ring and sent again a turn later.
+    pub handoff_retries: u64,
     /// Connections adopted from another worker.
     pub handoffs_in: u64,
     /// Receives paused: the turn's decode budget was spent, or the mesh was backpressured.
@@ -174,6 +176,8 @@ pub struct Worker {
     pub(super) decode_budget: usize,
     /// Handed-off connections complete this turn, adopted after the drain.
     pub(super) adoptions: Vec<(u32, super::peers::HandoffRecord)>,
+    /// Handing-off connections whose descriptor a full target ring refused, to send again.
+    pub(super) handoff_retries: Vec<ConnId>,
     /// Accepting paused: the file table is full (until a slot frees).
     pub(super) accept_paused: bool,
     /// After an unexpected accept error, when to try again (never a tight retry loop).
@@ -276,6 +280,7 @@ impl Worker {
             paused: VecDeque::with_capacity(slots),
             decode_budget: 0,
             adoptions: Vec::new(),
+            handoff_retries: Vec::new(),
             accept_paused: false,
             accept_retry_at: None,
             stop: setup.stop,
@@ -378,6 +383,7 @@ impl Worker {
         }
         self.apply_actions(now);
         self.rearm_starved();
+        self.retry_refused_handoffs();
         self.expire_lingering(now);
         if self.accept_retry_at.is_some_and(|at| at <= now) {
             self.accept_retry_at = None;
@@ -512,6 +518,7 @@ impl Worker {
         }
         // Descriptors handed to us whose record never came: ours to close.
         for slot in self.peers.take_unpaired_slots() {
+            self.conns.unland(slot);
             self.conns.open(slot);
             self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.begin_close(slot, now);
