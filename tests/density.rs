@@ -55,6 +55,7 @@ fn load_config(port: u16) -> LoadConfig {
         threads: CLIENT_THREADS,
         ring_files_max: u32::try_from(connections.div_ceil(CLIENT_THREADS as u64)).expect("fits"),
         keepalive_secs: 60,
+        clean_session: true,
         qos: QoS::AtLeastOnce,
         payload_bytes: 64,
         rate_per_sec: 0,

@@ -52,6 +52,7 @@
 //! `inflight.rs` the QoS state machines; `connection.rs` connection state, output and closing;
 //! `interest.rs` cross-worker interest and the SUBACKs that wait for it; `retain_confirm.rs`
 //! the publisher acknowledgements that wait until a retained update is applied everywhere;
+//! `durable.rs` the persistence journal and the acks held for it;
 //! `will.rs`; `auth.rs` credentials, the failure limiter and ACL checks (`crate::auth` holds
 //! the tables); `peer.rs` peer addresses; `keepalive.rs` the timing wheel; `route.rs` the
 //! cross-worker protocol and
@@ -78,6 +79,7 @@ mod auth;
 mod connect;
 mod connection;
 mod delivery;
+mod durable;
 mod inflight;
 mod interest;
 mod peer;
@@ -105,8 +107,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 
 use crate::protocol::{
-    encode::encoded_len, Connect, ConnectReturnCode, DecodeError, OutBuf, Packet, QoS, TopicFilter,
-    TopicName, Utf8Bytes,
+    encode::encoded_len, Connect, ConnectReturnCode, DecodeError, OutBuf, Packet, PacketId, QoS,
+    TopicFilter, TopicName, Utf8Bytes,
 };
 use connect::Connected;
 use connection::Phase;
@@ -197,6 +199,29 @@ pub enum RemoteMsg {
     RetainUnchanged(RetainToken),
     /// A worker's counters for the `$SYS` aggregate kept by worker 0.
     Stats(Box<stats::WorkerStats>),
+    /// Persistence: the sender's journal durably holds (the records of) the first `count`
+    /// `Publish`/`Retain` messages the receiver sent it (see `durable.rs`).
+    Durable {
+        count: u64,
+    },
+    /// Persistence: a QoS 2 publish from a persistent session's client, with that client's
+    /// id and the packet id, so that a copy re-sent after a crash is stored once (see
+    /// `durable.rs`). Counted like `Publish` for durability.
+    PublishOnce(Box<ForwardedQos2>),
+    /// Persistence: the origin's client released a QoS 2 packet id (PUBREL), or (`packet_id`
+    /// `None`) started a new persistent session: forget the id (all of its ids).
+    Qos2Release {
+        origin: Utf8Bytes,
+        packet_id: Option<PacketId>,
+    },
+}
+
+/// A QoS 2 message forwarded with its origin (`RemoteMsg::PublishOnce`).
+#[derive(Clone, Debug)]
+pub struct ForwardedQos2 {
+    pub message: Message,
+    pub origin: Utf8Bytes,
+    pub packet_id: PacketId,
 }
 
 impl fmt::Display for CloseReason {
@@ -243,6 +268,8 @@ pub struct Broker {
     next_retained_expiry: Option<Millis>,
     serial: u32,
     generated_ids: u64,
+    /// The journal and the acknowledgements held for it; `None` without persistence.
+    durability: Option<Box<durable::Durability>>,
     auth: auth::AuthState,
 }
 
@@ -278,6 +305,7 @@ impl Broker {
             next_retained_expiry,
             serial: 0,
             generated_ids: 0,
+            durability: None,
             auth,
         }
     }

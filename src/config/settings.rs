@@ -333,6 +333,44 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
 
+    // ---- Persistence -----------------------------------------------------------------------
+    /// Keep persistent sessions (subscriptions, queued and in-flight QoS 1/2 messages) and
+    /// retained messages on disk across restarts and crashes (true|false): each worker writes
+    /// a journal, and acknowledgements wait until what they promise is durable.
+    #[arg(long, value_name = "BOOL", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<bool>,
+
+    /// Directory of the journal files (created if missing); one epoch directory per run.
+    #[arg(long, value_name = "DIR", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_dir: Option<std::path::PathBuf>,
+
+    /// When the journal is fsynced: `batch` (every batch, before the acknowledgements that
+    /// depend on it: survives power loss), `interval` (written before acknowledging, which
+    /// survives a crash of the process; fsynced every `persistence_fsync_interval_millis`),
+    /// or `never` (written before acknowledging; fsync left to the kernel).
+    #[arg(long, value_enum, value_name = "POLICY", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_fsync: Option<crate::persist::FsyncPolicy>,
+
+    /// Milliseconds between fsyncs under `persistence_fsync = interval`.
+    #[arg(long, value_name = "MILLIS", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_fsync_interval_millis: Option<u64>,
+
+    /// A worker's journal file past this many bytes is compacted: a new file starts with a
+    /// snapshot of the state and the old one is deleted.
+    #[arg(long, value_name = "BYTES", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_compact_bytes: Option<u64>,
+
+    /// Journal bytes (and held acknowledgements, 64 bytes each) a worker may accumulate
+    /// while its disk catches up; at it the worker stops reading from its connections until
+    /// a write completes.
+    #[arg(long, value_name = "BYTES", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_pending_bytes_max: Option<usize>,
     // ---- Authentication (auth helper) ------------------------------------------------------
     /// Mosquitto's password file (`user:$7$...` lines, written by `ringmq passwd` or
     /// mosquitto_passwd). With it, a CONNECT with a user name needs its password (else
@@ -494,6 +532,12 @@ impl Settings {
             retained_expiry_secs,
             sys_interval,
             allow_anonymous,
+            persistence,
+            persistence_dir,
+            persistence_fsync,
+            persistence_fsync_interval_millis,
+            persistence_compact_bytes,
+            persistence_pending_bytes_max,
             password_file,
             acl_file,
             auth_failures_max,
@@ -567,11 +611,31 @@ impl Settings {
             listen_backlog: self.listen_backlog.unwrap_or(defaults.listen_backlog),
             close_linger_millis: self.close_linger_millis.unwrap_or(defaults.close_linger_millis),
             turn_packets_max: self.turn_packets_max.unwrap_or(defaults.turn_packets_max),
+            persistence: self.build_persistence(),
             auth_verify_threads: self.auth_verify_threads.unwrap_or(defaults.auth_verify_threads),
             auth_verify_queue_max: self
                 .auth_verify_queue_max
                 .unwrap_or(defaults.auth_verify_queue_max),
         }
+    }
+
+    /// The persistence config when `persistence = true`, else `None`.
+    fn build_persistence(&self) -> Option<crate::persist::PersistConfig> {
+        if self.persistence != Some(true) {
+            return None;
+        }
+        let defaults = crate::persist::PersistConfig::default();
+        Some(crate::persist::PersistConfig {
+            dir: self.persistence_dir.clone().unwrap_or(defaults.dir),
+            fsync: self.persistence_fsync.unwrap_or(defaults.fsync),
+            fsync_interval_millis: self
+                .persistence_fsync_interval_millis
+                .unwrap_or(defaults.fsync_interval_millis),
+            compact_bytes: self.persistence_compact_bytes.unwrap_or(defaults.compact_bytes),
+            pending_bytes_max: self
+                .persistence_pending_bytes_max
+                .unwrap_or(defaults.pending_bytes_max),
+        })
     }
 
     /// The TLS, WebSocket and WSS addresses, in that order, each with its default port.
@@ -653,6 +717,7 @@ impl Settings {
     pub fn from_built(built: &Built) -> Settings {
         let (runtime, broker, ops) = (&built.runtime, &built.broker, &built.ops);
         let port = runtime.listeners.first().map_or(DEFAULT_PORT, |addr| addr.port());
+        let persistence = runtime.persistence.clone().unwrap_or_default();
         Settings {
             port: Some(port),
             bind: Some(runtime.listeners.iter().map(|&addr| addr.into()).collect()),
@@ -699,6 +764,12 @@ impl Settings {
             retained_expiry_secs: Some(broker.retained_expiry_secs),
             sys_interval: Some(broker.sys_interval_secs),
             allow_anonymous: Some(broker.allow_anonymous),
+            persistence: Some(runtime.persistence.is_some()),
+            persistence_dir: Some(persistence.dir.clone()),
+            persistence_fsync: Some(persistence.fsync),
+            persistence_fsync_interval_millis: Some(persistence.fsync_interval_millis),
+            persistence_compact_bytes: Some(persistence.compact_bytes),
+            persistence_pending_bytes_max: Some(persistence.pending_bytes_max),
             password_file: broker.password_file.clone(),
             acl_file: broker.acl_file.clone(),
             auth_failures_max: Some(broker.auth_failures_max),
@@ -786,6 +857,13 @@ mod tests {
         broker.retained_expiry_secs += 1;
         broker.sys_interval_secs += 1;
         broker.allow_anonymous = !broker.allow_anonymous;
+        runtime.persistence = Some(crate::persist::PersistConfig {
+            dir: "/var/lib/ringmq-test".into(),
+            fsync: crate::persist::FsyncPolicy::Interval,
+            fsync_interval_millis: 7,
+            compact_bytes: 12345,
+            pending_bytes_max: 6789,
+        });
         broker.password_file = Some("/etc/ringmq/passwd".into());
         broker.acl_file = Some("/etc/ringmq/acl".into());
         broker.auth_failures_max += 1;

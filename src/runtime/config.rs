@@ -59,6 +59,8 @@ pub struct RuntimeConfig {
     /// is cancelled and the connection closed anyway (a peer that stopped reading cannot hold
     /// a slot forever).
     pub close_linger_millis: u64,
+    /// Persistence (each worker's journal, `persist`); `None` keeps everything in memory.
+    pub persistence: Option<crate::persist::PersistConfig>,
     /// Threads that verify passwords off the ring loops (`verify.rs`); 0 = inline.
     pub auth_verify_threads: usize,
     /// Verifications queued at most; a CONNECT beyond it is refused 0x03 (counted).
@@ -88,6 +90,7 @@ impl Default for RuntimeConfig {
             listen_backlog: 4096,
             turn_packets_max: 16_384,
             close_linger_millis: 2000,
+            persistence: None,
             auth_verify_threads: 1,
             auth_verify_queue_max: 4096,
         }
@@ -166,6 +169,14 @@ impl RuntimeConfig {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be positive".into());
+        }
+        if let Some(persistence) = &self.persistence {
+            if persistence.compact_bytes == 0 || persistence.pending_bytes_max == 0 {
+                return Err(
+                    "persistence_compact_bytes and persistence_pending_bytes_max must be positive"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }

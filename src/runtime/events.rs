@@ -40,6 +40,9 @@ impl Worker {
             Op::Doorbell => {}
             // Only failures complete. A peer that has left its loop at a stop may have closed
             // its ring; otherwise a wrong ring fd is a bug.
+            Op::JournalWrite | Op::JournalFsync | Op::JournalSync => {
+                self.on_journal(completion, now)
+            }
             Op::DoorbellFailed => assert!(
                 self.stopping.is_some(),
                 "a doorbell failed ({}): a peer's ring fd is wrong or closed",

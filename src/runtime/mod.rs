@@ -24,6 +24,7 @@ pub mod conn;
 mod events;
 pub mod export;
 mod handoff;
+pub mod journal;
 mod layers;
 pub mod listener;
 pub mod mesh;
@@ -56,6 +57,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::broker::BrokerConfig;
+use crate::persist::store::NextEpoch;
 use crate::transport::{ListenerKind, Transports};
 use signals::Stopper;
 use worker::{Worker, WorkerCounters, WorkerSetup};
@@ -249,6 +251,7 @@ pub fn start_with(
     let connections = Arc::new(AtomicUsize::new(0));
     let epoch = ops_link.epoch;
     let workers = u16::try_from(runtime.workers)?;
+    let (mut journals, next_epoch) = prepare_persistence(&runtime, workers)?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(runtime.workers);
     let gates = Arc::new(Gates::new(runtime.workers));
@@ -274,6 +277,7 @@ pub fn start_with(
             connections: Arc::clone(&connections),
             epoch,
             mesh: meshes[index].take(),
+            journal: journals[index].take(),
             auth: Arc::clone(&auth),
             verifier: verifiers.sender(),
             ops: worker_ops.next().expect("one ops side per worker"),
@@ -309,9 +313,46 @@ pub fn start_with(
             );
         }
     }
+    if let Some(epoch) = &next_epoch {
+        // Every worker's first file is fsynced: the new epoch becomes the one to recover.
+        if let Err(error) = epoch.commit() {
+            gates.open(false);
+            running.stop();
+            let joined = running.join();
+            return Err(anyhow::anyhow!(
+                "persistence: committing {}: {error} ({joined:?})",
+                epoch.dir.display()
+            ));
+        }
+    }
     // Every ring fd is registered in the mesh now: the workers may ring each other.
     gates.open(true);
     Ok(running)
+}
+
+/// Persistence at start-up: recovers the newest epoch, splits it among the workers and
+/// prepares the next epoch, into which each worker writes its first snapshot.
+fn prepare_persistence(
+    runtime: &RuntimeConfig,
+    workers: u16,
+) -> anyhow::Result<(Vec<Option<journal::JournalSetup>>, Option<NextEpoch>)> {
+    let Some(config) = &runtime.persistence else {
+        return Ok(((0..workers).map(|_| None).collect(), None));
+    };
+    let recovered = crate::persist::store::recover(&config.dir).map_err(|error| {
+        anyhow::anyhow!("persistence: reading {}: {error}", config.dir.display())
+    })?;
+    let epoch = NextEpoch::create(&config.dir, recovered.epoch).map_err(|error| {
+        anyhow::anyhow!("persistence: preparing {}: {error}", config.dir.display())
+    })?;
+    let parts = crate::persist::store::partition(recovered.image, workers, recovered.epoch_workers);
+    let setups = parts
+        .into_iter()
+        .map(|image| {
+            Some(journal::JournalSetup { config: config.clone(), image, epoch: epoch.clone() })
+        })
+        .collect();
+    Ok((setups, Some(epoch)))
 }
 
 /// Start-up and exit rendezvous of the workers: none runs before every ring is registered in

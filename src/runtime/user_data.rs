@@ -35,12 +35,18 @@ pub enum Op {
     DoorbellFailed = 11,
     /// getsockopt(SO_PEERNAME) of connection `slot` (`peer_name.rs`).
     PeerName = 12,
+    /// A write of a journal batch (persistence; `journal.rs`).
+    JournalWrite = 13,
+    /// An fsync of a journal batch's file or directory.
+    JournalFsync = 14,
+    /// The interval policy's fsync of the journal file.
+    JournalSync = 15,
     /// Read of the worker's rings eventfd: a further ring posted completions (`rings.rs`).
-    RingsWake = 13,
+    RingsWake = 16,
 }
 
 impl Op {
-    const ALL: [Op; 13] = [
+    const ALL: [Op; 16] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -53,6 +59,9 @@ impl Op {
         Op::Doorbell,
         Op::DoorbellFailed,
         Op::PeerName,
+        Op::JournalWrite,
+        Op::JournalFsync,
+        Op::JournalSync,
         Op::RingsWake,
     ];
 

@@ -24,6 +24,7 @@ use io_uring::{opcode, types};
 use super::bufring::BufRing;
 use super::config::RuntimeConfig;
 use super::conn::ConnTable;
+use super::journal::Journal;
 use super::mesh::MeshEnd;
 use super::ops_link::{OpsState, WorkerOps};
 use super::peers::{Inbound, MeshItem, Peers};
@@ -68,6 +69,8 @@ pub struct WorkerSetup {
     pub epoch: Instant,
     /// This worker's end of the mesh; `None` when it is the only worker.
     pub mesh: Option<MeshEnd<MeshItem>>,
+    /// Persistence: the recovered state and where to write; `None` when it is off.
+    pub journal: Option<super::journal::JournalSetup>,
     /// The password and ACL tables loaded at start-up (replaced by reloads).
     pub auth: Arc<crate::auth::AuthTables>,
     /// The password verifiers' queue; `None`: verify inline (`verify.rs`).
@@ -194,6 +197,8 @@ pub struct Worker {
     pub(super) config: RuntimeConfig,
     pub(super) epoch: Instant,
     pub(super) index: u16,
+    /// The persistence journal's writer; `None` when persistence is off.
+    pub(super) journal: Option<super::journal::Journal>,
     pub counters: WorkerCounters,
     /// Statistics export and admin requests (`ops_link`).
     pub(super) ops: OpsState,
@@ -250,6 +255,10 @@ impl Worker {
             None => Peers::solo(me),
         };
         peers.register_ring_fd(ring.fd());
+        let journal = match setup.journal {
+            Some(journal) => Some(Journal::start(&mut broker, journal, setup.index, now)?),
+            None => None,
+        };
         Ok(Self {
             ring,
             buffers: ManuallyDrop::new(buffers),
@@ -292,6 +301,7 @@ impl Worker {
             config,
             epoch,
             index: setup.index,
+            journal,
             counters: WorkerCounters::default(),
             ops: OpsState::new(setup.ops),
         })
@@ -381,6 +391,7 @@ impl Worker {
         if self.broker.next_deadline().is_some_and(|deadline| deadline <= now) {
             self.broker.handle_tick(now);
         }
+        self.journal_turn(now);
         self.apply_actions(now);
         self.rearm_starved();
         self.retry_refused_handoffs();
@@ -423,6 +434,7 @@ impl Worker {
             self.broker.next_deadline(),
             self.lingering.front().map(|(deadline, _)| *deadline),
             self.accept_retry_at,
+            self.journal.as_ref().and_then(Journal::deadline),
             self.ops.exporter.deadline(),
             self.stopping.map(|(flush, abandon)| if now < flush { flush } else { abandon }),
         ];
@@ -437,7 +449,8 @@ impl Worker {
         let idle = self.conns.live() == 0
             && !self.wake_armed
             && !self.rings.word_armed
-            && self.listeners.iter().all(|l| !l.armed);
+            && self.listeners.iter().all(|l| !l.armed)
+            && self.journal_idle();
         if idle {
             return true;
         }
@@ -550,6 +563,7 @@ impl Worker {
             buffers_leased = self.buffers.leased(),
             counters = ?self.counters,
             mesh = ?self.peers.stats(),
+            journal = ?self.journal.as_ref().map(|journal| journal.counters),
             peer_names_learned = self.peer_names.learned,
             peer_names_failed = self.peer_names.failed,
             broker = ?self.broker.stats(),

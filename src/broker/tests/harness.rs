@@ -544,6 +544,9 @@ fn remote_name(msg: &RemoteMsg) -> &'static str {
         RemoteMsg::RetainAck(_) => "RetainAck",
         RemoteMsg::RetainUnchanged(_) => "RetainUnchanged",
         RemoteMsg::Stats(_) => "Stats",
+        RemoteMsg::Durable { .. } => "Durable",
+        RemoteMsg::PublishOnce(_) => "PublishOnce",
+        RemoteMsg::Qos2Release { .. } => "Qos2Release",
     }
 }
 
