@@ -179,12 +179,20 @@ pub struct Settings {
     pub use_identity_as_username: Option<bool>,
 
     // ---- Rings and buffers -----------------------------------------------------------------
-    /// Slots in each worker's registered (direct) file table: that worker's connection cap.
-    /// At most 1048576 and the hard RLIMIT_NOFILE (ringmq raises the soft limit to the hard
-    /// one at start). A worker whose table is full stops accepting until a slot frees.
+    /// Slots in each ring's registered (direct) file table. At most 1048576 and the hard
+    /// RLIMIT_NOFILE (ringmq raises the soft limit to the hard one at start). A worker holds
+    /// at most this times `rings_per_worker_max`; when every table is full it stops
+    /// accepting until a slot frees.
     #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_table_slots: Option<u32>,
+
+    /// Rings (each a file table of `file_table_slots`) a worker may own: it starts with one
+    /// and adds another when the one taking new connections is nearly full. At least 1; at
+    /// most 16777215 / `file_table_slots` are used (838 of 20000 slots).
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rings_per_worker_max: Option<u16>,
 
     /// Submission-queue entries per ring, a power of two up to 32768; the completion queue
     /// is twice this.
@@ -502,6 +510,7 @@ impl Settings {
             require_certificate,
             use_identity_as_username,
             file_table_slots,
+            rings_per_worker_max,
             ring_entries,
             recv_buffers,
             recv_buffer_bytes,
@@ -586,6 +595,9 @@ impl Settings {
             workers,
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             file_table_slots: self.file_table_slots.unwrap_or(defaults.file_table_slots),
+            rings_per_worker_max: self
+                .rings_per_worker_max
+                .unwrap_or(defaults.rings_per_worker_max),
             ring_entries: self.ring_entries.unwrap_or(defaults.ring_entries),
             recv_buffers: self
                 .recv_buffers
@@ -728,6 +740,7 @@ impl Settings {
             require_certificate: Some(runtime.tls.require_certificate),
             use_identity_as_username: Some(runtime.tls.use_identity_as_username),
             file_table_slots: Some(runtime.file_table_slots),
+            rings_per_worker_max: Some(runtime.rings_per_worker_max),
             ring_entries: Some(runtime.ring_entries),
             recv_buffers: Some(runtime.recv_buffers),
             recv_buffer_bytes: Some(runtime.recv_buffer_bytes),
@@ -820,6 +833,7 @@ mod tests {
             use_identity_as_username: true,
         };
         runtime.file_table_slots += 1;
+        runtime.rings_per_worker_max += 1;
         runtime.ring_entries *= 2;
         runtime.recv_buffers /= 2;
         runtime.recv_buffer_bytes += 1;

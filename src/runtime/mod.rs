@@ -8,7 +8,8 @@
 //! Map: `worker` (the loop and its phases), `events` (completion handlers), `output` (broker
 //! actions, sends, closing), `conn` (slot table and close steps), `send` (the boxed sendmsg
 //! state), `bufring` (provided receive buffers), `uring` (the ring), `user_data`, `listener`,
-//! `signals`, `probe`, `peers` (the link to other workers), `peer_name` (peer addresses),
+//! `signals`, `probe`, `peers` (the link to other workers), `rings` (a worker's further
+//! rings, for more connections than one file table holds), `peer_name` (peer addresses),
 //! `reload` (SIGHUP). `unsafe` lives only in these files.
 //!
 //! Shutdown: SIGINT/SIGTERM stop accepting, close every connection (output already taken gets
@@ -35,6 +36,7 @@ mod peer_name;
 pub mod peers;
 pub mod probe;
 pub mod reload;
+mod rings;
 pub mod send;
 pub mod signals;
 pub mod spsc;
