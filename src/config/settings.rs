@@ -172,18 +172,27 @@ pub struct Settings {
     pub require_certificate: Option<bool>,
 
     /// Use the client certificate's subject CN as the user name, ignoring the CONNECT's user
-    /// name and password (true|false; needs `require_certificate`).
+    /// name and password; the password file is not consulted on TLS and WSS listeners, as in
+    /// Mosquitto (true|false; needs `require_certificate`).
     #[arg(long, value_name = "BOOL", help_heading = "TLS and WebSocket")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub use_identity_as_username: Option<bool>,
 
     // ---- Rings and buffers -----------------------------------------------------------------
-    /// Slots in each worker's registered (direct) file table: that worker's connection cap.
-    /// At most 1048576 and the hard RLIMIT_NOFILE (ringmq raises the soft limit to the hard
-    /// one at start). A worker whose table is full stops accepting until a slot frees.
+    /// Slots in each ring's registered (direct) file table. At most 1048576 and the hard
+    /// RLIMIT_NOFILE (ringmq raises the soft limit to the hard one at start). A worker holds
+    /// at most this times `rings_per_worker_max`; when every table is full it stops
+    /// accepting until a slot frees.
     #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_table_slots: Option<u32>,
+
+    /// Rings (each a file table of `file_table_slots`) a worker may own: it starts with one
+    /// and adds another when the one taking new connections is nearly full. At least 1; at
+    /// most 16777215 / `file_table_slots` are used (838 of 20000 slots).
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rings_per_worker_max: Option<u16>,
 
     /// Submission-queue entries per ring, a power of two up to 32768; the completion queue
     /// is twice this.
@@ -379,9 +388,9 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acl_file: Option<PathBuf>,
 
-    /// Failed logins (bad user name or password) one source address may make per window on
-    /// one worker; then its CONNECTs with a user name are refused 0x05 until the window ends
-    /// (counted). 0 = no limit.
+    /// Failed logins (bad user name or password) one source address may make per window,
+    /// counted across all workers; then its CONNECTs with a user name are refused 0x05 until
+    /// the window ends (counted). 0 = no limit (at most 65535 counts).
     #[arg(long, value_name = "N", help_heading = "Authentication")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failures_max: Option<u32>,
@@ -391,8 +400,9 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure_window_secs: Option<u64>,
 
-    /// Source addresses one worker tracks for `auth_failures_max`; beyond it (after ended
-    /// windows are swept) a new address is not limited (counted).
+    /// Source addresses tracked for `auth_failures_max`, for the whole broker (a table of
+    /// atomics shared by the workers, 8 bytes per address, rounded up to a power of two); an
+    /// address whose bucket of 4 holds live windows of others is not limited (counted).
     #[arg(long, value_name = "N", help_heading = "Authentication")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure_addresses_max: Option<usize>,
@@ -501,6 +511,7 @@ impl Settings {
             require_certificate,
             use_identity_as_username,
             file_table_slots,
+            rings_per_worker_max,
             ring_entries,
             recv_buffers,
             recv_buffer_bytes,
@@ -585,6 +596,9 @@ impl Settings {
             workers,
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             file_table_slots: self.file_table_slots.unwrap_or(defaults.file_table_slots),
+            rings_per_worker_max: self
+                .rings_per_worker_max
+                .unwrap_or(defaults.rings_per_worker_max),
             ring_entries: self.ring_entries.unwrap_or(defaults.ring_entries),
             recv_buffers: self
                 .recv_buffers
@@ -727,6 +741,7 @@ impl Settings {
             require_certificate: Some(runtime.tls.require_certificate),
             use_identity_as_username: Some(runtime.tls.use_identity_as_username),
             file_table_slots: Some(runtime.file_table_slots),
+            rings_per_worker_max: Some(runtime.rings_per_worker_max),
             ring_entries: Some(runtime.ring_entries),
             recv_buffers: Some(runtime.recv_buffers),
             recv_buffer_bytes: Some(runtime.recv_buffer_bytes),
@@ -819,6 +834,7 @@ mod tests {
             use_identity_as_username: true,
         };
         runtime.file_table_slots += 1;
+        runtime.rings_per_worker_max += 1;
         runtime.ring_entries *= 2;
         runtime.recv_buffers /= 2;
         runtime.recv_buffer_bytes += 1;

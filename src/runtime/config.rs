@@ -22,8 +22,14 @@ pub struct RuntimeConfig {
     /// Connections the whole process holds (Mosquitto's `max_connections`). Beyond it a new
     /// connection is accepted and closed at once (counted).
     pub max_connections: usize,
-    /// Slots in each worker's registered (direct) file table: that worker's connection cap.
+    /// Slots in each ring's registered (direct) file table (the kernel caps it at
+    /// RLIMIT_NOFILE).
     pub file_table_slots: u32,
+    /// Rings a worker may own, each with a file table of `file_table_slots`: a worker's
+    /// connection cap is the product. A worker starts with one and adds another when the one
+    /// taking new connections is nearly full (`rings.rs`). Capped at run time so that rings
+    /// x slots stays within a `user_data`'s slot field (838 rings of 20000).
+    pub rings_per_worker_max: u16,
     /// Submission queue entries per ring (the completion queue is twice this).
     pub ring_entries: u32,
     /// Provided receive buffers per worker, and the size of each. The default count shrinks
@@ -72,6 +78,7 @@ impl Default for RuntimeConfig {
             workers,
             max_connections: 1_000_000,
             file_table_slots: 20_000,
+            rings_per_worker_max: 64,
             ring_entries: 4096,
             recv_buffers: Self::default_recv_buffers(workers),
             recv_buffer_bytes: 16 * 1024,
@@ -145,6 +152,9 @@ impl RuntimeConfig {
         if self.file_table_slots == 0 || self.file_table_slots >= super::user_data::SLOTS_MAX {
             return Err(format!("file_table_slots must be 1..{}", super::user_data::SLOTS_MAX));
         }
+        if self.rings_per_worker_max == 0 {
+            return Err("rings_per_worker_max must be at least 1".into());
+        }
         if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 1 << 15 {
             return Err("recv_buffers must be a power of two of at most 32768".into());
         }
@@ -204,6 +214,7 @@ mod tests {
             RuntimeConfig { workers: 0, ..RuntimeConfig::default() },
             RuntimeConfig { recv_buffers: 1000, ..RuntimeConfig::default() },
             RuntimeConfig { file_table_slots: 1 << 24, ..RuntimeConfig::default() },
+            RuntimeConfig { rings_per_worker_max: 0, ..RuntimeConfig::default() },
             RuntimeConfig { listeners: Vec::new(), ..RuntimeConfig::default() },
             RuntimeConfig { ring_entries: 1 << 16, ..RuntimeConfig::default() },
         ];

@@ -8,7 +8,8 @@
 //! Map: `worker` (the loop and its phases), `events` (completion handlers), `output` (broker
 //! actions, sends, closing), `conn` (slot table and close steps), `send` (the boxed sendmsg
 //! state), `bufring` (provided receive buffers), `uring` (the ring), `user_data`, `listener`,
-//! `signals`, `probe`, `peers` (the link to other workers), `peer_name` (peer addresses),
+//! `signals`, `probe`, `peers` (the link to other workers), `rings` (a worker's further
+//! rings, for more connections than one file table holds), `peer_name` (peer addresses),
 //! `reload` (SIGHUP). `unsafe` lives only in these files.
 //!
 //! Shutdown: SIGINT/SIGTERM stop accepting, close every connection (output already taken gets
@@ -35,6 +36,7 @@ mod peer_name;
 pub mod peers;
 pub mod probe;
 pub mod reload;
+mod rings;
 pub mod send;
 pub mod signals;
 pub mod spsc;
@@ -242,6 +244,7 @@ pub fn start_with(
         runtime.auth_verify_queue_max,
         watches,
     )?;
+    let failure_limiter = verify::shared_failure_limiter(&broker)?;
     let wakers = (0..runtime.workers).map(|worker| stopper.waker(worker)).collect();
     let (ops_link, worker_ops) =
         ops_link::build(runtime.workers, options.control_queue_depth, wakers);
@@ -277,6 +280,7 @@ pub fn start_with(
             mesh: meshes[index].take(),
             journal: journals[index].take(),
             auth: Arc::clone(&auth),
+            failure_limiter: Arc::clone(&failure_limiter),
             verifier: verifiers.sender(),
             ops: worker_ops.next().expect("one ops side per worker"),
         };

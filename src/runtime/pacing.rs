@@ -39,7 +39,8 @@ impl Worker {
         if conn.recv_armed {
             conn.cancels_in_flight += 1;
             let target = UserData::new(Op::Recv, id.slot(), id.generation());
-            self.ring.push_cancel(target, UserData::new(Op::Cancel, id.slot(), id.generation()));
+            let cancel = UserData::new(Op::Cancel, id.slot(), id.generation());
+            self.ring_for(id.slot()).push_cancel(target, cancel);
         }
     }
 
