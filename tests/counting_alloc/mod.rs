@@ -8,15 +8,20 @@
 //! ```
 //!
 //! and measures work with [`counted`], which counts allocations and reallocations in every
-//! thread while the work runs.
+//! thread while the work runs. [`live_bytes`] is the heap held at any moment (all threads,
+//! always tracked): a leak test compares it before and after work that should give back what
+//! it took.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 
 pub struct Counting;
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+/// Bytes requested and not yet freed, by every thread; signed because only differences
+/// between two readings mean anything.
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 
 // SAFETY: every call is forwarded unchanged to the system allocator, which upholds the
 // `GlobalAlloc` contract; the counter is a relaxed atomic and does not allocate.
@@ -25,11 +30,13 @@ unsafe impl GlobalAlloc for Counting {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
         // SAFETY: the caller's layout obligations are passed on unchanged.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
         // SAFETY: `ptr` was allocated by `System` with `layout` (all allocations go there).
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -38,6 +45,7 @@ unsafe impl GlobalAlloc for Counting {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
+        LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
         // SAFETY: as for `dealloc`; `new_size` obligations are the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -50,4 +58,10 @@ pub fn counted<T>(work: impl FnOnce() -> T) -> (T, usize) {
     let result = work();
     COUNTING.store(false, Ordering::Relaxed);
     (result, ALLOCATIONS.load(Ordering::Relaxed))
+}
+
+/// Heap bytes currently allocated (requested sizes), by every thread.
+#[allow(dead_code)] // Only the leak tests read it.
+pub fn live_bytes() -> isize {
+    LIVE_BYTES.load(Ordering::Relaxed)
 }
