@@ -128,7 +128,12 @@ impl Harness {
 
     /// Accepts a connection on the next worker in turn and sends CONNECT; returns where the
     /// session's connection ended up (after a handoff, on its home worker).
-    fn connect(&mut self, client_id: String, clean_session: bool, keep_alive_secs: u16) -> Endpoint {
+    fn connect(
+        &mut self,
+        client_id: String,
+        clean_session: bool,
+        keep_alive_secs: u16,
+    ) -> Endpoint {
         let worker = (self.accepts % u64::from(WORKERS)) as usize;
         self.accepts += 1;
         self.peer_port = self.peer_port.checked_add(1).unwrap_or(1024);
@@ -204,9 +209,11 @@ impl Harness {
                 self.take(Endpoint { worker, conn });
                 self.workers[worker].release(conn);
             }
-            Action::Remote { to, msg } => {
-                self.workers[to.index()].broker.handle_remote(WorkerId(worker as u16), msg, self.now)
-            }
+            Action::Remote { to, msg } => self.workers[to.index()].broker.handle_remote(
+                WorkerId(worker as u16),
+                msg,
+                self.now,
+            ),
             Action::Handoff { conn, to, connect, peer } => {
                 self.workers[worker].release(conn);
                 let home = to.index();
@@ -242,8 +249,9 @@ impl Harness {
             let mut acks = Vec::new();
             let inbox = self.inboxes.get_mut(&at).expect("listed above");
             while let Some(packet) = decode(inbox, usize::MAX).expect("the broker's bytes decode") {
-                if let Packet::Publish(Publish { packet_id: Some(id), qos: QoS::AtLeastOnce, .. }) =
-                    packet
+                if let Packet::Publish(Publish {
+                    packet_id: Some(id), qos: QoS::AtLeastOnce, ..
+                }) = packet
                 {
                     acks.push(id);
                 }
