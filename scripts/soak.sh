@@ -21,8 +21,8 @@
 #     leased, and as many connections closed as it accepted or adopted.
 # Prints a summary and exits non-zero if a check fails. Output in SOAK_OUT (default
 # target/soak/<UTC time>). SOAK_RECV_BUFFERS (default 4096, the default for 2 workers) sets
-# each worker's receive-buffer count; the broker's environment passes through (e.g.
-# MIMALLOC_PURGE_DELAY=0).
+# each worker's receive-buffer count; SOAK_RINGMQ another ringmq binary; the broker's
+# environment passes through (e.g. MIMALLOC_PURGE_DELAY=0).
 #
 #   scripts/soak.sh [SECONDS] [RATE]
 set -euo pipefail
@@ -44,7 +44,7 @@ if [ "${SOAK_NO_BUILD:-0}" != 1 ]; then
 fi
 target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-RINGMQ=$target_dir/release/ringmq
+RINGMQ=${SOAK_RINGMQ:-$target_dir/release/ringmq}
 BENCH="nice -n 19 $target_dir/release/ringmq-bench"
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
