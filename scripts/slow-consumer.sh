@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Slow-consumer benchmark (issue 7; not in CI). For each QoS, REPS repetitions of two phases
-# of SECONDS each, interleaved (repetition 1: without, with; 2: with, without; 3: without,
-# with; ...), each phase on a fresh ringmq (2 workers, the bounds given explicitly):
+# Slow-consumer benchmark (issue 7; not in CI). For each QoS, REPS repetitions of the phases
+# (default two) of SECONDS each, interleaved (odd repetitions in the listed order, even ones
+# reversed: without, with; with, without; ...), each phase on a fresh ringmq (2 workers, the
+# bounds given explicitly):
 #   without: ringmq-bench pubsub, PAIRS publisher -> subscriber pairs at full rate;
 #   with:    the same, while one more subscriber (scripts/robust/clients.py stalled) on
-#            FILTER (default <prefix>/#: every pair's messages) has stopped reading.
+#            FILTER (default <prefix>/#: every pair's messages) has stopped reading;
+#   reader:  the same, with that subscriber reading everything (the control that costs the
+#            broker the same routing work and more output; QoS 0 only).
 # The bench measures only its own pairs: "others". Each phase has its own broker, so the
 # counters in its log are that phase's alone. The broker's RSS (split into the receive-buffer
 # pools and the rest, see clients.py `sample`) and the load average are sampled through each
@@ -19,7 +22,7 @@
 #
 #   scripts/slow-consumer.sh [SECONDS]        (default 20)
 #
-# Environment: SLOW_QOS="0 1 2", SLOW_REPS=3, SLOW_PAIRS=20, SLOW_FILTER (default
+# Environment: SLOW_QOS="0 1 2", SLOW_REPS=3, SLOW_PHASES="without with" (or with reader), SLOW_PAIRS=20, SLOW_FILTER (default
 # "ringmq-bench/#"), SLOW_TIMEOUT_SECS (slow_consumer_timeout_secs, default 30),
 # SLOW_OUT=dir (default target/slow-consumer/<UTC time>), SLOW_NO_BUILD=1 (use the release
 # binaries as they are).
@@ -29,6 +32,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:-20}
 qos_list=${SLOW_QOS:-"0 1 2"}
 reps=${SLOW_REPS:-3}
+phases=${SLOW_PHASES:-"without with"}
 pairs=${SLOW_PAIRS:-20}
 filter=${SLOW_FILTER:-"ringmq-bench/#"}
 out=${SLOW_OUT:-$ROOT/target/slow-consumer/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -90,8 +94,10 @@ run_phase() { # run_phase QOS PHASE REP: a fresh broker, the bench, with or with
     $clients sample "$broker" "$out/rss-$name.txt" "$out/phase" 0.5 "$buffer_kib" &
     sampler=$!
     pids+=("$sampler")
-    if [ "$phase" = with ]; then
-        $clients stalled "$port" "$qos" "$filter" "stalled-q$qos" >"$out/stalled-$name.txt" &
+    if [ "$phase" = with ] || [ "$phase" = reader ]; then
+        local role=stalled
+        if [ "$phase" = reader ]; then role=reader; fi
+        $clients "$role" "$port" "$qos" "$filter" "$role-q$qos" >"$out/stalled-$name.txt" &
         stalled=$!
         pids+=("$stalled")
         sleep 1
@@ -109,17 +115,19 @@ run_phase() { # run_phase QOS PHASE REP: a fresh broker, the bench, with or with
 
 for qos in $qos_list; do
     for rep in $(seq 1 "$reps"); do
-        if [ $((rep % 2)) = 1 ]; then order="without with"; else order="with without"; fi
+        order=$phases
+        if [ $((rep % 2)) = 0 ]; then order=$(echo "$phases" | tr ' ' '\n' | tac | tr '\n' ' '); fi
         for phase in $order; do run_phase "$qos" "$phase" "$rep"; done
     done
 done
 
 python3 - "$out" "$seconds" "$pairs" "$qos_list" "$reps" "$filter" "$outbuf_bytes_max" \
-    "$max_queued_bytes" "$max_queued_messages" "$slow_consumer_timeout_secs" <<'PY'
+    "$max_queued_bytes" "$max_queued_messages" "$slow_consumer_timeout_secs" "$phases" <<'PY'
 import json, re, statistics, sys
 from datetime import datetime
 out, seconds, pairs, qos_list, reps, filter_ = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(), int(sys.argv[5]), sys.argv[6]
 outbuf, queued_bytes, queued_messages, timeout = map(int, sys.argv[7:11])
+phases = sys.argv[11].split()
 bound_kib = (outbuf + queued_bytes) // 1024
 failures = []
 
@@ -154,7 +162,7 @@ def phase_figures(qos, phase, rep):
         "slow_closes": counter(log, "slow_consumer"), "load": load,
         "ready": report["connections"]["ready"] == report["connections"]["planned"], "close_after": None,
     }
-    if phase == "with":
+    if phase != "without":
         closes = [l for l in log.splitlines() if "closing" in l and "slow" in l.lower()]
         stalled = open(f"{out}/stalled-{name}.txt").read().split()
         if closes and stalled:
@@ -166,18 +174,19 @@ print(f"Phases of {seconds} s, {pairs} pairs at full rate (`--e2e-window 256`, Q
       f"64 B payloads, 2 workers; the stalled subscriber on `{filter_}`; bounds: outbuf_bytes_max {outbuf}, "
       f"max_queued_messages {queued_messages}, max_queued_bytes {queued_bytes}, "
       f"slow_consumer_timeout_secs {timeout}. RSS in MiB; \"rest\" is RSS outside the receive-buffer pools.\n")
-print("| QoS | rep | stalled subscriber | others msg/s | p50 ms | p99 ms | lost | load avg | RSS peak | pools | rest peak | rest growth after 10 s | qos0_dropped_outbuf | dropped_queue_full | slow-consumer closes |")
+print("| QoS | rep | extra subscriber | others msg/s | p50 ms | p99 ms | lost | load avg | RSS peak | pools | rest peak | rest growth after 10 s | qos0_dropped_outbuf | dropped_queue_full | slow-consumer closes |")
 print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 summary = []
 for qos in qos_list:
-    runs = {"without": [], "with": []}
+    runs = {phase: [] for phase in phases}
     for rep in range(1, reps + 1):
-        order = ("without", "with") if rep % 2 else ("with", "without")
+        order = phases if rep % 2 else phases[::-1]
         for phase in order:
             f = phase_figures(qos, phase, rep)
             runs[phase].append(f)
             close = f" (at {f['close_after']:.1f} s)" if f["close_after"] else ""
-            print(f"| {qos} | {rep} | {'yes' if phase == 'with' else 'no'} | {f['rate']:.0f} | {f['p50'] / 1000:.1f} | "
+            label = {"without": "none", "with": "stalled", "reader": "reading"}[phase]
+            print(f"| {qos} | {rep} | {label} | {f['rate']:.0f} | {f['p50'] / 1000:.1f} | "
                   f"{f['p99'] / 1000:.1f} | {f['lost']} | {f['load'][0]:.1f}-{f['load'][-1]:.1f} | {f['peak'] / 1024:.1f} | "
                   f"{f['pools'] / 1024:.1f} | {f['rest_peak'] / 1024:.1f} | {f['rest_growth'] / 1024:.1f} | "
                   f"{f['dropped0']} | {f['dropped']} | {f['slow_closes']}{close} |")
@@ -196,13 +205,16 @@ for qos in qos_list:
                     failures.append(f"QoS {qos} rep {rep}: no slow-consumer close after {timeout} s at the bound")
     med = {phase: {k: statistics.median(r[k] for r in rs) for k in ("rate", "p50", "p99", "rest_peak")}
            for phase, rs in runs.items()}
-    summary.append(f"| {qos} | {med['without']['rate']:.0f} | {med['with']['rate']:.0f} | "
-                   f"{med['with']['rate'] / med['without']['rate']:.2f} | {med['without']['p99'] / 1000:.1f} | "
-                   f"{med['with']['p99'] / 1000:.1f} | {med['without']['rest_peak'] / 1024:.1f} | {med['with']['rest_peak'] / 1024:.1f} |")
+    base = med[phases[0]]["rate"]
+    for phase in phases:
+        label = {"without": "none", "with": "stalled", "reader": "reading"}[phase]
+        m = med[phase]
+        summary.append(f"| {qos} | {label} | {m['rate']:.0f} | {m['rate'] / base:.2f} | {m['p50'] / 1000:.1f} | "
+                       f"{m['p99'] / 1000:.1f} | {m['rest_peak'] / 1024:.1f} |")
 print()
 print(f"Medians of {reps} repetitions:\n")
-print("| QoS | others msg/s without | with | ratio | p99 ms without | with | RSS outside pools, peak, without | with |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print(f"| QoS | extra subscriber | others msg/s | vs {phases[0]} | p50 ms | p99 ms | RSS outside pools, peak MiB |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 print("\n".join(summary))
 if failures:
     print("\nFAILED:\n" + "\n".join(failures))

@@ -6,6 +6,9 @@ Plain sockets and hand-encoded MQTT 3.1.1, so nothing here needs a library:
   wait-ready PORT                  until a CONNECT is answered with CONNACK (or 10 s)
   stalled PORT QOS FILTER ID       connects (CleanSession=0), subscribes, then never reads
                                    again: the slow consumer. Runs until killed.
+  reader PORT QOS FILTER ID        connects, subscribes, reads and discards everything; the
+                                   slow consumer's control (QoS 0 only: it answers nothing).
+                                   Runs until killed.
   churn PORT RATE SECONDS          RATE connections per second for SECONDS, each one: CONNECT,
                                    sometimes SUBSCRIBE or a QoS 1 PUBLISH, then a DISCONNECT,
                                    a plain close or a reset; prints the rate reached each 10 s
@@ -117,6 +120,18 @@ def stalled(port, qos, topic_filter, client_id):
     print(f"{time.time():.3f} stalled consumer subscribed to {topic_filter} at QoS {qos}; reading nothing from now on", flush=True)
     while True:  # Killed by the script at the end of the phase.
         time.sleep(1)
+
+
+def reader(port, qos, topic_filter, client_id):
+    """The control for the slow consumer: the same subscription, read as fast as it comes
+    (and thrown away; at QoS 0 nothing needs an answer). Runs until killed."""
+    sock = open_session(int(port), client_id, clean=True)
+    sock.sendall(subscribe_packet(1, topic_filter, int(qos)))
+    print(f"{time.time():.3f} reader subscribed to {topic_filter} at QoS {qos}", flush=True)
+    sock.settimeout(None)
+    while sock.recv(1 << 20):
+        pass
+    return 0
 
 
 def churn_one(port, rng, serial, counts):
@@ -274,7 +289,7 @@ def sys_topics(port, out):
                     sink.flush()
 
 
-COMMANDS = {"wait-ready": wait_ready, "stalled": stalled, "churn": churn, "sample": sample, "sys": sys_topics}
+COMMANDS = {"wait-ready": wait_ready, "stalled": stalled, "reader": reader, "churn": churn, "sample": sample, "sys": sys_topics}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
