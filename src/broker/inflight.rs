@@ -43,6 +43,8 @@ pub(super) struct Inflight {
     /// The RETAIN flag it was sent with (1 only for a new subscription's retained message).
     pub retain: bool,
     pub awaiting: Awaiting,
+    /// Its journal entry (`durable.rs`); 0 when not journaled.
+    pub seq: u64,
 }
 
 /// A message waiting to be written.
@@ -51,6 +53,8 @@ pub(super) struct Queued {
     pub message: Message,
     pub qos: QoS,
     pub retain: bool,
+    /// Its journal entry (`durable.rs`); 0 when not journaled.
+    pub seq: u64,
 }
 
 /// The session queue's bounds, from the configuration.
@@ -67,8 +71,8 @@ pub(super) struct QueueFull;
 /// What a PUBREC did to the outgoing state.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum PubrecOutcome {
-    /// The QoS 2 message moved on to awaiting PUBCOMP: answer PUBREL.
-    Released,
+    /// The QoS 2 message (journal entry `seq`) moved on to awaiting PUBCOMP: answer PUBREL.
+    Released { seq: u64 },
     /// Already released (a repeated PUBREC): answer PUBREL again.
     AlreadyReleased,
     /// No QoS 2 message with this id is in flight.
@@ -125,6 +129,10 @@ impl Outgoing {
         self.inflight.iter()
     }
 
+    pub fn queued(&self) -> impl Iterator<Item = &Queued> {
+        self.queue.iter()
+    }
+
     pub fn front_queued(&self) -> Option<&Queued> {
         self.queue.front()
     }
@@ -141,6 +149,15 @@ impl Outgoing {
                 return candidate;
             }
         }
+    }
+
+    /// Where packet ids continue (persisted so a restart does not reuse recent ones).
+    pub fn next_packet_id(&self) -> PacketId {
+        self.next_packet_id
+    }
+
+    pub fn set_next_packet_id(&mut self, id: PacketId) {
+        self.next_packet_id = id;
     }
 
     pub fn push_inflight(&mut self, entry: Inflight, window: usize) {
@@ -169,13 +186,14 @@ impl Outgoing {
         Some(queued)
     }
 
-    /// PUBACK: the QoS 1 message with `id` is done. False if none was awaiting it.
-    pub fn on_puback(&mut self, id: PacketId) -> bool {
+    /// PUBACK: the QoS 1 message with `id` is done; its journal seq, or `None` if none was
+    /// awaiting it.
+    pub fn on_puback(&mut self, id: PacketId) -> Option<u64> {
         self.remove_awaiting(id, Awaiting::Puback)
     }
 
-    /// PUBCOMP: the QoS 2 message with `id` is done. False if none was awaiting it.
-    pub fn on_pubcomp(&mut self, id: PacketId) -> bool {
+    /// PUBCOMP: the QoS 2 message with `id` is done; as `on_puback`.
+    pub fn on_pubcomp(&mut self, id: PacketId) -> Option<u64> {
         self.remove_awaiting(id, Awaiting::Pubcomp)
     }
 
@@ -188,26 +206,20 @@ impl Outgoing {
                 entry.awaiting = Awaiting::Pubcomp;
                 // Only the id is needed from now on [MQTT-4.3.3-1]; let the payload go.
                 entry.message.payload = bytes::Bytes::new();
-                PubrecOutcome::Released
+                PubrecOutcome::Released { seq: entry.seq }
             }
             Awaiting::Pubcomp => PubrecOutcome::AlreadyReleased,
             Awaiting::Puback => PubrecOutcome::Unknown,
         }
     }
 
-    fn remove_awaiting(&mut self, id: PacketId, awaiting: Awaiting) -> bool {
+    fn remove_awaiting(&mut self, id: PacketId, awaiting: Awaiting) -> Option<u64> {
         // Acknowledgements usually come in order: the search ends at the front.
         let found = self
             .inflight
             .iter()
             .position(|entry| entry.packet_id == id && entry.awaiting == awaiting);
-        match found {
-            Some(index) => {
-                self.inflight.remove(index);
-                true
-            }
-            None => false,
-        }
+        Some(self.inflight.remove(found?)?.seq)
     }
 
     /// Drops everything (the session is being discarded); returns (inflight, queued) counts.
@@ -263,6 +275,11 @@ impl Incoming {
     pub fn len(&self) -> usize {
         self.awaiting_pubrel.as_ref().map_or(0, |awaiting| awaiting.len())
     }
+
+    /// The ids awaiting PUBREL, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = PacketId> + '_ {
+        self.awaiting_pubrel.iter().flat_map(|awaiting| awaiting.iter().copied())
+    }
 }
 
 #[cfg(test)]
@@ -287,7 +304,7 @@ mod tests {
 
     fn entry(id: PacketId, qos: QoS) -> Inflight {
         let awaiting = if qos == QoS::AtLeastOnce { Awaiting::Puback } else { Awaiting::Pubrec };
-        Inflight { packet_id: id, message: message(b"x"), qos, retain: false, awaiting }
+        Inflight { packet_id: id, message: message(b"x"), qos, retain: false, awaiting, seq: 0 }
     }
 
     #[test]
@@ -305,11 +322,11 @@ mod tests {
     fn qos2_outgoing_goes_pubrec_then_pubcomp() {
         let mut out = Outgoing::default();
         out.push_inflight(entry(pid(5), QoS::ExactlyOnce), 1);
-        assert!(!out.on_puback(pid(5)), "a QoS 2 message is not finished by PUBACK");
-        assert!(!out.on_pubcomp(pid(5)), "nor by PUBCOMP before PUBREC");
-        assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::Released);
+        assert!(out.on_puback(pid(5)).is_none(), "a QoS 2 message is not finished by PUBACK");
+        assert!(out.on_pubcomp(pid(5)).is_none(), "nor by PUBCOMP before PUBREC");
+        assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::Released { seq: 0 });
         assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::AlreadyReleased);
-        assert!(out.on_pubcomp(pid(5)));
+        assert!(out.on_pubcomp(pid(5)).is_some());
         assert_eq!(out.inflight_len(), 0);
         assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::Unknown);
     }
@@ -317,8 +334,12 @@ mod tests {
     #[test]
     fn the_queue_stops_at_either_bound() {
         let limits = QueueLimits { messages_max: 2, bytes_max: 5 };
-        let queued =
-            |payload| Queued { message: message(payload), qos: QoS::AtLeastOnce, retain: false };
+        let queued = |payload| Queued {
+            message: message(payload),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            seq: 0,
+        };
         let mut out = Outgoing::default();
         out.enqueue(queued(b"abc"), limits).expect("room");
         assert!(out.enqueue(queued(b"abc"), limits).is_err(), "6 bytes > 5");

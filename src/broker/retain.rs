@@ -138,6 +138,13 @@ impl RetainedStore {
         }
     }
 
+    /// Calls `visit` with every retained message, in no particular order.
+    pub fn for_each(&self, mut visit: impl FnMut(&Message)) {
+        for (_, retained) in &self.messages {
+            visit(&retained.message);
+        }
+    }
+
     /// One past the highest key a message can have now: the range a sliced scan walks with
     /// [`Self::message_in_slot`].
     pub fn slots(&self) -> usize {
