@@ -50,6 +50,13 @@ buffer_kib=$((recv_buffers * 16))
 
 log() { printf '==> slow-consumer: %s\n' "$*" >&2; }
 
+# The reader answers nothing, so at QoS 1/2 it would stall at its inflight window.
+case " $phases " in
+*" reader "*) for qos in $qos_list; do
+    if [ "$qos" != 0 ]; then log "the reader phase is for QoS 0 only"; exit 2; fi
+done ;;
+esac
+
 if [ "${SLOW_NO_BUILD:-0}" != 1 ]; then
     (cd "$ROOT" && cargo build --release --bins -p ringmq -p ringmq-bench)
 fi
