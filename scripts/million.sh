@@ -5,13 +5,16 @@
 # p99, broker RSS per connection, kernel socket memory and CPU used. Stops what it started,
 # by PID.
 #
-#   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
+#   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rings R] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
 #                      [--keepalive SECONDS] [--recv-buffers N] [--broker ringmq|mosquitto|rumqttd]
 #                      [--connect-timeout SECONDS] [--no-build]
 #
-# Defaults: N = 1000000, hold 300 s, connect budget N / 2500 + 60 s, workers = enough
-# 20000-slot file tables for N with headroom, 4 KiB socket buffers on the broker side, 256
-# receive buffers of 16 KiB per worker.
+# Defaults: N = 1000000, hold 300 s, connect budget N / 2500 + 60 s, workers = the cores,
+# each with up to R rings of 20000-slot file tables (R = enough for N with headroom), 4 KiB
+# socket buffers on the broker side, 256 receive buffers of 16 KiB on each worker's first
+# ring (64 on each further ring). The host needs `ONLY=net.ipv4.tcp_mem
+# scripts/tune-host.sh --apply` for a million: the kernel's default TCP memory limit stops
+# connecting at ~640k pairs (docs/BENCHMARKS.md, "Density").
 # Exit status 0 only if every subscriber connected and subscribed and every published message
 # arrived. While connecting it prints a line every 5 s (ready count, the listeners' accept
 # queues, kernel TCP counters), so a stall shows where it is; the run directory keeps the
@@ -24,6 +27,7 @@ N=1000000
 HOLD=300
 CONNECT_TIMEOUT=
 WORKERS=
+RINGS=
 RCVBUF=4096
 SNDBUF=4096
 KEEPALIVE=60
@@ -39,6 +43,7 @@ while (($#)); do
     --n) N=$2; shift 2 ;;
     --hold) HOLD=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
+    --rings) RINGS=$2; shift 2 ;;
     --rcvbuf) RCVBUF=$2; shift 2 ;;
     --sndbuf) SNDBUF=$2; shift 2 ;;
     --keepalive) KEEPALIVE=$2; shift 2 ;;
@@ -47,7 +52,7 @@ while (($#)); do
     --connect-timeout) CONNECT_TIMEOUT=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -64,13 +69,15 @@ BENCH_BIN=$TARGET/release/ringmq-bench
 
 PUBS=$(((N + 99) / 100))
 TOTAL=$((N + PUBS))
-# SO_REUSEPORT spreads accepts by hash and handoffs move connections to their session's
-# worker, so tables fill unevenly: plan 17500 of each worker's 20000 slots. Sessions spread
-# within 2% of even (FNV-1a of the client ids: 1.01M over 58 workers, 17223 to 17567), and
-# connections not yet handed off are bounded by the bench's connects in flight (4000 over all
-# workers). Fewer workers matter: every worker holds each other worker's interest in every
-# filter (~49 bytes per filter per worker), so memory per connection grows with the count.
-if [[ -z $WORKERS ]]; then WORKERS=$(((TOTAL + 17499) / 17500)); ((WORKERS < 2)) && WORKERS=2; fi
+# One worker per core: every worker holds each other worker's interest in every filter (~49
+# bytes per filter per other worker) and each new filter is broadcast to every other worker,
+# so more workers cost memory and CPU per connection. A worker holds more connections than
+# one 20000-slot file table by owning several rings (`rings_per_worker_max`); it moves new
+# connections to another ring at 7/8 full, so plan 17500 per ring, plus two rings for the
+# uneven spread (sessions within 2% of even by FNV-1a of the client id; connections not yet
+# handed to their session's worker bounded by the bench's 4000 connects in flight).
+if [[ -z $WORKERS ]]; then WORKERS=$(nproc); fi
+if [[ -z $RINGS ]]; then RINGS=$(((TOTAL / WORKERS + 17499) / 17500 + 2)); fi
 # Ephemeral ports per (source, destination) pair: the range holds ~28k, but connect() takes
 # ports of one parity first (even for connect, odd left to bind) and scans every used one of
 # that parity before trying the other: past ~14.1k connections on one pair each connect scans
@@ -85,7 +92,8 @@ src_range() { # first count -> 127.<b>.<c>.<d> range starting at 127.<first>.0.1
 SUB_SOURCES=$(src_range 10 "$(((N + PER_SOURCE - 1) / PER_SOURCE))")
 PUB_SOURCES=$(src_range 60 "$(((PUBS + PER_SOURCE - 1) / PER_SOURCE))")
 RUN=$(mktemp -d /tmp/ringmq-million.XXXXXX)
-echo "run dir $RUN: $BROKER_NAME, N=$N (+$PUBS publishers), workers=$WORKERS, hold ${HOLD}s, sources $SUB_SOURCES"
+echo "run dir $RUN: $BROKER_NAME, N=$N (+$PUBS publishers), workers=$WORKERS, rings per worker <= $RINGS, hold ${HOLD}s, sources $SUB_SOURCES"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); net.ipv4.tcp_mem $(tr -s '\t ' ' ' </proc/sys/net/ipv4/tcp_mem) pages"
 
 PIDS=()
 cleanup() {
@@ -111,12 +119,17 @@ nstat_delta() { # nstat_delta BEFORE-FILE: the counters that moved since
 }
 # The listeners' accept queues: "Recv-Q/Send-Q" per SO_REUSEPORT socket (queued/backlog).
 accept_queues() { ss -Hltn "sport = :$PORT" 2>/dev/null | awk '{printf "%s/%s ", $2, $3}'; }
-# Resident kB of the broker's receive-buffer mappings (each exactly RECV_BUFFERS x
-# RECV_BUFFER_BYTES), which grow with traffic up to their fixed size, not with connections.
+# Resident kB of the broker's fixed mappings: its receive-buffer mappings (anonymous, each
+# exactly RECV_BUFFERS x RECV_BUFFER_BYTES on a worker's first ring, min(RECV_BUFFERS, 64) x
+# RECV_BUFFER_BYTES on a further ring), which grow with traffic up to their fixed size, and
+# the io_uring queue mappings of every ring; neither grows with connections.
+FURTHER_BUFFERS=$((RECV_BUFFERS < 64 ? RECV_BUFFERS : 64))
 buffer_rss_kb() {
   [[ $BROKER_NAME == ringmq ]] || { echo 0; return; }
-  awk -v size=$((RECV_BUFFERS * RECV_BUFFER_BYTES / 1024)) '
-    /^Size:/ {match_size = ($2 == size)}
+  awk -v first=$((RECV_BUFFERS * RECV_BUFFER_BYTES / 1024)) \
+    -v further=$((FURTHER_BUFFERS * RECV_BUFFER_BYTES / 1024)) '
+    /^[0-9a-f]+-[0-9a-f]+ / {anon = (NF == 5); uring = ($0 ~ /io_uring/)}
+    /^Size:/ {match_size = uring || (anon && ($2 == first || $2 == further))}
     /^Rss:/ && match_size {total += $2}
     END {print total + 0}' "/proc/$1/smaps"
 }
@@ -131,6 +144,7 @@ start_broker() {
   case $BROKER_NAME in
     ringmq)
       exec "$BROKER_BIN" --port "$PORT" --workers "$WORKERS" --file-table-slots 20000 \
+        --rings-per-worker-max "$RINGS" \
         --max-connections $((TOTAL + 1000)) --socket-rcvbuf-bytes "$RCVBUF" \
         --socket-sndbuf-bytes "$SNDBUF" --recv-buffers "$RECV_BUFFERS" \
         --recv-buffer-bytes "$RECV_BUFFER_BYTES" --log-level info ${RINGMQ_MILLION_BROKER_ARGS:-} ;;
@@ -266,7 +280,7 @@ print(f"broker RSS: {int(rss0)} kB before, {int(rss1)} kB connected, {int(rss2)}
       f"{(int(rss1) - int(rss0)) * 1024 / n:.0f} B per connection "
       f"({(int(rss2) - int(rss0)) * 1024 / n:.0f} B after hold)")
 buffers = int(buf1) - int(buf0)
-print(f"  of which receive-buffer pages (fixed mappings, bounded by --recv-buffers, not per "
+print(f"  of which receive-buffer and io_uring queue pages (fixed mappings per ring, not per "
       f"connection): {buffers} kB; the rest: "
       f"{(int(rss1) - int(rss0) - buffers) * 1024 / n:.0f} B per connection")
 print(f"kernel TCP memory (sockstat, both ends): {int(mem0) * page >> 20} MiB before, "

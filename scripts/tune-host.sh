@@ -6,6 +6,10 @@
 #   scripts/tune-host.sh --apply [FILE]  save the current values to FILE (default
 #                                        /tmp/ringmq-tune-host.saved), set what this host
 #                                        permits, print before and after
+#   scripts/tune-host.sh --tcp-mem        print the net.ipv4.tcp_mem that --apply sets
+#   ONLY="key1 key2" scripts/tune-host.sh --apply   set only those keys (e.g. ONLY=net.ipv4.tcp_mem
+#                                        on a shared machine, where a wider port range could
+#                                        collide with other programs' fixed ports)
 #   scripts/tune-host.sh --restore [FILE] write back the values saved by --apply
 #
 # A setting that cannot be written here (no permission, read-only /proc/sys in a container,
@@ -13,6 +17,25 @@
 set -u
 
 SAVED_DEFAULT=/tmp/ringmq-tune-host.saved
+
+# net.ipv4.tcp_mem (pages: no pressure below the first, pressure from the second, refused
+# beyond the third) bounds the memory ALL TCP sockets may hold in queued segments. The
+# kernel's default is sized from RAM (~9% here: 2.2 GiB of 24 GiB), and a million loopback
+# pairs with keepalive traffic need more: a socket with any segment queued is charged at least
+# a page, and the 1M run hit the hard limit at ~640k pairs (641,720 pages). --apply raises it
+# to 1/8, 3/16 and 1/4 of RAM (24 GiB: 3, 4.5 and 6 GiB), never lowering a larger setting.
+# The kernel's socket objects themselves (~7 KB a pair) are slab memory, not counted here.
+tcp_mem_wanted() {
+  local total_kb pages now_max
+  total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+  pages=$((total_kb / ($(getconf PAGESIZE) / 1024)))
+  now_max=$(awk '{print $3}' /proc/sys/net/ipv4/tcp_mem 2>/dev/null || echo 0)
+  if ((now_max >= pages / 4)); then
+    tr -s '\t ' ' ' </proc/sys/net/ipv4/tcp_mem
+  else
+    echo "$((pages / 8)) $((pages * 3 / 16)) $((pages / 4))"
+  fi
+}
 
 # key  wanted-value (for --apply; "-" = show only). Socket buffer sizes are shown, not set:
 # the machine is shared, and ringmq sets small buffers per socket (socket_rcvbuf_bytes,
@@ -22,7 +45,7 @@ SETTINGS=(
   "net.core.somaxconn 65535"
   "net.ipv4.tcp_max_syn_backlog 65535"
   "net.ipv4.ip_local_port_range 10240 65535"
-  "net.ipv4.tcp_mem -"
+  "net.ipv4.tcp_mem $(tcp_mem_wanted)"
   "net.ipv4.tcp_rmem -"
   "net.ipv4.tcp_wmem -"
   "net.core.rmem_default -"
@@ -66,6 +89,7 @@ apply() {
     key=${line%% *}
     want=${line#* }
     [[ $want == - ]] && continue
+    if [[ -n ${ONLY:-} && " $ONLY " != *" $key "* ]]; then continue; fi
     path=$(path_of "$key")
     if [[ ! -e $path ]]; then
       echo "skip  $key: absent on this host"
@@ -113,7 +137,8 @@ case ${1:-} in
   "") show ;;
   --apply) apply "${2:-$SAVED_DEFAULT}" ;;
   --restore) restore "${2:-$SAVED_DEFAULT}" ;;
-  -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) echo "usage: $0 [--apply [FILE] | --restore [FILE]]" >&2; exit 2 ;;
+  --tcp-mem) tcp_mem_wanted ;;
+  -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) echo "usage: $0 [--apply [FILE] | --restore [FILE] | --tcp-mem]" >&2; exit 2 ;;
 esac
 exit 0

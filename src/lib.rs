@@ -10,6 +10,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod ops;
+pub mod persist;
 pub mod protocol;
 pub mod runtime;
 pub mod transport;

@@ -124,6 +124,10 @@ pub struct ConnectionArgs {
     /// Client ids are <prefix>-<connection number>; default rmqb-<pid>.
     #[arg(long)]
     pub client_id_prefix: Option<String>,
+    /// CONNECT with CleanSession=0: the broker keeps each client's session (subscriptions,
+    /// queued QoS 1/2 messages) after it disconnects (persistence benchmarks).
+    #[arg(long)]
+    pub persistent_sessions: bool,
     /// Also report this process's CPU use (the broker's), from /proc/<pid>/stat.
     #[arg(long)]
     pub broker_pid: Option<u32>,
@@ -278,6 +282,7 @@ pub fn load_config(
         threads: connection.threads.max(threads_needed),
         ring_files_max: ring_files,
         keepalive_secs: connection.keepalive,
+        clean_session: !connection.persistent_sessions,
         qos: QoS::from_u8(messages.qos).ok_or("--qos must be 0, 1 or 2")?,
         payload_bytes: messages.payload_bytes,
         rate_per_sec: messages.rate,

@@ -128,6 +128,8 @@ pub struct LoadConfig {
     /// Direct-descriptor slots per worker ring (each ring's table is capped by RLIMIT_NOFILE).
     pub ring_files_max: u32,
     pub keepalive_secs: u16,
+    /// CleanSession in CONNECT (false: persistent sessions).
+    pub clean_session: bool,
     pub qos: QoS,
     pub payload_bytes: usize,
     /// Messages per second over all publishers; 0: as fast as flow control allows.

@@ -18,6 +18,7 @@ fn config(plan: Plan, qos: QoS, count: u64, threads: usize) -> LoadConfig {
         threads,
         ring_files_max: 1024,
         keepalive_secs: 30,
+        clean_session: true,
         qos,
         payload_bytes: 100,
         rate_per_sec: 0,

@@ -10,7 +10,10 @@
 //! Listing clients or subscriptions visits every session of the worker, which can hold a
 //! million: so a listing is an [`AdminScan`] the runtime advances a bounded number of session
 //! slots per loop turn ([`Broker::admin_scan`]), and no turn does more than that budget of it.
-//! A scan is not a snapshot: a session created or removed while it runs may be missed.
+//! A retained read with a wildcard filter is a scan too, over the retained store's message
+//! slots (up to `retained_messages_max`); an exact topic is one lookup, answered at once.
+//! A scan is not a snapshot: a session or message created or removed while it runs may be
+//! missed.
 //!
 //! Invariants: every answer holds at most the `limit` the query carries (the HTTP side caps
 //! it at `admin_list_max`), and also says how many matched in all; nothing here allocates in
@@ -119,13 +122,21 @@ enum ScanKind {
         items: Vec<AdminSubscription>,
         matched: usize,
     },
+    /// Over the retained store's slots, not the sessions'.
+    Retained {
+        filter: TopicFilter,
+        limit: usize,
+        items: Vec<AdminRetained>,
+        matched: usize,
+    },
     /// Answered.
     Done,
 }
 
 impl Broker {
     /// Takes one admin query: a kick or a delete acts at once (its actions are queued), a
-    /// retained read answers at once, a listing starts a scan.
+    /// retained read of one exact topic answers at once, a listing or a wildcard retained read
+    /// starts a scan.
     pub fn handle_admin(&mut self, query: AdminQuery, now: Millis) -> AdminProgress {
         let kind = match query {
             AdminQuery::Clients { search, limit } => {
@@ -139,8 +150,11 @@ impl Broker {
                 self.settle(now);
                 return AdminProgress::Done(AdminAnswer::Done(kicked));
             }
+            AdminQuery::Retained { filter, limit } if !filter.has_wildcard() => {
+                return AdminProgress::Done(self.admin_retained_exact(&filter, limit));
+            }
             AdminQuery::Retained { filter, limit } => {
-                return AdminProgress::Done(self.admin_retained(&filter, limit));
+                ScanKind::Retained { filter, limit, items: Vec::new(), matched: 0 }
             }
             AdminQuery::DeleteRetained { topic } => {
                 let deleted = self.admin_delete_retained(topic, now);
@@ -151,30 +165,19 @@ impl Broker {
         AdminProgress::Scanning(AdminScan { next_slot: 0, kind })
     }
 
-    /// Advances `scan` over at most `slots_budget` session slots; the answer once it has
-    /// covered every slot.
+    /// Advances `scan` over at most `slots_budget` slots (session slots, or the retained
+    /// store's for a retained read); the answer once it has covered every slot.
     pub fn admin_scan(&self, scan: &mut AdminScan, slots_budget: usize) -> Option<AdminAnswer> {
-        let end = scan.next_slot.saturating_add(slots_budget).min(self.sessions.slots());
+        let slots = match scan.kind {
+            ScanKind::Retained { .. } => self.retained.slots(),
+            _ => self.sessions.slots(),
+        };
+        let end = scan.next_slot.saturating_add(slots_budget).min(slots);
         for slot in scan.next_slot..end {
-            // Slots are below the slab's capacity, which holds fewer than 2^32 sessions.
-            let Some(session) = self.sessions.try_get(SessionId(slot as u32)) else { continue };
-            match &mut scan.kind {
-                ScanKind::Clients { search, limit, items, matched } => {
-                    if session.client_id.as_str().contains(search.as_str()) {
-                        *matched += 1;
-                        if items.len() < *limit {
-                            items.push(self.admin_client(session));
-                        }
-                    }
-                }
-                ScanKind::Subscriptions { search, limit, items, matched } => {
-                    admin_subscriptions_of(session, search, *limit, items, matched);
-                }
-                ScanKind::Done => panic!("an admin scan advanced after its answer"),
-            }
+            self.admin_scan_slot(&mut scan.kind, slot);
         }
         scan.next_slot = end;
-        if end < self.sessions.slots() {
+        if end < slots {
             return None;
         }
         Some(match std::mem::replace(&mut scan.kind, ScanKind::Done) {
@@ -182,8 +185,42 @@ impl Broker {
             ScanKind::Subscriptions { items, matched, .. } => {
                 AdminAnswer::Subscriptions { items, matched }
             }
+            ScanKind::Retained { items, matched, .. } => AdminAnswer::Retained { items, matched },
             ScanKind::Done => panic!("an admin scan advanced after its answer"),
         })
+    }
+
+    fn admin_scan_slot(&self, kind: &mut ScanKind, slot: usize) {
+        match kind {
+            ScanKind::Retained { filter, limit, items, matched } => {
+                let Some(message) = self.retained.message_in_slot(slot) else { return };
+                if filter.matches(&message.topic) {
+                    *matched += 1;
+                    if items.len() < *limit {
+                        items.push(admin_retained_item(message));
+                    }
+                }
+            }
+            ScanKind::Clients { search, limit, items, matched } => {
+                let Some(session) = self.session_in_slot(slot) else { return };
+                if session.client_id.as_str().contains(search.as_str()) {
+                    *matched += 1;
+                    if items.len() < *limit {
+                        items.push(self.admin_client(session));
+                    }
+                }
+            }
+            ScanKind::Subscriptions { search, limit, items, matched } => {
+                let Some(session) = self.session_in_slot(slot) else { return };
+                admin_subscriptions_of(session, search, *limit, items, matched);
+            }
+            ScanKind::Done => panic!("an admin scan advanced after its answer"),
+        }
+    }
+
+    fn session_in_slot(&self, slot: usize) -> Option<&Session> {
+        // Slots are below the slab's capacity, which holds fewer than 2^32 sessions.
+        self.sessions.try_get(SessionId(slot as u32))
     }
 
     fn admin_client(&self, session: &Session) -> AdminClient {
@@ -215,17 +252,14 @@ impl Broker {
         active
     }
 
-    fn admin_retained(&self, filter: &TopicFilter, limit: usize) -> AdminAnswer {
+    /// A filter without wildcards names one topic: one lookup.
+    fn admin_retained_exact(&self, filter: &TopicFilter, limit: usize) -> AdminAnswer {
         let mut items = Vec::new();
         let mut matched = 0;
         self.retained.for_each_match(filter, |message| {
             matched += 1;
             if items.len() < limit {
-                items.push(AdminRetained {
-                    topic: message.topic.as_str().to_owned(),
-                    payload: message.payload.clone(),
-                    qos: message.qos,
-                });
+                items.push(admin_retained_item(message));
             }
         });
         AdminAnswer::Retained { items, matched }
@@ -264,5 +298,13 @@ fn admin_subscriptions_of(
                 qos: *qos,
             });
         }
+    }
+}
+
+fn admin_retained_item(message: &Message) -> AdminRetained {
+    AdminRetained {
+        topic: message.topic.as_str().to_owned(),
+        payload: message.payload.clone(),
+        qos: message.qos,
     }
 }

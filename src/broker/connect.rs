@@ -149,6 +149,10 @@ impl Broker {
             None => {}
         }
         let session = self.create_session(client_id, !clean_session, now)?;
+        if !clean_session {
+            // Its packet ids start afresh: other workers forget the old session's.
+            self.release_forwarded_everywhere(session, None);
+        }
         Some((session, false))
     }
 

@@ -29,6 +29,7 @@ use super::inflight::{
 use super::keepalive::start_slow_consumer_clock;
 use super::stats::WorkerStats;
 use super::{Broker, ConnId, Message, Millis, SessionId};
+use crate::persist::record::Record;
 use crate::protocol::encode::remaining_length_bytes;
 use crate::protocol::encode::SHARED_PAYLOAD_BYTES_MIN;
 use crate::protocol::{EncodedPublish, OutBuf, Packet, PacketId, QoS};
@@ -42,13 +43,15 @@ pub(super) struct Variants {
     retain: bool,
     encoded: [Option<EncodedPublish>; 3],
     written: [bool; 3],
+    /// The journal id of the message's body once stored (persistence, `durable.rs`).
+    stored: Option<u64>,
 }
 
 impl Variants {
     /// `retain`: the RETAIN flag on the wire — 0 for established subscriptions
     /// [MQTT-3.3.1-9], 1 for a new subscription's retained messages [MQTT-3.3.1-8].
     pub fn new(retain: bool) -> Self {
-        Self { retain, encoded: [None, None, None], written: [false; 3] }
+        Self { retain, encoded: [None, None, None], written: [false; 3], stored: None }
     }
 
     /// Writes `message` at `qos` (with `packet_id` iff QoS 1 or 2) to `out`.
@@ -148,16 +151,25 @@ impl Broker {
         variants: &mut Variants,
         now: Millis,
     ) {
-        let Self { sessions, conns, actions, stats, config, timers, .. } = self;
+        let Self { sessions, conns, actions, stats, config, timers, durability, .. } = self;
         let session = sessions.get_mut(session_id);
         let retain = variants.retain;
-        let queued = |message: &Message| Queued { message: message.clone(), qos, retain };
+        // A persistent session's QoS 1/2 message is journaled (one test when persistence is off).
+        let seq = match durability.as_deref_mut() {
+            Some(journal) if session.persistent && qos != QoS::AtMostOnce => {
+                journal.log_enqueue(session_id, message, qos, retain, &mut variants.stored)
+            }
+            _ => 0,
+        };
+        let queued = |message: &Message| Queued { message: message.clone(), qos, retain, seq };
         let Some(conn_id) = session.conn else {
             assert!(session.persistent, "a clean session exists only while connected");
             if qos == QoS::AtMostOnce && !config.queue_qos0_messages {
                 return; // QoS 0 is at most once: an offline client simply misses it.
             }
-            enqueue(&mut session.outgoing, queued(message), config.queue_limits(), stats);
+            if !enqueue(&mut session.outgoing, queued(message), config.queue_limits(), stats) {
+                journal_dropped(durability, seq);
+            }
             return;
         };
         let conn = conns.get_mut(&conn_id).expect("an online session's connection is known");
@@ -183,6 +195,9 @@ impl Broker {
         let outgoing = &mut session.outgoing;
         if room && !outgoing.has_queued() && outgoing.inflight_len() < window {
             let packet_id = outgoing.allocate_packet_id();
+            if let Some(journal) = durability.as_deref_mut().filter(|_| seq != 0) {
+                journal.append(&Record::Sent { seq, packet_id });
+            }
             variants.write(message, qos, Some(packet_id), &mut conn.out);
             outgoing.push_inflight(inflight_entry(packet_id, queued(message)), window);
             stats.messages_sent += 1;
@@ -192,6 +207,7 @@ impl Broker {
             return;
         }
         if !enqueue(outgoing, queued(message), config.queue_limits(), stats) {
+            journal_dropped(durability, seq);
             // Dropped, as for an offline session; the client is closed only if it stays at
             // the bound without acknowledging anything (`keepalive.rs`).
             let timeout_secs = config.slow_consumer_timeout_secs;
@@ -201,7 +217,7 @@ impl Broker {
 
     /// Moves queued messages to the connection while the window and the output bound allow.
     pub(super) fn refill(&mut self, conn_id: ConnId) {
-        let Self { sessions, conns, actions, stats, config, .. } = self;
+        let Self { sessions, conns, actions, stats, config, durability, .. } = self;
         let Some(conn) = conns.get_mut(&conn_id) else {
             return;
         };
@@ -235,6 +251,9 @@ impl Broker {
                 continue;
             }
             let packet_id = outgoing.allocate_packet_id();
+            if let Some(journal) = durability.as_deref_mut().filter(|_| queued.seq != 0) {
+                journal.append(&Record::Sent { seq: queued.seq, packet_id });
+            }
             let (qos, retain) = (queued.qos, queued.retain);
             write_publish(&mut conn.out, &queued.message, qos, retain, false, Some(packet_id));
             outgoing.push_inflight(inflight_entry(packet_id, queued), window);
@@ -268,7 +287,8 @@ impl Broker {
     }
 
     pub(super) fn handle_puback(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
-        if self.sessions.get_mut(session).outgoing.on_puback(id) {
+        if let Some(seq) = self.sessions.get_mut(session).outgoing.on_puback(id) {
+            self.journal_done(seq);
             self.stats.inflight_messages -= 1;
             self.client_progressed(conn);
             self.refill(conn);
@@ -278,18 +298,24 @@ impl Broker {
     }
 
     pub(super) fn handle_pubrec(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
+        // PUBREL is held until the release is durable: a client that delivers on PUBREL
+        // (Method A) then never sees the message again after a crash.
         match self.sessions.get_mut(session).outgoing.on_pubrec(id) {
-            PubrecOutcome::Released => {
+            PubrecOutcome::Released { seq } => {
+                if seq != 0 {
+                    self.journal(|| Record::Released { seq });
+                }
                 self.client_progressed(conn);
-                self.write_control(conn, &Packet::Pubrel(id));
+                self.write_durable_ack(conn, Packet::Pubrel(id));
             }
-            PubrecOutcome::AlreadyReleased => self.write_control(conn, &Packet::Pubrel(id)),
+            PubrecOutcome::AlreadyReleased => self.write_durable_ack(conn, Packet::Pubrel(id)),
             PubrecOutcome::Unknown => self.stats.unexpected_acks += 1,
         }
     }
 
     pub(super) fn handle_pubcomp(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
-        if self.sessions.get_mut(session).outgoing.on_pubcomp(id) {
+        if let Some(seq) = self.sessions.get_mut(session).outgoing.on_pubcomp(id) {
+            self.journal_done(seq);
             self.stats.inflight_messages -= 1;
             self.client_progressed(conn);
             self.refill(conn);
@@ -298,11 +324,25 @@ impl Broker {
         }
     }
 
+    fn journal_done(&mut self, seq: u64) {
+        if seq != 0 {
+            self.journal(|| Record::Done { seq });
+        }
+    }
+
     /// The client acknowledged a message: it is not a stuck slow consumer.
     fn client_progressed(&mut self, conn: ConnId) {
         if let Some(state) = self.conns.get_mut(&conn) {
             state.queue_full_since = None;
         }
+    }
+}
+
+/// A journaled message was dropped at the queue's bound after its `Enqueue` was written:
+/// the journal forgets it too.
+fn journal_dropped(durability: &mut Option<Box<super::durable::Durability>>, seq: u64) {
+    if let Some(journal) = durability.as_deref_mut().filter(|_| seq != 0) {
+        journal.append(&Record::Done { seq });
     }
 }
 
@@ -337,6 +377,7 @@ fn inflight_entry(packet_id: PacketId, queued: Queued) -> Inflight {
         qos: queued.qos,
         retain: queued.retain,
         awaiting,
+        seq: queued.seq,
     }
 }
 

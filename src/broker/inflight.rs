@@ -45,6 +45,8 @@ pub(super) struct Inflight {
     /// The RETAIN flag it was sent with (1 only for a new subscription's retained message).
     pub retain: bool,
     pub awaiting: Awaiting,
+    /// Its journal entry (`durable.rs`); 0 when not journaled.
+    pub seq: u64,
 }
 
 /// A message waiting to be written.
@@ -53,6 +55,8 @@ pub(super) struct Queued {
     pub message: Message,
     pub qos: QoS,
     pub retain: bool,
+    /// Its journal entry (`durable.rs`); 0 when not journaled.
+    pub seq: u64,
 }
 
 /// The session queue's bounds, from the configuration.
@@ -69,8 +73,8 @@ pub(super) struct QueueFull;
 /// What a PUBREC did to the outgoing state.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum PubrecOutcome {
-    /// The QoS 2 message moved on to awaiting PUBCOMP: answer PUBREL.
-    Released,
+    /// The QoS 2 message (journal entry `seq`) moved on to awaiting PUBCOMP: answer PUBREL.
+    Released { seq: u64 },
     /// Already released (a repeated PUBREC): answer PUBREL again.
     AlreadyReleased,
     /// No QoS 2 message with this id is in flight.
@@ -146,6 +150,10 @@ impl Outgoing {
         self.inflight.iter()
     }
 
+    pub fn queued(&self) -> impl Iterator<Item = &Queued> {
+        self.queue.iter()
+    }
+
     pub fn front_queued(&self) -> Option<&Queued> {
         self.queue.front()
     }
@@ -190,6 +198,17 @@ impl Outgoing {
         free
     }
 
+    /// Where packet ids continue (persisted so a restart does not reuse recent ones).
+    pub fn next_packet_id(&self) -> PacketId {
+        self.next_packet_id
+    }
+
+    /// Moves the id counter (a restored session); the window's order flag does not depend on
+    /// it, so any value keeps `allocate_packet_id` exact.
+    pub fn set_next_packet_id(&mut self, id: PacketId) {
+        self.next_packet_id = id;
+    }
+
     pub fn push_inflight(&mut self, entry: Inflight, window: usize) {
         assert!(self.inflight.len() < window, "inflight window of {window} overrun");
         assert!(entry.qos != QoS::AtMostOnce, "QoS 0 is never in flight");
@@ -224,13 +243,14 @@ impl Outgoing {
         Some(queued)
     }
 
-    /// PUBACK: the QoS 1 message with `id` is done. False if none was awaiting it.
-    pub fn on_puback(&mut self, id: PacketId) -> bool {
+    /// PUBACK: the QoS 1 message with `id` is done; its journal seq, or `None` if none was
+    /// awaiting it.
+    pub fn on_puback(&mut self, id: PacketId) -> Option<u64> {
         self.remove_awaiting(id, Awaiting::Puback)
     }
 
-    /// PUBCOMP: the QoS 2 message with `id` is done. False if none was awaiting it.
-    pub fn on_pubcomp(&mut self, id: PacketId) -> bool {
+    /// PUBCOMP: the QoS 2 message with `id` is done; as `on_puback`.
+    pub fn on_pubcomp(&mut self, id: PacketId) -> Option<u64> {
         self.remove_awaiting(id, Awaiting::Pubcomp)
     }
 
@@ -243,26 +263,20 @@ impl Outgoing {
                 entry.awaiting = Awaiting::Pubcomp;
                 // Only the id is needed from now on [MQTT-4.3.3-1]; let the payload go.
                 entry.message.payload = bytes::Bytes::new();
-                PubrecOutcome::Released
+                PubrecOutcome::Released { seq: entry.seq }
             }
             Awaiting::Pubcomp => PubrecOutcome::AlreadyReleased,
             Awaiting::Puback => PubrecOutcome::Unknown,
         }
     }
 
-    fn remove_awaiting(&mut self, id: PacketId, awaiting: Awaiting) -> bool {
+    fn remove_awaiting(&mut self, id: PacketId, awaiting: Awaiting) -> Option<u64> {
         // Acknowledgements usually come in order: the search ends at the front.
         let found = self
             .inflight
             .iter()
             .position(|entry| entry.packet_id == id && entry.awaiting == awaiting);
-        match found {
-            Some(index) => {
-                self.inflight.remove(index);
-                true
-            }
-            None => false,
-        }
+        Some(self.inflight.remove(found?)?.seq)
     }
 
     /// Drops everything (the session is being discarded); returns (inflight, queued) counts.
@@ -319,6 +333,11 @@ impl Incoming {
     pub fn len(&self) -> usize {
         self.awaiting_pubrel.as_ref().map_or(0, |awaiting| awaiting.len())
     }
+
+    /// The ids awaiting PUBREL, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = PacketId> + '_ {
+        self.awaiting_pubrel.iter().flat_map(|awaiting| awaiting.iter().copied())
+    }
 }
 
 #[cfg(test)]
@@ -343,7 +362,7 @@ mod tests {
 
     fn entry(id: PacketId, qos: QoS) -> Inflight {
         let awaiting = if qos == QoS::AtLeastOnce { Awaiting::Puback } else { Awaiting::Pubrec };
-        Inflight { packet_id: id, message: message(b"x"), qos, retain: false, awaiting }
+        Inflight { packet_id: id, message: message(b"x"), qos, retain: false, awaiting, seq: 0 }
     }
 
     #[test]
@@ -368,7 +387,7 @@ mod tests {
             let id = out.allocate_packet_id();
             assert_ne!(id, stuck);
             out.push_inflight(entry(id, QoS::AtLeastOnce), 10);
-            assert!(out.on_puback(id));
+            assert!(out.on_puback(id).is_some());
         }
         assert_eq!(out.inflight_len(), 1);
     }
@@ -409,7 +428,7 @@ mod tests {
                     }
                     Step::Ack(index) if index < out.inflight_len() => {
                         let id = out.inflight().nth(index).map(|e| e.packet_id).expect("exists");
-                        proptest::prop_assert!(out.on_puback(id));
+                        proptest::prop_assert!(out.on_puback(id).is_some());
                     }
                     Step::Restore(id) if out.inflight_len() < WINDOW => {
                         let id = pid(id);
@@ -434,11 +453,11 @@ mod tests {
     fn qos2_outgoing_goes_pubrec_then_pubcomp() {
         let mut out = Outgoing::default();
         out.push_inflight(entry(pid(5), QoS::ExactlyOnce), 1);
-        assert!(!out.on_puback(pid(5)), "a QoS 2 message is not finished by PUBACK");
-        assert!(!out.on_pubcomp(pid(5)), "nor by PUBCOMP before PUBREC");
-        assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::Released);
+        assert!(out.on_puback(pid(5)).is_none(), "a QoS 2 message is not finished by PUBACK");
+        assert!(out.on_pubcomp(pid(5)).is_none(), "nor by PUBCOMP before PUBREC");
+        assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::Released { seq: 0 });
         assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::AlreadyReleased);
-        assert!(out.on_pubcomp(pid(5)));
+        assert!(out.on_pubcomp(pid(5)).is_some());
         assert_eq!(out.inflight_len(), 0);
         assert_eq!(out.on_pubrec(pid(5)), PubrecOutcome::Unknown);
     }
@@ -446,8 +465,12 @@ mod tests {
     #[test]
     fn the_queue_stops_at_either_bound() {
         let limits = QueueLimits { messages_max: 2, bytes_max: 5 };
-        let queued =
-            |payload| Queued { message: message(payload), qos: QoS::AtLeastOnce, retain: false };
+        let queued = |payload| Queued {
+            message: message(payload),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            seq: 0,
+        };
         let mut out = Outgoing::default();
         out.enqueue(queued(b"abc"), limits).expect("room");
         assert!(out.enqueue(queued(b"abc"), limits).is_err(), "6 bytes > 5");

@@ -52,6 +52,7 @@
 //! `inflight.rs` the QoS state machines; `connection.rs` connection state, output and closing;
 //! `interest.rs` cross-worker interest and the SUBACKs that wait for it; `retain_confirm.rs`
 //! the publisher acknowledgements that wait until a retained update is applied everywhere;
+//! `durable.rs` the persistence journal and the acks held for it;
 //! `will.rs`; `auth.rs` credentials, the failure limiter and ACL checks (`crate::auth` holds
 //! the tables); `peer.rs` peer addresses; `keepalive.rs` the timing wheel; `route.rs` the
 //! cross-worker protocol and
@@ -78,6 +79,7 @@ mod auth;
 mod connect;
 mod connection;
 mod delivery;
+mod durable;
 mod inflight;
 mod interest;
 mod peer;
@@ -105,8 +107,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 
 use crate::protocol::{
-    encode::encoded_len, Connect, ConnectReturnCode, DecodeError, OutBuf, Packet, QoS, TopicFilter,
-    TopicName, Utf8Bytes,
+    encode::encoded_len, Connect, ConnectReturnCode, DecodeError, OutBuf, Packet, PacketId, QoS,
+    TopicFilter, TopicName, Utf8Bytes,
 };
 use connect::Connected;
 use connection::Phase;
@@ -151,6 +153,9 @@ pub enum CloseReason {
     /// An operator closed the connection through the admin API (its will is published: the
     /// client did not send DISCONNECT).
     Kicked,
+    /// A reload of the password file removed the client's user or changed its password
+    /// (`Broker::reload_auth`; its will is published, as in Mosquitto).
+    CredentialsRevoked,
 }
 
 /// What the broker asks its driver to do. See the module documentation for the contract.
@@ -197,6 +202,29 @@ pub enum RemoteMsg {
     RetainUnchanged(RetainToken),
     /// A worker's counters for the `$SYS` aggregate kept by worker 0.
     Stats(Box<stats::WorkerStats>),
+    /// Persistence: the sender's journal durably holds (the records of) the first `count`
+    /// `Publish`/`Retain` messages the receiver sent it (see `durable.rs`).
+    Durable {
+        count: u64,
+    },
+    /// Persistence: a QoS 2 publish from a persistent session's client, with that client's
+    /// id and the packet id, so that a copy re-sent after a crash is stored once (see
+    /// `durable.rs`). Counted like `Publish` for durability.
+    PublishOnce(Box<ForwardedQos2>),
+    /// Persistence: the origin's client released a QoS 2 packet id (PUBREL), or (`packet_id`
+    /// `None`) started a new persistent session: forget the id (all of its ids).
+    Qos2Release {
+        origin: Utf8Bytes,
+        packet_id: Option<PacketId>,
+    },
+}
+
+/// A QoS 2 message forwarded with its origin (`RemoteMsg::PublishOnce`).
+#[derive(Clone, Debug)]
+pub struct ForwardedQos2 {
+    pub message: Message,
+    pub origin: Utf8Bytes,
+    pub packet_id: PacketId,
 }
 
 impl fmt::Display for CloseReason {
@@ -212,6 +240,9 @@ impl fmt::Display for CloseReason {
             Self::SlowConsumer => f.write_str("slow consumer: not reading or not acknowledging"),
             Self::Shutdown => f.write_str("broker shutting down"),
             Self::Kicked => f.write_str("kicked by an operator (admin API)"),
+            Self::CredentialsRevoked => {
+                f.write_str("user deleted or password changed by a password file reload")
+            }
         }
     }
 }
@@ -243,6 +274,8 @@ pub struct Broker {
     next_retained_expiry: Option<Millis>,
     serial: u32,
     generated_ids: u64,
+    /// The journal and the acknowledgements held for it; `None` without persistence.
+    durability: Option<Box<durable::Durability>>,
     auth: auth::AuthState,
 }
 
@@ -278,6 +311,7 @@ impl Broker {
             next_retained_expiry,
             serial: 0,
             generated_ids: 0,
+            durability: None,
             auth,
         }
     }

@@ -22,7 +22,8 @@
 use super::delivery::Variants;
 use super::inflight::IncomingQos2;
 use super::retain_confirm::Ack;
-use super::{Broker, CloseReason, ConnId, Message, Millis, RemoteMsg, RetainToken, SessionId};
+use super::{Broker, CloseReason, ConnId, Message, Millis, RetainToken, SessionId};
+use crate::persist::record::Record;
 use crate::protocol::{PacketId, Publish, QoS};
 
 impl Broker {
@@ -79,6 +80,7 @@ impl Broker {
         message: Message,
         now: Millis,
     ) -> Option<RetainToken> {
+        self.journal_begin_route();
         let token =
             if message.retain { self.update_retained(&message, Some(conn), now) } else { None };
         self.route_to_subscribers(&message, now);
@@ -104,7 +106,12 @@ impl Broker {
         let awaiting_max = self.config.max_awaiting_pubrel;
         let token = match self.sessions.get_mut(session).incoming.on_publish(id, awaiting_max) {
             IncomingQos2::Deliver => {
+                self.journal_origin(session, id);
                 let token = self.route_acknowledged(conn, message, now);
+                if self.sessions.get(session).persistent {
+                    // Before the PUBREC is decided, which then waits for it (`durable.rs`).
+                    self.journal_qos2_received(session, id);
+                }
                 if let Some(token) = token {
                     self.note_qos2_token(session, id, token);
                 }
@@ -125,7 +132,17 @@ impl Broker {
     pub(super) fn handle_pubrel(&mut self, conn: ConnId, session: SessionId, id: PacketId) {
         // An unknown id still gets PUBCOMP: the client may be finishing an exchange whose
         // PUBCOMP it never saw [MQTT-4.3.3-2] [MQTT-3.6.4-1].
-        self.sessions.get_mut(session).incoming.on_pubrel(id);
+        let state = self.sessions.get_mut(session);
+        let persistent = state.persistent;
+        if state.incoming.on_pubrel(id) && persistent {
+            self.journal(|| Record::Qos2Released { sid: session.0, packet_id: id });
+        }
+        if persistent {
+            // Known or not (a crash may have lost the id here but not a copy's elsewhere).
+            self.release_forwarded_everywhere(session, Some(id));
+        }
+        // PUBCOMP lets the client reuse the id: only once the release is durable (the final
+        // write goes through `write_durable_ack`).
         self.write_ack(conn, Ack::Pubcomp(id));
     }
 
@@ -145,7 +162,8 @@ impl Broker {
         self.fan_out(message, &matches.sessions, now);
         for worker in matches.workers.iter() {
             if worker != self.me {
-                self.send_remote(worker, RemoteMsg::Publish(message.clone()));
+                let msg = self.remote_publish(message);
+                self.send_remote(worker, msg);
             }
         }
         self.matches = matches;

@@ -138,6 +138,24 @@ impl RetainedStore {
         }
     }
 
+    /// Calls `visit` with every retained message, in no particular order.
+    pub fn for_each(&self, mut visit: impl FnMut(&Message)) {
+        for (_, retained) in &self.messages {
+            visit(&retained.message);
+        }
+    }
+
+    /// One past the highest key a message can have now: the range a sliced scan walks with
+    /// [`Self::message_in_slot`].
+    pub fn slots(&self) -> usize {
+        self.messages.capacity()
+    }
+
+    /// The message stored under key `slot`, if any (for the admin API's sliced read).
+    pub fn message_in_slot(&self, slot: usize) -> Option<&Message> {
+        self.messages.get(slot).map(|retained| &retained.message)
+    }
+
     pub fn get(&self, topic: &TopicName) -> Option<&Message> {
         self.message_at(topic).map(|key| &self.messages[key as usize].message)
     }

@@ -163,7 +163,7 @@ impl Broker {
         if self.retain_confirms.held.contains_key(&conn) {
             self.queue_ack(conn, ack, None);
         } else {
-            self.write_control(conn, &ack.packet());
+            self.write_durable_ack(conn, ack.packet());
         }
     }
 
@@ -231,7 +231,7 @@ impl Broker {
                 return;
             }
             queue.pop_front();
-            self.write_control(conn, &ack.packet());
+            self.write_durable_ack(conn, ack.packet());
         }
     }
 

@@ -23,6 +23,7 @@
 
 use super::{Action, Broker, ConnId, Message, Millis, RemoteMsg, RetainToken, WorkerId};
 use crate::broker::retain::RetainOutcome;
+use crate::persist::record::Record;
 
 /// FNV-1a, 64 bits: a stable hash of `bytes` (the same in every process and version).
 pub fn stable_hash(bytes: &[u8]) -> u64 {
@@ -50,18 +51,23 @@ impl Broker {
             "remote message to {to:?} from {:?}",
             self.me
         );
+        self.count_remote_send(to, &msg);
         self.actions.push_back(Action::Remote { to, msg });
     }
 
     pub(super) fn dispatch_remote(&mut self, from: WorkerId, msg: RemoteMsg, now: Millis) {
         assert!(from != self.me && from.0 < self.workers, "remote message from {from:?}");
         match msg {
-            RemoteMsg::Publish(message) => self.deliver_from_remote(&message, now),
+            RemoteMsg::Publish(message) => {
+                self.count_received(from);
+                self.deliver_from_remote(&message, now);
+            }
             RemoteMsg::Interest { filter, interested } => {
                 self.on_remote_interest(from, &filter, interested);
             }
             RemoteMsg::InterestAck => self.on_interest_ack(from, now),
             RemoteMsg::Retain { message, token } => {
+                self.count_received(from);
                 self.apply_retained_as_owner(message, from, token, now);
             }
             RemoteMsg::RetainApplied { message, origin, token } => {
@@ -71,6 +77,17 @@ impl Broker {
             RemoteMsg::RetainAck(token) => self.on_retain_confirmed(token),
             RemoteMsg::RetainUnchanged(token) => self.settle_retain_token(token),
             RemoteMsg::Stats(stats) => self.record_worker_stats(from, *stats),
+            RemoteMsg::Durable { count } => self.on_remote_durable(from, count, now),
+            RemoteMsg::PublishOnce(forwarded) => {
+                self.count_received(from);
+                if self.accept_forwarded(&forwarded) {
+                    self.deliver_from_remote(&forwarded.message, now);
+                }
+            }
+            RemoteMsg::Qos2Release { origin, packet_id } => {
+                self.count_received(from);
+                self.release_forwarded(origin, packet_id);
+            }
         }
     }
 
@@ -125,6 +142,11 @@ impl Broker {
             }
             return false;
         }
+        self.journal(|| Record::Retain {
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            qos: message.qos,
+        });
         let others: Vec<WorkerId> = self.other_workers().collect();
         for worker in others {
             let message = message.clone();

@@ -17,6 +17,7 @@ use slab::Slab;
 
 use super::inflight::{Incoming, Outgoing};
 use super::{Broker, ConnId, Millis, SessionId};
+use crate::persist::record::Record;
 use crate::protocol::{QoS, TopicFilter, Utf8Bytes};
 
 #[derive(Debug)]
@@ -103,6 +104,11 @@ impl SessionTable {
         self.slab.iter().map(|(_, session)| session)
     }
 
+    pub fn iter_with_ids(&self) -> impl Iterator<Item = (SessionId, &Session)> {
+        // Cannot truncate: `insert` refuses indices beyond u32.
+        self.slab.iter().map(|(index, session)| (SessionId(index as u32), session))
+    }
+
     /// One past the highest slot a session can occupy now: what a scan by slot covers.
     pub fn slots(&self) -> usize {
         self.slab.capacity()
@@ -121,7 +127,13 @@ impl Broker {
             self.stats.sessions_refused_full += 1;
             return None;
         }
-        Some(self.sessions.insert(Session::new(client_id, persistent, now)))
+        let id = self.sessions.insert(Session::new(client_id, persistent, now));
+        if persistent {
+            let client_id = &self.sessions.get(id).client_id;
+            let record = Record::SessionOpen { sid: id.0, client_id: client_id.clone() };
+            self.journal(|| record);
+        }
+        Some(id)
     }
 
     /// Discards a session and everything it held (its subscriptions leave the index).
@@ -132,6 +144,9 @@ impl Broker {
             self.remove_from_index(filter, id);
         }
         let mut session = self.sessions.remove(id);
+        if session.persistent {
+            self.journal(|| Record::SessionDrop { sid: id.0 });
+        }
         let (inflight, queued) = session.outgoing.clear();
         self.stats.inflight_messages -= inflight as u64;
         self.stats.queued_messages -= queued as u64;

@@ -24,6 +24,7 @@
 
 use super::delivery::Variants;
 use super::{Broker, ConnId, Message, Millis, SessionId};
+use crate::persist::record::Record;
 use crate::protocol::encode::remaining_length_bytes;
 use crate::protocol::{Packet, QoS, Suback, SubackCode, Subscribe, TopicFilter, Unsubscribe};
 
@@ -71,9 +72,23 @@ impl Broker {
         }
     }
 
+    /// Answers a SUBSCRIBE whose interest is known everywhere: now, or (a persistent session
+    /// with persistence on) once its subscriptions are durable (`durable.rs`).
+    pub(super) fn complete_subscribe(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        answer: SubscribeAnswer,
+        now: Millis,
+    ) {
+        if let Some(answer) = self.hold_subscribe(conn, session, answer) {
+            self.write_subscribe_answer(conn, session, answer, now);
+        }
+    }
+
     /// Writes the SUBACK, then the retained messages of each granted filter (Mosquitto's
     /// order), read from the replica now.
-    pub(super) fn complete_subscribe(
+    pub(super) fn write_subscribe_answer(
         &mut self,
         conn: ConnId,
         session: SessionId,
@@ -116,12 +131,25 @@ impl Broker {
                 subscriptions.push((filter.clone(), qos));
             }
         }
+        if self.sessions.get(session).persistent {
+            self.journal(|| Record::Subscribe { sid: session.0, filter: filter.clone(), qos });
+        }
         let waits_for = if self.subscriptions.subscribe(filter, session, qos) {
             self.broadcast_interest(filter, true)
         } else {
             self.interest_pending_for(filter)
         };
         (SubackCode::Granted(qos), waits_for)
+    }
+
+    /// A recovered subscription of an offline session (`durable.rs`).
+    pub(super) fn restore_subscription(
+        &mut self,
+        session: SessionId,
+        filter: &TopicFilter,
+        qos: QoS,
+    ) {
+        self.add_subscription(session, filter, qos);
     }
 
     /// Sends the retained messages `filter` matches to `session`, at min(retained, granted).
@@ -157,8 +185,11 @@ impl Broker {
             };
             subscriptions.swap_remove(index);
             self.remove_from_index(filter, session);
+            if self.sessions.get(session).persistent {
+                self.journal(|| Record::Unsubscribe { sid: session.0, filter: filter.clone() });
+            }
         }
-        self.write_control(conn, &Packet::Unsuback(unsubscribe.packet_id));
+        self.write_durable_ack(conn, Packet::Unsuback(unsubscribe.packet_id));
     }
 
     /// Removes one subscription from the index, telling the other workers if it was the last.

@@ -155,9 +155,11 @@ impl Config {
     }
 
     /// Connections the process can hold: `max_connections`, or fewer when the workers'
-    /// direct file tables together hold fewer.
+    /// direct file tables (each worker's rings) together hold fewer.
     pub fn connection_capacity(&self) -> usize {
-        let tables = self.runtime.workers.saturating_mul(self.runtime.file_table_slots as usize);
+        let per_worker = (self.runtime.file_table_slots as usize)
+            .saturating_mul(usize::from(self.runtime.rings_per_worker_max));
+        let tables = self.runtime.workers.saturating_mul(per_worker);
         self.runtime.max_connections.min(tables)
     }
 

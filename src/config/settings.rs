@@ -172,18 +172,27 @@ pub struct Settings {
     pub require_certificate: Option<bool>,
 
     /// Use the client certificate's subject CN as the user name, ignoring the CONNECT's user
-    /// name and password (true|false; needs `require_certificate`).
+    /// name and password; the password file is not consulted on TLS and WSS listeners, as in
+    /// Mosquitto (true|false; needs `require_certificate`).
     #[arg(long, value_name = "BOOL", help_heading = "TLS and WebSocket")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub use_identity_as_username: Option<bool>,
 
     // ---- Rings and buffers -----------------------------------------------------------------
-    /// Slots in each worker's registered (direct) file table: that worker's connection cap.
-    /// At most 1048576 and the hard RLIMIT_NOFILE (ringmq raises the soft limit to the hard
-    /// one at start). A worker whose table is full stops accepting until a slot frees.
+    /// Slots in each ring's registered (direct) file table. At most 1048576 and the hard
+    /// RLIMIT_NOFILE (ringmq raises the soft limit to the hard one at start). A worker holds
+    /// at most this times `rings_per_worker_max`; when every table is full it stops
+    /// accepting until a slot frees.
     #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_table_slots: Option<u32>,
+
+    /// Rings (each a file table of `file_table_slots`) a worker may own: it starts with one
+    /// and adds another when the one taking new connections is nearly full. At least 1; at
+    /// most 16777215 / `file_table_slots` are used (838 of 20000 slots).
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rings_per_worker_max: Option<u16>,
 
     /// Submission-queue entries per ring, a power of two up to 32768; the completion queue
     /// is twice this.
@@ -325,6 +334,44 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
 
+    // ---- Persistence -----------------------------------------------------------------------
+    /// Keep persistent sessions (subscriptions, queued and in-flight QoS 1/2 messages) and
+    /// retained messages on disk across restarts and crashes (true|false): each worker writes
+    /// a journal, and acknowledgements wait until what they promise is durable.
+    #[arg(long, value_name = "BOOL", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<bool>,
+
+    /// Directory of the journal files (created if missing); one epoch directory per run.
+    #[arg(long, value_name = "DIR", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_dir: Option<std::path::PathBuf>,
+
+    /// When the journal is fsynced: `batch` (every batch, before the acknowledgements that
+    /// depend on it: survives power loss), `interval` (written before acknowledging, which
+    /// survives a crash of the process; fsynced every `persistence_fsync_interval_millis`),
+    /// or `never` (written before acknowledging; fsync left to the kernel).
+    #[arg(long, value_enum, value_name = "POLICY", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_fsync: Option<crate::persist::FsyncPolicy>,
+
+    /// Milliseconds between fsyncs under `persistence_fsync = interval`.
+    #[arg(long, value_name = "MILLIS", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_fsync_interval_millis: Option<u64>,
+
+    /// A worker's journal file past this many bytes is compacted: a new file starts with a
+    /// snapshot of the state and the old one is deleted.
+    #[arg(long, value_name = "BYTES", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_compact_bytes: Option<u64>,
+
+    /// Journal bytes (and held acknowledgements, 64 bytes each) a worker may accumulate
+    /// while its disk catches up; at it the worker stops reading from its connections until
+    /// a write completes.
+    #[arg(long, value_name = "BYTES", help_heading = "Persistence")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistence_pending_bytes_max: Option<usize>,
     // ---- Authentication (auth helper) ------------------------------------------------------
     /// Mosquitto's password file (`user:$7$...` lines, written by `ringmq passwd` or
     /// mosquitto_passwd). With it, a CONNECT with a user name needs its password (else
@@ -340,9 +387,9 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acl_file: Option<PathBuf>,
 
-    /// Failed logins (bad user name or password) one source address may make per window on
-    /// one worker; then its CONNECTs with a user name are refused 0x05 until the window ends
-    /// (counted). 0 = no limit.
+    /// Failed logins (bad user name or password) one source address may make per window,
+    /// counted across all workers; then its CONNECTs with a user name are refused 0x05 until
+    /// the window ends (counted). 0 = no limit (at most 65535 counts).
     #[arg(long, value_name = "N", help_heading = "Authentication")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failures_max: Option<u32>,
@@ -352,8 +399,9 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure_window_secs: Option<u64>,
 
-    /// Source addresses one worker tracks for `auth_failures_max`; beyond it (after ended
-    /// windows are swept) a new address is not limited (counted).
+    /// Source addresses tracked for `auth_failures_max`, for the whole broker (a table of
+    /// atomics shared by the workers, 8 bytes per address, rounded up to a power of two); an
+    /// address whose bucket of 4 holds live windows of others is not limited (counted).
     #[arg(long, value_name = "N", help_heading = "Authentication")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure_addresses_max: Option<usize>,
@@ -462,6 +510,7 @@ impl Settings {
             require_certificate,
             use_identity_as_username,
             file_table_slots,
+            rings_per_worker_max,
             ring_entries,
             recv_buffers,
             recv_buffer_bytes,
@@ -485,6 +534,12 @@ impl Settings {
             retained_expiry_secs,
             sys_interval,
             allow_anonymous,
+            persistence,
+            persistence_dir,
+            persistence_fsync,
+            persistence_fsync_interval_millis,
+            persistence_compact_bytes,
+            persistence_pending_bytes_max,
             password_file,
             acl_file,
             auth_failures_max,
@@ -540,6 +595,9 @@ impl Settings {
             workers,
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             file_table_slots: self.file_table_slots.unwrap_or(defaults.file_table_slots),
+            rings_per_worker_max: self
+                .rings_per_worker_max
+                .unwrap_or(defaults.rings_per_worker_max),
             ring_entries: self.ring_entries.unwrap_or(defaults.ring_entries),
             recv_buffers: self
                 .recv_buffers
@@ -555,11 +613,31 @@ impl Settings {
             listen_backlog: self.listen_backlog.unwrap_or(defaults.listen_backlog),
             close_linger_millis: self.close_linger_millis.unwrap_or(defaults.close_linger_millis),
             turn_packets_max: self.turn_packets_max.unwrap_or(defaults.turn_packets_max),
+            persistence: self.build_persistence(),
             auth_verify_threads: self.auth_verify_threads.unwrap_or(defaults.auth_verify_threads),
             auth_verify_queue_max: self
                 .auth_verify_queue_max
                 .unwrap_or(defaults.auth_verify_queue_max),
         }
+    }
+
+    /// The persistence config when `persistence = true`, else `None`.
+    fn build_persistence(&self) -> Option<crate::persist::PersistConfig> {
+        if self.persistence != Some(true) {
+            return None;
+        }
+        let defaults = crate::persist::PersistConfig::default();
+        Some(crate::persist::PersistConfig {
+            dir: self.persistence_dir.clone().unwrap_or(defaults.dir),
+            fsync: self.persistence_fsync.unwrap_or(defaults.fsync),
+            fsync_interval_millis: self
+                .persistence_fsync_interval_millis
+                .unwrap_or(defaults.fsync_interval_millis),
+            compact_bytes: self.persistence_compact_bytes.unwrap_or(defaults.compact_bytes),
+            pending_bytes_max: self
+                .persistence_pending_bytes_max
+                .unwrap_or(defaults.pending_bytes_max),
+        })
     }
 
     /// The TLS, WebSocket and WSS addresses, in that order, each with its default port.
@@ -641,6 +719,7 @@ impl Settings {
     pub fn from_built(built: &Built) -> Settings {
         let (runtime, broker, ops) = (&built.runtime, &built.broker, &built.ops);
         let port = runtime.listeners.first().map_or(DEFAULT_PORT, |addr| addr.port());
+        let persistence = runtime.persistence.clone().unwrap_or_default();
         Settings {
             port: Some(port),
             bind: Some(runtime.listeners.iter().map(|&addr| addr.into()).collect()),
@@ -661,6 +740,7 @@ impl Settings {
             require_certificate: Some(runtime.tls.require_certificate),
             use_identity_as_username: Some(runtime.tls.use_identity_as_username),
             file_table_slots: Some(runtime.file_table_slots),
+            rings_per_worker_max: Some(runtime.rings_per_worker_max),
             ring_entries: Some(runtime.ring_entries),
             recv_buffers: Some(runtime.recv_buffers),
             recv_buffer_bytes: Some(runtime.recv_buffer_bytes),
@@ -686,6 +766,12 @@ impl Settings {
             retained_expiry_secs: Some(broker.retained_expiry_secs),
             sys_interval: Some(broker.sys_interval_secs),
             allow_anonymous: Some(broker.allow_anonymous),
+            persistence: Some(runtime.persistence.is_some()),
+            persistence_dir: Some(persistence.dir.clone()),
+            persistence_fsync: Some(persistence.fsync),
+            persistence_fsync_interval_millis: Some(persistence.fsync_interval_millis),
+            persistence_compact_bytes: Some(persistence.compact_bytes),
+            persistence_pending_bytes_max: Some(persistence.pending_bytes_max),
             password_file: broker.password_file.clone(),
             acl_file: broker.acl_file.clone(),
             auth_failures_max: Some(broker.auth_failures_max),
@@ -747,6 +833,7 @@ mod tests {
             use_identity_as_username: true,
         };
         runtime.file_table_slots += 1;
+        runtime.rings_per_worker_max += 1;
         runtime.ring_entries *= 2;
         runtime.recv_buffers /= 2;
         runtime.recv_buffer_bytes += 1;
@@ -772,6 +859,13 @@ mod tests {
         broker.retained_expiry_secs += 1;
         broker.sys_interval_secs += 1;
         broker.allow_anonymous = !broker.allow_anonymous;
+        runtime.persistence = Some(crate::persist::PersistConfig {
+            dir: "/var/lib/ringmq-test".into(),
+            fsync: crate::persist::FsyncPolicy::Interval,
+            fsync_interval_millis: 7,
+            compact_bytes: 12345,
+            pending_bytes_max: 6789,
+        });
         broker.password_file = Some("/etc/ringmq/passwd".into());
         broker.acl_file = Some("/etc/ringmq/acl".into());
         broker.auth_failures_max += 1;

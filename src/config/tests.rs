@@ -202,7 +202,9 @@ fn summary_is_one_line_with_every_key() {
 #[test]
 fn connection_capacity_is_the_smaller_of_the_two_bounds() {
     let config = resolved(&["--workers=2", "--file-table-slots=1000"], None);
-    assert_eq!(config.connection_capacity(), 2000);
+    assert_eq!(config.connection_capacity(), 2 * 1000 * 64, "64 rings per worker by default");
+    let flags = ["--workers=2", "--file-table-slots=1000", "--rings-per-worker-max=1"];
+    assert_eq!(resolved(&flags, None).connection_capacity(), 2000);
     let config = resolved(&["--workers=2", "--max-connections=1500"], None);
     assert_eq!(config.connection_capacity(), 1500);
 }
@@ -211,7 +213,7 @@ fn connection_capacity_is_the_smaller_of_the_two_bounds() {
 fn help_shows_every_settings_default() {
     let help = Cli::command_with_defaults().render_help().to_string();
     let defaults = defaults_table();
-    assert_eq!(defaults.len(), 55, "a setting was added: update the example file and README");
+    assert_eq!(defaults.len(), 62, "a setting was added: update the example file and README");
     for (key, value) in &defaults {
         let flag = format!("--{}", key.replace('_', "-"));
         assert!(help.contains(&flag), "{flag} missing from --help");

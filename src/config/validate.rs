@@ -210,6 +210,9 @@ fn check_capacity(checker: &mut Checker, runtime: &RuntimeConfig, kernel: &Kerne
             kernel.open_files_hard.map_or("unlimited".to_owned(), |n| n.to_string())
         )
     });
+    checker.require(runtime.rings_per_worker_max >= 1, "rings_per_worker_max", || {
+        "must be at least 1 (a worker's first ring)".to_owned()
+    });
 }
 
 fn check_rings(checker: &mut Checker, runtime: &RuntimeConfig) {
@@ -446,6 +449,8 @@ mod tests {
         assert_eq!(rejected(|r, _| r.file_table_slots = 0), ["file_table_slots"]);
         assert_eq!(rejected(|r, _| r.file_table_slots = 524_289), ["file_table_slots"]);
         assert!(rejected(|r, _| r.file_table_slots = 524_288).is_empty());
+        assert_eq!(rejected(|r, _| r.rings_per_worker_max = 0), ["rings_per_worker_max"]);
+        assert!(rejected(|r, _| r.rings_per_worker_max = u16::MAX).is_empty());
         let (mut runtime, broker) = defaults();
         runtime.file_table_slots = FILE_TABLE_SLOTS_MAX + 1;
         let errors = validate(&runtime, &broker, &KernelLimits::UNKNOWN).unwrap_err();

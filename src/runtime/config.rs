@@ -22,8 +22,14 @@ pub struct RuntimeConfig {
     /// Connections the whole process holds (Mosquitto's `max_connections`). Beyond it a new
     /// connection is accepted and closed at once (counted).
     pub max_connections: usize,
-    /// Slots in each worker's registered (direct) file table: that worker's connection cap.
+    /// Slots in each ring's registered (direct) file table (the kernel caps it at
+    /// RLIMIT_NOFILE).
     pub file_table_slots: u32,
+    /// Rings a worker may own, each with a file table of `file_table_slots`: a worker's
+    /// connection cap is the product. A worker starts with one and adds another when the one
+    /// taking new connections is nearly full (`rings.rs`). Capped at run time so that rings
+    /// x slots stays within a `user_data`'s slot field (838 rings of 20000).
+    pub rings_per_worker_max: u16,
     /// Submission queue entries per ring (the completion queue is twice this).
     pub ring_entries: u32,
     /// Provided receive buffers per worker, and the size of each. The default count shrinks
@@ -53,6 +59,8 @@ pub struct RuntimeConfig {
     /// is cancelled and the connection closed anyway (a peer that stopped reading cannot hold
     /// a slot forever).
     pub close_linger_millis: u64,
+    /// Persistence (each worker's journal, `persist`); `None` keeps everything in memory.
+    pub persistence: Option<crate::persist::PersistConfig>,
     /// Threads that verify passwords off the ring loops (`verify.rs`); 0 = inline.
     pub auth_verify_threads: usize,
     /// Verifications queued at most; a CONNECT beyond it is refused 0x03 (counted).
@@ -70,6 +78,7 @@ impl Default for RuntimeConfig {
             workers,
             max_connections: 1_000_000,
             file_table_slots: 20_000,
+            rings_per_worker_max: 64,
             ring_entries: 4096,
             recv_buffers: Self::default_recv_buffers(workers),
             recv_buffer_bytes: 16 * 1024,
@@ -81,6 +90,7 @@ impl Default for RuntimeConfig {
             listen_backlog: 4096,
             turn_packets_max: 16_384,
             close_linger_millis: 2000,
+            persistence: None,
             auth_verify_threads: 1,
             auth_verify_queue_max: 4096,
         }
@@ -142,6 +152,9 @@ impl RuntimeConfig {
         if self.file_table_slots == 0 || self.file_table_slots >= super::user_data::SLOTS_MAX {
             return Err(format!("file_table_slots must be 1..{}", super::user_data::SLOTS_MAX));
         }
+        if self.rings_per_worker_max == 0 {
+            return Err("rings_per_worker_max must be at least 1".into());
+        }
         if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 1 << 15 {
             return Err("recv_buffers must be a power of two of at most 32768".into());
         }
@@ -156,6 +169,14 @@ impl RuntimeConfig {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be positive".into());
+        }
+        if let Some(persistence) = &self.persistence {
+            if persistence.compact_bytes == 0 || persistence.pending_bytes_max == 0 {
+                return Err(
+                    "persistence_compact_bytes and persistence_pending_bytes_max must be positive"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }
@@ -193,6 +214,7 @@ mod tests {
             RuntimeConfig { workers: 0, ..RuntimeConfig::default() },
             RuntimeConfig { recv_buffers: 1000, ..RuntimeConfig::default() },
             RuntimeConfig { file_table_slots: 1 << 24, ..RuntimeConfig::default() },
+            RuntimeConfig { rings_per_worker_max: 0, ..RuntimeConfig::default() },
             RuntimeConfig { listeners: Vec::new(), ..RuntimeConfig::default() },
             RuntimeConfig { ring_entries: 1 << 16, ..RuntimeConfig::default() },
         ];

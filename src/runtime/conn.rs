@@ -1,7 +1,9 @@
-//! The worker's connection table: one entry per slot of the ring's direct file table, sized
-//! at start-up, and the per-connection state machine from accept to the close completion.
+//! The worker's connection table: one entry per slot of its rings' direct file tables (one
+//! ring's worth at start-up, another each time the worker adds a ring), and the
+//! per-connection state machine from accept to the close completion.
 //!
-//! A connection's slot *is* its direct descriptor's index: the kernel picks it at accept
+//! A connection's slot *is* its direct descriptor's index (over the rings: ring x
+//! slots-per-ring + index in that ring's table): the kernel picks it at accept
 //! (`IORING_FILE_INDEX_ALLOC`) and cannot hand it out again before our `IORING_OP_CLOSE` on it
 //! completes. Close is therefore submitted last, only when no other operation on the slot is
 //! in flight, and the entry is freed by the close completion: an entry is never reused while
@@ -92,6 +94,9 @@ pub struct PendingHandoff {
     pub peer: Option<PeerAddr>,
     /// Set when the descriptor is sent; the record carries it too.
     pub key: Option<HandoffKey>,
+    /// Sends of the descriptor the target refused because the ring it published was full
+    /// (each retried a turn later, when the target has moved to a ring with room).
+    pub refusals: u8,
 }
 
 impl Conn {
@@ -172,20 +177,47 @@ impl Conn {
     }
 }
 
-/// All slots of one worker, plus the count of those in use.
+/// All slots of one worker, over its rings, plus the count of those in use (in all, and per
+/// ring). A slot number is global to the worker: ring `slot / slots_per_ring`, index
+/// `slot % slots_per_ring` in that ring's direct file table. The table grows one ring's worth
+/// of slots at a time ([`Self::add_ring`]), when the worker sets up another ring.
 #[derive(Debug)]
 pub struct ConnTable {
     conns: Vec<Conn>,
     live: usize,
+    slots_per_ring: u32,
+    /// Slots in use in each ring's table: open or closing connections, and descriptors handed
+    /// to us whose record has not come yet (`land`).
+    live_per_ring: Vec<u32>,
 }
 
 impl ConnTable {
-    pub fn new(slots: u32) -> Self {
-        Self { conns: (0..slots).map(|_| Conn::free()).collect(), live: 0 }
+    /// A table for one ring of `slots_per_ring` slots.
+    pub fn new(slots_per_ring: u32) -> Self {
+        let mut table =
+            Self { conns: Vec::new(), live: 0, slots_per_ring, live_per_ring: Vec::new() };
+        table.add_ring();
+        table
     }
 
+    /// Room for one more ring's slots; returns that ring's index.
+    pub fn add_ring(&mut self) -> usize {
+        self.conns.extend((0..self.slots_per_ring).map(|_| Conn::free()));
+        self.live_per_ring.push(0);
+        self.live_per_ring.len() - 1
+    }
+
+    /// Every slot of every ring.
     pub fn slots(&self) -> usize {
         self.conns.len()
+    }
+
+    pub fn rings(&self) -> usize {
+        self.live_per_ring.len()
+    }
+
+    pub fn slots_per_ring(&self) -> u32 {
+        self.slots_per_ring
     }
 
     /// Slots not free (open or closing).
@@ -193,17 +225,51 @@ impl ConnTable {
         self.live
     }
 
+    /// Slots not free in ring `ring`'s table.
+    pub fn live_in(&self, ring: usize) -> u32 {
+        self.live_per_ring[ring]
+    }
+
+    /// The ring whose table holds `slot`.
+    pub fn ring_of(&self, slot: u32) -> usize {
+        (slot / self.slots_per_ring) as usize
+    }
+
+    /// The worker-wide slot of index `local` in ring `ring`'s table.
+    pub fn global_slot(&self, ring: usize, local: u32) -> u32 {
+        assert!(local < self.slots_per_ring, "ring slot {local} beyond the table");
+        ring as u32 * self.slots_per_ring + local
+    }
+
+    /// A handed-off descriptor landed in `slot` (its record may come later): the kernel's
+    /// slot is taken, so the ring's count includes it until [`Self::unland`].
+    pub fn land(&mut self, slot: u32) {
+        let ring = self.ring_of(slot);
+        self.live_per_ring[ring] += 1;
+    }
+
+    /// The landed descriptor in `slot` is being opened (which counts it again).
+    pub fn unland(&mut self, slot: u32) {
+        let ring = self.ring_of(slot);
+        assert!(self.live_per_ring[ring] > 0, "unland without land in ring {ring}");
+        self.live_per_ring[ring] -= 1;
+    }
+
     pub fn open(&mut self, slot: u32) -> ConnId {
+        let ring = self.ring_of(slot);
         let conn = &mut self.conns[slot as usize];
         conn.open();
         self.live += 1;
+        self.live_per_ring[ring] += 1;
         ConnId::new(slot, conn.generation)
     }
 
     pub fn release(&mut self, slot: u32) -> Option<Box<SendOp>> {
+        let ring = self.ring_of(slot);
         let conn = &mut self.conns[slot as usize];
         assert_ne!(conn.phase, Phase::Free, "release of a free slot");
         self.live -= 1;
+        self.live_per_ring[ring] -= 1;
         conn.release()
     }
 
@@ -260,6 +326,43 @@ mod tests {
         assert!(table.get_mut(first).is_none(), "the old id does not reach the new occupant");
         assert!(table.get_mut(second).is_some());
         assert_eq!(table.live(), 1);
+    }
+
+    /// Slots are numbered over the rings: each ring's share is counted apart, and a slot of
+    /// a ring not yet added does not exist.
+    #[test]
+    fn slots_span_the_rings_and_are_counted_per_ring() {
+        let mut table = ConnTable::new(4);
+        assert_eq!((table.slots(), table.rings()), (4, 1));
+        assert_eq!(table.add_ring(), 1);
+        assert_eq!(table.slots(), 8);
+        let slot = table.global_slot(1, 3);
+        assert_eq!((slot, table.ring_of(slot)), (7, 1));
+        let id = table.open(slot);
+        table.open(0);
+        assert_eq!((table.live_in(0), table.live_in(1), table.live()), (1, 1, 2));
+        table.slot_mut(id.slot()).phase = Phase::Closing;
+        table.release(id.slot());
+        assert_eq!((table.live_in(0), table.live_in(1), table.live()), (1, 0, 1));
+    }
+
+    /// A handed-off descriptor holds its ring's slot from landing to opening, counted once.
+    #[test]
+    fn a_landed_descriptor_counts_in_its_ring_until_opened() {
+        let mut table = ConnTable::new(4);
+        table.add_ring();
+        table.land(5);
+        assert_eq!((table.live_in(1), table.live()), (1, 0), "landed: the ring's slot only");
+        table.unland(5);
+        table.open(5);
+        assert_eq!((table.live_in(1), table.live()), (1, 1));
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond the table")]
+    fn a_ring_slot_beyond_the_ring_is_refused() {
+        let table = ConnTable::new(4);
+        let _ = table.global_slot(0, 4);
     }
 
     /// The close sequence: output first, then cancel the receive, then close, each only when

@@ -6,7 +6,7 @@
 //! is counted and dropped; a provided buffer it carries still goes back to the ring.
 
 use bytes::BytesMut;
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::conn::Phase;
 use super::layers::LayeredInput;
@@ -34,11 +34,15 @@ impl Worker {
             Op::CancelAccept => {}
             Op::SendFd => self.on_send_fd(completion),
             Op::PeerName => self.on_peer_name(completion, now),
+            Op::RingsWake => self.on_rings_wake(),
             Op::HandoffFd => self.on_handoff_fd(completion, now),
             // The items are drained every turn; the doorbell only ended our wait.
             Op::Doorbell => {}
             // Only failures complete. A peer that has left its loop at a stop may have closed
             // its ring; otherwise a wrong ring fd is a bug.
+            Op::JournalWrite | Op::JournalFsync | Op::JournalSync => {
+                self.on_journal(completion, now)
+            }
             Op::DoorbellFailed => assert!(
                 self.stopping.is_some(),
                 "a doorbell failed ({}): a peer's ring fd is wrong or closed",
@@ -64,19 +68,23 @@ impl Worker {
         match completion.errno() {
             None => {
                 let kind = self.listeners[listener as usize].kind;
-                self.on_accepted(completion.result as u32, kind, ipv6, now)
+                let slot = self.conns.global_slot(completion.ring.into(), completion.result as u32);
+                self.on_accepted(slot, kind, ipv6, now)
             }
-            Some(libc::ENFILE) => {
+            // This ring's table is full: accept into another ring, or pause when all are.
+            Some(libc::ENFILE) if !self.move_open_ring(Some(completion.ring.into())) => {
                 self.counters.accept_paused_table_full += 1;
                 if self.counters.accept_paused_table_full == 1 {
                     tracing::warn!(
                         worker = self.index,
                         file_table_slots = self.config.file_table_slots,
-                        "direct file table full: accepting paused until a connection closes (logged once)"
+                        rings = self.conns.rings(),
+                        "every direct file table full: accepting paused until a connection closes (logged once)"
                     );
                 }
                 self.accept_paused = true;
             }
+            Some(libc::ENFILE) => self.counters.accept_moved_table_full += 1,
             Some(libc::ECANCELED) => {}
             Some(errno) => {
                 self.counters.accept_errors += 1;
@@ -97,6 +105,7 @@ impl Worker {
         );
         self.counters.accepted += 1;
         let id = self.conns.open(slot);
+        self.keep_room_for_new_connections();
         let total = self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if total > self.config.max_connections || self.stopping.is_some() {
             self.counters.refused_max_connections += u64::from(self.stopping.is_none());
@@ -122,12 +131,14 @@ impl Worker {
         let conn = self.conns.slot_mut(slot);
         assert!(!conn.recv_armed, "a second receive on one connection");
         conn.recv_armed = true;
-        let entry = opcode::RecvMulti::new(types::Fixed(slot), self.buffers.group())
+        let generation = conn.generation;
+        // Every ring's buffer ring has the same group id.
+        let entry = opcode::RecvMulti::new(self.fixed(slot), self.buffers.group())
             .build()
-            .user_data(UserData::new(Op::Recv, slot, conn.generation).pack());
-        // SAFETY: the receive writes only into the registered buffer ring, which the worker
-        // keeps registered until the ring is gone.
-        unsafe { self.ring.push(&entry) };
+            .user_data(UserData::new(Op::Recv, slot, generation).pack());
+        // SAFETY: the receive writes only into its ring's registered buffer ring, which the
+        // worker keeps registered until the ring is gone.
+        unsafe { self.ring_for(slot).push(&entry) };
     }
 
     fn on_recv(&mut self, completion: Completion, now: Millis) {
@@ -138,7 +149,11 @@ impl Worker {
         let current = self.current(data);
         if let Some(buffer) = completion.buffer() {
             let len = usize::try_from(completion.result).unwrap_or(0);
-            let lease = self.buffers.lease(buffer, len);
+            let buffers = match completion.ring {
+                0 => &mut *self.buffers,
+                further => &mut *self.rings.further[usize::from(further) - 1].buffers,
+            };
+            let lease = buffers.lease(buffer, len);
             if let Some(id) = current {
                 let conn = self.conns.slot_mut(id.slot());
                 if matches!(conn.phase, Phase::Open | Phase::HandingOff) && !conn.input_closed {
@@ -342,7 +357,11 @@ impl Worker {
         self.counters.closed += 1;
         tracing::debug!(conn = ?id, "connection closed");
         if self.accept_paused && self.stopping.is_none() {
+            // The freed slot's ring takes the next connections.
             self.accept_paused = false;
+            self.rings.open = self.conns.ring_of(id.slot());
+            let fd = self.ring_at(self.rings.open).fd();
+            self.peers.register_ring_fd(fd);
             self.arm_accepts();
         }
     }
@@ -355,7 +374,7 @@ impl Worker {
             self.begin_stop(now);
         } else {
             for value in self.stop.take_reloads() {
-                self.apply_reload(value);
+                self.apply_reload(value, now);
             }
             for verified in self.stop.take_verified() {
                 self.on_verified(verified, now);

@@ -34,7 +34,8 @@ impl Worker {
         tracing::debug!(conn = ?id, ?to, "handing off to the session's home worker");
         conn.broker_knows = false;
         conn.phase = Phase::HandingOff;
-        conn.handoff = Some(Box::new(PendingHandoff { to, connect, peer, key: None }));
+        let handoff = PendingHandoff { to, connect, peer, key: None, refusals: 0 };
+        conn.handoff = Some(Box::new(handoff));
         self.advance_close(id.slot());
     }
 
@@ -46,9 +47,10 @@ impl Worker {
         let to = to.unwrap_or_else(|| panic!("slot {slot} handing off without a destination"));
         conn.close_in_flight = true;
         let key = self.peers.next_handoff_key();
+        let fixed = self.fixed(slot);
         let entry = msg_ring::send_fd_sqe(
             self.peers.ring_fd(to),
-            slot,
+            fixed.0,
             handoff_user_data(key).pack(),
             UserData::new(Op::SendFd, slot, generation).pack(),
         );
@@ -57,7 +59,7 @@ impl Worker {
         }
         // SAFETY: a MSG_RING descriptor send references no memory of ours; the target ring's
         // descriptor stays open until every worker has stopped (the exit gate).
-        unsafe { self.ring.push(&entry) };
+        unsafe { self.ring_for(slot).push(&entry) };
     }
 
     /// The descriptor send completed on our ring.
@@ -69,6 +71,18 @@ impl Worker {
             .get_mut(id)
             .unwrap_or_else(|| panic!("send-fd completion for a reused {id:?}"));
         conn.close_in_flight = false;
+        if completion.errno() == Some(libc::ENFILE) {
+            if let Some(handoff) = conn.handoff.as_mut().filter(|h| h.refusals < REFUSALS_MAX) {
+                // The target's open ring filled with descriptors it has not reaped yet; it
+                // moves to a ring with room when it does. Nothing reached it: send again next
+                // turn (the connection stays ours, with its receive stopped).
+                handoff.refusals += 1;
+                handoff.key = None;
+                self.counters.handoff_retries += 1;
+                self.handoff_retries.push(id);
+                return;
+            }
+        }
         let handoff = conn
             .handoff
             .take()
@@ -99,12 +113,26 @@ impl Worker {
         self.advance_close(id.slot());
     }
 
+    /// Phase 4: sends again the descriptors a full target ring refused last turn.
+    pub(super) fn retry_refused_handoffs(&mut self) {
+        let mut retries = std::mem::take(&mut self.handoff_retries);
+        for id in retries.drain(..) {
+            let Some(conn) = self.conns.get_mut(id) else { continue };
+            assert_eq!(conn.phase, Phase::HandingOff, "a refused handoff left its phase");
+            self.send_fd(id.slot());
+        }
+        self.handoff_retries = retries;
+    }
+
     /// A peer's descriptor landed in our table.
     pub(super) fn on_handoff_fd(&mut self, completion: Completion, now: Millis) {
         let data = completion.user_data;
         let key = HandoffKey { from: WorkerId(data.slot as u16), sequence: data.generation };
         assert!(completion.result >= 0, "handoff {key:?} posted an error to its target");
-        let slot = completion.result as u32;
+        let slot = self.conns.global_slot(completion.ring.into(), completion.result as u32);
+        // It holds the slot from now on, record or not: count it before the next arrives.
+        self.conns.land(slot);
+        self.keep_room_for_new_connections();
         if let Some((slot, record)) = self.peers.on_handoff_slot(key, slot) {
             self.adopt(slot, record, now);
         }
@@ -115,6 +143,7 @@ impl Worker {
     pub(super) fn adopt(&mut self, slot: u32, record: HandoffRecord, now: Millis) {
         assert!((slot as usize) < self.conns.slots(), "handed-off slot {slot} beyond the table");
         self.counters.handoffs_in += 1;
+        self.conns.unland(slot);
         let id = self.conns.open(slot);
         self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.stopping.is_some() {
@@ -159,6 +188,10 @@ impl Worker {
         });
     }
 }
+
+/// Times one connection's descriptor is sent again after its target's ring was full; then it
+/// is closed (counted as a handoff failure).
+const REFUSALS_MAX: u8 = 8;
 
 /// The target-side `user_data` of a handoff: the key in the slot/generation fields.
 fn handoff_user_data(key: HandoffKey) -> UserData {

@@ -8,7 +8,8 @@
 //! Map: `worker` (the loop and its phases), `events` (completion handlers), `output` (broker
 //! actions, sends, closing), `conn` (slot table and close steps), `send` (the boxed sendmsg
 //! state), `bufring` (provided receive buffers), `uring` (the ring), `user_data`, `listener`,
-//! `signals`, `probe`, `peers` (the link to other workers), `peer_name` (peer addresses),
+//! `signals`, `probe`, `peers` (the link to other workers), `rings` (a worker's further
+//! rings, for more connections than one file table holds), `peer_name` (peer addresses),
 //! `reload` (SIGHUP). `unsafe` lives only in these files.
 //!
 //! Shutdown: SIGINT/SIGTERM stop accepting, close every connection (output already taken gets
@@ -23,6 +24,7 @@ pub mod conn;
 mod events;
 pub mod export;
 mod handoff;
+pub mod journal;
 mod layers;
 pub mod listener;
 pub mod mesh;
@@ -34,6 +36,7 @@ mod peer_name;
 pub mod peers;
 pub mod probe;
 pub mod reload;
+mod rings;
 pub mod send;
 pub mod signals;
 pub mod spsc;
@@ -54,6 +57,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::broker::BrokerConfig;
+use crate::persist::store::NextEpoch;
 use crate::transport::{ListenerKind, Transports};
 use signals::Stopper;
 use worker::{Worker, WorkerCounters, WorkerSetup};
@@ -240,6 +244,7 @@ pub fn start_with(
         runtime.auth_verify_queue_max,
         watches,
     )?;
+    let failure_limiter = verify::shared_failure_limiter(&broker)?;
     let wakers = (0..runtime.workers).map(|worker| stopper.waker(worker)).collect();
     let (ops_link, worker_ops) =
         ops_link::build(runtime.workers, options.control_queue_depth, wakers);
@@ -247,6 +252,7 @@ pub fn start_with(
     let connections = Arc::new(AtomicUsize::new(0));
     let epoch = ops_link.epoch;
     let workers = u16::try_from(runtime.workers)?;
+    let (mut journals, next_epoch) = prepare_persistence(&runtime, workers)?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(runtime.workers);
     let gates = Arc::new(Gates::new(runtime.workers));
@@ -272,7 +278,9 @@ pub fn start_with(
             connections: Arc::clone(&connections),
             epoch,
             mesh: meshes[index].take(),
+            journal: journals[index].take(),
             auth: Arc::clone(&auth),
+            failure_limiter: Arc::clone(&failure_limiter),
             verifier: verifiers.sender(),
             ops: worker_ops.next().expect("one ops side per worker"),
         };
@@ -307,9 +315,46 @@ pub fn start_with(
             );
         }
     }
+    if let Some(epoch) = &next_epoch {
+        // Every worker's first file is fsynced: the new epoch becomes the one to recover.
+        if let Err(error) = epoch.commit() {
+            gates.open(false);
+            running.stop();
+            let joined = running.join();
+            return Err(anyhow::anyhow!(
+                "persistence: committing {}: {error} ({joined:?})",
+                epoch.dir.display()
+            ));
+        }
+    }
     // Every ring fd is registered in the mesh now: the workers may ring each other.
     gates.open(true);
     Ok(running)
+}
+
+/// Persistence at start-up: recovers the newest epoch, splits it among the workers and
+/// prepares the next epoch, into which each worker writes its first snapshot.
+fn prepare_persistence(
+    runtime: &RuntimeConfig,
+    workers: u16,
+) -> anyhow::Result<(Vec<Option<journal::JournalSetup>>, Option<NextEpoch>)> {
+    let Some(config) = &runtime.persistence else {
+        return Ok(((0..workers).map(|_| None).collect(), None));
+    };
+    let recovered = crate::persist::store::recover(&config.dir).map_err(|error| {
+        anyhow::anyhow!("persistence: reading {}: {error}", config.dir.display())
+    })?;
+    let epoch = NextEpoch::create(&config.dir, recovered.epoch).map_err(|error| {
+        anyhow::anyhow!("persistence: preparing {}: {error}", config.dir.display())
+    })?;
+    let parts = crate::persist::store::partition(recovered.image, workers, recovered.epoch_workers);
+    let setups = parts
+        .into_iter()
+        .map(|image| {
+            Some(journal::JournalSetup { config: config.clone(), image, epoch: epoch.clone() })
+        })
+        .collect();
+    Ok((setups, Some(epoch)))
 }
 
 /// Start-up and exit rendezvous of the workers: none runs before every ring is registered in

@@ -35,8 +35,13 @@ impl Worker {
                         continue;
                     }
                     conn.broker_knows = false;
+                    let layered = conn.layered;
                     tracing::debug!(conn = ?id, %reason, "closing");
                     self.take_output(id);
+                    if layered {
+                        // A WebSocket close frame and a TLS close_notify (`layers.rs`).
+                        self.close_layers(id, reason);
+                    }
                     self.begin_close(id.slot(), now);
                 }
                 // Backpressure is acted on where bytes are read (`pause_reading`); the broker's
@@ -99,6 +104,7 @@ impl Worker {
     /// broker's output and start one `sendmsg` with everything unsent.
     pub(super) fn start_sends(&mut self) {
         let mut flush = std::mem::take(&mut self.flush);
+        let slots_per_ring = self.conns.slots_per_ring();
         for slot in flush.drain(..) {
             let id = self.conns.id_of(slot);
             let conn = self.conns.slot_mut(slot);
@@ -121,14 +127,15 @@ impl Worker {
                 continue;
             }
             let header = op.start();
-            let entry = opcode::SendMsg::new(types::Fixed(slot), header)
+            let fixed = types::Fixed(slot % slots_per_ring);
+            let entry = opcode::SendMsg::new(fixed, header)
                 .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
                 .build()
                 .user_data(UserData::new(Op::Send, slot, conn.generation).pack());
             // SAFETY: `header`, its iovecs and the `Bytes` they cover live in the boxed op,
             // which the connection owns and does not move or change until this send's
             // completion (`SendOp` invariant); the slot is not freed while it is in flight.
-            unsafe { self.ring.push(&entry) };
+            unsafe { self.ring_for(slot).push(&entry) };
         }
         self.flush = flush;
     }
@@ -189,7 +196,8 @@ impl Worker {
         if conn.send_in_flight() {
             conn.cancels_in_flight += 1;
             let target = UserData::new(Op::Send, id.slot(), id.generation());
-            self.ring.push_cancel(target, UserData::new(Op::Cancel, id.slot(), id.generation()));
+            let cancel = UserData::new(Op::Cancel, id.slot(), id.generation());
+            self.ring_for(id.slot()).push_cancel(target, cancel);
         }
         self.advance_close(id.slot());
     }
@@ -204,12 +212,15 @@ impl Worker {
             CloseStep::CancelRecv => {
                 conn.cancels_in_flight += 1;
                 let target = UserData::new(Op::Recv, slot, generation);
-                self.ring.push_cancel(target, UserData::new(Op::Cancel, slot, generation));
+                self.ring_for(slot)
+                    .push_cancel(target, UserData::new(Op::Cancel, slot, generation));
             }
             CloseStep::Close if conn.phase == Phase::HandingOff => self.send_fd(slot),
             CloseStep::Close => {
                 conn.close_in_flight = true;
-                self.ring.push_close_fixed(slot, UserData::new(Op::Close, slot, generation));
+                let local = self.fixed(slot).0;
+                let close = UserData::new(Op::Close, slot, generation);
+                self.ring_for(slot).push_close_fixed(local, close);
             }
         }
     }

@@ -22,7 +22,9 @@ use crate::broker::{ConnId, Millis};
 impl Worker {
     /// Whether received bytes must wait instead of being decoded now.
     pub(super) fn must_hold_input(&self) -> bool {
-        self.decode_budget == 0 || self.peers.is_backpressured()
+        self.decode_budget == 0
+            || self.peers.is_backpressured()
+            || self.broker.persistence_backpressured()
     }
 
     /// Stops reading from `id` until a later turn: its bytes stay undecoded in its input.
@@ -37,7 +39,8 @@ impl Worker {
         if conn.recv_armed {
             conn.cancels_in_flight += 1;
             let target = UserData::new(Op::Recv, id.slot(), id.generation());
-            self.ring.push_cancel(target, UserData::new(Op::Cancel, id.slot(), id.generation()));
+            let cancel = UserData::new(Op::Cancel, id.slot(), id.generation());
+            self.ring_for(id.slot()).push_cancel(target, cancel);
         }
     }
 

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::uring::Completion;
 use super::user_data::{Op, UserData};
@@ -82,7 +82,7 @@ impl Worker {
         let mut buffer: NameBuffer = Box::new([0; SOCKADDR_IN6_BYTES]);
         let len = if ipv6 { SOCKADDR_IN6_BYTES } else { SOCKADDR_IN_BYTES };
         let entry = opcode::GetSockOpt::new(
-            types::Fixed(slot),
+            self.fixed(slot),
             libc::SOL_SOCKET as u32,
             libc::SO_PEERNAME as u32,
             buffer.as_mut_ptr().cast(),
@@ -93,7 +93,7 @@ impl Worker {
         // SAFETY: the kernel writes at most `len` (<= 28) bytes into the box's heap memory;
         // the box is kept in `in_flight` under (slot, generation), a key no other operation
         // uses, and freed only by this operation's completion (`on_peer_name`).
-        unsafe { self.ring.push(&entry) };
+        unsafe { self.ring_for(slot).push(&entry) };
         let previous = self.peer_names.in_flight.insert((slot, generation), buffer);
         assert!(
             previous.is_none(),

@@ -92,7 +92,10 @@ fn connections_beyond_max_connections_are_accepted_and_closed() {
 /// waiting in the backlog is then accepted.
 #[test]
 fn a_full_file_table_pauses_accepting_until_a_slot_frees() {
-    let running = runtime(|config| config.file_table_slots = 2);
+    let running = runtime(|config| {
+        config.file_table_slots = 2;
+        config.rings_per_worker_max = 1;
+    });
     let mut held: Vec<TcpStream> = (0..2).map(|_| connect(&running)).collect();
     for stream in &mut held {
         assert!(!closed_by_server(stream));
@@ -113,6 +116,60 @@ fn a_full_file_table_pauses_accepting_until_a_slot_frees() {
     let counters = running.join().expect("clean stop");
     assert_eq!(counters[0].accept_paused_table_full, 1);
     assert_eq!(counters[0].accepted, 3);
+}
+
+/// A CONNECT of MQTT 3.1.1 with a clean session and the two-byte client id `id`.
+fn connect_packet(id: [u8; 2]) -> [u8; 16] {
+    let mut packet = [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 2, 0, 0];
+    packet[14..].copy_from_slice(&id);
+    packet
+}
+
+/// Whether the server answered a CONNECT with an accepting CONNACK within the read timeout.
+fn connack_arrives(stream: &mut TcpStream) -> bool {
+    let mut connack = [0u8; 4];
+    loop {
+        match stream.read_exact(&mut connack) {
+            Ok(()) => return connack == [0x20, 2, 0, 0],
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A worker holds more connections than one ring's file table: when the table taking new
+/// connections is full it adds a ring (up to `rings_per_worker_max`), and connections on
+/// every ring are served (receive, send, close). With every table full, accepting pauses as
+/// with one ring, and resumes on the ring where a slot freed.
+#[test]
+fn a_worker_adds_rings_up_to_its_maximum_and_serves_connections_on_each() {
+    let running = runtime(|config| {
+        config.file_table_slots = 2;
+        config.rings_per_worker_max = 3;
+    });
+    let mut held = Vec::new();
+    for index in 0..6u8 {
+        let mut stream = connect(&running);
+        stream.write_all(&connect_packet([b'a', b'0' + index])).expect("write");
+        assert!(connack_arrives(&mut stream), "connection {index} served");
+        held.push(stream);
+    }
+    let mut lost = connect(&running);
+    assert!(closed_by_server(&mut lost), "the accept that found every table full drops it");
+    let mut waiting = connect(&running);
+    waiting.write_all(&connect_packet(*b"w0")).expect("write");
+    assert!(!connack_arrives(&mut waiting), "not accepted while every table is full");
+    // Connection 3 is on the second ring: its receive sees the bad bytes, its close frees a
+    // slot there, and the waiting client is accepted into that ring.
+    held[3].write_all(UNDECODABLE).expect("write");
+    assert!(closed_by_server(&mut held[3]));
+    waiting.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+    assert!(connack_arrives(&mut waiting), "accepted and served once a slot freed");
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert_eq!(counters[0].accept_paused_table_full, 1);
+    assert_eq!(counters[0].accepted, 7);
+    assert_eq!(counters[0].closed, 7, "the stop closed every connection on every ring");
 }
 
 #[test]

@@ -29,6 +29,8 @@ pub enum TaskrunMode {
 /// A completion, copied out of the CQ.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Completion {
+    /// The worker's ring it was reaped from (0: the one the worker waits on).
+    pub ring: u16,
     pub user_data: UserData,
     pub result: i32,
     pub flags: u32,
@@ -75,6 +77,8 @@ pub struct RingCounters {
 pub struct Ring {
     uring: IoUring,
     mode: TaskrunMode,
+    /// Its place among the worker's rings, stamped on every completion it yields.
+    index: u16,
     pub counters: RingCounters,
 }
 
@@ -102,7 +106,45 @@ impl Ring {
             }
             Err(error) => return Err(error),
         };
-        Ok(Self { uring, mode, counters: RingCounters::default() })
+        Ok(Self { uring, mode, index: 0, counters: RingCounters::default() })
+    }
+
+    /// A worker's further ring number `index` (>= 1): `COOP_TASKRUN`, never `DEFER_TASKRUN`,
+    /// because the worker never waits in this ring's `io_uring_enter`. Its completions are
+    /// posted from task work run at any of the thread's syscalls (and a sleeping thread is
+    /// woken for it), and with `eventfd` registered every posted completion signals it, which
+    /// the first ring's armed read turns into a wake-up.
+    pub fn new_further(
+        sq_entries: u32,
+        cq_entries: u32,
+        index: u16,
+        eventfd: RawFd,
+    ) -> io::Result<Self> {
+        assert!(index > 0, "ring 0 is the one the worker waits on");
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(cq_entries).setup_clamp().setup_submit_all().setup_coop_taskrun();
+        let uring = builder.build(sq_entries)?;
+        uring.submitter().register_eventfd(eventfd)?;
+        Ok(Self { uring, mode: TaskrunMode::Coop, index, counters: RingCounters::default() })
+    }
+
+    /// Its place among the worker's rings.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// Submits what is queued without waiting (a further ring's turn).
+    pub fn submit(&mut self) -> io::Result<()> {
+        if self.uring.submission().is_empty() {
+            return Ok(());
+        }
+        match self.uring.submit() {
+            Ok(_) => Ok(()),
+            Err(error) => match error.raw_os_error() {
+                Some(libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
+                _ => Err(error),
+            },
+        }
     }
 
     /// The set-up features the runtime depends on.
@@ -197,7 +239,9 @@ impl Ring {
     /// Copies every completion the CQ holds into `out` (at most the CQ's size per call).
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
         let before = out.len();
+        let ring = self.index;
         out.extend(self.uring.completion().map(|cqe| Completion {
+            ring,
             user_data: UserData::unpack(cqe.user_data()),
             result: cqe.result(),
             flags: cqe.flags(),

@@ -2,15 +2,15 @@
 //! that slot's generation, packed into the 64 bits the kernel hands back in the completion.
 //!
 //! Layout: `op` in bits 56..64, `slot` in bits 32..56, `generation` in bits 0..32. A slot is a
-//! connection's index in the ring's direct file table (or, for ring-wide operations, the
-//! listener index or 0). Invariant: a completion whose generation differs from the slot's
+//! connection's worker-wide slot (ring x slots per ring + index in that ring's direct file
+//! table; `conn.rs`), or, for ring-wide operations, the listener index or 0. Invariant: a completion whose generation differs from the slot's
 //! current generation belongs to an earlier occupant of the slot and is dropped (counted).
 
 /// The kinds of operation a worker submits. One completion handler per kind.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
 pub enum Op {
-    /// Multishot accept on listener `slot`.
+    /// Multishot accept on listener `slot`; the generation field is the ring it is armed on.
     Accept = 1,
     /// Multishot receive on connection `slot`, into the provided buffer ring.
     Recv = 2,
@@ -35,10 +35,18 @@ pub enum Op {
     DoorbellFailed = 11,
     /// getsockopt(SO_PEERNAME) of connection `slot` (`peer_name.rs`).
     PeerName = 12,
+    /// A write of a journal batch (persistence; `journal.rs`).
+    JournalWrite = 13,
+    /// An fsync of a journal batch's file or directory.
+    JournalFsync = 14,
+    /// The interval policy's fsync of the journal file.
+    JournalSync = 15,
+    /// Read of the worker's rings eventfd: a further ring posted completions (`rings.rs`).
+    RingsWake = 16,
 }
 
 impl Op {
-    const ALL: [Op; 12] = [
+    const ALL: [Op; 16] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -51,6 +59,10 @@ impl Op {
         Op::Doorbell,
         Op::DoorbellFailed,
         Op::PeerName,
+        Op::JournalWrite,
+        Op::JournalFsync,
+        Op::JournalSync,
+        Op::RingsWake,
     ];
 
     fn from_u8(value: u8) -> Option<Op> {

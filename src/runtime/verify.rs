@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 
 use super::signals::StopWatch;
 use super::worker::Worker;
+use crate::auth::FailureLimiter;
 use crate::broker::{ConnId, Millis, Verdict, VerifyJob};
 use crate::protocol::{Connect, Packet};
 
@@ -99,10 +100,23 @@ fn verifier_main(receiver: &Mutex<Receiver<Job>>, watches: &[StopWatch]) {
     }
 }
 
+/// The failed-login limiter all workers share (one limit per source address across them;
+/// `auth::limiter`), its hash seeded at random so its layout cannot be aimed at.
+pub(super) fn shared_failure_limiter(
+    broker: &crate::broker::BrokerConfig,
+) -> anyhow::Result<Arc<FailureLimiter>> {
+    let seed = getrandom::u64().map_err(|error| anyhow::anyhow!("no random seed: {error}"))?;
+    Ok(Arc::new(FailureLimiter::new(broker.limiter_config(), seed)))
+}
+
 impl Worker {
     /// Gives the broker a decoded CONNECT: through a verifier when it needs a password hash,
     /// otherwise at once.
     pub(super) fn feed_connect(&mut self, id: ConnId, connect: Box<Connect>, now: Millis) {
+        if self.identity_is_the_credential(id.slot()) {
+            self.broker.handle_connect_with_certificate(id, connect, now);
+            return;
+        }
         if let Some(sender) = &self.verifier {
             if let Some(job) = self.broker.connect_needs_verification(id, &connect, now) {
                 match sender.try_send(Job { worker: usize::from(self.index), conn: id, job }) {

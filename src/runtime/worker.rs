@@ -24,6 +24,7 @@ use io_uring::{opcode, types};
 use super::bufring::BufRing;
 use super::config::RuntimeConfig;
 use super::conn::ConnTable;
+use super::journal::Journal;
 use super::mesh::MeshEnd;
 use super::ops_link::{OpsState, WorkerOps};
 use super::peers::{Inbound, MeshItem, Peers};
@@ -68,8 +69,12 @@ pub struct WorkerSetup {
     pub epoch: Instant,
     /// This worker's end of the mesh; `None` when it is the only worker.
     pub mesh: Option<MeshEnd<MeshItem>>,
+    /// Persistence: the recovered state and where to write; `None` when it is off.
+    pub journal: Option<super::journal::JournalSetup>,
     /// The password and ACL tables loaded at start-up (replaced by reloads).
     pub auth: Arc<crate::auth::AuthTables>,
+    /// The failed-login limiter every worker shares (`verify::shared_failure_limiter`).
+    pub failure_limiter: Arc<crate::auth::FailureLimiter>,
     /// The password verifiers' queue; `None`: verify inline (`verify.rs`).
     pub verifier: Option<std::sync::mpsc::SyncSender<super::verify::Job>>,
     /// Its statistics block and control queue (`ops_link`).
@@ -82,8 +87,11 @@ pub struct WorkerCounters {
     pub accepted: u64,
     /// Accepted beyond `max_connections` and closed at once.
     pub refused_max_connections: u64,
-    /// Times the file table was full (ENFILE) and accepting paused.
+    /// Times every file table was full (ENFILE, no ring may be added) and accepting paused.
     pub accept_paused_table_full: u64,
+    /// Times a ring's table refused an accept (ENFILE: that one connection is lost) and
+    /// accepting moved to another ring (`rings.rs`).
+    pub accept_moved_table_full: u64,
     /// Accept failures other than a full table (each retried after `ACCEPT_RETRY_MILLIS`).
     pub accept_errors: u64,
     pub closed: u64,
@@ -104,6 +112,8 @@ pub struct WorkerCounters {
     /// target's table was full: closed).
     pub handoffs_out: u64,
     pub handoff_failures: u64,
+    /// Descriptor sends refused by a full target ring and sent again a turn later.
+    pub handoff_retries: u64,
     /// Connections adopted from another worker.
     pub handoffs_in: u64,
     /// Receives paused: the turn's decode budget was spent, or the mesh was backpressured.
@@ -115,8 +125,11 @@ pub struct WorkerCounters {
     /// TLS / WebSocket connections ended by their transport (a failed handshake, a bad
     /// frame, an untrusted certificate).
     pub transport_errors: u64,
-    /// The ring's own counters (turns, completions, SQ flushes, CQ overflows), as of the stop.
+    /// The first ring's own counters (turns, completions, SQ flushes, CQ overflows), as of
+    /// the stop.
     pub ring: RingCounters,
+    /// Rings the worker had set up by the stop (`rings.rs`).
+    pub rings: usize,
 }
 
 /// One multishot-accepting listener.
@@ -125,6 +138,8 @@ pub(super) struct Listener {
     pub fd: OwnedFd,
     pub kind: ListenerKind,
     pub armed: bool,
+    /// The ring its accept is armed on (accepted descriptors land in that ring's table).
+    pub ring: u16,
     /// An IPv6 socket: its peers' addresses are `sockaddr_in6` (`peer_name.rs`).
     pub ipv6: bool,
 }
@@ -137,6 +152,8 @@ pub struct Worker {
     pub(super) buffers: ManuallyDrop<BufRing>,
     pub(super) wake_word: ManuallyDrop<Box<u64>>,
     pub(super) wake_armed: bool,
+    /// The rings beyond `ring`, and which ring takes new connections (`rings.rs`).
+    pub(super) rings: super::rings::Rings,
     pub(super) conns: ConnTable,
     pub(super) broker: Broker,
     pub(super) peers: Peers,
@@ -164,6 +181,8 @@ pub struct Worker {
     pub(super) decode_budget: usize,
     /// Handed-off connections complete this turn, adopted after the drain.
     pub(super) adoptions: Vec<(u32, super::peers::HandoffRecord)>,
+    /// Handing-off connections whose descriptor a full target ring refused, to send again.
+    pub(super) handoff_retries: Vec<ConnId>,
     /// Accepting paused: the file table is full (until a slot frees).
     pub(super) accept_paused: bool,
     /// After an unexpected accept error, when to try again (never a tight retry loop).
@@ -180,6 +199,8 @@ pub struct Worker {
     pub(super) config: RuntimeConfig,
     pub(super) epoch: Instant,
     pub(super) index: u16,
+    /// The persistence journal's writer; `None` when persistence is off.
+    pub(super) journal: Option<super::journal::Journal>,
     pub counters: WorkerCounters,
     /// Statistics export and admin requests (`ops_link`).
     pub(super) ops: OpsState,
@@ -188,7 +209,7 @@ pub struct Worker {
 /// The CQ holds a turn's completions without overflowing in the common worst case: a receive
 /// and a send completion for every slot of the file table (at least twice the SQ; at most the
 /// kernel's 65536, beyond which overflowed completions wait in the kernel, counted).
-fn completion_entries(config: &RuntimeConfig) -> u32 {
+pub(super) fn completion_entries(config: &RuntimeConfig) -> u32 {
     let per_slot =
         config.file_table_slots.saturating_mul(2).checked_next_power_of_two().unwrap_or(1 << 16);
     per_slot.clamp(config.ring_entries.saturating_mul(2), 1 << 16)
@@ -224,19 +245,29 @@ impl Worker {
         let epoch = setup.epoch;
         let now = Millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
         let slots = config.file_table_slots as usize;
+        let rings = super::rings::Rings::new(config.rings_per_worker_max, config.file_table_slots)?;
         let cq_entries = ring.cq_entries() as usize;
         let mut broker = Broker::new(setup.broker, me, setup.workers, now);
         broker.set_auth(setup.auth);
+        broker.share_failure_limiter(setup.failure_limiter);
         let peers = match setup.mesh {
-            Some(mesh) => Peers::meshed(mesh, config.file_table_slots),
+            Some(mesh) => Peers::meshed(
+                mesh,
+                config.file_table_slots.saturating_mul(u32::from(config.rings_per_worker_max)),
+            ),
             None => Peers::solo(me),
         };
         peers.register_ring_fd(ring.fd());
+        let journal = match setup.journal {
+            Some(journal) => Some(Journal::start(&mut broker, journal, setup.index, now)?),
+            None => None,
+        };
         Ok(Self {
             ring,
             buffers: ManuallyDrop::new(buffers),
             wake_word: ManuallyDrop::new(Box::new(0)),
             wake_armed: false,
+            rings,
             conns: ConnTable::new(config.file_table_slots),
             broker,
             peers,
@@ -246,7 +277,7 @@ impl Worker {
                 .zip(setup.listener_kinds)
                 .map(|(fd, kind)| {
                     let ipv6 = super::peer_name::listener_is_ipv6(fd.as_fd());
-                    Listener { fd, kind, armed: false, ipv6 }
+                    Listener { fd, kind, armed: false, ring: 0, ipv6 }
                 })
                 .collect(),
             sends: SendPool::new(SEND_OPS_KEPT),
@@ -261,6 +292,7 @@ impl Worker {
             paused: VecDeque::with_capacity(slots),
             decode_budget: 0,
             adoptions: Vec::new(),
+            handoff_retries: Vec::new(),
             accept_paused: false,
             accept_retry_at: None,
             stop: setup.stop,
@@ -272,6 +304,7 @@ impl Worker {
             config,
             epoch,
             index: setup.index,
+            journal,
             counters: WorkerCounters::default(),
             ops: OpsState::new(setup.ops),
         })
@@ -308,6 +341,7 @@ impl Worker {
             if timeout != Some(Duration::ZERO) && !self.peers.prepare_to_sleep() {
                 timeout = Some(Duration::ZERO);
             }
+            self.submit_further_rings()?;
             let waited = self.ring.submit_and_wait(timeout);
             self.peers.woke();
             waited?;
@@ -332,6 +366,7 @@ impl Worker {
         self.resume_paused(now);
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.reap(&mut completions);
+        self.reap_further_rings(&mut completions);
         for completion in completions.drain(..) {
             self.dispatch(completion, now);
         }
@@ -359,8 +394,10 @@ impl Worker {
         if self.broker.next_deadline().is_some_and(|deadline| deadline <= now) {
             self.broker.handle_tick(now);
         }
+        self.journal_turn(now);
         self.apply_actions(now);
         self.rearm_starved();
+        self.retry_refused_handoffs();
         self.expire_lingering(now);
         if self.accept_retry_at.is_some_and(|at| at <= now) {
             self.accept_retry_at = None;
@@ -400,6 +437,7 @@ impl Worker {
             self.broker.next_deadline(),
             self.lingering.front().map(|(deadline, _)| *deadline),
             self.accept_retry_at,
+            self.journal.as_ref().and_then(Journal::deadline),
             self.ops.exporter.deadline(),
             self.stopping.map(|(flush, abandon)| if now < flush { flush } else { abandon }),
         ];
@@ -411,8 +449,11 @@ impl Worker {
     /// kernel has had long enough.
     fn finished(&mut self, now: Millis) -> bool {
         let Some((_, abandon)) = self.stopping else { return false };
-        let idle =
-            self.conns.live() == 0 && !self.wake_armed && self.listeners.iter().all(|l| !l.armed);
+        let idle = self.conns.live() == 0
+            && !self.wake_armed
+            && !self.rings.word_armed
+            && self.listeners.iter().all(|l| !l.armed)
+            && self.journal_idle();
         if idle {
             return true;
         }
@@ -438,19 +479,28 @@ impl Worker {
         self.wake_armed = true;
     }
 
+    /// Arms every listener's multishot accept that is not armed, on the open ring.
     pub(super) fn arm_accepts(&mut self) {
-        for (index, listener) in self.listeners.iter_mut().enumerate() {
-            if listener.armed {
+        let open = self.rings.open;
+        let ring_index = u16::try_from(open).expect("rings_per_worker_max is a u16");
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].armed {
                 continue;
             }
+            let listener = &mut self.listeners[index];
             let entry = opcode::AcceptMulti::new(types::Fd(listener.fd.as_raw_fd()))
                 .allocate_file_index(true)
                 .build()
-                .user_data(UserData::new(Op::Accept, index as u32, 0).pack());
+                .user_data(UserData::new(Op::Accept, index as u32, u32::from(ring_index)).pack());
+            listener.armed = true;
+            listener.ring = ring_index;
+            let ring = match open {
+                0 => &mut self.ring,
+                further => &mut self.rings.further[further - 1].ring,
+            };
             // SAFETY: the accept writes only into the ring's file table; the listener's
             // descriptor lives in `self.listeners`, which outlives the ring's use of it.
-            unsafe { self.ring.push(&entry) };
-            listener.armed = true;
+            unsafe { ring.push(&entry) };
         }
     }
 
@@ -467,10 +517,13 @@ impl Worker {
             Some((now.plus_millis(STOP_FLUSH_MILLIS), now.plus_millis(STOP_ABANDON_MILLIS)));
         for index in 0..self.listeners.len() {
             if self.listeners[index].armed {
-                let target = UserData::new(Op::Accept, index as u32, 0);
-                self.ring.push_cancel(target, UserData::new(Op::CancelAccept, index as u32, 0));
+                let ring = self.listeners[index].ring;
+                let target = UserData::new(Op::Accept, index as u32, u32::from(ring));
+                let cancel = UserData::new(Op::CancelAccept, index as u32, u32::from(ring));
+                self.ring_at(usize::from(ring)).push_cancel(target, cancel);
             }
         }
+        self.cancel_rings_wake();
         self.broker.handle_shutdown(now);
         self.apply_actions(now);
         let open: Vec<u32> = self.conns.open_slots().collect();
@@ -481,6 +534,7 @@ impl Worker {
         }
         // Descriptors handed to us whose record never came: ours to close.
         for slot in self.peers.take_unpaired_slots() {
+            self.conns.unland(slot);
             self.conns.open(slot);
             self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.begin_close(slot, now);
@@ -488,21 +542,26 @@ impl Worker {
     }
 
     /// Applies what a reload delivered (`reload.rs`), between two loop turns.
-    pub(super) fn apply_reload(&mut self, value: super::reload::Reloaded) {
+    pub(super) fn apply_reload(&mut self, value: super::reload::Reloaded, now: Millis) {
         match value {
             super::reload::Reloaded::Auth(tables) => {
-                tracing::debug!(
-                    worker = self.index,
-                    generation = tables.generation,
-                    "auth tables swapped"
-                );
-                self.broker.set_auth(tables);
+                let generation = tables.generation;
+                let revoked = self.broker.reload_auth(tables, now);
+                tracing::debug!(worker = self.index, generation, "auth tables swapped");
+                if revoked > 0 {
+                    tracing::info!(
+                        worker = self.index,
+                        revoked,
+                        "reload: disconnected clients whose user was deleted or password changed"
+                    );
+                }
             }
         }
     }
 
     fn log_stopped(&mut self) {
         self.counters.ring = self.ring.counters;
+        self.counters.rings = self.conns.rings();
         // The broker's counters (drops at each bound, closes by reason) and what is still
         // held, so a run's log proves what happened at the limits and that everything returned.
         tracing::info!(
@@ -511,6 +570,7 @@ impl Worker {
             buffers_leased = self.buffers.leased(),
             counters = ?self.counters,
             mesh = ?self.peers.stats(),
+            journal = ?self.journal.as_ref().map(|journal| journal.counters),
             peer_names_learned = self.peer_names.learned,
             peer_names_failed = self.peer_names.failed,
             broker = ?self.broker.stats(),
@@ -538,5 +598,6 @@ impl Drop for Worker {
             // SAFETY: no read into the word is in flight, and it is not used again.
             unsafe { ManuallyDrop::drop(&mut self.wake_word) };
         }
+        self.drop_further_rings();
     }
 }

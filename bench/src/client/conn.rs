@@ -185,6 +185,7 @@ pub struct Conn {
 pub struct ConnContext<'a> {
     pub qos: QoS,
     pub keepalive_secs: u16,
+    pub clean_session: bool,
     pub client_id_prefix: &'a str,
     /// Subscriber `j` subscribes to `<topic_prefix>/<topic of j>`.
     pub topic_prefix: &'a str,
@@ -251,7 +252,7 @@ impl Conn {
         let client_id = format!("{}-{}", context.client_id_prefix, self.global);
         let connect = Packet::Connect(Box::new(Connect {
             protocol: ProtocolVersion::V311,
-            clean_session: true,
+            clean_session: context.clean_session,
             keep_alive_secs: context.keepalive_secs,
             client_id: Utf8Bytes::from(client_id),
             will: None,
@@ -409,6 +410,7 @@ mod tests {
         ConnContext {
             qos: QoS::AtLeastOnce,
             keepalive_secs: 30,
+            clean_session: true,
             client_id_prefix: "t",
             topic_prefix: "t",
             deliveries: None,

@@ -260,6 +260,7 @@ impl Worker {
         ConnContext {
             qos: config.qos,
             keepalive_secs: config.keepalive_secs,
+            clean_session: config.clean_session,
             client_id_prefix: &config.client_id_prefix,
             topic_prefix: &config.topic_prefix,
             deliveries: shared.deliveries.as_ref(),

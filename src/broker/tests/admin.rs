@@ -1,5 +1,6 @@
-//! The admin API's broker half: listings advance a bounded slice of session slots per call
-//! and still find every session; a kick closes like any broker close (reason `Kicked`).
+//! The admin API's broker half: listings and wildcard retained reads advance a bounded slice
+//! of slots per call and still find everything; a kick closes like any broker close (reason
+//! `Kicked`).
 //! Retained reads and deletes across workers are tested against the binary (`tests/ops.rs`).
 
 use super::harness::*;
@@ -77,4 +78,38 @@ fn a_kick_closes_the_connection_with_its_own_reason() {
         broker.handle_admin(kick, now),
         AdminProgress::Done(AdminAnswer::Done(false))
     ));
+}
+
+/// A wildcard retained read walks the retained store a slice of slots per call (a worker can
+/// hold `retained_messages_max` of them) and finds what the trie walk finds, `$` topics apart
+/// from a leading wildcard [MQTT-4.7.2-1]; an exact topic is answered at once.
+#[test]
+fn a_wildcard_retained_read_advances_a_slice_per_call() {
+    let mut cluster = Cluster::single(BrokerConfig::default());
+    let publisher = cluster.connect("retainer", true);
+    for topic in ["r/a", "r/b", "r/c/d", "s/a", "$own/r"] {
+        cluster.publish(publisher, topic, b"kept", QoS::AtMostOnce, true);
+    }
+    let query = AdminQuery::Retained { filter: filter("r/#"), limit: 2 };
+    let (answer, steps) = scan_to_the_end(&mut cluster, query, 1);
+    let AdminAnswer::Retained { items, matched } = answer else { panic!("{answer:?}") };
+    assert_eq!((matched, items.len()), (3, 2), "every match counted, the list cut at the limit");
+    assert!(steps >= 5, "one slot per call: at least one call per message, took {steps}");
+    assert!(items.iter().all(|item| item.topic.starts_with("r/") && &item.payload[..] == b"kept"));
+
+    let query = AdminQuery::Retained { filter: filter("#"), limit: 10 };
+    let (answer, _) = scan_to_the_end(&mut cluster, query, 2);
+    assert!(
+        matches!(answer, AdminAnswer::Retained { matched: 4, .. }),
+        "`#` matches all but the $ topic: {answer:?}"
+    );
+
+    let now = cluster.now;
+    let exact = AdminQuery::Retained { filter: filter("s/a"), limit: 10 };
+    let AdminProgress::Done(AdminAnswer::Retained { items, matched: 1 }) =
+        cluster.broker_mut(0).handle_admin(exact, now)
+    else {
+        panic!("an exact topic is one lookup, answered at once");
+    };
+    assert_eq!(items[0].topic, "s/a");
 }

@@ -8,6 +8,7 @@ mod auth;
 mod cluster;
 mod conformance;
 mod connect;
+mod durable;
 mod flow;
 mod interest;
 mod keepalive;

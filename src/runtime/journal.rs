@@ -1,0 +1,344 @@
+//! The worker's side of persistence: writing the broker's journal through the ring.
+//!
+//! One batch at a time: in phase 4 the worker takes the broker's pending records
+//! (`Broker::take_journal`) and submits one `Write` at the end of its file; when it completes
+//! (a short write is resubmitted from where it stopped) it submits an `Fsync` under the
+//! `batch` policy; when that completes it reports the batch durable
+//! (`Broker::handle_durable`), which releases the acknowledgements waiting for it. Records
+//! produced meanwhile form the next batch (group commit). Under `interval` the file is fsynced
+//! on its own every `fsync_interval_millis` while anything was written since; under `never`,
+//! not at all. The steps are sequential, not linked SQEs, so a flush of a full SQ can never
+//! split a chain.
+//!
+//! Compaction: when the file passes `compact_bytes` and no batch is in flight, the broker
+//! writes its state as a snapshot (`take_snapshot`, which subsumes its pending records) into
+//! the next generation's file; it is written, fsynced, the directory fsynced, and only then
+//! does it become the current file and the old one is deleted. Creating and deleting the
+//! files are the only blocking calls, once per compaction.
+//!
+//! A failed write or fsync stops the process (logged): acknowledgements already promised
+//! could not be kept otherwise. Invariant: the kernel never reads a batch buffer we freed —
+//! a batch lives in `Journal::batch` until its last completion, and a journal dropped with a
+//! batch in flight leaks the buffer.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+
+use io_uring::{opcode, types};
+
+use super::uring::Completion;
+use super::user_data::{Op, UserData};
+use super::worker::Worker;
+use crate::broker::{Broker, Millis};
+use crate::persist::image::Image;
+use crate::persist::store::{file_name, NextEpoch};
+use crate::persist::{FsyncPolicy, PersistConfig};
+
+/// A batch buffer larger than this is not kept for reuse (after a compaction's snapshot).
+const SPARE_BYTES_MAX: usize = 4 << 20;
+/// The most one `Write` submits (the SQE's length is 32 bits).
+const WRITE_BYTES_MAX: usize = 1 << 30;
+
+/// What a worker starts its journal from.
+#[derive(Debug)]
+pub struct JournalSetup {
+    pub config: PersistConfig,
+    /// This worker's share of the recovered state.
+    pub image: Image,
+    pub epoch: NextEpoch,
+}
+
+/// Journal activity, reported when the worker stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalCounters {
+    pub batches: u64,
+    pub bytes: u64,
+    pub fsyncs: u64,
+    pub short_writes: u64,
+    pub compactions: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stage {
+    Write,
+    SyncFile,
+    SyncDir,
+}
+
+#[derive(Debug)]
+struct Compaction {
+    file: File,
+    dir: File,
+    old_path: PathBuf,
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Batch {
+    buf: Vec<u8>,
+    written: usize,
+    /// The broker's position that is durable once this batch is.
+    position: u64,
+    /// Where `buf` starts in its file.
+    base: u64,
+    stage: Stage,
+    compaction: Option<Compaction>,
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    file: File,
+    dir: PathBuf,
+    worker: u16,
+    generation: u64,
+    /// Bytes in the current file.
+    length: u64,
+    config: PersistConfig,
+    batch: Option<Batch>,
+    spare: Vec<u8>,
+    /// Interval policy: written since the last fsync, and when the next one is due.
+    unsynced: bool,
+    sync_in_flight: bool,
+    next_sync_at: Millis,
+    pub counters: JournalCounters,
+}
+
+impl Journal {
+    /// Restores the broker from `setup.image`, turns its persistence on, and writes its
+    /// first file (a snapshot) into the new epoch. Blocking: runs before the loop.
+    pub fn start(
+        broker: &mut Broker,
+        setup: JournalSetup,
+        worker: u16,
+        now: Millis,
+    ) -> anyhow::Result<Self> {
+        broker.enable_persistence(setup.config.pending_bytes_max);
+        broker.restore(setup.image, now);
+        let mut snapshot = Vec::new();
+        let position = broker.take_snapshot(0, &mut snapshot);
+        let file = setup.epoch.write_first_file(worker, &snapshot).map_err(|error| {
+            anyhow::anyhow!("persistence: writing {}: {error}", setup.epoch.tmp.display())
+        })?;
+        broker.handle_durable(position, now);
+        Ok(Self {
+            file,
+            dir: setup.epoch.dir.clone(),
+            worker,
+            generation: 0,
+            length: snapshot.len() as u64,
+            config: setup.config,
+            batch: None,
+            spare: Vec::new(),
+            unsynced: false,
+            sync_in_flight: false,
+            next_sync_at: now,
+            counters: JournalCounters::default(),
+        })
+    }
+
+    /// Nothing in flight.
+    pub fn idle(&self) -> bool {
+        self.batch.is_none() && !self.sync_in_flight
+    }
+
+    /// When the interval policy's next fsync is due, if one is owed.
+    pub fn deadline(&self) -> Option<Millis> {
+        let owed = self.config.fsync == FsyncPolicy::Interval && self.unsynced;
+        (owed && !self.sync_in_flight).then_some(self.next_sync_at)
+    }
+
+    fn batch_fd(&self) -> RawFd {
+        match self.batch.as_ref().and_then(|batch| batch.compaction.as_ref()) {
+            Some(compaction) => compaction.file.as_raw_fd(),
+            None => self.file.as_raw_fd(),
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            // The kernel may still read it: leak rather than free (only after a stop that
+            // gave up waiting).
+            std::mem::forget(batch.buf);
+        }
+    }
+}
+
+/// Stops the process: a journal that cannot be written cannot keep what was acknowledged.
+fn fatal(what: &str, errno: i32) -> ! {
+    let error = std::io::Error::from_raw_os_error(errno);
+    tracing::error!(%error, "persistence: {what} failed; stopping (acknowledged messages must stay durable)");
+    panic!("persistence: {what} failed: {error}");
+}
+
+impl Worker {
+    /// Phase 4: the interval fsync if due; then, with no batch in flight, a compaction or the
+    /// broker's pending records as the next batch.
+    pub(super) fn journal_turn(&mut self, now: Millis) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        if journal.deadline().is_some_and(|at| at <= now) {
+            journal.unsynced = false;
+            journal.sync_in_flight = true;
+            let fd = journal.file.as_raw_fd();
+            self.push_fsync(fd, Op::JournalSync);
+        }
+        let Some(journal) = self.journal.as_mut() else { return };
+        if journal.batch.is_some() {
+            return;
+        }
+        if journal.length >= journal.config.compact_bytes {
+            return self.begin_compaction();
+        }
+        let mut buf = std::mem::take(&mut journal.spare);
+        match self.broker.take_journal(&mut buf) {
+            None => journal.spare = buf,
+            Some(position) => {
+                let base = journal.length;
+                let stage = Stage::Write;
+                journal.batch =
+                    Some(Batch { buf, written: 0, position, base, stage, compaction: None });
+                self.submit_write();
+            }
+        }
+    }
+
+    fn begin_compaction(&mut self) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        let generation = journal.generation + 1;
+        let path = journal.dir.join(file_name(journal.worker, generation));
+        let old_path = journal.dir.join(file_name(journal.worker, journal.generation));
+        let opened = OpenOptions::new().create(true).truncate(true).write(true).open(&path);
+        let file = opened.unwrap_or_else(|error| {
+            fatal("creating a compacted journal file", error.raw_os_error().unwrap_or(libc::EIO))
+        });
+        let dir = File::open(&journal.dir).unwrap_or_else(|error| {
+            fatal("opening the journal directory", error.raw_os_error().unwrap_or(libc::EIO))
+        });
+        let mut buf = std::mem::take(&mut journal.spare);
+        let position = self.broker.take_snapshot(generation, &mut buf);
+        let compaction = Some(Compaction { file, dir, old_path, generation });
+        journal.batch =
+            Some(Batch { buf, written: 0, position, base: 0, stage: Stage::Write, compaction });
+        tracing::info!(
+            worker = journal.worker,
+            generation,
+            old_bytes = journal.length,
+            "persistence: compacting the journal"
+        );
+        self.submit_write();
+    }
+
+    /// Submits the unwritten rest of the batch.
+    fn submit_write(&mut self) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        let fd = journal.batch_fd();
+        let batch = journal.batch.as_mut().expect("a batch to write");
+        let rest = &batch.buf[batch.written..];
+        let len = rest.len().min(WRITE_BYTES_MAX) as u32;
+        let entry = opcode::Write::new(types::Fd(fd), rest.as_ptr(), len)
+            .offset(batch.base + batch.written as u64)
+            .build()
+            .user_data(UserData::new(Op::JournalWrite, 0, 0).pack());
+        // SAFETY: the buffer is the batch's, owned by the journal until this write's
+        // completion is handled (and leaked if the journal is dropped before); the file
+        // descriptor stays open as long as the batch (the kernel also holds a reference).
+        unsafe { self.ring.push(&entry) };
+    }
+
+    fn push_fsync(&mut self, fd: RawFd, op: Op) {
+        let entry =
+            opcode::Fsync::new(types::Fd(fd)).build().user_data(UserData::new(op, 0, 0).pack());
+        // SAFETY: an fsync hands the kernel no memory; the descriptor outlives the operation
+        // (the journal keeps its files until their operations complete).
+        unsafe { self.ring.push(&entry) };
+    }
+
+    /// A journal operation completed.
+    pub(super) fn on_journal(&mut self, completion: Completion, now: Millis) {
+        let op = completion.user_data.op;
+        let journal = self.journal.as_mut().expect("a journal completion without a journal");
+        if op == Op::JournalSync {
+            journal.sync_in_flight = false;
+            journal.counters.fsyncs += 1;
+            if let Some(errno) = completion.errno() {
+                fatal("an interval fsync of the journal", errno);
+            }
+            return;
+        }
+        if let Some(errno) = completion.errno() {
+            fatal(
+                if op == Op::JournalWrite { "a journal write" } else { "a journal fsync" },
+                errno,
+            );
+        }
+        let policy = journal.config.fsync;
+        let batch = journal.batch.as_mut().expect("a journal completion without a batch");
+        match batch.stage {
+            Stage::Write => {
+                let wrote = usize::try_from(completion.result).unwrap_or(0);
+                if wrote == 0 {
+                    fatal("a journal write (no progress)", libc::EIO);
+                }
+                batch.written += wrote;
+                if batch.written < batch.buf.len() {
+                    journal.counters.short_writes += 1;
+                    return self.submit_write();
+                }
+                if batch.compaction.is_some() || policy == FsyncPolicy::Batch {
+                    batch.stage = Stage::SyncFile;
+                    let fd = journal.batch_fd();
+                    journal.counters.fsyncs += 1;
+                    return self.push_fsync(fd, Op::JournalFsync);
+                }
+            }
+            Stage::SyncFile => {
+                if let Some(compaction) = batch.compaction.as_ref() {
+                    batch.stage = Stage::SyncDir;
+                    let fd = compaction.dir.as_raw_fd();
+                    return self.push_fsync(fd, Op::JournalFsync);
+                }
+            }
+            Stage::SyncDir => {}
+        }
+        self.finish_batch(now);
+    }
+
+    fn finish_batch(&mut self, now: Millis) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        let Some(mut batch) = journal.batch.take() else { return };
+        journal.counters.batches += 1;
+        journal.counters.bytes += batch.buf.len() as u64;
+        match batch.compaction.take() {
+            Some(compaction) => {
+                journal.file = compaction.file;
+                journal.generation = compaction.generation;
+                journal.length = batch.buf.len() as u64;
+                journal.counters.compactions += 1;
+                // The new snapshot and its directory entry are durable: the old file can go.
+                if let Err(error) = std::fs::remove_file(&compaction.old_path) {
+                    tracing::warn!(file = %compaction.old_path.display(), %error, "persistence: could not delete the compacted journal file");
+                }
+            }
+            None => {
+                journal.length += batch.buf.len() as u64;
+                if journal.config.fsync == FsyncPolicy::Interval && !journal.unsynced {
+                    journal.unsynced = true;
+                    journal.next_sync_at = now.plus_millis(journal.config.fsync_interval_millis);
+                }
+            }
+        }
+        if batch.buf.capacity() <= SPARE_BYTES_MAX {
+            batch.buf.clear();
+            journal.spare = batch.buf;
+        }
+        self.broker.handle_durable(batch.position, now);
+    }
+
+    /// Whether the journal has nothing in flight and nothing pending (for a clean stop).
+    pub(super) fn journal_idle(&self) -> bool {
+        self.journal.as_ref().is_none_or(|journal| journal.idle())
+            && self.broker.journal_pending_bytes() == 0
+    }
+}
