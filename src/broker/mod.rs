@@ -71,6 +71,7 @@ pub mod ids;
 pub mod keepalive;
 pub mod retain;
 pub mod route;
+pub mod snapshot;
 pub mod stats;
 pub mod subscriptions;
 mod topic_trie;

@@ -360,8 +360,9 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistence_fsync_interval_millis: Option<u64>,
 
-    /// A worker's journal file past this many bytes is compacted: a new file starts with a
-    /// snapshot of the state and the old one is deleted.
+    /// A worker's journal file that grew this many bytes past its opening snapshot is
+    /// compacted: a new file, written a slice per loop turn beside the old one, starts with a
+    /// snapshot of the state; then the old one is deleted.
     #[arg(long, value_name = "BYTES", help_heading = "Persistence")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistence_compact_bytes: Option<u64>,
