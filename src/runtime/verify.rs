@@ -38,6 +38,8 @@ pub struct Job {
 pub struct Verified {
     pub conn: ConnId,
     pub verdict: Verdict,
+    /// The generation of the tables the password was checked against.
+    pub generation: u64,
 }
 
 /// The verifier threads and the sending side of their queue.
@@ -96,7 +98,8 @@ fn verifier_main(receiver: &Mutex<Receiver<Job>>, watches: &[StopWatch]) {
             return; // every sender is gone: the broker is stopping
         };
         let verdict = job.run();
-        watches[worker].post_verified(Verified { conn, verdict });
+        let generation = job.tables.generation;
+        watches[worker].post_verified(Verified { conn, verdict, generation });
     }
 }
 
@@ -142,7 +145,10 @@ impl Worker {
         self.broker.handle_packet(id, Packet::Connect(connect), now);
     }
 
-    /// A verdict came back: the CONNECT goes to the broker, then what followed it.
+    /// A verdict came back: the CONNECT goes to the broker, then what followed it. A verdict
+    /// against tables a reload has replaced meanwhile is not used: the CONNECT is checked again
+    /// against the new ones (its user may have been deleted or its password changed, and a
+    /// reload must not let in what it revoked).
     pub(super) fn on_verified(&mut self, verified: Verified, now: Millis) {
         let Some(connect) = self.verifying.remove(&verified.conn) else { return };
         let id = verified.conn;
@@ -151,7 +157,19 @@ impl Worker {
         if !conn.broker_knows {
             return;
         }
+        let current = self.broker.auth_tables().generation;
+        if verified.generation != current && verified.verdict != Verdict::Unavailable {
+            tracing::info!(conn = ?id, "a password verified against reloaded tables: checking again");
+            self.feed_connect(id, connect, now);
+            self.after_verified(id, now);
+            return;
+        }
         self.broker.handle_connect_verified(id, connect, verified.verdict, now);
+        self.after_verified(id, now);
+    }
+
+    /// After a CONNECT went on: the broker's actions, then the packets that followed it.
+    fn after_verified(&mut self, id: ConnId, now: Millis) {
         self.apply_actions(now);
         if self.conns.get_mut(id).is_some_and(|conn| !conn.input.is_empty()) {
             self.decode_input(id, now);

@@ -50,11 +50,20 @@ def pki(tmp_path_factory):
 @pytest.fixture
 def layered(pki, request):
     """A broker with TLS, WebSocket and WSS listeners; client certificates optional."""
-    ports = {"tls": free_port(), "ws": free_port(), "wss": free_port()}
-    flags = ["--tls-bind", f"127.0.0.1:{ports['tls']}", "--ws-bind", f"127.0.0.1:{ports['ws']}",
-             "--wss-bind", f"127.0.0.1:{ports['wss']}", "--certfile", str(pki / "server.pem"),
-             "--keyfile", str(pki / "server.key"), "--cafile", str(pki / "ca.pem")]
-    running = Broker(flags)
+    # A port picked as free may be taken by another process before the broker binds it: the
+    # broker then exits at once, and another set of ports is tried (3 attempts).
+    for attempt in range(3):
+        ports = {"tls": free_port(), "ws": free_port(), "wss": free_port()}
+        flags = ["--tls-bind", f"127.0.0.1:{ports['tls']}", "--ws-bind",
+                 f"127.0.0.1:{ports['ws']}", "--wss-bind", f"127.0.0.1:{ports['wss']}",
+                 "--certfile", str(pki / "server.pem"), "--keyfile", str(pki / "server.key"),
+                 "--cafile", str(pki / "ca.pem")]
+        try:
+            running = Broker(flags)
+            break
+        except RuntimeError as error:
+            if "Address already in use" not in str(error) or attempt == 2:
+                raise
     running.ports = ports
     yield running
     running.stop()
