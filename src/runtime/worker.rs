@@ -126,8 +126,9 @@ pub struct WorkerCounters {
     /// The first ring's own counters (turns, completions, SQ flushes, CQ overflows), as of
     /// the stop.
     pub ring: RingCounters,
-    /// Rings the worker had set up by the stop (`rings.rs`).
+    /// Rings the worker had set up by the stop, and attempts that failed (`rings.rs`).
     pub rings: usize,
+    pub ring_setup_failures: u64,
 }
 
 /// One multishot-accepting listener.
@@ -555,6 +556,7 @@ impl Worker {
     fn log_stopped(&mut self) {
         self.counters.ring = self.ring.counters;
         self.counters.rings = self.conns.rings();
+        self.counters.ring_setup_failures = self.rings.setup_failures;
         // The broker's counters (drops at each bound, closes by reason) and what is still
         // held, so a run's log proves what happened at the limits and that everything returned.
         tracing::info!(
