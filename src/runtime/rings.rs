@@ -122,7 +122,7 @@ impl Worker {
     }
 
     /// Sets up one more ring, with its table and buffers; returns its index.
-    fn add_ring(&mut self) -> io::Result<usize> {
+    pub(super) fn add_ring(&mut self) -> io::Result<usize> {
         let index = self.conns.rings();
         let index_u16 = u16::try_from(index).map_err(io::Error::other)?;
         let config = &self.config;

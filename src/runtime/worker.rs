@@ -260,7 +260,7 @@ impl Worker {
             Some(journal) => Some(Journal::start(&mut broker, journal, setup.index, now)?),
             None => None,
         };
-        Ok(Self {
+        let mut worker = Self {
             ring,
             buffers: ManuallyDrop::new(buffers),
             wake_word: ManuallyDrop::new(Box::new(0)),
@@ -305,7 +305,13 @@ impl Worker {
             journal,
             counters: WorkerCounters::default(),
             ops: OpsState::new(setup.ops),
-        })
+        };
+        // Rings planned ahead are set up now, while memory is plentiful (`rings.rs`).
+        let start = worker.config.rings_per_worker_start.min(worker.config.rings_per_worker_max);
+        for _ in 1..start {
+            worker.add_ring().map_err(|error| anyhow::anyhow!("setting up a ring: {error}"))?;
+        }
+        Ok(worker)
     }
 
     pub fn now(&self) -> Millis {
