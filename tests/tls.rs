@@ -341,15 +341,24 @@ impl Drop for Process {
     }
 }
 
-/// `use_identity_as_username`: with anonymous clients refused, a client that sends no user
-/// name gets in on its certificate's CN; the same client without the option is refused
-/// (CONNACK 0x05, "not authorised").
+/// `use_identity_as_username`: with anonymous clients refused and a password file that does
+/// not list the certificate's name, a client with a certificate gets in on its CN, and a user
+/// name and password it sends are ignored (the password file is not consulted on that
+/// listener, as in Mosquitto); the same client without the option is refused (0x05
+/// anonymous, 0x04 with a name the file does not know).
 #[test]
 fn use_identity_as_username_lets_the_certificate_name_the_user() {
     let pki = Pki::new("identity");
     let (cafile, cert, key) = (pki.path("ca.pem"), pki.path("server.pem"), pki.path("server.key"));
+    let passwords = pki.path("passwd");
+    let created = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["passwd", "-c", "-b", &passwords, "bob", "bob-secret"])
+        .output()
+        .expect("ringmq passwd");
+    assert!(created.status.success(), "{created:?}");
     let message =
         [tls_args(&pki, "ca.pem", Some("client")), args(&["-t", "t", "-m", "m"])].concat();
+    let wrong_password = [message.clone(), args(&["-u", "bob", "-P", "wrong"])].concat();
     for use_identity in ["true", "false"] {
         let port = free_port();
         let bind = format!("127.0.0.1:{port}");
@@ -366,15 +375,20 @@ fn use_identity_as_username_lets_the_certificate_name_the_user() {
             "true",
             "--allow-anonymous",
             "false",
+            "--password-file",
+            &passwords,
             "--use-identity-as-username",
             use_identity,
         ];
         let _broker = Process::start(&flags, port);
         if use_identity == "true" {
             publish_ok(port, &message);
+            publish_ok(port, &wrong_password);
         } else {
             let stderr = publish_refused(port, &message);
             assert!(stderr.contains("not authori"), "{stderr}");
+            let stderr = publish_refused(port, &wrong_password);
+            assert!(stderr.contains("bad user name or password"), "{stderr}");
         }
     }
 }
@@ -422,3 +436,157 @@ fn sighup_reloads_the_certificates_and_keeps_open_connections() {
     publish_refused(port, &[tls_args(&pki, "ca.pem", None), message].concat());
     broker.stop();
 }
+
+// ---- Closes the broker starts, seen by clients we did not write --------------------------------
+
+/// A CONNECT for `client_id` (MQTT 3.1.1, clean session, keepalive 60).
+fn connect_bytes(client_id: &str) -> Vec<u8> {
+    let id = client_id.as_bytes();
+    let mut packet =
+        vec![0x10, (12 + id.len()) as u8, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    packet.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    packet.extend_from_slice(id);
+    packet
+}
+
+/// A rustls client stream to `port`, trusting the PKI's CA, with its handshake done.
+fn rustls_client(
+    pki: &Pki,
+    port: u16,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(pki.path("ca.pem")).expect("ca");
+    roots.add(ca).expect("root");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(CLIENT_TIMEOUT)).expect("timeout");
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).expect("handshake");
+    }
+    stream
+}
+
+/// Reads until the stream ends; `Ok(bytes)` on a clean end (TLS: a close_notify came), the
+/// error otherwise (rustls reports a cut as `UnexpectedEof`).
+fn read_to_clean_end(stream: &mut impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).map(|_| bytes)
+}
+
+/// TLS: a connection the broker closes (a protocol error, then a DISCONNECT) ends with a
+/// close_notify, which rustls's client reads as a clean end instead of a truncation.
+#[test]
+fn a_tls_connection_the_broker_closes_ends_with_close_notify() {
+    use std::io::Write;
+    let pki = Pki::new("close-notify");
+    let (broker, port) = tls_broker(&pki, &[]);
+    let mut stream = rustls_client(&pki, port);
+    stream.write_all(&connect_bytes("close-1")).expect("connect");
+    // A second CONNECT is a protocol violation [MQTT-3.1.0-2]: the broker closes.
+    stream.write_all(&connect_bytes("close-1")).expect("second connect");
+    let bytes = read_to_clean_end(&mut stream).expect("a clean TLS end, with close_notify");
+    assert_eq!(bytes, [0x20, 2, 0, 0], "the CONNACK, then nothing");
+    let mut stream = rustls_client(&pki, port);
+    stream.write_all(&connect_bytes("close-2")).expect("connect");
+    stream.write_all(&[0xe0, 0]).expect("disconnect");
+    assert_eq!(read_to_clean_end(&mut stream).expect("clean end"), [0x20, 2, 0, 0]);
+    assert_eq!(transport_errors(&broker.stop()), 0);
+}
+
+/// WebSocket and WSS with tungstenite's client: the broker's close frame carries 1000 after a
+/// DISCONNECT, 1002 after a broken packet, 1009 after a packet over `max_packet_size`, 1003
+/// after a text frame; over WSS the TLS session then ends with close_notify.
+#[test]
+fn websocket_closes_carry_the_status_code_of_their_reason() {
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::Message;
+    let pki = Pki::new("ws-close");
+    let (ws_port, wss_port) = (free_port(), free_port());
+    let (ws_bind, wss_bind) = (format!("127.0.0.1:{ws_port}"), format!("127.0.0.1:{wss_port}"));
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let broker = Broker::start(&[
+        "--ws-bind",
+        &ws_bind,
+        "--wss-bind",
+        &wss_bind,
+        "--certfile",
+        &cert,
+        "--keyfile",
+        &key,
+        "--max-packet-size",
+        "1000",
+    ]);
+    let oversized = {
+        let mut packet = vec![0x30, 0xe8, 0x07, 0, 1, b't'];
+        packet.resize(3 + 1000, b'x');
+        packet
+    };
+    let cases: [(&str, Message, CloseCode); 4] = [
+        ("normal", Message::binary(vec![0xe0, 0]), CloseCode::Normal),
+        ("protocol", Message::binary(vec![0x10, 0, 0]), CloseCode::Protocol),
+        ("too-big", Message::binary(oversized), CloseCode::Size),
+        ("text", Message::text("hello"), CloseCode::Unsupported),
+    ];
+    for secure in [false, true] {
+        for (name, message, expected) in cases.clone() {
+            let scheme = if secure { "wss" } else { "ws" };
+            let port = if secure { wss_port } else { ws_port };
+            let code = websocket_close_code(&pki, scheme, port, name, message);
+            assert_eq!(code, expected, "{scheme} {name}");
+        }
+    }
+    broker.stop();
+}
+
+/// Connects over WebSocket (`ws`, or `wss` through rustls), sends a CONNECT, reads the
+/// CONNACK, sends `message`, and returns the close code of the broker's close frame; over
+/// WSS, also checks that the TLS session then ends cleanly.
+fn websocket_close_code(
+    pki: &Pki,
+    scheme: &str,
+    port: u16,
+    name: &str,
+    message: tungstenite::Message,
+) -> tungstenite::protocol::frame::coding::CloseCode {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::Message;
+    let mut request = format!("ws://127.0.0.1:{port}/mqtt").into_client_request().expect("req");
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+    let stream: Box<dyn ReadWrite> = if scheme == "wss" {
+        Box::new(rustls_client(pki, port))
+    } else {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        tcp.set_read_timeout(Some(CLIENT_TIMEOUT)).expect("timeout");
+        Box::new(tcp)
+    };
+    let (mut socket, _) = tungstenite::client::client(request, stream).expect("upgrade");
+    socket.send(Message::binary(connect_bytes(&format!("ws-{scheme}-{name}")))).expect("send");
+    assert_eq!(socket.read().expect("CONNACK"), Message::binary(vec![0x20, 2, 0, 0]));
+    socket.send(message).expect("send");
+    let code = match socket.read() {
+        Ok(Message::Close(Some(frame))) => frame.code,
+        Ok(Message::Close(None)) => panic!("{scheme} {name}: a close frame without a code"),
+        Ok(other) => panic!("{scheme} {name}: {other:?} instead of a close frame"),
+        Err(error) => panic!("{scheme} {name}: {error} instead of a close frame"),
+    };
+    // tungstenite answers the close; then the stream ends. Over TLS the end must be clean.
+    let _ = socket.flush();
+    let mut rest = socket.into_inner();
+    let end = read_to_clean_end(&mut rest);
+    if scheme == "wss" {
+        assert!(end.is_ok(), "{name}: no close_notify after the close frame: {end:?}");
+    }
+    code
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}

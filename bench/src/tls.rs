@@ -7,9 +7,13 @@
 //! - `handshakes`: each thread loops: TCP connect, full TLS handshake (no resumption), CONNECT,
 //!   CONNACK, DISCONNECT, close. Reports completed sessions per second and connect-to-CONNACK
 //!   latency.
-//! - `throughput`: `--threads` publishers send QoS 0 PUBLISHes as fast as the socket takes
-//!   them to one topic each; one subscriber (`#` under the prefix) counts what arrives.
-//!   Reports messages and MiB per second delivered to the subscriber.
+//! - `throughput`: `--threads` publishers send PUBLISHes (QoS `--qos`, 1 by default) to one
+//!   topic each, one subscriber (`#` under the prefix, same QoS, acknowledging) counts what
+//!   arrives. End-to-end flow control: the publishers together keep at most `--window`
+//!   PUBLISHes sent and not yet read by the subscriber (and at QoS 1 each publisher at most two
+//!   batches unacknowledged), so every broker is measured delivering, never buffering or
+//!   dropping what a publisher overran it with. Reports messages and MiB per second delivered
+//!   to the subscriber.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -26,6 +30,8 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 /// PUBLISHes written per `write` call by a throughput publisher.
 const PUBLISHES_PER_WRITE: usize = 64;
+/// How long a full end-to-end window may see no delivery before the run fails.
+const STALL_LIMIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TlsMode {
@@ -63,6 +69,15 @@ pub struct TlsArgs {
     /// PUBLISH payload size (throughput).
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
+    /// QoS of the PUBLISHes and of the subscription (throughput): 0 or 1.
+    #[arg(long, default_value_t = 1)]
+    pub qos: u8,
+    /// End-to-end window (throughput): the publishers together keep at most this many
+    /// PUBLISHes sent and not yet read by the subscriber, so a broker is measured delivering,
+    /// not buffering or dropping.
+    /// A broker that drops a message stalls the window: the run then fails (`STALL_LIMIT`).
+    #[arg(long, default_value_t = 512)]
+    pub window: u64,
 }
 
 trait Stream: Read + Write + Send {}
@@ -137,22 +152,27 @@ fn remaining_length(mut length: usize, out: &mut Vec<u8>) {
     }
 }
 
-fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut packet = vec![0x30];
-    remaining_length(2 + topic.len() + payload.len(), &mut packet);
+/// A PUBLISH at `qos` (0 or 1; at 1 with packet id 1, rewritten by the caller).
+fn publish_packet(topic: &str, payload: &[u8], qos: u8) -> Vec<u8> {
+    let id_bytes = if qos > 0 { 2 } else { 0 };
+    let mut packet = vec![0x30 | (qos << 1)];
+    remaining_length(2 + topic.len() + id_bytes + payload.len(), &mut packet);
     packet.extend_from_slice(&(topic.len() as u16).to_be_bytes());
     packet.extend_from_slice(topic.as_bytes());
+    if qos > 0 {
+        packet.extend_from_slice(&[0, 1]);
+    }
     packet.extend_from_slice(payload);
     packet
 }
 
-fn subscribe_packet(filter: &str) -> Vec<u8> {
+fn subscribe_packet(filter: &str, qos: u8) -> Vec<u8> {
     let mut packet = vec![0x82];
     remaining_length(2 + 2 + filter.len() + 1, &mut packet);
     packet.extend_from_slice(&[0, 1]);
     packet.extend_from_slice(&(filter.len() as u16).to_be_bytes());
     packet.extend_from_slice(filter.as_bytes());
-    packet.push(0);
+    packet.push(qos);
     packet
 }
 
@@ -229,89 +249,215 @@ fn handshakes(
     ))
 }
 
+/// What the publishers and the subscriber share in a throughput run.
+struct Flow {
+    stop: AtomicBool,
+    /// PUBLISHes written by all publishers.
+    sent: AtomicU64,
+    /// PUBLISHes the subscriber has read.
+    received: AtomicU64,
+    /// Most PUBLISHes sent and not yet received (the end-to-end window).
+    window: u64,
+}
+
+impl Flow {
+    /// Waits until `batch` more PUBLISHes fit in the window; false when the run is over. A
+    /// broker that dropped messages would hold the window full for ever: after
+    /// [`STALL_LIMIT`] without a delivery that is an error saying so.
+    fn wait_for_room(&self, batch: u64) -> anyhow::Result<bool> {
+        let mut last = (self.received.load(Ordering::Relaxed), Instant::now());
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let received = self.received.load(Ordering::Relaxed);
+            let in_flight = self.sent.load(Ordering::Relaxed).saturating_sub(received);
+            if in_flight + batch <= self.window {
+                return Ok(true);
+            }
+            if received != last.0 {
+                last = (received, Instant::now());
+            }
+            anyhow::ensure!(
+                last.1.elapsed() < STALL_LIMIT,
+                "nothing delivered for {STALL_LIMIT:?} with {in_flight} PUBLISHes in flight: \
+                 the broker dropped some (check its queue limits)"
+            );
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
 fn throughput(
     connector: &Arc<Connector>,
     args: &TlsArgs,
     duration: Duration,
 ) -> anyhow::Result<String> {
+    anyhow::ensure!(args.qos <= 1, "--qos 0 or 1");
+    let batch = PUBLISHES_PER_WRITE.min(args.window.max(1) as usize);
     let prefix = format!("tls-bench-{}", std::process::id());
     let mut subscriber = connector.connect()?;
     session(&mut *subscriber, &format!("{prefix}-sub"))?;
-    subscriber.write_all(&subscribe_packet(&format!("{prefix}/#")))?;
+    subscriber.write_all(&subscribe_packet(&format!("{prefix}/#"), args.qos))?;
     subscriber.flush()?;
-    anyhow::ensure!(read_exactly(&mut *subscriber, 5)? == [0x90, 3, 0, 1, 0], "SUBACK");
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
+    let suback = read_exactly(&mut *subscriber, 5)?;
+    anyhow::ensure!(suback == [0x90, 3, 0, 1, args.qos], "SUBACK {suback:?}");
+    let flow = Arc::new(Flow {
+        stop: AtomicBool::new(false),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        window: args.window.max(batch as u64),
+    });
     let publishers: Vec<_> = (0..args.threads)
         .map(|index| {
-            let (connector, stop, sent) =
-                (Arc::clone(connector), Arc::clone(&stop), Arc::clone(&sent));
-            let packet =
-                publish_packet(&format!("{prefix}/{index}"), &vec![0x5a; args.payload_bytes]);
-            let batch = packet.repeat(PUBLISHES_PER_WRITE);
+            let (connector, flow) = (Arc::clone(connector), Arc::clone(&flow));
+            let publisher =
+                Publisher::new(&format!("{prefix}/{index}"), args.payload_bytes, args.qos, batch);
             let client_id = format!("{prefix}-pub-{index}");
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let mut stream = connector.connect()?;
                 session(&mut *stream, &client_id)?;
-                while !stop.load(Ordering::Relaxed) {
-                    stream.write_all(&batch)?;
-                    sent.fetch_add(PUBLISHES_PER_WRITE as u64, Ordering::Relaxed);
-                }
-                stream.write_all(&[0xe0, 0])?;
-                stream.flush()?;
-                Ok(())
+                publisher.run(&mut *stream, &flow)
             })
         })
         .collect();
     let start = Instant::now();
-    let (received, bytes) = count_publishes(&mut *subscriber, start + duration)?;
+    let counted = count_publishes(&mut *subscriber, start + duration, &flow)
+        .map_err(|error| error.context("the subscriber"));
     let secs = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
+    flow.stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
     for publisher in publishers {
-        publisher.join().map_err(|_| anyhow::anyhow!("a publisher panicked"))??;
+        match publisher.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failures.push(format!("{error:#}")),
+            Err(_) => failures.push("a publisher panicked".to_owned()),
+        }
     }
+    anyhow::ensure!(failures.is_empty(), "publishers failed: {failures:?}");
+    let (received, bytes) = counted?;
     Ok(format!(
-        "\"payload_bytes\":{},\"publishers\":{},\"sent\":{},\"received\":{received},\
-         \"msgs_per_sec\":{:.0},\"mib_per_sec\":{:.1}",
+        "\"payload_bytes\":{},\"qos\":{},\"window\":{},\"publishers\":{},\"sent\":{},\
+         \"received\":{received},\"msgs_per_sec\":{:.0},\"mib_per_sec\":{:.1}",
         args.payload_bytes,
+        args.qos,
+        flow.window,
         args.threads,
-        sent.load(Ordering::Relaxed),
+        flow.sent.load(Ordering::Relaxed),
         received as f64 / secs,
         bytes as f64 / secs / (1 << 20) as f64
     ))
 }
 
-/// Reads PUBLISHes until `deadline`; returns how many arrived and their wire bytes.
-fn count_publishes(stream: &mut dyn Stream, deadline: Instant) -> anyhow::Result<(u64, u64)> {
+/// One publishing connection: batches of PUBLISHes inside the end-to-end window; at QoS 1
+/// each batch's PUBACKs are read before the batch after next is written, so at most two
+/// batches are unacknowledged.
+struct Publisher {
+    /// `batch` PUBLISHes, their packet ids rewritten per batch at QoS 1.
+    packets: Vec<u8>,
+    /// Offsets of the packet ids in `packets` (QoS 1).
+    id_offsets: Vec<usize>,
+    batch: usize,
+    next_id: u16,
+}
+
+impl Publisher {
+    fn new(topic: &str, payload_bytes: usize, qos: u8, batch: usize) -> Self {
+        let one = publish_packet(topic, &vec![0x5a; payload_bytes], qos);
+        let id_offset = one.len() - payload_bytes - 2;
+        let id_offsets = if qos == 1 {
+            (0..batch).map(|index| index * one.len() + id_offset).collect()
+        } else {
+            Vec::new()
+        };
+        Self { packets: one.repeat(batch), id_offsets, batch, next_id: 1 }
+    }
+
+    fn run(mut self, stream: &mut dyn Stream, flow: &Flow) -> anyhow::Result<()> {
+        let mut unacknowledged = 0usize;
+        while flow.wait_for_room(self.batch as u64)? {
+            for &offset in &self.id_offsets {
+                self.packets[offset..offset + 2].copy_from_slice(&self.next_id.to_be_bytes());
+                self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            }
+            stream.write_all(&self.packets)?;
+            flow.sent.fetch_add(self.batch as u64, Ordering::Relaxed);
+            if !self.id_offsets.is_empty() {
+                unacknowledged += self.batch;
+                if unacknowledged > self.batch {
+                    read_pubacks(stream, self.batch)?;
+                    unacknowledged -= self.batch;
+                }
+            }
+        }
+        if unacknowledged > 0 {
+            read_pubacks(stream, unacknowledged)?;
+        }
+        stream.write_all(&[0xe0, 0])?;
+        stream.flush()?;
+        Ok(())
+    }
+}
+
+/// Reads `count` PUBACKs (4 bytes each).
+fn read_pubacks(stream: &mut dyn Stream, count: usize) -> anyhow::Result<()> {
+    let acks = read_exactly(stream, 4 * count)?;
+    anyhow::ensure!(acks.chunks(4).all(|ack| ack[..2] == [0x40, 2]), "expected PUBACKs");
+    Ok(())
+}
+
+/// Reads PUBLISHes until `deadline` (acknowledging QoS 1 ones), adding each read's count to
+/// `flow.received`; returns how many arrived and their wire bytes.
+fn count_publishes(
+    stream: &mut dyn Stream,
+    deadline: Instant,
+    flow: &Flow,
+) -> anyhow::Result<(u64, u64)> {
     let mut buffer = vec![0u8; 256 * 1024];
+    let mut acks = Vec::with_capacity(4096);
     let (mut filled, mut received, mut bytes) = (0usize, 0u64, 0u64);
     while Instant::now() < deadline {
         let read = stream.read(&mut buffer[filled..])?;
         anyhow::ensure!(read > 0, "the broker closed the subscriber");
         filled += read;
         let mut at = 0;
-        while let Some(length) = packet_length(&buffer[at..filled]) {
+        let before = received;
+        while let Some((header, length)) = packet_length(&buffer[at..filled]) {
             anyhow::ensure!(length <= buffer.len(), "a {length}-byte packet");
-            if buffer[at] >> 4 == 3 {
+            let packet = &buffer[at..at + length];
+            if packet[0] >> 4 == 3 {
                 received += 1;
                 bytes += length as u64;
+                if packet[0] & 0x06 == 0x02 {
+                    let topic =
+                        usize::from(u16::from_be_bytes([packet[header], packet[header + 1]]));
+                    let id = &packet[header + 2 + topic..header + 4 + topic];
+                    acks.extend_from_slice(&[0x40, 2, id[0], id[1]]);
+                }
             }
             at += length;
         }
         buffer.copy_within(at..filled, 0);
         filled -= at;
+        if !acks.is_empty() {
+            stream.write_all(&acks)?;
+            stream.flush()?;
+            acks.clear();
+        }
+        flow.received.fetch_add(received - before, Ordering::Relaxed);
     }
     Ok((received, bytes))
 }
 
-/// The whole packet's length if `bytes` holds all of it.
-fn packet_length(bytes: &[u8]) -> Option<usize> {
+/// The fixed header's length and the whole packet's length, if `bytes` holds all of it.
+fn packet_length(bytes: &[u8]) -> Option<(usize, usize)> {
     let mut length = 0usize;
     for (index, byte) in bytes.iter().skip(1).take(4).enumerate() {
         length |= usize::from(byte & 0x7f) << (7 * index);
         if byte & 0x80 == 0 {
-            let total = 1 + index + 1 + length;
-            return (bytes.len() >= total).then_some(total);
+            let header = 1 + index + 1;
+            let total = header + length;
+            return (bytes.len() >= total).then_some((header, total));
         }
     }
     None

@@ -32,7 +32,7 @@
 use std::sync::Arc;
 
 use super::stats::WorkerStats;
-use super::{Broker, ConnId, Millis, SessionId};
+use super::{Broker, CloseReason, ConnId, Millis, SessionId};
 use crate::auth::{AclTable, SubscribeVerdict};
 use crate::auth::{AclUser, AuthTables, Checked, FailureLimiter, Identity, LimiterConfig};
 use crate::protocol::encode::encoded_len;
@@ -44,6 +44,11 @@ pub enum Verdict {
     Checked(Checked),
     /// The verifier's queue was full: CONNACK 0x03 "server unavailable" (counted).
     Unavailable,
+    /// `use_identity_as_username` on a TLS listener: the credential is the verified client
+    /// certificate, whose common name the runtime put in the CONNECT as its user name; the
+    /// password file is not consulted (as in Mosquitto). Without a certificate (no user name)
+    /// the CONNECT is refused 0x04.
+    Certificate,
 }
 
 /// A password check to run off the loop: `tables.passwords` has `username`.
@@ -72,18 +77,24 @@ pub(super) struct SessionAuth {
     pub generation: u64,
     /// Some granted filter is only partly readable: check each delivered message.
     pub checked: bool,
+    /// The user name came from a client certificate, not the password file: a reload of the
+    /// password file does not concern it.
+    pub by_certificate: bool,
 }
 
-/// The tables and the failure limiter of one worker.
+/// The tables of one worker, and the failure limiter it shares with the others.
 #[derive(Debug)]
 pub(super) struct AuthState {
     pub tables: Arc<AuthTables>,
-    pub limiter: FailureLimiter,
+    /// A broker's own until the runtime gives it the one every worker shares
+    /// ([`Broker::share_failure_limiter`]).
+    pub limiter: Arc<FailureLimiter>,
 }
 
 impl AuthState {
     pub fn new(limiter: LimiterConfig) -> Self {
-        Self { tables: Arc::new(AuthTables::default()), limiter: FailureLimiter::new(limiter) }
+        let limiter = Arc::new(FailureLimiter::new(limiter, 0));
+        Self { tables: Arc::new(AuthTables::default()), limiter }
     }
 }
 
@@ -121,6 +132,45 @@ impl Broker {
     /// PUBLISH, SUBSCRIBE and delivery use the new tables.
     pub fn set_auth(&mut self, tables: Arc<AuthTables>) {
         self.auth.tables = tables;
+    }
+
+    /// A reload's new tables (SIGHUP). As Mosquitto does on a reload, a connected client that
+    /// logged in with a password is disconnected (will published; counted as
+    /// `CredentialsRevoked`) when the new password file no longer lists its user or its
+    /// user's line changed (a new password). ringmq keeps no passwords to check again, so any
+    /// change of the line counts: a re-hash of the same password disconnects too, where
+    /// Mosquitto, which keeps the password and checks it again, would not. A client whose user
+    /// name came from its certificate, an anonymous one, and every client when the new tables
+    /// have no password file, stay. One pass over this worker's connections. Returns how many
+    /// were closed.
+    pub fn reload_auth(&mut self, tables: Arc<AuthTables>, now: Millis) -> usize {
+        let old = std::mem::replace(&mut self.auth.tables, tables);
+        let Some(passwords) = self.auth.tables.passwords.as_ref() else { return 0 };
+        let old_passwords = old.passwords.as_ref();
+        let revoked: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter_map(|(&conn, state)| {
+                let super::connection::Phase::Active(session) = state.phase else { return None };
+                let auth = self.sessions.get(session).auth.as_deref()?;
+                let user = auth.username.as_ref().filter(|_| !auth.by_certificate)?.as_str();
+                match (old_passwords.and_then(|old| old.get(user)), passwords.get(user)) {
+                    (Some(before), Some(after)) if before == after => None,
+                    _ => Some(conn),
+                }
+            })
+            .collect();
+        for &conn in &revoked {
+            self.close_conn(conn, Some(CloseReason::CredentialsRevoked), now);
+        }
+        self.settle(now);
+        revoked.len()
+    }
+
+    /// Makes this broker count failed logins in `limiter`, which the runtime gives every
+    /// worker, so an address gets `auth_failures_max` in all, not per worker.
+    pub fn share_failure_limiter(&mut self, limiter: Arc<FailureLimiter>) {
+        self.auth.limiter = limiter;
     }
 
     /// The tables in use.
@@ -180,6 +230,27 @@ impl Broker {
         self.settle(now);
     }
 
+    /// A CONNECT on a `use_identity_as_username` TLS connection: its user name is the client
+    /// certificate's common name (or none without a certificate), and it is checked with
+    /// [`Verdict::Certificate`] instead of the password file. Any other packet sequence (a
+    /// second CONNECT) is handled as `handle_packet` would.
+    pub fn handle_connect_with_certificate(
+        &mut self,
+        conn: ConnId,
+        connect: Box<Connect>,
+        now: Millis,
+    ) {
+        let awaiting = self
+            .conns
+            .get(&conn)
+            .is_some_and(|state| state.phase == super::connection::Phase::AwaitingConnect);
+        if awaiting {
+            self.handle_connect_verified(conn, connect, Verdict::Certificate, now);
+        } else {
+            self.handle_packet(conn, Packet::Connect(connect), now);
+        }
+    }
+
     /// Checks a CONNECT's credentials and will; on success, the session's identity.
     pub(super) fn authenticate(
         &mut self,
@@ -191,7 +262,13 @@ impl Broker {
         let address = self.conns.get(&conn).and_then(|state| state.peer).map(|peer| peer.ip());
         let username = connect.username.as_ref();
         let tables = Arc::clone(&self.auth.tables);
-        if let (Some(user), Some(passwords)) = (username, tables.passwords.as_ref()) {
+        let by_certificate = verdict == Some(Verdict::Certificate);
+        if by_certificate {
+            if username.is_none() {
+                self.stats.connects_refused_credentials += 1;
+                return Err(ConnectReturnCode::BadUsernameOrPassword);
+            }
+        } else if let (Some(user), Some(passwords)) = (username, tables.passwords.as_ref()) {
             if let Some(ip) = address {
                 if !self.auth.limiter.allows(ip, now.0) {
                     self.stats.connects_rate_limited += 1;
@@ -203,6 +280,7 @@ impl Broker {
                     self.stats.connects_refused_busy += 1;
                     return Err(ConnectReturnCode::ServerUnavailable);
                 }
+                (Some(Verdict::Certificate), _) => unreachable!("handled above"),
                 (_, None) => Checked::WrongPassword,
                 (Some(Verdict::Checked(checked)), Some(_)) => checked,
                 (None, Some(password)) => passwords.check(user.as_str(), password),
@@ -228,6 +306,7 @@ impl Broker {
                 acl_user,
                 generation: tables.generation,
                 checked: false,
+                by_certificate,
             })
         });
         if let (Some(acl), Some(will)) = (tables.acl.as_ref(), connect.will.as_ref()) {

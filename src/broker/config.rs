@@ -63,13 +63,15 @@ pub struct BrokerConfig {
     /// ACL (everything allowed).
     pub acl_file: Option<PathBuf>,
     /// Failed CONNECTs (bad user name or password) one source address may make per
-    /// `auth_failure_window_secs` on one worker; further CONNECTs from it with a user name are
+    /// `auth_failure_window_secs`, on all workers together (the runtime shares one limiter:
+    /// `Broker::share_failure_limiter`); further CONNECTs from it with a user name are
     /// refused 0x05 without checking the password until the window ends (counted). 0 = no
     /// limit.
     pub auth_failures_max: u32,
     pub auth_failure_window_secs: u64,
-    /// Source addresses one worker tracks for `auth_failures_max`. When full, ended windows
-    /// are swept; a new address beyond it is not limited (counted: `auth_limiter_full`).
+    /// Source addresses tracked for `auth_failures_max` (`auth::limiter`: a table of this many
+    /// words rounded up to a power of two, in buckets of 4); an address whose bucket is full of
+    /// live windows is not limited (counted: `auth_limiter_full`).
     pub auth_failure_addresses_max: usize,
 }
 
@@ -111,7 +113,7 @@ impl BrokerConfig {
         }
     }
 
-    pub(super) fn limiter_config(&self) -> crate::auth::LimiterConfig {
+    pub fn limiter_config(&self) -> crate::auth::LimiterConfig {
         crate::auth::LimiterConfig {
             failures_max: self.auth_failures_max,
             window_millis: self.auth_failure_window_secs.saturating_mul(1000),

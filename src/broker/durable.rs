@@ -47,7 +47,6 @@ use super::subscribe::SubscribeAnswer;
 use super::{
     Action, Broker, ConnId, ForwardedQos2, Message, Millis, RemoteMsg, SessionId, WorkerId,
 };
-use crate::broker::route::home_worker;
 use crate::persist::image::{EntryState, Image, StoredMessage};
 use crate::persist::record::{encode, Record};
 use crate::protocol::{Packet, PacketId, QoS, Utf8Bytes};
@@ -187,6 +186,33 @@ impl Durability {
         self.appended += encode(record, &mut self.journal) as u64;
     }
 
+    /// Drops the pending records (a whole snapshot written now subsumes them); returns the
+    /// position that is durable once that snapshot is.
+    pub(super) fn discard_pending(&mut self) -> u64 {
+        assert_eq!(self.taken, self.durable, "a journal batch is still in flight");
+        self.journal.clear();
+        self.taken = self.appended;
+        for peer in &mut self.peers {
+            peer.covered = peer.received;
+        }
+        self.appended
+    }
+
+    pub(super) fn take_mid(&mut self) -> u64 {
+        let mid = self.next_mid;
+        self.next_mid += 1;
+        mid
+    }
+
+    /// The forwarded QoS 2 ids, as snapshot records.
+    pub(super) fn snapshot_forwarded(&self, out: &mut Vec<u8>) {
+        for (origin, ids) in &self.forwarded {
+            for &packet_id in ids {
+                encode(&Record::Qos2Forwarded { origin: origin.clone(), packet_id }, out);
+            }
+        }
+    }
+
     fn take_seq(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -206,8 +232,7 @@ impl Durability {
         let mid = match *stored {
             Some(mid) => mid,
             None => {
-                let mid = self.next_mid;
-                self.next_mid += 1;
+                let mid = self.take_mid();
                 self.append(&message_record(mid, message));
                 *stored = Some(mid);
                 mid
@@ -258,7 +283,7 @@ impl Durability {
     }
 }
 
-fn message_record(mid: u64, message: &Message) -> Record {
+pub(super) fn message_record(mid: u64, message: &Message) -> Record {
     Record::Message {
         mid,
         topic: message.topic.clone(),
@@ -517,86 +542,6 @@ impl Broker {
         if let Some(d) = self.durability.as_deref_mut() {
             d.append(&record());
         }
-    }
-
-    /// Writes the worker's whole persistent state to `out` as a file's opening (header,
-    /// snapshot, `SnapshotEnd`), replacing the pending records it subsumes. Returns the
-    /// position that is durable once `out` is.
-    pub fn take_snapshot(&mut self, generation: u64, out: &mut Vec<u8>) -> u64 {
-        let me = self.me;
-        let workers = self.workers;
-        let d = self.durability.as_deref_mut().expect("persistence is enabled");
-        assert_eq!(d.taken, d.durable, "a journal batch is still in flight");
-        d.journal.clear();
-        d.taken = d.appended;
-        for peer in &mut d.peers {
-            peer.covered = peer.received;
-        }
-        encode(&Record::Header { worker: me.0, generation }, out);
-        // A message body shared by several entries (one fan-out) is stored once: the same
-        // topic and payload buffers and flags mean the same message.
-        let mut mids: HashMap<(usize, usize, usize, usize, u8), u64> = HashMap::new();
-        for (id, session) in self.sessions.iter_with_ids() {
-            if !session.persistent {
-                continue;
-            }
-            let sid = id.0;
-            encode(&Record::SessionOpen { sid, client_id: session.client_id.clone() }, out);
-            for (filter, qos) in &session.subscriptions {
-                encode(&Record::Subscribe { sid, filter: filter.clone(), qos: *qos }, out);
-            }
-            for packet_id in session.incoming.ids() {
-                encode(&Record::Qos2Received { sid, packet_id }, out);
-            }
-            let packet_id = session.outgoing.next_packet_id();
-            encode(&Record::NextPacketId { sid, packet_id }, out);
-            let inflight = session
-                .outgoing
-                .inflight()
-                .map(|entry| (&entry.message, entry.qos, entry.retain, entry.seq, Some(entry)));
-            let queued = session
-                .outgoing
-                .queued()
-                .map(|entry| (&entry.message, entry.qos, entry.retain, entry.seq, None));
-            for (message, qos, retain, seq, inflight) in inflight.chain(queued) {
-                if seq == 0 {
-                    continue; // QoS 0, never journaled
-                }
-                let key = (
-                    message.topic.as_bytes().as_ptr() as usize,
-                    message.topic.as_bytes().len(),
-                    message.payload.as_ptr() as usize,
-                    message.payload.len(),
-                    message.qos.as_u8() | u8::from(message.retain) << 2,
-                );
-                let mid = *mids.entry(key).or_insert_with(|| {
-                    let mid = d.next_mid;
-                    d.next_mid += 1;
-                    encode(&message_record(mid, message), out);
-                    mid
-                });
-                encode(&Record::Enqueue { sid, seq, mid, qos, retain }, out);
-                if let Some(entry) = inflight {
-                    encode(&Record::Sent { seq, packet_id: entry.packet_id }, out);
-                    if entry.awaiting == Awaiting::Pubcomp {
-                        encode(&Record::Released { seq }, out);
-                    }
-                }
-            }
-        }
-        for (origin, ids) in &d.forwarded {
-            for &packet_id in ids {
-                encode(&Record::Qos2Forwarded { origin: origin.clone(), packet_id }, out);
-            }
-        }
-        self.retained.for_each(|message| {
-            if home_worker(message.topic.as_bytes(), workers) == me {
-                let (topic, payload) = (message.topic.clone(), message.payload.clone());
-                encode(&Record::Retain { topic, payload, qos: message.qos }, out);
-            }
-        });
-        encode(&Record::SnapshotEnd, out);
-        d.appended
     }
 
     /// Loads a recovered state (this worker's share of it): its persistent sessions, offline,

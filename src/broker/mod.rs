@@ -71,6 +71,7 @@ pub mod ids;
 pub mod keepalive;
 pub mod retain;
 pub mod route;
+pub mod snapshot;
 pub mod stats;
 pub mod subscriptions;
 mod topic_trie;
@@ -153,6 +154,9 @@ pub enum CloseReason {
     /// An operator closed the connection through the admin API (its will is published: the
     /// client did not send DISCONNECT).
     Kicked,
+    /// A reload of the password file removed the client's user or changed its password
+    /// (`Broker::reload_auth`; its will is published, as in Mosquitto).
+    CredentialsRevoked,
 }
 
 /// What the broker asks its driver to do. See the module documentation for the contract.
@@ -237,6 +241,9 @@ impl fmt::Display for CloseReason {
             Self::SlowConsumer => f.write_str("slow consumer: not reading or not acknowledging"),
             Self::Shutdown => f.write_str("broker shutting down"),
             Self::Kicked => f.write_str("kicked by an operator (admin API)"),
+            Self::CredentialsRevoked => {
+                f.write_str("user deleted or password changed by a password file reload")
+            }
         }
     }
 }

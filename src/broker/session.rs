@@ -104,11 +104,6 @@ impl SessionTable {
         self.slab.iter().map(|(_, session)| session)
     }
 
-    pub fn iter_with_ids(&self) -> impl Iterator<Item = (SessionId, &Session)> {
-        // Cannot truncate: `insert` refuses indices beyond u32.
-        self.slab.iter().map(|(index, session)| (SessionId(index as u32), session))
-    }
-
     /// One past the highest slot a session can occupy now: what a scan by slot covers.
     pub fn slots(&self) -> usize {
         self.slab.capacity()

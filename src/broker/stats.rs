@@ -98,6 +98,8 @@ pub struct CloseCounts {
     pub shutdown: u64,
     /// An operator closed it through the admin API.
     pub kicked: u64,
+    /// A password file reload removed its user or changed its password.
+    pub credentials_revoked: u64,
     /// The socket went away (`handle_closed`) without the broker asking.
     pub peer_closed: u64,
 }
@@ -115,6 +117,7 @@ impl CloseCounts {
             Some(CloseReason::SlowConsumer) => &mut self.slow_consumer,
             Some(CloseReason::Shutdown) => &mut self.shutdown,
             Some(CloseReason::Kicked) => &mut self.kicked,
+            Some(CloseReason::CredentialsRevoked) => &mut self.credentials_revoked,
             None => &mut self.peer_closed,
         };
         *counter += 1;
@@ -131,6 +134,7 @@ impl CloseCounts {
         self.slow_consumer += other.slow_consumer;
         self.shutdown += other.shutdown;
         self.kicked += other.kicked;
+        self.credentials_revoked += other.credentials_revoked;
         self.peer_closed += other.peer_closed;
     }
 }

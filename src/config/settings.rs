@@ -172,7 +172,8 @@ pub struct Settings {
     pub require_certificate: Option<bool>,
 
     /// Use the client certificate's subject CN as the user name, ignoring the CONNECT's user
-    /// name and password (true|false; needs `require_certificate`).
+    /// name and password; the password file is not consulted on TLS and WSS listeners, as in
+    /// Mosquitto (true|false; needs `require_certificate`).
     #[arg(long, value_name = "BOOL", help_heading = "TLS and WebSocket")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub use_identity_as_username: Option<bool>,
@@ -366,8 +367,9 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistence_fsync_interval_millis: Option<u64>,
 
-    /// A worker's journal file past this many bytes is compacted: a new file starts with a
-    /// snapshot of the state and the old one is deleted.
+    /// A worker's journal file that grew this many bytes past its opening snapshot is
+    /// compacted: a new file, written a slice per loop turn beside the old one, starts with a
+    /// snapshot of the state; then the old one is deleted.
     #[arg(long, value_name = "BYTES", help_heading = "Persistence")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistence_compact_bytes: Option<u64>,
@@ -393,9 +395,9 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acl_file: Option<PathBuf>,
 
-    /// Failed logins (bad user name or password) one source address may make per window on
-    /// one worker; then its CONNECTs with a user name are refused 0x05 until the window ends
-    /// (counted). 0 = no limit.
+    /// Failed logins (bad user name or password) one source address may make per window,
+    /// counted across all workers; then its CONNECTs with a user name are refused 0x05 until
+    /// the window ends (counted). 0 = no limit (at most 65535 counts).
     #[arg(long, value_name = "N", help_heading = "Authentication")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failures_max: Option<u32>,
@@ -405,8 +407,9 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure_window_secs: Option<u64>,
 
-    /// Source addresses one worker tracks for `auth_failures_max`; beyond it (after ended
-    /// windows are swept) a new address is not limited (counted).
+    /// Source addresses tracked for `auth_failures_max`, for the whole broker (a table of
+    /// atomics shared by the workers, 8 bytes per address, rounded up to a power of two); an
+    /// address whose bucket of 4 holds live windows of others is not limited (counted).
     #[arg(long, value_name = "N", help_heading = "Authentication")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure_addresses_max: Option<usize>,

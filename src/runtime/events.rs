@@ -374,7 +374,7 @@ impl Worker {
             self.begin_stop(now);
         } else {
             for value in self.stop.take_reloads() {
-                self.apply_reload(value);
+                self.apply_reload(value, now);
             }
             for verified in self.stop.take_verified() {
                 self.on_verified(verified, now);

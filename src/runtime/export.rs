@@ -79,6 +79,7 @@ metrics! {
     ClosedSlow: Counter "ringmq_closes_total" "reason=\"slow_consumer\"" "";
     ClosedShutdown: Counter "ringmq_closes_total" "reason=\"shutdown\"" "";
     ClosedKicked: Counter "ringmq_closes_total" "reason=\"kicked\"" "";
+    ClosedRevoked: Counter "ringmq_closes_total" "reason=\"credentials_revoked\"" "";
     ClosedPeer: Counter "ringmq_closes_total" "reason=\"peer_closed\"" "";
     ConnectsRefused: Counter "ringmq_connects_refused_total" "" "CONNECTs answered with a refusal.";
     AuthFailures: Counter "ringmq_auth_failures_total" "" "CONNECTs refused for bad credentials or not authorized (CONNACK 4 or 5).";

@@ -10,11 +10,18 @@
 //! not at all. The steps are sequential, not linked SQEs, so a flush of a full SQ can never
 //! split a chain.
 //!
-//! Compaction: when the file passes `compact_bytes` and no batch is in flight, the broker
-//! writes its state as a snapshot (`take_snapshot`, which subsumes its pending records) into
-//! the next generation's file; it is written, fsynced, the directory fsynced, and only then
-//! does it become the current file and the old one is deleted. Creating and deleting the
-//! files are the only blocking calls, once per compaction.
+//! Compaction: when `compact_bytes` were appended after the file's snapshot, the worker creates the next generation's
+//! file and fills it over many turns while the current file stays the one acknowledgements
+//! wait for: a header, then, each turn that takes a batch, a copy of that batch and one slice
+//! of the snapshot (`Broker::snapshot_slice`, a bounded number of session slots; taken when no
+//! record is pending, so a slice shows the state after every copy before it). These are
+//! written in the background (at most one write at a time, `COMPACTION_SLOT` in the
+//! `user_data`). Once the last slice (`SnapshotEnd`) is in, the next batch goes to the new
+//! file only, after the rest of the snapshot: written, fsynced, the directory fsynced, and
+//! only then does it become the current file and the old one is deleted. A crash before that
+//! leaves a new file without a durable `SnapshotEnd`, which recovery ignores for the old one
+//! (complete: every acknowledged record is in it). Creating and deleting the files are the
+//! only blocking calls, once per compaction.
 //!
 //! A failed write or fsync stops the process (logged): acknowledgements already promised
 //! could not be kept otherwise. Invariant: the kernel never reads a batch buffer we freed —
@@ -30,6 +37,7 @@ use io_uring::{opcode, types};
 use super::uring::Completion;
 use super::user_data::{Op, UserData};
 use super::worker::Worker;
+use crate::broker::snapshot::{SnapshotCursor, SNAPSHOT_SLOTS_PER_SLICE};
 use crate::broker::{Broker, Millis};
 use crate::persist::image::Image;
 use crate::persist::store::{file_name, NextEpoch};
@@ -39,6 +47,9 @@ use crate::persist::{FsyncPolicy, PersistConfig};
 const SPARE_BYTES_MAX: usize = 4 << 20;
 /// The most one `Write` submits (the SQE's length is 32 bits).
 const WRITE_BYTES_MAX: usize = 1 << 30;
+/// The `user_data` slot of a batch's operations and of a compaction's background writes.
+const BATCH_SLOT: u32 = 0;
+const COMPACTION_SLOT: u32 = 1;
 
 /// What a worker starts its journal from.
 #[derive(Debug)]
@@ -66,12 +77,20 @@ enum Stage {
     SyncDir,
 }
 
+/// The next generation's file while a compaction fills it.
 #[derive(Debug)]
 struct Compaction {
     file: File,
     dir: File,
     old_path: PathBuf,
     generation: u64,
+    cursor: SnapshotCursor,
+    /// Bytes for the new file not yet submitted: the header, slices, copies of batches.
+    stream: Vec<u8>,
+    /// The background write in flight: its buffer and how much of it is written.
+    writing: Option<(Vec<u8>, usize)>,
+    /// Bytes the new file holds (completed writes).
+    length: u64,
 }
 
 #[derive(Debug)]
@@ -92,10 +111,15 @@ pub struct Journal {
     dir: PathBuf,
     worker: u16,
     generation: u64,
-    /// Bytes in the current file.
+    /// Bytes in the current file, and in its opening snapshot: a compaction starts once
+    /// `compact_bytes` were appended after the snapshot (a state larger than `compact_bytes`
+    /// is then not rewritten without pause).
     length: u64,
+    snapshot_bytes: u64,
     config: PersistConfig,
     batch: Option<Batch>,
+    /// A compaction filling the next generation's file in the background.
+    compacting: Option<Box<Compaction>>,
     spare: Vec<u8>,
     /// Interval policy: written since the last fsync, and when the next one is due.
     unsynced: bool,
@@ -127,8 +151,10 @@ impl Journal {
             worker,
             generation: 0,
             length: snapshot.len() as u64,
+            snapshot_bytes: snapshot.len() as u64,
             config: setup.config,
             batch: None,
+            compacting: None,
             spare: Vec::new(),
             unsynced: false,
             sync_in_flight: false,
@@ -139,7 +165,8 @@ impl Journal {
 
     /// Nothing in flight.
     pub fn idle(&self) -> bool {
-        self.batch.is_none() && !self.sync_in_flight
+        let compaction_writing = self.compacting.as_ref().is_some_and(|c| c.writing.is_some());
+        self.batch.is_none() && !self.sync_in_flight && !compaction_writing
     }
 
     /// When the interval policy's next fsync is due, if one is owed.
@@ -163,6 +190,9 @@ impl Drop for Journal {
             // gave up waiting).
             std::mem::forget(batch.buf);
         }
+        if let Some((buf, _)) = self.compacting.as_mut().and_then(|c| c.writing.take()) {
+            std::mem::forget(buf);
+        }
     }
 }
 
@@ -174,8 +204,8 @@ fn fatal(what: &str, errno: i32) -> ! {
 }
 
 impl Worker {
-    /// Phase 4: the interval fsync if due; then, with no batch in flight, a compaction or the
-    /// broker's pending records as the next batch.
+    /// Phase 4: the interval fsync if due; then, with no batch in flight, the broker's pending
+    /// records as the next batch, and a compaction's next step.
     pub(super) fn journal_turn(&mut self, now: Millis) {
         let Some(journal) = self.journal.as_mut() else { return };
         if journal.deadline().is_some_and(|at| at <= now) {
@@ -188,13 +218,27 @@ impl Worker {
         if journal.batch.is_some() {
             return;
         }
-        if journal.length >= journal.config.compact_bytes {
-            return self.begin_compaction();
+        let threshold = journal.snapshot_bytes.saturating_add(journal.config.compact_bytes);
+        if journal.compacting.is_none() && journal.length >= threshold {
+            self.begin_compaction();
         }
+        let Some(journal) = self.journal.as_mut() else { return };
+        let finishing = journal
+            .compacting
+            .as_ref()
+            .is_some_and(|compaction| compaction.cursor.done() && compaction.writing.is_none());
         let mut buf = std::mem::take(&mut journal.spare);
-        match self.broker.take_journal(&mut buf) {
+        let position = self.broker.take_journal(&mut buf);
+        if finishing {
+            return self.finish_compaction(buf, position);
+        }
+        let Some(journal) = self.journal.as_mut() else { return };
+        match position {
             None => journal.spare = buf,
             Some(position) => {
+                if let Some(compaction) = journal.compacting.as_mut() {
+                    compaction.stream.extend_from_slice(&buf);
+                }
                 let base = journal.length;
                 let stage = Stage::Write;
                 journal.batch =
@@ -202,8 +246,16 @@ impl Worker {
                 self.submit_write();
             }
         }
+        // Nothing is pending now (the batch took it all): a slice shows the state after it.
+        if let Some(compaction) = self.journal.as_mut().and_then(|j| j.compacting.as_mut()) {
+            if !compaction.cursor.done() {
+                self.broker.snapshot_slice(&mut compaction.cursor, &mut compaction.stream);
+            }
+        }
+        self.pump_compaction();
     }
 
+    /// Creates the next generation's file and starts its snapshot (the header).
     fn begin_compaction(&mut self) {
         let Some(journal) = self.journal.as_mut() else { return };
         let generation = journal.generation + 1;
@@ -216,18 +268,104 @@ impl Worker {
         let dir = File::open(&journal.dir).unwrap_or_else(|error| {
             fatal("opening the journal directory", error.raw_os_error().unwrap_or(libc::EIO))
         });
-        let mut buf = std::mem::take(&mut journal.spare);
-        let position = self.broker.take_snapshot(generation, &mut buf);
-        let compaction = Some(Compaction { file, dir, old_path, generation });
-        journal.batch =
-            Some(Batch { buf, written: 0, position, base: 0, stage: Stage::Write, compaction });
+        let mut stream = Vec::new();
+        let cursor = self.broker.begin_snapshot(generation, SNAPSHOT_SLOTS_PER_SLICE, &mut stream);
         tracing::info!(
             worker = journal.worker,
             generation,
             old_bytes = journal.length,
             "persistence: compacting the journal"
         );
-        self.submit_write();
+        journal.compacting = Some(Box::new(Compaction {
+            file,
+            dir,
+            old_path,
+            generation,
+            cursor,
+            stream,
+            writing: None,
+            length: 0,
+        }));
+    }
+
+    /// Submits the compaction's unsubmitted bytes, if no background write is in flight.
+    fn pump_compaction(&mut self) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        let Some(compaction) = journal.compacting.as_mut() else { return };
+        if compaction.writing.is_some() || compaction.stream.is_empty() {
+            return;
+        }
+        let buf = std::mem::take(&mut compaction.stream);
+        compaction.writing = Some((buf, 0));
+        self.submit_compaction_write();
+    }
+
+    fn submit_compaction_write(&mut self) {
+        let Some(compaction) = self.journal.as_mut().and_then(|j| j.compacting.as_mut()) else {
+            return;
+        };
+        let fd = compaction.file.as_raw_fd();
+        let offset = compaction.length;
+        let (buf, written) = compaction.writing.as_ref().expect("a compaction write to submit");
+        let rest = &buf[*written..];
+        let len = rest.len().min(WRITE_BYTES_MAX) as u32;
+        let entry = opcode::Write::new(types::Fd(fd), rest.as_ptr(), len)
+            .offset(offset + *written as u64)
+            .build()
+            .user_data(UserData::new(Op::JournalWrite, COMPACTION_SLOT, 0).pack());
+        // SAFETY: the buffer is the compaction's `writing`, kept until this write's completion
+        // is handled (leaked if the journal is dropped before); the file stays open with it.
+        unsafe { self.ring.push(&entry) };
+    }
+
+    /// A background write of the compaction completed.
+    fn on_compaction_write(&mut self, result: i32) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        let compaction = journal.compacting.as_mut().expect("a compaction write without one");
+        let (buf, written) = compaction.writing.as_mut().expect("a compaction write in flight");
+        let wrote = usize::try_from(result).unwrap_or(0);
+        if wrote == 0 {
+            fatal("a compaction write (no progress)", libc::EIO);
+        }
+        *written += wrote;
+        if *written < buf.len() {
+            journal.counters.short_writes += 1;
+            return self.submit_compaction_write();
+        }
+        compaction.length += buf.len() as u64;
+        compaction.writing = None;
+        self.pump_compaction();
+    }
+
+    /// The snapshot is complete and written up to its unsubmitted rest: that rest and this
+    /// turn's records (`buf`, ending at `position`) go to the new file, which becomes the
+    /// current one once written and fsynced with its directory (`finish_batch`).
+    fn finish_compaction(&mut self, buf: Vec<u8>, position: Option<u64>) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        let mut compaction = journal.compacting.take().expect("a compaction to finish");
+        let mut all = std::mem::take(&mut compaction.stream);
+        all.extend_from_slice(&buf);
+        if buf.capacity() <= SPARE_BYTES_MAX {
+            let mut buf = buf;
+            buf.clear();
+            journal.spare = buf;
+        }
+        let base = compaction.length;
+        // Nothing new: the batch only makes the new file current (a position already durable).
+        let position = position.unwrap_or(0);
+        let fd = compaction.file.as_raw_fd();
+        let compaction = Some(*compaction);
+        // Everything may be written already: then only the fsyncs remain (a write of nothing
+        // would complete with 0, which means no progress).
+        let stage = if all.is_empty() { Stage::SyncFile } else { Stage::Write };
+        journal.batch = Some(Batch { buf: all, written: 0, position, base, stage, compaction });
+        match stage {
+            Stage::Write => self.submit_write(),
+            _ => {
+                journal.counters.fsyncs += 1;
+                self.push_fsync(fd, Op::JournalFsync);
+            }
+        }
     }
 
     /// Submits the unwritten rest of the batch.
@@ -240,7 +378,7 @@ impl Worker {
         let entry = opcode::Write::new(types::Fd(fd), rest.as_ptr(), len)
             .offset(batch.base + batch.written as u64)
             .build()
-            .user_data(UserData::new(Op::JournalWrite, 0, 0).pack());
+            .user_data(UserData::new(Op::JournalWrite, BATCH_SLOT, 0).pack());
         // SAFETY: the buffer is the batch's, owned by the journal until this write's
         // completion is handled (and leaked if the journal is dropped before); the file
         // descriptor stays open as long as the batch (the kernel also holds a reference).
@@ -248,8 +386,9 @@ impl Worker {
     }
 
     fn push_fsync(&mut self, fd: RawFd, op: Op) {
-        let entry =
-            opcode::Fsync::new(types::Fd(fd)).build().user_data(UserData::new(op, 0, 0).pack());
+        let entry = opcode::Fsync::new(types::Fd(fd))
+            .build()
+            .user_data(UserData::new(op, BATCH_SLOT, 0).pack());
         // SAFETY: an fsync hands the kernel no memory; the descriptor outlives the operation
         // (the journal keeps its files until their operations complete).
         unsafe { self.ring.push(&entry) };
@@ -272,6 +411,9 @@ impl Worker {
                 if op == Op::JournalWrite { "a journal write" } else { "a journal fsync" },
                 errno,
             );
+        }
+        if completion.user_data.slot == COMPACTION_SLOT {
+            return self.on_compaction_write(completion.result);
         }
         let policy = journal.config.fsync;
         let batch = journal.batch.as_mut().expect("a journal completion without a batch");
@@ -314,7 +456,8 @@ impl Worker {
             Some(compaction) => {
                 journal.file = compaction.file;
                 journal.generation = compaction.generation;
-                journal.length = batch.buf.len() as u64;
+                journal.length = batch.base + batch.buf.len() as u64;
+                journal.snapshot_bytes = journal.length;
                 journal.counters.compactions += 1;
                 // The new snapshot and its directory entry are durable: the old file can go.
                 if let Err(error) = std::fs::remove_file(&compaction.old_path) {

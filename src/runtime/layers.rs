@@ -10,7 +10,9 @@
 //! - output: the broker's `Bytes` go through [`Layered::output`] into the send op;
 //! - send completion: wire bytes are mapped back to MQTT bytes for `Broker::handle_sent`;
 //! - handoff: the layers travel in the handoff record, so the home worker continues the same
-//!   TLS session (and sends the CONNACK through it).
+//!   TLS session (and sends the CONNACK through it);
+//! - close: a connection the broker closes gets a WebSocket close frame (its status code
+//!   from the reason) and a TLS close_notify after its last output, never awaited.
 //!
 //! Bad transport input (a failed TLS handshake, a broken WebSocket frame) is counted and ends
 //! that connection only, after what the layers queued for the peer (a TLS alert, an HTTP
@@ -20,9 +22,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::conn::Phase;
 use super::worker::Worker;
-use crate::broker::{ConnId, Millis};
-use crate::protocol::{Connect, Utf8Bytes};
-use crate::transport::{Layered, ListenerKind, Received, TransportError};
+use crate::broker::{CloseReason, ConnId, Millis};
+use crate::protocol::{Connect, DecodeError, Utf8Bytes};
+use crate::transport::{close_code, Layered, ListenerKind, Received, TransportError};
 
 /// What a layered receive means for the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +103,9 @@ impl Worker {
             Err(error) => {
                 self.counters.transport_errors += 1;
                 tracing::debug!(conn = ?id, %error, "transport error: closing");
+                if let Some(layered) = self.layers.get_mut(&slot) {
+                    layered.close_after(&error);
+                }
                 self.end_by_transport(slot, now);
                 LayeredInput::Ended
             }
@@ -153,8 +158,19 @@ impl Worker {
         }
     }
 
+    /// The broker closes a layered connection (`Action::Close`), after its last output was
+    /// taken: a WebSocket close frame with the code that fits `reason` and a TLS close_notify
+    /// follow it (bounded like all output of a closing connection: `close_linger_millis`).
+    pub(super) fn close_layers(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(layered) = self.layers.get_mut(&id.slot()) else { return };
+        layered.close(ws_close_code(reason));
+        self.flush_layers(id);
+    }
+
     /// Ends a connection for a reason at its transport: the broker is told (an abnormal end:
-    /// the will is published), and what the layers queued still leaves before the close.
+    /// the will is published), and what the layers queued still leaves before the close,
+    /// followed by a close: the answer to the peer's close_notify or close frame, or after an
+    /// error the close frame [`Layered::close_after`] queued.
     pub(super) fn end_by_transport(&mut self, slot: u32, now: Millis) {
         let id = self.conns.id_of(slot);
         let conn = self.conns.slot_mut(slot);
@@ -167,14 +183,19 @@ impl Worker {
             self.broker.handle_closed(id, now);
         }
         if open {
+            if let Some(layered) = self.layers.get_mut(&slot) {
+                // A no-op for what was closed already (rustls and the WebSocket state say so).
+                layered.close(close_code::NORMAL);
+            }
             self.flush_layers(id);
             self.begin_close(slot, now);
         }
     }
 
     /// `use_identity_as_username`: the client certificate's common name becomes the CONNECT's
-    /// user name, and its password is dropped (the certificate is the credential). A TLS
-    /// connection without one keeps no user name, so `allow_anonymous` decides.
+    /// user name, and its password is dropped (the certificate is the credential: see
+    /// [`Self::identity_is_the_credential`]). A TLS connection without one keeps no user name
+    /// and is refused (0x04; 0x05 where anonymous clients are refused), as in Mosquitto.
     pub(super) fn apply_identity(&mut self, slot: u32, connect: &mut Connect) {
         if !self.config.tls.use_identity_as_username {
             return;
@@ -187,6 +208,34 @@ impl Worker {
         }
         connect.username = identity.map(Utf8Bytes::from);
         connect.password = None::<Bytes>;
+    }
+
+    /// Whether this connection's CONNECT is authenticated by its TLS client certificate
+    /// (`use_identity_as_username` on a TLS or WSS listener), so the password file is skipped.
+    /// Asked on the worker that decodes the CONNECT and again on its home worker after a
+    /// handoff (the layers travel with it).
+    pub(super) fn identity_is_the_credential(&self, slot: u32) -> bool {
+        self.config.tls.use_identity_as_username
+            && self.layers.get(&slot).is_some_and(|layered| layered.is_tls())
+    }
+}
+
+/// The WebSocket close status for a broker close (RFC 6455 7.4.1).
+fn ws_close_code(reason: CloseReason) -> u16 {
+    match reason {
+        CloseReason::ProtocolError(DecodeError::PacketTooLarge { .. }) => close_code::TOO_BIG,
+        CloseReason::ProtocolError(_) | CloseReason::ProtocolViolation(_) => {
+            close_code::PROTOCOL_ERROR
+        }
+        CloseReason::Shutdown => close_code::GOING_AWAY,
+        CloseReason::SlowConsumer | CloseReason::Kicked | CloseReason::CredentialsRevoked => {
+            close_code::POLICY_VIOLATION
+        }
+        CloseReason::ClientDisconnect
+        | CloseReason::ConnectRefused(_)
+        | CloseReason::KeepaliveTimeout
+        | CloseReason::ConnectTimeout
+        | CloseReason::TakenOver => close_code::NORMAL,
     }
 }
 

@@ -244,6 +244,7 @@ pub fn start_with(
         runtime.auth_verify_queue_max,
         watches,
     )?;
+    let failure_limiter = verify::shared_failure_limiter(&broker)?;
     let wakers = (0..runtime.workers).map(|worker| stopper.waker(worker)).collect();
     let (ops_link, worker_ops) =
         ops_link::build(runtime.workers, options.control_queue_depth, wakers);
@@ -279,6 +280,7 @@ pub fn start_with(
             mesh: meshes[index].take(),
             journal: journals[index].take(),
             auth: Arc::clone(&auth),
+            failure_limiter: Arc::clone(&failure_limiter),
             verifier: verifiers.sender(),
             ops: worker_ops.next().expect("one ops side per worker"),
         };

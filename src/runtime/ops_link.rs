@@ -222,6 +222,7 @@ impl Worker {
             (Metric::ClosedSlow, closes.slow_consumer),
             (Metric::ClosedShutdown, closes.shutdown),
             (Metric::ClosedKicked, closes.kicked),
+            (Metric::ClosedRevoked, closes.credentials_revoked),
             (Metric::ClosedPeer, closes.peer_closed),
             (Metric::ConnectsRefused, broker.connects_refused),
             (Metric::AuthFailures, broker.connects_refused_auth),

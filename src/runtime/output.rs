@@ -35,8 +35,13 @@ impl Worker {
                         continue;
                     }
                     conn.broker_knows = false;
+                    let layered = conn.layered;
                     tracing::debug!(conn = ?id, %reason, "closing");
                     self.take_output(id);
+                    if layered {
+                        // A WebSocket close frame and a TLS close_notify (`layers.rs`).
+                        self.close_layers(id, reason);
+                    }
                     self.begin_close(id.slot(), now);
                 }
                 // Backpressure is acted on where bytes are read (`pause_reading`); the broker's

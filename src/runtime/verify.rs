@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 
 use super::signals::StopWatch;
 use super::worker::Worker;
+use crate::auth::FailureLimiter;
 use crate::broker::{ConnId, Millis, Verdict, VerifyJob};
 use crate::protocol::{Connect, Packet};
 
@@ -37,6 +38,8 @@ pub struct Job {
 pub struct Verified {
     pub conn: ConnId,
     pub verdict: Verdict,
+    /// The generation of the tables the password was checked against.
+    pub generation: u64,
 }
 
 /// The verifier threads and the sending side of their queue.
@@ -95,14 +98,28 @@ fn verifier_main(receiver: &Mutex<Receiver<Job>>, watches: &[StopWatch]) {
             return; // every sender is gone: the broker is stopping
         };
         let verdict = job.run();
-        watches[worker].post_verified(Verified { conn, verdict });
+        let generation = job.tables.generation;
+        watches[worker].post_verified(Verified { conn, verdict, generation });
     }
+}
+
+/// The failed-login limiter all workers share (one limit per source address across them;
+/// `auth::limiter`), its hash seeded at random so its layout cannot be aimed at.
+pub(super) fn shared_failure_limiter(
+    broker: &crate::broker::BrokerConfig,
+) -> anyhow::Result<Arc<FailureLimiter>> {
+    let seed = getrandom::u64().map_err(|error| anyhow::anyhow!("no random seed: {error}"))?;
+    Ok(Arc::new(FailureLimiter::new(broker.limiter_config(), seed)))
 }
 
 impl Worker {
     /// Gives the broker a decoded CONNECT: through a verifier when it needs a password hash,
     /// otherwise at once.
     pub(super) fn feed_connect(&mut self, id: ConnId, connect: Box<Connect>, now: Millis) {
+        if self.identity_is_the_credential(id.slot()) {
+            self.broker.handle_connect_with_certificate(id, connect, now);
+            return;
+        }
         if let Some(sender) = &self.verifier {
             if let Some(job) = self.broker.connect_needs_verification(id, &connect, now) {
                 match sender.try_send(Job { worker: usize::from(self.index), conn: id, job }) {
@@ -128,7 +145,10 @@ impl Worker {
         self.broker.handle_packet(id, Packet::Connect(connect), now);
     }
 
-    /// A verdict came back: the CONNECT goes to the broker, then what followed it.
+    /// A verdict came back: the CONNECT goes to the broker, then what followed it. A verdict
+    /// against tables a reload has replaced meanwhile is not used: the CONNECT is checked again
+    /// against the new ones (its user may have been deleted or its password changed, and a
+    /// reload must not let in what it revoked).
     pub(super) fn on_verified(&mut self, verified: Verified, now: Millis) {
         let Some(connect) = self.verifying.remove(&verified.conn) else { return };
         let id = verified.conn;
@@ -137,7 +157,19 @@ impl Worker {
         if !conn.broker_knows {
             return;
         }
+        let current = self.broker.auth_tables().generation;
+        if verified.generation != current && verified.verdict != Verdict::Unavailable {
+            tracing::info!(conn = ?id, "a password verified against reloaded tables: checking again");
+            self.feed_connect(id, connect, now);
+            self.after_verified(id, now);
+            return;
+        }
         self.broker.handle_connect_verified(id, connect, verified.verdict, now);
+        self.after_verified(id, now);
+    }
+
+    /// After a CONNECT went on: the broker's actions, then the packets that followed it.
+    fn after_verified(&mut self, id: ConnId, now: Millis) {
         self.apply_actions(now);
         if self.conns.get_mut(id).is_some_and(|conn| !conn.input.is_empty()) {
             self.decode_input(id, now);

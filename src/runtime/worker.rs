@@ -73,6 +73,8 @@ pub struct WorkerSetup {
     pub journal: Option<super::journal::JournalSetup>,
     /// The password and ACL tables loaded at start-up (replaced by reloads).
     pub auth: Arc<crate::auth::AuthTables>,
+    /// The failed-login limiter every worker shares (`verify::shared_failure_limiter`).
+    pub failure_limiter: Arc<crate::auth::FailureLimiter>,
     /// The password verifiers' queue; `None`: verify inline (`verify.rs`).
     pub verifier: Option<std::sync::mpsc::SyncSender<super::verify::Job>>,
     /// Its statistics block and control queue (`ops_link`).
@@ -248,6 +250,7 @@ impl Worker {
         let cq_entries = ring.cq_entries() as usize;
         let mut broker = Broker::new(setup.broker, me, setup.workers, now);
         broker.set_auth(setup.auth);
+        broker.share_failure_limiter(setup.failure_limiter);
         let peers = match setup.mesh {
             Some(mesh) => Peers::meshed(
                 mesh,
@@ -546,15 +549,19 @@ impl Worker {
     }
 
     /// Applies what a reload delivered (`reload.rs`), between two loop turns.
-    pub(super) fn apply_reload(&mut self, value: super::reload::Reloaded) {
+    pub(super) fn apply_reload(&mut self, value: super::reload::Reloaded, now: Millis) {
         match value {
             super::reload::Reloaded::Auth(tables) => {
-                tracing::debug!(
-                    worker = self.index,
-                    generation = tables.generation,
-                    "auth tables swapped"
-                );
-                self.broker.set_auth(tables);
+                let generation = tables.generation;
+                let revoked = self.broker.reload_auth(tables, now);
+                tracing::debug!(worker = self.index, generation, "auth tables swapped");
+                if revoked > 0 {
+                    tracing::info!(
+                        worker = self.index,
+                        revoked,
+                        "reload: disconnected clients whose user was deleted or password changed"
+                    );
+                }
             }
         }
     }

@@ -7,8 +7,10 @@
 //! takes the bytes a receive brought and appends the MQTT bytes they carry to the input;
 //! [`Layered::output`] turns the broker's output into wire bytes (framed, encrypted) and adds
 //! whatever the layers must send on their own (handshake records, the WebSocket upgrade
-//! response, pongs, a close frame, a TLS alert). Nothing here blocks, reads a clock (but
-//! rustls's certificate validity check) or touches a socket.
+//! response, pongs, a close frame, a TLS alert). When the broker ends a connection,
+//! [`Layered::close`] queues a WebSocket close frame with a status code that fits the reason and
+//! a TLS close_notify, so a client sees a clean end, not a cut. Nothing here blocks, reads a
+//! clock (but rustls's certificate validity check) or touches a socket.
 //!
 //! Invariants:
 //! - Wire output leaves in the order it was produced: everything goes through
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 pub use tls::{TlsCache, TlsFiles, TlsSetupError, TlsSource};
-pub use ws::WsError;
+pub use ws::{close_code, WsError};
 
 /// What a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -243,6 +245,34 @@ impl Layered {
         }
         assert!(left == 0, "{left} wire bytes sent beyond the output");
         mqtt_bytes
+    }
+
+    /// The broker ends the connection: a WebSocket close frame with `ws_code` (when the
+    /// WebSocket is open), then a TLS close_notify, queued for the next [`Self::output`], which
+    /// the runtime makes at once. Best effort and never awaited: they leave with the output
+    /// still queued, within the close's linger time, and the socket is closed after them.
+    pub fn close(&mut self, ws_code: u16) {
+        if let Some(ws) = &mut self.ws {
+            ws.close(ws_code);
+        }
+        if let Some(tls) = &mut self.tls {
+            if let Some(ws) = &mut self.ws {
+                // WSS: the close frame goes into TLS before the close_notify.
+                ws.take_output(&mut self.framed);
+                // Fails only when TLS already failed; then nothing more can be sent anyway.
+                let _ = tls.encrypt(&self.framed);
+                self.framed.clear();
+            }
+            tls.close();
+        }
+    }
+
+    /// Ends the connection after the layers failed: a WebSocket error gets its close frame
+    /// (and, under TLS, a close_notify); a TLS failure has its alert queued already.
+    pub fn close_after(&mut self, error: &TransportError) {
+        if let TransportError::Ws(error) = error {
+            self.close(error.close_code());
+        }
     }
 
     pub fn is_tls(&self) -> bool {

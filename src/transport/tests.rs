@@ -379,3 +379,114 @@ fn garbage_instead_of_a_tls_handshake_ends_the_connection() {
     server.output(&mut Vec::new(), &mut out).expect("alert");
     assert_eq!(out.first().map(|alert| alert[0]), Some(0x15), "an alert record");
 }
+
+// ---- Closes the broker starts ----------------------------------------------------------------
+
+/// The server's frames in `wire` (unmasked), as (opcode, payload).
+fn server_frames(mut wire: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while !wire.is_empty() {
+        let mut cursor = std::io::Cursor::new(wire);
+        let (header, length) = FrameHeader::parse(&mut cursor).expect("parse").expect("whole");
+        assert!(header.mask.is_none(), "server frames are not masked");
+        let start = cursor.position() as usize;
+        let end = start + length as usize;
+        frames.push((header.opcode, wire[start..end].to_vec()));
+        wire = &wire[end..];
+    }
+    frames
+}
+
+/// A close frame carries the status code; nothing is framed after it; a second close, or a
+/// close before the upgrade, sends nothing.
+#[test]
+fn a_broker_close_sends_one_close_frame_with_its_code_last() {
+    let mut layered = Layered::new(None, Some(upgraded()));
+    let mut out = Vec::new();
+    layered.output(&mut vec![Bytes::from_static(b"\x20\x02\x00\x05")], &mut out).expect("out");
+    layered.close(close_code::TOO_BIG);
+    layered.close(close_code::NORMAL);
+    layered.output(&mut vec![Bytes::from_static(b"late")], &mut out).expect("out");
+    let frames = server_frames(&joined(&out));
+    assert_eq!(
+        frames,
+        vec![
+            (OpCode::Data(Data::Binary), b"\x20\x02\x00\x05".to_vec()),
+            (OpCode::Control(Control::Close), 1009u16.to_be_bytes().to_vec()),
+        ]
+    );
+    let mut never_upgraded = Layered::new(None, Some(WsLayer::new(Arc::from("/mqtt"))));
+    never_upgraded.close(close_code::NORMAL);
+    let mut out = Vec::new();
+    never_upgraded.output(&mut Vec::new(), &mut out).expect("out");
+    assert!(out.is_empty(), "no close frame without a WebSocket");
+}
+
+#[test]
+fn websocket_errors_map_to_their_close_codes() {
+    for (bytes, code) in [
+        (client_frame(OpCode::Data(Data::Text), true, b"hi"), close_code::UNSUPPORTED_DATA),
+        (client_frame(OpCode::Data(Data::Continue), true, b"x"), close_code::PROTOCOL_ERROR),
+    ] {
+        let mut layered = Layered::new(None, Some(upgraded()));
+        let error = layered.receive(&bytes, &mut BytesMut::new()).expect_err("refused");
+        layered.close_after(&error);
+        let mut out = Vec::new();
+        layered.output(&mut Vec::new(), &mut out).expect("out");
+        let frames = server_frames(&joined(&out));
+        assert_eq!(frames, vec![(OpCode::Control(Control::Close), code.to_be_bytes().to_vec())]);
+    }
+}
+
+/// TLS: the broker's close is a close_notify after the last data, which the client reads as
+/// a clean end (rustls: `peer_has_closed`; its reader returns 0, not an unexpected EOF).
+/// WSS: the close frame is inside TLS, before the close_notify.
+#[test]
+fn a_broker_close_over_tls_and_wss_ends_with_close_notify() {
+    for websocket in [false, true] {
+        let pki = pki();
+        let tls = TlsLayer::new(pki.server).expect("layer");
+        let ws = websocket.then(|| WsLayer::new(Arc::from("/mqtt")));
+        let mut server = Layered::new(Some(tls), ws);
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut client = ClientConnection::new(pki.client, name).expect("client");
+        handshake(&mut server, &mut client);
+        if websocket {
+            client.writer().write_all(UPGRADE.as_bytes()).expect("write");
+        }
+        // The client's Finished (and the upgrade): the server's handshake is done.
+        client_to_server(&mut client, &mut server);
+        let mut out = Vec::new();
+        server.output(&mut vec![Bytes::from_static(b"\x20\x02\x00\x00")], &mut out).expect("o");
+        server.close(close_code::NORMAL);
+        server.output(&mut Vec::new(), &mut out).expect("close");
+        let wire = joined(&out);
+        let mut slice = &wire[..];
+        let mut plain = Vec::new();
+        let mut closed = false;
+        while !slice.is_empty() {
+            client.read_tls(&mut slice).expect("client read");
+            let state = client.process_new_packets().expect("client process");
+            closed |= state.peer_has_closed();
+            match client.reader().read_to_end(&mut plain) {
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => panic!("client read: {error}"),
+            }
+        }
+        assert!(closed, "close_notify received (websocket: {websocket})");
+        if websocket {
+            let text = String::from_utf8_lossy(&plain).into_owned();
+            let body = &plain[text.find("\r\n\r\n").expect("response") + 4..];
+            assert_eq!(
+                server_frames(body),
+                vec![
+                    (OpCode::Data(Data::Binary), b"\x20\x02\x00\x00".to_vec()),
+                    (OpCode::Control(Control::Close), 1000u16.to_be_bytes().to_vec()),
+                ]
+            );
+        } else {
+            assert_eq!(plain, b"\x20\x02\x00\x00");
+        }
+    }
+}

@@ -220,6 +220,15 @@ impl TlsLayer {
         Ok(())
     }
 
+    /// The broker ends the session: queues a close_notify alert, sent with the next
+    /// [`Self::take_wire`]. Only once the handshake is done (a failed handshake already queued
+    /// its fatal alert, and rustls sends nothing after one).
+    pub fn close(&mut self) {
+        if !self.conn.is_handshaking() {
+            self.conn.send_close_notify();
+        }
+    }
+
     /// The verified client certificate's subject common name, if there is one.
     pub fn identity(&self) -> Option<String> {
         let leaf = self.conn.peer_certificates()?.first()?;

@@ -13,7 +13,8 @@
 //! Rules enforced: a client frame must be masked (RFC 6455 5.1); no extension bits; MQTT only
 //! in binary frames, a text frame closes the connection [MQTT-6.0.0-1]; control frames are
 //! final and at most 125 bytes; a ping is answered with a pong; a close frame is answered
-//! with a close frame, after which nothing more is read or sent.
+//! with a close frame, after which nothing more is read or sent. When the broker ends the
+//! connection it sends a close frame with a status code that fits the reason ([`close_code`]).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -35,6 +36,22 @@ const HEADER_BYTES_MAX: usize = 14;
 const CONTROL_BYTES_MAX: usize = 125;
 /// The subprotocols MQTT clients ask for, in our order of preference.
 pub const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
+
+/// Close frame status codes (RFC 6455 7.4.1) the broker sends.
+pub mod close_code {
+    /// The connection did what it was for (DISCONNECT, a refused CONNECT, a timeout).
+    pub const NORMAL: u16 = 1000;
+    /// The broker is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Broken WebSocket framing or a broken MQTT packet.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame: MQTT travels in binary frames only [MQTT-6.0.0-1].
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Closed by policy: a slow consumer, an operator's kick, revoked credentials.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// An MQTT packet over `max_packet_size`.
+    pub const TOO_BIG: u16 = 1009;
+}
 
 /// Why a WebSocket connection is ended.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,6 +80,16 @@ pub enum WsError {
     UnfinishedMessage,
     #[error("control frame fragmented or over {CONTROL_BYTES_MAX} bytes")]
     BadControlFrame,
+}
+
+impl WsError {
+    /// The close frame status code for this error.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::TextFrame => close_code::UNSUPPORTED_DATA,
+            _ => close_code::PROTOCOL_ERROR,
+        }
+    }
 }
 
 /// The frame being read.
@@ -117,6 +144,17 @@ impl WsLayer {
 
     pub fn is_open(&self) -> bool {
         self.state == State::Open
+    }
+
+    /// The broker ends the connection: queues a close frame with `code` (when the WebSocket is
+    /// open; a close already exchanged or an upgrade never made sends nothing), after which
+    /// nothing more is sent or read. The close is not awaited: the runtime closes the socket
+    /// once the frame has left or its linger time has passed.
+    pub fn close(&mut self, code: u16) {
+        if self.state == State::Open {
+            self.push_frame(OpCode::Control(Control::Close), &code.to_be_bytes());
+            self.state = State::Closed;
+        }
     }
 
     /// Takes received bytes; appends MQTT bytes to `input`.

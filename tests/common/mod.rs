@@ -147,6 +147,25 @@ impl Broker {
         String::from_utf8_lossy(&log[start..]).into_owned()
     }
 
+    /// How many times `needle` occurs in the broker's standard error so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        let log = self.log.lock().unwrap_or_else(|poison| poison.into_inner());
+        String::from_utf8_lossy(&log).matches(needle).count()
+    }
+
+    /// Waits up to `timeout` until `needle` occurs `times` times in the broker's standard
+    /// error (start it with `--log-level debug` for the per-connection lines); false if not.
+    pub fn wait_for_log(&self, needle: &str, times: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.log_count(needle) < times {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Sends `signal` (e.g. `libc::SIGHUP`) to the broker process.
     pub fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).expect("a pid fits in i32");

@@ -132,3 +132,25 @@ def test_sighup_reload_changes_a_password_and_keeps_connections(auth_broker, fil
     listener.close()
     writer.close()
     assert "reloaded: 2 users in the password file" in auth_broker.log_tail()
+
+
+def test_sighup_reload_disconnects_a_deleted_user_and_keeps_the_others(auth_broker, files):
+    # As Mosquitto does on a reload: a connected client whose user was deleted is disconnected
+    # (paho sees the connection end); an unchanged user stays connected and served.
+    passwords, _ = files
+    reader = Session(auth_broker, "reader", "r-pass")
+    writer = Session(auth_broker, "writer", "w-pass")
+    assert not writer.reason.is_failure, str(writer.reason)
+    lost = queue.Queue()
+    writer.paho.on_disconnect = lambda c, u, flags, reason, props: lost.put(reason)
+    passwd("-D", str(passwords), "writer")
+    auth_broker.process.send_signal(signal.SIGHUP)
+    reason = lost.get(timeout=WAIT_SECS)
+    assert reason.is_failure, f"the deleted user's connection ended cleanly? {reason}"
+    assert reader.paho.is_connected()
+    assert reader.subscribe("public/#") == [1], "the unchanged user is still served"
+    again = Session(auth_broker, "writer", "w-pass")
+    assert again.reason == "Bad user name or password", str(again.reason)
+    again.close()
+    reader.close()
+    writer.paho.loop_stop()

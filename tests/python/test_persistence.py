@@ -44,6 +44,7 @@ ROUNDS = int(os.environ.get("RINGMQ_KILL_ROUNDS", "3"))
 INFLIGHT_MAX = 50
 OUTSTANDING_MAX = INFLIGHT_MAX
 DRAIN_SECS = 30.0
+COMPACT_BYTES = 16 * 1024
 
 
 class Server:
@@ -56,7 +57,11 @@ class Server:
                       "--persistence-fsync", fsync, "--workers", str(workers),
                       # The subscriber's queue must not be what drops messages (a drop at
                       # the queue's bound is the defined behaviour, counted, not a loss).
-                      "--max-queued-messages", "1000000", "--max-queued-bytes", "1000000000"]
+                      "--max-queued-messages", "1000000", "--max-queued-bytes", "1000000000",
+                      # Compactions all the time, so that kills land in the middle of them:
+                      # a kill between the new file's snapshot and the old file's deletion
+                      # must lose nothing either.
+                      "--persistence-compact-bytes", str(COMPACT_BYTES)]
         self.log = tempfile.TemporaryFile()
         self.process = None
         self.starts = 0
@@ -81,6 +86,11 @@ class Server:
     def kill(self):
         self.process.kill()  # SIGKILL to this child's PID
         self.process.wait(timeout=10)
+
+    def compactions(self):
+        """Compactions started, over every run so far (the broker logs each)."""
+        self.log.seek(0)
+        return self.log.read().count(b"persistence: compacting the journal")
 
     def log_tail(self, limit=16 * 1024):
         self.log.seek(0)
@@ -241,8 +251,14 @@ def kill_run():
         with lock:
             report = {p.topic: (len(p.sent), len(p.acknowledged()), len(received[p.topic]))
                       for p in publishers}
+            if os.environ.get("RINGMQ_KILL_LOG"):
+                server.log.seek(0)
+                open(os.environ["RINGMQ_KILL_LOG"], "wb").write(server.log.read())
             print(f"kills={ROUNDS} (topic: sent, acknowledged, received) {report}; "
-                  f"paho re-publishes after PUBREL prevented: {PUBREL_KEPT[0]}")
+                  f"paho re-publishes after PUBREL prevented: {PUBREL_KEPT[0]}; "
+                  f"compactions started: {server.compactions()}")
+            assert server.compactions() > ROUNDS, "the kills were to land among compactions"
+
             yield KillRun(seed, publishers, dict(received), dict(details), report)
     finally:
         for client in clients:

@@ -50,11 +50,20 @@ def pki(tmp_path_factory):
 @pytest.fixture
 def layered(pki, request):
     """A broker with TLS, WebSocket and WSS listeners; client certificates optional."""
-    ports = {"tls": free_port(), "ws": free_port(), "wss": free_port()}
-    flags = ["--tls-bind", f"127.0.0.1:{ports['tls']}", "--ws-bind", f"127.0.0.1:{ports['ws']}",
-             "--wss-bind", f"127.0.0.1:{ports['wss']}", "--certfile", str(pki / "server.pem"),
-             "--keyfile", str(pki / "server.key"), "--cafile", str(pki / "ca.pem")]
-    running = Broker(flags)
+    # A port picked as free may be taken by another process before the broker binds it: the
+    # broker then exits at once, and another set of ports is tried (3 attempts).
+    for attempt in range(3):
+        ports = {"tls": free_port(), "ws": free_port(), "wss": free_port()}
+        flags = ["--tls-bind", f"127.0.0.1:{ports['tls']}", "--ws-bind",
+                 f"127.0.0.1:{ports['ws']}", "--wss-bind", f"127.0.0.1:{ports['wss']}",
+                 "--certfile", str(pki / "server.pem"), "--keyfile", str(pki / "server.key"),
+                 "--cafile", str(pki / "ca.pem")]
+        try:
+            running = Broker(flags)
+            break
+        except RuntimeError as error:
+            if "Address already in use" not in str(error) or attempt == 2:
+                raise
     running.ports = ports
     yield running
     running.stop()
@@ -162,3 +171,25 @@ def test_client_certificate_over_wss(layered, pki):
 def test_a_client_trusting_another_ca_refuses_the_server(layered, pki, transport):
     with pytest.raises(ssl.SSLError):
         LayeredClient(layered, transport, pki, cafile="rogue.pem")
+
+
+def test_a_tls_connection_the_broker_closes_ends_with_close_notify(layered, pki):
+    # OpenSSL (Python's ssl), with ragged EOFs reported: a broker close after a protocol
+    # violation (a second CONNECT, [MQTT-3.1.0-2]) must end with close_notify, which reads as
+    # b"" (a clean end), not SSLEOFError (a cut).
+    import socket
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    raw = socket.create_connection(("127.0.0.1", layered.ports["tls"]), timeout=WAIT_SECS)
+    with context.wrap_socket(raw, server_hostname="localhost",
+                             suppress_ragged_eofs=False) as tls:
+        client_id = unique_id("close").encode()
+        connect = bytes([0x10, 12 + len(client_id), 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60])
+        connect += len(client_id).to_bytes(2, "big") + client_id
+        tls.sendall(connect + connect)
+        received = b""
+        while True:
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        assert received == bytes([0x20, 2, 0, 0]), received

@@ -306,15 +306,20 @@ fn a_reload_changes_passwords_for_the_next_connect_and_keeps_connections() {
         cluster.subscribe(alice, &[("alice/#", QoS::AtMostOnce)]),
         vec![SubackCode::Granted(QoS::AtMostOnce)]
     );
-    // alice's password changes and she loses read access to alice/private.
+    // bob's password changes (he is not connected); alice loses read access to alice/private.
     let acl = format!("{ACL}\nuser alice\ntopic deny alice/private\n");
-    cluster.set_auth(tables(&[("alice", "new"), ("watcher", "w"), ("bob", "b")], Some(&acl), 2));
-    assert_eq!(cluster.ended(alice), None, "the reload keeps the connection");
+    let closed = cluster.reload_auth(tables(
+        &[("alice", "a"), ("watcher", "w"), ("bob", "new")],
+        Some(&acl),
+        2,
+    ));
+    assert_eq!(closed, vec![0]);
+    assert_eq!(cluster.ended(alice), None, "the reload keeps an unchanged user's connection");
     assert_eq!(
-        code(&mut cluster, login("a2", Some("alice"), Some("a"))),
+        code(&mut cluster, login("b2", Some("bob"), Some("b"))),
         ConnectReturnCode::BadUsernameOrPassword
     );
-    let writer = connect_as(&mut cluster, "a3", "alice", "new");
+    let writer = connect_as(&mut cluster, "a3", "alice", "a");
     cluster.publish(writer, "alice/open", b"1", QoS::AtMostOnce, false);
     cluster.publish(writer, "alice/private", b"2", QoS::AtMostOnce, false);
     let got: Vec<String> =
@@ -334,4 +339,105 @@ fn without_files_nothing_is_checked() {
     );
     cluster.publish(client, "a", b"1", QoS::AtMostOnce, false);
     assert_eq!(cluster.recv_publishes(client).len(), 1);
+}
+
+/// As Mosquitto on a reload: a connected client whose user the new password file deletes, or
+/// whose password it changes, is disconnected (will published, counted); an unchanged user, an
+/// anonymous client and one whose user name came from its certificate stay.
+#[test]
+fn a_reload_disconnects_deleted_users_and_changed_passwords_only() {
+    let mut cluster = acl_cluster();
+    let alice = connect_as(&mut cluster, "a", "alice", "a");
+    let (bob, connack) = cluster.connect_from(
+        0,
+        addr("192.0.2.5:2"),
+        Connect {
+            will: Some(will("devices/b/state", b"gone", QoS::AtMostOnce, false)),
+            ..login("b", Some("bob"), Some("b"))
+        },
+    );
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    let watcher = connect_as(&mut cluster, "w", "watcher", "w");
+    cluster.subscribe(watcher, &[("devices/b/state", QoS::AtMostOnce)]);
+    let (anonymous, _) = cluster.connect_from(0, addr("192.0.2.5:3"), login("n", None, None));
+    let (carol, connack) =
+        cluster.connect_with_certificate(0, addr("192.0.2.5:4"), login("c", Some("carol"), None));
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    // alice is deleted, bob's password changes, watcher's stays; carol was never listed.
+    let closed = cluster.reload_auth(tables(&[("watcher", "w"), ("bob", "new")], Some(ACL), 2));
+    assert_eq!(closed, vec![2]);
+    let revoked = Some(Ended::ByBroker(CloseReason::CredentialsRevoked));
+    assert_eq!((cluster.ended(alice), cluster.ended(bob)), (revoked, revoked));
+    for client in [watcher, anonymous, carol] {
+        assert_eq!(cluster.ended(client), None, "{client:?} stays");
+    }
+    assert_eq!(topics(cluster.recv_publishes(watcher)), vec!["devices/b/state"], "bob's will");
+    assert_eq!(cluster.broker(0).stats().closes.credentials_revoked, 2);
+    // Reloading the same file again changes nothing; no password file disconnects nobody.
+    assert_eq!(cluster.reload_auth(tables(&[("watcher", "w")], Some(ACL), 3)), vec![0]);
+    let no_file = AuthTables { passwords: None, acl: None, generation: 4 };
+    assert_eq!(cluster.reload_auth(no_file), vec![0]);
+    assert_eq!(cluster.ended(watcher), None);
+}
+
+/// `use_identity_as_username`: the certificate is the credential, so the password file is not
+/// consulted (a name it does not list gets in, and no password is needed); the ACL still
+/// applies to that name; without a certificate (no name) the CONNECT is refused 0x04.
+#[test]
+fn a_certificate_identity_skips_the_password_file_but_not_the_acl() {
+    let mut cluster = acl_cluster();
+    let (client, connack) =
+        cluster.connect_with_certificate(0, addr("192.0.2.6:1"), login("c", Some("alice2"), None));
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(
+        cluster.subscribe(client, &[("alice/#", QoS::AtMostOnce)]),
+        vec![SubackCode::Failure],
+        "alice2 has no ACL rules of her own"
+    );
+    let (alice, connack) =
+        cluster.connect_with_certificate(0, addr("192.0.2.6:1"), login("a", Some("alice"), None));
+    assert_eq!(connack.code, ConnectReturnCode::Accepted, "listed, yet no password needed");
+    assert_eq!(
+        cluster.subscribe(alice, &[("alice/#", QoS::AtMostOnce)]),
+        vec![SubackCode::Granted(QoS::AtMostOnce)]
+    );
+    let (_, connack) =
+        cluster.connect_with_certificate(0, addr("192.0.2.6:1"), login("x", None, None));
+    assert_eq!(connack.code, ConnectReturnCode::BadUsernameOrPassword, "no certificate");
+    let stats = cluster.broker(0).stats();
+    assert_eq!((stats.connects_refused_credentials, stats.connects_rate_limited), (1, 0));
+}
+
+/// The runtime gives every worker one limiter: failures whose sessions live on different
+/// workers add up to one limit per address. Without sharing, each worker would allow
+/// `auth_failures_max` (checked too, so the test can tell the two apart).
+#[test]
+fn failed_logins_spread_over_workers_add_up_to_one_limit_when_shared() {
+    let config =
+        BrokerConfig { auth_failures_max: 4, auth_failure_window_secs: 60, ..Default::default() };
+    let guesser = addr("198.51.100.9:4000");
+    for shared in [true, false] {
+        let mut cluster = Cluster::new(2, config.clone());
+        cluster.set_auth(tables(&[("alice", "secret")], None, 1));
+        if shared {
+            let limiter =
+                std::sync::Arc::new(crate::auth::FailureLimiter::new(config.limiter_config(), 5));
+            for worker in 0..2 {
+                cluster.broker_mut(worker).share_failure_limiter(std::sync::Arc::clone(&limiter));
+            }
+        }
+        // Two failures homed on each worker (the CONNECT is handed to its home worker).
+        for worker in [0, 1, 0, 1] {
+            let id = client_id_on(worker, 2, &format!("guess-{worker}"));
+            let (_, connack) =
+                cluster.connect_from(0, guesser, login(&id, Some("alice"), Some("wrong")));
+            assert_eq!(connack.code, ConnectReturnCode::BadUsernameOrPassword);
+        }
+        let id = client_id_on(1, 2, "right");
+        let (_, connack) =
+            cluster.connect_from(0, guesser, login(&id, Some("alice"), Some("secret")));
+        let expected =
+            if shared { ConnectReturnCode::NotAuthorized } else { ConnectReturnCode::Accepted };
+        assert_eq!(connack.code, expected, "shared: {shared}");
+    }
 }

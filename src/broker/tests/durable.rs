@@ -7,6 +7,7 @@
 use bytes::Bytes;
 
 use super::harness::*;
+use crate::broker::snapshot::SnapshotCursor;
 use crate::broker::{BrokerConfig, Millis};
 use crate::persist::replay::Replay;
 use crate::persist::store::partition;
@@ -453,4 +454,97 @@ fn a_new_persistent_session_makes_other_workers_forget_the_old_ones_qos2_ids() {
     let payloads: Vec<Bytes> =
         cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
     assert_eq!(payloads, [Bytes::from_static(b"once"), Bytes::from_static(b"fresh")]);
+}
+
+/// An image with its unordered parts sorted, to compare two files' states.
+fn normalized(file: &[u8]) -> crate::persist::image::Image {
+    let replay = Replay::file(Bytes::from(file.to_vec()));
+    assert!(replay.snapshot_complete && replay.dropped.is_none(), "{:?}", replay.dropped);
+    assert_eq!(replay.inconsistent, 0, "records after the snapshot all fit");
+    let mut image = replay.into_image();
+    for session in &mut image.sessions {
+        session.subscriptions.sort();
+        session.awaiting_pubrel.sort();
+        // A session that never sent has no id in its log; a snapshot says where ids start.
+        session.next_packet_id.get_or_insert(pid(1));
+    }
+    image.sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    image.qos2_forwarded.sort();
+    image
+}
+
+/// Worker 0's pending records to its current file and, copied, to `new_file` (a compaction's
+/// file), then the snapshot's next slice if `cursor` (nothing is pending then), then the batch
+/// reported durable: the runtime's order within a turn.
+fn flush_copying(
+    cluster: &mut Cluster,
+    disk: &mut Disk,
+    new_file: &mut Vec<u8>,
+    cursor: Option<&mut SnapshotCursor>,
+) {
+    cluster.run();
+    let mut batch = Vec::new();
+    let now = cluster.now;
+    let position = cluster.brokers[0].take_journal(&mut batch);
+    disk.files[0].extend_from_slice(&batch);
+    new_file.extend_from_slice(&batch);
+    if let Some(cursor) = cursor {
+        cluster.brokers[0].snapshot_slice(cursor, new_file);
+    }
+    if let Some(position) = position {
+        cluster.brokers[0].handle_durable(position, now);
+    }
+    cluster.run();
+}
+
+#[test]
+fn a_snapshot_sliced_over_turns_under_traffic_replays_to_the_state_of_the_log() {
+    // A compaction writes its snapshot a slice per loop turn while sessions come, go, queue
+    // and acknowledge; the batches of those turns are copied into the new file between the
+    // slices. The new file must give the state the old one gives.
+    let config = BrokerConfig { max_inflight_messages: 2, ..BrokerConfig::default() };
+    let mut cluster = Cluster::single(config);
+    let mut disk = Disk::attach(&mut cluster);
+    let mut subscribers: Vec<Client> = (0..10)
+        .map(|n| persistent_subscriber(&mut cluster, &mut disk, &format!("s{n}"), "t/#"))
+        .collect();
+    let publisher = cluster.connect("pub", false);
+    for n in 0..4u8 {
+        cluster.publish(publisher, "t/a", &[n], QoS::ExactlyOnce, false);
+        cluster.publish(publisher, "t/b", &[n], QoS::AtLeastOnce, n == 0);
+    }
+    disk.flush_all(&mut cluster);
+    let mut new_file = Vec::new();
+    let mut cursor = cluster.brokers[0].begin_snapshot(1, 2, &mut new_file);
+    let mut step = 0usize;
+    while !cursor.done() {
+        let n = step % subscribers.len();
+        match step % 4 {
+            0 => cluster.publish(publisher, "t/c", &[step as u8], QoS::ExactlyOnce, false),
+            1 => {
+                cluster.set_auto_ack(subscribers[n], true);
+                cluster.recv_acking(subscribers[n]);
+            }
+            2 => {
+                let id = format!("new{step}");
+                let client = cluster.connect(&id, false);
+                cluster.send_subscribe(client, &[("t/+", QoS::AtLeastOnce)]);
+                subscribers.push(client);
+            }
+            _ => {
+                // A session discarded (CleanSession=1 takes it over), its slot reused later.
+                cluster.drop_client(subscribers[n]);
+                let id = format!("s{n}");
+                let clean = cluster.connect(&id, true);
+                cluster.drop_client(clean);
+            }
+        }
+        flush_copying(&mut cluster, &mut disk, &mut new_file, Some(&mut cursor));
+        step += 1;
+    }
+    assert!(step >= 4, "the snapshot took {step} slices: too few to show anything");
+    // After its snapshot the new file gets the batches alone.
+    cluster.publish(publisher, "t/d", b"after", QoS::AtLeastOnce, false);
+    flush_copying(&mut cluster, &mut disk, &mut new_file, None);
+    assert_eq!(normalized(&new_file), normalized(&disk.files[0]));
 }

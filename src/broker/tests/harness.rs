@@ -202,6 +202,42 @@ impl Cluster {
         }
     }
 
+    /// What SIGHUP does: every broker takes the new tables and disconnects the clients whose
+    /// user was deleted or whose password changed; returns how many each closed.
+    pub fn reload_auth(&mut self, tables: crate::auth::AuthTables) -> Vec<usize> {
+        let tables = std::sync::Arc::new(tables);
+        let now = self.now;
+        let closed = self
+            .brokers
+            .iter_mut()
+            .map(|broker| broker.reload_auth(std::sync::Arc::clone(&tables), now))
+            .collect();
+        self.run();
+        closed
+    }
+
+    /// Opens a connection on `worker` from `peer` and sends `connect` as the runtime does on a
+    /// `use_identity_as_username` TLS listener (`handle_connect_with_certificate`).
+    pub fn connect_with_certificate(
+        &mut self,
+        worker: u16,
+        peer: std::net::SocketAddr,
+        connect: Connect,
+    ) -> (Client, Connack) {
+        let client = self.open(worker);
+        let conn = self.conn_of(client);
+        let now = self.now;
+        let broker = &mut self.brokers[usize::from(worker)];
+        broker.set_peer_addr(conn, peer.into());
+        broker.handle_connect_with_certificate(conn, Box::new(connect), now);
+        self.run();
+        let received = self.recv(client);
+        match received.first() {
+            Some(Packet::Connack(connack)) => (client, *connack),
+            other => panic!("expected CONNACK first [MQTT-3.2.0-1], got {other:?}"),
+        }
+    }
+
     /// Connects `client_id` on worker 0 and expects it accepted.
     pub fn connect(&mut self, client_id: &str, clean_session: bool) -> Client {
         let (client, connack) = self.connect_on(0, connect_packet(client_id, clean_session));
