@@ -18,10 +18,10 @@
 //!
 //! New connections: listeners accept into the open ring, and peers hand connections off into
 //! it (its fd is what this worker publishes in the mesh directory, which doorbells also use).
-//! From half full on, the worker keeps a spare ring with room (retrying a ring that failed to
-//! set up every 256 new connections). When the open ring's free slots fall to an eighth, the
-//! open ring moves to the ring with
-//! the most room, or to a new ring while there are fewer than `rings_per_worker_max`; armed
+//! `rings_per_worker_start` rings are set up at start; from half full on, the worker keeps a
+//! spare ring with room (retrying a ring that failed to set up every 256 new connections).
+//! When the open ring's free slots fall to an eighth, the open ring moves to the ring with the
+//! most room, or to a new ring while there are fewer than `rings_per_worker_max`; armed
 //! accepts elsewhere are cancelled and re-armed on it. A ring can still fill (handoffs in
 //! flight, accepts that raced the cancel): its accept then fails ENFILE, which moves the open
 //! ring too, and only when every ring is full does accepting pause (until a slot frees); a
