@@ -1,26 +1,40 @@
 #!/usr/bin/env bash
-# Slow-consumer benchmark (issue 7; not in CI). For each QoS: a fresh ringmq (2 workers, the
-# default bounds given explicitly) for each of two phases of SECONDS, one after the other:
-#   without: ringmq-bench pubsub, N publisher -> subscriber pairs at full rate;
-#   with:    the same, while one more subscriber (scripts/robust/clients.py stalled), on
-#            <prefix>/# so it gets every pair's messages, has stopped reading.
-# Each phase has its own broker, so the counters in its log are that phase's alone.
-# The broker's RSS and open fds are sampled every 0.2 s; at the end the broker is stopped and
-# its per-worker counters (drops at each bound, closes by reason) are read from its log.
-# Prints a Markdown table, and exits non-zero if a check fails: RSS grows from 10 s into the
-# stall to its end by more than the bounds allow (outbuf_bytes_max + max_queued_bytes), the
-# bounds' drops are not counted, or the bench saw QoS 1/2 losses between well-behaved clients.
+# Slow-consumer benchmark (issue 7; not in CI). For each QoS, REPS repetitions of the phases
+# (default two) of SECONDS each, interleaved (odd repetitions in the listed order, even ones
+# reversed: without, with; with, without; ...), each phase on a fresh ringmq (2 workers, the
+# bounds given explicitly):
+#   without: ringmq-bench pubsub, PAIRS publisher -> subscriber pairs at full rate;
+#   with:    the same, while one more subscriber (scripts/robust/clients.py stalled) on
+#            FILTER (default <prefix>/#: every pair's messages) has stopped reading;
+#   reader:  the same, with that subscriber reading everything (the control that costs the
+#            broker the same routing work and more output; QoS 0 only).
+# The bench measures only its own pairs: "others". Each phase has its own broker, so the
+# counters in its log are that phase's alone. The broker's RSS (split into the receive-buffer
+# pools and the rest, see clients.py `sample`) and the load average are sampled through each
+# phase; at its end the broker is stopped and its per-worker counters (drops at each bound,
+# closes by reason) are read from its log.
 #
-#   scripts/slow-consumer.sh [SECONDS]        (default 60)
+# Prints a Markdown table of every phase and the medians per phase, and exits non-zero if a
+# check fails: in a "with" phase, the broker's RSS outside the receive-buffer pools grows from
+# 10 s into the stall to its end by more than the bounds allow (outbuf_bytes_max +
+# max_queued_bytes); the bounds' drops are not counted; or the bench saw QoS 1/2 losses
+# between well-behaved clients.
 #
-# Environment: SLOW_QOS="0 1 2" (the runs), SLOW_PAIRS=20, SLOW_OUT=dir (default
-# target/slow-consumer/<UTC time>), SLOW_NO_BUILD=1 (use the release binaries as they are).
+#   scripts/slow-consumer.sh [SECONDS]        (default 20)
+#
+# Environment: SLOW_QOS="0 1 2", SLOW_REPS=3, SLOW_PHASES="without with" (or with reader), SLOW_PAIRS=20, SLOW_FILTER (default
+# "ringmq-bench/#"), SLOW_TIMEOUT_SECS (slow_consumer_timeout_secs, default 30),
+# SLOW_OUT=dir (default target/slow-consumer/<UTC time>), SLOW_NO_BUILD=1 (use the release
+# binaries as they are).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-seconds=${1:-60}
+seconds=${1:-20}
 qos_list=${SLOW_QOS:-"0 1 2"}
+reps=${SLOW_REPS:-3}
+phases=${SLOW_PHASES:-"without with"}
 pairs=${SLOW_PAIRS:-20}
+filter=${SLOW_FILTER:-"ringmq-bench/#"}
 out=${SLOW_OUT:-$ROOT/target/slow-consumer/$(date -u +%Y%m%dT%H%M%SZ)}
 clients="python3 $ROOT/scripts/robust/clients.py"
 mkdir -p "$out"
@@ -30,9 +44,18 @@ mkdir -p "$out"
 outbuf_bytes_max=4194304
 max_queued_messages=1000
 max_queued_bytes=16777216
-slow_consumer_timeout_secs=30
+slow_consumer_timeout_secs=${SLOW_TIMEOUT_SECS:-30}
+recv_buffers=4096 # the default for 2 workers, given so the pools' size is known
+buffer_kib=$((recv_buffers * 16))
 
 log() { printf '==> slow-consumer: %s\n' "$*" >&2; }
+
+# The reader answers nothing, so at QoS 1/2 it would stall at its inflight window.
+case " $phases " in
+*" reader "*) for qos in $qos_list; do
+    if [ "$qos" != 0 ]; then log "the reader phase is for QoS 0 only"; exit 2; fi
+done ;;
+esac
 
 if [ "${SLOW_NO_BUILD:-0}" != 1 ]; then
     (cd "$ROOT" && cargo build --release --bins -p ringmq -p ringmq-bench)
@@ -61,29 +84,35 @@ bench() { # bench PORT QOS NAME
         --client-id-prefix "bench-$3" --json --quiet >"$out/$3.json" 2>"$out/$3.txt"
 }
 
-run_phase() { # run_phase QOS PHASE: a fresh broker, the bench, with or without the stalled one
-    local qos=$1 phase=$2 port broker sampler stalled=""
+run_phase() { # run_phase QOS PHASE REP: a fresh broker, the bench, with or without the stalled one
+    local qos=$1 phase=$2 rep=$3 port broker sampler stalled="" name
+    name="$phase-q$qos-r$rep"
     port=$(free_port)
     RUST_LOG="info,ringmq::runtime::output=debug" "$RINGMQ" --bind 127.0.0.1 --port "$port" \
         --workers 2 --sys-interval 1 --outbuf-bytes-max "$outbuf_bytes_max" \
         --max-queued-messages "$max_queued_messages" --max-queued-bytes "$max_queued_bytes" \
         --slow-consumer-timeout-secs "$slow_consumer_timeout_secs" \
-        2>"$out/broker-$phase-q$qos.log" &
+        --recv-buffers "$recv_buffers" --recv-buffer-bytes 16384 \
+        2>"$out/broker-$name.log" &
     broker=$!
     pids+=("$broker")
     $clients wait-ready "$port"
     echo "$phase" >"$out/phase"
-    $clients sample "$broker" "$out/rss-$phase-q$qos.txt" "$out/phase" 0.2 &
+    $clients sample "$broker" "$out/rss-$name.txt" "$out/phase" 0.5 "$buffer_kib" &
     sampler=$!
     pids+=("$sampler")
-    if [ "$phase" = with ]; then
-        $clients stalled "$port" "$qos" "ringmq-bench/#" "stalled-q$qos" >"$out/stalled-q$qos.txt" &
+    if [ "$phase" = with ] || [ "$phase" = reader ]; then
+        local role=stalled
+        if [ "$phase" = reader ]; then role=reader; fi
+        $clients "$role" "$port" "$qos" "$filter" "$role-q$qos" >"$out/stalled-$name.txt" &
         stalled=$!
         pids+=("$stalled")
         sleep 1
     fi
-    log "QoS $qos, $phase the slow consumer: ${seconds}s of $pairs pairs at full rate (ringmq on port $port)"
-    bench "$port" "$qos" "$phase-q$qos"
+    log "QoS $qos, repetition $rep, $phase the slow consumer: ${seconds}s of $pairs pairs at full rate (ringmq on port $port; load $(cut -d' ' -f1-3 /proc/loadavg))"
+    cut -d' ' -f1 /proc/loadavg >"$out/load-$name.txt"
+    bench "$port" "$qos" "$name"
+    cut -d' ' -f1 /proc/loadavg >>"$out/load-$name.txt"
     if [ -n "$stalled" ]; then kill "$stalled" 2>/dev/null || true; fi
     sleep 1
     kill -TERM "$broker"
@@ -91,95 +120,109 @@ run_phase() { # run_phase QOS PHASE: a fresh broker, the bench, with or without 
     wait "$sampler" 2>/dev/null || true
 }
 
-run_qos() { # run_qos QOS: both phases, each on a fresh broker so its counters are its own
-    run_phase "$1" without
-    run_phase "$1" with
-}
+for qos in $qos_list; do
+    for rep in $(seq 1 "$reps"); do
+        order=$phases
+        if [ $((rep % 2)) = 0 ]; then order=$(echo "$phases" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+        for phase in $order; do run_phase "$qos" "$phase" "$rep"; done
+    done
+done
 
-for qos in $qos_list; do run_qos "$qos"; done
-
-python3 - "$out" "$seconds" "$pairs" "$qos_list" "$outbuf_bytes_max" "$max_queued_bytes" \
-    "$max_queued_messages" "$slow_consumer_timeout_secs" <<'PY'
-import json, re, sys
+python3 - "$out" "$seconds" "$pairs" "$qos_list" "$reps" "$filter" "$outbuf_bytes_max" \
+    "$max_queued_bytes" "$max_queued_messages" "$slow_consumer_timeout_secs" "$phases" <<'PY'
+import json, re, statistics, sys
 from datetime import datetime
-out, seconds, pairs, qos_list = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
-outbuf, queued_bytes, queued_messages, timeout = map(int, sys.argv[5:9])
+out, seconds, pairs, qos_list, reps, filter_ = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(), int(sys.argv[5]), sys.argv[6]
+outbuf, queued_bytes, queued_messages, timeout = map(int, sys.argv[7:11])
+phases = sys.argv[11].split()
+bound_kib = (outbuf + queued_bytes) // 1024
 failures = []
 
 def counter(log, name):
-    stopped = [l for l in log.splitlines() if "worker stopped" in l]
     total = 0
-    for line in stopped:
-        m = re.search(r"\b" + name + r": (\d+)", line)
-        total += int(m.group(1)) if m else 0
+    for line in log.splitlines():
+        if "worker stopped" in line:
+            m = re.search(r"\b" + name + r": (\d+)", line)
+            total += int(m.group(1)) if m else 0
     return total
 
-def rss(qos):
-    peak, series = {}, {}
-    for phase in ("without", "with"):
-        for line in open(f"{out}/rss-{phase}-q{qos}.txt"):
-            t, _, kib, fds = line.split()
-            peak[phase] = max(peak.get(phase, 0), int(kib))
-            series.setdefault(phase, []).append((float(t), int(kib)))
-    return peak, series
+def phase_figures(qos, phase, rep):
+    name = f"{phase}-q{qos}-r{rep}"
+    report = json.load(open(f"{out}/{name}.json"))
+    m, lat = report["messages"], report["latency"] or {}
+    # (seconds, RSS, pools' RSS) in KiB
+    points = []
+    for line in open(f"{out}/rss-{name}.txt"):
+        t, _, kib, _, bufs, _ = line.split()
+        points.append((float(t), int(kib), int(bufs)))
+    start = points[0][0]
+    rest = [(t - start, kib - bufs) for t, kib, bufs in points]
+    settled = [kib for t, kib in rest if t >= 10]
+    log = open(f"{out}/broker-{name}.log").read()
+    load = [float(x) for x in open(f"{out}/load-{name}.txt").read().split()]
+    figures = {
+        "rate": m["delivery_rate_per_sec"], "p50": lat.get("p50_us", 0), "p99": lat.get("p99_us", 0),
+        "lost": m["lost"], "peak": max(kib for _, kib, _ in points),
+        "pools": max(bufs for _, _, bufs in points), "rest_peak": max(kib for _, kib in rest),
+        "rest_growth": (max(settled) - settled[0]) if settled else 0,
+        "dropped0": counter(log, "qos0_dropped_outbuf"), "dropped": counter(log, "messages_dropped_queue_full"),
+        "slow_closes": counter(log, "slow_consumer"), "load": load,
+        "ready": report["connections"]["ready"] == report["connections"]["planned"], "close_after": None,
+    }
+    if phase != "without":
+        closes = [l for l in log.splitlines() if "closing" in l and "slow" in l.lower()]
+        stalled = open(f"{out}/stalled-{name}.txt").read().split()
+        if closes and stalled:
+            when = datetime.fromisoformat(closes[0].split()[0].replace("Z", "+00:00")).timestamp()
+            figures["close_after"] = when - float(stalled[0])
+    return figures
 
-print(f"Phases of {seconds} s, {pairs} pairs at full rate (`--e2e-window 256`), 64 B payloads, "
-      f"2 workers; bounds: outbuf_bytes_max {outbuf}, max_queued_messages {queued_messages}, "
-      f"max_queued_bytes {queued_bytes}, slow_consumer_timeout_secs {timeout}.\n")
-print("| QoS | slow consumer | delivered msg/s | p50 µs | p99 µs | lost | broker peak RSS MiB | RSS at 10 s / end of phase MiB |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-notes = []
+print(f"Phases of {seconds} s, {pairs} pairs at full rate (`--e2e-window 256`, QoS 1/2 `--window 64`), "
+      f"64 B payloads, 2 workers; the stalled subscriber on `{filter_}`; bounds: outbuf_bytes_max {outbuf}, "
+      f"max_queued_messages {queued_messages}, max_queued_bytes {queued_bytes}, "
+      f"slow_consumer_timeout_secs {timeout}. RSS in MiB; \"rest\" is RSS outside the receive-buffer pools.\n")
+print("| QoS | rep | extra subscriber | others msg/s | p50 ms | p99 ms | lost | load avg | RSS peak | pools | rest peak | rest growth after 10 s | qos0_dropped_outbuf | dropped_queue_full | slow-consumer closes |")
+print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+summary = []
 for qos in qos_list:
-    peak, series = rss(qos)
-    for phase in ("without", "with"):
-        report = json.load(open(f"{out}/{phase}-q{qos}.json"))
-        m, lat = report["messages"], report["latency"] or {}
-        points = series.get(phase, [])
-        start = points[0][0] if points else 0
-        at10 = next((kib for t, kib in points if t - start >= 10), 0)
-        end = points[-1][1] if points else 0
-        print(f"| {qos} | {phase} | {m['delivery_rate_per_sec']:.0f} | {lat.get('p50_us', 0):.0f} | "
-              f"{lat.get('p99_us', 0):.0f} | {m['lost']} | {peak.get(phase, 0) / 1024:.1f} | "
-              f"{at10 / 1024:.1f} / {end / 1024:.1f} |")
-        if m["lost"] and qos != "0":
-            failures.append(f"QoS {qos} {phase}: {m['lost']} lost between well-behaved clients")
-        if report["connections"]["ready"] != report["connections"]["planned"]:
-            failures.append(f"QoS {qos} {phase}: not every connection came up")
-    # Each phase has its own broker, whose peak depends on how many receive buffers the load
-    # happened to touch; what the bounds promise is that the stalled subscriber's share stops
-    # growing once they are reached: RSS from 10 s into the phase to its end.
-    points = series.get("with", [])
-    start = points[0][0] if points else 0
-    settled = [kib for t, kib in points if t - start >= 10]
-    growth = (max(settled) - settled[0]) if settled else 0
-    bound = (outbuf + queued_bytes) // 1024
-    if growth > bound:
-        failures.append(f"QoS {qos}: RSS grew {growth} KiB after 10 s of the stall, over the {bound} KiB its bounds allow")
-    log = open(f"{out}/broker-with-q{qos}.log").read()
-    baseline = open(f"{out}/broker-without-q{qos}.log").read()
-    closes = [l for l in log.splitlines() if "closing" in l and "slow" in l.lower()]
-    stalled = open(f"{out}/stalled-q{qos}.txt").read().split()
-    subscribed_at = float(stalled[0]) if stalled else None
-    close_after = ""
-    if closes and subscribed_at:
-        stamp = closes[0].split()[0]
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-        close_after = f", closed as a slow consumer {when - subscribed_at:.1f} s after it stopped reading"
-    dropped0 = counter(log, "qos0_dropped_outbuf")
-    dropped = counter(log, "messages_dropped_queue_full")
-    slow_closes = counter(log, "slow_consumer")
-    notes.append(f"- QoS {qos}: without the slow consumer `qos0_dropped_outbuf` "
-                 f"{counter(baseline, 'qos0_dropped_outbuf')}, `messages_dropped_queue_full` "
-                 f"{counter(baseline, 'messages_dropped_queue_full')}; with it: `qos0_dropped_outbuf` {dropped0}, "
-                 f"`messages_dropped_queue_full` {dropped}, `closes.slow_consumer` {slow_closes}"
-                 f"{close_after}; RSS growth from 10 s into the stall to its end {growth / 1024:.1f} MiB "
-                 f"(bound {bound / 1024:.0f} MiB)")
-    if qos == "0" and dropped0 == 0:
-        failures.append("QoS 0: no drop counted at outbuf_bytes_max")
-    if qos != "0" and (dropped == 0 or slow_closes == 0):
-        failures.append(f"QoS {qos}: the queue bound's drops ({dropped}) or the slow-consumer close ({slow_closes}) not counted")
+    runs = {phase: [] for phase in phases}
+    for rep in range(1, reps + 1):
+        order = phases if rep % 2 else phases[::-1]
+        for phase in order:
+            f = phase_figures(qos, phase, rep)
+            runs[phase].append(f)
+            close = f" (at {f['close_after']:.1f} s)" if f["close_after"] else ""
+            label = {"without": "none", "with": "stalled", "reader": "reading"}[phase]
+            print(f"| {qos} | {rep} | {label} | {f['rate']:.0f} | {f['p50'] / 1000:.1f} | "
+                  f"{f['p99'] / 1000:.1f} | {f['lost']} | {f['load'][0]:.1f}-{f['load'][-1]:.1f} | {f['peak'] / 1024:.1f} | "
+                  f"{f['pools'] / 1024:.1f} | {f['rest_peak'] / 1024:.1f} | {f['rest_growth'] / 1024:.1f} | "
+                  f"{f['dropped0']} | {f['dropped']} | {f['slow_closes']}{close} |")
+            if f["lost"] and qos != "0":
+                failures.append(f"QoS {qos} rep {rep} {phase}: {f['lost']} lost between well-behaved clients")
+            if not f["ready"]:
+                failures.append(f"QoS {qos} rep {rep} {phase}: not every connection came up")
+            if phase == "with":
+                if f["rest_growth"] > bound_kib:
+                    failures.append(f"QoS {qos} rep {rep}: RSS outside the pools grew {f['rest_growth']} KiB after 10 s of the stall, over the {bound_kib} KiB its bounds allow")
+                if qos == "0" and f["dropped0"] == 0:
+                    failures.append(f"QoS 0 rep {rep}: no drop counted at outbuf_bytes_max")
+                if qos != "0" and f["dropped"] == 0:
+                    failures.append(f"QoS {qos} rep {rep}: no drop counted at the queue bound")
+                if qos != "0" and float(seconds) > timeout + 2 and f["slow_closes"] == 0:
+                    failures.append(f"QoS {qos} rep {rep}: no slow-consumer close after {timeout} s at the bound")
+    med = {phase: {k: statistics.median(r[k] for r in rs) for k in ("rate", "p50", "p99", "rest_peak")}
+           for phase, rs in runs.items()}
+    base = med[phases[0]]["rate"]
+    for phase in phases:
+        label = {"without": "none", "with": "stalled", "reader": "reading"}[phase]
+        m = med[phase]
+        summary.append(f"| {qos} | {label} | {m['rate']:.0f} | {m['rate'] / base:.2f} | {m['p50'] / 1000:.1f} | "
+                       f"{m['p99'] / 1000:.1f} | {m['rest_peak'] / 1024:.1f} |")
 print()
-print("\n".join(notes))
+print(f"Medians of {reps} repetitions:\n")
+print(f"| QoS | extra subscriber | others msg/s | vs {phases[0]} | p50 ms | p99 ms | RSS outside pools, peak MiB |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+print("\n".join(summary))
 if failures:
     print("\nFAILED:\n" + "\n".join(failures))
     sys.exit(1)

@@ -6,9 +6,13 @@
 #     with CleanSession=0 on one of 100 ids (scripts/robust/clients.py churn);
 #   - QoS 1: ringmq-bench, 50 publisher -> subscriber pairs at 2000 msg/s in all;
 #   - QoS 0: ringmq-bench, 1 publisher -> 20 subscribers at 500 msg/s.
-# Sampled every 5 s: the broker's RSS and open fds, and `$SYS/broker/clients/*`. After the
-# load, and again in the broker's stop log, everything must have returned:
-#   - RSS after warm-up (the first WARMUP seconds, default 60) grows by at most 10 %;
+# Sampled every 5 s: the broker's RSS, split into the receive-buffer pools (one mapping of
+# recv_buffers x 16 KiB per worker, whose pages the kernel touches only as receives fill
+# them: bounded by the pool size, not by the load's length) and everything else; open fds;
+# and `$SYS/broker/clients/*`. After the load, and again in the broker's stop log, everything
+# must have returned:
+#   - RSS outside the receive-buffer pools after warm-up (the first WARMUP seconds, default
+#     60) grows by at most 10 %; the pools' RSS is reported against their size;
 #   - the broker's process fds are as many as before the load (the connections themselves
 #     are direct descriptors: they show as the workers' `live` slots instead);
 #   - `$SYS/broker/clients/connected` is back to 1 (the monitor) and clients/total to 1 +
@@ -16,7 +20,9 @@
 #   - at stop, each worker reports its live slots (only the monitor's), no receive buffer
 #     leased, and as many connections closed as it accepted or adopted.
 # Prints a summary and exits non-zero if a check fails. Output in SOAK_OUT (default
-# target/soak/<UTC time>).
+# target/soak/<UTC time>). SOAK_RECV_BUFFERS (default 4096, the default for 2 workers) sets
+# each worker's receive-buffer count; SOAK_RINGMQ another ringmq binary; the broker's
+# environment passes through (e.g. MIMALLOC_PURGE_DELAY=0).
 #
 #   scripts/soak.sh [SECONDS] [RATE]
 set -euo pipefail
@@ -25,6 +31,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:-600}
 rate=${2:-1000}
 warmup=${WARMUP:-60}
+recv_buffers=${SOAK_RECV_BUFFERS:-4096}
+buffer_kib=$((recv_buffers * 16))
 out=${SOAK_OUT:-$ROOT/target/soak/$(date -u +%Y%m%dT%H%M%SZ)}
 clients="nice -n 19 python3 $ROOT/scripts/robust/clients.py"
 mkdir -p "$out"
@@ -36,7 +44,7 @@ if [ "${SOAK_NO_BUILD:-0}" != 1 ]; then
 fi
 target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-RINGMQ=$target_dir/release/ringmq
+RINGMQ=${SOAK_RINGMQ:-$target_dir/release/ringmq}
 BENCH="nice -n 19 $target_dir/release/ringmq-bench"
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -48,12 +56,12 @@ cleanup() { # every process this script started, by pid
 trap cleanup EXIT
 
 nice -n 19 "$RINGMQ" --bind 127.0.0.1 --port "$port" --workers 2 --sys-interval 1 \
-    2>"$out/broker.log" &
+    --recv-buffers "$recv_buffers" --recv-buffer-bytes 16384 2>"$out/broker.log" &
 broker=$!
 pids+=("$broker")
 $clients wait-ready "$port"
 echo warmup >"$out/phase"
-$clients sample "$broker" "$out/rss.txt" "$out/phase" 5 &
+$clients sample "$broker" "$out/rss.txt" "$out/phase" 5 "$buffer_kib" &
 pids+=($!)
 $clients sys "$port" "$out/sys.txt" &
 pids+=($!)
@@ -89,24 +97,35 @@ kill -TERM "$broker"
 wait "$broker" || { log "the broker did not stop cleanly"; status=1; }
 sleep 1
 
-python3 - "$out" "$warmup" "$fds_before" "$fds_after" <<'PY' || status=1
+python3 - "$out" "$warmup" "$fds_before" "$fds_after" "$buffer_kib" <<'PY' || status=1
 import json, re, sys
 out, warmup, fds_before, fds_after = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+buffer_kib = int(sys.argv[5])
 failures = []
 rss = [line.split() for line in open(f"{out}/rss.txt")]
 start = float(rss[0][0])
-points = [(float(t) - start, phase, int(kib), int(fds)) for t, phase, kib, fds in rss]
-warm = [kib for t, phase, kib, _ in points if t <= warmup]
-load = [(t, kib) for t, phase, kib, _ in points if phase == "load"]
-after_warmup = warm[-1]
-peak_load = max(kib for _, kib in load)
-print(f"RSS (MiB): end of warm-up ({warmup:.0f} s) {after_warmup / 1024:.1f}, peak under load "
-      f"{peak_load / 1024:.1f}, at the end of the load {load[-1][1] / 1024:.1f}, after it "
-      f"{points[-1][2] / 1024:.1f}")
-marks = [60, 120, 300, 450, 600]
-print("RSS at " + ", ".join(f"{m} s {next((kib for t, kib in load if t >= m), load[-1][1]) / 1024:.1f}" for m in marks) + " MiB")
+# (seconds, phase, RSS, fds, RSS of the receive-buffer pools, RSS outside them), KiB
+points = [(float(t) - start, phase, int(kib), int(fds), int(bufs), int(kib) - int(bufs))
+          for t, phase, kib, fds, bufs, _ in rss]
+pools = max(int(line[5]) for line in rss)
+if pools != 2:
+    failures.append(f"{pools} mappings of {buffer_kib} KiB, expected the 2 workers' receive-buffer pools")
+load = [p for p in points if p[1] == "load"]
+duration = load[-1][0]
+marks = sorted({m for m in (60, 120, 300, 600, 900, 1200, 1800) if m < duration} | {round(duration)})
+def at(mark, column):
+    return next((p[column] for p in load if p[0] >= mark), load[-1][column]) / 1024
+for column, name in ((2, "RSS"), (4, "receive-buffer pools"), (5, "RSS outside the pools")):
+    print(f"{name} (MiB) at " + ", ".join(f"{m} s {at(m, column):.1f}" for m in marks))
+print(f"receive-buffer pools: {pools} x {buffer_kib // 1024} MiB mapped; their RSS is bounded by that")
+warm = [p for p in points if p[0] <= warmup]
+after_warmup = warm[-1][5]
+peak_load = max(p[5] for p in load)
+print(f"RSS outside the pools (MiB): end of warm-up ({warmup:.0f} s) {after_warmup / 1024:.1f}, peak "
+      f"under load {peak_load / 1024:.1f}, at the end of the load {load[-1][5] / 1024:.1f}, after it "
+      f"{points[-1][5] / 1024:.1f}")
 if peak_load > after_warmup * 1.10:
-    failures.append(f"RSS grew after warm-up: {after_warmup} -> {peak_load} KiB")
+    failures.append(f"RSS outside the receive-buffer pools grew after warm-up: {after_warmup} -> {peak_load} KiB")
 print(f"broker process fds: {fds_before} before the load, {fds_after} after it")
 if fds_after != fds_before:
     failures.append(f"fds {fds_before} -> {fds_after}")

@@ -200,6 +200,63 @@ fn takeover_during_inflight_qos2_resends_pubrel_not_publish_mqtt_4_3_3_2() {
     new.expect_silence(QUIET, "after PUBCOMP");
 }
 
+/// [MQTT-3.1.4-2] Takeover during a QoS 2 flow before the subscriber's PUBREC: the message
+/// is not yet received, so the new connection gets the PUBLISH again, with DUP and the same
+/// packet id [MQTT-4.4.0-1] [MQTT-3.3.1-1], and the flow completes once.
+#[test]
+fn takeover_during_inflight_qos2_before_pubrec_resends_the_publish_mqtt_3_1_4_2() {
+    let broker = support::start(&[]);
+    let subscriber_id = unique_id("q2-take-early");
+    let (mut old, _) = connect(&broker, &subscriber_id, false);
+    subscribe(&mut old, "q2te/#", QoS::ExactlyOnce);
+    publish_qos2(&broker, "q2te/x", b"once");
+    let first = next_publish(&mut old);
+
+    let (mut new, present) = connect(&broker, &subscriber_id, false);
+    assert!(present, "the session is resumed [MQTT-3.2.2-2]");
+    old.expect_closed("the taken-over connection");
+    let again = next_publish(&mut new);
+    assert!(again.dup, "a resent PUBLISH has DUP set [MQTT-3.3.1-1]");
+    assert_eq!((again.packet_id, &again.payload), (first.packet_id, &first.payload));
+    let id = again.packet_id.expect("QoS 2");
+    new.send(&Packet::Pubrec(id));
+    assert_eq!(new.receive(), Packet::Pubrel(id));
+    new.send(&Packet::Pubcomp(id));
+    new.expect_silence(QUIET, "after PUBCOMP: delivered once");
+}
+
+/// [MQTT-4.3.3-2] A QoS 2 publisher's connection taken over after PUBREC: the broker owns
+/// the message from PUBREC on. The new connection, not knowing whether PUBREC arrived,
+/// resends the PUBLISH with DUP (answered PUBREC, not routed again), then PUBREL (answered
+/// PUBCOMP [MQTT-4.3.3-1]); the subscriber gets the message exactly once.
+#[test]
+fn publisher_takeover_mid_qos2_flow_delivers_once_mqtt_4_3_3_2() {
+    let broker = support::start(&[]);
+    let (mut subscriber, _) = connect(&broker, &unique_id("q2-pt-sub"), true);
+    subscribe(&mut subscriber, "q2pt/#", QoS::ExactlyOnce);
+    let publisher_id = unique_id("q2-pt-pub");
+    let (mut old, _) = connect(&broker, &publisher_id, false);
+    old.send(&publish_packet("q2pt/x", QoS::ExactlyOnce, 11, false, b"taken"));
+    assert_eq!(old.receive(), Packet::Pubrec(packet_id(11)));
+
+    let (mut new, present) = connect(&broker, &publisher_id, false);
+    assert!(present, "the publisher's session is resumed [MQTT-3.2.2-2]");
+    old.expect_closed("the taken-over connection [MQTT-3.1.4-2]");
+    new.send(&publish_packet("q2pt/x", QoS::ExactlyOnce, 11, true, b"taken"));
+    assert_eq!(new.receive(), Packet::Pubrec(packet_id(11)));
+    new.send(&Packet::Pubrel(packet_id(11)));
+    assert_eq!(new.receive(), Packet::Pubcomp(packet_id(11)));
+
+    let mut app = Vec::new();
+    let mut receiver = Qos2Receiver::default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.is_empty() && Instant::now() < deadline {
+        receiver.pump(&mut subscriber, &mut app, Duration::from_millis(50));
+    }
+    receiver.pump(&mut subscriber, &mut app, QUIET);
+    assert_eq!(app, [b"taken".to_vec()], "exactly once");
+}
+
 /// A publisher sends 300 messages, alternating QoS 1 and QoS 2, while a persistent QoS 2
 /// subscriber is killed every few messages (sometimes between PUBREC and PUBCOMP) and comes
 /// back. Every acknowledged message reaches the subscriber's application; each QoS 2 message

@@ -6,11 +6,16 @@ Plain sockets and hand-encoded MQTT 3.1.1, so nothing here needs a library:
   wait-ready PORT                  until a CONNECT is answered with CONNACK (or 10 s)
   stalled PORT QOS FILTER ID       connects (CleanSession=0), subscribes, then never reads
                                    again: the slow consumer. Runs until killed.
+  reader PORT QOS FILTER ID        connects, subscribes, reads and discards everything; the
+                                   slow consumer's control (QoS 0 only: it answers nothing).
+                                   Runs until killed.
   churn PORT RATE SECONDS          RATE connections per second for SECONDS, each one: CONNECT,
                                    sometimes SUBSCRIBE or a QoS 1 PUBLISH, then a DISCONNECT,
                                    a plain close or a reset; prints the rate reached each 10 s
-  sample PID OUT PHASEFILE SECS    every SECS: time, phase, broker RSS (KiB), open fds; until
-                                   PID exits
+  sample PID OUT PHASEFILE SECS [BUFFER_KIB]
+                                   every SECS: time, phase, broker RSS (KiB), open fds, RSS
+                                   (KiB) of the receive-buffer pools (BUFFER_KIB each,
+                                   default 65536) and their count; until PID exits
   sys PORT OUT                     subscribes to $SYS/broker/# and appends "time topic value"
                                    lines to OUT; until killed
 """
@@ -117,6 +122,18 @@ def stalled(port, qos, topic_filter, client_id):
         time.sleep(1)
 
 
+def reader(port, qos, topic_filter, client_id):
+    """The control for the slow consumer: the same subscription, read as fast as it comes
+    (and thrown away; at QoS 0 nothing needs an answer). Runs until killed."""
+    sock = open_session(int(port), client_id, clean=True)
+    sock.sendall(subscribe_packet(1, topic_filter, int(qos)))
+    print(f"{time.time():.3f} reader subscribed to {topic_filter} at QoS {qos}", flush=True)
+    sock.settimeout(None)
+    while sock.recv(1 << 20):
+        pass
+    return 0
+
+
 def churn_one(port, rng, serial, counts):
     """One short-lived connection, its shape drawn from `rng`."""
     persistent = rng.random() < 0.1
@@ -198,14 +215,34 @@ def churn(port, rate, seconds):
     return 0
 
 
-def sample(pid, out, phase_file, interval):
-    interval = float(interval)
+def buffer_rss(pid, buffer_kib, pools_max=2):
+    """RSS (KiB) of the workers' receive-buffer pools, and how many pools that is. Each
+    worker maps one anonymous pool of recv_buffers x recv_buffer_bytes (`runtime/bufring.rs`),
+    whose pages the kernel touches only as receives fill them; the kernel merges adjacent
+    pools into one mapping, so a mapping of 1..=pools_max times the pool size counts (the
+    allocator's arenas are far larger: mimalloc reserves 1 GiB)."""
+    rss, pools, size = 0, 0, None
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            if line.startswith("Size:"):
+                size = int(line.split()[1])
+            elif line.startswith("Rss:") and size and size % buffer_kib == 0 \
+                    and size // buffer_kib <= pools_max:
+                rss += int(line.split()[1])
+                pools += size // buffer_kib
+    return rss, pools
+
+
+def sample(pid, out, phase_file, interval, buffer_kib="65536"):
+    """Lines of: time, phase, RSS KiB, open fds, RSS KiB of the receive-buffer pools, pools."""
+    interval, buffer_kib = float(interval), int(buffer_kib)
     with open(out, "a") as sink:
         while True:
             try:
                 with open(f"/proc/{pid}/status") as status:
                     rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
                 fds = len(os.listdir(f"/proc/{pid}/fd"))
+                buffers, pools = buffer_rss(pid, buffer_kib)
             except (OSError, StopIteration):
                 return 0
             try:
@@ -213,7 +250,7 @@ def sample(pid, out, phase_file, interval):
                     phase = f.read().strip() or "-"
             except OSError:
                 phase = "-"
-            sink.write(f"{time.time():.3f} {phase} {rss} {fds}\n")
+            sink.write(f"{time.time():.3f} {phase} {rss} {fds} {buffers} {pools}\n")
             sink.flush()
             time.sleep(interval)
 
@@ -252,7 +289,7 @@ def sys_topics(port, out):
                     sink.flush()
 
 
-COMMANDS = {"wait-ready": wait_ready, "stalled": stalled, "churn": churn, "sample": sample, "sys": sys_topics}
+COMMANDS = {"wait-ready": wait_ready, "stalled": stalled, "reader": reader, "churn": churn, "sample": sample, "sys": sys_topics}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

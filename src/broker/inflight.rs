@@ -17,7 +17,9 @@
 //! its QoS 0/1 ones. The stored ids are bounded by `max_awaiting_pubrel`.
 //!
 //! Invariants: packet ids in the window are distinct; the window never exceeds its size; the
-//! queue never exceeds its bounds; `queued_bytes` is the sum of the queued payload lengths.
+//! queue never exceeds its bounds; `queued_bytes` is the sum of the queued payload lengths;
+//! when `inflight_ordered` is set, the window's ids run front to back in the order ids are
+//! handed out (see [`Outgoing::allocate_packet_id`]).
 
 use std::collections::{HashSet, VecDeque};
 
@@ -88,6 +90,24 @@ pub(super) struct Outgoing {
     /// QoS 0 messages in `queue` (queued while offline with `queue_qos0_messages`).
     queued_qos0: usize,
     next_packet_id: PacketId,
+    /// The inflight ids, front to back, each further from the front's in hand-out order
+    /// (1, 2, .., 65535, 1, ..) than the one before: then every id in the window lies between
+    /// the front's and the back's, and one further than the back's is free without a search.
+    /// Set while the window is empty; kept by pushing the next ids in sequence and by any
+    /// removal; cleared by a push out of sequence (a restored window, or an id skipped because
+    /// an old message still held it) until a search finds the order again.
+    inflight_ordered: bool,
+}
+
+/// How far `to` lies after `from` in the order packet ids are handed out: 0..=65534.
+fn id_distance(from: PacketId, to: PacketId) -> u32 {
+    const IDS: u32 = u16::MAX as u32; // 1..=65535
+    let (from, to) = (u32::from(from.get()), u32::from(to.get()));
+    if to >= from {
+        to - from
+    } else {
+        to + IDS - from
+    }
 }
 
 impl Default for Outgoing {
@@ -98,6 +118,7 @@ impl Default for Outgoing {
             queued_bytes: 0,
             queued_qos0: 0,
             next_packet_id: PacketId::new(1).expect("1 is a valid packet id"),
+            inflight_ordered: true,
         }
     }
 }
@@ -139,16 +160,42 @@ impl Outgoing {
 
     /// Takes a packet id no inflight message uses. The window is smaller than the id space,
     /// so one is free; ids are handed out in sequence, so with acknowledgements arriving
-    /// roughly in order the next one is free at the first try.
+    /// roughly in order the next one is free at the first try, and while the window is in
+    /// hand-out order (`inflight_ordered`) that is known from its front and back alone: no
+    /// search of the window per message.
     pub fn allocate_packet_id(&mut self) -> PacketId {
         assert!(self.inflight.len() < usize::from(u16::MAX), "packet id space exhausted");
         loop {
             let candidate = self.next_packet_id;
             self.next_packet_id = candidate.next();
-            if !self.inflight.iter().any(|entry| entry.packet_id == candidate) {
+            if self.id_is_free(candidate) {
                 return candidate;
             }
         }
+    }
+
+    /// Whether no inflight message uses `id`. Searches the window only when its order does
+    /// not answer, and then checks the order again (a window out of order becomes ordered
+    /// again as its old entries are acknowledged).
+    fn id_is_free(&mut self, id: PacketId) -> bool {
+        let (Some(front), Some(back)) = (self.inflight.front(), self.inflight.back()) else {
+            return true;
+        };
+        let front = front.packet_id;
+        if self.inflight_ordered && id_distance(front, id) > id_distance(front, back.packet_id) {
+            return true;
+        }
+        let mut free = true;
+        let mut ordered = true;
+        let mut previous = None;
+        for entry in &self.inflight {
+            free &= entry.packet_id != id;
+            let distance = id_distance(front, entry.packet_id);
+            ordered &= previous.is_none_or(|previous| distance > previous);
+            previous = Some(distance);
+        }
+        self.inflight_ordered = ordered;
+        free
     }
 
     /// Where packet ids continue (persisted so a restart does not reuse recent ones).
@@ -156,6 +203,8 @@ impl Outgoing {
         self.next_packet_id
     }
 
+    /// Moves the id counter (a restored session); the window's order flag does not depend on
+    /// it, so any value keeps `allocate_packet_id` exact.
     pub fn set_next_packet_id(&mut self, id: PacketId) {
         self.next_packet_id = id;
     }
@@ -163,6 +212,14 @@ impl Outgoing {
     pub fn push_inflight(&mut self, entry: Inflight, window: usize) {
         assert!(self.inflight.len() < window, "inflight window of {window} overrun");
         assert!(entry.qos != QoS::AtMostOnce, "QoS 0 is never in flight");
+        self.inflight_ordered = match (self.inflight.front(), self.inflight.back()) {
+            (Some(front), Some(back)) => {
+                let front = front.packet_id;
+                self.inflight_ordered
+                    && id_distance(front, entry.packet_id) > id_distance(front, back.packet_id)
+            }
+            _ => true,
+        };
         self.inflight.push_back(entry);
     }
 
@@ -229,6 +286,7 @@ impl Outgoing {
         self.queue.clear();
         self.queued_bytes = 0;
         self.queued_qos0 = 0;
+        self.inflight_ordered = true;
         counts
     }
 }
@@ -316,6 +374,79 @@ mod tests {
         out.push_inflight(entry(pid(1), QoS::AtLeastOnce), 10);
         // 65535 wraps to 1 [MQTT-2.3.1-1], which is in use, so 2 comes next.
         assert_eq!(out.allocate_packet_id(), pid(2));
+    }
+
+    #[test]
+    fn an_old_message_still_in_flight_is_skipped_when_the_ids_come_round() {
+        // One message never acknowledged while 65535 others pass: its id must not be reused
+        // [MQTT-2.3.1-4], however the window's order is tracked.
+        let mut out = Outgoing::default();
+        let stuck = out.allocate_packet_id();
+        out.push_inflight(entry(stuck, QoS::AtLeastOnce), 10);
+        for _ in 0..70_000 {
+            let id = out.allocate_packet_id();
+            assert_ne!(id, stuck);
+            out.push_inflight(entry(id, QoS::AtLeastOnce), 10);
+            assert!(out.on_puback(id).is_some());
+        }
+        assert_eq!(out.inflight_len(), 1);
+    }
+
+    /// What the window may see: new messages, acknowledgements of any of its messages, and a
+    /// restored entry with any id (persistence) or a moved id counter.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Send,
+        Ack(usize),
+        Restore(u16),
+        Counter(u16),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => Just(Step::Send),
+            4 => (0usize..64).prop_map(Step::Ack),
+            1 => (1u16..=u16::MAX).prop_map(Step::Restore),
+            1 => (1u16..=u16::MAX).prop_map(Step::Counter),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The allocator never hands out an id in flight (nor 0) [MQTT-2.3.1-4], and its order
+        /// bookkeeping says "ordered" only when the window is in hand-out order.
+        #[test]
+        fn allocated_ids_are_never_in_flight(steps in proptest::collection::vec(step(), 1..400)) {
+            const WINDOW: usize = 64;
+            let mut out = Outgoing::default();
+            for step in steps {
+                match step {
+                    Step::Send if out.inflight_len() < WINDOW => {
+                        let id = out.allocate_packet_id();
+                        proptest::prop_assert!(out.inflight().all(|e| e.packet_id != id));
+                        out.push_inflight(entry(id, QoS::AtLeastOnce), WINDOW);
+                    }
+                    Step::Ack(index) if index < out.inflight_len() => {
+                        let id = out.inflight().nth(index).map(|e| e.packet_id).expect("exists");
+                        proptest::prop_assert!(out.on_puback(id).is_some());
+                    }
+                    Step::Restore(id) if out.inflight_len() < WINDOW => {
+                        let id = pid(id);
+                        if out.inflight().all(|e| e.packet_id != id) {
+                            out.push_inflight(entry(id, QoS::AtLeastOnce), WINDOW);
+                        }
+                    }
+                    Step::Counter(id) => out.next_packet_id = pid(id),
+                    _ => {}
+                }
+                if out.inflight_ordered {
+                    let front = out.inflight().next().map(|e| e.packet_id);
+                    let distances: Vec<u32> =
+                        out.inflight().map(|e| id_distance(front.expect("non-empty"), e.packet_id)).collect();
+                    proptest::prop_assert!(distances.windows(2).all(|pair| pair[0] < pair[1]));
+                }
+            }
+        }
     }
 
     #[test]

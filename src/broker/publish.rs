@@ -52,7 +52,7 @@ impl Broker {
                 return self.close_conn(conn, Some(violation), now);
             }
         };
-        if !self.may_publish(session, message.topic.as_str()) {
+        if !self.may_publish(session, &message.topic) {
             // [MQTT-3.3.5-2]: acknowledged by the normal QoS rules, not routed or retained.
             match (message.qos, id) {
                 (QoS::AtLeastOnce, Some(id)) => self.write_ack(conn, Ack::Puback(id)),
@@ -181,7 +181,7 @@ impl Broker {
         let mut variants = Variants::new(false);
         for &(session, granted) in sessions {
             // Read access per delivered message (`auth.rs`); free without an ACL.
-            if !self.may_deliver(session, message.topic.as_str()) {
+            if !self.may_deliver(session, &message.topic) {
                 continue;
             }
             self.deliver(session, message, message.qos.min(granted), &mut variants, now);

@@ -163,7 +163,7 @@ impl Broker {
         let mut found: Vec<Message> = Vec::new();
         self.retained.for_each_match(filter, |message| found.push(message.clone()));
         for message in &found {
-            if !self.may_deliver(session, message.topic.as_str()) {
+            if !self.may_deliver(session, &message.topic) {
                 continue;
             }
             let mut variants = Variants::new(true);

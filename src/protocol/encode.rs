@@ -19,6 +19,13 @@ use super::topic::TopicName;
 /// 64-byte copy is cheaper than one more iovec for the kernel to walk.
 pub const SHARED_PAYLOAD_BYTES_MIN: usize = 512;
 
+/// The first allocation of a connection's output after it was last taken (or ever): room for
+/// a turn's worth of small packets, so a burst of deliveries or acknowledgements does not grow
+/// the buffer by reallocating and copying it several times (from one 84-byte PUBLISH or one
+/// 4-byte PUBACK up). An idle connection still holds no buffer: what is taken goes with the
+/// output.
+pub const OUTPUT_FIRST_BYTES: usize = 1024;
+
 /// The largest remaining length MQTT can express in four bytes [MQTT-2.2.3].
 pub const REMAINING_LENGTH_MAX: usize = 268_435_455;
 
@@ -299,7 +306,7 @@ impl EncodedPublish {
         let packet_id_bytes = if packet_id.is_some() { 2 } else { 0 };
         let copied_payload_bytes =
             if self.payload.len() < SHARED_PAYLOAD_BYTES_MIN { self.payload.len() } else { 0 };
-        out.scratch.reserve(self.head.len() + packet_id_bytes + copied_payload_bytes);
+        out.reserve(self.head.len() + packet_id_bytes + copied_payload_bytes);
         out.put_slice(&self.head);
         if let Some(id) = packet_id {
             out.put_slice(&id.get().to_be_bytes());
@@ -337,7 +344,11 @@ impl OutBuf {
     /// Makes room for `bytes` more copied bytes, so a packet written in parts grows the
     /// buffer at most once.
     pub fn reserve(&mut self, bytes: usize) {
-        self.scratch.reserve(bytes);
+        if self.scratch.capacity() == 0 {
+            self.scratch.reserve(bytes.max(OUTPUT_FIRST_BYTES));
+        } else {
+            self.scratch.reserve(bytes);
+        }
     }
 
     pub fn put_slice(&mut self, bytes: &[u8]) {
@@ -360,6 +371,7 @@ impl OutBuf {
     /// Queues the encoding of `packet`. A PUBLISH's payload goes through
     /// [`OutBuf::put_shared`], so a large one is queued by reference, not copied.
     pub fn put_packet(&mut self, packet: &Packet) {
+        self.reserve(0);
         let before = self.scratch.len();
         match packet {
             Packet::Publish(publish) => {
@@ -429,6 +441,19 @@ mod tests {
             assert_eq!(out.len(), bytes, "length {length}");
             assert_eq!(remaining_length_bytes(length), bytes, "length {length}");
         }
+    }
+
+    #[test]
+    fn a_burst_of_small_packets_fills_one_first_allocation_and_idle_keeps_none() {
+        let mut out = OutBuf::new();
+        assert_eq!(out.scratch.capacity(), 0);
+        for _ in 0..OUTPUT_FIRST_BYTES / 4 {
+            out.put_packet(&Packet::Puback(pid(1)));
+        }
+        assert_eq!(out.scratch.capacity(), OUTPUT_FIRST_BYTES, "no growth within the first");
+        let mut taken = Vec::new();
+        assert_eq!(out.take_into(&mut taken), OUTPUT_FIRST_BYTES);
+        assert_eq!(out.scratch.capacity(), 0, "the taken output keeps its allocation");
     }
 
     #[test]
