@@ -5,12 +5,14 @@
 # p99, broker RSS per connection, kernel socket memory and CPU used. Stops what it started,
 # by PID.
 #
-#   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rings R] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
+#   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rings R] [--rings-start S] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
 #                      [--keepalive SECONDS] [--recv-buffers N] [--broker ringmq|mosquitto|rumqttd]
 #                      [--connect-timeout SECONDS] [--no-build]
 #
 # Defaults: N = 1000000, hold 300 s, connect budget N / 2500 + 60 s, workers = the cores,
-# each with up to R rings of 20000-slot file tables (R = enough for N with headroom), 4 KiB
+# each with up to R rings of 20000-slot file tables (R = enough for N with headroom), S of
+# them set up at start (default R - 2, so the kernel is not asked for new rings under memory
+# pressure near a million: it refused with ENOMEM then), 4 KiB
 # socket buffers on the broker side, 256 receive buffers of 16 KiB on each worker's first
 # ring (64 on each further ring). The host needs `ONLY=net.ipv4.tcp_mem
 # scripts/tune-host.sh --apply` for a million: the kernel's default TCP memory limit stops
@@ -28,6 +30,7 @@ HOLD=300
 CONNECT_TIMEOUT=
 WORKERS=
 RINGS=
+RINGS_START=
 RCVBUF=4096
 SNDBUF=4096
 KEEPALIVE=60
@@ -44,6 +47,7 @@ while (($#)); do
     --hold) HOLD=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
     --rings) RINGS=$2; shift 2 ;;
+    --rings-start) RINGS_START=$2; shift 2 ;;
     --rcvbuf) RCVBUF=$2; shift 2 ;;
     --sndbuf) SNDBUF=$2; shift 2 ;;
     --keepalive) KEEPALIVE=$2; shift 2 ;;
@@ -52,7 +56,7 @@ while (($#)); do
     --connect-timeout) CONNECT_TIMEOUT=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -78,6 +82,7 @@ TOTAL=$((N + PUBS))
 # handed to their session's worker bounded by the bench's 4000 connects in flight).
 if [[ -z $WORKERS ]]; then WORKERS=$(nproc); fi
 if [[ -z $RINGS ]]; then RINGS=$(((TOTAL / WORKERS + 17499) / 17500 + 2)); fi
+if [[ -z $RINGS_START ]]; then RINGS_START=$((RINGS > 2 ? RINGS - 2 : 1)); fi
 # Ephemeral ports per (source, destination) pair: the range holds ~28k, but connect() takes
 # ports of one parity first (even for connect, odd left to bind) and scans every used one of
 # that parity before trying the other: past ~14.1k connections on one pair each connect scans
@@ -92,7 +97,7 @@ src_range() { # first count -> 127.<b>.<c>.<d> range starting at 127.<first>.0.1
 SUB_SOURCES=$(src_range 10 "$(((N + PER_SOURCE - 1) / PER_SOURCE))")
 PUB_SOURCES=$(src_range 60 "$(((PUBS + PER_SOURCE - 1) / PER_SOURCE))")
 RUN=$(mktemp -d /tmp/ringmq-million.XXXXXX)
-echo "run dir $RUN: $BROKER_NAME, N=$N (+$PUBS publishers), workers=$WORKERS, rings per worker <= $RINGS, hold ${HOLD}s, sources $SUB_SOURCES"
+echo "run dir $RUN: $BROKER_NAME, N=$N (+$PUBS publishers), workers=$WORKERS, rings per worker $RINGS_START at start, <= $RINGS, hold ${HOLD}s, sources $SUB_SOURCES"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); net.ipv4.tcp_mem $(tr -s '\t ' ' ' </proc/sys/net/ipv4/tcp_mem) pages"
 
 PIDS=()
@@ -144,7 +149,7 @@ start_broker() {
   case $BROKER_NAME in
     ringmq)
       exec "$BROKER_BIN" --port "$PORT" --workers "$WORKERS" --file-table-slots 20000 \
-        --rings-per-worker-max "$RINGS" \
+        --rings-per-worker-max "$RINGS" --rings-per-worker-start "$RINGS_START" \
         --max-connections $((TOTAL + 1000)) --socket-rcvbuf-bytes "$RCVBUF" \
         --socket-sndbuf-bytes "$SNDBUF" --recv-buffers "$RECV_BUFFERS" \
         --recv-buffer-bytes "$RECV_BUFFER_BYTES" --log-level info ${RINGMQ_MILLION_BROKER_ARGS:-} ;;
@@ -278,7 +283,8 @@ for name in ("tcp_connect_latency", "mqtt_connect_latency", "ping_latency"):
         print(f"  {name}: p50 {l['p50_us']:.0f} us, p99 {l['p99_us']:.0f} us, max {l.get('max_us', 0):.0f} us")
 print(f"broker RSS: {int(rss0)} kB before, {int(rss1)} kB connected, {int(rss2)} kB after hold: "
       f"{(int(rss1) - int(rss0)) * 1024 / n:.0f} B per connection "
-      f"({(int(rss2) - int(rss0)) * 1024 / n:.0f} B after hold)")
+      f"({(int(rss2) - int(rss0)) * 1024 / n:.0f} B after hold); all of the broker's RSS / N: "
+      f"{int(rss1) * 1024 / n:.0f} B (with the slot tables of the rings set up at start)")
 buffers = int(buf1) - int(buf0)
 print(f"  of which receive-buffer and io_uring queue pages (fixed mappings per ring, not per "
       f"connection): {buffers} kB; the rest: "

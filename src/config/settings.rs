@@ -194,6 +194,13 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rings_per_worker_max: Option<u16>,
 
+    /// Rings each worker sets up at start (at most `rings_per_worker_max`); more are added as
+    /// they fill. Setting up rings ahead keeps a planned load clear of the kernel refusing a
+    /// new ring under memory pressure (ENOMEM was seen near a million connections).
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rings_per_worker_start: Option<u16>,
+
     /// Submission-queue entries per ring, a power of two up to 32768; the completion queue
     /// is twice this.
     #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
@@ -512,6 +519,7 @@ impl Settings {
             use_identity_as_username,
             file_table_slots,
             rings_per_worker_max,
+            rings_per_worker_start,
             ring_entries,
             recv_buffers,
             recv_buffer_bytes,
@@ -599,6 +607,9 @@ impl Settings {
             rings_per_worker_max: self
                 .rings_per_worker_max
                 .unwrap_or(defaults.rings_per_worker_max),
+            rings_per_worker_start: self
+                .rings_per_worker_start
+                .unwrap_or(defaults.rings_per_worker_start),
             ring_entries: self.ring_entries.unwrap_or(defaults.ring_entries),
             recv_buffers: self
                 .recv_buffers
@@ -742,6 +753,7 @@ impl Settings {
             use_identity_as_username: Some(runtime.tls.use_identity_as_username),
             file_table_slots: Some(runtime.file_table_slots),
             rings_per_worker_max: Some(runtime.rings_per_worker_max),
+            rings_per_worker_start: Some(runtime.rings_per_worker_start),
             ring_entries: Some(runtime.ring_entries),
             recv_buffers: Some(runtime.recv_buffers),
             recv_buffer_bytes: Some(runtime.recv_buffer_bytes),
@@ -835,6 +847,7 @@ mod tests {
         };
         runtime.file_table_slots += 1;
         runtime.rings_per_worker_max += 1;
+        runtime.rings_per_worker_start += 1;
         runtime.ring_entries *= 2;
         runtime.recv_buffers /= 2;
         runtime.recv_buffer_bytes += 1;

@@ -30,6 +30,8 @@ pub struct RuntimeConfig {
     /// taking new connections is nearly full (`rings.rs`). Capped at run time so that rings
     /// x slots stays within a `user_data`'s slot field (838 rings of 20000).
     pub rings_per_worker_max: u16,
+    /// Rings a worker sets up at start (at most `rings_per_worker_max`).
+    pub rings_per_worker_start: u16,
     /// Submission queue entries per ring (the completion queue is twice this).
     pub ring_entries: u32,
     /// Provided receive buffers per worker, and the size of each. The default count shrinks
@@ -79,6 +81,7 @@ impl Default for RuntimeConfig {
             max_connections: 1_000_000,
             file_table_slots: 20_000,
             rings_per_worker_max: 64,
+            rings_per_worker_start: 1,
             ring_entries: 4096,
             recv_buffers: Self::default_recv_buffers(workers),
             recv_buffer_bytes: 16 * 1024,

@@ -18,8 +18,10 @@
 //!
 //! New connections: listeners accept into the open ring, and peers hand connections off into
 //! it (its fd is what this worker publishes in the mesh directory, which doorbells also use).
-//! When the open ring's free slots fall to an eighth, the open ring moves to the ring with
-//! the most room, or to a new ring while there are fewer than `rings_per_worker_max`; armed
+//! `rings_per_worker_start` rings are set up at start; from half full on, the worker keeps a
+//! spare ring with room (retrying a ring that failed to set up every 256 new connections).
+//! When the open ring's free slots fall to an eighth, the open ring moves to the ring with the
+//! most room, or to a new ring while there are fewer than `rings_per_worker_max`; armed
 //! accepts elsewhere are cancelled and re-armed on it. A ring can still fill (handoffs in
 //! flight, accepts that raced the cancel): its accept then fails ENFILE, which moves the open
 //! ring too, and only when every ring is full does accepting pause (until a slot frees); a
@@ -45,6 +47,8 @@ pub(super) const FURTHER_RING_RECV_BUFFERS_MAX: u16 = 64;
 /// room for the descriptors peers hand off between two of our reaps (they count as soon as
 /// they are reaped; one that finds the ring full is sent again, `handoff.rs`).
 const OPEN_RING_ROOM_FRACTION: u32 = 8;
+/// After a ring failed to set up, new connections before the next attempt.
+const ADD_RING_RETRY_CONNECTIONS: u32 = 256;
 
 /// A ring beyond the first, with its own provided buffers.
 #[derive(Debug)]
@@ -65,6 +69,10 @@ pub(super) struct Rings {
     pub word: ManuallyDrop<Box<u64>>,
     pub word_armed: bool,
     pub max: usize,
+    /// Rings that failed to set up (e.g. ENOMEM under memory pressure), each retried later.
+    pub setup_failures: u64,
+    /// New connections to wait before trying to set up a ring again after a failure.
+    pub retry_countdown: u32,
 }
 
 impl Rings {
@@ -88,6 +96,8 @@ impl Rings {
             word: ManuallyDrop::new(Box::new(0)),
             word_armed: false,
             max,
+            setup_failures: 0,
+            retry_countdown: 0,
         })
     }
 }
@@ -112,20 +122,28 @@ impl Worker {
     }
 
     /// Sets up one more ring, with its table and buffers; returns its index.
-    fn add_ring(&mut self) -> io::Result<usize> {
+    pub(super) fn add_ring(&mut self) -> io::Result<usize> {
         let index = self.conns.rings();
         let index_u16 = u16::try_from(index).map_err(io::Error::other)?;
         let config = &self.config;
+        let step = |what: &'static str| {
+            move |error: io::Error| io::Error::new(error.kind(), format!("{what}: {error}"))
+        };
         let ring = Ring::new_further(
             config.ring_entries,
             super::worker::completion_entries(config),
             index_u16,
             self.rings.eventfd.as_raw_fd(),
-        )?;
-        ring.submitter().register_files_sparse(config.file_table_slots)?;
+        )
+        .map_err(step("io_uring_setup"))?;
+        let files = config.file_table_slots;
+        ring.submitter()
+            .register_files_sparse(files)
+            .map_err(step("registering the file table"))?;
         let count = config.recv_buffers.min(FURTHER_RING_RECV_BUFFERS_MAX);
-        let buffers = BufRing::new(count, config.recv_buffer_bytes, 0)?;
-        buffers.register(&ring.submitter())?;
+        let buffers =
+            BufRing::new(count, config.recv_buffer_bytes, 0).map_err(step("mapping buffers"))?;
+        buffers.register(&ring.submitter()).map_err(step("registering the buffer ring"))?;
         self.rings.further.push(FurtherRing { ring, buffers: ManuallyDrop::new(buffers) });
         assert_eq!(self.conns.add_ring(), index, "the table and the rings disagree");
         // From the first further ring on, its completions must wake the wait.
@@ -139,10 +157,36 @@ impl Worker {
     pub(super) fn keep_room_for_new_connections(&mut self) {
         let slots = self.conns.slots_per_ring();
         let room = slots - self.conns.live_in(self.rings.open);
+        if room <= slots / 2 {
+            self.prepare_spare_ring();
+        }
         if room > slots / OPEN_RING_ROOM_FRACTION {
             return;
         }
         self.move_open_ring(None);
+    }
+
+    /// From half full on, makes sure another ring has room for the open ring to move to, so
+    /// a ring that fails to set up (ENOMEM was seen at ~900k connections on this machine) is
+    /// retried over many connections before the open ring is full, not when it is.
+    fn prepare_spare_ring(&mut self) {
+        let slots = self.conns.slots_per_ring();
+        let wanted_room = 2 * (slots / OPEN_RING_ROOM_FRACTION).max(1);
+        let open = self.rings.open;
+        let spare = (0..self.conns.rings())
+            .any(|ring| ring != open && slots - self.conns.live_in(ring) >= wanted_room);
+        if spare || self.conns.rings() >= self.rings.max {
+            return;
+        }
+        if self.rings.retry_countdown > 0 {
+            self.rings.retry_countdown -= 1;
+            return;
+        }
+        if let Err(error) = self.add_ring() {
+            self.rings.setup_failures += 1;
+            self.rings.retry_countdown = ADD_RING_RETRY_CONNECTIONS;
+            tracing::warn!(worker = self.index, %error, "could not add a ring; will retry");
+        }
     }
 
     /// Chooses another open ring (never `full`, a ring that just refused a descriptor) and
@@ -159,6 +203,7 @@ impl Worker {
             _ if self.conns.rings() < self.rings.max => match self.add_ring() {
                 Ok(ring) => Some(ring),
                 Err(error) => {
+                    self.rings.setup_failures += 1;
                     tracing::warn!(worker = self.index, %error, "could not add a ring");
                     roomiest.filter(|ring| self.conns.live_in(*ring) < slots)
                 }

@@ -172,6 +172,23 @@ fn a_worker_adds_rings_up_to_its_maximum_and_serves_connections_on_each() {
     assert_eq!(counters[0].closed, 7, "the stop closed every connection on every ring");
 }
 
+/// Rings planned ahead are set up at start: the worker has them before any connection.
+#[test]
+fn rings_per_worker_start_sets_up_rings_ahead() {
+    let running = runtime(|config| {
+        config.file_table_slots = 2;
+        config.rings_per_worker_max = 4;
+        config.rings_per_worker_start = 3;
+    });
+    let mut stream = connect(&running);
+    stream.write_all(&connect_packet(*b"s0")).expect("write");
+    assert!(connack_arrives(&mut stream), "served");
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    assert_eq!(counters[0].rings, 3, "three rings from the start, none added for one client");
+    assert_eq!(counters[0].ring_setup_failures, 0);
+}
+
 #[test]
 fn a_stop_closes_every_connection_and_ends_within_a_second() {
     let running = runtime(|_| {});

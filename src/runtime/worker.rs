@@ -128,8 +128,9 @@ pub struct WorkerCounters {
     /// The first ring's own counters (turns, completions, SQ flushes, CQ overflows), as of
     /// the stop.
     pub ring: RingCounters,
-    /// Rings the worker had set up by the stop (`rings.rs`).
+    /// Rings the worker had set up by the stop, and attempts that failed (`rings.rs`).
     pub rings: usize,
+    pub ring_setup_failures: u64,
 }
 
 /// One multishot-accepting listener.
@@ -262,7 +263,7 @@ impl Worker {
             Some(journal) => Some(Journal::start(&mut broker, journal, setup.index, now)?),
             None => None,
         };
-        Ok(Self {
+        let mut worker = Self {
             ring,
             buffers: ManuallyDrop::new(buffers),
             wake_word: ManuallyDrop::new(Box::new(0)),
@@ -307,7 +308,13 @@ impl Worker {
             journal,
             counters: WorkerCounters::default(),
             ops: OpsState::new(setup.ops),
-        })
+        };
+        // Rings planned ahead are set up now, while memory is plentiful (`rings.rs`).
+        let start = worker.config.rings_per_worker_start.min(worker.config.rings_per_worker_max);
+        for _ in 1..start {
+            worker.add_ring().map_err(|error| anyhow::anyhow!("setting up a ring: {error}"))?;
+        }
+        Ok(worker)
     }
 
     pub fn now(&self) -> Millis {
@@ -562,6 +569,7 @@ impl Worker {
     fn log_stopped(&mut self) {
         self.counters.ring = self.ring.counters;
         self.counters.rings = self.conns.rings();
+        self.counters.ring_setup_failures = self.rings.setup_failures;
         // The broker's counters (drops at each bound, closes by reason) and what is still
         // held, so a run's log proves what happened at the limits and that everything returned.
         tracing::info!(
