@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::image::{Image, SessionImage};
+use super::image::Image;
 use super::replay::Replay;
 use crate::broker::home_worker;
 use crate::protocol::TopicFilter;
@@ -133,10 +133,23 @@ fn recover_worker(
 
 /// Adds `part` to `image`. A client id present twice (impossible within one epoch, whose
 /// sessions each live on one home worker) keeps the later one.
+/// Linear in the sessions (a search per session made a restart with 1M sessions quadratic:
+/// minutes before the listener served).
 fn merge(image: &mut Image, part: Image) {
+    let mut index: std::collections::HashMap<_, usize> = image
+        .sessions
+        .iter()
+        .enumerate()
+        .map(|(at, session)| (session.client_id.clone(), at))
+        .collect();
     for session in part.sessions {
-        image.sessions.retain(|existing: &SessionImage| existing.client_id != session.client_id);
-        image.sessions.push(session);
+        match index.get(&session.client_id) {
+            Some(&at) => image.sessions[at] = session,
+            None => {
+                index.insert(session.client_id.clone(), image.sessions.len());
+                image.sessions.push(session);
+            }
+        }
     }
     image.retained.extend(part.retained);
     image.qos2_forwarded.extend(part.qos2_forwarded);

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
+use crate::persist::image::SessionImage;
 use crate::persist::record::{encode, Record};
 use crate::protocol::{TopicName, Utf8Bytes};
 
