@@ -133,8 +133,17 @@ impl Stats {
         self.mqtt_connect.saturating_record(latency_ns.max(1));
     }
 
+    /// Counts `what`. Its first occurrence in this worker is also printed to standard error,
+    /// so a run stopped before its final report (e.g. by `scripts/million.sh`) still says why
+    /// connections failed; at most one line per kind of error per worker.
     pub fn error(&mut self, what: String) {
-        *self.errors.entry(what).or_default() += 1;
+        match self.errors.get_mut(&what) {
+            Some(count) => *count += 1,
+            None => {
+                eprintln!("\nerror (first of its kind in this bench worker): {what}");
+                self.errors.insert(what, 1);
+            }
+        }
     }
 
     /// Adds another worker's measurements into these.
