@@ -47,9 +47,9 @@ impl BufRing {
 
     /// Registers the ring with `submitter`'s io_uring under this ring's group id.
     pub fn register(&self, submitter: &io_uring::Submitter<'_>) -> io::Result<()> {
-        // SAFETY: the descriptor ring is a page-aligned mapping of `count` entries that lives
-        // as long as `self`; the owner keeps `self` alive until the registration ends (module
-        // invariant), and the buffers the entries point at belong to the same lifetime.
+        // The owner keeps `self` alive until the registration ends (module invariant).
+        // SAFETY: the descriptor ring is a page-aligned mapping of `count` entries, and the
+        // buffers its entries point at, both living as long as `self`.
         unsafe {
             submitter.register_buf_ring_with_flags(
                 self.entries.ptr.as_ptr() as u64,
@@ -91,9 +91,9 @@ impl BufRing {
         let mask = self.count - 1;
         let base = self.entries.ptr.as_ptr().cast::<BufRingEntry>();
         let address = self.buffer_ptr(id) as u64;
-        // SAFETY: `tail & mask < count`, so the entry lies inside the descriptor mapping. The
-        // kernel reads entries only between its head and our published tail; this index is
-        // at the tail, which we have not published yet, so nothing else reads it now.
+        // The kernel reads entries only between its head and our published tail.
+        // SAFETY: `tail & mask < count`, so the entry lies inside the descriptor mapping, and
+        // it is at the tail, not yet published, so nothing else reads it now.
         let entry = unsafe { &mut *base.add(usize::from(self.tail & mask)) };
         entry.set_addr(address);
         entry.set_len(self.buffer_bytes);
@@ -125,9 +125,9 @@ impl Deref for Lease<'_> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        // SAFETY: the kernel filled `len <= buffer_bytes` bytes of buffer `id` before posting
-        // the completion that created this lease, and it will not touch the buffer again until
-        // `Drop` offers it back; the `&mut BufRing` borrow keeps the mapping alive meanwhile.
+        // The `&mut BufRing` borrow keeps the mapping alive while the lease lives.
+        // SAFETY: the kernel filled `len <= buffer_bytes` bytes of buffer `id` before this
+        // lease's completion and does not touch it again until `Drop` offers it back.
         unsafe { std::slice::from_raw_parts(self.ring.buffer_ptr(self.id), self.len) }
     }
 }

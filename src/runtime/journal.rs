@@ -379,9 +379,9 @@ impl Worker {
             .offset(batch.base + batch.written as u64)
             .build()
             .user_data(UserData::new(Op::JournalWrite, BATCH_SLOT, 0).pack());
-        // SAFETY: the buffer is the batch's, owned by the journal until this write's
-        // completion is handled (and leaked if the journal is dropped before); the file
-        // descriptor stays open as long as the batch (the kernel also holds a reference).
+        // A journal dropped before the completion leaks the buffer rather than free it.
+        // SAFETY: the buffer is the batch's, owned by the journal until this write completes;
+        // the file descriptor stays open as long as the batch (the kernel holds a reference).
         unsafe { self.ring.push(&entry) };
     }
 

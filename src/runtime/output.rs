@@ -132,9 +132,9 @@ impl Worker {
                 .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
                 .build()
                 .user_data(UserData::new(Op::Send, slot, conn.generation).pack());
-            // SAFETY: `header`, its iovecs and the `Bytes` they cover live in the boxed op,
-            // which the connection owns and does not move or change until this send's
-            // completion (`SendOp` invariant); the slot is not freed while it is in flight.
+            // The slot is not freed while the send is in flight.
+            // SAFETY: `header`, its iovecs and the `Bytes` they cover live in the boxed op, not
+            // moved or changed until this send's completion (`SendOp` invariant).
             unsafe { self.ring_for(slot).push(&entry) };
         }
         self.flush = flush;

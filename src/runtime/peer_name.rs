@@ -90,9 +90,9 @@ impl Worker {
         )
         .build()
         .user_data(UserData::new(Op::PeerName, slot, generation).pack());
-        // SAFETY: the kernel writes at most `len` (<= 28) bytes into the box's heap memory;
-        // the box is kept in `in_flight` under (slot, generation), a key no other operation
-        // uses, and freed only by this operation's completion (`on_peer_name`).
+        // The box is kept in `in_flight` under (slot, generation), a key no other op uses.
+        // SAFETY: the kernel writes at most `len` (<= 28) bytes into the box's heap memory,
+        // which only this operation's completion frees (`on_peer_name`).
         unsafe { self.ring_for(slot).push(&entry) };
         let previous = self.peer_names.in_flight.insert((slot, generation), buffer);
         assert!(

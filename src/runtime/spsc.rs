@@ -184,10 +184,11 @@ impl<T> Producer<T> {
             }
         }
         let slot = self.shared.slot(self.tail);
-        // SAFETY: `tail - head_cache < capacity` and `head_cache` is a value of `head` loaded
-        // with `Acquire` (head only grows), so the slot is outside the consumer's readable range
-        // `head..published`, and the consumer's move-out of its previous item happened before.
-        // Only this producer (unique, `&mut self`) writes slots.
+        // `head_cache` is a value of `head` loaded with `Acquire` (head only grows), so the
+        // consumer's move-out of the slot's previous item happened before; only this producer
+        // (unique, `&mut self`) writes slots.
+        // SAFETY: `tail - head_cache < capacity`: the slot is outside the consumer's readable
+        // range `head..published`.
         slot.with_mut(|slot| unsafe { (*slot).write(value) });
         self.tail = self.tail.wrapping_add(1);
         Ok(())
@@ -272,10 +273,10 @@ impl<T> Consumer<T> {
         let guard = HeadGuard { consumer: self };
         for _ in 0..count {
             let slot = guard.consumer.shared.slot(guard.consumer.head);
-            // SAFETY: `head < tail_cache`, and `tail_cache` was loaded with `Acquire` from the
-            // producer's `Release` store made after it wrote the slot, so the slot holds an
-            // initialised item. Advancing `head` right after the read means it is read once;
-            // the producer cannot reuse the slot until `head` is published past it.
+            // `tail_cache` was loaded with `Acquire` from the producer's `Release` store made
+            // after it wrote the slot; `head` advances right after the read, and the producer
+            // cannot reuse the slot until `head` is published past it.
+            // SAFETY: `head < tail_cache`, so the slot holds an initialised item, read once.
             let value = slot.with_mut(|slot| unsafe { (*slot).assume_init_read() });
             guard.consumer.head = guard.consumer.head.wrapping_add(1);
             each(value);
