@@ -36,7 +36,7 @@ impl Drop for TempDir {
 
 /// Runs a command to completion within [`CLIENT_TIMEOUT`] (killed by PID otherwise).
 fn run(command: &mut Command) -> Output {
-    let mut child: Child = command
+    let child: Child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -44,15 +44,7 @@ fn run(command: &mut Command) -> Output {
         .unwrap_or_else(|error| {
             panic!("run {command:?} (apt-get install mosquitto-clients): {error}")
         });
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    while child.try_wait().expect("wait on a child").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("{command:?} still running after {CLIENT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("collect the output")
+    common::wait_bounded(child, &format!("{command:?}"), CLIENT_TIMEOUT)
 }
 
 fn ringmq_passwd(args: &[&str]) {

@@ -130,19 +130,7 @@ fn publish(port: u16, args: &[String]) -> Output {
         .unwrap_or_else(|error| {
             panic!("run mosquitto_pub (apt-get install mosquitto-clients): {error}")
         });
-    wait_output(child, "mosquitto_pub")
-}
-
-fn wait_output(mut child: Child, name: &str) -> Output {
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("{name} still running after {CLIENT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
+    common::wait_bounded(child, "mosquitto_pub", CLIENT_TIMEOUT)
 }
 
 fn publish_ok(port: u16, args: &[String]) {

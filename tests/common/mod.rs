@@ -20,7 +20,7 @@ pub mod rumqtt;
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -257,6 +257,20 @@ enum Startup {
 /// A loopback port that the kernel just handed out and that no other broker of this test
 /// process has been given. The broker binds with SO_REUSEPORT, so two brokers on one port
 /// would silently share connections; handing each port out once rules that out here.
+/// Waits for a client program we started (`name` for messages) to finish within `timeout`,
+/// killing it by PID otherwise, and returns its output.
+pub fn wait_bounded(mut child: Child, name: &str, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait on a child").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{name} still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("collect the output")
+}
+
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut given = GIVEN.lock().unwrap_or_else(|poison| poison.into_inner());
