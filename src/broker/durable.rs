@@ -47,7 +47,7 @@ use super::subscribe::SubscribeAnswer;
 use super::{
     Action, Broker, ConnId, ForwardedQos2, Message, Millis, RemoteMsg, SessionId, WorkerId,
 };
-use crate::persist::image::{EntryState, Image, StoredMessage};
+use crate::persist::image::{EntryState, Image, RetainedImage, StoredMessage};
 use crate::persist::record::{encode, Record};
 use crate::protocol::{Packet, PacketId, QoS, Utf8Bytes};
 
@@ -119,11 +119,21 @@ pub(super) struct Durability {
     /// Re-sent QoS 2 copies recognised and not stored again; ids not kept at the bound.
     pub forwarded_duplicates: u64,
     pub forwarded_over_bound: u64,
+    /// The wall-clock time of `Millis(0)`, in milliseconds since the Unix epoch: retained
+    /// messages are journaled with the wall-clock time they were set, so their expiry counts
+    /// across a restart.
+    unix_millis_at_zero: u64,
 }
 
 impl Durability {
-    fn new(workers: u16, pending_bytes_max: usize, forwarded_max: usize) -> Self {
+    fn new(
+        workers: u16,
+        pending_bytes_max: usize,
+        forwarded_max: usize,
+        unix_millis_at_zero: u64,
+    ) -> Self {
         Self {
+            unix_millis_at_zero,
             journal: Vec::new(),
             appended: 0,
             taken: 0,
@@ -202,6 +212,13 @@ impl Durability {
         let mid = self.next_mid;
         self.next_mid += 1;
         mid
+    }
+
+    /// `at` of the broker's clock (milliseconds, negative before its zero) as wall-clock
+    /// milliseconds since the Unix epoch.
+    pub(super) fn unix_millis(&self, at: i64) -> u64 {
+        let unix = i64::try_from(self.unix_millis_at_zero).unwrap_or(i64::MAX).saturating_add(at);
+        u64::try_from(unix).unwrap_or(0)
     }
 
     /// The forwarded QoS 2 ids, as snapshot records.
@@ -296,13 +313,19 @@ pub(super) fn message_record(mid: u64, message: &Message) -> Record {
 impl Broker {
     /// Turns persistence on: from now on the broker journals its persistent state and holds
     /// acknowledgements until the runtime reports them durable. Call before any event.
-    pub fn enable_persistence(&mut self, pending_bytes_max: usize) {
+    /// `unix_millis_at_zero`: the wall-clock time (milliseconds since the Unix epoch) of this
+    /// broker's `Millis(0)`, for the set times of retained messages.
+    pub fn enable_persistence(&mut self, pending_bytes_max: usize, unix_millis_at_zero: u64) {
         assert!(self.durability.is_none(), "persistence enabled twice");
         // Each session has at most `max_awaiting_pubrel` ids unreleased.
         let forwarded_max =
             self.config.sessions_max.saturating_mul(self.config.max_awaiting_pubrel);
-        self.durability =
-            Some(Box::new(Durability::new(self.workers, pending_bytes_max, forwarded_max)));
+        self.durability = Some(Box::new(Durability::new(
+            self.workers,
+            pending_bytes_max,
+            forwarded_max,
+            unix_millis_at_zero,
+        )));
     }
 
     /// Moves the journal's pending records to `out` (empty) and returns the position they end
@@ -537,6 +560,19 @@ impl Broker {
         }
     }
 
+    /// Journals a retained update (`message` set, or deleted by an empty payload) made at
+    /// `now`, with its wall-clock time.
+    pub(super) fn journal_retain(&mut self, message: &Message, now: Millis) {
+        let Some(d) = self.durability.as_deref_mut() else { return };
+        let set_at = i64::try_from(now.0).unwrap_or(i64::MAX);
+        d.append(&Record::Retain {
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            qos: message.qos,
+            set_at_unix_millis: Some(d.unix_millis(set_at)),
+        });
+    }
+
     /// Appends `record` if persistence is on (built only then).
     pub(super) fn journal(&mut self, record: impl FnOnce() -> Record) {
         if let Some(d) = self.durability.as_deref_mut() {
@@ -548,9 +584,7 @@ impl Broker {
     /// with their subscriptions and messages, and the retained messages. Call after
     /// `enable_persistence` and before any event; then write a snapshot.
     pub fn restore(&mut self, image: Image, now: Millis) {
-        for stored in image.retained {
-            self.retained.set(message_from(stored), now);
-        }
+        self.restore_retained(image.retained, now);
         for (worker, filter) in &image.remote_interest {
             let worker = WorkerId(*worker);
             assert!(worker != self.me && worker.0 < self.workers, "interest of {worker:?}");
@@ -582,6 +616,29 @@ impl Broker {
             }
         }
         self.refresh_gauges();
+    }
+
+    /// Restores retained messages with the age they had (`retained_expiry_secs` counts from
+    /// when they were first set; those already due are dropped and counted as expired).
+    fn restore_retained(&mut self, mut retained: Vec<RetainedImage>, now: Millis) {
+        let unix_now = self
+            .durability
+            .as_deref()
+            .map_or(0, |d| d.unix_millis(i64::try_from(now.0).unwrap_or(i64::MAX)));
+        // A message without a recorded time (an older file), or from a clock that has since
+        // gone back, counts as set now.
+        let age = |set_at: Option<u64>| set_at.map_or(0, |at| unix_now.saturating_sub(at));
+        // The store keeps messages in set-time order: oldest first.
+        retained.sort_by_key(|stored| std::cmp::Reverse(age(stored.set_at_unix_millis)));
+        let expiry_millis = self.config.retained_expiry_secs.saturating_mul(1000);
+        for stored in retained {
+            let age_millis = age(stored.set_at_unix_millis);
+            if expiry_millis > 0 && age_millis >= expiry_millis {
+                self.stats.retained_expired += 1;
+                continue;
+            }
+            self.retained.set_aged(message_from(stored.message), now, age_millis);
+        }
     }
 
     fn restore_entry(&mut self, id: SessionId, entry: crate::persist::image::EntryImage) {

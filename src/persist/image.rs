@@ -14,6 +14,14 @@ pub struct StoredMessage {
     pub retain: bool,
 }
 
+/// A retained message and when it was set (wall clock, milliseconds since the Unix epoch;
+/// `None` when the file did not record it: taken as set at the restart).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RetainedImage {
+    pub message: StoredMessage,
+    pub set_at_unix_millis: Option<u64>,
+}
+
 /// Where one of a session's outgoing QoS 1/2 messages stood.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum EntryState {
@@ -54,7 +62,7 @@ pub struct SessionImage {
 pub struct Image {
     pub sessions: Vec<SessionImage>,
     /// Retained messages: every worker gets all of them (each keeps a full replica).
-    pub retained: Vec<StoredMessage>,
+    pub retained: Vec<RetainedImage>,
     /// In a worker's share: the filters other workers' recovered sessions subscribe to, by
     /// worker index. Applied before any client is served, so a publish that arrives before
     /// those workers' interest broadcasts is still routed to them.

@@ -92,10 +92,14 @@ pub enum Record {
         seq: u64,
     },
     /// A retained message set for its topic, or deleted when `payload` is empty.
+    /// `set_at_unix_millis`: when it was set, wall clock (so `retained_expiry_secs` counts
+    /// across a restart); `None` in files written before it was recorded (kind 12): such a
+    /// message is taken as set at the restart.
     Retain {
         topic: TopicName,
         payload: Bytes,
         qos: QoS,
+        set_at_unix_millis: Option<u64>,
     },
     /// A QoS 2 PUBLISH from the session's client was delivered (Method B): its id is held
     /// until PUBREL, so a re-sent PUBLISH is not delivered twice.
@@ -150,6 +154,8 @@ mod kind {
     pub const NEXT_PACKET_ID: u8 = 16;
     pub const QOS2_FORWARDED: u8 = 17;
     pub const QOS2_FORWARD_RELEASED: u8 = 18;
+    /// `Retain` with the wall-clock time it was set.
+    pub const RETAIN_AT: u8 = 19;
 }
 
 /// Appends `record`, framed, to `out`; returns the frame's size in bytes.
@@ -237,8 +243,14 @@ fn encode_body(record: &Record, out: &mut Vec<u8>) {
             out.push(kind::DONE);
             out.extend_from_slice(&seq.to_le_bytes());
         }
-        Record::Retain { topic, payload, qos } => {
-            out.push(kind::RETAIN);
+        Record::Retain { topic, payload, qos, set_at_unix_millis } => {
+            match set_at_unix_millis {
+                Some(millis) => {
+                    out.push(kind::RETAIN_AT);
+                    out.extend_from_slice(&millis.to_le_bytes());
+                }
+                None => out.push(kind::RETAIN),
+            }
             out.push(qos.as_u8());
             put_bytes(out, topic.as_bytes());
             put_bytes(out, payload);
@@ -369,7 +381,8 @@ impl Body {
 
 fn decode_body(frame: Bytes) -> Result<Record, &'static str> {
     let mut body = Body(frame);
-    let record = match body.u8()? {
+    let kind = body.u8()?;
+    let record = match kind {
         kind::HEADER => {
             if body.u32()? != MAGIC {
                 return Err("not a ringmq journal");
@@ -406,9 +419,13 @@ fn decode_body(frame: Bytes) -> Result<Record, &'static str> {
         kind::SENT => Record::Sent { seq: body.u64()?, packet_id: body.packet_id()? },
         kind::RELEASED => Record::Released { seq: body.u64()? },
         kind::DONE => Record::Done { seq: body.u64()? },
-        kind::RETAIN => {
+        kind::RETAIN | kind::RETAIN_AT => {
+            let set_at_unix_millis = match kind {
+                kind::RETAIN_AT => Some(body.u64()?),
+                _ => None,
+            };
             let qos = body.qos()?;
-            Record::Retain { qos, topic: body.topic()?, payload: body.bytes()? }
+            Record::Retain { qos, topic: body.topic()?, payload: body.bytes()?, set_at_unix_millis }
         }
         kind::QOS2_RECEIVED => {
             Record::Qos2Received { sid: body.u32()?, packet_id: body.packet_id()? }
@@ -467,6 +484,13 @@ mod tests {
                 topic: TopicName::from_static("r"),
                 payload: Bytes::new(),
                 qos: QoS::AtMostOnce,
+                set_at_unix_millis: None,
+            },
+            Record::Retain {
+                topic: TopicName::from_static("r/2"),
+                payload: Bytes::from_static(b"kept"),
+                qos: QoS::ExactlyOnce,
+                set_at_unix_millis: Some(1_795_000_000_123),
             },
             Record::Qos2Received { sid: 4, packet_id: pid(1) },
             Record::Qos2Released { sid: 4, packet_id: pid(1) },

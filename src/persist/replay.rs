@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 
-use super::image::{EntryImage, EntryState, Image, SessionImage, StoredMessage};
+use super::image::{EntryImage, EntryState, Image, RetainedImage, SessionImage, StoredMessage};
 use super::record::{self, BadRecord, Record};
 use crate::protocol::{PacketId, QoS, TopicFilter, TopicName, Utf8Bytes};
 
@@ -56,7 +56,7 @@ pub struct Replay {
     /// Entry seq -> its session's sid.
     entries: HashMap<u64, u32>,
     messages: HashMap<u64, StoredMessage>,
-    retained: HashMap<TopicName, StoredMessage>,
+    retained: HashMap<TopicName, RetainedImage>,
     forwarded: BTreeSet<(Utf8Bytes, PacketId)>,
 }
 
@@ -193,13 +193,13 @@ impl Replay {
                 Some(sid) => self.session(sid, |session| session.entries.remove(&seq).is_some()),
                 None => false,
             },
-            Record::Retain { topic, payload, qos } => {
+            Record::Retain { topic, payload, qos, set_at_unix_millis } => {
                 if payload.is_empty() {
                     self.retained.remove(&topic);
                 } else {
                     let message =
                         StoredMessage { topic: topic.clone(), payload, qos, retain: true };
-                    self.retained.insert(topic, message);
+                    self.retained.insert(topic, RetainedImage { message, set_at_unix_millis });
                 }
                 true
             }
@@ -266,8 +266,8 @@ impl Replay {
                 next_packet_id: session.next_packet_id,
             })
             .collect();
-        let mut retained: Vec<StoredMessage> = self.retained.into_values().collect();
-        retained.sort_by(|a, b| a.topic.cmp(&b.topic));
+        let mut retained: Vec<RetainedImage> = self.retained.into_values().collect();
+        retained.sort_by(|a, b| a.message.topic.cmp(&b.message.topic));
         let worker = self.header.map_or(0, |(worker, _)| worker);
         let qos2_forwarded = self
             .forwarded

@@ -5,8 +5,8 @@
 //! of the broker writes (its worker count). At start-up, [`recover`] reads the newest complete
 //! epoch (a directory named `epoch-<E>`; `.tmp` ones are half-made and ignored), and
 //! [`NextEpoch`] creates `epoch-<E+1>.tmp`, where each worker writes its first snapshot;
-//! [`NextEpoch::commit`] fsyncs them, renames the directory to `epoch-<E+1>` (atomic), fsyncs
-//! the parent and only then deletes the older epochs. A crash at any step leaves the old epoch
+//! [`NextEpoch::commit`] fsyncs them, renames the directory to `epoch-<E+1>` (atomic) and fsyncs
+//! the parent; only then does [`NextEpoch::remove_older`] delete the older epochs. A crash at any step leaves the old epoch
 //! or the new one complete, never neither.
 //!
 //! Within an epoch, a worker's highest generation whose snapshot is complete is its state; a
@@ -252,11 +252,18 @@ impl NextEpoch {
         Ok(file)
     }
 
-    /// Makes the new epoch the one a restart reads, then deletes the older ones.
+    /// Makes the new epoch the one a restart reads (before any client is served: the
+    /// workers' journals write into it).
     pub fn commit(&self) -> io::Result<()> {
         File::open(&self.tmp)?.sync_all()?;
         fs::rename(&self.tmp, &self.dir)?;
-        File::open(&self.root)?.sync_all()?;
+        File::open(&self.root)?.sync_all()
+    }
+
+    /// Deletes the epochs older than this one, and half-made ones, after [`Self::commit`]
+    /// (not needed for correctness: a restart reads the newest epoch; done once clients are
+    /// served, off the workers' loops, as deleting large files can take a while).
+    pub fn remove_older(&self) -> io::Result<()> {
         for entry in fs::read_dir(&self.root)? {
             let entry = entry?;
             let name = entry.file_name();

@@ -43,6 +43,7 @@ fn file_bytes(worker: u16, generation: u64, client: &str, topic: &str, complete:
             topic,
             payload: Bytes::from_static(b"v"),
             qos: crate::protocol::QoS::AtMostOnce,
+            set_at_unix_millis: Some(1_795_000_000_000),
         },
         &mut out,
     );
@@ -114,6 +115,9 @@ fn a_new_epoch_replaces_the_old_one_only_when_committed() {
     next.commit().expect("commit");
     let recovered = recover(&dir.0).expect("recover");
     assert_eq!((recovered.epoch, clients(&recovered.image)), (Some(1), vec!["b".to_owned()]));
+    // A crash before the older epoch is deleted: the newest is read all the same.
+    assert!(dir.0.join("epoch-0").exists());
+    next.remove_older().expect("remove");
     assert!(!dir.0.join("epoch-0").exists(), "the older epoch is deleted after the commit");
 }
 
@@ -155,7 +159,7 @@ fn pid(value: u16) -> crate::protocol::PacketId {
     crate::protocol::PacketId::new(value).expect("non-zero")
 }
 
-fn file_bytes_retained() -> Vec<super::super::image::StoredMessage> {
+fn file_bytes_retained() -> Vec<super::super::image::RetainedImage> {
     let replay = Replay::file(Bytes::from(file_bytes(0, 0, "x", "t/x", true)));
     replay.into_image().retained
 }
