@@ -81,6 +81,7 @@ impl Broker {
                 self.count_received(from);
                 if self.accept_forwarded(&forwarded) {
                     self.deliver_from_remote(&forwarded.message, now);
+                    self.end_held_route();
                 }
             }
             RemoteMsg::Qos2Release { origin, packet_id } => {

@@ -8,8 +8,10 @@
 //! (a topic name with a wildcard, a QoS of 3, a zero packet id, bytes left over) is *bad*:
 //! recovery stops at the first bad frame of a file (see `recovery.rs`).
 //!
-//! Sans-IO: encoding appends to a `Vec<u8>`, decoding reads from `Bytes` (strings and
-//! payloads are slices of the file's buffer, not copies). Invariant: `decode(encode(r)) == r`
+//! Sans-IO: encoding appends to a `Vec<u8>`, decoding reads from `Bytes`. Decoded strings
+//! and payloads are copies, not slices of the file's buffer: a recovered state lives for the
+//! broker's whole run, and one client id sliced from a file would keep the whole file
+//! (tens of MB) allocated (docs/BENCHMARKS.md, "Restart with 1M persistent sessions"). Invariant: `decode(encode(r)) == r`
 //! for every record (tested), and a decoded record carries only values the broker accepts.
 
 use bytes::{Buf, Bytes};
@@ -128,6 +130,16 @@ pub enum Record {
         origin: Utf8Bytes,
         packet_id: PacketId,
     },
+    /// In a snapshot: the copies of `origin`'s QoS 2 message `packet_id` are held by the
+    /// persistent sessions homed at `worker` among `workers` workers (pairs written by a run
+    /// with another worker count, whose sessions were re-homed since; `Qos2Forwarded` is the
+    /// case of this worker's own sessions).
+    Qos2Held {
+        origin: Utf8Bytes,
+        packet_id: PacketId,
+        workers: u16,
+        worker: u16,
+    },
     /// `origin`'s client released `packet_id` (PUBREL): a new message may reuse it.
     Qos2ForwardReleased {
         origin: Utf8Bytes,
@@ -156,6 +168,7 @@ mod kind {
     pub const QOS2_FORWARD_RELEASED: u8 = 18;
     /// `Retain` with the wall-clock time it was set.
     pub const RETAIN_AT: u8 = 19;
+    pub const QOS2_HELD: u8 = 20;
 }
 
 /// Appends `record`, framed, to `out`; returns the frame's size in bytes.
@@ -261,6 +274,13 @@ fn encode_body(record: &Record, out: &mut Vec<u8>) {
             out.extend_from_slice(&sid.to_le_bytes());
             out.extend_from_slice(&packet_id.get().to_le_bytes());
         }
+        Record::Qos2Held { origin, packet_id, workers, worker } => {
+            out.push(kind::QOS2_HELD);
+            out.extend_from_slice(&packet_id.get().to_le_bytes());
+            out.extend_from_slice(&workers.to_le_bytes());
+            out.extend_from_slice(&worker.to_le_bytes());
+            put_bytes(out, origin.as_bytes());
+        }
         Record::Qos2Forwarded { origin, packet_id }
         | Record::Qos2ForwardReleased { origin, packet_id } => {
             let forwarded = matches!(record, Record::Qos2Forwarded { .. });
@@ -353,7 +373,10 @@ impl Body {
     fn bytes(&mut self) -> Result<Bytes, &'static str> {
         let len = self.u32()? as usize;
         self.need(len)?;
-        Ok(self.0.split_to(len))
+        // A copy, not a slice that would keep the file's buffer alive (module documentation).
+        let copy = Bytes::copy_from_slice(&self.0[..len]);
+        self.0.advance(len);
+        Ok(copy)
     }
     fn qos(&mut self) -> Result<QoS, &'static str> {
         QoS::from_u8(self.u8()?).ok_or("QoS beyond 2")
@@ -437,6 +460,13 @@ fn decode_body(frame: Bytes) -> Result<Record, &'static str> {
             let packet_id = body.packet_id()?;
             Record::Qos2Forwarded { packet_id, origin: body.utf8()? }
         }
+        kind::QOS2_HELD => {
+            let (packet_id, workers, worker) = (body.packet_id()?, body.u16()?, body.u16()?);
+            if worker >= workers {
+                return Err("a worker beyond the worker count");
+            }
+            Record::Qos2Held { packet_id, workers, worker, origin: body.utf8()? }
+        }
         kind::QOS2_FORWARD_RELEASED => {
             let packet_id = body.packet_id()?;
             Record::Qos2ForwardReleased { packet_id, origin: body.utf8()? }
@@ -500,6 +530,12 @@ mod tests {
             Record::Qos2ForwardReleased {
                 origin: Utf8Bytes::from_static("pub-1"),
                 packet_id: pid(7),
+            },
+            Record::Qos2Held {
+                origin: Utf8Bytes::from_static("pub-2"),
+                packet_id: pid(8),
+                workers: 3,
+                worker: 2,
             },
         ]
     }

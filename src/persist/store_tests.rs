@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
-use crate::persist::image::SessionImage;
+use crate::persist::image::{HeldQos2, SessionImage};
 use crate::persist::record::{encode, Record};
 use crate::protocol::{TopicName, Utf8Bytes};
 
@@ -135,24 +135,27 @@ fn partition_sends_each_session_home_and_every_retained_message_everywhere() {
         sessions: ids.iter().map(|id| session(id)).collect(),
         retained: file_bytes_retained(),
         remote_interest: Vec::new(),
-        qos2_forwarded: (0..3)
-            .map(|worker| (worker, Utf8Bytes::from_static("p"), pid(1)))
-            .collect(),
+        // Written by a run of 3 workers (0: the epoch's count), one id per worker.
+        qos2_forwarded: (0..3).map(|worker| held(0, worker)).collect(),
     };
     let changed = partition(image.clone(), 2, 3);
-    assert!(
-        changed.iter().all(|part| part.qos2_forwarded.is_empty()),
-        "a new worker count forgets them"
-    );
+    for part in &changed {
+        let all: Vec<HeldQos2> = (0..3).map(|worker| held(3, worker)).collect();
+        assert_eq!(part.qos2_forwarded, all, "another count: every worker gets them all");
+    }
     let parts = partition(image, 3, 3);
     for (worker, part) in parts.iter().enumerate() {
         assert_eq!(part.retained.len(), 1);
-        assert_eq!(part.qos2_forwarded, vec![(worker as u16, Utf8Bytes::from_static("p"), pid(1))]);
+        assert_eq!(part.qos2_forwarded, vec![held(3, worker as u16)], "the same count: its own");
         for session in &part.sessions {
             assert_eq!(home_worker(session.client_id.as_bytes(), 3).index(), worker);
         }
     }
     assert_eq!(parts.iter().map(|p| p.sessions.len()).sum::<usize>(), 20);
+}
+
+fn held(workers: u16, worker: u16) -> HeldQos2 {
+    HeldQos2 { origin: Utf8Bytes::from_static("p"), packet_id: pid(1), workers, worker }
 }
 
 fn pid(value: u16) -> crate::protocol::PacketId {

@@ -95,7 +95,8 @@ impl Disk {
         let mut cluster = Cluster::new(workers, config);
         cluster.hold_remotes(hold);
         let now = cluster.now;
-        let parts = partition(image, workers, workers);
+        // The files' worker count is the epoch's (sessions re-homed if `workers` differs).
+        let parts = partition(image, workers, self.files.len() as u16);
         let mut files = Vec::new();
         for (broker, part) in cluster.brokers.iter_mut().zip(parts) {
             broker.enable_persistence(1 << 20, unix_millis_at_zero);
@@ -471,6 +472,75 @@ fn a_new_persistent_session_makes_other_workers_forget_the_old_ones_qos2_ids() {
     let payloads: Vec<Bytes> =
         cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
     assert_eq!(payloads, [Bytes::from_static(b"once"), Bytes::from_static(b"fresh")]);
+}
+
+/// A QoS 2 message from a persistent session of worker 0 of 3, to persistent subscribers on
+/// all three, then a crash: the local copy (worker 0) and worker 1's are durable, worker 2's
+/// and the origin's id are not. Restarted with `workers`, the sessions re-homed, the client
+/// re-sends the PUBLISH: each subscriber has the message exactly once [MQTT-4.3.3-2].
+fn exactly_once_across_a_restart_with(workers: u16) {
+    let config = BrokerConfig::default();
+    let mut cluster = Cluster::new(3, config.clone());
+    let mut disk = Disk::attach(&mut cluster);
+    let subscriber_ids: Vec<String> = (0..3).map(|worker| client_id_on(worker, 3, "s")).collect();
+    for (worker, id) in subscriber_ids.iter().enumerate() {
+        let (subscriber, _) = cluster.connect_on(worker as u16, connect_packet(id, false));
+        cluster.send_subscribe(subscriber, &[("q2", QoS::ExactlyOnce)]);
+        disk.flush_all(&mut cluster);
+        cluster.drop_client(subscriber);
+    }
+    disk.flush_all(&mut cluster);
+    let pub_id = client_id_on(0, 3, "p");
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    cluster.send(publisher, publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7));
+    disk.flush(&mut cluster, 0);
+    disk.flush(&mut cluster, 1);
+    assert_eq!(journaled_ids(&disk, 0), 0, "the crash comes before worker 0 journals the id");
+    assert!(cluster.recv(publisher).is_empty(), "no PUBREC yet");
+    let (mut cluster, mut disk) = disk.restart(workers, config);
+    let home = |id: &str| crate::broker::home_worker(id.as_bytes(), workers).0;
+    let (publisher, connack) = cluster.connect_on(home(&pub_id), connect_packet(&pub_id, false));
+    assert!(connack.session_present);
+    let mut resent = publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7);
+    if let Packet::Publish(publish) = &mut resent {
+        publish.dup = true;
+    }
+    cluster.send(publisher, resent);
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
+    cluster.send(publisher, Packet::Pubrel(pid(7)));
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubcomp(pid(7))]);
+    for id in &subscriber_ids {
+        let (subscriber, connack) = cluster.connect_on(home(id), connect_packet(id, false));
+        assert!(connack.session_present);
+        let payloads: Vec<Bytes> =
+            cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
+        assert_eq!(payloads, [Bytes::from_static(b"once")], "{id} with {workers} workers");
+    }
+    // Released everywhere: nothing is held for the id any more.
+    for worker in 0..workers {
+        let d = cluster.broker(worker).durability.as_deref().expect("persistence is on");
+        assert!(d.forwarded.is_empty(), "worker {worker} still holds {:?}", d.forwarded);
+    }
+}
+
+#[test]
+fn a_qos2_publish_re_sent_after_a_crash_comes_once_with_the_same_worker_count_mqtt_4_3_3_2() {
+    // Also the origin's own subscriber: its copy was durable before the id.
+    exactly_once_across_a_restart_with(3);
+}
+
+#[test]
+fn a_qos2_publish_re_sent_after_a_crash_comes_once_with_fewer_workers_mqtt_4_3_3_2() {
+    exactly_once_across_a_restart_with(2);
+    exactly_once_across_a_restart_with(1);
+}
+
+#[test]
+fn a_qos2_publish_re_sent_after_a_crash_comes_once_with_more_workers_mqtt_4_3_3_2() {
+    exactly_once_across_a_restart_with(4);
+    exactly_once_across_a_restart_with(5);
 }
 
 /// An image with its unordered parts sorted, to compare two files' states.
