@@ -169,8 +169,6 @@ impl Journal {
         })?;
         broker.handle_durable(position, now);
         let length = snapshot.len() as u64;
-        drop(snapshot);
-        release_freed_memory();
         Ok(Self {
             file,
             dir,
@@ -246,17 +244,6 @@ impl Drop for Journal {
         // An `openat`/`unlinkat` in flight may still read its path.
         std::mem::forget(std::mem::take(&mut self.paths));
     }
-}
-
-/// Hands the memory the calling thread's allocator holds freed back to the system now.
-/// mimalloc (the binary's allocator) returns freed pages only after a delay, on a later call
-/// into it from the thread that owns them: after a restart the thread that recovered the
-/// journal sleeps, and a worker may idle, so the recovered image's and the first snapshot's
-/// memory stayed in RSS (+37% with 300k sessions, docs/BENCHMARKS.md "Persistence"). Once,
-/// after start-up; harmless when mimalloc is not the global allocator (its heap is empty).
-pub fn release_freed_memory() {
-    // SAFETY: `mi_collect` takes no pointers; it only walks the calling thread's own heap.
-    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 /// The wall-clock time (milliseconds since the Unix epoch) of the loop's `Millis(0)`, given

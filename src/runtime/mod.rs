@@ -334,8 +334,6 @@ pub fn start_with(
         if let Err(error) = epoch.remove_older() {
             tracing::warn!(%error, "persistence: could not delete the older journal epochs");
         }
-        // The recovered image was allocated here and freed by the workers.
-        journal::release_freed_memory();
     }
     Ok(running)
 }
