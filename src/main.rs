@@ -17,7 +17,7 @@ use ringmq::runtime::StartOptions;
 mod alloc;
 
 fn main() -> ExitCode {
-    let purge_delay = alloc::configure();
+    let allocator = alloc::configure();
     if std::env::args_os().nth(1).is_some_and(|arg| arg == "passwd") {
         return passwd_main();
     }
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     }
     let rust_log = std::env::var("RUST_LOG").ok();
     init_logging(&config::log_filter(&cli, rust_log.as_deref(), &config), config.log_format);
-    log_start(&config, purge_delay);
+    log_start(&config, &allocator);
     match run(config) {
         Ok(()) => {
             tracing::info!("ringmq stopped");
@@ -118,14 +118,10 @@ fn init_logging(filter: &str, format: LogFormat) {
     }
 }
 
-fn log_start(
-    config: &Config,
-    (purge_delay_ms, source): (std::os::raw::c_long, alloc::PurgeDelaySource),
-) {
+fn log_start(config: &Config, allocator: &alloc::Applied) {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        allocator_purge_delay_ms = purge_delay_ms,
-        allocator_purge_delay_from = ?source,
+        allocator = ?allocator,
         connection_capacity = config.connection_capacity(),
         config = config.summary(),
         "ringmq starting"
