@@ -266,7 +266,7 @@ impl Broker {
         }
         if outgoing.queued_len() < queued_before {
             // The queue moved: no longer stuck at its bound.
-            conn.queue_full_since = None;
+            conn.clear_queue_full_since();
         }
         conn.flag_send(conn_id, actions);
     }
@@ -338,7 +338,7 @@ impl Broker {
     /// The client acknowledged a message: it is not a stuck slow consumer.
     fn client_progressed(&mut self, conn: ConnId) {
         if let Some(state) = self.conns.get_mut(&conn) {
-            state.queue_full_since = None;
+            state.clear_queue_full_since();
         }
     }
 }
