@@ -140,11 +140,7 @@ impl Worker {
         ring.submitter()
             .register_files_sparse(files)
             .map_err(step("registering the file table"))?;
-        let cap = std::env::var("RINGMQ_EXPERIMENT_FURTHER_BUFFERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(FURTHER_RING_RECV_BUFFERS_MAX);
-        let count = config.recv_buffers.min(cap);
+        let count = config.recv_buffers.min(FURTHER_RING_RECV_BUFFERS_MAX);
         let buffers =
             BufRing::new(count, config.recv_buffer_bytes, 0).map_err(step("mapping buffers"))?;
         buffers.register(&ring.submitter()).map_err(step("registering the buffer ring"))?;
