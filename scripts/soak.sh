@@ -118,6 +118,8 @@ def at(mark, column):
 for column, name in ((2, "RSS"), (4, "receive-buffer pools"), (5, "RSS outside the pools")):
     print(f"{name} (MiB) at " + ", ".join(f"{m} s {at(m, column):.1f}" for m in marks))
 print(f"receive-buffer pools: {pools} x {buffer_kib // 1024} MiB mapped; their RSS is bounded by that")
+print("every minute of the load (s: RSS, RSS outside the pools, MiB): " + ", ".join(
+    f"{m}: {at(m, 2):.1f} {at(m, 5):.1f}" for m in range(60, round(duration) + 1, 60)))
 warm = [p for p in points if p[0] <= warmup]
 after_warmup = warm[-1][5]
 peak_load = max(p[5] for p in load)

@@ -10,15 +10,14 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use mimalloc::MiMalloc;
 use ringmq::config::{self, Cli, Config, LogFormat};
 use ringmq::ops::OpsServer;
 use ringmq::runtime::StartOptions;
 
-#[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
+mod alloc;
 
 fn main() -> ExitCode {
+    let allocator = alloc::configure();
     if std::env::args_os().nth(1).is_some_and(|arg| arg == "passwd") {
         return passwd_main();
     }
@@ -43,7 +42,7 @@ fn main() -> ExitCode {
     }
     let rust_log = std::env::var("RUST_LOG").ok();
     init_logging(&config::log_filter(&cli, rust_log.as_deref(), &config), config.log_format);
-    log_start(&config);
+    log_start(&config, &allocator);
     match run(config) {
         Ok(()) => {
             tracing::info!("ringmq stopped");
@@ -119,9 +118,10 @@ fn init_logging(filter: &str, format: LogFormat) {
     }
 }
 
-fn log_start(config: &Config) {
+fn log_start(config: &Config, allocator: &alloc::Applied) {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        allocator = ?allocator,
         connection_capacity = config.connection_capacity(),
         config = config.summary(),
         "ringmq starting"

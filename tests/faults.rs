@@ -362,6 +362,79 @@ fn a_full_mesh_ring_backpressures_and_loses_no_qos1_or_qos2_message() {
     }
 }
 
+/// The slow-consumer policy (README, Limits) at QoS 2, at the real binary: a persistent
+/// subscriber stalls mid-flow (it answers the first PUBLISH with PUBREC but never sends the
+/// PUBCOMP, and never answers the second). Its inflight window (2) and queue (3) fill; the
+/// next message is dropped and counted, not closed at once; once it has acknowledged nothing
+/// for `slow_consumer_timeout_secs` it is disconnected as a slow consumer. Its session resumes
+/// where it stood: PUBREL resent for the first message, the second resent with DUP
+/// [MQTT-4.4.0-1] [MQTT-3.3.1-1], then the queued three, each to the application exactly once
+/// [MQTT-4.3.3-2]; the dropped one never.
+#[test]
+fn qos2_slow_consumer_is_queued_to_its_bound_then_disconnected_and_resumes_once_mqtt_4_4_0_1() {
+    let broker = support::start(&[
+        "--max-inflight-messages",
+        "2",
+        "--max-queued-messages",
+        "3",
+        "--slow-consumer-timeout-secs",
+        "1",
+    ]);
+    let subscriber_id = unique_id("q2-slow");
+    let (mut slow, _) = connect(&broker, &subscriber_id, false);
+    subscribe(&mut slow, "soak/#", QoS::ExactlyOnce);
+    let (mut publisher, _) = connect(&broker, &unique_id("q2-slow-pub"), true);
+    for seq in 1..=5 {
+        publish_acknowledged(&mut publisher, seq, QoS::ExactlyOnce);
+    }
+    let (first, second) = (next_publish(&mut slow), next_publish(&mut slow));
+    assert_eq!((&first.payload[..], &second.payload[..]), (&b"1"[..], &b"2"[..]));
+    let (first_id, second_id) = (first.packet_id.expect("QoS 2"), second.packet_id.expect("QoS 2"));
+    slow.send(&Packet::Pubrec(first_id));
+    assert_eq!(slow.receive(), Packet::Pubrel(first_id));
+    slow.expect_silence(QUIET, "the window holds both until PUBCOMP; three wait in the queue");
+
+    publish_acknowledged(&mut publisher, 6, QoS::ExactlyOnce);
+    slow.ping();
+    let stalled = Instant::now();
+    let sent = slow.expect_closed_within("a slow consumer at its bound", Duration::from_secs(5));
+    assert!(sent.is_empty(), "nothing more was sent to it: {sent:?}");
+    assert!(
+        stalled.elapsed() >= Duration::from_millis(500),
+        "closed {:?} after",
+        stalled.elapsed()
+    );
+
+    let (mut back, present) = connect(&broker, &subscriber_id, false);
+    assert!(present, "the session is kept [MQTT-3.2.2-2]");
+    assert_eq!(back.receive(), Packet::Pubrel(first_id), "PUBREL resent, not PUBLISH");
+    back.send(&Packet::Pubcomp(first_id));
+    let again = next_publish(&mut back);
+    assert_eq!(
+        (again.packet_id, again.dup, &again.payload[..]),
+        (Some(second_id), true, &b"2"[..])
+    );
+    // The application has "1" and "2" already; "2"'s id awaits PUBREL, so a resend is not new.
+    let mut app = vec![b"1".to_vec(), b"2".to_vec()];
+    let mut receiver = Qos2Receiver { awaiting_pubrel: HashSet::from([second_id.get()]) };
+    back.send(&Packet::Pubrec(second_id));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.len() < 5 && Instant::now() < deadline {
+        receiver.pump(&mut back, &mut app, Duration::from_millis(50));
+    }
+    receiver.pump(&mut back, &mut app, QUIET);
+    let expected: Vec<Vec<u8>> = (1..=5).map(|seq: u16| seq.to_string().into_bytes()).collect();
+    assert_eq!(app, expected, "each once, in order; the sixth was dropped at the bound");
+    publish_acknowledged(&mut publisher, 7, QoS::ExactlyOnce);
+    receiver.pump(&mut back, &mut app, QUIET);
+    assert_eq!(app.last().map(Vec::as_slice), Some(&b"7"[..]), "delivery goes on");
+    back.disconnect();
+    publisher.disconnect();
+    let log = broker.stop();
+    assert_eq!(support::counter_sum(&log, "messages_dropped_queue_full"), 1, "{log}");
+    assert_eq!(support::counter_sum(&log, "slow_consumer"), 1, "{log}");
+}
+
 /// Reads the publisher's side for `window`: PUBACK and PUBCOMP complete a flow, PUBREC is
 /// answered with PUBREL.
 fn complete_publisher_flows(

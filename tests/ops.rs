@@ -12,17 +12,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::rumqtt::{self, Session};
-use common::{unique_id, Broker};
+use common::{free_port, unique_id, Broker};
 use ringmq::protocol::Packet;
 use rumqttc::QoS;
 use serde_json::Value;
 
 /// How long a test waits for an exported value to show (the export period is 200 ms).
 const SETTLE: Duration = Duration::from_secs(5);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
 
 /// One HTTP/1.1 request; returns (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
@@ -107,13 +103,20 @@ fn scrape_until(addr: SocketAddr, what: &str, check: impl Fn(&Scrape) -> bool) -
     }
 }
 
+/// A broker with the HTTP listener on a port of its own. The port comes from the same
+/// once-only source as the brokers' MQTT ports (a port of another test's broker, or one taken
+/// meanwhile by another process, would fail the start or answer as someone else), and is
+/// picked anew if a start attempt fails.
 fn start(extra: &[&str]) -> (Broker, SocketAddr) {
-    let port = free_port().to_string();
-    let mut flags = vec!["--workers", "2", "--http-port", &port];
-    flags.extend_from_slice(extra);
-    let broker = Broker::start(&flags);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>().expect("a port")));
-    (broker, addr)
+    let mut http_port = 0;
+    let broker = Broker::start_with(|| {
+        http_port = free_port();
+        let mut flags = vec!["--workers".to_owned(), "2".to_owned()];
+        flags.extend(["--http-port".to_owned(), http_port.to_string()]);
+        flags.extend(extra.iter().map(|flag| (*flag).to_owned()));
+        flags
+    });
+    (broker, SocketAddr::from(([127, 0, 0, 1], http_port)))
 }
 
 #[test]

@@ -43,6 +43,7 @@ impl Worker {
             Op::JournalWrite | Op::JournalFsync | Op::JournalSync => {
                 self.on_journal(completion, now)
             }
+            Op::JournalFile => self.on_journal_file(completion),
             Op::DoorbellFailed => assert!(
                 self.stopping.is_some(),
                 "a doorbell failed ({}): a peer's ring fd is wrong or closed",

@@ -62,9 +62,18 @@ pub struct Broker {
 impl Broker {
     /// Starts the broker with the default settings plus `flags` (e.g. `["--workers", "4"]`).
     pub fn start(flags: &[&str]) -> Self {
+        Self::start_with(|| flags.iter().map(|flag| (*flag).to_owned()).collect())
+    }
+
+    /// As [`Broker::start`], with the flags made anew for each start attempt: a test that
+    /// gives the broker more ports of its own (e.g. `--http-port`) picks them here, so a
+    /// port taken by someone else before the broker binds it is replaced on the next attempt.
+    pub fn start_with(mut make_flags: impl FnMut() -> Vec<String>) -> Self {
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            let mut broker = Self::spawn(free_port(), flags);
+            let owned = make_flags();
+            let flags: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let mut broker = Self::spawn(free_port(), &flags);
             match broker.wait_until_ready() {
                 Ok(()) => return broker,
                 Err(Startup::Exited(status)) => {
@@ -111,14 +120,21 @@ impl Broker {
         Self { child, port, log, log_reader: Some(log_reader) }
     }
 
-    /// Polls until an MQTT CONNECT is answered with CONNACK: the listener is bound and a
-    /// worker's loop is running.
+    /// Polls until this broker holds its port (its log says so) and an MQTT CONNECT is
+    /// answered with CONNACK: a worker's loop is running. Until the log line, a CONNACK on
+    /// the port may come from another process's broker that took the port first (ours then
+    /// refuses to start, and `start` tries another port).
     fn wait_until_ready(&mut self) -> Result<(), Startup> {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last_error = String::from("not tried");
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("wait on ringmq") {
                 return Err(Startup::Exited(status));
+            }
+            if !self.holds_port() {
+                last_error = String::from("its listeners are not bound yet");
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
             }
             match RawClient::try_connect(self.addr(), &unique_id("ready"), Duration::from_secs(2)) {
                 Ok(mut client) => {
@@ -130,6 +146,20 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
         Err(Startup::TimedOut(last_error))
+    }
+
+    /// Whether the runtime's "starting" line, logged once its listeners are bound, lists
+    /// this broker's port (text or JSON log format: both show the addresses' Debug form).
+    fn holds_port(&self) -> bool {
+        let log = self.log.lock().unwrap_or_else(|poison| poison.into_inner());
+        let bound = format!("127.0.0.1:{}", self.port);
+        String::from_utf8_lossy(&log).lines().any(|line| {
+            line.contains("starting")
+                && line.contains("addrs")
+                && line.match_indices(&bound).any(|(at, _)| {
+                    !line[at + bound.len()..].starts_with(|next: char| next.is_ascii_digit())
+                })
+        })
     }
 
     pub fn port(&self) -> u16 {

@@ -4,10 +4,17 @@ The binary is $RINGMQ_BIN (scripts/test.sh builds it and sets that), else target
 of this checkout. Each test that asks for `broker` gets its own process on a free loopback
 port, started and waited for until it answers an MQTT CONNECT (no fixed sleep), and killed
 by PID afterwards; a failing test shows the tail of the broker's log.
+
+Ports: a port picked as free can be taken by another process (other tests, other brokers on
+this machine) before the broker binds it. The broker then refuses to start (it will not join
+another listener's SO_REUSEPORT group) and another port is tried. Until the broker has logged
+that it holds the port, a CONNACK on that port may come from someone else's broker, so
+readiness waits for that log line first, then for the CONNACK.
 """
 
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import tempfile
@@ -17,6 +24,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 START_TIMEOUT_SECS = 10.0
+# Start attempts when the picked port turns out to be taken (the broker exits at once).
+START_ATTEMPTS = 3
 
 
 def ringmq_binary() -> pathlib.Path:
@@ -26,10 +35,26 @@ def ringmq_binary() -> pathlib.Path:
     return path
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port the kernel just handed out and this test process has not given before."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+
+
+def holds_port(log_text: str, port: int) -> bool:
+    """True when the broker's log says its listeners are bound, on `port` among them (the
+    runtime's "starting" line lists the bound addresses, text or JSON format)."""
+    bound = re.compile(r"127\.0\.0\.1:" + str(port) + r"\b")
+    return any("starting" in line and "addrs" in line and bound.search(line)
+               for line in log_text.splitlines())
 
 
 # CONNECT: MQTT 3.1.1, clean session, keepalive 10, client id "ready".
@@ -58,16 +83,28 @@ class Broker:
     """A running ringmq process; `port` is where it listens on 127.0.0.1."""
 
     def __init__(self, flags=()):
-        self.log = tempfile.TemporaryFile()
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [str(ringmq_binary()), "--bind", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "info", "--ring-entries", "1024", "--recv-buffers", "256", *flags],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
-            env={key: value for key, value in os.environ.items() if key != "RUST_LOG"},
-        )
+        for attempt in range(START_ATTEMPTS):
+            self.log = tempfile.TemporaryFile()
+            self.port = free_port()
+            self.process = subprocess.Popen(
+                [str(ringmq_binary()), "--bind", "127.0.0.1", "--port", str(self.port),
+                 "--log-level", "info", "--ring-entries", "1024", "--recv-buffers", "256", *flags],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
+                env={key: value for key, value in os.environ.items() if key != "RUST_LOG"},
+            )
+            try:
+                self._wait_until_ready()
+                return
+            except RuntimeError as error:
+                taken = "listening on 127.0.0.1:" + str(self.port) in str(error)
+                if not taken or "Address already in use" not in str(error) or attempt + 1 == START_ATTEMPTS:
+                    raise
+                self.log.close()
+
+    def _wait_until_ready(self):
+        """Waits until this broker holds its port (its log says so), then answers CONNECT."""
         deadline = time.monotonic() + START_TIMEOUT_SECS
-        while not answers_connect(self.port):
+        while not (holds_port(self.log_tail(limit=1 << 20), self.port) and answers_connect(self.port)):
             if self.process.poll() is not None:
                 raise RuntimeError(f"ringmq exited with {self.process.returncode}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
