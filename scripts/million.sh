@@ -140,7 +140,7 @@ cleanup() {
     wait "$SUBS" 2>/dev/null || true
     if ((status != 0)); then
       echo "  the subscribers' report at the stop:"
-      tr '\r' '\n' <"$RUN/sub.log" | grep -E '^(connections:|  error x|stopped early)' | sed 's/^/    /'
+      tr '\r' '\n' <"$RUN/sub.log" | grep -E '^(connections:|  error x|stopped early)' | sed 's/^/    /' || true
     fi
   fi
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
