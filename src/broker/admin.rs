@@ -228,11 +228,12 @@ impl Broker {
         AdminClient {
             client_id: session.client_id.as_str().to_owned(),
             conn: conn.map(|(id, _)| id),
-            address: conn.and_then(|(_, state)| state.peer),
+            address: conn.and_then(|(_, state)| state.peer()),
             persistent: session.persistent,
             connected_since: conn.map(|(_, state)| state.opened_at),
             // The broker keeps 1.5 times the keepalive [MQTT-3.1.2-24].
-            keepalive_secs: conn.map_or(0, |(_, state)| state.keepalive_grace_millis / 1500),
+            keepalive_secs: conn
+                .map_or(0, |(_, state)| u64::from(state.keepalive_grace_millis / 1500)),
             inflight: session.outgoing.inflight_len(),
             queued: session.outgoing.queued_len(),
             subscriptions: session.subscriptions.len(),

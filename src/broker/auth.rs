@@ -150,7 +150,7 @@ impl Broker {
         let revoked: Vec<ConnId> = self
             .conns
             .iter()
-            .filter_map(|(&conn, state)| {
+            .filter_map(|(conn, state)| {
                 let super::connection::Phase::Active(session) = state.phase else { return None };
                 let auth = self.sessions.get(session).auth.as_deref()?;
                 let user = auth.username.as_ref().filter(|_| !auth.by_certificate)?.as_str();
@@ -199,7 +199,7 @@ impl Broker {
         self.check_connect(connect).ok()?;
         self.auth.tables.passwords.as_ref()?;
         let (username, password) = (connect.username.clone()?, connect.password.clone()?);
-        if let Some(peer) = state.peer {
+        if let Some(peer) = state.peer() {
             if !self.auth.limiter.allows(peer.ip(), now.0) {
                 return None;
             }
@@ -259,7 +259,7 @@ impl Broker {
         verdict: Option<Verdict>,
         now: Millis,
     ) -> Result<Option<Box<SessionAuth>>, ConnectReturnCode> {
-        let address = self.conns.get(&conn).and_then(|state| state.peer).map(|peer| peer.ip());
+        let address = self.conns.get(&conn).and_then(|state| state.peer()).map(|peer| peer.ip());
         let username = connect.username.as_ref();
         let tables = Arc::clone(&self.auth.tables);
         let by_certificate = verdict == Some(Verdict::Certificate);

@@ -45,7 +45,7 @@ impl Broker {
             let home = home_worker(connect.client_id.as_bytes(), self.workers);
             if home != self.me {
                 // The runtime moves the socket; this worker forgets it (its timer goes stale).
-                let peer = self.conns.remove(&conn).and_then(|state| state.peer);
+                let peer = self.conns.remove(&conn).and_then(|state| state.peer());
                 self.stats.handoffs += 1;
                 self.actions.push_back(Action::Handoff { conn, to: home, connect, peer });
                 return Connected::HandedOff;
@@ -163,8 +163,8 @@ impl Broker {
         state.phase = Phase::Active(session);
         state.serial = serial;
         state.last_heard = now;
-        state.keepalive_grace_millis = u64::from(connect.keep_alive_secs) * 1500;
-        state.will = connect.will.clone().map(Box::new);
+        state.keepalive_grace_millis = u32::from(connect.keep_alive_secs) * 1500;
+        state.set_will(connect.will.clone());
         self.stats.clients_connected += 1;
         self.file_conn_timer(conn);
     }

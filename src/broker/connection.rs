@@ -30,33 +30,62 @@ pub(super) enum Phase {
     Active(SessionId),
 }
 
+/// One connection's state. Its layout is part of issue 6's memory budget (docs/BENCHMARKS.md,
+/// "Density"): what most connections never have (a will, held SUBACKs, a slow-consumer clock,
+/// an IPv6 peer) is in one box made on first use, and an IPv4 peer is kept in 6 bytes.
 #[derive(Debug)]
 pub(super) struct Conn {
+    pub out: OutBuf,
+    pub opened_at: Millis,
+    pub last_heard: Millis,
+    /// Bytes the runtime took and has not yet reported sent.
+    pub unsent_bytes: usize,
+    /// The rarely used parts; `None` when all are empty.
+    cold: Option<Box<ConnCold>>,
     /// Changes when the connection's timer is re-filed, so an older timer is recognised.
     pub serial: u32,
     pub phase: Phase,
-    pub opened_at: Millis,
-    pub last_heard: Millis,
-    /// 1.5 times the keepalive [MQTT-3.1.2-24]; 0 = no keepalive.
-    pub keepalive_grace_millis: u64,
-    /// Boxed: most clients set none, and inline it would cost every connection 64 bytes.
-    pub will: Option<Box<LastWill>>,
-    pub out: OutBuf,
-    /// Bytes the runtime took and has not yet reported sent.
-    pub unsent_bytes: usize,
+    /// 1.5 times the keepalive [MQTT-3.1.2-24]; 0 = no keepalive. At most 65535 x 1500.
+    pub keepalive_grace_millis: u32,
+    /// An IPv4 peer's address and port (`peer_kind == PeerKind::V4`).
+    peer_v4: [u8; 6],
+    peer_kind: PeerKind,
     pub send_flagged: bool,
-    /// SUBACKs owed and held until other workers confirm an interest (see `interest.rs`);
-    /// `None` when there are none, which is almost always: boxed, so that an idle connection
-    /// pays 8 bytes for it rather than 40.
-    held: Option<Box<HeldSubacks>>,
+    /// Whether a slow-consumer timer for this connection is on the wheel (at most one).
+    pub slow_timer_filed: bool,
+}
+
+/// Where a connection's peer address is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PeerKind {
+    /// Not given (yet).
+    None,
+    /// Inline, in `Conn::peer_v4`.
+    V4,
+    /// In `ConnCold::peer_v6`.
+    V6,
+}
+
+/// The parts of a connection that most never have.
+#[derive(Debug, Default)]
+struct ConnCold {
+    will: Option<LastWill>,
+    /// SUBACKs owed and held until other workers confirm an interest (see `interest.rs`).
+    held: HeldSubacks,
     /// When a message for this connection's session was first dropped at the queue bound
     /// since the client last acknowledged one (or the queue last moved): the slow-consumer
     /// clock (see `delivery.rs`).
-    pub queue_full_since: Option<Millis>,
-    /// Whether a slow-consumer timer for this connection is on the wheel (at most one).
-    pub slow_timer_filed: bool,
-    /// The peer's address, once the runtime gave it (`Broker::set_peer_addr`).
-    pub peer: Option<super::PeerAddr>,
+    queue_full_since: Option<Millis>,
+    peer_v6: Option<super::PeerAddr>,
+}
+
+impl ConnCold {
+    fn is_empty(&self) -> bool {
+        self.will.is_none()
+            && self.held.keys.is_empty()
+            && self.queue_full_since.is_none()
+            && self.peer_v6.is_none()
+    }
 }
 
 /// A connection's held SUBACKs: their keys in the broker's held table, oldest first, and
@@ -70,51 +99,126 @@ struct HeldSubacks {
 impl Conn {
     pub fn new(serial: u32, now: Millis) -> Self {
         Self {
-            serial,
-            phase: Phase::AwaitingConnect,
+            out: OutBuf::new(),
             opened_at: now,
             last_heard: now,
-            keepalive_grace_millis: 0,
-            will: None,
-            out: OutBuf::new(),
             unsent_bytes: 0,
+            cold: None,
+            serial,
+            phase: Phase::AwaitingConnect,
+            keepalive_grace_millis: 0,
+            peer_v4: [0; 6],
+            peer_kind: PeerKind::None,
             send_flagged: false,
-            held: None,
-            queue_full_since: None,
             slow_timer_filed: false,
-            peer: None,
+        }
+    }
+
+    fn cold_mut(&mut self) -> &mut ConnCold {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the cold box once nothing is left in it.
+    fn trim_cold(&mut self) {
+        if self.cold.as_ref().is_some_and(|cold| cold.is_empty()) {
+            self.cold = None;
+        }
+    }
+
+    pub fn peer(&self) -> Option<super::PeerAddr> {
+        match self.peer_kind {
+            PeerKind::None => None,
+            PeerKind::V4 => Some(super::PeerAddr::from_v4_parts(self.peer_v4)),
+            PeerKind::V6 => self.cold.as_ref().and_then(|cold| cold.peer_v6),
+        }
+    }
+
+    pub fn set_peer(&mut self, peer: super::PeerAddr) {
+        if let Some(parts) = peer.to_v4_parts() {
+            self.peer_v4 = parts;
+            self.peer_kind = PeerKind::V4;
+            if let Some(cold) = self.cold.as_mut() {
+                cold.peer_v6 = None;
+            }
+            self.trim_cold();
+        } else {
+            self.cold_mut().peer_v6 = Some(peer);
+            self.peer_kind = PeerKind::V6;
+        }
+    }
+
+    pub fn set_will(&mut self, will: Option<LastWill>) {
+        match will {
+            Some(will) => self.cold_mut().will = Some(will),
+            None => {
+                if let Some(cold) = self.cold.as_mut() {
+                    cold.will = None;
+                }
+                self.trim_cold();
+            }
+        }
+    }
+
+    pub fn take_will(&mut self) -> Option<LastWill> {
+        let will = self.cold.as_mut()?.will.take();
+        self.trim_cold();
+        will
+    }
+
+    pub fn queue_full_since(&self) -> Option<Millis> {
+        self.cold.as_ref()?.queue_full_since
+    }
+
+    /// Starts the slow-consumer clock at `since`.
+    pub fn set_queue_full_since(&mut self, since: Millis) {
+        self.cold_mut().queue_full_since = Some(since);
+    }
+
+    /// Stops the slow-consumer clock (the client progressed). Cheap when it is not running.
+    pub fn clear_queue_full_since(&mut self) {
+        if let Some(cold) = self.cold.as_mut() {
+            if cold.queue_full_since.take().is_some() {
+                self.trim_cold();
+            }
         }
     }
 
     /// The broadcast number the newest held SUBACK waits for; 0 when none is held.
     pub fn newest_held_suback(&self) -> u64 {
-        self.held.as_ref().and_then(|held| held.keys.back()).map_or(0, |&(number, _)| number)
+        self.cold.as_ref().and_then(|cold| cold.held.keys.back()).map_or(0, |&(number, _)| number)
     }
 
     /// Encoded bytes of the held SUBACKs.
     pub fn held_suback_bytes(&self) -> usize {
-        self.held.as_ref().map_or(0, |held| held.bytes)
+        self.cold.as_ref().map_or(0, |cold| cold.held.bytes)
     }
 
     pub fn hold_suback(&mut self, key: HeldKey, bytes: usize) {
-        let held = self.held.get_or_insert_with(Box::default);
+        let held = &mut self.cold_mut().held;
         held.keys.push_back(key);
         held.bytes += bytes;
     }
 
     /// Releases the oldest held SUBACK, which must be `key` (they go in order).
     pub fn release_suback(&mut self, key: HeldKey, bytes: usize) {
-        let held = self.held.as_mut().expect("releasing a SUBACK that was not held");
-        assert_eq!(held.keys.pop_front(), Some(key), "held SUBACKs out of order");
-        held.bytes -= bytes;
-        if held.keys.is_empty() {
-            self.held = None;
+        let cold = self.cold.as_mut().expect("releasing a SUBACK that was not held");
+        assert_eq!(cold.held.keys.pop_front(), Some(key), "held SUBACKs out of order");
+        cold.held.bytes -= bytes;
+        if cold.held.keys.is_empty() {
+            // Give the deque's allocation back with the box (or alone, if the box stays).
+            cold.held = HeldSubacks::default();
+            self.trim_cold();
         }
     }
 
     /// The keys of every held SUBACK, oldest first, leaving none.
     pub fn take_held_subacks(&mut self) -> VecDeque<HeldKey> {
-        self.held.take().map(|held| held.keys).unwrap_or_default()
+        let Some(cold) = self.cold.as_mut() else {
+            return VecDeque::new();
+        };
+        let keys = std::mem::take(&mut cold.held).keys;
+        self.trim_cold();
+        keys
     }
 
     /// Output not yet confirmed sent: what the `OutBuf` holds plus what the runtime took.
@@ -182,8 +286,8 @@ impl Broker {
         self.stats.clients_connected -= 1;
         self.detach_session(session, conn, now);
         if reason != Some(CloseReason::ClientDisconnect) {
-            if let Some(will) = state.will.take() {
-                self.publish_will(*will, now);
+            if let Some(will) = state.take_will() {
+                self.publish_will(will, now);
             }
         }
     }

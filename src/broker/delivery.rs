@@ -153,6 +153,11 @@ impl Broker {
     ) {
         let Self { sessions, conns, actions, stats, config, timers, durability, .. } = self;
         let session = sessions.get_mut(session_id);
+        if session.persistent
+            && durability.as_deref().is_some_and(|d| d.holds_copy(&session.client_id))
+        {
+            return; // a QoS 2 message it got before a crash lost the id (`durable.rs`)
+        }
         let retain = variants.retain;
         // A persistent session's QoS 1/2 message is journaled (one test when persistence is off).
         let seq = match durability.as_deref_mut() {
@@ -261,7 +266,7 @@ impl Broker {
         }
         if outgoing.queued_len() < queued_before {
             // The queue moved: no longer stuck at its bound.
-            conn.queue_full_since = None;
+            conn.clear_queue_full_since();
         }
         conn.flag_send(conn_id, actions);
     }
@@ -333,7 +338,7 @@ impl Broker {
     /// The client acknowledged a message: it is not a stuck slow consumer.
     fn client_progressed(&mut self, conn: ConnId) {
         if let Some(state) = self.conns.get_mut(&conn) {
-            state.queue_full_since = None;
+            state.clear_queue_full_since();
         }
     }
 }

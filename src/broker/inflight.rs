@@ -81,9 +81,17 @@ pub(super) enum PubrecOutcome {
     Unknown,
 }
 
-/// The broker-to-client direction of one session.
-#[derive(Debug)]
+/// The broker-to-client direction of one session: its state made at the first message that
+/// needs it (a packet id, an inflight entry, a queued message). An idle subscriber never
+/// receives one, and the state inline would cost every session 88 bytes (issue 6); once made it
+/// stays until the session ends, so a session that is sent to pays for the box once.
+#[derive(Debug, Default)]
 pub(super) struct Outgoing {
+    state: Option<Box<OutgoingState>>,
+}
+
+#[derive(Debug)]
+struct OutgoingState {
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Queued>,
     queued_bytes: usize,
@@ -110,54 +118,113 @@ fn id_distance(from: PacketId, to: PacketId) -> u32 {
     }
 }
 
-impl Default for Outgoing {
+impl Default for OutgoingState {
     fn default() -> Self {
         Self {
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             queued_qos0: 0,
-            next_packet_id: PacketId::new(1).expect("1 is a valid packet id"),
+            next_packet_id: FIRST_PACKET_ID,
             inflight_ordered: true,
         }
     }
 }
 
 impl Outgoing {
+    fn state(&mut self) -> &mut OutgoingState {
+        self.state.get_or_insert_with(Box::default)
+    }
+
     pub fn inflight_len(&self) -> usize {
-        self.inflight.len()
+        self.state.as_ref().map_or(0, |state| state.inflight.len())
     }
 
     pub fn queued_len(&self) -> usize {
-        self.queue.len()
+        self.state.as_ref().map_or(0, |state| state.queue.len())
     }
 
     /// Payload bytes queued (what `max_queued_bytes` bounds).
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.state.as_ref().map_or(0, |state| state.queued_bytes)
     }
 
     pub fn has_queued(&self) -> bool {
-        !self.queue.is_empty()
+        self.state.as_ref().is_some_and(|state| !state.queue.is_empty())
     }
 
     /// Whether QoS 0 messages wait in the queue (a new QoS 0 one must then queue behind them).
     pub fn has_queued_qos0(&self) -> bool {
-        self.queued_qos0 > 0
+        self.state.as_ref().is_some_and(|state| state.queued_qos0 > 0)
     }
 
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
-        self.inflight.iter()
+        self.state.iter().flat_map(|state| state.inflight.iter())
     }
 
     pub fn queued(&self) -> impl Iterator<Item = &Queued> {
-        self.queue.iter()
+        self.state.iter().flat_map(|state| state.queue.iter())
     }
 
     pub fn front_queued(&self) -> Option<&Queued> {
-        self.queue.front()
+        self.state.as_ref()?.queue.front()
     }
 
+    /// See [`OutgoingState::allocate_packet_id`].
+    pub fn allocate_packet_id(&mut self) -> PacketId {
+        self.state().allocate_packet_id()
+    }
+
+    /// Where packet ids continue (persisted so a restart does not reuse recent ones).
+    pub fn next_packet_id(&self) -> PacketId {
+        self.state.as_ref().map_or(FIRST_PACKET_ID, |state| state.next_packet_id)
+    }
+
+    /// See [`OutgoingState::set_next_packet_id`].
+    pub fn set_next_packet_id(&mut self, id: PacketId) {
+        self.state().next_packet_id = id;
+    }
+
+    pub fn push_inflight(&mut self, entry: Inflight, window: usize) {
+        self.state().push_inflight(entry, window);
+    }
+
+    pub fn enqueue(&mut self, queued: Queued, limits: QueueLimits) -> Result<(), QueueFull> {
+        self.state().enqueue(queued, limits)
+    }
+
+    pub fn dequeue(&mut self) -> Option<Queued> {
+        self.state.as_mut()?.dequeue()
+    }
+
+    /// PUBACK: the QoS 1 message with `id` is done; its journal seq, or `None` if none was
+    /// awaiting it.
+    pub fn on_puback(&mut self, id: PacketId) -> Option<u64> {
+        self.state.as_mut()?.remove_awaiting(id, Awaiting::Puback)
+    }
+
+    /// PUBCOMP: the QoS 2 message with `id` is done; as `on_puback`.
+    pub fn on_pubcomp(&mut self, id: PacketId) -> Option<u64> {
+        self.state.as_mut()?.remove_awaiting(id, Awaiting::Pubcomp)
+    }
+
+    pub fn on_pubrec(&mut self, id: PacketId) -> PubrecOutcome {
+        self.state.as_mut().map_or(PubrecOutcome::Unknown, |state| state.on_pubrec(id))
+    }
+
+    /// Drops everything (the session is being discarded); returns (inflight, queued) counts.
+    pub fn clear(&mut self) -> (usize, usize) {
+        self.state.take().map_or((0, 0), |state| (state.inflight.len(), state.queue.len()))
+    }
+}
+
+/// The first packet id handed out.
+const FIRST_PACKET_ID: PacketId = match PacketId::new(1) {
+    Some(id) => id,
+    None => unreachable!(),
+};
+
+impl OutgoingState {
     /// Takes a packet id no inflight message uses. The window is smaller than the id space,
     /// so one is free; ids are handed out in sequence, so with acknowledgements arriving
     /// roughly in order the next one is free at the first try, and while the window is in
@@ -198,17 +265,6 @@ impl Outgoing {
         free
     }
 
-    /// Where packet ids continue (persisted so a restart does not reuse recent ones).
-    pub fn next_packet_id(&self) -> PacketId {
-        self.next_packet_id
-    }
-
-    /// Moves the id counter (a restored session); the window's order flag does not depend on
-    /// it, so any value keeps `allocate_packet_id` exact.
-    pub fn set_next_packet_id(&mut self, id: PacketId) {
-        self.next_packet_id = id;
-    }
-
     pub fn push_inflight(&mut self, entry: Inflight, window: usize) {
         assert!(self.inflight.len() < window, "inflight window of {window} overrun");
         assert!(entry.qos != QoS::AtMostOnce, "QoS 0 is never in flight");
@@ -243,17 +299,6 @@ impl Outgoing {
         Some(queued)
     }
 
-    /// PUBACK: the QoS 1 message with `id` is done; its journal seq, or `None` if none was
-    /// awaiting it.
-    pub fn on_puback(&mut self, id: PacketId) -> Option<u64> {
-        self.remove_awaiting(id, Awaiting::Puback)
-    }
-
-    /// PUBCOMP: the QoS 2 message with `id` is done; as `on_puback`.
-    pub fn on_pubcomp(&mut self, id: PacketId) -> Option<u64> {
-        self.remove_awaiting(id, Awaiting::Pubcomp)
-    }
-
     pub fn on_pubrec(&mut self, id: PacketId) -> PubrecOutcome {
         let Some(entry) = self.inflight.iter_mut().find(|entry| entry.packet_id == id) else {
             return PubrecOutcome::Unknown;
@@ -277,17 +322,6 @@ impl Outgoing {
             .iter()
             .position(|entry| entry.packet_id == id && entry.awaiting == awaiting);
         Some(self.inflight.remove(found?)?.seq)
-    }
-
-    /// Drops everything (the session is being discarded); returns (inflight, queued) counts.
-    pub fn clear(&mut self) -> (usize, usize) {
-        let counts = (self.inflight.len(), self.queue.len());
-        self.inflight.clear();
-        self.queue.clear();
-        self.queued_bytes = 0;
-        self.queued_qos0 = 0;
-        self.inflight_ordered = true;
-        counts
     }
 }
 
@@ -367,7 +401,8 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_those_still_in_flight_and_never_use_zero() {
-        let mut out = Outgoing { next_packet_id: pid(u16::MAX), ..Outgoing::default() };
+        let mut out = Outgoing::default();
+        out.set_next_packet_id(pid(u16::MAX));
         let first = out.allocate_packet_id();
         assert_eq!(first, pid(u16::MAX));
         out.push_inflight(entry(first, QoS::AtLeastOnce), 10);
@@ -436,10 +471,10 @@ mod tests {
                             out.push_inflight(entry(id, QoS::AtLeastOnce), WINDOW);
                         }
                     }
-                    Step::Counter(id) => out.next_packet_id = pid(id),
+                    Step::Counter(id) => out.set_next_packet_id(pid(id)),
                     _ => {}
                 }
-                if out.inflight_ordered {
+                if out.state.as_ref().is_some_and(|state| state.inflight_ordered) {
                     let front = out.inflight().next().map(|e| e.packet_id);
                     let distances: Vec<u32> =
                         out.inflight().map(|e| id_distance(front.expect("non-empty"), e.packet_id)).collect();
@@ -477,7 +512,7 @@ mod tests {
         out.enqueue(queued(b"ab"), limits).expect("exactly 5 bytes");
         assert!(out.enqueue(queued(b""), limits).is_err(), "2 messages already");
         assert_eq!(out.dequeue().map(|q| q.message.payload.len()), Some(3));
-        assert_eq!(out.queued_bytes, 2);
+        assert_eq!(out.queued_bytes(), 2);
     }
 
     #[test]

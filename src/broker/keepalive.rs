@@ -144,7 +144,7 @@ impl Broker {
                 CloseReason::ConnectTimeout,
             )),
             Phase::Active(_) if state.keepalive_grace_millis > 0 => Some((
-                state.last_heard.plus_millis(state.keepalive_grace_millis),
+                state.last_heard.plus_millis(u64::from(state.keepalive_grace_millis)),
                 CloseReason::KeepaliveTimeout,
             )),
             Phase::Active(_) => None,
@@ -181,7 +181,7 @@ impl Broker {
             return; // Stale: the connection closed.
         };
         state.slow_timer_filed = false;
-        let Some(since) = state.queue_full_since else {
+        let Some(since) = state.queue_full_since() else {
             return; // The client acknowledged something (or the queue moved) since.
         };
         let due = since.plus_millis(timeout_millis);
@@ -231,10 +231,10 @@ pub(super) fn start_slow_consumer_clock(
     timeout_secs: u64,
     wheel: &mut TimingWheel,
 ) {
-    if timeout_secs == 0 || conn.queue_full_since.is_some() {
+    if timeout_secs == 0 || conn.queue_full_since().is_some() {
         return;
     }
-    conn.queue_full_since = Some(now);
+    conn.set_queue_full_since(now);
     if !conn.slow_timer_filed {
         conn.slow_timer_filed = true;
         wheel.insert(now.plus_secs(timeout_secs), Timer::SlowConsumer(id, conn.serial));

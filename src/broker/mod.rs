@@ -77,6 +77,7 @@ pub mod subscriptions;
 mod topic_trie;
 
 mod auth;
+mod conn_table;
 mod connect;
 mod connection;
 mod delivery;
@@ -257,7 +258,7 @@ pub struct Broker {
     started: Millis,
     actions: VecDeque<Action>,
     stats: stats::WorkerStats,
-    conns: HashMap<ConnId, connection::Conn, IdBuildHasher>,
+    conns: conn_table::ConnTable,
     /// Final output (a refusing CONNACK) of closed connections, until the runtime takes it.
     closing: HashMap<ConnId, OutBuf, IdBuildHasher>,
     sessions: session::SessionTable,
@@ -299,7 +300,7 @@ impl Broker {
             started: now,
             actions: VecDeque::new(),
             stats: stats::WorkerStats::default(),
-            conns: HashMap::default(),
+            conns: conn_table::ConnTable::default(),
             closing: HashMap::default(),
             sessions: session::SessionTable::default(),
             subscriptions: SubscriptionIndex::new(),
@@ -336,13 +337,13 @@ impl Broker {
     /// The peer's address of a connection the broker knows (see the contract above).
     pub fn set_peer_addr(&mut self, conn: ConnId, peer: PeerAddr) {
         if let Some(state) = self.conns.get_mut(&conn) {
-            state.peer = Some(peer);
+            state.set_peer(peer);
         }
     }
 
     /// The peer's address of a connection, if the runtime gave it.
     pub fn peer_addr(&self, conn: ConnId) -> Option<PeerAddr> {
-        self.conns.get(&conn).and_then(|state| state.peer)
+        self.conns.get(&conn).and_then(|state| state.peer())
     }
 
     /// Dispatches one packet from `conn` to its handler: the broker's one `match`.
@@ -438,7 +439,7 @@ impl Broker {
 
     /// Closes every connection (wills are published: none of them sent DISCONNECT).
     pub fn handle_shutdown(&mut self, now: Millis) {
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        let conns: Vec<ConnId> = self.conns.keys().collect();
         for conn in conns {
             self.close_conn(conn, Some(CloseReason::Shutdown), now);
         }

@@ -30,6 +30,24 @@ impl PeerAddr {
     }
 }
 
+impl PeerAddr {
+    /// The address as 4 bytes of IPv4 address and 2 of port, if it is an IPv4 one: what a
+    /// connection keeps inline (issue 6: 6 bytes, not 18, for the common case).
+    pub(super) fn to_v4_parts(self) -> Option<[u8; 6]> {
+        let v4 = Ipv6Addr::from(self.ip).to_ipv4_mapped()?;
+        let mut parts = [0; 6];
+        parts[..4].copy_from_slice(&v4.octets());
+        parts[4..].copy_from_slice(&self.port);
+        Some(parts)
+    }
+
+    /// The inverse of [`PeerAddr::to_v4_parts`].
+    pub(super) fn from_v4_parts(parts: [u8; 6]) -> Self {
+        let v4 = std::net::Ipv4Addr::new(parts[0], parts[1], parts[2], parts[3]);
+        Self { ip: v4.to_ipv6_mapped().octets(), port: [parts[4], parts[5]] }
+    }
+}
+
 impl From<SocketAddr> for PeerAddr {
     fn from(addr: SocketAddr) -> Self {
         let ip = match addr.ip() {
@@ -55,6 +73,16 @@ impl fmt::Display for PeerAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_addresses_pack_into_six_bytes_and_back() {
+        let v4 = PeerAddr::from("10.1.2.3:1883".parse::<SocketAddr>().expect("valid"));
+        let parts = v4.to_v4_parts().expect("an IPv4 address");
+        assert_eq!(parts, [10, 1, 2, 3, 0x07, 0x5b]);
+        assert_eq!(PeerAddr::from_v4_parts(parts), v4);
+        let v6 = PeerAddr::from("[2001:db8::1]:1883".parse::<SocketAddr>().expect("valid"));
+        assert_eq!(v6.to_v4_parts(), None);
+    }
 
     #[test]
     fn both_families_round_trip_in_eighteen_bytes() {

@@ -11,8 +11,9 @@
 //! session always has a connection; every subscription of a session is in the index, and a
 //! discarded session leaves nothing in the index.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 
+use hashbrown::HashTable;
 use slab::Slab;
 
 use super::inflight::{Incoming, Outgoing};
@@ -20,28 +21,32 @@ use super::{Broker, ConnId, Millis, SessionId};
 use crate::persist::record::Record;
 use crate::protocol::{QoS, TopicFilter, Utf8Bytes};
 
+/// One session. Its layout is part of issue 6's memory budget (docs/BENCHMARKS.md, "Density"):
+/// the client id is its own exact-size allocation (not a view of the CONNECT's receive buffer,
+/// which it would keep alive), the QoS state is a pointer until first used, and the table keys
+/// sessions by client id without a second copy of it.
 #[derive(Debug)]
 pub(super) struct Session {
     pub client_id: Utf8Bytes,
-    /// CleanSession=0: the session outlives its connection.
-    pub persistent: bool,
     pub conn: Option<ConnId>,
     /// The session's filters and granted QoS, at most `subscriptions_per_session_max`.
     pub subscriptions: Vec<(TopicFilter, QoS)>,
     pub outgoing: Outgoing,
     pub incoming: Incoming,
-    /// Bumped whenever the session goes offline, so an older expiry timer is recognised.
-    pub epoch: u32,
     pub offline_since: Millis,
     /// The identity the ACL checks (`auth.rs`); `None` for a client without a user name
     /// while no ACL was loaded at its CONNECT (it is then anonymous).
     pub auth: Option<Box<super::auth::SessionAuth>>,
+    /// Bumped whenever the session goes offline, so an older expiry timer is recognised.
+    pub epoch: u32,
+    /// CleanSession=0: the session outlives its connection.
+    pub persistent: bool,
 }
 
 impl Session {
     pub fn new(client_id: Utf8Bytes, persistent: bool, now: Millis) -> Self {
         Self {
-            client_id,
+            client_id: client_id.detached(),
             persistent,
             conn: None,
             subscriptions: Vec::new(),
@@ -54,11 +59,14 @@ impl Session {
     }
 }
 
-/// The sessions of one worker, by `SessionId` (slab index) and by client id.
+/// The sessions of one worker, by `SessionId` (slab index) and by client id. The client id
+/// index holds only session ids (4 bytes an entry): a lookup compares against the client id in
+/// the slab, so the id is stored once. Seeded per table (client ids are the clients' choice).
 #[derive(Debug, Default)]
 pub(super) struct SessionTable {
     slab: Slab<Session>,
-    by_client_id: HashMap<Utf8Bytes, SessionId>,
+    by_client_id: HashTable<SessionId>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl SessionTable {
@@ -66,8 +74,17 @@ impl SessionTable {
         self.slab.len()
     }
 
+    fn hash(&self, client_id: &[u8]) -> u64 {
+        self.hasher.hash_one(client_id)
+    }
+
     pub fn find(&self, client_id: &Utf8Bytes) -> Option<SessionId> {
-        self.by_client_id.get(client_id).copied()
+        let slab = &self.slab;
+        self.by_client_id
+            .find(self.hash(client_id.as_bytes()), |id| {
+                slab[id.0 as usize].client_id.as_bytes() == client_id.as_bytes()
+            })
+            .copied()
     }
 
     pub fn try_get(&self, id: SessionId) -> Option<&Session> {
@@ -85,19 +102,23 @@ impl SessionTable {
     }
 
     pub fn insert(&mut self, session: Session) -> SessionId {
-        let client_id = session.client_id.clone();
+        assert!(self.find(&session.client_id).is_none(), "two sessions for one client id");
+        let hash = self.hash(session.client_id.as_bytes());
         let index = self.slab.insert(session);
         let id = SessionId(u32::try_from(index).expect("fewer than 2^32 sessions"));
-        let previous = self.by_client_id.insert(client_id, id);
-        assert!(previous.is_none(), "two sessions for one client id");
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.by_client_id.insert_unique(hash, id, |id| {
+            hasher.hash_one(slab[id.0 as usize].client_id.as_bytes())
+        });
         id
     }
 
     pub fn remove(&mut self, id: SessionId) -> Session {
-        let session = self.slab.remove(id.0 as usize);
-        let removed = self.by_client_id.remove(&session.client_id);
-        assert_eq!(removed, Some(id), "client id map out of step with the slab");
-        session
+        let hash = self.hash(self.get(id).client_id.as_bytes());
+        let entry = self.by_client_id.find_entry(hash, |&entry| entry == id);
+        let entry = entry.unwrap_or_else(|_| panic!("client id map out of step with the slab"));
+        entry.remove();
+        self.slab.remove(id.0 as usize)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Session> {

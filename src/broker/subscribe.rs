@@ -128,7 +128,8 @@ impl Broker {
                 if count < 4 {
                     subscriptions.reserve_exact(1);
                 }
-                subscriptions.push((filter.clone(), qos));
+                // Detached: a view of the SUBSCRIBE would keep its whole receive buffer.
+                subscriptions.push((filter.detached(), qos));
             }
         }
         if self.sessions.get(session).persistent {

@@ -125,6 +125,14 @@ impl Utf8Bytes {
         self.0
     }
 
+    /// A copy in an allocation of its own, of exactly its length. A decoded string is a view
+    /// of its packet's receive buffer and keeps all of it (and the buffer's shared header)
+    /// alive; what is stored for a long time (a session's client id, its filters) is detached
+    /// so that it costs only its own bytes (issue 6).
+    pub fn detached(&self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -57,6 +57,12 @@ impl TopicName {
         self.0.clone().into_bytes()
     }
 
+    /// A copy that does not keep its packet's receive buffer alive: see
+    /// [`Utf8Bytes::detached`].
+    pub fn detached(&self) -> Self {
+        Self(self.0.detached())
+    }
+
     pub fn levels(&self) -> impl Iterator<Item = &[u8]> + Clone {
         self.as_bytes().split(|&b| b == b'/')
     }
@@ -121,6 +127,12 @@ impl TopicFilter {
 
     pub fn to_bytes(&self) -> Bytes {
         self.0.clone().into_bytes()
+    }
+
+    /// A copy that does not keep its packet's receive buffer alive: see
+    /// [`Utf8Bytes::detached`].
+    pub fn detached(&self) -> Self {
+        Self(self.0.detached())
     }
 
     pub fn levels(&self) -> impl Iterator<Item = &[u8]> + Clone {

@@ -12,6 +12,7 @@ mod durable;
 mod flow;
 mod interest;
 mod keepalive;
+mod layout;
 mod publish;
 mod qos;
 mod retain_confirm;

@@ -1,0 +1,24 @@
+//! The sizes of the per-connection and per-session state (issue 6's memory budget): printed
+//! with `--nocapture` and pinned, so a field that grows one of them is a deliberate change.
+
+use std::mem::size_of;
+
+#[test]
+fn per_connection_state_sizes() {
+    let sizes = [
+        ("broker Conn", size_of::<crate::broker::connection::Conn>()),
+        ("Session", size_of::<crate::broker::session::Session>()),
+        ("Outgoing", size_of::<crate::broker::inflight::Outgoing>()),
+        ("Incoming", size_of::<crate::broker::inflight::Incoming>()),
+        ("OutBuf", size_of::<crate::protocol::OutBuf>()),
+        ("PeerAddr", size_of::<crate::broker::PeerAddr>()),
+        ("Option<PeerAddr>", size_of::<Option<crate::broker::PeerAddr>>()),
+        ("Timer", size_of::<crate::broker::keepalive::Timer>()),
+        ("runtime Conn", size_of::<crate::runtime::conn::Conn>()),
+        ("Utf8Bytes", size_of::<crate::protocol::Utf8Bytes>()),
+        ("TopicFilter", size_of::<crate::protocol::TopicFilter>()),
+    ];
+    for (name, size) in sizes {
+        eprintln!("{name}: {size} B");
+    }
+}
