@@ -2,19 +2,25 @@
 //!
 //! Under churn the broker's RSS followed the peaks of its heap, not the heap (issue 7: in a
 //! 10-minute soak with every connection returned, RSS outside the receive buffers grew 38.9 ->
-//! 48.4 MiB while the live heap levelled off). The cause was mimalloc's (v3, as linked here)
-//! `allow_thp`, on by default: it asks for transparent huge pages on its arenas
-//! (`MADV_HUGEPAGE`), so a page fault maps 2 MiB at once and khugepaged collapses a 2 MiB range
-//! back into one huge page even when it holds a single live 4 KiB page (`max_ptes_none` 511):
-//! a purge of freed pages in it is undone, and RSS rises in 2 MiB steps. [`configure`] turns
-//! it off and disables THP for the process (`PR_SET_THP_DISABLE`, what mimalloc itself does
-//! when the option is off at its start; the arena it already mapped then stops being collapsed
-//! too). `purge_delay` (how long freed pages wait before they are returned, 1 s by default)
-//! is left as it is: 0 returned them sooner but cost the fan-out 14-19 % of its messages per
-//! CPU-second, and RSS stayed flat without it (docs/BENCHMARKS.md, "Churn soak").
+//! 48.4 MiB while the live heap levelled off). Two settings of mimalloc (v3, as linked here)
+//! kept the pages:
+//! - `purge_delay` (default 1 s): freed pages are purged only after it, and only when later
+//!   allocator activity on the same thread gets round to it. Set to 0: purged at once.
+//! - `allow_thp` (default on): mimalloc asks for transparent huge pages on its arenas
+//!   (`MADV_HUGEPAGE`), so a page fault maps 2 MiB at once and khugepaged collapses a 2 MiB
+//!   range back into one huge page even when it holds a single live 4 KiB page
+//!   (`max_ptes_none` 511): a purge of part of it is undone, and RSS rises in 2 MiB steps.
+//!   Set off, and THP disabled for the process (`PR_SET_THP_DISABLE`, what mimalloc itself
+//!   does when the option is off at its start; the arena it already mapped then stops being
+//!   collapsed too).
+//!
+//! Both are needed: THP off alone still let RSS creep by steps after load bursts. The cost,
+//! measured in docs/BENCHMARKS.md ("Churn soak"), is the immediate purge's: 3 % of unicast
+//! QoS 1 and 19 % of a 1 -> 1000 fan-out's messages per CPU-second at full rate; an operator
+//! who prefers that throughput to a flat RSS sets `MIMALLOC_PURGE_DELAY` (e.g. 1000).
 //!
 //! Invariant: [`configure`] runs once, first thing in `main`, before any other thread exists.
-//! An operator's own `MIMALLOC_ALLOW_THP` / `MIMALLOC_PURGE_DELAY` wins: an option set in the
+//! An operator's own `MIMALLOC_PURGE_DELAY` / `MIMALLOC_ALLOW_THP` wins: an option set in the
 //! environment is left as mimalloc read it.
 
 use std::os::raw::c_long;
@@ -25,26 +31,25 @@ use mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-/// One mimalloc option the broker sets or reports: its index in v3's `mi_option_t`
-/// (`mimalloc.h`; libmimalloc-sys 0.1.49 exports the functions but not these constants), the
-/// value the broker sets (`None`: mimalloc's default stays), and the environment variables
-/// through which mimalloc reads it.
+/// One mimalloc option the broker sets: its index in v3's `mi_option_t` (`mimalloc.h`;
+/// libmimalloc-sys 0.1.49 exports the functions but not these constants), its value, and
+/// the environment variables through which mimalloc reads it.
 struct Setting {
     name: &'static str,
     option: mi_option_t,
-    value: Option<c_long>,
+    value: c_long,
     variables: &'static [&'static str],
 }
 
 const PURGE_DELAY: Setting = Setting {
     name: "purge_delay_ms",
     option: 15,
-    value: None,
+    value: 0,
     variables: &["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"],
 };
 
 const ALLOW_THP: Setting =
-    Setting { name: "allow_thp", option: 43, value: Some(0), variables: &["MIMALLOC_ALLOW_THP"] };
+    Setting { name: "allow_thp", option: 43, value: 0, variables: &["MIMALLOC_ALLOW_THP"] };
 
 const SETTINGS: [Setting; 2] = [PURGE_DELAY, ALLOW_THP];
 
@@ -61,21 +66,18 @@ pub struct Applied {
 pub enum Source {
     Broker,
     Environment,
-    MimallocDefault,
 }
 
-/// Applies [`SETTINGS`] (each that has a value, unless the environment sets it), then turns
-/// THP off for the process if mimalloc's `allow_thp` is off.
+/// Applies [`SETTINGS`] (each unless the environment sets it), then turns THP off for the
+/// process if mimalloc's `allow_thp` is off.
 pub fn configure() -> Applied {
     let mut options = Vec::with_capacity(SETTINGS.len());
     for setting in &SETTINGS {
         let source = if setting.variables.iter().any(|name| std::env::var_os(name).is_some()) {
             Source::Environment
-        } else if let Some(value) = setting.value {
-            set_option(setting.option, value);
-            Source::Broker
         } else {
-            Source::MimallocDefault
+            set_option(setting.option, setting.value);
+            Source::Broker
         };
         options.push((setting.name, option(setting.option), source));
     }
@@ -113,7 +115,7 @@ mod tests {
 
     // One test, not several: the options are process-wide and tests run on parallel threads.
     #[test]
-    fn configure_turns_thp_off_and_leaves_the_purge_delay_unless_the_environment_says_otherwise() {
+    fn configure_purges_at_once_and_turns_thp_off_unless_the_environment_says_otherwise() {
         // The indices are v3's: its option count is the crate's, and the neighbours it names
         // sit where v3's enum puts them.
         assert_eq!(libmimalloc_sys::_mi_option_last, 47);
@@ -125,12 +127,10 @@ mod tests {
         let applied = configure();
         for (setting, (name, value, source)) in SETTINGS.iter().zip(&applied.options) {
             assert_eq!(*name, setting.name);
-            match (from_environment(setting), setting.value) {
-                (true, _) => assert_eq!(*source, Source::Environment),
-                (false, Some(set)) => {
-                    assert_eq!((*value, *source), (set, Source::Broker), "{name}")
-                }
-                (false, None) => assert_eq!(*source, Source::MimallocDefault, "{name}"),
+            if from_environment(setting) {
+                assert_eq!(*source, Source::Environment);
+            } else {
+                assert_eq!((*value, *source), (setting.value, Source::Broker), "{name}");
             }
         }
         if option(ALLOW_THP.option) == 0 {
