@@ -16,8 +16,9 @@ OUT = os.environ["OUT"]
 sys.path.insert(0, os.path.join(ROOT, "scripts", "compare"))
 import run as compare  # noqa: E402  pylint: disable=wrong-import-position
 
-RINGMQ = os.path.join(ROOT, "target", "release", "ringmq")
-BENCH = os.path.join(ROOT, "target", "release", "ringmq-bench")
+BIN_DIR = os.environ.get("BIN_DIR") or os.path.join(ROOT, "target", "release")
+RINGMQ = os.path.join(BIN_DIR, "ringmq")
+BENCH = os.path.join(BIN_DIR, "ringmq-bench")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 BROKER_CPU, BENCH_CPU = "0", "1"
 
@@ -190,6 +191,9 @@ def restart():
     info["journal_bytes_before_kill"] = dir_bytes(data_dir)
     broker.proc.kill()
     broker.proc.wait()
+    if os.environ.get("KEEP_DATA"):  # a copy of the journal at the kill, for experiments
+        shutil.rmtree(os.environ["KEEP_DATA"], ignore_errors=True)
+        shutil.copytree(data_dir, os.environ["KEEP_DATA"])
     log_start = os.path.getsize(log_path)
     start = time.time()
     broker.proc = subprocess.Popen(argv, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
@@ -207,6 +211,9 @@ def restart():
     info["restart_served_secs"] = round(time.time() - start, 2)
     info["first_session_present"] = present
     info["rss_after_restart_mib"] = round(rss_mib(broker.proc.pid), 1)
+    # And once the start-up's transient memory had time to go back (allocator purge delays).
+    time.sleep(float(os.environ.get("SETTLE_SECS", "5")))
+    info["rss_after_restart_settled_mib"] = round(rss_mib(broker.proc.pid), 1)
     info["journal_bytes_after_restart"] = dir_bytes(data_dir)
     with open(log_path, errors="replace") as log:
         log.seek(log_start)

@@ -101,8 +101,44 @@ echo "run dir $RUN: $BROKER_NAME, N=$N (+$PUBS publishers), workers=$WORKERS, ri
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); net.ipv4.tcp_mem $(tr -s '\t ' ' ' </proc/sys/net/ipv4/tcp_mem) pages"
 
 PIDS=()
+BROKER=
+SUBS=
+HTTP_PORT=${RINGMQ_MILLION_HTTP_PORT:-$((PORT + 1))}
+# The broker's own account, read from its /metrics before anything is stopped: per worker,
+# connections accepted and open, closes by reason (connect_timeout, keepalive_timeout, ...)
+# and receives that found no buffer.
+broker_counters() {
+  [[ $BROKER_NAME == ringmq && -n $BROKER ]] && kill -0 "$BROKER" 2>/dev/null || return 0
+  curl -s --max-time 10 "http://127.0.0.1:$HTTP_PORT/metrics" | awk '
+    /^ringmq_/ && match($0, /worker="[0-9]+"/) {
+      w = substr($0, RSTART + 8, RLENGTH - 9); workers[w] = 1; v = $NF
+      if ($1 ~ /^ringmq_closes_total/ && v > 0) {
+        match($0, /reason="[a-z_]+"/); closes[w] = closes[w] " " substr($0, RSTART + 8, RLENGTH - 9) "=" v
+      }
+      if ($1 ~ /^ringmq_connections_accepted_total/) accepted[w] = v
+      if ($1 ~ /^ringmq_connections\{/) open_[w] = v
+      if ($1 ~ /^ringmq_connections_refused_total/) refused[w] = v
+      if ($1 ~ /^ringmq_handoffs_total/) handoffs[w] = v
+      if ($1 ~ /^ringmq_recv_no_buffers_total/) nobufs[w] = v
+    }
+    END {
+      for (w in workers) printf "  broker worker %s: accepted %s, open %s, refused %s, handed off %s, receives without a buffer %s; closes by reason:%s\n",
+        w, accepted[w], open_[w], refused[w], handoffs[w], nobufs[w], closes[w] == "" ? " none" : closes[w]
+    }' | sort || echo "  (broker /metrics not readable on port $HTTP_PORT)"
+}
 cleanup() {
-  local pid
+  local pid status=$?
+  broker_counters
+  # The bench first, with SIGTERM: it prints its report (errors by reason) and exits.
+  if [[ -n $SUBS ]] && kill -0 "$SUBS" 2>/dev/null; then
+    kill -TERM "$SUBS" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$SUBS" 2>/dev/null || break; sleep 0.2; done
+    wait "$SUBS" 2>/dev/null || true
+    if ((status != 0)); then
+      echo "  the subscribers' report at the stop:"
+      tr '\r' '\n' <"$RUN/sub.log" | grep -E '^(connections:|  error x|stopped early)' | sed 's/^/    /'
+    fi
+  fi
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
@@ -114,6 +150,8 @@ trap cleanup EXIT
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# "user system" clock ticks of a process (fields 14 and 15 of /proc/PID/stat).
+cpu_split() { awk '{print $14, $15}' "/proc/$1/stat" 2>/dev/null || echo "0 0"; }
 tcp_mem_pages() { awk '/^TCP:/ {for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat; }
 sockstat() { grep '^TCP:' /proc/net/sockstat; }
 # Kernel TCP counters that explain lost or stalled connects (absolute values).
@@ -141,10 +179,12 @@ buffer_rss_kb() {
 
 # ringmq's listeners use SO_REUSEPORT: a broker already on the port would silently share
 # the connections (and falsify every figure), so the port must be free.
-if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-  echo "port $PORT is in use: pick another with --port" >&2
-  exit 1
-fi
+for port in "$PORT" "$HTTP_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use: pick another with --port (the broker's /metrics is on --port + 1)" >&2
+    exit 1
+  fi
+done
 start_broker() {
   case $BROKER_NAME in
     ringmq)
@@ -152,7 +192,7 @@ start_broker() {
         --rings-per-worker-max "$RINGS" --rings-per-worker-start "$RINGS_START" \
         --max-connections $((TOTAL + 1000)) --socket-rcvbuf-bytes "$RCVBUF" \
         --socket-sndbuf-bytes "$SNDBUF" --recv-buffers "$RECV_BUFFERS" \
-        --recv-buffer-bytes "$RECV_BUFFER_BYTES" --log-level info ${RINGMQ_MILLION_BROKER_ARGS:-} ;;
+        --recv-buffer-bytes "$RECV_BUFFER_BYTES" --http-port "$HTTP_PORT" --log-level info ${RINGMQ_MILLION_BROKER_ARGS:-} ;;
     mosquitto)
       # The same limits compare.sh gives it; one process fd per connection, so RLIMIT_NOFILE
       # (20000 here) caps it.
@@ -210,10 +250,14 @@ SUB_SECS=$((HOLD + 30))
   >"$RUN/sub.json" 2>"$RUN/sub.log" &
 SUBS=$!
 PIDS+=("$SUBS")
+read -r B_USER0 B_SYS0 < <(cpu_split "$BROKER")
 
 # Wait until every subscriber is connected and subscribed (the bench's progress line).
 START=$(date +%s)
 LAST_LINE=$START
+LAST_READY=0
+read -r B_USER_L B_SYS_L < <(cpu_split "$BROKER")
+read -r S_USER_L S_SYS_L < <(cpu_split "$SUBS")
 while :; do
   kill -0 "$SUBS" 2>/dev/null || { echo "subscribers exited early"; tail -5 "$RUN/sub.log"; exit 1; }
   READY=$(tr '\r' '\n' <"$RUN/sub.log" | grep -o 'conns [0-9]*' | tail -1 | awk '{print $2}' || true)
@@ -233,12 +277,22 @@ while :; do
     exit 1
   fi
   if (($(date +%s) - LAST_LINE >= 5)); then
-    LAST_LINE=$(date +%s)
-    echo "  [$((LAST_LINE - START))s] ready ${READY:-0}; $(sockstat); accept queues $(accept_queues); kernel $(nstat_delta "$RUN/nstat.before")"
+    NOW=$(date +%s)
+    read -r B_USER_N B_SYS_N < <(cpu_split "$BROKER")
+    read -r S_USER_N S_SYS_N < <(cpu_split "$SUBS")
+    # Cores used since the last line (user+system), and the connect rate over it.
+    CORES=$(awk -v t=$((NOW - LAST_LINE)) -v hz="$(getconf CLK_TCK)" -v bu=$((B_USER_N - B_USER_L)) \
+      -v bs=$((B_SYS_N - B_SYS_L)) -v su=$((S_USER_N - S_USER_L)) -v ss=$((S_SYS_N - S_SYS_L)) \
+      'BEGIN {printf "broker %.2f+%.2f cores, bench %.2f+%.2f (user+sys)", bu/hz/t, bs/hz/t, su/hz/t, ss/hz/t}')
+    echo "  [$((NOW - START))s] ready ${READY:-0} (+$(((${READY:-0} - LAST_READY) / (NOW - LAST_LINE)))/s); $CORES; $(sockstat); accept queues $(accept_queues); kernel $(nstat_delta "$RUN/nstat.before")"
+    LAST_LINE=$NOW LAST_READY=${READY:-0}
+    B_USER_L=$B_USER_N B_SYS_L=$B_SYS_N S_USER_L=$S_USER_N S_SYS_L=$S_SYS_N
   fi
   sleep 1
 done
 CONNECTED_AT=$(date +%s)
+read -r B_USER1 B_SYS1 < <(cpu_split "$BROKER")
+read -r S_USER1 S_SYS1 < <(cpu_split "$SUBS")
 RSS_AFTER=$(rss_kb "$BROKER")
 BUF_AFTER=$(buffer_rss_kb "$BROKER")
 TCP_MEM_AFTER=$(tcp_mem_pages)
@@ -246,6 +300,13 @@ SLAB_TCP=$(awk '$1 == "TCP" || $1 == "request_sock_TCP" || $1 == "sock_inode_cac
 echo "kernel: $(nstat_delta "$RUN/nstat.before")"
 echo "slabs: ${SLAB_TCP:-/proc/slabinfo not readable}"
 echo "all $N subscribed after $((CONNECTED_AT - START)) s; broker RSS ${RSS_AFTER} kB; $(sockstat)"
+# CPU of the connect phase, per connection, user and kernel apart: the budget on 2 cores at
+# R connects/s is 2 / R seconds of CPU per connection for everything (66 us at 30k/s).
+awk -v n="$N" -v hz="$(getconf CLK_TCK)" -v bu=$((B_USER1 - B_USER0)) -v bs=$((B_SYS1 - B_SYS0)) \
+  -v su="$S_USER1" -v ss="$S_SYS1" 'BEGIN {
+  us = 1e6 / hz / n
+  printf "connect-phase CPU per connection: broker %.1f us user + %.1f us system; bench %.1f us user + %.1f us system (total %.1f us)\n",
+    bu * us, bs * us, su * us, ss * us, (bu + bs + su + ss) * us }'
 
 # Hold, then publish one QoS 1 message on each of topics million/0 .. million/(PUBS-1).
 sleep "$HOLD"

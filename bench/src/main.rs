@@ -12,6 +12,7 @@ use ringmq_bench::sys;
 
 fn main() {
     sys::ignore_sigpipe();
+    sys::catch_stop_signals();
     let cli = Cli::parse();
     if let Err(error) = run(&cli) {
         eprintln!("ringmq-bench: {error:#}");
@@ -61,7 +62,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Some(CpuUse::new((after.0 - before.0, after.1 - before.1), outcome.wall_secs))
     });
     let report = report::build(name, &config, &outcome, broker, None);
-    print(cli, &report, None)
+    print(cli, &report, None)?;
+    match outcome.interrupted_by {
+        Some(signal) => anyhow::bail!("stopped early by {signal} (the report above is partial)"),
+        None => Ok(()),
+    }
 }
 
 /// Starts the relay on a free loopback port, runs the pattern through it, stops it.

@@ -146,6 +146,8 @@ pub struct LoadReport {
     /// Publish to PUBACK (QoS 1) or PUBCOMP (QoS 2).
     pub ack_latency: Option<LatencySummary>,
     pub cpu: CpuReport,
+    /// The stop signal that cut the run short (the figures are what it had by then).
+    pub interrupted_by: Option<&'static str>,
 }
 
 /// Loss against what each publisher sent: (expected deliveries, unique expected ones
@@ -210,6 +212,7 @@ pub fn build(
         latency: LatencySummary::of(&outcome.stats.latency),
         ack_latency: LatencySummary::of(&outcome.stats.ack_latency),
         cpu: cpu_report(outcome, broker, relay),
+        interrupted_by: outcome.interrupted_by,
     }
 }
 
@@ -399,6 +402,9 @@ pub fn text(report: &LoadReport) -> String {
     }
     if let Some(relay) = &cpu.relay {
         lines.push(format!("  relay {}", cpu_text(relay)));
+    }
+    if let Some(signal) = report.interrupted_by {
+        lines.push(format!("stopped early by {signal}: the figures above are what it had by then"));
     }
     lines.join("\n")
 }

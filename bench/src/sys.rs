@@ -1,6 +1,7 @@
 //! Thin wrappers over the few libc calls the benchmark needs outside the ring: the monotonic
 //! clock every stamp uses, CPU time (ours per thread, the process's, and another process's
-//! from `/proc/<pid>/stat`), and SIGPIPE.
+//! from `/proc/<pid>/stat`), SIGPIPE, and the stop signals (SIGTERM, SIGINT) that end a run
+//! early with its report.
 
 /// Nanoseconds of `CLOCK_MONOTONIC`: the same clock in every process on the machine, so a
 /// separate `pub` and `sub` can compute latency from each other's stamps.
@@ -49,6 +50,39 @@ pub fn other_process_cpu_ns(pid: u32) -> Option<(u64, u64)> {
     Some((utime * ns_per_tick, stime * ns_per_tick))
 }
 
+/// The stop signal that arrived (0: none), set by [`on_stop_signal`].
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    // An atomic store is async-signal-safe; the run's control thread polls it.
+    STOP_SIGNAL.store(signal, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGTERM and SIGINT no longer kill the process: they are noted, and the run stops at its
+/// next control tick and prints its report (what connected, errors by reason) before exiting,
+/// so a script that stops a run still learns why connections failed. A second signal after
+/// that report is on its way kills as usual (the handler is reset by `SA_RESETHAND`).
+pub fn catch_stop_signals() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: an all-zero sigaction is valid; the handler only stores to an atomic.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESETHAND;
+        // SAFETY: `action` is initialised above; no old action is asked for.
+        unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
+    }
+}
+
+/// The stop signal received so far, by name.
+pub fn stop_signal() -> Option<&'static str> {
+    match STOP_SIGNAL.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        libc::SIGTERM => Some("SIGTERM"),
+        libc::SIGINT => Some("SIGINT"),
+        _ => Some("a signal"),
+    }
+}
+
 /// A peer closing while we send must be an error result, not a signal that kills us.
 pub fn ignore_sigpipe() {
     // SAFETY: setting SIGPIPE's disposition to SIG_IGN is always valid.
@@ -58,6 +92,16 @@ pub fn ignore_sigpipe() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_signal_is_noted_not_fatal() {
+        assert_eq!(stop_signal(), None);
+        catch_stop_signals();
+        // SAFETY: raise(2) has no memory arguments; the handler installed above runs.
+        assert_eq!(unsafe { libc::raise(libc::SIGINT) }, 0);
+        assert_eq!(stop_signal(), Some("SIGINT"));
+        STOP_SIGNAL.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
 
     #[test]
     fn monotonic_clock_advances() {

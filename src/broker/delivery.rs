@@ -153,6 +153,11 @@ impl Broker {
     ) {
         let Self { sessions, conns, actions, stats, config, timers, durability, .. } = self;
         let session = sessions.get_mut(session_id);
+        if session.persistent
+            && durability.as_deref().is_some_and(|d| d.holds_copy(&session.client_id))
+        {
+            return; // a QoS 2 message it got before a crash lost the id (`durable.rs`)
+        }
         let retain = variants.retain;
         // A persistent session's QoS 1/2 message is journaled (one test when persistence is off).
         let seq = match durability.as_deref_mut() {

@@ -43,16 +43,22 @@ use smallvec::SmallVec;
 
 use super::connection::Phase;
 use super::inflight::{Awaiting, Inflight, Queued};
+use super::route::home_worker;
 use super::subscribe::SubscribeAnswer;
 use super::{
     Action, Broker, ConnId, ForwardedQos2, Message, Millis, RemoteMsg, SessionId, WorkerId,
 };
-use crate::persist::image::{EntryState, Image, StoredMessage};
+use crate::persist::image::{EntryState, Image, RetainedImage, StoredMessage};
 use crate::persist::record::{encode, Record};
 use crate::protocol::{Packet, PacketId, QoS, Utf8Bytes};
 
 /// What one held acknowledgement counts for against `pending_bytes_max`.
 const HELD_ACK_BYTES: usize = 64;
+
+/// Who holds the copies of a QoS 2 message: the persistent sessions homed at worker `.1`
+/// among `.0` workers (`persist::image::HeldQos2`). This worker's own sessions are
+/// `(workers, me)`; another count names sessions re-homed by a restart.
+type Holders = (u16, u16);
 
 /// A peer's side of the durability counting.
 #[derive(Clone, Copy, Debug, Default)]
@@ -111,19 +117,34 @@ pub(super) struct Durability {
     pending: VecDeque<PendingRecord>,
     /// The QoS 2 publish being routed, if from a persistent session: (client id, packet id).
     origin: Option<(Utf8Bytes, PacketId)>,
-    /// QoS 2 ids of other workers' persistent sessions whose messages this worker stored
-    /// and that are not yet released, by origin client id; at most `forwarded_max` ids.
-    forwarded: HashMap<Utf8Bytes, SmallVec<[PacketId; 4]>>,
+    /// QoS 2 ids of persistent sessions whose messages sessions here hold and that are not
+    /// yet released, by origin client id, with who holds them; at most `forwarded_max`.
+    pub(super) forwarded: HashMap<Utf8Bytes, SmallVec<[(PacketId, Holders); 4]>>,
+    /// This worker's own sessions as `Holders`.
+    local: Holders,
+    /// While a QoS 2 message with an origin is delivered here: the holders of its copies,
+    /// whose sessions it skips (`holds_copy`).
+    skip: SmallVec<[Holders; 2]>,
     forwarded_len: usize,
     forwarded_max: usize,
     /// Re-sent QoS 2 copies recognised and not stored again; ids not kept at the bound.
     pub forwarded_duplicates: u64,
     pub forwarded_over_bound: u64,
+    /// The wall-clock time of `Millis(0)`, in milliseconds since the Unix epoch: retained
+    /// messages are journaled with the wall-clock time they were set, so their expiry counts
+    /// across a restart.
+    unix_millis_at_zero: u64,
 }
 
 impl Durability {
-    fn new(workers: u16, pending_bytes_max: usize, forwarded_max: usize) -> Self {
+    fn new(
+        (workers, me): (u16, WorkerId),
+        pending_bytes_max: usize,
+        forwarded_max: usize,
+        unix_millis_at_zero: u64,
+    ) -> Self {
         Self {
+            unix_millis_at_zero,
             journal: Vec::new(),
             appended: 0,
             taken: 0,
@@ -138,6 +159,8 @@ impl Durability {
             pending: VecDeque::new(),
             origin: None,
             forwarded: HashMap::new(),
+            local: (workers, me.0),
+            skip: SmallVec::new(),
             forwarded_len: 0,
             forwarded_max,
             forwarded_duplicates: 0,
@@ -145,39 +168,72 @@ impl Durability {
         }
     }
 
-    /// Records that a forwarded QoS 2 message was stored here; false if it already was.
+    /// A forwarded QoS 2 message arrived: false if this worker's sessions hold it already
+    /// (a copy re-sent after its origin lost the id in a crash). Otherwise records that they
+    /// do now (journaled), and notes the sessions that were re-homed here holding it, which
+    /// the delivery skips (`skip`, until `end_held_route`).
     fn note_forwarded(&mut self, origin: &Utf8Bytes, packet_id: PacketId) -> bool {
-        let ids = self.forwarded.get(origin);
-        if ids.is_some_and(|ids| ids.contains(&packet_id)) {
+        let local = self.local;
+        let holders = self.holders(origin, packet_id);
+        if holders.contains(&local) {
             self.forwarded_duplicates += 1;
             return false;
+        }
+        self.skip = holders;
+        self.note_held(origin, packet_id, local);
+        true
+    }
+
+    /// Who holds the copies of `origin`'s `packet_id` here.
+    fn holders(&self, origin: &Utf8Bytes, packet_id: PacketId) -> SmallVec<[Holders; 2]> {
+        let ids = self.forwarded.get(origin).map_or(&[][..], |ids| &ids[..]);
+        ids.iter().filter(|(id, _)| *id == packet_id).map(|&(_, holders)| holders).collect()
+    }
+
+    /// Records that `holders` hold `origin`'s `packet_id` (journaled for this worker's own).
+    fn note_held(&mut self, origin: &Utf8Bytes, packet_id: PacketId, holders: Holders) {
+        if self.holders(origin, packet_id).contains(&holders) {
+            return;
         }
         if self.forwarded_len >= self.forwarded_max {
             // Stored without its id: a copy re-sent after a crash would be stored again.
             self.forwarded_over_bound += 1;
-            return true;
+            return;
         }
-        self.forwarded.entry(origin.clone()).or_default().push(packet_id);
+        self.forwarded.entry(origin.clone()).or_default().push((packet_id, holders));
         self.forwarded_len += 1;
-        self.append(&Record::Qos2Forwarded { origin: origin.clone(), packet_id });
-        true
+        if holders == self.local {
+            self.append(&Record::Qos2Forwarded { origin: origin.clone(), packet_id });
+        }
     }
 
-    /// Forgets `origin`'s `packet_id` (all its ids for `None`), journaling each removal.
+    /// Whether persistent session `client_id` holds the copy of the QoS 2 message being
+    /// delivered (it is then skipped).
+    pub(super) fn holds_copy(&self, client_id: &Utf8Bytes) -> bool {
+        !self.skip.is_empty()
+            && self.skip.iter().any(|&(workers, worker)| {
+                home_worker(client_id.as_bytes(), workers) == WorkerId(worker)
+            })
+    }
+
+    /// Forgets `origin`'s `packet_id` (all its ids for `None`), whoever holds it, journaling
+    /// each id released.
     fn forget_forwarded(&mut self, origin: Utf8Bytes, packet_id: Option<PacketId>) {
         let Some(ids) = self.forwarded.get_mut(&origin) else { return };
-        let removed: SmallVec<[PacketId; 4]> = match packet_id {
-            Some(id) => {
-                let Some(at) = ids.iter().position(|&known| known == id) else { return };
-                smallvec::smallvec![ids.swap_remove(at)]
+        let before = ids.len();
+        let mut released: SmallVec<[PacketId; 4]> = SmallVec::new();
+        ids.retain(|(id, _)| {
+            let release = packet_id.is_none_or(|wanted| wanted == *id);
+            if release && !released.contains(id) {
+                released.push(*id);
             }
-            None => std::mem::take(ids),
-        };
+            !release
+        });
+        self.forwarded_len -= before - ids.len();
         if ids.is_empty() {
             self.forwarded.remove(&origin);
         }
-        self.forwarded_len -= removed.len();
-        for packet_id in removed {
+        for packet_id in released {
             self.append(&Record::Qos2ForwardReleased { origin: origin.clone(), packet_id });
         }
     }
@@ -204,11 +260,23 @@ impl Durability {
         mid
     }
 
-    /// The forwarded QoS 2 ids, as snapshot records.
+    /// `at` of the broker's clock (milliseconds, negative before its zero) as wall-clock
+    /// milliseconds since the Unix epoch.
+    pub(super) fn unix_millis(&self, at: i64) -> u64 {
+        let unix = i64::try_from(self.unix_millis_at_zero).unwrap_or(i64::MAX).saturating_add(at);
+        u64::try_from(unix).unwrap_or(0)
+    }
+
+    /// The held QoS 2 ids, as snapshot records.
     pub(super) fn snapshot_forwarded(&self, out: &mut Vec<u8>) {
         for (origin, ids) in &self.forwarded {
-            for &packet_id in ids {
-                encode(&Record::Qos2Forwarded { origin: origin.clone(), packet_id }, out);
+            for &(packet_id, (workers, worker)) in ids {
+                let origin = origin.clone();
+                let record = match (workers, worker) == self.local {
+                    true => Record::Qos2Forwarded { origin, packet_id },
+                    false => Record::Qos2Held { origin, packet_id, workers, worker },
+                };
+                encode(&record, out);
             }
         }
     }
@@ -296,13 +364,19 @@ pub(super) fn message_record(mid: u64, message: &Message) -> Record {
 impl Broker {
     /// Turns persistence on: from now on the broker journals its persistent state and holds
     /// acknowledgements until the runtime reports them durable. Call before any event.
-    pub fn enable_persistence(&mut self, pending_bytes_max: usize) {
+    /// `unix_millis_at_zero`: the wall-clock time (milliseconds since the Unix epoch) of this
+    /// broker's `Millis(0)`, for the set times of retained messages.
+    pub fn enable_persistence(&mut self, pending_bytes_max: usize, unix_millis_at_zero: u64) {
         assert!(self.durability.is_none(), "persistence enabled twice");
         // Each session has at most `max_awaiting_pubrel` ids unreleased.
         let forwarded_max =
             self.config.sessions_max.saturating_mul(self.config.max_awaiting_pubrel);
-        self.durability =
-            Some(Box::new(Durability::new(self.workers, pending_bytes_max, forwarded_max)));
+        self.durability = Some(Box::new(Durability::new(
+            (self.workers, self.me),
+            pending_bytes_max,
+            forwarded_max,
+            unix_millis_at_zero,
+        )));
     }
 
     /// Moves the journal's pending records to `out` (empty) and returns the position they end
@@ -426,7 +500,11 @@ impl Broker {
     pub(super) fn journal_origin(&mut self, session: SessionId, packet_id: PacketId) {
         let persistent = self.sessions.get(session).persistent;
         if let Some(d) = self.durability.as_deref_mut().filter(|_| persistent) {
-            d.origin = Some((self.sessions.get(session).client_id.clone(), packet_id));
+            let origin = self.sessions.get(session).client_id.clone();
+            // Sessions here that hold this message from before a crash (it is then re-sent
+            // because the crash lost its id) are skipped.
+            d.skip = d.holders(&origin, packet_id);
+            d.origin = Some((origin, packet_id));
         }
     }
 
@@ -452,6 +530,13 @@ impl Broker {
         }
     }
 
+    /// A forwarded QoS 2 message is delivered: no session is skipped any more.
+    pub(super) fn end_held_route(&mut self) {
+        if let Some(d) = self.durability.as_deref_mut() {
+            d.skip.clear();
+        }
+    }
+
     /// The origin released `packet_id` (or, `None`, started a new session).
     pub(super) fn release_forwarded(&mut self, origin: Utf8Bytes, packet_id: Option<PacketId>) {
         if let Some(d) = self.durability.as_deref_mut() {
@@ -467,10 +552,13 @@ impl Broker {
         session: SessionId,
         packet_id: Option<PacketId>,
     ) {
-        if self.durability.is_none() || self.workers == 1 {
+        let origin = self.sessions.get(session).client_id.clone();
+        let Some(d) = self.durability.as_deref_mut() else { return };
+        // This worker's sessions may hold copies too (local ones, or re-homed ones).
+        d.forget_forwarded(origin.clone(), packet_id);
+        if self.workers == 1 {
             return;
         }
-        let origin = self.sessions.get(session).client_id.clone();
         for worker in self.other_workers().collect::<SmallVec<[WorkerId; 8]>>() {
             let msg = RemoteMsg::Qos2Release { origin: origin.clone(), packet_id };
             self.send_remote(worker, msg);
@@ -482,11 +570,18 @@ impl Broker {
     /// worker it went to confirmed its copy durable. Its PUBREC, decided after this, waits.
     pub(super) fn journal_qos2_received(&mut self, session: SessionId, packet_id: PacketId) {
         let Some(d) = self.durability.as_deref_mut() else { return };
-        d.origin = None;
+        let origin = d.origin.take();
+        d.skip.clear();
         let record = Record::Qos2Received { sid: session.0, packet_id };
         let remote: SmallVec<[(WorkerId, u64); 2]> = d.route.drain(..).collect();
         if remote.is_empty() || d.remote_satisfied(&remote) {
             return d.append(&record);
+        }
+        // The local copies are in this batch, the id comes later: if a crash comes between,
+        // the re-sent PUBLISH must skip this worker's sessions as the other workers do theirs.
+        if let Some((origin, packet_id)) = origin {
+            let local = d.local;
+            d.note_held(&origin, packet_id, local);
         }
         let registered_at = d.held_count;
         d.pending.push_back(PendingRecord { registered_at, remote, record });
@@ -537,6 +632,19 @@ impl Broker {
         }
     }
 
+    /// Journals a retained update (`message` set, or deleted by an empty payload) made at
+    /// `now`, with its wall-clock time.
+    pub(super) fn journal_retain(&mut self, message: &Message, now: Millis) {
+        let Some(d) = self.durability.as_deref_mut() else { return };
+        let set_at = i64::try_from(now.0).unwrap_or(i64::MAX);
+        d.append(&Record::Retain {
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            qos: message.qos,
+            set_at_unix_millis: Some(d.unix_millis(set_at)),
+        });
+    }
+
     /// Appends `record` if persistence is on (built only then).
     pub(super) fn journal(&mut self, record: impl FnOnce() -> Record) {
         if let Some(d) = self.durability.as_deref_mut() {
@@ -548,17 +656,15 @@ impl Broker {
     /// with their subscriptions and messages, and the retained messages. Call after
     /// `enable_persistence` and before any event; then write a snapshot.
     pub fn restore(&mut self, image: Image, now: Millis) {
-        for stored in image.retained {
-            self.retained.set(message_from(stored), now);
-        }
+        self.restore_retained(image.retained, now);
         for (worker, filter) in &image.remote_interest {
             let worker = WorkerId(*worker);
             assert!(worker != self.me && worker.0 < self.workers, "interest of {worker:?}");
             self.subscriptions.set_remote_interest(filter, worker, true);
         }
         if let Some(d) = self.durability.as_deref_mut() {
-            for (_, origin, packet_id) in image.qos2_forwarded {
-                d.note_forwarded(&origin, packet_id);
+            for held in image.qos2_forwarded {
+                d.note_held(&held.origin, held.packet_id, (held.workers, held.worker));
             }
         }
         for session in image.sessions {
@@ -582,6 +688,29 @@ impl Broker {
             }
         }
         self.refresh_gauges();
+    }
+
+    /// Restores retained messages with the age they had (`retained_expiry_secs` counts from
+    /// when they were first set; those already due are dropped and counted as expired).
+    fn restore_retained(&mut self, mut retained: Vec<RetainedImage>, now: Millis) {
+        let unix_now = self
+            .durability
+            .as_deref()
+            .map_or(0, |d| d.unix_millis(i64::try_from(now.0).unwrap_or(i64::MAX)));
+        // A message without a recorded time (an older file), or from a clock that has since
+        // gone back, counts as set now.
+        let age = |set_at: Option<u64>| set_at.map_or(0, |at| unix_now.saturating_sub(at));
+        // The store keeps messages in set-time order: oldest first.
+        retained.sort_by_key(|stored| std::cmp::Reverse(age(stored.set_at_unix_millis)));
+        let expiry_millis = self.config.retained_expiry_secs.saturating_mul(1000);
+        for stored in retained {
+            let age_millis = age(stored.set_at_unix_millis);
+            if expiry_millis > 0 && age_millis >= expiry_millis {
+                self.stats.retained_expired += 1;
+                continue;
+            }
+            self.retained.set_aged(message_from(stored.message), now, age_millis);
+        }
     }
 
     fn restore_entry(&mut self, id: SessionId, entry: crate::persist::image::EntryImage) {

@@ -10,7 +10,9 @@
 //! due, so a call costs one step per expired message plus one, never a scan of the store, and
 //! the list needs no memory beyond two indices per message and never holds stale entries.
 //! Times are the driver's monotonic clock; a `now` earlier than the newest message's (which a
-//! monotonic clock never gives) is raised to it, so the list stays in order.
+//! monotonic clock never gives) is raised to it, so the list stays in order. A message restored
+//! after a restart keeps its age (`set_aged`), which may reach before the clock's zero: set
+//! times are kept offset by `SET_AT_BIAS_MILLIS` so they never go below zero.
 //!
 //! Invariants: at most `retained_messages_max` messages; a trie node exists only while it or a
 //! node below it holds a message (deleting prunes); a node's `message` and a message's `node`
@@ -40,6 +42,10 @@ pub enum RetainOutcome {
 
 const NONE: u32 = u32::MAX;
 
+/// Added to every stored set time: a restored message's age may reach before `Millis(0)`
+/// (about 140,000 years of room).
+const SET_AT_BIAS_MILLIS: u64 = 1 << 52;
+
 /// A trie node's links: its children's list, its place in its parent's, and its message.
 #[derive(Clone, Copy, Debug)]
 struct Links {
@@ -64,7 +70,8 @@ impl Default for Links {
 #[derive(Debug)]
 struct Retained {
     message: Message,
-    set_at: Millis,
+    /// When it was set: `Millis` plus `SET_AT_BIAS_MILLIS`.
+    set_at: u64,
     node: NodeId,
     /// Neighbours in set-time order (keys in `messages`, or `NONE`).
     older: u32,
@@ -109,6 +116,14 @@ impl RetainedStore {
 
     /// Stores `message` for its topic (an empty payload deletes) as of `now`.
     pub fn set(&mut self, message: Message, now: Millis) -> RetainOutcome {
+        self.set_aged(message, now, 0)
+    }
+
+    /// `set`, for a message set `age_millis` before `now` (restored after a restart, so
+    /// `retained_expiry_secs` counts from when it was first set). Restore in set-time order:
+    /// a message cannot be older than the newest one held (its age is cut to fit).
+    pub fn set_aged(&mut self, message: Message, now: Millis, age_millis: u64) -> RetainOutcome {
+        let set_at = (now.0.saturating_add(SET_AT_BIAS_MILLIS)).saturating_sub(age_millis);
         let existing = self.message_at(&message.topic);
         match (existing, message.payload.is_empty()) {
             (Some(key), true) => {
@@ -118,7 +133,7 @@ impl RetainedStore {
             (None, true) => RetainOutcome::NothingToDelete,
             (Some(key), false) => {
                 self.unlink_message(key);
-                let set_at = self.clamp(now);
+                let set_at = self.clamp(set_at);
                 let retained = &mut self.messages[key as usize];
                 retained.message = message;
                 retained.set_at = set_at;
@@ -128,7 +143,7 @@ impl RetainedStore {
             (None, false) if self.messages.len() >= self.capacity => RetainOutcome::Full,
             (None, false) => {
                 let node = self.node_or_insert(&message.topic);
-                let set_at = self.clamp(now);
+                let set_at = self.clamp(set_at);
                 let entry = Retained { message, set_at, node, older: NONE, newer: NONE };
                 let key = self.messages.insert(entry) as u32;
                 self.trie.value_mut(node).message = key;
@@ -142,6 +157,17 @@ impl RetainedStore {
     pub fn for_each(&self, mut visit: impl FnMut(&Message)) {
         for (_, retained) in &self.messages {
             visit(&retained.message);
+        }
+    }
+
+    /// Calls `visit` with every retained message and when it was set, in milliseconds of the
+    /// driver's clock (negative: before its zero, a message restored with its age).
+    pub fn for_each_set_at(&self, mut visit: impl FnMut(&Message, i64)) {
+        for (_, retained) in &self.messages {
+            // Cannot fail: both are under 2^63 (the bias is 2^52, clock values far below).
+            let set_at = i64::try_from(retained.set_at).expect("under 2^63")
+                - i64::try_from(SET_AT_BIAS_MILLIS).expect("2^52");
+            visit(&retained.message, set_at);
         }
     }
 
@@ -232,8 +258,9 @@ impl RetainedStore {
             return 0;
         }
         let mut expired = 0;
+        let now = now.0.saturating_add(SET_AT_BIAS_MILLIS);
         while self.oldest != NONE
-            && now.since(self.messages[self.oldest as usize].set_at)
+            && now.saturating_sub(self.messages[self.oldest as usize].set_at)
                 >= expiry_secs.saturating_mul(1000)
         {
             self.remove(self.oldest);
@@ -248,7 +275,10 @@ impl RetainedStore {
         if expiry_secs == 0 || self.oldest == NONE {
             return None;
         }
-        Some(self.messages[self.oldest as usize].set_at.plus_secs(expiry_secs))
+        let due = self.messages[self.oldest as usize]
+            .set_at
+            .saturating_add(expiry_secs.saturating_mul(1000));
+        Some(Millis(due.saturating_sub(SET_AT_BIAS_MILLIS)))
     }
 
     pub fn len(&self) -> usize {
@@ -264,10 +294,10 @@ impl RetainedStore {
         self.trie.len()
     }
 
-    fn clamp(&self, now: Millis) -> Millis {
+    fn clamp(&self, set_at: u64) -> u64 {
         match self.newest {
-            NONE => now,
-            key => now.max(self.messages[key as usize].set_at),
+            NONE => set_at,
+            key => set_at.max(self.messages[key as usize].set_at),
         }
     }
 

@@ -23,7 +23,6 @@
 
 use super::{Action, Broker, ConnId, Message, Millis, RemoteMsg, RetainToken, WorkerId};
 use crate::broker::retain::RetainOutcome;
-use crate::persist::record::Record;
 
 /// FNV-1a, 64 bits: a stable hash of `bytes` (the same in every process and version).
 pub fn stable_hash(bytes: &[u8]) -> u64 {
@@ -82,6 +81,7 @@ impl Broker {
                 self.count_received(from);
                 if self.accept_forwarded(&forwarded) {
                     self.deliver_from_remote(&forwarded.message, now);
+                    self.end_held_route();
                 }
             }
             RemoteMsg::Qos2Release { origin, packet_id } => {
@@ -142,11 +142,7 @@ impl Broker {
             }
             return false;
         }
-        self.journal(|| Record::Retain {
-            topic: message.topic.clone(),
-            payload: message.payload.clone(),
-            qos: message.qos,
-        });
+        self.journal_retain(&message, now);
         let others: Vec<WorkerId> = self.other_workers().collect();
         for worker in others {
             let message = message.clone();

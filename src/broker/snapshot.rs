@@ -1,8 +1,18 @@
 //! Snapshots of a worker's persistent state: whole (a start-up's first file, `take_snapshot`)
 //! or a slice per loop turn (a compaction while the broker runs, `snapshot_slice`).
 //!
-//! A sliced snapshot walks the session slab `SNAPSHOT_SLOTS_PER_SLICE` slots at a time; the
-//! retained messages and forwarded QoS 2 ids go in the last slice, then `SnapshotEnd`. The
+//! A sliced snapshot walks the session slab `SNAPSHOT_SLOTS_PER_SLICE` slots at a time, and
+//! writes at most `SNAPSHOT_ENTRIES_PER_SLICE` outgoing messages per slice: a session with a
+//! longer queue is cut, and the next slice resumes it at the first entry not written (entries
+//! are in sequence order, oldest first: inflight, then queued). The retained messages and
+//! forwarded QoS 2 ids go in the last slice, then `SnapshotEnd`.
+//!
+//! A session cut between slices is open in the replayed state from its first part on, so the
+//! batches copied in between apply to it: a change to an entry already written applies, one to
+//! an entry not yet written does not fit and is skipped (the later part holds the entry as it
+//! is then), and an entry enqueued meanwhile is written by both, which replay takes once. If
+//! the session is dropped or its slot taken by a new session meanwhile, the copied records
+//! hold all of it, and what the resumed part writes again of a new one only restates it. The
 //! runtime writes the slices into the new file interleaved with copies of the batches it keeps
 //! writing to the old one (`runtime/journal.rs`), and takes a slice only when no record is
 //! pending: a slice then shows exactly the state after every record copied before it. Replay
@@ -21,15 +31,36 @@ use super::session::Session;
 use super::{Broker, SessionId};
 use crate::persist::record::{encode, Record};
 
-/// Session slab slots one slice walks (a slot is a few nanoseconds when empty; a session's
-/// records are written whole, whatever its queue holds).
+/// Session slab slots one slice walks (a slot is a few nanoseconds when empty).
 pub const SNAPSHOT_SLOTS_PER_SLICE: usize = 4096;
+
+/// Outgoing messages one slice writes at most (a few records each): a session with a longer
+/// queue is written over several slices.
+pub const SNAPSHOT_ENTRIES_PER_SLICE: usize = 4096;
+
+/// How much one slice of a sliced snapshot may write.
+#[derive(Clone, Copy, Debug)]
+pub struct SliceLimits {
+    pub slots: usize,
+    pub entries: usize,
+}
+
+impl SliceLimits {
+    /// The runtime's: `SNAPSHOT_SLOTS_PER_SLICE` and `SNAPSHOT_ENTRIES_PER_SLICE`.
+    pub const RUNTIME: Self =
+        Self { slots: SNAPSHOT_SLOTS_PER_SLICE, entries: SNAPSHOT_ENTRIES_PER_SLICE };
+    /// No limit: a whole snapshot at once (a start-up's).
+    const WHOLE: Self = Self { slots: usize::MAX, entries: usize::MAX };
+}
 
 /// Where a sliced snapshot stands.
 #[derive(Debug)]
 pub struct SnapshotCursor {
     next_slot: usize,
-    slots_per_slice: usize,
+    /// The session at `next_slot` was cut: its entries from this sequence number on are
+    /// still to be written (its opening records are written).
+    resume_seq: Option<u64>,
+    limits: SliceLimits,
     done: bool,
 }
 
@@ -52,7 +83,8 @@ impl Broker {
         let d = self.durability.as_deref_mut().expect("persistence is enabled");
         let position = d.discard_pending();
         encode(&Record::Header { worker: me.0, generation }, out);
-        let mut cursor = SnapshotCursor { next_slot: 0, slots_per_slice: usize::MAX, done: false };
+        let limits = SliceLimits::WHOLE;
+        let mut cursor = SnapshotCursor { next_slot: 0, resume_seq: None, limits, done: false };
         while !cursor.done {
             self.write_slice(&mut cursor, out);
         }
@@ -61,17 +93,18 @@ impl Broker {
 
     /// Starts a sliced snapshot into a new file of `generation`: its header. The records
     /// pending and appended from now on still go to the current file (and the runtime copies
-    /// them into the new one). Each slice walks `slots_per_slice` session slots
-    /// (`SNAPSHOT_SLOTS_PER_SLICE` in the runtime).
+    /// them into the new one). Each slice walks at most `limits.slots` session slots and
+    /// writes at most `limits.entries` outgoing messages (`SliceLimits::RUNTIME` in the
+    /// runtime).
     pub fn begin_snapshot(
         &mut self,
         generation: u64,
-        slots_per_slice: usize,
+        limits: SliceLimits,
         out: &mut Vec<u8>,
     ) -> SnapshotCursor {
-        assert!(slots_per_slice > 0, "a slice walks at least one slot");
+        assert!(limits.slots > 0 && limits.entries > 0, "a slice writes something");
         encode(&Record::Header { worker: self.me.0, generation }, out);
-        SnapshotCursor { next_slot: 0, slots_per_slice, done: false }
+        SnapshotCursor { next_slot: 0, resume_seq: None, limits, done: false }
     }
 
     /// Appends the next slice of the snapshot to `out`; the last ends with `SnapshotEnd`. Call
@@ -84,12 +117,22 @@ impl Broker {
     fn write_slice(&mut self, cursor: &mut SnapshotCursor, out: &mut Vec<u8>) {
         assert!(!cursor.done, "the snapshot is complete");
         let mut bodies: HashMap<BodyKey, u64> = HashMap::new();
-        let end =
-            self.sessions.slots().min(cursor.next_slot.saturating_add(cursor.slots_per_slice));
+        let end = self.sessions.slots().min(cursor.next_slot.saturating_add(cursor.limits.slots));
+        let mut budget = cursor.limits.entries;
         for slot in cursor.next_slot..end {
             let id = SessionId(slot as u32);
-            if self.sessions.try_get(id).is_some_and(|session| session.persistent) {
-                self.snapshot_session(id, &mut bodies, out);
+            let resume = cursor.resume_seq.take();
+            if !self.sessions.try_get(id).is_some_and(|session| session.persistent) {
+                continue;
+            }
+            if resume.is_none() {
+                self.snapshot_session_opening(id, out);
+            }
+            let from_seq = resume.unwrap_or(0);
+            if let Some(cut) = self.snapshot_entries(id, from_seq, &mut budget, &mut bodies, out) {
+                cursor.next_slot = slot;
+                cursor.resume_seq = Some(cut);
+                return;
             }
         }
         cursor.next_slot = end;
@@ -100,15 +143,9 @@ impl Broker {
         }
     }
 
-    /// One persistent session: its opening, subscriptions, QoS 2 ids, where its packet ids
-    /// continue, and its outgoing messages (in flight first, then queued).
-    fn snapshot_session(
-        &mut self,
-        id: SessionId,
-        bodies: &mut HashMap<BodyKey, u64>,
-        out: &mut Vec<u8>,
-    ) {
-        let d = self.durability.as_deref_mut().expect("persistence is enabled");
+    /// The opening of a persistent session's snapshot: the session, its subscriptions, QoS 2
+    /// ids and where its packet ids continue.
+    fn snapshot_session_opening(&self, id: SessionId, out: &mut Vec<u8>) {
         let session: &Session = self.sessions.get(id);
         let sid = id.0;
         encode(&Record::SessionOpen { sid, client_id: session.client_id.clone() }, out);
@@ -120,6 +157,22 @@ impl Broker {
         }
         let packet_id = session.outgoing.next_packet_id();
         encode(&Record::NextPacketId { sid, packet_id }, out);
+    }
+
+    /// A session's outgoing messages (in flight first, then queued) from sequence number
+    /// `from_seq` on, at most `budget` of them (less what they used). Returns the sequence
+    /// number of the first one not written when the budget ran out before the end.
+    fn snapshot_entries(
+        &mut self,
+        id: SessionId,
+        from_seq: u64,
+        budget: &mut usize,
+        bodies: &mut HashMap<BodyKey, u64>,
+        out: &mut Vec<u8>,
+    ) -> Option<u64> {
+        let d = self.durability.as_deref_mut().expect("persistence is enabled");
+        let session: &Session = self.sessions.get(id);
+        let sid = id.0;
         let inflight = session
             .outgoing
             .inflight()
@@ -128,10 +181,21 @@ impl Broker {
             .outgoing
             .queued()
             .map(|entry| (&entry.message, entry.qos, entry.retain, entry.seq, None));
+        let mut previous_seq = 0;
         for (message, qos, retain, seq, inflight) in inflight.chain(queued) {
             if seq == 0 {
                 continue; // QoS 0, never journaled
             }
+            // Resuming at a sequence number relies on this order.
+            assert!(seq > previous_seq, "session entries out of sequence order");
+            previous_seq = seq;
+            if seq < from_seq {
+                continue;
+            }
+            if *budget == 0 {
+                return Some(seq);
+            }
+            *budget -= 1;
             let key = (
                 message.topic.as_bytes().as_ptr() as usize,
                 message.topic.as_bytes().len(),
@@ -152,6 +216,7 @@ impl Broker {
                 }
             }
         }
+        None
     }
 
     /// The state no session owns: the retained topics this worker owns and the QoS 2 ids
@@ -160,10 +225,14 @@ impl Broker {
         let (me, workers) = (self.me, self.workers);
         let d = self.durability.as_deref().expect("persistence is enabled");
         d.snapshot_forwarded(out);
-        self.retained.for_each(|message| {
+        self.retained.for_each_set_at(|message, set_at| {
             if home_worker(message.topic.as_bytes(), workers) == me {
                 let (topic, payload) = (message.topic.clone(), message.payload.clone());
-                encode(&Record::Retain { topic, payload, qos: message.qos }, out);
+                let set_at_unix_millis = Some(d.unix_millis(set_at));
+                encode(
+                    &Record::Retain { topic, payload, qos: message.qos, set_at_unix_millis },
+                    out,
+                );
             }
         });
     }

@@ -325,7 +325,8 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retained_messages_max: Option<usize>,
 
-    /// Seconds a retained message is kept after it was set; 0 = forever.
+    /// Seconds a retained message is kept after it was set (with persistence, counted across
+    /// restarts); 0 = forever.
     #[arg(long, value_name = "SECS", help_heading = "MQTT limits")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retained_expiry_secs: Option<u64>,
@@ -344,7 +345,9 @@ pub struct Settings {
     // ---- Persistence -----------------------------------------------------------------------
     /// Keep persistent sessions (subscriptions, queued and in-flight QoS 1/2 messages) and
     /// retained messages on disk across restarts and crashes (true|false): each worker writes
-    /// a journal, and acknowledgements wait until what they promise is durable.
+    /// a journal, and acknowledgements wait until what they promise is durable. A journal write
+    /// that fails (a full disk) stops the broker with a logged error; nothing acknowledged is
+    /// lost.
     #[arg(long, value_name = "BOOL", help_heading = "Persistence")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistence: Option<bool>,

@@ -14,6 +14,14 @@ pub struct StoredMessage {
     pub retain: bool,
 }
 
+/// A retained message and when it was set (wall clock, milliseconds since the Unix epoch;
+/// `None` when the file did not record it: taken as set at the restart).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RetainedImage {
+    pub message: StoredMessage,
+    pub set_at_unix_millis: Option<u64>,
+}
+
 /// Where one of a session's outgoing QoS 1/2 messages stood.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum EntryState {
@@ -49,20 +57,31 @@ pub struct SessionImage {
     pub next_packet_id: Option<PacketId>,
 }
 
+/// A QoS 2 message (origin client id, packet id) whose copies the persistent sessions homed
+/// at `worker` among `workers` workers hold (`workers` 0: the epoch's worker count, filled in
+/// by `store::partition`). A re-sent PUBLISH with that id, after a crash lost it at the
+/// origin, is not delivered to them again; sessions keep this however they are re-homed.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct HeldQos2 {
+    pub origin: Utf8Bytes,
+    pub packet_id: PacketId,
+    pub workers: u16,
+    pub worker: u16,
+}
+
 /// Everything recovered: for one worker, or for the whole process before it is partitioned.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Image {
     pub sessions: Vec<SessionImage>,
     /// Retained messages: every worker gets all of them (each keeps a full replica).
-    pub retained: Vec<StoredMessage>,
+    pub retained: Vec<RetainedImage>,
     /// In a worker's share: the filters other workers' recovered sessions subscribe to, by
     /// worker index. Applied before any client is served, so a publish that arrives before
     /// those workers' interest broadcasts is still routed to them.
     pub remote_interest: Vec<(u16, TopicFilter)>,
-    /// QoS 2 messages from persistent sessions of other workers stored here and not yet
-    /// released (`Record::Qos2Forwarded`), by the worker that stored them: (worker, origin
-    /// client id, packet id). Kept only when the worker count is unchanged (`store::partition`).
-    pub qos2_forwarded: Vec<(u16, Utf8Bytes, PacketId)>,
+    /// QoS 2 messages from persistent sessions whose copies persistent sessions hold and
+    /// whose ids are not yet released (`Record::Qos2Forwarded` and `Qos2Held`).
+    pub qos2_forwarded: Vec<HeldQos2>,
 }
 
 impl Image {

@@ -8,8 +8,10 @@
 //! (a topic name with a wildcard, a QoS of 3, a zero packet id, bytes left over) is *bad*:
 //! recovery stops at the first bad frame of a file (see `recovery.rs`).
 //!
-//! Sans-IO: encoding appends to a `Vec<u8>`, decoding reads from `Bytes` (strings and
-//! payloads are slices of the file's buffer, not copies). Invariant: `decode(encode(r)) == r`
+//! Sans-IO: encoding appends to a `Vec<u8>`, decoding reads from `Bytes`. Decoded strings
+//! and payloads are copies, not slices of the file's buffer: a recovered state lives for the
+//! broker's whole run, and one client id sliced from a file would keep the whole file
+//! (tens of MB) allocated (docs/BENCHMARKS.md, "Restart with 1M persistent sessions"). Invariant: `decode(encode(r)) == r`
 //! for every record (tested), and a decoded record carries only values the broker accepts.
 
 use bytes::{Buf, Bytes};
@@ -92,10 +94,14 @@ pub enum Record {
         seq: u64,
     },
     /// A retained message set for its topic, or deleted when `payload` is empty.
+    /// `set_at_unix_millis`: when it was set, wall clock (so `retained_expiry_secs` counts
+    /// across a restart); `None` in files written before it was recorded (kind 12): such a
+    /// message is taken as set at the restart.
     Retain {
         topic: TopicName,
         payload: Bytes,
         qos: QoS,
+        set_at_unix_millis: Option<u64>,
     },
     /// A QoS 2 PUBLISH from the session's client was delivered (Method B): its id is held
     /// until PUBREL, so a re-sent PUBLISH is not delivered twice.
@@ -124,6 +130,16 @@ pub enum Record {
         origin: Utf8Bytes,
         packet_id: PacketId,
     },
+    /// In a snapshot: the copies of `origin`'s QoS 2 message `packet_id` are held by the
+    /// persistent sessions homed at `worker` among `workers` workers (pairs written by a run
+    /// with another worker count, whose sessions were re-homed since; `Qos2Forwarded` is the
+    /// case of this worker's own sessions).
+    Qos2Held {
+        origin: Utf8Bytes,
+        packet_id: PacketId,
+        workers: u16,
+        worker: u16,
+    },
     /// `origin`'s client released `packet_id` (PUBREL): a new message may reuse it.
     Qos2ForwardReleased {
         origin: Utf8Bytes,
@@ -150,6 +166,9 @@ mod kind {
     pub const NEXT_PACKET_ID: u8 = 16;
     pub const QOS2_FORWARDED: u8 = 17;
     pub const QOS2_FORWARD_RELEASED: u8 = 18;
+    /// `Retain` with the wall-clock time it was set.
+    pub const RETAIN_AT: u8 = 19;
+    pub const QOS2_HELD: u8 = 20;
 }
 
 /// Appends `record`, framed, to `out`; returns the frame's size in bytes.
@@ -237,8 +256,14 @@ fn encode_body(record: &Record, out: &mut Vec<u8>) {
             out.push(kind::DONE);
             out.extend_from_slice(&seq.to_le_bytes());
         }
-        Record::Retain { topic, payload, qos } => {
-            out.push(kind::RETAIN);
+        Record::Retain { topic, payload, qos, set_at_unix_millis } => {
+            match set_at_unix_millis {
+                Some(millis) => {
+                    out.push(kind::RETAIN_AT);
+                    out.extend_from_slice(&millis.to_le_bytes());
+                }
+                None => out.push(kind::RETAIN),
+            }
             out.push(qos.as_u8());
             put_bytes(out, topic.as_bytes());
             put_bytes(out, payload);
@@ -248,6 +273,13 @@ fn encode_body(record: &Record, out: &mut Vec<u8>) {
             out.push(if received { kind::QOS2_RECEIVED } else { kind::QOS2_RELEASED });
             out.extend_from_slice(&sid.to_le_bytes());
             out.extend_from_slice(&packet_id.get().to_le_bytes());
+        }
+        Record::Qos2Held { origin, packet_id, workers, worker } => {
+            out.push(kind::QOS2_HELD);
+            out.extend_from_slice(&packet_id.get().to_le_bytes());
+            out.extend_from_slice(&workers.to_le_bytes());
+            out.extend_from_slice(&worker.to_le_bytes());
+            put_bytes(out, origin.as_bytes());
         }
         Record::Qos2Forwarded { origin, packet_id }
         | Record::Qos2ForwardReleased { origin, packet_id } => {
@@ -341,7 +373,10 @@ impl Body {
     fn bytes(&mut self) -> Result<Bytes, &'static str> {
         let len = self.u32()? as usize;
         self.need(len)?;
-        Ok(self.0.split_to(len))
+        // A copy, not a slice that would keep the file's buffer alive (module documentation).
+        let copy = Bytes::copy_from_slice(&self.0[..len]);
+        self.0.advance(len);
+        Ok(copy)
     }
     fn qos(&mut self) -> Result<QoS, &'static str> {
         QoS::from_u8(self.u8()?).ok_or("QoS beyond 2")
@@ -369,7 +404,8 @@ impl Body {
 
 fn decode_body(frame: Bytes) -> Result<Record, &'static str> {
     let mut body = Body(frame);
-    let record = match body.u8()? {
+    let kind = body.u8()?;
+    let record = match kind {
         kind::HEADER => {
             if body.u32()? != MAGIC {
                 return Err("not a ringmq journal");
@@ -406,9 +442,13 @@ fn decode_body(frame: Bytes) -> Result<Record, &'static str> {
         kind::SENT => Record::Sent { seq: body.u64()?, packet_id: body.packet_id()? },
         kind::RELEASED => Record::Released { seq: body.u64()? },
         kind::DONE => Record::Done { seq: body.u64()? },
-        kind::RETAIN => {
+        kind::RETAIN | kind::RETAIN_AT => {
+            let set_at_unix_millis = match kind {
+                kind::RETAIN_AT => Some(body.u64()?),
+                _ => None,
+            };
             let qos = body.qos()?;
-            Record::Retain { qos, topic: body.topic()?, payload: body.bytes()? }
+            Record::Retain { qos, topic: body.topic()?, payload: body.bytes()?, set_at_unix_millis }
         }
         kind::QOS2_RECEIVED => {
             Record::Qos2Received { sid: body.u32()?, packet_id: body.packet_id()? }
@@ -419,6 +459,13 @@ fn decode_body(frame: Bytes) -> Result<Record, &'static str> {
         kind::QOS2_FORWARDED => {
             let packet_id = body.packet_id()?;
             Record::Qos2Forwarded { packet_id, origin: body.utf8()? }
+        }
+        kind::QOS2_HELD => {
+            let (packet_id, workers, worker) = (body.packet_id()?, body.u16()?, body.u16()?);
+            if worker >= workers {
+                return Err("a worker beyond the worker count");
+            }
+            Record::Qos2Held { packet_id, workers, worker, origin: body.utf8()? }
         }
         kind::QOS2_FORWARD_RELEASED => {
             let packet_id = body.packet_id()?;
@@ -467,6 +514,13 @@ mod tests {
                 topic: TopicName::from_static("r"),
                 payload: Bytes::new(),
                 qos: QoS::AtMostOnce,
+                set_at_unix_millis: None,
+            },
+            Record::Retain {
+                topic: TopicName::from_static("r/2"),
+                payload: Bytes::from_static(b"kept"),
+                qos: QoS::ExactlyOnce,
+                set_at_unix_millis: Some(1_795_000_000_123),
             },
             Record::Qos2Received { sid: 4, packet_id: pid(1) },
             Record::Qos2Released { sid: 4, packet_id: pid(1) },
@@ -476,6 +530,12 @@ mod tests {
             Record::Qos2ForwardReleased {
                 origin: Utf8Bytes::from_static("pub-1"),
                 packet_id: pid(7),
+            },
+            Record::Qos2Held {
+                origin: Utf8Bytes::from_static("pub-2"),
+                packet_id: pid(8),
+                workers: 3,
+                worker: 2,
             },
         ]
     }

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 
-use super::image::{EntryImage, EntryState, Image, SessionImage, StoredMessage};
+use super::image::{
+    EntryImage, EntryState, HeldQos2, Image, RetainedImage, SessionImage, StoredMessage,
+};
 use super::record::{self, BadRecord, Record};
 use crate::protocol::{PacketId, QoS, TopicFilter, TopicName, Utf8Bytes};
 
@@ -56,8 +58,9 @@ pub struct Replay {
     /// Entry seq -> its session's sid.
     entries: HashMap<u64, u32>,
     messages: HashMap<u64, StoredMessage>,
-    retained: HashMap<TopicName, StoredMessage>,
-    forwarded: BTreeSet<(Utf8Bytes, PacketId)>,
+    retained: HashMap<TopicName, RetainedImage>,
+    /// (origin, packet id, workers, worker): `HeldQos2`, `workers` 0 for this epoch's count.
+    forwarded: BTreeSet<(Utf8Bytes, PacketId, u16, u16)>,
 }
 
 impl Replay {
@@ -193,13 +196,13 @@ impl Replay {
                 Some(sid) => self.session(sid, |session| session.entries.remove(&seq).is_some()),
                 None => false,
             },
-            Record::Retain { topic, payload, qos } => {
+            Record::Retain { topic, payload, qos, set_at_unix_millis } => {
                 if payload.is_empty() {
                     self.retained.remove(&topic);
                 } else {
                     let message =
                         StoredMessage { topic: topic.clone(), payload, qos, retain: true };
-                    self.retained.insert(topic, message);
+                    self.retained.insert(topic, RetainedImage { message, set_at_unix_millis });
                 }
                 true
             }
@@ -214,11 +217,21 @@ impl Replay {
                 true
             }),
             Record::Qos2Forwarded { origin, packet_id } => {
-                self.forwarded.insert((origin, packet_id));
+                let worker = self.header.map_or(0, |(worker, _)| worker);
+                self.forwarded.insert((origin, packet_id, 0, worker));
+                true
+            }
+            Record::Qos2Held { origin, packet_id, workers, worker } => {
+                self.forwarded.insert((origin, packet_id, workers, worker));
                 true
             }
             Record::Qos2ForwardReleased { origin, packet_id } => {
-                self.forwarded.remove(&(origin, packet_id));
+                let pairs =
+                    (origin.clone(), packet_id, 0, 0)..=(origin, packet_id, u16::MAX, u16::MAX);
+                let held: Vec<_> = self.forwarded.range(pairs).cloned().collect();
+                for pair in held {
+                    self.forwarded.remove(&pair);
+                }
                 true
             }
         }
@@ -266,13 +279,17 @@ impl Replay {
                 next_packet_id: session.next_packet_id,
             })
             .collect();
-        let mut retained: Vec<StoredMessage> = self.retained.into_values().collect();
-        retained.sort_by(|a, b| a.topic.cmp(&b.topic));
-        let worker = self.header.map_or(0, |(worker, _)| worker);
+        let mut retained: Vec<RetainedImage> = self.retained.into_values().collect();
+        retained.sort_by(|a, b| a.message.topic.cmp(&b.message.topic));
         let qos2_forwarded = self
             .forwarded
             .into_iter()
-            .map(|(origin, packet_id)| (worker, origin, packet_id))
+            .map(|(origin, packet_id, workers, worker)| HeldQos2 {
+                origin,
+                packet_id,
+                workers,
+                worker,
+            })
             .collect();
         Image { sessions, retained, remote_interest: Vec::new(), qos2_forwarded }
     }

@@ -38,6 +38,7 @@ fn sample() -> (Vec<u8>, Vec<usize>) {
             topic: topic("r"),
             payload: Bytes::from_static(b"kept"),
             qos: QoS::AtLeastOnce,
+            set_at_unix_millis: Some(1_795_000_000_000),
         },
         Record::SnapshotEnd,
         Record::Released { seq: 10 },

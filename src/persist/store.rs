@@ -5,8 +5,8 @@
 //! of the broker writes (its worker count). At start-up, [`recover`] reads the newest complete
 //! epoch (a directory named `epoch-<E>`; `.tmp` ones are half-made and ignored), and
 //! [`NextEpoch`] creates `epoch-<E+1>.tmp`, where each worker writes its first snapshot;
-//! [`NextEpoch::commit`] fsyncs them, renames the directory to `epoch-<E+1>` (atomic), fsyncs
-//! the parent and only then deletes the older epochs. A crash at any step leaves the old epoch
+//! [`NextEpoch::commit`] fsyncs them, renames the directory to `epoch-<E+1>` (atomic) and fsyncs
+//! the parent; only then does [`NextEpoch::remove_older`] delete the older epochs. A crash at any step leaves the old epoch
 //! or the new one complete, never neither.
 //!
 //! Within an epoch, a worker's highest generation whose snapshot is complete is its state; a
@@ -157,9 +157,11 @@ fn merge(image: &mut Image, part: Image) {
 
 /// Splits `image` among `workers`: each session to its client id's home worker, every
 /// retained message to every worker (each keeps a full replica). `epoch_workers`: the worker
-/// count of the run that wrote `image`; the QoS 2 ids forwarded to a worker stay with it only
-/// if the count is the same (after a change, a re-sent QoS 2 message that crossed workers
-/// before the crash may be delivered twice, never lost; logged).
+/// count of the run that wrote `image`. The held QoS 2 ids (`HeldQos2`) follow the sessions
+/// that hold the copies: a pair naming the current worker count goes to the worker it names
+/// (its sessions are all still there); one naming another count (the sessions it covers may
+/// now be on any worker) goes to every worker, which then skips those of its sessions that
+/// were homed at the worker it names when the message is re-sent (`broker/durable.rs`).
 pub fn partition(image: Image, workers: u16, epoch_workers: u16) -> Vec<Image> {
     let mut parts: Vec<Image> = (0..workers)
         .map(|_| Image {
@@ -169,19 +171,20 @@ pub fn partition(image: Image, workers: u16, epoch_workers: u16) -> Vec<Image> {
             qos2_forwarded: Vec::new(),
         })
         .collect();
-    if epoch_workers == workers {
-        for (worker, origin, packet_id) in image.qos2_forwarded {
-            if let Some(part) = parts.get_mut(usize::from(worker)) {
-                part.qos2_forwarded.push((worker, origin, packet_id));
+    for mut held in image.qos2_forwarded {
+        if held.workers == 0 {
+            held.workers = epoch_workers;
+        }
+        if held.worker >= held.workers {
+            continue; // cannot come from a correct writer (`record` refuses it)
+        }
+        if held.workers == workers {
+            parts[usize::from(held.worker)].qos2_forwarded.push(held);
+        } else {
+            for part in &mut parts {
+                part.qos2_forwarded.push(held.clone());
             }
         }
-    } else if !image.qos2_forwarded.is_empty() {
-        tracing::warn!(
-            ids = image.qos2_forwarded.len(),
-            epoch_workers,
-            workers,
-            "persistence: the worker count changed; forgetting forwarded QoS 2 ids (a re-sent one may be delivered twice)"
-        );
     }
     let mut interest: std::collections::BTreeSet<(u16, TopicFilter)> = Default::default();
     for session in image.sessions {
@@ -252,11 +255,18 @@ impl NextEpoch {
         Ok(file)
     }
 
-    /// Makes the new epoch the one a restart reads, then deletes the older ones.
+    /// Makes the new epoch the one a restart reads (before any client is served: the
+    /// workers' journals write into it).
     pub fn commit(&self) -> io::Result<()> {
         File::open(&self.tmp)?.sync_all()?;
         fs::rename(&self.tmp, &self.dir)?;
-        File::open(&self.root)?.sync_all()?;
+        File::open(&self.root)?.sync_all()
+    }
+
+    /// Deletes the epochs older than this one, and half-made ones, after [`Self::commit`]
+    /// (not needed for correctness: a restart reads the newest epoch; done once clients are
+    /// served, off the workers' loops, as deleting large files can take a while).
+    pub fn remove_older(&self) -> io::Result<()> {
         for entry in fs::read_dir(&self.root)? {
             let entry = entry?;
             let name = entry.file_name();

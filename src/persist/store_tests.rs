@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
-use crate::persist::image::SessionImage;
+use crate::persist::image::{HeldQos2, SessionImage};
 use crate::persist::record::{encode, Record};
 use crate::protocol::{TopicName, Utf8Bytes};
 
@@ -43,6 +43,7 @@ fn file_bytes(worker: u16, generation: u64, client: &str, topic: &str, complete:
             topic,
             payload: Bytes::from_static(b"v"),
             qos: crate::protocol::QoS::AtMostOnce,
+            set_at_unix_millis: Some(1_795_000_000_000),
         },
         &mut out,
     );
@@ -114,6 +115,9 @@ fn a_new_epoch_replaces_the_old_one_only_when_committed() {
     next.commit().expect("commit");
     let recovered = recover(&dir.0).expect("recover");
     assert_eq!((recovered.epoch, clients(&recovered.image)), (Some(1), vec!["b".to_owned()]));
+    // A crash before the older epoch is deleted: the newest is read all the same.
+    assert!(dir.0.join("epoch-0").exists());
+    next.remove_older().expect("remove");
     assert!(!dir.0.join("epoch-0").exists(), "the older epoch is deleted after the commit");
 }
 
@@ -131,19 +135,18 @@ fn partition_sends_each_session_home_and_every_retained_message_everywhere() {
         sessions: ids.iter().map(|id| session(id)).collect(),
         retained: file_bytes_retained(),
         remote_interest: Vec::new(),
-        qos2_forwarded: (0..3)
-            .map(|worker| (worker, Utf8Bytes::from_static("p"), pid(1)))
-            .collect(),
+        // Written by a run of 3 workers (0: the epoch's count), one id per worker.
+        qos2_forwarded: (0..3).map(|worker| held(0, worker)).collect(),
     };
     let changed = partition(image.clone(), 2, 3);
-    assert!(
-        changed.iter().all(|part| part.qos2_forwarded.is_empty()),
-        "a new worker count forgets them"
-    );
+    for part in &changed {
+        let all: Vec<HeldQos2> = (0..3).map(|worker| held(3, worker)).collect();
+        assert_eq!(part.qos2_forwarded, all, "another count: every worker gets them all");
+    }
     let parts = partition(image, 3, 3);
     for (worker, part) in parts.iter().enumerate() {
         assert_eq!(part.retained.len(), 1);
-        assert_eq!(part.qos2_forwarded, vec![(worker as u16, Utf8Bytes::from_static("p"), pid(1))]);
+        assert_eq!(part.qos2_forwarded, vec![held(3, worker as u16)], "the same count: its own");
         for session in &part.sessions {
             assert_eq!(home_worker(session.client_id.as_bytes(), 3).index(), worker);
         }
@@ -151,11 +154,15 @@ fn partition_sends_each_session_home_and_every_retained_message_everywhere() {
     assert_eq!(parts.iter().map(|p| p.sessions.len()).sum::<usize>(), 20);
 }
 
+fn held(workers: u16, worker: u16) -> HeldQos2 {
+    HeldQos2 { origin: Utf8Bytes::from_static("p"), packet_id: pid(1), workers, worker }
+}
+
 fn pid(value: u16) -> crate::protocol::PacketId {
     crate::protocol::PacketId::new(value).expect("non-zero")
 }
 
-fn file_bytes_retained() -> Vec<super::super::image::StoredMessage> {
+fn file_bytes_retained() -> Vec<super::super::image::RetainedImage> {
     let replay = Replay::file(Bytes::from(file_bytes(0, 0, "x", "t/x", true)));
     replay.into_image().retained
 }

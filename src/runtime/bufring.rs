@@ -64,6 +64,11 @@ impl BufRing {
         self.group
     }
 
+    /// How many buffers the ring has.
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
     pub fn buffer_bytes(&self) -> u32 {
         self.buffer_bytes
     }

@@ -20,24 +20,32 @@
 //! file only, after the rest of the snapshot: written, fsynced, the directory fsynced, and
 //! only then does it become the current file and the old one is deleted. A crash before that
 //! leaves a new file without a durable `SnapshotEnd`, which recovery ignores for the old one
-//! (complete: every acknowledged record is in it). Creating and deleting the files are the
-//! only blocking calls, once per compaction.
+//! (complete: every acknowledged record is in it).
 //!
-//! A failed write or fsync stops the process (logged): acknowledgements already promised
-//! could not be kept otherwise. Invariant: the kernel never reads a batch buffer we freed —
-//! a batch lives in `Journal::batch` until its last completion, and a journal dropped with a
-//! batch in flight leaks the buffer.
+//! Nothing blocks the loop: the new file is created (`openat`), the old one closed and deleted
+//! (`close`, `unlinkat`) and the directory fsynced through the ring too (`Op::JournalFile`),
+//! relative to the epoch directory's descriptor, opened at start-up (it follows the directory
+//! across the epoch's rename). Only `Journal::start` blocks, before the loop runs: it writes
+//! and fsyncs the worker's first file (the recovered state's snapshot).
+//!
+//! A failed write, fsync or file creation stops the process with a logged error: the
+//! acknowledgements waiting for that batch are never sent (they are released only by the
+//! batch's completion), so nothing acknowledged is lost, and a restart recovers the journal
+//! up to its last complete batch. A failed close or delete of an old file is only logged.
+//! Invariant: the kernel never reads a buffer we freed — a batch lives in `Journal::batch`
+//! until its last completion, a path in `Journal::paths` until its operation completes, and a
+//! journal dropped with either in flight leaks them.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 
 use io_uring::{opcode, types};
 
 use super::uring::Completion;
 use super::user_data::{Op, UserData};
 use super::worker::Worker;
-use crate::broker::snapshot::{SnapshotCursor, SNAPSHOT_SLOTS_PER_SLICE};
+use crate::broker::snapshot::{SliceLimits, SnapshotCursor};
 use crate::broker::{Broker, Millis};
 use crate::persist::image::Image;
 use crate::persist::store::{file_name, NextEpoch};
@@ -50,6 +58,11 @@ const WRITE_BYTES_MAX: usize = 1 << 30;
 /// The `user_data` slot of a batch's operations and of a compaction's background writes.
 const BATCH_SLOT: u32 = 0;
 const COMPACTION_SLOT: u32 = 1;
+/// The `user_data` slots of `Op::JournalFile` operations (the generation field carries the
+/// token of the path the operation reads, if any).
+const OPEN_SLOT: u32 = 0;
+const UNLINK_SLOT: u32 = 1;
+const CLOSE_SLOT: u32 = 2;
 
 /// What a worker starts its journal from.
 #[derive(Debug)]
@@ -80,9 +93,8 @@ enum Stage {
 /// The next generation's file while a compaction fills it.
 #[derive(Debug)]
 struct Compaction {
-    file: File,
-    dir: File,
-    old_path: PathBuf,
+    /// `None` until its `openat` completes (slices accumulate in `stream` meanwhile).
+    file: Option<File>,
     generation: u64,
     cursor: SnapshotCursor,
     /// Bytes for the new file not yet submitted: the header, slices, copies of batches.
@@ -108,7 +120,14 @@ struct Batch {
 #[derive(Debug)]
 pub struct Journal {
     file: File,
-    dir: PathBuf,
+    /// The epoch directory: files are created and deleted relative to it; fsynced when a
+    /// compaction's file becomes current.
+    dir: File,
+    /// Paths the kernel reads for an `openat`/`unlinkat` in flight, by token; and how many
+    /// `Op::JournalFile` operations are in flight.
+    paths: Vec<(u32, CString)>,
+    next_path_token: u32,
+    file_ops: u32,
     worker: u16,
     generation: u64,
     /// Bytes in the current file, and in its opening snapshot: a compaction starts once
@@ -137,21 +156,29 @@ impl Journal {
         worker: u16,
         now: Millis,
     ) -> anyhow::Result<Self> {
-        broker.enable_persistence(setup.config.pending_bytes_max);
+        broker.enable_persistence(setup.config.pending_bytes_max, unix_millis_at(now));
         broker.restore(setup.image, now);
         let mut snapshot = Vec::new();
         let position = broker.take_snapshot(0, &mut snapshot);
         let file = setup.epoch.write_first_file(worker, &snapshot).map_err(|error| {
             anyhow::anyhow!("persistence: writing {}: {error}", setup.epoch.tmp.display())
         })?;
+        // The `.tmp` directory becomes the epoch's by a rename: the descriptor follows it.
+        let dir = File::open(&setup.epoch.tmp).map_err(|error| {
+            anyhow::anyhow!("persistence: opening {}: {error}", setup.epoch.tmp.display())
+        })?;
         broker.handle_durable(position, now);
+        let length = snapshot.len() as u64;
         Ok(Self {
             file,
-            dir: setup.epoch.dir.clone(),
+            dir,
+            paths: Vec::new(),
+            next_path_token: 0,
+            file_ops: 0,
             worker,
             generation: 0,
-            length: snapshot.len() as u64,
-            snapshot_bytes: snapshot.len() as u64,
+            length,
+            snapshot_bytes: length,
             config: setup.config,
             batch: None,
             compacting: None,
@@ -166,7 +193,7 @@ impl Journal {
     /// Nothing in flight.
     pub fn idle(&self) -> bool {
         let compaction_writing = self.compacting.as_ref().is_some_and(|c| c.writing.is_some());
-        self.batch.is_none() && !self.sync_in_flight && !compaction_writing
+        self.batch.is_none() && !self.sync_in_flight && !compaction_writing && self.file_ops == 0
     }
 
     /// When the interval policy's next fsync is due, if one is owed.
@@ -177,10 +204,31 @@ impl Journal {
 
     fn batch_fd(&self) -> RawFd {
         match self.batch.as_ref().and_then(|batch| batch.compaction.as_ref()) {
-            Some(compaction) => compaction.file.as_raw_fd(),
+            Some(compaction) => compaction_fd(compaction),
             None => self.file.as_raw_fd(),
         }
     }
+
+    /// Keeps `path` until the operation that reads it completes; returns its token.
+    fn keep_path(&mut self, path: CString) -> u32 {
+        let token = self.next_path_token;
+        self.next_path_token = self.next_path_token.wrapping_add(1);
+        self.paths.push((token, path));
+        token
+    }
+
+    fn release_path(&mut self, token: u32) {
+        self.paths.retain(|(kept, _)| *kept != token);
+    }
+}
+
+fn compaction_fd(compaction: &Compaction) -> RawFd {
+    compaction.file.as_ref().expect("the compaction's file is open").as_raw_fd()
+}
+
+fn file_name_c(worker: u16, generation: u64) -> CString {
+    // Cannot fail: the name is ASCII digits, letters and punctuation, no NUL.
+    CString::new(file_name(worker, generation)).expect("no NUL in a journal file name")
 }
 
 impl Drop for Journal {
@@ -193,7 +241,18 @@ impl Drop for Journal {
         if let Some((buf, _)) = self.compacting.as_mut().and_then(|c| c.writing.take()) {
             std::mem::forget(buf);
         }
+        // An `openat`/`unlinkat` in flight may still read its path.
+        std::mem::forget(std::mem::take(&mut self.paths));
     }
+}
+
+/// The wall-clock time (milliseconds since the Unix epoch) of the loop's `Millis(0)`, given
+/// `now` (a clock before 1970 counts as 1970: retained messages then count as set at the
+/// restart).
+fn unix_millis_at(now: Millis) -> u64 {
+    let since_1970 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let unix = since_1970.map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    unix.saturating_sub(now.0)
 }
 
 /// Stops the process: a journal that cannot be written cannot keep what was acknowledged.
@@ -223,10 +282,9 @@ impl Worker {
             self.begin_compaction();
         }
         let Some(journal) = self.journal.as_mut() else { return };
-        let finishing = journal
-            .compacting
-            .as_ref()
-            .is_some_and(|compaction| compaction.cursor.done() && compaction.writing.is_none());
+        let finishing = journal.compacting.as_ref().is_some_and(|compaction| {
+            compaction.cursor.done() && compaction.file.is_some() && compaction.writing.is_none()
+        });
         let mut buf = std::mem::take(&mut journal.spare);
         let position = self.broker.take_journal(&mut buf);
         if finishing {
@@ -255,21 +313,22 @@ impl Worker {
         self.pump_compaction();
     }
 
-    /// Creates the next generation's file and starts its snapshot (the header).
+    /// Starts creating the next generation's file (`openat` through the ring) and its
+    /// snapshot (the header).
     fn begin_compaction(&mut self) {
         let Some(journal) = self.journal.as_mut() else { return };
         let generation = journal.generation + 1;
-        let path = journal.dir.join(file_name(journal.worker, generation));
-        let old_path = journal.dir.join(file_name(journal.worker, journal.generation));
-        let opened = OpenOptions::new().create(true).truncate(true).write(true).open(&path);
-        let file = opened.unwrap_or_else(|error| {
-            fatal("creating a compacted journal file", error.raw_os_error().unwrap_or(libc::EIO))
-        });
-        let dir = File::open(&journal.dir).unwrap_or_else(|error| {
-            fatal("opening the journal directory", error.raw_os_error().unwrap_or(libc::EIO))
-        });
+        let token = journal.keep_path(file_name_c(journal.worker, generation));
+        let path = journal.paths.last().expect("just kept").1.as_ptr();
+        let flags = libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_CLOEXEC;
+        let entry = opcode::OpenAt::new(types::Fd(journal.dir.as_raw_fd()), path)
+            .flags(flags)
+            .mode(0o644)
+            .build()
+            .user_data(UserData::new(Op::JournalFile, OPEN_SLOT, token).pack());
+        journal.file_ops += 1;
         let mut stream = Vec::new();
-        let cursor = self.broker.begin_snapshot(generation, SNAPSHOT_SLOTS_PER_SLICE, &mut stream);
+        let cursor = self.broker.begin_snapshot(generation, SliceLimits::RUNTIME, &mut stream);
         tracing::info!(
             worker = journal.worker,
             generation,
@@ -277,22 +336,77 @@ impl Worker {
             "persistence: compacting the journal"
         );
         journal.compacting = Some(Box::new(Compaction {
-            file,
-            dir,
-            old_path,
+            file: None,
             generation,
             cursor,
             stream,
             writing: None,
             length: 0,
         }));
+        // SAFETY: the path is kept in `Journal::paths` until this completes (leaked if the
+        // journal is dropped first); the directory descriptor lives as long as the journal.
+        unsafe { self.ring.push(&entry) };
+    }
+
+    /// A compaction's file, its old file's close or its deletion completed.
+    pub(super) fn on_journal_file(&mut self, completion: Completion) {
+        let journal = self.journal.as_mut().expect("a journal completion without a journal");
+        journal.file_ops -= 1;
+        let data = completion.user_data;
+        match data.slot {
+            OPEN_SLOT => {
+                journal.release_path(data.generation);
+                if let Some(errno) = completion.errno() {
+                    fatal("creating a compacted journal file", errno);
+                }
+                // SAFETY: a successful `openat` returns a new descriptor that nothing else owns.
+                let file = unsafe { File::from_raw_fd(completion.result) };
+                let compaction = journal.compacting.as_mut().expect("an open without a compaction");
+                compaction.file = Some(file);
+                self.pump_compaction();
+            }
+            UNLINK_SLOT => {
+                journal.release_path(data.generation);
+                if let Some(errno) = completion.errno() {
+                    let error = std::io::Error::from_raw_os_error(errno);
+                    tracing::warn!(worker = journal.worker, %error, "persistence: could not delete the compacted journal file");
+                }
+            }
+            _ => {
+                if let Some(errno) = completion.errno() {
+                    let error = std::io::Error::from_raw_os_error(errno);
+                    tracing::warn!(worker = journal.worker, %error, "persistence: closing the compacted journal file failed");
+                }
+            }
+        }
+    }
+
+    /// The old file after a compaction: closed and deleted through the ring.
+    fn retire_file(&mut self, old: File, generation: u64) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        let close = opcode::Close::new(types::Fd(old.into_raw_fd()))
+            .build()
+            .user_data(UserData::new(Op::JournalFile, CLOSE_SLOT, 0).pack());
+        let token = journal.keep_path(file_name_c(journal.worker, generation));
+        let path = journal.paths.last().expect("just kept").1.as_ptr();
+        let unlink = opcode::UnlinkAt::new(types::Fd(journal.dir.as_raw_fd()), path)
+            .build()
+            .user_data(UserData::new(Op::JournalFile, UNLINK_SLOT, token).pack());
+        journal.file_ops += 2;
+        // SAFETY: a close hands the kernel no memory; the descriptor was ours alone (an
+        // operation still using it holds its own reference to the file).
+        unsafe { self.ring.push(&close) };
+        // SAFETY: the path is kept in `Journal::paths` until this completes (leaked if the
+        // journal is dropped first); the directory descriptor lives as long as the journal.
+        unsafe { self.ring.push(&unlink) };
     }
 
     /// Submits the compaction's unsubmitted bytes, if no background write is in flight.
     fn pump_compaction(&mut self) {
         let Some(journal) = self.journal.as_mut() else { return };
         let Some(compaction) = journal.compacting.as_mut() else { return };
-        if compaction.writing.is_some() || compaction.stream.is_empty() {
+        if compaction.file.is_none() || compaction.writing.is_some() || compaction.stream.is_empty()
+        {
             return;
         }
         let buf = std::mem::take(&mut compaction.stream);
@@ -304,7 +418,7 @@ impl Worker {
         let Some(compaction) = self.journal.as_mut().and_then(|j| j.compacting.as_mut()) else {
             return;
         };
-        let fd = compaction.file.as_raw_fd();
+        let fd = compaction_fd(compaction);
         let offset = compaction.length;
         let (buf, written) = compaction.writing.as_ref().expect("a compaction write to submit");
         let rest = &buf[*written..];
@@ -353,7 +467,7 @@ impl Worker {
         let base = compaction.length;
         // Nothing new: the batch only makes the new file current (a position already durable).
         let position = position.unwrap_or(0);
-        let fd = compaction.file.as_raw_fd();
+        let fd = compaction_fd(&compaction);
         let compaction = Some(*compaction);
         // Everything may be written already: then only the fsyncs remain (a write of nothing
         // would complete with 0, which means no progress).
@@ -436,9 +550,9 @@ impl Worker {
                 }
             }
             Stage::SyncFile => {
-                if let Some(compaction) = batch.compaction.as_ref() {
+                if batch.compaction.is_some() {
                     batch.stage = Stage::SyncDir;
-                    let fd = compaction.dir.as_raw_fd();
+                    let fd = journal.dir.as_raw_fd();
                     return self.push_fsync(fd, Op::JournalFsync);
                 }
             }
@@ -452,17 +566,16 @@ impl Worker {
         let Some(mut batch) = journal.batch.take() else { return };
         journal.counters.batches += 1;
         journal.counters.bytes += batch.buf.len() as u64;
+        let mut retired = None;
         match batch.compaction.take() {
             Some(compaction) => {
-                journal.file = compaction.file;
+                let file = compaction.file.expect("a finished compaction's file is open");
+                let old = std::mem::replace(&mut journal.file, file);
+                retired = Some((old, journal.generation));
                 journal.generation = compaction.generation;
                 journal.length = batch.base + batch.buf.len() as u64;
                 journal.snapshot_bytes = journal.length;
                 journal.counters.compactions += 1;
-                // The new snapshot and its directory entry are durable: the old file can go.
-                if let Err(error) = std::fs::remove_file(&compaction.old_path) {
-                    tracing::warn!(file = %compaction.old_path.display(), %error, "persistence: could not delete the compacted journal file");
-                }
             }
             None => {
                 journal.length += batch.buf.len() as u64;
@@ -475,6 +588,10 @@ impl Worker {
         if batch.buf.capacity() <= SPARE_BYTES_MAX {
             batch.buf.clear();
             journal.spare = batch.buf;
+        }
+        if let Some((old, generation)) = retired {
+            // The new snapshot and its directory entry are durable: the old file can go.
+            self.retire_file(old, generation);
         }
         self.broker.handle_durable(batch.position, now);
     }

@@ -329,6 +329,12 @@ pub fn start_with(
     }
     // Every ring fd is registered in the mesh now: the workers may ring each other.
     gates.open(true);
+    if let Some(epoch) = &next_epoch {
+        // On this thread, while the workers serve: deleting old journals can take a while.
+        if let Err(error) = epoch.remove_older() {
+            tracing::warn!(%error, "persistence: could not delete the older journal epochs");
+        }
+    }
     Ok(running)
 }
 

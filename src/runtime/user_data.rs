@@ -43,10 +43,12 @@ pub enum Op {
     JournalSync = 15,
     /// Read of the worker's rings eventfd: a further ring posted completions (`rings.rs`).
     RingsWake = 16,
+    /// A journal file's creation, close or deletion (`journal.rs`; `slot` says which).
+    JournalFile = 17,
 }
 
 impl Op {
-    const ALL: [Op; 16] = [
+    const ALL: [Op; 17] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -63,6 +65,7 @@ impl Op {
         Op::JournalFsync,
         Op::JournalSync,
         Op::RingsWake,
+        Op::JournalFile,
     ];
 
     fn from_u8(value: u8) -> Option<Op> {

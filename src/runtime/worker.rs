@@ -176,6 +176,9 @@ pub struct Worker {
     /// turn (each has bytes waiting, so each will take a buffer at once). At most one entry
     /// per slot: a connection is listed only when its receive is not armed.
     pub(super) starved: VecDeque<ConnId>,
+    /// Per ring, how many starved receives this turn may still re-arm (kept for its
+    /// allocation).
+    pub(super) starved_budgets: Vec<u16>,
     /// Connections whose reading is paused (`Conn::paused`), oldest first, each once.
     pub(super) paused: VecDeque<ConnId>,
     /// Packets this turn may still decode (`turn_packets_max` at the start of each turn).
@@ -290,6 +293,7 @@ impl Worker {
             lingering: VecDeque::with_capacity(2 * slots),
             completions: Vec::with_capacity(cq_entries),
             starved: VecDeque::with_capacity(slots),
+            starved_budgets: Vec::new(),
             paused: VecDeque::with_capacity(slots),
             decode_budget: 0,
             adoptions: Vec::new(),
@@ -421,15 +425,40 @@ impl Worker {
         self.ring_doorbells();
     }
 
-    /// Re-arms receives that found no buffer, oldest first, no more than there are buffers.
+    /// Re-arms receives that found no buffer, oldest first, on each ring no more than that
+    /// ring has buffers: each has bytes waiting and takes a buffer as soon as it is submitted,
+    /// so one more would only end in ENOBUFS again (further rings have fewer buffers than the
+    /// first, `rings.rs`). The others keep their place in the queue; each entry is looked at
+    /// once per turn.
     fn rearm_starved(&mut self) {
-        let budget = usize::from(self.config.recv_buffers);
-        for _ in 0..budget.min(self.starved.len()) {
+        if self.starved.is_empty() {
+            return;
+        }
+        let mut budgets = std::mem::take(&mut self.starved_budgets);
+        budgets.clear();
+        budgets.extend((0..self.conns.rings()).map(|ring| self.ring_buffer_count(ring)));
+        for _ in 0..self.starved.len() {
             let Some(id) = self.starved.pop_front() else { break };
             let Some(conn) = self.conns.get_mut(id) else { continue };
-            if conn.phase == super::conn::Phase::Open && conn.peer_alive && !conn.recv_armed {
-                self.arm_recv(id.slot());
+            if conn.phase != super::conn::Phase::Open || !conn.peer_alive || conn.recv_armed {
+                continue;
             }
+            let ring = self.conns.ring_of(id.slot());
+            if budgets[ring] == 0 {
+                self.starved.push_back(id);
+                continue;
+            }
+            budgets[ring] -= 1;
+            self.arm_recv(id.slot());
+        }
+        self.starved_budgets = budgets;
+    }
+
+    /// How many receive buffers ring `ring` has.
+    fn ring_buffer_count(&self, ring: usize) -> u16 {
+        match ring {
+            0 => self.buffers.count(),
+            further => self.rings.further[further - 1].buffers.count(),
         }
     }
 

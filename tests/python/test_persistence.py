@@ -18,6 +18,10 @@ any broker must deliver again. Those were the same-worker duplicates this test u
 get that one transition fixed (`keep_pubrel_across_reconnects`), and count how often it
 mattered, so that what the test measures is the broker.
 
+The scenario runs twice: with 2 workers, and with the worker count changing at every restart
+(2, 3, 1, 2, ...), which re-homes the sessions and the QoS 2 ids held for re-sent messages.
+A last test fills the journal's disk (a small tmpfs it mounts; root only).
+
 RINGMQ_KILL_ROUNDS sets the number of kills (default 3, for CI; the full run is 20).
 RINGMQ_KILL_SEED replays a run (the seed is printed).
 """
@@ -50,18 +54,20 @@ COMPACT_BYTES = 16 * 1024
 class Server:
     """ringmq with a journal, on a fixed port, killed with SIGKILL and restarted."""
 
-    def __init__(self, data_dir, fsync="batch", workers=2):
+    def __init__(self, data_dir, fsync="batch", workers=2, compact_bytes=COMPACT_BYTES):
         self.port = free_port()
         self.data_dir = data_dir
+        # An int, or a list: the worker count of each start in turn (sessions are re-homed).
+        self.workers = workers if isinstance(workers, list) else [workers]
         self.flags = ["--persistence", "true", "--persistence-dir", data_dir,
-                      "--persistence-fsync", fsync, "--workers", str(workers),
+                      "--persistence-fsync", fsync,
                       # The subscriber's queue must not be what drops messages (a drop at
                       # the queue's bound is the defined behaviour, counted, not a loss).
                       "--max-queued-messages", "1000000", "--max-queued-bytes", "1000000000",
                       # Compactions all the time, so that kills land in the middle of them:
                       # a kill between the new file's snapshot and the old file's deletion
                       # must lose nothing either.
-                      "--persistence-compact-bytes", str(COMPACT_BYTES)]
+                      "--persistence-compact-bytes", str(compact_bytes)]
         self.log = tempfile.TemporaryFile()
         self.process = None
         self.starts = 0
@@ -70,7 +76,7 @@ class Server:
         self.process = subprocess.Popen(
             [str(ringmq_binary()), "--bind", "127.0.0.1", "--port", str(self.port),
              "--log-level", "info", "--ring-entries", "1024", "--recv-buffers", "256",
-             *self.flags],
+             "--workers", str(self.workers[self.starts % len(self.workers)]), *self.flags],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
             env={key: value for key, value in os.environ.items() if key != "RUST_LOG"},
         )
@@ -195,14 +201,16 @@ class KillRun:
         return sorted(number for number, count in counts.items() if count > 1)
 
 
-@pytest.fixture(scope="module")
-def kill_run():
-    """Runs the scenario of the module documentation once for the tests below."""
+@pytest.fixture(scope="module", params=[[2], [2, 3, 1]], ids=["2-workers", "worker-count-changes"])
+def kill_run(request):
+    """Runs the scenario of the module documentation once for the tests below: with 2
+    workers, and with the worker count changing at every restart (2, 3, 1, 2, ...: sessions
+    are re-homed, and the QoS 2 ids held for re-sent messages follow them)."""
     seed = int(os.environ.get("RINGMQ_KILL_SEED", random.randrange(1 << 30)))
     print(f"RINGMQ_KILL_SEED={seed} RINGMQ_KILL_ROUNDS={ROUNDS}")
     rng = random.Random(seed)
     data_dir = tempfile.mkdtemp(prefix="ringmq-kill9-")
-    server = Server(data_dir)
+    server = Server(data_dir, workers=request.param)
     received = collections.defaultdict(list)
     details = collections.defaultdict(list)  # (topic, number) -> [(mid, dup, broker start)]
     lock = threading.Lock()
@@ -286,3 +294,100 @@ def test_kill_9_duplicates_no_qos2_message_mqtt_4_3_3_2(kill_run):
         if duplicates:
             found[topic] = (len(duplicates), duplicates[:20])
     assert not found, f"QoS 2 duplicates (count, first numbers): {found}; seed {kill_run.seed}"
+
+
+class SmallDisk:
+    """A tmpfs of `size` mounted on a fresh directory (root only), unmounted and removed at
+    the end: a disk that fills up."""
+
+    def __init__(self, size):
+        self.path = tempfile.mkdtemp(prefix="ringmq-full-")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", self.path], check=True)
+
+    def grow(self, size):
+        subprocess.run(["mount", "-o", f"remount,size={size}", self.path], check=True)
+
+    def remove(self):
+        subprocess.run(["umount", self.path], check=True)
+        os.rmdir(self.path)
+
+
+def wait_exit(server, timeout):
+    try:
+        return server.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"ringmq still runs with a full disk:\n{server.log_tail()}") from None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_stops_the_broker_clearly_and_loses_nothing_acknowledged():
+    """The journal's disk fills up under QoS 1 traffic to a persistent subscriber: the write
+    fails (ENOSPC), the broker logs why and stops; no PUBACK was sent for what it could not
+    write. A restart on the still-full disk refuses to start, saying why, and leaves the
+    journal as it was; once there is room, every acknowledged message is delivered."""
+    disk = SmallDisk("2m")
+    server = Server(os.path.join(disk.path, "data"), workers=1, compact_bytes=1 << 30)
+    clients = []
+    try:
+        server.start()
+        received = set()
+        lock = threading.Lock()
+
+        def on_message(_client, _userdata, message):
+            with lock:
+                received.add(int(message.payload[:8]))
+
+        subscriber = paho_client(server, "full-sub", on_message)
+        subscribed = threading.Event()
+        subscriber.on_subscribe = lambda *_args: subscribed.set()
+        subscriber.subscribe("full/#", 1)
+        assert subscribed.wait(5), "no SUBACK"
+        subscriber.disconnect()
+        subscriber.loop_stop()
+        publisher = paho_client(server, "full-pub")
+        clients.append(publisher)
+        # 32 KiB messages: the 2 MiB disk holds about 60; 200 are published.
+        sent = []
+        for number in range(200):
+            if server.process.poll() is not None:
+                break
+            while sum(1 for info in sent[-20:] if not acknowledged(info)) >= 20:
+                if server.process.poll() is not None:
+                    break
+                time.sleep(0.002)
+            sent.append(publisher.publish("full/t", f"{number:08}".encode() + bytes(32 * 1024), qos=1))
+        status = wait_exit(server, 20)
+        acked = {number for number, info in enumerate(sent) if acknowledged(info)}
+        log = server.log_tail(64 * 1024)
+        assert status != 0, f"ringmq ended with {status} on a full disk"
+        assert "persistence: a journal write failed; stopping" in log, log
+        assert "No space left on device" in log, log
+        assert 10 < len(acked) < len(sent), f"{len(acked)} of {len(sent)} acknowledged"
+        # Still full: the start-up's snapshot cannot be written; the broker says so and exits.
+        retry = subprocess.run([str(ringmq_binary()), "--bind", "127.0.0.1", "--port", str(server.port),
+                                "--log-level", "info", "--workers", "1", *server.flags],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        assert retry.returncode != 0
+        assert b"No space left on device" in retry.stderr, retry.stderr[-4000:]
+        disk.grow("64m")
+        server.start()
+        subscriber = paho_client(server, "full-sub", on_message)
+        clients.append(subscriber)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with lock:
+                if acked <= received:
+                    break
+            time.sleep(0.05)
+        with lock:
+            missing = sorted(acked - received)
+        assert not missing, f"acknowledged and lost: {missing[:20]} ({len(missing)} of {len(acked)})"
+        print(f"full disk: {len(sent)} published, {len(acked)} acknowledged before the stop, "
+              f"{len(received)} delivered after the restart")
+    finally:
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
+        if server.process is not None and server.process.poll() is None:
+            server.kill()
+        disk.remove()

@@ -67,6 +67,8 @@ pub struct Shared {
     counters: Vec<Mutex<Counters>>,
     interval_latency: Mutex<Histogram<u64>>,
     drained_threads: AtomicUsize,
+    /// A stop signal ended the run: workers hand in their reports without saying goodbye.
+    pub aborted: std::sync::atomic::AtomicBool,
     expected_deliveries: AtomicU64,
     /// Deliveries per publisher, kept only with an end-to-end window.
     pub deliveries: Option<conn::DeliveryBoard>,
@@ -83,6 +85,7 @@ impl Shared {
             counters: (0..threads).map(|_| Mutex::new(Counters::default())).collect(),
             interval_latency: Mutex::new(latency_histogram()),
             drained_threads: AtomicUsize::new(0),
+            aborted: std::sync::atomic::AtomicBool::new(false),
             expected_deliveries: AtomicU64::new(0),
             deliveries: flow_controlled.then(|| {
                 conn::DeliveryBoard::new(config.publisher_id_base, config.plan.publishers)
@@ -151,6 +154,8 @@ pub struct LoadOutcome {
     pub process_cpu_ns: (u64, u64),
     /// Connections were set up by linked ring operations (else by system calls).
     pub direct_setup: bool,
+    /// The run was cut short by this stop signal (`sys::catch_stop_signals`).
+    pub interrupted_by: Option<&'static str>,
 }
 
 /// Runs one load test to completion.
@@ -179,9 +184,14 @@ pub fn run_load(config: LoadConfig) -> anyhow::Result<LoadOutcome> {
     }
     let cpu_after = process_cpu_ns();
     let mut outcome = merge(&config, reports);
-    let timings = timings.map_err(|error| {
-        anyhow::anyhow!("{error}; connection errors: {:?}", outcome.stats.errors)
-    })?;
+    outcome.interrupted_by = crate::sys::stop_signal();
+    let timings = match timings {
+        // A stop signal: report what the run got so far.
+        Err(_) if outcome.interrupted_by.is_some() => Timings::cut_short(start_ns),
+        timings => timings.map_err(|error| {
+            anyhow::anyhow!("{error}; connection errors: {:?}", outcome.stats.errors)
+        })?,
+    };
     outcome.connect_secs = timings.connect_secs;
     outcome.run_start_ns = shared.run_start_ns();
     outcome.publish_secs = timings.publish_secs;
@@ -221,6 +231,7 @@ fn merge(config: &LoadConfig, reports: Vec<WorkerReport>) -> LoadOutcome {
         worker_running_cpu_ns,
         process_cpu_ns: (0, 0),
         direct_setup,
+        interrupted_by: None,
     }
 }
 
@@ -229,6 +240,14 @@ struct Timings {
     publish_secs: f64,
     drain_secs: f64,
     drain_complete: bool,
+}
+
+impl Timings {
+    /// A run stopped by a signal: all of it counts as connecting.
+    fn cut_short(start_ns: u64) -> Self {
+        let connect_secs = (monotonic_ns() - start_ns) as f64 / 1e9;
+        Self { connect_secs, publish_secs: 0.0, drain_secs: 0.0, drain_complete: false }
+    }
 }
 
 /// The controlling thread's view: moves the phases along and prints progress.
@@ -305,6 +324,12 @@ impl<'a> Control<'a> {
         loop {
             if self.handles.iter().any(JoinHandle::is_finished) {
                 anyhow::bail!("a worker thread stopped early (see its error below)");
+            }
+            if let Some(signal) = crate::sys::stop_signal() {
+                // The workers skip the orderly goodbye (`Shared::aborted`): at a million
+                // connections it would outlast the caller's patience.
+                self.shared.aborted.store(true, Ordering::Release);
+                anyhow::bail!("stopped by {signal}");
             }
             let now_ns = monotonic_ns();
             if done(&self.shared.total()) {

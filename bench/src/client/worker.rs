@@ -747,6 +747,13 @@ impl Worker {
     /// Says DISCONNECT on every open connection, shuts them down, and waits (bounded) for
     /// sends and receives to end so the buffers they use can be freed.
     fn shutdown(&mut self) -> io::Result<()> {
+        if self.shared.aborted.load(std::sync::atomic::Ordering::Acquire) {
+            // Stopped by a signal: the process exits after the report, and the kernel may
+            // still write into these buffers until then, so they are leaked, not freed.
+            std::mem::forget(self.buffers.take());
+            std::mem::forget(std::mem::take(&mut self.conns));
+            return Ok(());
+        }
         let now_ns = monotonic_ns();
         for local in 0..self.conns.len() {
             if self.conns[local].state.is_open() {

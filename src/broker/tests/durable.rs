@@ -7,15 +7,20 @@
 use bytes::Bytes;
 
 use super::harness::*;
-use crate::broker::snapshot::SnapshotCursor;
+use crate::broker::snapshot::{SliceLimits, SnapshotCursor};
 use crate::broker::{BrokerConfig, Millis};
 use crate::persist::replay::Replay;
 use crate::persist::store::partition;
 use crate::protocol::{Packet, QoS};
 
+/// The wall-clock time (Unix milliseconds) of the first cluster's `Millis(0)`.
+const UNIX_MILLIS_AT_ZERO: u64 = 1_795_000_000_000;
+
 /// Each worker's journal file, as the runtime would have written it.
 struct Disk {
     files: Vec<Vec<u8>>,
+    /// The wall-clock time of the writing cluster's `Millis(0)`.
+    unix_millis_at_zero: u64,
 }
 
 impl Disk {
@@ -26,7 +31,7 @@ impl Disk {
             .brokers
             .iter_mut()
             .map(|broker| {
-                broker.enable_persistence(1 << 20);
+                broker.enable_persistence(1 << 20, UNIX_MILLIS_AT_ZERO);
                 let mut file = Vec::new();
                 let position = broker.take_snapshot(0, &mut file);
                 broker.handle_durable(position, now);
@@ -34,7 +39,7 @@ impl Disk {
             })
             .collect();
         cluster.run();
-        Self { files }
+        Self { files, unix_millis_at_zero: UNIX_MILLIS_AT_ZERO }
     }
 
     /// Writes worker `worker`'s pending records and reports them durable.
@@ -65,6 +70,18 @@ impl Disk {
 
     /// `restart`; with `hold`, no message between workers is delivered yet.
     fn restart_holding(&self, workers: u16, config: BrokerConfig, hold: bool) -> (Cluster, Disk) {
+        self.restart_at(workers, config, hold, self.unix_millis_at_zero)
+    }
+
+    /// A restart whose clock's zero is `unix_millis_at_zero` (later than the writer's: time
+    /// passed on the wall clock).
+    fn restart_at(
+        &self,
+        workers: u16,
+        config: BrokerConfig,
+        hold: bool,
+        unix_millis_at_zero: u64,
+    ) -> (Cluster, Disk) {
         let mut image = crate::persist::image::Image::default();
         for file in &self.files {
             let replay = Replay::file(Bytes::from(file.clone()));
@@ -78,10 +95,11 @@ impl Disk {
         let mut cluster = Cluster::new(workers, config);
         cluster.hold_remotes(hold);
         let now = cluster.now;
-        let parts = partition(image, workers, workers);
+        // The files' worker count is the epoch's (sessions re-homed if `workers` differs).
+        let parts = partition(image, workers, self.files.len() as u16);
         let mut files = Vec::new();
         for (broker, part) in cluster.brokers.iter_mut().zip(parts) {
-            broker.enable_persistence(1 << 20);
+            broker.enable_persistence(1 << 20, unix_millis_at_zero);
             broker.restore(part, now);
             let mut file = Vec::new();
             let position = broker.take_snapshot(0, &mut file);
@@ -89,7 +107,7 @@ impl Disk {
             files.push(file);
         }
         cluster.run();
-        (cluster, Disk { files })
+        (cluster, Disk { files, unix_millis_at_zero })
     }
 }
 
@@ -456,6 +474,75 @@ fn a_new_persistent_session_makes_other_workers_forget_the_old_ones_qos2_ids() {
     assert_eq!(payloads, [Bytes::from_static(b"once"), Bytes::from_static(b"fresh")]);
 }
 
+/// A QoS 2 message from a persistent session of worker 0 of 3, to persistent subscribers on
+/// all three, then a crash: the local copy (worker 0) and worker 1's are durable, worker 2's
+/// and the origin's id are not. Restarted with `workers`, the sessions re-homed, the client
+/// re-sends the PUBLISH: each subscriber has the message exactly once [MQTT-4.3.3-2].
+fn exactly_once_across_a_restart_with(workers: u16) {
+    let config = BrokerConfig::default();
+    let mut cluster = Cluster::new(3, config.clone());
+    let mut disk = Disk::attach(&mut cluster);
+    let subscriber_ids: Vec<String> = (0..3).map(|worker| client_id_on(worker, 3, "s")).collect();
+    for (worker, id) in subscriber_ids.iter().enumerate() {
+        let (subscriber, _) = cluster.connect_on(worker as u16, connect_packet(id, false));
+        cluster.send_subscribe(subscriber, &[("q2", QoS::ExactlyOnce)]);
+        disk.flush_all(&mut cluster);
+        cluster.drop_client(subscriber);
+    }
+    disk.flush_all(&mut cluster);
+    let pub_id = client_id_on(0, 3, "p");
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    cluster.send(publisher, publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7));
+    disk.flush(&mut cluster, 0);
+    disk.flush(&mut cluster, 1);
+    assert_eq!(journaled_ids(&disk, 0), 0, "the crash comes before worker 0 journals the id");
+    assert!(cluster.recv(publisher).is_empty(), "no PUBREC yet");
+    let (mut cluster, mut disk) = disk.restart(workers, config);
+    let home = |id: &str| crate::broker::home_worker(id.as_bytes(), workers).0;
+    let (publisher, connack) = cluster.connect_on(home(&pub_id), connect_packet(&pub_id, false));
+    assert!(connack.session_present);
+    let mut resent = publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7);
+    if let Packet::Publish(publish) = &mut resent {
+        publish.dup = true;
+    }
+    cluster.send(publisher, resent);
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
+    cluster.send(publisher, Packet::Pubrel(pid(7)));
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubcomp(pid(7))]);
+    for id in &subscriber_ids {
+        let (subscriber, connack) = cluster.connect_on(home(id), connect_packet(id, false));
+        assert!(connack.session_present);
+        let payloads: Vec<Bytes> =
+            cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
+        assert_eq!(payloads, [Bytes::from_static(b"once")], "{id} with {workers} workers");
+    }
+    // Released everywhere: nothing is held for the id any more.
+    for worker in 0..workers {
+        let d = cluster.broker(worker).durability.as_deref().expect("persistence is on");
+        assert!(d.forwarded.is_empty(), "worker {worker} still holds {:?}", d.forwarded);
+    }
+}
+
+#[test]
+fn a_qos2_publish_re_sent_after_a_crash_comes_once_with_the_same_worker_count_mqtt_4_3_3_2() {
+    // Also the origin's own subscriber: its copy was durable before the id.
+    exactly_once_across_a_restart_with(3);
+}
+
+#[test]
+fn a_qos2_publish_re_sent_after_a_crash_comes_once_with_fewer_workers_mqtt_4_3_3_2() {
+    exactly_once_across_a_restart_with(2);
+    exactly_once_across_a_restart_with(1);
+}
+
+#[test]
+fn a_qos2_publish_re_sent_after_a_crash_comes_once_with_more_workers_mqtt_4_3_3_2() {
+    exactly_once_across_a_restart_with(4);
+    exactly_once_across_a_restart_with(5);
+}
+
 /// An image with its unordered parts sorted, to compare two files' states.
 fn normalized(file: &[u8]) -> crate::persist::image::Image {
     let replay = Replay::file(Bytes::from(file.to_vec()));
@@ -467,6 +554,13 @@ fn normalized(file: &[u8]) -> crate::persist::image::Image {
         session.awaiting_pubrel.sort();
         // A session that never sent has no id in its log; a snapshot says where ids start.
         session.next_packet_id.get_or_insert(pid(1));
+        // A released QoS 2 entry needs only its id: the broker lets its payload go at the
+        // PUBREC (`inflight.rs`), so a snapshot taken after that writes it empty.
+        for entry in &mut session.entries {
+            if matches!(entry.state, crate::persist::image::EntryState::Released(_)) {
+                entry.message.payload = Bytes::new();
+            }
+        }
     }
     image.sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
     image.qos2_forwarded.sort();
@@ -515,7 +609,8 @@ fn a_snapshot_sliced_over_turns_under_traffic_replays_to_the_state_of_the_log() 
     }
     disk.flush_all(&mut cluster);
     let mut new_file = Vec::new();
-    let mut cursor = cluster.brokers[0].begin_snapshot(1, 2, &mut new_file);
+    let limits = SliceLimits { slots: 2, entries: usize::MAX };
+    let mut cursor = cluster.brokers[0].begin_snapshot(1, limits, &mut new_file);
     let mut step = 0usize;
     while !cursor.done() {
         let n = step % subscribers.len();
@@ -547,4 +642,93 @@ fn a_snapshot_sliced_over_turns_under_traffic_replays_to_the_state_of_the_log() 
     cluster.publish(publisher, "t/d", b"after", QoS::AtLeastOnce, false);
     flush_copying(&mut cluster, &mut disk, &mut new_file, None);
     assert_eq!(normalized(&new_file), normalized(&disk.files[0]));
+}
+
+#[test]
+fn a_long_queue_is_cut_across_slices_and_still_replays_to_the_state_of_the_log() {
+    // A slice writes at most `entries` outgoing messages: sessions with 30 queued are cut
+    // mid-queue and resumed, while acknowledgements move entries from the queue into flight
+    // and out, new messages join the tails, and a cut session is discarded and replaced.
+    let config = BrokerConfig { max_inflight_messages: 2, ..BrokerConfig::default() };
+    let mut cluster = Cluster::single(config);
+    let mut disk = Disk::attach(&mut cluster);
+    let subscribers: Vec<Client> = (0..3)
+        .map(|n| persistent_subscriber(&mut cluster, &mut disk, &format!("s{n}"), "t/#"))
+        .collect();
+    let publisher = cluster.connect("pub", false);
+    for n in 0..30u8 {
+        let qos = if n % 2 == 0 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
+        cluster.publish(publisher, "t/a", &[n], qos, false);
+    }
+    disk.flush_all(&mut cluster);
+    let mut new_file = Vec::new();
+    let limits = SliceLimits { slots: usize::MAX, entries: 7 };
+    let mut cursor = cluster.brokers[0].begin_snapshot(1, limits, &mut new_file);
+    let mut step = 0usize;
+    while !cursor.done() {
+        match step % 3 {
+            0 => cluster.publish(publisher, "t/b", &[step as u8], QoS::AtLeastOnce, false),
+            1 => {
+                // Acknowledges what is in flight; the next two move from the queue.
+                let client = subscribers[[0, 2][step / 3 % 2]];
+                cluster.set_auto_ack(client, true);
+                cluster.recv_acking(client);
+                cluster.set_auto_ack(client, false);
+            }
+            _ if step == 5 => {
+                // The session being cut is discarded and a new one takes its slot.
+                cluster.drop_client(subscribers[1]);
+                let clean = cluster.connect("s1", true);
+                cluster.drop_client(clean);
+                let again = cluster.connect("s1", false);
+                cluster.send_subscribe(again, &[("t/#", QoS::AtLeastOnce)]);
+            }
+            _ => {}
+        }
+        flush_copying(&mut cluster, &mut disk, &mut new_file, Some(&mut cursor));
+        step += 1;
+    }
+    assert!(step >= 10, "90 entries in slices of 7 took only {step} slices");
+    cluster.publish(publisher, "t/d", b"after", QoS::AtLeastOnce, false);
+    flush_copying(&mut cluster, &mut disk, &mut new_file, None);
+    let replayed = Replay::file(Bytes::from(new_file.clone()));
+    assert!(replayed.dropped.is_none() && replayed.snapshot_complete);
+    assert_eq!(normalized(&new_file), normalized(&disk.files[0]));
+    assert!(normalized(&new_file).entry_count() > 30, "the queues are in it");
+}
+
+/// `retained_expiry_secs` counts from when a retained message was set, across a restart: the
+/// journal keeps the wall-clock time it was set, and the restored message keeps its age.
+#[test]
+fn a_restored_retained_message_expires_on_its_original_schedule() {
+    let config = BrokerConfig { retained_expiry_secs: 10, ..BrokerConfig::default() };
+    let mut cluster = Cluster::new(2, config.clone());
+    let mut disk = Disk::attach(&mut cluster);
+    let publisher = cluster.connect("pub", true);
+    cluster.publish(publisher, &topic_owned_by(0, 2, "old"), b"old", QoS::AtMostOnce, true);
+    cluster.advance(6_000);
+    cluster.publish(publisher, &topic_owned_by(1, 2, "new"), b"new", QoS::AtMostOnce, true);
+    disk.flush_all(&mut cluster);
+    // Down for 2 s: at the restart "old" is 8 s old and "new" 2 s.
+    let start = Cluster::new(1, config.clone()).now.0;
+    let restart_zero = disk.unix_millis_at_zero + cluster.now.0 + 2_000 - start;
+    let (mut restarted, disk2) = disk.restart_at(2, config.clone(), false, restart_zero);
+    assert_eq!(restarted.broker(0).retained_count(), 2, "both are restored on every worker");
+    restarted.advance(1_000);
+    assert_eq!(restarted.broker(0).retained_count(), 2, "9 s old: not yet due");
+    restarted.advance(1_500);
+    assert_eq!(restarted.broker(0).retained_count(), 1, "\"old\" is due 2 s after the restart");
+    assert_eq!(restarted.broker(1).retained_count(), 1);
+    // A second restart keeps the age too (the new epoch's snapshot carries the set time).
+    let again_zero = restart_zero + restarted.now.0 + 4_000 - start;
+    let (mut again, _) = disk2.restart_at(1, config.clone(), false, again_zero);
+    assert_eq!(again.broker(0).retained_count(), 1, "\"new\" is 8.5 s old: kept");
+    assert_eq!(again.broker(0).stats().retained_expired, 1, "\"old\" was due: not restored");
+    again.advance(2_000);
+    assert_eq!(again.broker(0).retained_count(), 0, "\"new\" is due 10 s after it was set");
+    // Restarted after the expiry: nothing comes back, and the drop is counted.
+    let late_zero = restart_zero + 60_000;
+    let (late, _) = disk2.restart_at(1, config, false, late_zero);
+    assert_eq!(late.broker(0).retained_count(), 0);
+    assert_eq!(late.broker(0).stats().retained_expired, 2, "both were due");
 }
