@@ -22,12 +22,16 @@
 # proves nothing). Reports broker RSS before the kill
 # and after the restart, and the journal's size on disk before and after.
 #
+# Also reports RSS 5 s after the restart was served (SETTLE_SECS). BIN_DIR=<dir> runs the
+# binaries there instead of target/release (with SKIP_BUILD=1: a baseline build kept aside);
+# KEEP_DATA=<dir> keeps a copy of the journal as it was at the kill (to restart it again).
+#
 # Writes results.md and results.json to --out (default target/bench-persist/<UTC timestamp>).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODE=${1:-}
-[[ $MODE == throughput || $MODE == restart ]] || { sed -n '2,22p' "$0"; exit 2; }
+[[ $MODE == throughput || $MODE == restart ]] || { sed -n '2,29p' "$0"; exit 2; }
 shift
 RUNS=3 DURATION=5 PAIRS=100 SESSIONS=1000000 WAVE=15000 WORKERS=2 OUT=
 COMMAND="scripts/bench-persist.sh $MODE $*"

@@ -22,7 +22,11 @@
 # queues, kernel TCP counters), so a stall shows where it is; the run directory keeps the
 # broker's log (each worker's counters at the stop) and the bench's output. --broker runs the
 # same test against Mosquitto (`mosquitto` on the PATH) or rumqttd ($RUMQTTD, default
-# compare.sh's cache), with the limits compare.sh gives them.
+# compare.sh's cache), with the limits compare.sh gives them. It also prints the connect
+# phase's CPU per connection (user and kernel, broker and bench apart) and, at the end, the
+# broker's per-worker counters from its /metrics (on --port + 1: closes by reason, receives
+# without a buffer); the bench is stopped with SIGTERM first, so its report (errors by
+# reason) is in the run's output.
 set -euo pipefail
 
 N=1000000
@@ -56,7 +60,7 @@ while (($#)); do
     --connect-timeout) CONNECT_TIMEOUT=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -136,7 +140,7 @@ cleanup() {
     wait "$SUBS" 2>/dev/null || true
     if ((status != 0)); then
       echo "  the subscribers' report at the stop:"
-      tr '\r' '\n' <"$RUN/sub.log" | grep -E '^(connections:|  error x|stopped early)' | sed 's/^/    /'
+      tr '\r' '\n' <"$RUN/sub.log" | grep -E '^(connections:|  error x|stopped early)' | sed 's/^/    /' || true
     fi
   fi
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Broker;
+use common::{free_port, Broker};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,12 +63,6 @@ fn publish_as(port: u16, user: &str, password: &str, args: &[&str]) -> (i32, Str
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", user, "-P", password])
         .args(args));
     (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
-    probe.local_addr().expect("its address").port()
 }
 
 fn path(p: &Path) -> &str {

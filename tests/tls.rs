@@ -95,13 +95,18 @@ impl Drop for Pki {
 }
 
 /// A broker with a TLS listener using the PKI's server certificate, plus `flags`.
+/// The TLS port is picked anew for each start attempt, so one taken meanwhile is replaced.
 fn tls_broker(pki: &Pki, flags: &[&str]) -> (Broker, u16) {
-    let port = free_port();
     let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
-    let bind = format!("127.0.0.1:{port}");
-    let mut all = vec!["--tls-bind", &bind, "--certfile", &cert, "--keyfile", &key];
-    all.extend_from_slice(flags);
-    (Broker::start(&all), port)
+    let mut port = 0;
+    let broker = Broker::start_with(|| {
+        port = free_port();
+        let mut all = vec!["--tls-bind".to_owned(), format!("127.0.0.1:{port}")];
+        all.extend(["--certfile".to_owned(), cert.clone(), "--keyfile".to_owned(), key.clone()]);
+        all.extend(flags.iter().map(|flag| (*flag).to_owned()));
+        all
+    });
+    (broker, port)
 }
 
 /// `--cafile ca.pem` plus, for `Some(name)`, `--cert NAME.pem --key NAME.key`.

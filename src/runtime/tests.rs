@@ -529,3 +529,45 @@ fn keepalive_expiry_is_driven_by_the_wait_timeout_without_spinning() {
     let counters = running.join().expect("clean stop");
     assert!(counters[0].ring.turns < 100, "the idle loop spun: {:?}", counters[0].ring);
 }
+
+/// A new connection's first receive is single-shot (`events.rs`, `arm_first_recv`): when a
+/// client sends its CONNECT and SUBSCRIBE in one write, both arrive in that receive, and on a
+/// handoff the SUBSCRIBE travels as leftover input to the home worker, which answers it.
+/// With 16 clients, that none needs a handoff has a chance of 2^-16.
+#[test]
+fn a_subscribe_sent_with_the_connect_survives_the_handoff() {
+    use crate::protocol::{
+        Connect, Packet, PacketId, ProtocolVersion, QoS, Subscribe, TopicFilter, Utf8Bytes,
+    };
+    let running = runtime(|config| config.workers = 2);
+    for i in 0..16 {
+        let mut client = Client { stream: connect(&running), input: bytes::BytesMut::new() };
+        let client_id = Utf8Bytes::new(bytes::Bytes::from(format!("both-{i}"))).expect("utf-8");
+        let mut out = bytes::BytesMut::new();
+        let connect = Connect {
+            protocol: ProtocolVersion::V311,
+            clean_session: true,
+            keep_alive_secs: 30,
+            client_id,
+            will: None,
+            username: None,
+            password: None,
+        };
+        crate::protocol::encode(&Packet::Connect(Box::new(connect)), &mut out);
+        let filter = TopicFilter::new(Utf8Bytes::from_static("both/#")).expect("filter");
+        let packet_id = PacketId::new(7).expect("non-zero");
+        let subscribe = Subscribe { packet_id, filters: vec![(filter, QoS::AtLeastOnce)] };
+        crate::protocol::encode(&Packet::Subscribe(subscribe), &mut out);
+        client.stream.write_all(&out).expect("write");
+        assert!(matches!(client.receive(), Packet::Connack(_)));
+        match client.receive() {
+            Packet::Suback(suback) => assert_eq!(suback.packet_id, packet_id),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+    running.stop();
+    let counters = running.join().expect("clean stop");
+    let out: u64 = counters.iter().map(|c| c.handoffs_out).sum();
+    assert!(out > 0, "{counters:?}");
+    assert_eq!(out, counters.iter().map(|c| c.handoffs_in).sum::<u64>());
+}
