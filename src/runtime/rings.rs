@@ -5,7 +5,8 @@
 //! `rings_per_worker_max` rings of `file_table_slots` slots each, adding one when the ring
 //! that takes new connections (the *open ring*) is nearly full. The first ring is the one the
 //! worker waits on (`DEFER_TASKRUN` where the kernel has it); the further rings are
-//! `COOP_TASKRUN` rings with the worker's *rings eventfd* registered, so every completion they
+//! default-mode rings (their task work wakes the sleeping thread; `COOP_TASKRUN` did not,
+//! `uring.rs`) with the worker's *rings eventfd* registered, so every completion they
 //! post signals it, and the first ring keeps an 8-byte read armed on that eventfd: a further
 //! ring's completion wakes the wait like one of the first ring's own. Each turn submits every
 //! ring's queue and reaps every ring's completions.

@@ -24,6 +24,8 @@ pub enum TaskrunMode {
     Defer,
     /// `COOP_TASKRUN`: at our next kernel entry, without an interrupt (Linux 5.19+).
     Coop,
+    /// Neither: task work interrupts the thread, and wakes it from a sleep in another ring.
+    Signal,
 }
 
 /// A completion, copied out of the CQ.
@@ -109,11 +111,15 @@ impl Ring {
         Ok(Self { uring, mode, index: 0, counters: RingCounters::default() })
     }
 
-    /// A worker's further ring number `index` (>= 1): `COOP_TASKRUN`, never `DEFER_TASKRUN`,
-    /// because the worker never waits in this ring's `io_uring_enter`. Its completions are
-    /// posted from task work run at any of the thread's syscalls (and a sleeping thread is
-    /// woken for it), and with `eventfd` registered every posted completion signals it, which
-    /// the first ring's armed read turns into a wake-up.
+    /// A worker's further ring number `index` (>= 1): never `DEFER_TASKRUN`, because the
+    /// worker never waits in this ring's `io_uring_enter`, and not `COOP_TASKRUN` either: that
+    /// queues its task work (a receive or accept made ready by a socket) with
+    /// `TWA_SIGNAL_NO_IPI`, which only flags the thread and does not wake it from its sleep
+    /// in the first ring, so a worker whose open ring was a further one slept on with accepts
+    /// and CONNECTs pending until some other wake-up (a 400k run stalled ~100 s; its 10 s
+    /// CONNECT timeouts then reset 1,643 connections). The default mode wakes it. The
+    /// completions task work posts signal the registered `eventfd`, which the first ring's
+    /// armed read turns into a completion of its own, ending the wait.
     pub fn new_further(
         sq_entries: u32,
         cq_entries: u32,
@@ -122,10 +128,10 @@ impl Ring {
     ) -> io::Result<Self> {
         assert!(index > 0, "ring 0 is the one the worker waits on");
         let mut builder = IoUring::builder();
-        builder.setup_cqsize(cq_entries).setup_clamp().setup_submit_all().setup_coop_taskrun();
+        builder.setup_cqsize(cq_entries).setup_clamp().setup_submit_all();
         let uring = builder.build(sq_entries)?;
         uring.submitter().register_eventfd(eventfd)?;
-        Ok(Self { uring, mode: TaskrunMode::Coop, index, counters: RingCounters::default() })
+        Ok(Self { uring, mode: TaskrunMode::Signal, index, counters: RingCounters::default() })
     }
 
     /// Its place among the worker's rings.
