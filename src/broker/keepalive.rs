@@ -23,6 +23,8 @@ pub const BUCKET_MILLIS: u64 = 100;
 /// Buckets in the wheel: a horizon of 102.4 s, beyond which timers are re-filed lazily.
 pub const BUCKETS: usize = 1024;
 const WORDS: usize = BUCKETS / 64;
+/// Timers' room an emptied bucket keeps (1 KiB); a larger allocation is given back.
+const BUCKET_KEPT_CAPACITY: usize = 64;
 
 /// What a timer re-checks when its bucket comes due.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -113,8 +115,16 @@ impl TimingWheel {
                 continue;
             }
             self.occupied[slot / 64] &= !(1 << (slot % 64));
-            self.len -= self.buckets[slot].len();
-            out.append(&mut self.buckets[slot]);
+            let bucket = &mut self.buckets[slot];
+            self.len -= bucket.len();
+            out.append(bucket);
+            if bucket.capacity() > BUCKET_KEPT_CAPACITY {
+                // A bucket that once held a burst (a connect storm's timers) would keep room
+                // for it: over a few keepalive periods every bucket would, ~16 bytes per
+                // connection each (issue 6). Small buckets keep theirs, so steady filing does
+                // not allocate.
+                *bucket = Vec::new();
+            }
         }
         self.cursor = last + 1;
     }
@@ -131,6 +141,9 @@ impl Broker {
                 Timer::Session(session, epoch) => self.check_session_expiry(session, epoch, now),
                 Timer::SlowConsumer(conn, serial) => self.check_slow_consumer(conn, serial, now),
             }
+        }
+        if due.capacity() > BUCKET_KEPT_CAPACITY {
+            due = Vec::new(); // As for the wheel's buckets: a burst's room is given back.
         }
         self.due_timers = due;
     }
@@ -261,6 +274,22 @@ mod tests {
         assert_eq!(out, vec![conn(1)]);
         assert_eq!(wheel.len(), 0);
         assert_eq!(wheel.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_emptied_bucket_gives_back_the_room_of_a_burst_and_keeps_a_small_one() {
+        let mut wheel = TimingWheel::new(Millis(0));
+        for slot in 0..1000 {
+            wheel.insert(Millis(100), conn(slot));
+        }
+        for slot in 0..10 {
+            wheel.insert(Millis(200), conn(slot));
+        }
+        let mut out = Vec::new();
+        wheel.expire(Millis(200), &mut out);
+        assert_eq!(out.len(), 1010);
+        assert_eq!(wheel.buckets[1].capacity(), 0, "the burst's bucket keeps no room");
+        assert!(wheel.buckets[2].capacity() >= 10, "a small bucket keeps its room");
     }
 
     #[test]
