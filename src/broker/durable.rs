@@ -37,7 +37,7 @@
 //! are kept under `pending_bytes_max` by pausing reads (`persistence_backpressured`); a turn's
 //! decoded packets may pass it by their own size. Peer counts are O(workers).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use smallvec::SmallVec;
 
@@ -265,6 +265,19 @@ impl Durability {
     pub(super) fn unix_millis(&self, at: i64) -> u64 {
         let unix = i64::try_from(self.unix_millis_at_zero).unwrap_or(i64::MAX).saturating_add(at);
         u64::try_from(unix).unwrap_or(0)
+    }
+
+    /// The QoS 2 ids whose `Qos2Received` waits for peers (`pending`), as (session slot, id).
+    /// A snapshot must leave them out: their sessions hold them in memory already, but
+    /// written before the other workers' copies are durable, a compacted file that a crash
+    /// keeps would make the re-sent PUBLISH a duplicate and drop it (issue #10).
+    pub(super) fn qos2_ids_pending(&self) -> HashSet<(u32, PacketId)> {
+        let records = self.pending.iter().map(|pending| &pending.record);
+        let ids = records.filter_map(|record| match *record {
+            Record::Qos2Received { sid, packet_id } => Some((sid, packet_id)),
+            _ => None,
+        });
+        ids.collect()
     }
 
     /// The held QoS 2 ids, as snapshot records.

@@ -697,6 +697,60 @@ fn a_long_queue_is_cut_across_slices_and_still_replays_to_the_state_of_the_log()
     assert!(normalized(&new_file).entry_count() > 30, "the queues are in it");
 }
 
+#[test]
+fn a_compaction_leaves_out_a_qos2_id_still_waiting_for_another_workers_copy_mqtt_4_3_3_2() {
+    // Issue #10, found by the 20-kill test (blocks of acknowledged cross-worker QoS 2 messages
+    // lost): the publisher's worker compacted while the ids of its session's QoS 2 messages
+    // waited for worker 1's copies, and the snapshot wrote them from the session's memory.
+    // Killed once that file was current, before worker 1's batch: the restart had the ids
+    // without the copies, the re-sent PUBLISH was a duplicate [MQTT-4.3.3-2], answered PUBREC
+    // and dropped, and the PUBCOMP acknowledged a message no subscriber ever got.
+    let config = BrokerConfig::default();
+    let mut cluster = Cluster::new(2, config.clone());
+    let mut disk = Disk::attach(&mut cluster);
+    let sub_id = client_id_on(1, 2, "s");
+    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
+    cluster.send_subscribe(subscriber, &[("q2", QoS::ExactlyOnce)]);
+    disk.flush_all(&mut cluster);
+    cluster.drop_client(subscriber);
+    let pub_id = client_id_on(0, 2, "p");
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    disk.flush_all(&mut cluster);
+    cluster.send(publisher, publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7));
+    // Worker 0 compacts, slice by slice, and its next batch makes the new file current;
+    // worker 1 has taken nothing yet.
+    let mut new_file = Vec::new();
+    let limits = SliceLimits { slots: 1, entries: usize::MAX };
+    let mut cursor = cluster.brokers[0].begin_snapshot(1, limits, &mut new_file);
+    while !cursor.done() {
+        flush_copying(&mut cluster, &mut disk, &mut new_file, Some(&mut cursor));
+    }
+    flush_copying(&mut cluster, &mut disk, &mut new_file, None);
+    assert!(cluster.recv(publisher).is_empty(), "no PUBREC before worker 1's copy is durable");
+    let image = Replay::file(Bytes::from(new_file.clone())).into_image();
+    let ids: usize = image.sessions.iter().map(|session| session.awaiting_pubrel.len()).sum();
+    assert_eq!(ids, 0, "the id is written only after worker 1's copy is durable");
+    // kill -9: worker 0's compacted file and worker 1's file without its last batch.
+    disk.files[0] = new_file;
+    let (mut cluster, mut disk) = disk.restart(2, config);
+    let (publisher, connack) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    assert!(connack.session_present);
+    let mut resent = publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7);
+    if let Packet::Publish(publish) = &mut resent {
+        publish.dup = true;
+    }
+    cluster.send(publisher, resent);
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
+    cluster.send(publisher, Packet::Pubrel(pid(7)));
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubcomp(pid(7))]);
+    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
+    let payloads: Vec<Bytes> =
+        cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
+    assert_eq!(payloads, [Bytes::from_static(b"once")], "acknowledged, so delivered (issue #10)");
+}
+
 /// `retained_expiry_secs` counts from when a retained message was set, across a restart: the
 /// journal keeps the wall-clock time it was set, and the restored message keeps its age.
 #[test]
