@@ -14,7 +14,12 @@
 # them set up at start (default R - 2, so the kernel is not asked for new rings under memory
 # pressure near a million: it refused with ENOMEM then), 4 KiB
 # socket buffers on the broker side, 256 receive buffers of 16 KiB on each worker's first
-# ring (64 on each further ring). The host needs `ONLY=net.ipv4.tcp_mem
+# ring (64 on each further ring), keepalive 300 s (ringmq-bench pings at half of it, so
+# every 150 s: a hold of 300 s sends each subscriber's ping twice). With keepalive 60 s the
+# first half-million's pings (~19k/s from 30 s on) compete with the connect storm for the
+# same two cores and receive buffers: the rate falls from ~20k/s to ~2k/s and a few
+# CONNECTs can starve past the broker's 10 s connect timeout (docs/BENCHMARKS.md, "Density",
+# session 4); `--keepalive 60` reproduces it. The host needs `ONLY=net.ipv4.tcp_mem
 # scripts/tune-host.sh --apply` for a million: the kernel's default TCP memory limit stops
 # connecting at ~640k pairs (docs/BENCHMARKS.md, "Density").
 # Exit status 0 only if every subscriber connected and subscribed and every published message
@@ -37,7 +42,7 @@ RINGS=
 RINGS_START=
 RCVBUF=4096
 SNDBUF=4096
-KEEPALIVE=60
+KEEPALIVE=300
 BROKER_NAME=ringmq
 RUMQTTD=${RUMQTTD:-/tmp/compare-cache/rumqttd/bin/rumqttd}
 RECV_BUFFERS=256
