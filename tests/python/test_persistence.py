@@ -308,7 +308,14 @@ class SmallDisk:
         subprocess.run(["mount", "-o", f"remount,size={size}", self.path], check=True)
 
     def remove(self):
-        subprocess.run(["umount", self.path], check=True)
+        # The killed broker's io_uring may drop its file references a moment after the process
+        # is reaped ("target is busy"): retried for up to 5 s, then the error stands.
+        for _ in range(50):
+            if subprocess.run(["umount", self.path], check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            subprocess.run(["umount", self.path], check=True)
         os.rmdir(self.path)
 
 
