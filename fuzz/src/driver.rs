@@ -278,7 +278,7 @@ pub struct Driver {
     links: Vec<VecDeque<ringmq::broker::RemoteMsg>>,
     conns: Vec<Conn>,
     /// Next generation of each worker's slots (slots are never reused here, generations are).
-    next_slot: Vec<u32>,
+    next_generation: Vec<u32>,
     /// Ids the brokers have forgotten (for stale closes).
     stale: Vec<(WorkerId, ConnId)>,
     client_ids: BTreeSet<&'static str>,
@@ -302,7 +302,7 @@ impl Driver {
             now,
             links: (0..workers * workers).map(|_| VecDeque::new()).collect(),
             conns: Vec::new(),
-            next_slot: vec![0; usize::from(workers)],
+            next_generation: vec![0; usize::from(workers)],
             stale: Vec::new(),
             client_ids: BTreeSet::new(),
         }
@@ -392,11 +392,21 @@ impl Driver {
         self.settle();
     }
 
+    /// The lowest slot of `worker` that no open connection holds, with a new generation: a
+    /// reused slot, as the runtime has. The runtime reuses a slot only once the broker has let
+    /// go of its previous occupant (its `Close` action, our `handle_closed`, or a handoff),
+    /// and the broker's connection table relies on that (`broker/conn_table.rs`), so the
+    /// driver keeps to it: two open connections never share a slot.
     fn allocate(&mut self, worker: WorkerId) -> ConnId {
-        let slot = &mut self.next_slot[worker.index()];
-        *slot += 1;
-        // Slot 7 of the worker, a new generation each time: a reused slot, as the runtime has.
-        ConnId::new(7, *slot)
+        let held = |slot: u32| {
+            self.conns
+                .iter()
+                .any(|conn| conn.open && conn.worker == worker && conn.id.slot() == slot)
+        };
+        let slot = (0..).find(|&slot| !held(slot)).expect("fewer open connections than slots");
+        let generation = &mut self.next_generation[worker.index()];
+        *generation += 1;
+        ConnId::new(slot, *generation)
     }
 
     /// The open connection `pick` chooses, if any.
