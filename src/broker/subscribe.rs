@@ -150,7 +150,22 @@ impl Broker {
         filter: &TopicFilter,
         qos: QoS,
     ) {
-        self.add_subscription(session, filter, qos);
+        // No interest broadcast: every other worker was given this worker's recovered filters
+        // before any client is served (`Image::remote_interest`). Broadcasting them again
+        // queued one message per session each way after the start, whose memory the
+        // allocator then kept (+30% RSS after a restart with 300k sessions; docs/BENCHMARKS.md).
+        let subscriptions = &mut self.sessions.get_mut(session).subscriptions;
+        match subscriptions.iter_mut().find(|(existing, _)| existing == filter) {
+            Some(existing) => existing.1 = qos,
+            None => {
+                // As `add_subscription`: the first few grow one at a time.
+                if subscriptions.len() < 4 {
+                    subscriptions.reserve_exact(1);
+                }
+                subscriptions.push((filter.detached(), qos));
+            }
+        }
+        self.subscriptions.subscribe(filter, session, qos);
     }
 
     /// Sends the retained messages `filter` matches to `session`, at min(retained, granted).

@@ -751,6 +751,38 @@ fn a_compaction_leaves_out_a_qos2_id_still_waiting_for_another_workers_copy_mqtt
     assert_eq!(payloads, [Bytes::from_static(b"once")], "acknowledged, so delivered (issue #10)");
 }
 
+#[test]
+fn a_restart_broadcasts_no_interest_and_still_routes_across_workers() {
+    // The workers are given each other's recovered filters with their shares; broadcasting
+    // them again was one message per session each way after the start.
+    let config = BrokerConfig::default();
+    let mut cluster = Cluster::new(2, config.clone());
+    let mut disk = Disk::attach(&mut cluster);
+    let ids: Vec<String> = (0..2).map(|worker| client_id_on(worker, 2, "s")).collect();
+    for (worker, id) in ids.iter().enumerate() {
+        let (subscriber, _) = cluster.connect_on(worker as u16, connect_packet(id, false));
+        cluster.send_subscribe(subscriber, &[(&format!("t/{worker}"), QoS::AtLeastOnce)]);
+        disk.flush_all(&mut cluster);
+        cluster.drop_client(subscriber);
+    }
+    let (mut cluster, mut disk) = disk.restart_holding(2, config, true);
+    assert_eq!(cluster.remotes_pending(), 0, "nothing was sent between the workers");
+    cluster.hold_remotes(false);
+    // A publisher on each worker reaches the subscriber on the other.
+    for worker in 0..2u16 {
+        let (publisher, _) =
+            cluster.connect_on(worker, connect_packet(&format!("p{worker}"), true));
+        let to = 1 - worker;
+        cluster.publish(publisher, &format!("t/{to}"), b"across", QoS::AtLeastOnce, false);
+        disk.flush_all(&mut cluster);
+    }
+    for (worker, id) in ids.iter().enumerate() {
+        let (subscriber, _) = cluster.connect_on(worker as u16, connect_packet(id, false));
+        let got = cluster.recv_acking(subscriber);
+        assert_eq!(got.len(), 1, "{id}: {got:?}");
+    }
+}
+
 /// `retained_expiry_secs` counts from when a retained message was set, across a restart: the
 /// journal keeps the wall-clock time it was set, and the restored message keeps its age.
 #[test]
