@@ -15,11 +15,13 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 use slab::Slab;
+use thin_vec::ThinVec;
 
 use super::inflight::{Incoming, Outgoing};
+use super::topic_trie::NodeId;
 use super::{Broker, ConnId, Millis, SessionId};
 use crate::persist::record::Record;
-use crate::protocol::{QoS, TopicFilter, Utf8Bytes};
+use crate::protocol::{QoS, Utf8Bytes};
 
 /// One session. Its layout is part of issue 6's memory budget (docs/BENCHMARKS.md, "Density"):
 /// the client id is its own exact-size allocation (not a view of the CONNECT's receive buffer,
@@ -30,7 +32,7 @@ pub(super) struct Session {
     pub client_id: Utf8Bytes,
     pub conn: Option<ConnId>,
     /// The session's filters and granted QoS, at most `subscriptions_per_session_max`.
-    pub subscriptions: Vec<(TopicFilter, QoS)>,
+    pub subscriptions: Filters,
     pub outgoing: Outgoing,
     pub incoming: Incoming,
     pub offline_since: Millis,
@@ -49,12 +51,98 @@ impl Session {
             client_id: client_id.detached(),
             persistent,
             conn: None,
-            subscriptions: Vec::new(),
+            subscriptions: Filters::None,
             outgoing: Outgoing::default(),
             incoming: Incoming::default(),
             epoch: 0,
             offline_since: now,
             auth: None,
+        }
+    }
+}
+
+/// A session's subscriptions: each filter as its node in the worker's subscription index,
+/// with the QoS granted. The node holds the filter's levels once for all its subscribers and
+/// lives as long as any session subscribes to it (the index's invariant), so a session keeps 8
+/// bytes per filter, not the filter's text (`SubscriptionIndex::filter_of` spells it out where
+/// needed). One filter, most sessions' case, is inline; several are in a thin vector, so the
+/// whole is 16 bytes (a `Vec` of `(TopicFilter, QoS)` was 24, plus 40 on the heap per filter
+/// and the filter's text: issue 6's bytes per connection).
+///
+/// Invariants: no node twice; `Many` holds at least two.
+#[derive(Debug, Default)]
+pub(super) enum Filters {
+    #[default]
+    None,
+    One((NodeId, QoS)),
+    Many(ThinVec<(NodeId, QoS)>),
+}
+
+impl Filters {
+    pub fn as_slice(&self) -> &[(NodeId, QoS)] {
+        match self {
+            Self::None => &[],
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Self::None)
+    }
+
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.as_slice().iter().any(|&(existing, _)| existing == node)
+    }
+
+    /// Adds `node` at `qos`, or sets its QoS if it is there.
+    pub fn set(&mut self, node: NodeId, qos: QoS) {
+        match self {
+            Self::None => *self = Self::One((node, qos)),
+            Self::One(one) if one.0 == node => one.1 = qos,
+            Self::One(one) => {
+                let mut many = ThinVec::with_capacity(2);
+                many.push(*one);
+                many.push((node, qos));
+                *self = Self::Many(many);
+            }
+            Self::Many(many) => match many.iter_mut().find(|(existing, _)| *existing == node) {
+                Some(existing) => existing.1 = qos,
+                None => {
+                    // The first few grow one at a time (most sessions hold one or two
+                    // filters); past that, the usual doubling.
+                    if many.len() < 4 {
+                        many.reserve_exact(1);
+                    }
+                    many.push((node, qos));
+                }
+            },
+        }
+    }
+
+    /// Removes `node`; false if it was not there.
+    pub fn remove(&mut self, node: NodeId) -> bool {
+        match self {
+            Self::None => false,
+            Self::One(one) if one.0 != node => false,
+            Self::One(_) => {
+                *self = Self::None;
+                true
+            }
+            Self::Many(many) => {
+                let Some(index) = many.iter().position(|(existing, _)| *existing == node) else {
+                    return false;
+                };
+                many.swap_remove(index);
+                if many.len() == 1 {
+                    *self = Self::One(many[0]);
+                }
+                true
+            }
         }
     }
 }
@@ -156,8 +244,8 @@ impl Broker {
     pub(super) fn destroy_session(&mut self, id: SessionId) {
         assert!(self.sessions.get(id).conn.is_none(), "discarding a session still connected");
         let filters = std::mem::take(&mut self.sessions.get_mut(id).subscriptions);
-        for (filter, _) in &filters {
-            self.remove_from_index(filter, id);
+        for &(node, _) in filters.as_slice() {
+            self.remove_node_from_index(node, id);
         }
         let mut session = self.sessions.remove(id);
         if session.persistent {
@@ -190,5 +278,37 @@ impl Broker {
         session.conn = Some(conn);
         // Any expiry timer filed while offline is now stale.
         session.epoch = session.epoch.wrapping_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::subscriptions::SubscriptionIndex;
+    use crate::protocol::TopicFilter;
+
+    #[test]
+    fn filters_hold_one_inline_and_more_in_a_vector() {
+        let mut index = SubscriptionIndex::new();
+        let mut node = |text: &str| {
+            let filter = TopicFilter::try_from(text).expect("valid");
+            index.subscribe_node(&filter, SessionId(0), QoS::AtMostOnce).0
+        };
+        let (a, b, c) = (node("a"), node("b"), node("c"));
+        let mut filters = Filters::default();
+        assert!(filters.is_empty() && !filters.remove(a));
+        filters.set(a, QoS::AtMostOnce);
+        filters.set(a, QoS::ExactlyOnce);
+        assert!(matches!(filters, Filters::One(_)), "one filter, set twice, is inline");
+        assert_eq!(filters.as_slice(), [(a, QoS::ExactlyOnce)]);
+        filters.set(b, QoS::AtLeastOnce);
+        filters.set(c, QoS::AtMostOnce);
+        filters.set(b, QoS::AtMostOnce);
+        assert_eq!(filters.len(), 3);
+        assert!(filters.contains(b) && !filters.remove(NodeId::ROOT));
+        assert!(filters.remove(a) && filters.remove(c));
+        assert!(matches!(filters, Filters::One(_)), "back to one: inline again");
+        assert_eq!(filters.as_slice(), [(b, QoS::AtMostOnce)]);
+        assert!(filters.remove(b) && filters.is_empty());
     }
 }
