@@ -24,12 +24,12 @@ use crate::persist::record::Record;
 use crate::protocol::{QoS, Utf8Bytes};
 
 /// One session. Its layout is part of issue 6's memory budget (docs/BENCHMARKS.md, "Density"):
-/// the client id is its own exact-size allocation (not a view of the CONNECT's receive buffer,
-/// which it would keep alive), the QoS state is a pointer until first used, and the table keys
-/// sessions by client id without a second copy of it.
+/// the client id is inline when short (never a view of the CONNECT's receive buffer, which it
+/// would keep alive), the filters are trie nodes, the QoS state is a pointer until first used,
+/// and the table keys sessions by client id without a second copy of it.
 #[derive(Debug)]
 pub(super) struct Session {
-    pub client_id: Utf8Bytes,
+    pub client_id: ClientId,
     pub conn: Option<ConnId>,
     /// The session's filters and granted QoS, at most `subscriptions_per_session_max`.
     pub subscriptions: Filters,
@@ -48,7 +48,7 @@ pub(super) struct Session {
 impl Session {
     pub fn new(client_id: Utf8Bytes, persistent: bool, now: Millis) -> Self {
         Self {
-            client_id: client_id.detached(),
+            client_id: ClientId::new(&client_id),
             persistent,
             conn: None,
             subscriptions: Filters::None,
@@ -58,6 +58,57 @@ impl Session {
             offline_since: now,
             auth: None,
         }
+    }
+}
+
+/// Client ids of up to this many bytes are kept inside the session.
+const CLIENT_ID_INLINE_BYTES: usize = 22;
+
+/// A session's client id, in 24 bytes: inline up to [`CLIENT_ID_INLINE_BYTES`] bytes (most
+/// ids: generated ones, the bench's `msub-<n>`; byte 0 is the length), else one exact heap
+/// allocation. A `Utf8Bytes` was 32 bytes plus its allocation (issue 6's bytes per
+/// connection). Made only from a `Utf8Bytes`, so it is always valid MQTT UTF-8.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) enum ClientId {
+    Inline([u8; CLIENT_ID_INLINE_BYTES + 1]),
+    Heap(Box<str>),
+}
+
+impl ClientId {
+    pub fn new(id: &Utf8Bytes) -> Self {
+        let bytes = id.as_bytes();
+        if bytes.len() > CLIENT_ID_INLINE_BYTES {
+            return Self::Heap(id.as_str().into());
+        }
+        let mut inline = [0; CLIENT_ID_INLINE_BYTES + 1];
+        // The length fits in a u8: it is at most CLIENT_ID_INLINE_BYTES.
+        inline[0] = bytes.len() as u8;
+        inline[1..=bytes.len()].copy_from_slice(bytes);
+        Self::Inline(inline)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline(inline) => &inline[1..=usize::from(inline[0])],
+            Self::Heap(text) => text.as_bytes(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Cannot fail: the bytes are a whole `Utf8Bytes`, copied (checked ASCII is the common
+        // case, which `from_utf8` passes at its fastest).
+        std::str::from_utf8(self.as_bytes()).expect("a client id is UTF-8")
+    }
+
+    /// As a `Utf8Bytes` (a new allocation): for journal records and QoS 2 origins.
+    pub fn to_utf8(&self) -> Utf8Bytes {
+        Utf8Bytes::from(self.as_str().to_owned())
+    }
+}
+
+impl std::fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -167,11 +218,13 @@ impl SessionTable {
     }
 
     pub fn find(&self, client_id: &Utf8Bytes) -> Option<SessionId> {
+        self.find_bytes(client_id.as_bytes())
+    }
+
+    fn find_bytes(&self, client_id: &[u8]) -> Option<SessionId> {
         let slab = &self.slab;
         self.by_client_id
-            .find(self.hash(client_id.as_bytes()), |id| {
-                slab[id.0 as usize].client_id.as_bytes() == client_id.as_bytes()
-            })
+            .find(self.hash(client_id), |id| slab[id.0 as usize].client_id.as_bytes() == client_id)
             .copied()
     }
 
@@ -190,7 +243,10 @@ impl SessionTable {
     }
 
     pub fn insert(&mut self, session: Session) -> SessionId {
-        assert!(self.find(&session.client_id).is_none(), "two sessions for one client id");
+        assert!(
+            self.find_bytes(session.client_id.as_bytes()).is_none(),
+            "two sessions for one client id"
+        );
         let hash = self.hash(session.client_id.as_bytes());
         let index = self.slab.insert(session);
         let id = SessionId(u32::try_from(index).expect("fewer than 2^32 sessions"));
@@ -233,8 +289,8 @@ impl Broker {
         }
         let id = self.sessions.insert(Session::new(client_id, persistent, now));
         if persistent {
-            let client_id = &self.sessions.get(id).client_id;
-            let record = Record::SessionOpen { sid: id.0, client_id: client_id.clone() };
+            let client_id = self.sessions.get(id).client_id.to_utf8();
+            let record = Record::SessionOpen { sid: id.0, client_id };
             self.journal(|| record);
         }
         Some(id)
@@ -286,6 +342,25 @@ mod tests {
     use super::*;
     use crate::broker::subscriptions::SubscriptionIndex;
     use crate::protocol::TopicFilter;
+
+    #[test]
+    fn client_ids_are_inline_up_to_22_bytes_and_spell_back() {
+        for text in [
+            "",
+            "c",
+            "msub-123456-7",
+            "exactly-22-bytes-long!",
+            "twenty-three-bytes-long",
+            "ü-ß-€-日本",
+        ] {
+            let id = ClientId::new(&Utf8Bytes::from(text.to_owned()));
+            assert_eq!(id.as_str(), text);
+            assert_eq!(id.as_bytes(), text.as_bytes());
+            assert_eq!(id.to_utf8().as_str(), text);
+            assert_eq!(matches!(id, ClientId::Inline(_)), text.len() <= 22, "{text}");
+        }
+        assert_eq!(std::mem::size_of::<ClientId>(), 24);
+    }
 
     #[test]
     fn filters_hold_one_inline_and_more_in_a_vector() {

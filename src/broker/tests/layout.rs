@@ -14,6 +14,7 @@ fn per_connection_state_sizes() {
         ),
         ("Option<ConnId>", size_of::<Option<crate::broker::ConnId>>()),
         ("session Filters", size_of::<crate::broker::session::Filters>()),
+        ("session ClientId", size_of::<crate::broker::session::ClientId>()),
         ("Outgoing", size_of::<crate::broker::inflight::Outgoing>()),
         ("Incoming", size_of::<crate::broker::inflight::Incoming>()),
         ("OutBuf", size_of::<crate::protocol::OutBuf>()),
@@ -35,6 +36,6 @@ fn per_connection_state_sizes() {
     assert!(size_of::<Option<crate::broker::connection::Conn>>() <= 112);
     assert!(size_of::<Option<crate::broker::ConnId>>() <= 12);
     assert!(size_of::<crate::broker::session::Filters>() <= 16);
-    assert!(size_of::<crate::broker::session::Session>() <= 104);
+    assert!(size_of::<crate::broker::session::Session>() <= 96);
     assert!(size_of::<crate::protocol::OutBuf>() <= 48);
 }
