@@ -216,11 +216,12 @@ impl Durability {
 
     /// Whether persistent session `client_id` holds the copy of the QoS 2 message being
     /// delivered (it is then skipped).
-    pub(super) fn holds_copy(&self, client_id: &Utf8Bytes) -> bool {
+    pub(super) fn holds_copy(&self, client_id: &[u8]) -> bool {
         !self.skip.is_empty()
-            && self.skip.iter().any(|&(workers, worker)| {
-                home_worker(client_id.as_bytes(), workers) == WorkerId(worker)
-            })
+            && self
+                .skip
+                .iter()
+                .any(|&(workers, worker)| home_worker(client_id, workers) == WorkerId(worker))
     }
 
     /// Forgets `origin`'s `packet_id` (all its ids for `None`), whoever holds it, journaling
@@ -534,7 +535,7 @@ impl Broker {
     pub(super) fn journal_origin(&mut self, session: SessionId, packet_id: PacketId) {
         let persistent = self.sessions.get(session).persistent;
         if let Some(d) = self.durability.as_deref_mut().filter(|_| persistent) {
-            let origin = self.sessions.get(session).client_id.clone();
+            let origin = self.sessions.get(session).client_id.to_utf8();
             // Sessions here that hold this message from before a crash (it is then re-sent
             // because the crash lost its id) are skipped.
             d.skip = d.holders(&origin, packet_id);
@@ -586,7 +587,7 @@ impl Broker {
         session: SessionId,
         packet_id: Option<PacketId>,
     ) {
-        let origin = self.sessions.get(session).client_id.clone();
+        let origin = self.sessions.get(session).client_id.to_utf8();
         let Some(d) = self.durability.as_deref_mut() else { return };
         // This worker's sessions may hold copies too (local ones, or re-homed ones).
         d.forget_forwarded(origin.clone(), packet_id);

@@ -168,9 +168,10 @@ impl Broker {
     ) {
         let session: &Session = self.sessions.get(id);
         let sid = id.0;
-        encode(&Record::SessionOpen { sid, client_id: session.client_id.clone() }, out);
-        for (filter, qos) in &session.subscriptions {
-            encode(&Record::Subscribe { sid, filter: filter.clone(), qos: *qos }, out);
+        encode(&Record::SessionOpen { sid, client_id: session.client_id.to_utf8() }, out);
+        for &(node, qos) in session.subscriptions.as_slice() {
+            let filter = self.subscriptions.filter_of(node);
+            encode(&Record::Subscribe { sid, filter, qos }, out);
         }
         for packet_id in session.incoming.ids() {
             if pending.contains(&(sid, packet_id)) {
