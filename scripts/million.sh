@@ -10,9 +10,16 @@
 #                      [--connect-timeout SECONDS] [--no-build]
 #
 # Defaults: N = 1000000, hold 300 s, connect budget N / 2500 + 60 s, workers = the cores,
-# each with up to R rings of 20000-slot file tables (R = enough for N with headroom), S of
-# them set up at start (default R - 2, so the kernel is not asked for new rings under memory
-# pressure near a million: it refused with ENOMEM then), 4 KiB
+# each with up to R rings of 20000-slot file tables (R = the rings N fills at 17500 each, + 2
+# for the uneven spread), S of them set up at start (default R - 1: the rings N fills plus the
+# spare a worker keeps from half full; 4 at 100k, 30 at 1M). So every ring N needs is set up
+# before the "RSS before" sample: a ring's fixed memory (its runtime slot table, 72 B x 20000;
+# its SQ/CQ mappings, ~1.3 MiB; its receive buffers, up to 1 MiB once written) is start-up
+# RSS for the configured capacity, not charged to connections, and the kernel is not asked
+# for rings under memory pressure near a million (it refused with ENOMEM then). The run
+# prints how many rings were added while connecting (0 expected), the broker's RSS per
+# connection over its RSS at start, without the rings' fixed mappings, and all of its RSS / N.
+# `--rings-start 1` charges the rings to the connections instead. 4 KiB
 # socket buffers on the broker side, 256 receive buffers of 16 KiB on each worker's first
 # ring (64 on each further ring), keepalive 300 s (ringmq-bench pings at half of it, so
 # every 150 s: a hold of 300 s sends each subscriber's ping twice). With keepalive 60 s the
@@ -65,7 +72,7 @@ while (($#)); do
     --connect-timeout) CONNECT_TIMEOUT=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
-    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -91,7 +98,9 @@ TOTAL=$((N + PUBS))
 # handed to their session's worker bounded by the bench's 4000 connects in flight).
 if [[ -z $WORKERS ]]; then WORKERS=$(nproc); fi
 if [[ -z $RINGS ]]; then RINGS=$(((TOTAL / WORKERS + 17499) / 17500 + 2)); fi
-if [[ -z $RINGS_START ]]; then RINGS_START=$((RINGS > 2 ? RINGS - 2 : 1)); fi
+# Every ring N needs is set up at start: the rings it fills, and the spare a worker prepares
+# once its last ring is half full (rings.rs), so none is added inside the measured span.
+if [[ -z $RINGS_START ]]; then RINGS_START=$((RINGS > 1 ? RINGS - 1 : 1)); fi
 # Ephemeral ports per (source, destination) pair: the range holds ~28k, but connect() takes
 # ports of one parity first (even for connect, odd left to bind) and scans every used one of
 # that parity before trying the other: past ~14.1k connections on one pair each connect scans
@@ -243,6 +252,10 @@ done
 sleep 1
 RSS_BEFORE=$(rss_kb "$BROKER")
 BUF_BEFORE=$(buffer_rss_kb "$BROKER")
+# Rings set up so far (each one logs a line, those set up at start included): any set up
+# later, while connecting, puts its fixed memory inside the measured span.
+rings_set_up() { grep -c 'another ring for more connections' "$RUN/broker.log" || true; }
+RINGS_BEFORE=$(rings_set_up)
 nstat_now >"$RUN/nstat.before"
 TCP_MEM_BEFORE=$(tcp_mem_pages)
 CPU_BEFORE=$(cpu_ticks "$BROKER")
@@ -304,11 +317,15 @@ read -r B_USER1 B_SYS1 < <(cpu_split "$BROKER")
 read -r S_USER1 S_SYS1 < <(cpu_split "$SUBS")
 RSS_AFTER=$(rss_kb "$BROKER")
 BUF_AFTER=$(buffer_rss_kb "$BROKER")
+RINGS_ADDED=$(($(rings_set_up) - RINGS_BEFORE))
 TCP_MEM_AFTER=$(tcp_mem_pages)
 SLAB_TCP=$(awk '$1 == "TCP" || $1 == "request_sock_TCP" || $1 == "sock_inode_cache" || $1 == "filp" {printf "%s %d x %d B; ", $1, $2, $4}' /proc/slabinfo 2>/dev/null || true)
 echo "kernel: $(nstat_delta "$RUN/nstat.before")"
 echo "slabs: ${SLAB_TCP:-/proc/slabinfo not readable}"
 echo "all $N subscribed after $((CONNECTED_AT - START)) s; broker RSS ${RSS_AFTER} kB; $(sockstat)"
+if [[ $BROKER_NAME == ringmq ]]; then
+  echo "rings set up while connecting: $RINGS_ADDED (their fixed memory is inside the RSS per connection below; 0 with the default --rings-start)"
+fi
 # CPU of the connect phase, per connection, user and kernel apart: the budget on 2 cores at
 # R connects/s is 2 / R seconds of CPU per connection for everything (66 us at 30k/s).
 awk -v n="$N" -v hz="$(getconf CLK_TCK)" -v bu=$((B_USER1 - B_USER0)) -v bs=$((B_SYS1 - B_SYS0)) \

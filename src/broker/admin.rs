@@ -212,7 +212,14 @@ impl Broker {
             }
             ScanKind::Subscriptions { search, limit, items, matched } => {
                 let Some(session) = self.session_in_slot(slot) else { return };
-                admin_subscriptions_of(session, search, *limit, items, matched);
+                admin_subscriptions_of(
+                    &self.subscriptions,
+                    session,
+                    search,
+                    *limit,
+                    items,
+                    matched,
+                );
             }
             ScanKind::Done => panic!("an admin scan advanced after its answer"),
         }
@@ -280,6 +287,7 @@ impl Broker {
 }
 
 fn admin_subscriptions_of(
+    index: &super::subscriptions::SubscriptionIndex,
     session: &Session,
     search: &str,
     limit: usize,
@@ -287,7 +295,8 @@ fn admin_subscriptions_of(
     matched: &mut usize,
 ) {
     let client_id = session.client_id.as_str();
-    for (filter, qos) in &session.subscriptions {
+    for &(node, qos) in session.subscriptions.as_slice() {
+        let filter = index.filter_of(node);
         if !client_id.contains(search) && !filter.as_str().contains(search) {
             continue;
         }
@@ -296,7 +305,7 @@ fn admin_subscriptions_of(
             items.push(AdminSubscription {
                 client_id: client_id.to_owned(),
                 filter: filter.as_str().to_owned(),
-                qos: *qos,
+                qos,
             });
         }
     }

@@ -103,13 +103,13 @@ impl AuthState {
 fn session_may_read(
     acl: &AclTable,
     generation: u64,
-    client_id: &Utf8Bytes,
+    client_id: &str,
     auth: Option<&mut SessionAuth>,
     topic: &str,
 ) -> bool {
     let Some(auth) = auth else {
         // No user name and no identity recorded: an anonymous client, always checked.
-        let who = Identity { client_id: client_id.as_str(), username: None };
+        let who = Identity { client_id, username: None };
         return acl.may_read(AclUser::Anonymous, who, topic);
     };
     if auth.generation != generation {
@@ -120,10 +120,7 @@ fn session_may_read(
     if !auth.checked {
         return true;
     }
-    let who = Identity {
-        client_id: client_id.as_str(),
-        username: auth.username.as_ref().map(Utf8Bytes::as_str),
-    };
+    let who = Identity { client_id, username: auth.username.as_ref().map(Utf8Bytes::as_str) };
     acl.may_read(auth.acl_user, who, topic)
 }
 
@@ -412,7 +409,7 @@ impl Broker {
         let allowed = session_may_read(
             acl,
             auth.tables.generation,
-            &state.client_id,
+            state.client_id.as_str(),
             state.auth.as_deref_mut(),
             topic,
         );

@@ -17,13 +17,7 @@ use super::ConnId;
 /// Slots per chunk: 1024 entries of ~112 bytes.
 const CHUNK_SLOTS: usize = 1024;
 
-#[derive(Debug)]
-struct Entry {
-    generation: u32,
-    conn: Conn,
-}
-
-type Chunk = Box<[Option<Entry>]>;
+type Chunk = Box<[Option<Conn>]>;
 
 #[derive(Debug, Default)]
 pub(super) struct ConnTable {
@@ -41,28 +35,24 @@ impl ConnTable {
         self.len
     }
 
-    fn entry(&self, id: ConnId) -> Option<&Entry> {
-        let (chunk, index) = locate(id);
-        let entry = self.chunks.get(chunk)?.as_ref()?[index].as_ref()?;
-        (entry.generation == id.generation()).then_some(entry)
-    }
-
     pub fn get(&self, id: &ConnId) -> Option<&Conn> {
-        self.entry(*id).map(|entry| &entry.conn)
+        let (chunk, index) = locate(*id);
+        let conn = self.chunks.get(chunk)?.as_ref()?[index].as_ref()?;
+        (conn.slot_generation == id.generation()).then_some(conn)
     }
 
     pub fn get_mut(&mut self, id: &ConnId) -> Option<&mut Conn> {
         let (chunk, index) = locate(*id);
-        let entry = self.chunks.get_mut(chunk)?.as_mut()?[index].as_mut()?;
-        (entry.generation == id.generation()).then_some(&mut entry.conn)
+        let conn = self.chunks.get_mut(chunk)?.as_mut()?[index].as_mut()?;
+        (conn.slot_generation == id.generation()).then_some(conn)
     }
 
     pub fn contains_key(&self, id: &ConnId) -> bool {
-        self.entry(*id).is_some()
+        self.get(id).is_some()
     }
 
     /// Adds `conn` in its slot, which must be free.
-    pub fn insert(&mut self, id: ConnId, conn: Conn) {
+    pub fn insert(&mut self, id: ConnId, mut conn: Conn) {
         let (chunk, index) = locate(id);
         if self.chunks.len() <= chunk {
             self.chunks.resize_with(chunk + 1, || None);
@@ -71,18 +61,19 @@ impl ConnTable {
             .get_or_insert_with(|| std::iter::repeat_with(|| None).take(CHUNK_SLOTS).collect());
         let slot = &mut slots[index];
         assert!(slot.is_none(), "slot of {id:?} still holds a connection");
-        *slot = Some(Entry { generation: id.generation(), conn });
+        conn.slot_generation = id.generation();
+        *slot = Some(conn);
         self.len += 1;
     }
 
     pub fn remove(&mut self, id: &ConnId) -> Option<Conn> {
         let (chunk, index) = locate(*id);
         let slot = &mut self.chunks.get_mut(chunk)?.as_mut()?[index];
-        if slot.as_ref()?.generation != id.generation() {
+        if slot.as_ref()?.slot_generation != id.generation() {
             return None;
         }
         self.len -= 1;
-        slot.take().map(|entry| entry.conn)
+        slot.take()
     }
 
     /// Every connection, in slot order.
@@ -91,7 +82,7 @@ impl ConnTable {
             let slots = slots.iter().flat_map(|slots| slots.iter()).enumerate();
             slots.filter_map(move |(index, entry)| {
                 let slot = u32::try_from(chunk * CHUNK_SLOTS + index).expect("slots are u32");
-                entry.as_ref().map(|entry| (ConnId::new(slot, entry.generation), &entry.conn))
+                entry.as_ref().map(|conn| (ConnId::new(slot, conn.slot_generation), conn))
             })
         })
     }

@@ -44,6 +44,10 @@ pub(super) struct Conn {
     cold: Option<Box<ConnCold>>,
     /// Changes when the connection's timer is re-filed, so an older timer is recognised.
     pub serial: u32,
+    /// The generation of the `ConnId` whose slot holds this connection: set by the
+    /// connection table (`conn_table.rs`), which checks it on every lookup. Here, in what was
+    /// padding, it costs nothing; beside the `Conn` it cost 8 bytes per connection.
+    pub(super) slot_generation: u32,
     pub phase: Phase,
     /// 1.5 times the keepalive [MQTT-3.1.2-24]; 0 = no keepalive. At most 65535 x 1500.
     pub keepalive_grace_millis: u32,
@@ -105,6 +109,7 @@ impl Conn {
             unsent_bytes: 0,
             cold: None,
             serial,
+            slot_generation: 0,
             phase: Phase::AwaitingConnect,
             keepalive_grace_millis: 0,
             peer_v4: [0; 6],

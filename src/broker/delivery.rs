@@ -154,7 +154,7 @@ impl Broker {
         let Self { sessions, conns, actions, stats, config, timers, durability, .. } = self;
         let session = sessions.get_mut(session_id);
         if session.persistent
-            && durability.as_deref().is_some_and(|d| d.holds_copy(&session.client_id))
+            && durability.as_deref().is_some_and(|d| d.holds_copy(session.client_id.as_bytes()))
         {
             return; // a QoS 2 message it got before a crash lost the id (`durable.rs`)
         }

@@ -534,7 +534,9 @@ impl Broker {
         Some(SessionInfo {
             connected: session.conn.is_some(),
             persistent: session.persistent,
-            subscriptions: session.subscriptions.clone(),
+            subscriptions: (session.subscriptions.as_slice().iter())
+                .map(|&(node, qos)| (self.subscriptions.filter_of(node), qos))
+                .collect(),
             inflight: session.outgoing.inflight_len(),
             queued: session.outgoing.queued_len(),
             queued_bytes: session.outgoing.queued_bytes(),

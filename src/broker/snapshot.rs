@@ -23,7 +23,10 @@
 //! session from the PUBLISH on, but its `Qos2Received` is journaled only once the other
 //! workers' copies are durable (`durable.rs`). A snapshot leaves such ids out, as the log does
 //! until then; written earlier, a kill could keep the id without the copies, and the re-sent
-//! PUBLISH would be dropped as a duplicate (issue #10, found by the 20-kill test).
+//! PUBLISH would be dropped as a duplicate (issue #10, found by the 20-kill test). The
+//! held-back ids are matched to sessions by slot; that is exact because a pending id is
+//! dropped when its session is discarded or releases it (`durable.rs`), before the slot can
+//! be reused (tested in `tests/durable.rs`).
 //!
 //! Invariant: replaying a file's snapshot region gives the state the broker had when the
 //! region's last record was taken, less the QoS 2 ids still waiting for other workers
@@ -165,9 +168,10 @@ impl Broker {
     ) {
         let session: &Session = self.sessions.get(id);
         let sid = id.0;
-        encode(&Record::SessionOpen { sid, client_id: session.client_id.clone() }, out);
-        for (filter, qos) in &session.subscriptions {
-            encode(&Record::Subscribe { sid, filter: filter.clone(), qos: *qos }, out);
+        encode(&Record::SessionOpen { sid, client_id: session.client_id.to_utf8() }, out);
+        for &(node, qos) in session.subscriptions.as_slice() {
+            let filter = self.subscriptions.filter_of(node);
+            encode(&Record::Subscribe { sid, filter, qos }, out);
         }
         for packet_id in session.incoming.ids() {
             if pending.contains(&(sid, packet_id)) {

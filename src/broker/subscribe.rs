@@ -23,6 +23,7 @@
 //! until they have all applied it (`interest.rs`).
 
 use super::delivery::Variants;
+use super::topic_trie::NodeId;
 use super::{Broker, ConnId, Message, Millis, SessionId};
 use crate::persist::record::Record;
 use crate::protocol::encode::remaining_length_bytes;
@@ -113,29 +114,19 @@ impl Broker {
             return (SubackCode::Failure, 0);
         }
         let max = self.config.subscriptions_per_session_max;
-        let subscriptions = &mut self.sessions.get_mut(session).subscriptions;
-        let count = subscriptions.len();
-        match subscriptions.iter_mut().find(|(existing, _)| existing == filter) {
-            Some(existing) => existing.1 = qos,
-            None if count >= max => {
-                self.stats.subscriptions_refused += 1;
-                return (SubackCode::Failure, 0);
-            }
-            None => {
-                // The first few grow one at a time: most sessions hold one or two filters,
-                // and a first push would otherwise reserve room for four (120 bytes an idle
-                // session never uses). Past that, the usual doubling.
-                if count < 4 {
-                    subscriptions.reserve_exact(1);
-                }
-                // Detached: a view of the SUBSCRIBE would keep its whole receive buffer.
-                subscriptions.push((filter.detached(), qos));
-            }
+        let subscriptions = &self.sessions.get(session).subscriptions;
+        let held =
+            self.subscriptions.node_of(filter).is_some_and(|node| subscriptions.contains(node));
+        if !held && subscriptions.len() >= max {
+            self.stats.subscriptions_refused += 1;
+            return (SubackCode::Failure, 0);
         }
         if self.sessions.get(session).persistent {
             self.journal(|| Record::Subscribe { sid: session.0, filter: filter.clone(), qos });
         }
-        let waits_for = if self.subscriptions.subscribe(filter, session, qos) {
+        let (node, first) = self.subscriptions.subscribe_node(filter, session, qos);
+        self.sessions.get_mut(session).subscriptions.set(node, qos);
+        let waits_for = if first {
             self.broadcast_interest(filter, true)
         } else {
             self.interest_pending_for(filter)
@@ -154,18 +145,8 @@ impl Broker {
         // before any client is served (`Image::remote_interest`). Broadcasting them again
         // queued one message per session each way after the start, whose memory the
         // allocator then kept (+30% RSS after a restart with 300k sessions; docs/BENCHMARKS.md).
-        let subscriptions = &mut self.sessions.get_mut(session).subscriptions;
-        match subscriptions.iter_mut().find(|(existing, _)| existing == filter) {
-            Some(existing) => existing.1 = qos,
-            None => {
-                // As `add_subscription`: the first few grow one at a time.
-                if subscriptions.len() < 4 {
-                    subscriptions.reserve_exact(1);
-                }
-                subscriptions.push((filter.detached(), qos));
-            }
-        }
-        self.subscriptions.subscribe(filter, session, qos);
+        let (node, _) = self.subscriptions.subscribe_node(filter, session, qos);
+        self.sessions.get_mut(session).subscriptions.set(node, qos);
     }
 
     /// Sends the retained messages `filter` matches to `session`, at min(retained, granted).
@@ -194,18 +175,28 @@ impl Broker {
         unsubscribe: Unsubscribe,
     ) {
         for filter in &unsubscribe.filters {
-            let subscriptions = &mut self.sessions.get_mut(session).subscriptions;
-            let Some(index) = subscriptions.iter().position(|(existing, _)| existing == filter)
-            else {
+            let Some(node) = self.subscriptions.node_of(filter) else { continue };
+            if !self.sessions.get_mut(session).subscriptions.remove(node) {
                 continue;
-            };
-            subscriptions.swap_remove(index);
+            }
             self.remove_from_index(filter, session);
             if self.sessions.get(session).persistent {
                 self.journal(|| Record::Unsubscribe { sid: session.0, filter: filter.clone() });
             }
         }
         self.write_durable_ack(conn, Packet::Unsuback(unsubscribe.packet_id));
+    }
+
+    /// [`Self::remove_from_index`] by the filter's node (a session's own subscription, so a
+    /// live node): the filter's text is spelled out only when the other workers must hear
+    /// that this worker's interest ended.
+    pub(super) fn remove_node_from_index(&mut self, node: NodeId, session: SessionId) {
+        if self.subscriptions.is_sole_subscriber(node, session) {
+            let filter = self.subscriptions.filter_of(node);
+            self.remove_from_index(&filter, session);
+        } else {
+            self.subscriptions.unsubscribe_node(node, session);
+        }
     }
 
     /// Removes one subscription from the index, telling the other workers if it was the last.

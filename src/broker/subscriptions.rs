@@ -164,7 +164,23 @@ impl SubscriptionIndex {
     /// Adds or replaces `session`'s subscription to `filter`. Returns true when this is the
     /// first local subscription to `filter` (the other workers must hear of the interest).
     pub fn subscribe(&mut self, filter: &TopicFilter, session: SessionId, qos: QoS) -> bool {
+        self.subscribe_node(filter, session, qos).1
+    }
+
+    /// [`Self::subscribe`], also giving the filter's node: what a session keeps of its
+    /// filter (`session.rs`), since the node holds the filter's levels once for all its
+    /// subscribers and stays while the session is one of them.
+    pub(crate) fn subscribe_node(
+        &mut self,
+        filter: &TopicFilter,
+        session: SessionId,
+        qos: QoS,
+    ) -> (NodeId, bool) {
         let node = self.node_or_insert(filter);
+        (node, self.subscribe_at(node, session, qos))
+    }
+
+    fn subscribe_at(&mut self, node: NodeId, session: SessionId, qos: QoS) -> bool {
         let slot = self.trie.value_mut(node);
         match slot.local {
             Local::None => {
@@ -203,6 +219,12 @@ impl SubscriptionIndex {
         let Some(node) = self.trie.find(filter.levels()) else {
             return false;
         };
+        self.unsubscribe_node(node, session)
+    }
+
+    /// [`Self::unsubscribe`] by the filter's node, which must be live (a session's own
+    /// subscription's node is: the session keeps it alive).
+    pub(crate) fn unsubscribe_node(&mut self, node: NodeId, session: SessionId) -> bool {
         let slot = self.trie.value_mut(node);
         match slot.local {
             Local::None => false,
@@ -229,6 +251,46 @@ impl SubscriptionIndex {
                 false
             }
         }
+    }
+
+    /// The node of `filter`, if the index has one (a subscriber or an interested worker).
+    pub(crate) fn node_of(&self, filter: &TopicFilter) -> Option<NodeId> {
+        self.trie.find(filter.levels())
+    }
+
+    /// The filter whose levels lead to `node`, a live non-root node: its labels from the root
+    /// down, joined by `/`. Sessions keep nodes, not filter text; this spells a filter out
+    /// where its text is needed (snapshots, session info, the admin API, the interest
+    /// broadcast when a session's last subscriber leaves), never on the routing path.
+    pub(crate) fn filter_of(&self, node: NodeId) -> TopicFilter {
+        assert!(node != NodeId::ROOT, "the root names no filter");
+        let mut path = Vec::new();
+        let mut at = node;
+        let mut bytes = 0;
+        while let Some(parent) = self.trie.parent(at) {
+            path.push(at);
+            bytes += self.trie.label(at).len() + 1;
+            at = parent;
+        }
+        assert!(at == NodeId::ROOT, "{node:?} is not a live node");
+        let mut text = Vec::with_capacity(bytes - 1);
+        for (depth, &level) in path.iter().rev().enumerate() {
+            if depth > 0 {
+                text.push(b'/');
+            }
+            text.extend_from_slice(self.trie.label(level));
+        }
+        // The levels are those of a filter that was valid when subscribed, split at '/':
+        // UTF-8, and joined back they are that filter.
+        let text = String::from_utf8(text).expect("a filter's levels are UTF-8");
+        TopicFilter::new(text.into()).expect("a subscribed filter's own levels are valid")
+    }
+
+    /// Whether `session` is the only local subscriber at `node` (so unsubscribing it ends
+    /// this worker's interest in the filter).
+    pub(crate) fn is_sole_subscriber(&self, node: NodeId, session: SessionId) -> bool {
+        let slot = self.trie.value(node);
+        matches!(slot.local, Local::One(_)) && slot.session == session.0
     }
 
     /// Records whether worker `worker` has local subscribers of `filter`.

@@ -316,3 +316,56 @@ proptest! {
         prop_assert_eq!(index.node_count(), 0);
     }
 }
+
+/// A session keeps its filters as trie nodes (`session.rs`): each must spell back its filter,
+/// whatever its levels (empty, long, wildcards), and removing by node must act as removing by
+/// filter.
+#[test]
+fn a_filters_node_spells_it_back_and_unsubscribes_it() {
+    let texts = [
+        "a",
+        "a/b/c",
+        "/a",
+        "a/",
+        "/",
+        "a//b",
+        "+/#",
+        "#",
+        "sport/tennis/+/a-level-longer-than-fourteen-bytes",
+        "million/123456",
+        "ü/ß",
+    ];
+    let mut index = SubscriptionIndex::new();
+    let mut nodes = Vec::new();
+    for (n, text) in texts.iter().enumerate() {
+        let (node, first) =
+            index.subscribe_node(&filter(text), SessionId(n as u32), QoS::AtLeastOnce);
+        assert!(first, "{text}");
+        assert_eq!(index.node_of(&filter(text)), Some(node));
+        nodes.push(node);
+    }
+    for (text, &node) in texts.iter().zip(&nodes) {
+        assert_eq!(index.filter_of(node).as_str(), *text);
+    }
+    // A second subscriber of "a/b/c": neither is then the sole one.
+    let (node, first) = index.subscribe_node(&filter("a/b/c"), SessionId(99), QoS::AtMostOnce);
+    assert_eq!((node, first), (nodes[1], false));
+    assert!(!index.is_sole_subscriber(node, SessionId(1)));
+    assert!(!index.unsubscribe_node(node, SessionId(99)), "session 1 is still subscribed");
+    assert!(index.is_sole_subscriber(node, SessionId(1)));
+    for (n, &node) in nodes.iter().enumerate() {
+        assert!(index.unsubscribe_node(node, SessionId(n as u32)), "{}", texts[n]);
+    }
+    assert_eq!(index.len(), 0);
+    assert!(index.node_of(&filter("a/b/c")).is_none(), "pruned");
+}
+
+proptest! {
+    #[test]
+    fn any_filter_is_spelled_back_from_its_node(text in filter_text()) {
+        let mut index = SubscriptionIndex::new();
+        let (node, _) = index.subscribe_node(&filter(&text), SessionId(1), QoS::AtMostOnce);
+        let spelled = index.filter_of(node);
+        prop_assert_eq!(spelled.as_str(), text.as_str());
+    }
+}

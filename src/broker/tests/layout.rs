@@ -8,6 +8,13 @@ fn per_connection_state_sizes() {
     let sizes = [
         ("broker Conn", size_of::<crate::broker::connection::Conn>()),
         ("Session", size_of::<crate::broker::session::Session>()),
+        (
+            "Option<Conn> (a connection table entry)",
+            size_of::<Option<crate::broker::connection::Conn>>(),
+        ),
+        ("Option<ConnId>", size_of::<Option<crate::broker::ConnId>>()),
+        ("session Filters", size_of::<crate::broker::session::Filters>()),
+        ("session ClientId", size_of::<crate::broker::session::ClientId>()),
         ("Outgoing", size_of::<crate::broker::inflight::Outgoing>()),
         ("Incoming", size_of::<crate::broker::inflight::Incoming>()),
         ("OutBuf", size_of::<crate::protocol::OutBuf>()),
@@ -21,9 +28,14 @@ fn per_connection_state_sizes() {
     for (name, size) in sizes {
         eprintln!("{name}: {size} B");
     }
-    // Pinned at what session 4 cut them to (docs/BENCHMARKS.md, "Density": 176 and 192
-    // before): growing either is a deliberate change to the per-connection budget.
+    // Pinned at what sessions 4 and 5 cut them to (docs/BENCHMARKS.md, "Density": 176 and
+    // 192 before session 4): growing one is a deliberate change to the per-connection budget.
+    // A connection table entry is the `Conn` alone (its slot's generation is in its padding),
+    // and a session's one filter is inline, as its trie node.
     assert!(size_of::<crate::broker::connection::Conn>() <= 112);
-    assert!(size_of::<crate::broker::session::Session>() <= 112);
+    assert!(size_of::<Option<crate::broker::connection::Conn>>() <= 112);
+    assert!(size_of::<Option<crate::broker::ConnId>>() <= 12);
+    assert!(size_of::<crate::broker::session::Filters>() <= 16);
+    assert!(size_of::<crate::broker::session::Session>() <= 96);
     assert!(size_of::<crate::protocol::OutBuf>() <= 48);
 }
