@@ -186,6 +186,21 @@ fn fuzz_finding_a_publish_arriving_after_its_pubcomp_is_a_new_publication_mqtt_4
     sim::judge(&report, Mode::Generous).expect("a second publication may be delivered again");
 }
 
+/// The `sim` fuzz target's finding `sim-qos0-order-36493db8` (session 5): client 0 wrote a
+/// QoS 0 PUBLISH (seq 1) on a connection it then gave up unclosed, connected anew and
+/// published seq 2 there; the first connection's bytes reached the broker later (its CONNECT
+/// took the session over [MQTT-3.1.4-2]), so the broker received seq 2 before seq 1 and sent
+/// them on in that order, as [MQTT-4.6.0-6] asks ("in the order that they were received").
+/// The model checked publish order instead of the order the broker received them.
+#[test]
+fn fuzz_finding_order_is_the_order_the_broker_received_mqtt_4_6_0_6() {
+    let data = include_bytes!("../fuzz/corpus/sim/sim-qos0-order-36493db8");
+    let (&first, choices) = data.split_first().expect("the finding is not empty");
+    let config = SimConfig::from_seed(u64::from(first), Mode::Generous, 20, 400);
+    let report = Sim::with_rng(config, sim::rng::Rng::from_bytes(choices.to_vec())).run();
+    sim::judge(&report, Mode::Generous).expect("receipt order is kept");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The checker's own tests: each shows a property failing when its fault is injected, first
 // end to end (a deliberately broken runtime under the real brokers), then on the model alone.
@@ -269,6 +284,7 @@ fn subscribed(model: &mut Model, granted: QoS) {
 
 fn published(model: &mut Model, seq: u32, qos: QoS) {
     model.publish_sent(key(seq), qos);
+    model.publish_received(key(seq));
     if qos != QoS::AtMostOnce {
         model.publish_acked(key(seq));
     }
@@ -406,6 +422,26 @@ fn model_reports_reordering_per_publisher_and_topic() {
     }
     assert_eq!(model.violations.len(), 1, "{:?}", model.violations);
     assert!(model.violations[0].contains("MQTT-4.6.0-6"), "{:?}", model.violations);
+}
+
+#[test]
+fn model_orders_by_receipt_at_the_broker_not_by_publish_mqtt_4_6_0_6() {
+    let mut model = model();
+    subscribed(&mut model, QoS::AtMostOnce);
+    for seq in [1, 2, 3] {
+        model.publish_sent(key(seq), QoS::AtMostOnce);
+    }
+    // 1 was written on a connection the publisher gave up; its bytes arrived last.
+    for seq in [2, 3, 1] {
+        model.publish_received(key(seq));
+    }
+    for seq in [2, 1, 3] {
+        let bytes = payload(seq, QoS::AtMostOnce);
+        model.delivered(SUBSCRIBER, "t/0/0", &bytes, QoS::AtMostOnce, false);
+    }
+    // 1 after 2 is right (received after it); 3 after 1 is not (received before it).
+    assert_eq!(model.violations.len(), 1, "{:?}", model.violations);
+    assert!(model.violations[0].contains("seq: 3"), "{:?}", model.violations);
 }
 
 #[test]
