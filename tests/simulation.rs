@@ -167,6 +167,14 @@ fn simulation_runs_from_fuzzer_bytes() {
     sim::judge(&report, Mode::Generous).expect("a fuzzer-driven run passes");
 }
 
+/// Runs a `sim` fuzz target input as the target does (`fuzz/src/sim.rs`, `check_sim`): the first
+/// byte seeds the configuration, the rest make every choice.
+fn replay_sim_input(data: &[u8]) -> Report {
+    let (&first, choices) = data.split_first().expect("the input is not empty");
+    let config = SimConfig::from_seed(u64::from(first), Mode::Generous, 20, 400);
+    Sim::with_rng(config, sim::rng::Rng::from_bytes(choices.to_vec())).run()
+}
+
 /// The `sim` fuzz target's finding `sim-qos2-duplicate-c8ac53a1` (session 4), replayed as the
 /// target runs it. Client 2 (persistent) wrote CONNECT and QoS 2 PUBLISHes (ids 1, 2) on a
 /// connection, gave it up unread and unclosed, re-sent them with DUP=1 on a new connection
@@ -177,11 +185,7 @@ fn simulation_runs_from_fuzzer_bytes() {
 /// right; the model counted exactly once per message instead of once per publication.
 #[test]
 fn fuzz_finding_a_publish_arriving_after_its_pubcomp_is_a_new_publication_mqtt_4_3_3_2() {
-    let data = include_bytes!("../fuzz/corpus/sim/sim-qos2-duplicate-c8ac53a1");
-    let (&first, choices) = data.split_first().expect("the finding is not empty");
-    // As `fuzz/src/sim.rs` (`check_sim`) sizes a run.
-    let config = SimConfig::from_seed(u64::from(first), Mode::Generous, 20, 400);
-    let report = Sim::with_rng(config, sim::rng::Rng::from_bytes(choices.to_vec())).run();
+    let report = replay_sim_input(include_bytes!("../fuzz/corpus/sim/sim-qos2-duplicate-c8ac53a1"));
     assert!(report.runtime.qos2_republications >= 1, "{:?}", report.runtime);
     sim::judge(&report, Mode::Generous).expect("a second publication may be delivered again");
 }
@@ -194,10 +198,7 @@ fn fuzz_finding_a_publish_arriving_after_its_pubcomp_is_a_new_publication_mqtt_4
 /// The model checked publish order instead of the order the broker received them.
 #[test]
 fn fuzz_finding_order_is_the_order_the_broker_received_mqtt_4_6_0_6() {
-    let data = include_bytes!("../fuzz/corpus/sim/sim-qos0-order-36493db8");
-    let (&first, choices) = data.split_first().expect("the finding is not empty");
-    let config = SimConfig::from_seed(u64::from(first), Mode::Generous, 20, 400);
-    let report = Sim::with_rng(config, sim::rng::Rng::from_bytes(choices.to_vec())).run();
+    let report = replay_sim_input(include_bytes!("../fuzz/corpus/sim/sim-qos0-order-36493db8"));
     sim::judge(&report, Mode::Generous).expect("receipt order is kept");
 }
 
