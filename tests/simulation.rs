@@ -167,6 +167,25 @@ fn simulation_runs_from_fuzzer_bytes() {
     sim::judge(&report, Mode::Generous).expect("a fuzzer-driven run passes");
 }
 
+/// The `sim` fuzz target's finding `sim-qos2-duplicate-c8ac53a1` (session 4), replayed as the
+/// target runs it. Client 2 (persistent) wrote CONNECT and QoS 2 PUBLISHes (ids 1, 2) on a
+/// connection, gave it up unread and unclosed, re-sent them with DUP=1 on a new connection
+/// [MQTT-4.4.0-1] and completed both flows there (PUBREL, PUBCOMP). The first connection's
+/// bytes reached the broker only then: its CONNECT took the session over [MQTT-3.1.4-2] and
+/// its PUBLISH id 1 (DUP=0) came after the broker's PUBCOMP 1, so the broker had to take it as
+/// a new publication [MQTT-4.3.3-2] and client 6 got the message a second time. The broker was
+/// right; the model counted exactly once per message instead of once per publication.
+#[test]
+fn fuzz_finding_a_publish_arriving_after_its_pubcomp_is_a_new_publication_mqtt_4_3_3_2() {
+    let data = include_bytes!("../fuzz/corpus/sim/sim-qos2-duplicate-c8ac53a1");
+    let (&first, choices) = data.split_first().expect("the finding is not empty");
+    // As `fuzz/src/sim.rs` (`check_sim`) sizes a run.
+    let config = SimConfig::from_seed(u64::from(first), Mode::Generous, 20, 400);
+    let report = Sim::with_rng(config, sim::rng::Rng::from_bytes(choices.to_vec())).run();
+    assert!(report.runtime.qos2_republications >= 1, "{:?}", report.runtime);
+    sim::judge(&report, Mode::Generous).expect("a second publication may be delivered again");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The checker's own tests: each shows a property failing when its fault is injected, first
 // end to end (a deliberately broken runtime under the real brokers), then on the model alone.
@@ -319,6 +338,42 @@ fn model_reports_a_qos2_message_delivered_twice() {
     model.delivered(SUBSCRIBER, "t/0/0", &payload(1, QoS::ExactlyOnce), QoS::ExactlyOnce, true);
     assert_eq!(model.violations.len(), 1, "{:?}", model.violations);
     assert!(model.violations[0].contains("MQTT-4.3.3-2"), "{:?}", model.violations);
+}
+
+#[test]
+fn model_allows_one_qos2_delivery_per_publication_and_no_more_mqtt_4_3_3_2() {
+    let mut model = model();
+    subscribed(&mut model, QoS::ExactlyOnce);
+    published(&mut model, 1, QoS::ExactlyOnce);
+    let deliver = |model: &mut Model| {
+        let bytes = payload(1, QoS::ExactlyOnce);
+        model.delivered(SUBSCRIBER, "t/0/0", &bytes, QoS::ExactlyOnce, false);
+    };
+    model.publication_received(key(1));
+    deliver(&mut model);
+    // The same message fed again after the broker's PUBCOMP freed its id: a new publication,
+    // which the broker delivers again.
+    model.publication_received(key(1));
+    deliver(&mut model);
+    assert!(model.violations.is_empty(), "{:?}", model.violations);
+    deliver(&mut model);
+    assert_eq!(model.violations.len(), 1, "three deliveries of two: {:?}", model.violations);
+    assert!(model.violations[0].contains("delivery 3 of 2"), "{:?}", model.violations);
+    assert!(model.violations[0].contains("MQTT-4.3.3-2"), "{:?}", model.violations);
+}
+
+#[test]
+fn model_reports_a_second_qos2_delivery_of_one_publication_mqtt_4_3_3_2() {
+    let mut model = model();
+    subscribed(&mut model, QoS::ExactlyOnce);
+    published(&mut model, 1, QoS::ExactlyOnce);
+    model.publication_received(key(1));
+    for dup in [false, true] {
+        let bytes = payload(1, QoS::ExactlyOnce);
+        model.delivered(SUBSCRIBER, "t/0/0", &bytes, QoS::ExactlyOnce, dup);
+    }
+    assert_eq!(model.violations.len(), 1, "{:?}", model.violations);
+    assert!(model.violations[0].contains("delivery 2 of 1"), "{:?}", model.violations);
 }
 
 #[test]

@@ -33,6 +33,13 @@
 //! pairs are bounded by `sessions_max` x `max_awaiting_pubrel`; beyond it a copy is stored
 //! without its pair (counted: `forwarded_over_bound`), so a re-sent one could come twice.
 //!
+//! A pending `Qos2Received` names its session by slot, and a slot is reused once its session
+//! is discarded. So a pending record lives no longer than its session's claim on the id:
+//! discarding the session (`SessionDrop`) or releasing the id (PUBREL) drops it
+//! (`cancel_pending`). Invariant: every pending record's slot holds the session that
+//! registered it, and that session still holds the id; neither the journal nor a snapshot's
+//! held-back ids can then apply it to another session (issue #10).
+//!
 //! Bounds: the journal buffer and the held acks (counted at `HELD_ACK_BYTES` each) together
 //! are kept under `pending_bytes_max` by pausing reads (`persistence_backpressured`); a turn's
 //! decoded packets may pass it by their own size. Peer counts are O(workers).
@@ -268,8 +275,22 @@ impl Durability {
         u64::try_from(unix).unwrap_or(0)
     }
 
-    /// The QoS 2 ids whose `Qos2Received` waits for peers (`pending`), as (session slot, id).
-    /// A snapshot must leave them out: their sessions hold them in memory already, but
+    /// Drops the pending `Qos2Received` records of session slot `sid` (only `packet_id`'s if
+    /// given): the session ended (its `SessionDrop` is appended now), or its client released
+    /// the id. A record left pending would name the slot after that: replayed into the next
+    /// session to take the slot, or resurrecting a released id (issue #10).
+    fn cancel_pending(&mut self, sid: u32, packet_id: Option<PacketId>) {
+        self.pending.retain(|pending| match pending.record {
+            Record::Qos2Received { sid: of, packet_id: id } => {
+                of != sid || packet_id.is_some_and(|wanted| wanted != id)
+            }
+            _ => true,
+        });
+    }
+
+    /// The QoS 2 ids whose `Qos2Received` waits for peers (`pending`), as (session slot, id);
+    /// each slot holds the session that registered the id (`cancel_pending`). A snapshot must
+    /// leave them out: their sessions hold them in memory already, but
     /// written before the other workers' copies are durable, a compacted file that a crash
     /// keeps would make the re-sent PUBLISH a duplicate and drop it (issue #10).
     pub(super) fn qos2_ids_pending(&self) -> HashSet<(u32, PacketId)> {
@@ -599,6 +620,23 @@ impl Broker {
         }
         let registered_at = d.held_count;
         d.pending.push_back(PendingRecord { registered_at, remote, record });
+    }
+
+    /// Persistent session `session` is discarded: journals that, and drops its pending
+    /// records, so that none is applied to the next session in its slot.
+    pub(super) fn journal_session_drop(&mut self, session: SessionId) {
+        let Some(d) = self.durability.as_deref_mut() else { return };
+        d.cancel_pending(session.0, None);
+        d.append(&Record::SessionDrop { sid: session.0 });
+    }
+
+    /// Persistent session `session`'s client released QoS 2 `packet_id` (PUBREL): journals
+    /// that, and drops the id's record if it still waits for peers (a PUBREL before its
+    /// PUBREC), which appended later would hold the id again.
+    pub(super) fn journal_qos2_released(&mut self, session: SessionId, packet_id: PacketId) {
+        let Some(d) = self.durability.as_deref_mut() else { return };
+        d.cancel_pending(session.0, Some(packet_id));
+        d.append(&Record::Qos2Released { sid: session.0, packet_id });
     }
 
     /// A persistent session's SUBACK (and the retained messages after it) waits until its

@@ -23,7 +23,6 @@ use super::delivery::Variants;
 use super::inflight::IncomingQos2;
 use super::retain_confirm::Ack;
 use super::{Broker, CloseReason, ConnId, Message, Millis, RetainToken, SessionId};
-use crate::persist::record::Record;
 use crate::protocol::{PacketId, Publish, QoS};
 
 impl Broker {
@@ -135,7 +134,7 @@ impl Broker {
         let state = self.sessions.get_mut(session);
         let persistent = state.persistent;
         if state.incoming.on_pubrel(id) && persistent {
-            self.journal(|| Record::Qos2Released { sid: session.0, packet_id: id });
+            self.journal_qos2_released(session, id);
         }
         if persistent {
             // Known or not (a crash may have lost the id here but not a copy's elsewhere).

@@ -305,7 +305,7 @@ impl Broker {
         }
         let mut session = self.sessions.remove(id);
         if session.persistent {
-            self.journal(|| Record::SessionDrop { sid: id.0 });
+            self.journal_session_drop(id);
         }
         let (inflight, queued) = session.outgoing.clear();
         self.stats.inflight_messages -= inflight as u64;

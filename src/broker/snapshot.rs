@@ -23,7 +23,10 @@
 //! session from the PUBLISH on, but its `Qos2Received` is journaled only once the other
 //! workers' copies are durable (`durable.rs`). A snapshot leaves such ids out, as the log does
 //! until then; written earlier, a kill could keep the id without the copies, and the re-sent
-//! PUBLISH would be dropped as a duplicate (issue #10, found by the 20-kill test).
+//! PUBLISH would be dropped as a duplicate (issue #10, found by the 20-kill test). The
+//! held-back ids are matched to sessions by slot; that is exact because a pending id is
+//! dropped when its session is discarded or releases it (`durable.rs`), before the slot can
+//! be reused (tested in `tests/durable.rs`).
 //!
 //! Invariant: replaying a file's snapshot region gives the state the broker had when the
 //! region's last record was taken, less the QoS 2 ids still waiting for other workers

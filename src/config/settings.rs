@@ -219,6 +219,15 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recv_buffer_bytes: Option<u32>,
 
+    /// Receive buffers per ring (512 bytes each, a power of two up to 32768) kept for
+    /// connections that have not sent their CONNECT yet, so established connections' pings
+    /// cannot take them all and leave a CONNECT unread until the connect timeout. Also the
+    /// most first receives a ring starts per loop turn: more wait for the next turn, oldest
+    /// first (counted: `ringmq_first_recv_waits_total`).
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_recv_buffers: Option<u16>,
+
     /// Depth of each single-producer ring between two workers, in messages (a power of two).
     /// There are workers x (workers - 1) rings. Default: 8192 up to 2 workers, then
     /// 16384 / workers rounded down to a power of two, at least 256.
@@ -526,6 +535,7 @@ impl Settings {
             ring_entries,
             recv_buffers,
             recv_buffer_bytes,
+            first_recv_buffers,
             mesh_ring_depth,
             mesh_overflow_max,
             turn_packets_max,
@@ -618,6 +628,7 @@ impl Settings {
                 .recv_buffers
                 .unwrap_or_else(|| RuntimeConfig::default_recv_buffers(workers)),
             recv_buffer_bytes: self.recv_buffer_bytes.unwrap_or(defaults.recv_buffer_bytes),
+            first_recv_buffers: self.first_recv_buffers.unwrap_or(defaults.first_recv_buffers),
             mesh_ring_depth: self
                 .mesh_ring_depth
                 .unwrap_or_else(|| RuntimeConfig::default_mesh_ring_depth(workers)),
@@ -760,6 +771,7 @@ impl Settings {
             ring_entries: Some(runtime.ring_entries),
             recv_buffers: Some(runtime.recv_buffers),
             recv_buffer_bytes: Some(runtime.recv_buffer_bytes),
+            first_recv_buffers: Some(runtime.first_recv_buffers),
             mesh_ring_depth: Some(runtime.mesh_ring_depth),
             mesh_overflow_max: Some(runtime.mesh_overflow_max),
             turn_packets_max: Some(runtime.turn_packets_max),
@@ -854,6 +866,7 @@ mod tests {
         runtime.ring_entries *= 2;
         runtime.recv_buffers /= 2;
         runtime.recv_buffer_bytes += 1;
+        runtime.first_recv_buffers *= 2;
         runtime.mesh_ring_depth *= 2;
         runtime.mesh_overflow_max += 1;
         runtime.turn_packets_max += 1;

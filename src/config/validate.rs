@@ -228,6 +228,12 @@ fn check_rings(checker: &mut Checker, runtime: &RuntimeConfig) {
         "recv_buffers",
         || format!("must be a power of two, 1..={RECV_BUFFERS_MAX}, got {buffers}"),
     );
+    let first = runtime.first_recv_buffers;
+    checker.require(
+        first.is_power_of_two() && first <= RECV_BUFFERS_MAX,
+        "first_recv_buffers",
+        || format!("must be a power of two, 1..={RECV_BUFFERS_MAX}, got {first}"),
+    );
     checker.require(runtime.recv_buffer_bytes >= 1, "recv_buffer_bytes", || {
         "must be at least 1".to_owned()
     });
@@ -441,6 +447,7 @@ mod tests {
         assert_eq!(rejected(|r, _| r.recv_buffers = 0), ["recv_buffers"]);
         assert_eq!(rejected(|r, _| r.mesh_ring_depth = 100), ["mesh_ring_depth"]);
         assert_eq!(rejected(|r, _| r.recv_buffer_bytes = 0), ["recv_buffer_bytes"]);
+        assert_eq!(rejected(|r, _| r.first_recv_buffers = 48), ["first_recv_buffers"]);
         assert_eq!(rejected(|r, _| r.turn_packets_max = 0), ["turn_packets_max"]);
     }
 

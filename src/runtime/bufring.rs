@@ -17,6 +17,16 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
 
+/// The group of each ring's shared receive buffers (established connections' multishot
+/// receives draw from it).
+pub const RECV_GROUP: u16 = 0;
+/// The group of each ring's first-receive buffers: only receives of connections that have not
+/// sent their CONNECT yet draw from it, so pings cannot leave a CONNECT without a buffer.
+pub const FIRST_RECV_GROUP: u16 = 1;
+/// Size of a first-receive buffer: a CONNECT (and a SUBSCRIBE sent with it) is far smaller;
+/// a longer one arrives over several first receives. 64 of them are 32 KiB (8 pages) per ring.
+pub const FIRST_RECV_BUFFER_BYTES: u32 = 512;
+
 /// A registered ring of `count` receive buffers of `buffer_bytes` each.
 #[derive(Debug)]
 pub struct BufRing {

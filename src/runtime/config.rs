@@ -39,6 +39,11 @@ pub struct RuntimeConfig {
     /// near 8192 buffers (128 MiB at 16 KiB) instead of 64 MiB per worker.
     pub recv_buffers: u16,
     pub recv_buffer_bytes: u32,
+    /// Receive buffers per ring for connections that have not sent their CONNECT yet, of
+    /// `bufring::FIRST_RECV_BUFFER_BYTES` each, apart from the buffers established
+    /// connections' pings take (a power of two). Also the most first receives a ring arms per
+    /// turn: the rest wait for a later turn, oldest first (counted, `events.rs`).
+    pub first_recv_buffers: u16,
     /// Depth of each SPSC ring between two workers, in messages. There are
     /// `workers × (workers − 1)` rings, so the default shrinks as workers grow
     /// ([`RuntimeConfig::default_mesh_ring_depth`]).
@@ -85,6 +90,7 @@ impl Default for RuntimeConfig {
             ring_entries: 4096,
             recv_buffers: Self::default_recv_buffers(workers),
             recv_buffer_bytes: 16 * 1024,
+            first_recv_buffers: 64,
             mesh_ring_depth: Self::default_mesh_ring_depth(workers),
             mesh_overflow_max: 65_536,
             socket_rcvbuf_bytes: 0,
@@ -161,6 +167,9 @@ impl RuntimeConfig {
         if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 1 << 15 {
             return Err("recv_buffers must be a power of two of at most 32768".into());
         }
+        if !self.first_recv_buffers.is_power_of_two() || self.first_recv_buffers > 1 << 15 {
+            return Err("first_recv_buffers must be a power of two of at most 32768".into());
+        }
         if self.recv_buffer_bytes == 0 {
             return Err("recv_buffer_bytes must be positive".into());
         }
@@ -216,6 +225,7 @@ mod tests {
         let bad = [
             RuntimeConfig { workers: 0, ..RuntimeConfig::default() },
             RuntimeConfig { recv_buffers: 1000, ..RuntimeConfig::default() },
+            RuntimeConfig { first_recv_buffers: 0, ..RuntimeConfig::default() },
             RuntimeConfig { file_table_slots: 1 << 24, ..RuntimeConfig::default() },
             RuntimeConfig { rings_per_worker_max: 0, ..RuntimeConfig::default() },
             RuntimeConfig { listeners: Vec::new(), ..RuntimeConfig::default() },

@@ -61,6 +61,14 @@ pub struct Conn {
     /// Decoding stopped (after a decode error): further input is dropped.
     pub input_closed: bool,
     pub recv_armed: bool,
+    /// The armed receive is a first receive (`Op::FirstRecv`), so a cancel must name that.
+    pub recv_first: bool,
+    /// A CONNECT was decoded (or came with a handoff): from now on receives are multishot,
+    /// from the ring's shared buffers; before, single-shot from its first-receive buffers.
+    pub connect_seen: bool,
+    /// Waiting in one of the worker's receive queues (first receives, or receives that found
+    /// no buffer) for its receive to be armed: nothing else arms it meanwhile.
+    pub recv_listed: bool,
     /// Cancels submitted (of the receive, or of a send that outlived its linger time).
     pub cancels_in_flight: u8,
     pub close_in_flight: bool,
@@ -108,6 +116,9 @@ impl Conn {
             peer_alive: false,
             input_closed: false,
             recv_armed: false,
+            recv_first: false,
+            connect_seen: false,
+            recv_listed: false,
             cancels_in_flight: 0,
             close_in_flight: false,
             flush_listed: false,
@@ -131,6 +142,15 @@ impl Conn {
         );
         let generation = self.generation.wrapping_add(1);
         *self = Self { generation, phase: Phase::Open, peer_alive: true, ..Self::free() };
+    }
+
+    /// What a cancel of the armed receive names.
+    pub fn recv_op(&self) -> super::user_data::Op {
+        if self.recv_first {
+            super::user_data::Op::FirstRecv
+        } else {
+            super::user_data::Op::Recv
+        }
     }
 
     pub fn send_in_flight(&self) -> bool {

@@ -8,6 +8,7 @@
 use bytes::BytesMut;
 use io_uring::opcode;
 
+use super::bufring::{BufRing, FIRST_RECV_GROUP, RECV_GROUP};
 use super::conn::Phase;
 use super::layers::LayeredInput;
 use super::uring::Completion;
@@ -25,7 +26,7 @@ impl Worker {
                 let ipv6 = self.listeners[data.slot as usize].ipv6;
                 self.on_accept(data.slot, completion, ipv6, now)
             }
-            Op::Recv => self.on_recv(completion, now),
+            Op::Recv | Op::FirstRecv => self.on_recv(completion, now),
             Op::Send => self.on_send(completion, now),
             Op::Cancel => self.on_cancel(completion, now),
             Op::Close => self.on_close(completion),
@@ -122,7 +123,7 @@ impl Worker {
         // Before the receive, so its completion usually comes first; decoding waits for it
         // anyway (`peer_name.rs`).
         self.arm_peer_name(slot, ipv6);
-        self.arm_first_recv(slot);
+        self.list_first_recv(id);
         let conn = self.conns.slot_mut(slot);
         conn.broker_knows = true;
         self.broker.handle_open(id, now);
@@ -134,19 +135,27 @@ impl Worker {
     /// `ASYNC_CANCEL` (the kernel finds the request to cancel by walking one bucket of its
     /// per-ring hash of armed polls: ~70 requests at 17,500 connections per ring, about a
     /// tenth of the broker's CPU per connect in a profile). A connection that stays is
-    /// re-armed multishot after it (`on_recv`).
-    fn arm_first_recv(&mut self, slot: u32) {
+    /// re-armed multishot after its CONNECT (`rearm_receive`).
+    ///
+    /// It draws from the ring's first-receive buffers (`FIRST_RECV_GROUP`), which no
+    /// established connection uses: under a ping load the shared buffers are taken by the
+    /// pings' receives between our reap and our next submit (a further ring's task work runs
+    /// at any return to user space), and a CONNECT whose receive kept finding none waited
+    /// behind them past the connect timeout (docs/ARCHITECTURE.md, "The receive path").
+    /// Only `rearm_first_recvs` calls this, within the ring's budget for the turn.
+    pub(super) fn arm_first_recv(&mut self, slot: u32) {
         let conn = self.conns.slot_mut(slot);
         assert!(!conn.recv_armed, "a second receive on one connection");
         conn.recv_armed = true;
+        conn.recv_first = true;
         let generation = conn.generation;
         let entry = opcode::Recv::new(self.fixed(slot), std::ptr::null_mut(), 0)
-            .buf_group(self.buffers.group())
+            .buf_group(FIRST_RECV_GROUP)
             .build()
             .flags(io_uring::squeue::Flags::BUFFER_SELECT)
-            .user_data(UserData::new(Op::Recv, slot, generation).pack());
-        // SAFETY: the receive writes only into a buffer of its ring's registered buffer ring
-        // (no address of ours: null with length 0 selects one), registered while the ring lives.
+            .user_data(UserData::new(Op::FirstRecv, slot, generation).pack());
+        // SAFETY: the receive writes only into a buffer of its ring's registered first-receive
+        // ring (null with length 0 selects one), which stays registered while the ring lives.
         unsafe { self.ring_for(slot).push(&entry) };
     }
 
@@ -154,14 +163,37 @@ impl Worker {
         let conn = self.conns.slot_mut(slot);
         assert!(!conn.recv_armed, "a second receive on one connection");
         conn.recv_armed = true;
+        conn.recv_first = false;
         let generation = conn.generation;
-        // Every ring's buffer ring has the same group id.
-        let entry = opcode::RecvMulti::new(self.fixed(slot), self.buffers.group())
+        let entry = opcode::RecvMulti::new(self.fixed(slot), RECV_GROUP)
             .build()
             .user_data(UserData::new(Op::Recv, slot, generation).pack());
         // SAFETY: the receive writes only into its ring's registered buffer ring, which the
         // worker keeps registered until the ring is gone.
         unsafe { self.ring_for(slot).push(&entry) };
+    }
+
+    /// Lists `id` to have a first receive armed in phase 4, after those listed before it
+    /// (`rearm_first_recvs`).
+    fn list_first_recv(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        assert!(!conn.recv_armed && !conn.recv_listed, "a connection listed twice");
+        conn.recv_listed = true;
+        self.first_recvs.push_back(id);
+    }
+
+    /// Receives again on an open connection whose receive ended: multishot once its CONNECT
+    /// was seen, else another first receive (listed). A connection already listed waits there.
+    pub(super) fn rearm_receive(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        if conn.recv_armed || conn.recv_listed {
+            return;
+        }
+        if conn.connect_seen {
+            self.arm_recv(id.slot());
+        } else {
+            self.list_first_recv(id);
+        }
     }
 
     fn on_recv(&mut self, completion: Completion, now: Millis) {
@@ -170,11 +202,15 @@ impl Worker {
         let mut received = 0;
         let mut layered = None;
         let current = self.current(data);
+        let first = data.op == Op::FirstRecv;
         if let Some(buffer) = completion.buffer() {
             let len = usize::try_from(completion.result).unwrap_or(0);
-            let buffers = match completion.ring {
-                0 => &mut *self.buffers,
-                further => &mut *self.rings.further[usize::from(further) - 1].buffers,
+            // Ring `ring`'s shared receive buffers, or its first-receive buffers.
+            let buffers: &mut BufRing = match (usize::from(completion.ring), first) {
+                (0, false) => &mut self.buffers,
+                (0, true) => &mut self.first_buffers,
+                (further, false) => &mut self.rings.further[further - 1].buffers,
+                (further, true) => &mut self.rings.further[further - 1].first_buffers,
             };
             let lease = buffers.lease(buffer, len);
             if let Some(id) = current {
@@ -217,10 +253,22 @@ impl Worker {
                     self.end_by_transport(slot, now);
                 }
             }
+            Some(libc::ENOBUFS) if first => {
+                self.counters.first_recv_no_buffers += 1;
+                let conn = self.conns.slot_mut(slot);
+                if conn.phase == Phase::Open && !conn.recv_listed {
+                    // First in line again: it has waited longer than those listed after it.
+                    conn.recv_listed = true;
+                    self.first_recvs.push_front(id);
+                    return;
+                }
+            }
             Some(libc::ENOBUFS) => {
                 self.counters.recv_no_buffers += 1;
-                if self.conns.slot_mut(slot).phase == Phase::Open {
+                let conn = self.conns.slot_mut(slot);
+                if conn.phase == Phase::Open && !conn.recv_listed {
                     // Re-armed in phase 4, within the turn's buffer budget.
+                    conn.recv_listed = true;
                     self.starved.push_back(id);
                     return;
                 }
@@ -232,7 +280,7 @@ impl Worker {
         let conn = self.conns.slot_mut(slot);
         match conn.phase {
             Phase::Open if !conn.recv_armed && conn.peer_alive && !conn.paused => {
-                self.arm_recv(slot)
+                self.rearm_receive(id)
             }
             Phase::Closing | Phase::HandingOff => self.advance_close(slot),
             _ => {}
@@ -261,6 +309,9 @@ impl Worker {
             }
             match protocol::decode(&mut conn.input, max_packet_bytes) {
                 Ok(Some(mut packet)) => {
+                    if matches!(packet, Packet::Connect(_)) {
+                        conn.connect_seen = true;
+                    }
                     if conn.layered {
                         if let Packet::Connect(connect) = &mut packet {
                             self.apply_identity(id.slot(), connect);

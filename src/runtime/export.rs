@@ -102,6 +102,8 @@ metrics! {
     Handoffs: Counter "ringmq_handoffs_total" "" "CONNECTs handed to their session's home worker.";
     DecodeErrors: Counter "ringmq_decode_errors_total" "" "Connections whose bytes the codec refused.";
     RecvNoBuffers: Counter "ringmq_recv_no_buffers_total" "" "Receives that found no provided buffer (ENOBUFS).";
+    FirstRecvNoBuffers: Counter "ringmq_first_recv_no_buffers_total" "" "First receives (before a CONNECT) that found no first-receive buffer.";
+    FirstRecvWaits: Counter "ringmq_first_recv_waits_total" "" "First receives left for a later turn at first_recv_buffers per ring per turn, summed over turns.";
     ReadsPaused: Counter "ringmq_reads_paused_total" "" "Times reading paused (turn budget or mesh backpressure).";
     LingerExpired: Counter "ringmq_linger_expired_total" "" "Closing connections whose output was cut at close_linger_millis.";
     Turns: Counter "ringmq_loop_turns_total" "" "Loop turns (one submit-and-wait each).";

@@ -153,6 +153,8 @@ impl Worker {
         if let Some(layers) = record.layers {
             self.insert_layers(slot, layers);
         }
+        // Its CONNECT came with it: multishot receives from the ring's shared buffers.
+        self.conns.slot_mut(slot).connect_seen = true;
         self.arm_recv(slot);
         self.conns.slot_mut(slot).broker_knows = true;
         self.broker.handle_open(id, now);

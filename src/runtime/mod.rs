@@ -46,6 +46,8 @@ pub mod verify;
 pub mod worker;
 
 #[cfg(test)]
+mod starve_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::RuntimeConfig;

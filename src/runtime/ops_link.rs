@@ -260,6 +260,8 @@ impl Worker {
             (Metric::RefusedMax, counters.refused_max_connections),
             (Metric::DecodeErrors, counters.decode_errors),
             (Metric::RecvNoBuffers, counters.recv_no_buffers),
+            (Metric::FirstRecvNoBuffers, counters.first_recv_no_buffers),
+            (Metric::FirstRecvWaits, counters.first_recv_waits),
             (Metric::ReadsPaused, counters.reads_paused),
             (Metric::LingerExpired, counters.linger_expired),
             (Metric::Turns, ring.turns),

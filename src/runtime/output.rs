@@ -211,7 +211,7 @@ impl Worker {
             CloseStep::Send => self.list_for_flush(slot),
             CloseStep::CancelRecv => {
                 conn.cancels_in_flight += 1;
-                let target = UserData::new(Op::Recv, slot, generation);
+                let target = UserData::new(conn.recv_op(), slot, generation);
                 self.ring_for(slot)
                     .push_cancel(target, UserData::new(Op::Cancel, slot, generation));
             }

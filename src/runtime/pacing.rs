@@ -38,7 +38,7 @@ impl Worker {
         self.paused.push_back(id);
         if conn.recv_armed {
             conn.cancels_in_flight += 1;
-            let target = UserData::new(Op::Recv, id.slot(), id.generation());
+            let target = UserData::new(conn.recv_op(), id.slot(), id.generation());
             let cancel = UserData::new(Op::Cancel, id.slot(), id.generation());
             self.ring_for(id.slot()).push_cancel(target, cancel);
         }
@@ -59,7 +59,7 @@ impl Worker {
             }
             let Some(conn) = self.conns.get_mut(id) else { continue };
             if conn.phase == Phase::Open && conn.peer_alive && !conn.recv_armed && !conn.paused {
-                self.arm_recv(id.slot());
+                self.rearm_receive(id);
             }
         }
     }

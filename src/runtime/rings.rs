@@ -37,7 +37,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use io_uring::{opcode, types};
 
-use super::bufring::BufRing;
+use super::bufring::{BufRing, FIRST_RECV_BUFFER_BYTES, FIRST_RECV_GROUP, RECV_GROUP};
 use super::uring::{Completion, Ring};
 use super::user_data::{Op, UserData};
 use super::worker::Worker;
@@ -51,11 +51,13 @@ const OPEN_RING_ROOM_FRACTION: u32 = 8;
 /// After a ring failed to set up, new connections before the next attempt.
 const ADD_RING_RETRY_CONNECTIONS: u32 = 256;
 
-/// A ring beyond the first, with its own provided buffers.
+/// A ring beyond the first, with its own provided buffers: shared ones, and first-receive ones
+/// for connections that have not sent their CONNECT yet.
 #[derive(Debug)]
 pub(super) struct FurtherRing {
     pub ring: Ring,
     pub buffers: ManuallyDrop<BufRing>,
+    pub first_buffers: ManuallyDrop<BufRing>,
 }
 
 /// What the worker keeps for its further rings.
@@ -142,10 +144,20 @@ impl Worker {
             .register_files_sparse(files)
             .map_err(step("registering the file table"))?;
         let count = config.recv_buffers.min(FURTHER_RING_RECV_BUFFERS_MAX);
-        let buffers =
-            BufRing::new(count, config.recv_buffer_bytes, 0).map_err(step("mapping buffers"))?;
+        let buffers = BufRing::new(count, config.recv_buffer_bytes, RECV_GROUP)
+            .map_err(step("mapping buffers"))?;
         buffers.register(&ring.submitter()).map_err(step("registering the buffer ring"))?;
-        self.rings.further.push(FurtherRing { ring, buffers: ManuallyDrop::new(buffers) });
+        let first = config.first_recv_buffers;
+        let first_buffers = BufRing::new(first, FIRST_RECV_BUFFER_BYTES, FIRST_RECV_GROUP)
+            .map_err(step("mapping first-receive buffers"))?;
+        first_buffers
+            .register(&ring.submitter())
+            .map_err(step("registering the first-receive buffer ring"))?;
+        self.rings.further.push(FurtherRing {
+            ring,
+            buffers: ManuallyDrop::new(buffers),
+            first_buffers: ManuallyDrop::new(first_buffers),
+        });
         assert_eq!(self.conns.add_ring(), index, "the table and the rings disagree");
         // From the first further ring on, its completions must wake the wait.
         self.arm_rings_wake();
@@ -290,11 +302,14 @@ impl Worker {
     /// Unregisters the further rings' buffers and frees them (from `Drop`).
     pub(super) fn drop_further_rings(&mut self) {
         for further in &mut self.rings.further {
-            match further.ring.submitter().unregister_buf_ring(further.buffers.group()) {
-                // SAFETY: the buffers are not used again; the kernel no longer refers to them.
-                Ok(()) => unsafe { ManuallyDrop::drop(&mut further.buffers) },
-                Err(error) => {
-                    tracing::warn!(%error, "buffer ring still registered: leaking its memory")
+            for buffers in [&mut further.buffers, &mut further.first_buffers] {
+                match further.ring.submitter().unregister_buf_ring(buffers.group()) {
+                    // SAFETY: the buffers are not used again; the kernel no longer refers to
+                    // them (unregistering is synchronous).
+                    Ok(()) => unsafe { ManuallyDrop::drop(buffers) },
+                    Err(error) => {
+                        tracing::warn!(%error, "buffer ring still registered: leaking its memory")
+                    }
                 }
             }
         }

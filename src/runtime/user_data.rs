@@ -45,10 +45,13 @@ pub enum Op {
     RingsWake = 16,
     /// A journal file's creation, close or deletion (`journal.rs`; `slot` says which).
     JournalFile = 17,
+    /// Single-shot receive on connection `slot` before its CONNECT, into the ring's
+    /// first-receive buffers (`bufring::FIRST_RECV_GROUP`), whose buffer goes back there.
+    FirstRecv = 18,
 }
 
 impl Op {
-    const ALL: [Op; 17] = [
+    const ALL: [Op; 18] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -66,6 +69,7 @@ impl Op {
         Op::JournalSync,
         Op::RingsWake,
         Op::JournalFile,
+        Op::FirstRecv,
     ];
 
     fn from_u8(value: u8) -> Option<Op> {

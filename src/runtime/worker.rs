@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
-use super::bufring::BufRing;
+use super::bufring::{BufRing, FIRST_RECV_BUFFER_BYTES, FIRST_RECV_GROUP, RECV_GROUP};
 use super::config::RuntimeConfig;
 use super::conn::ConnTable;
 use super::journal::Journal;
@@ -97,6 +97,13 @@ pub struct WorkerCounters {
     pub closed: u64,
     pub stale_completions: u64,
     pub recv_no_buffers: u64,
+    /// First receives (before a CONNECT) that found the ring's first-receive buffers empty:
+    /// listed again at the head of the first-receive queue.
+    pub first_recv_no_buffers: u64,
+    /// First receives left waiting at the end of a turn's phase 4, summed over turns (a
+    /// connection that waited three turns counts three): beyond `first_recv_buffers` per ring
+    /// per turn, first receives wait for a later turn, oldest first.
+    pub first_recv_waits: u64,
     pub recv_completions: u64,
     pub recv_bytes: u64,
     pub packets_decoded: u64,
@@ -151,6 +158,8 @@ pub(super) struct Listener {
 pub struct Worker {
     pub(super) ring: Ring,
     pub(super) buffers: ManuallyDrop<BufRing>,
+    /// The first ring's first-receive buffers (`bufring::FIRST_RECV_GROUP`).
+    pub(super) first_buffers: ManuallyDrop<BufRing>,
     pub(super) wake_word: ManuallyDrop<Box<u64>>,
     pub(super) wake_armed: bool,
     /// The rings beyond `ring`, and which ring takes new connections (`rings.rs`).
@@ -179,6 +188,13 @@ pub struct Worker {
     /// Per ring, how many starved receives this turn may still re-arm (kept for its
     /// allocation).
     pub(super) starved_budgets: Vec<u16>,
+    /// Connections waiting for a first receive (no CONNECT yet), oldest first: new ones, and
+    /// those whose first receive found no buffer (at the head). Armed in phase 4, before any
+    /// starved receive, at most `first_recv_buffers` per ring per turn. At most one entry per
+    /// slot (`Conn::recv_listed`).
+    pub(super) first_recvs: VecDeque<ConnId>,
+    /// Those of `first_recvs` a turn looked at and could not arm yet (kept for its allocation).
+    pub(super) first_recvs_waiting: Vec<ConnId>,
     /// Connections whose reading is paused (`Conn::paused`), oldest first, each once.
     pub(super) paused: VecDeque<ConnId>,
     /// Packets this turn may still decode (`turn_packets_max` at the start of each turn).
@@ -243,8 +259,11 @@ impl Worker {
         ring.submitter().register_files_sparse(config.file_table_slots).map_err(|error| {
             anyhow::anyhow!("registering {} direct descriptors: {error}", config.file_table_slots)
         })?;
-        let buffers = BufRing::new(config.recv_buffers, config.recv_buffer_bytes, 0)?;
+        let buffers = BufRing::new(config.recv_buffers, config.recv_buffer_bytes, RECV_GROUP)?;
         buffers.register(&ring.submitter())?;
+        let first_buffers =
+            BufRing::new(config.first_recv_buffers, FIRST_RECV_BUFFER_BYTES, FIRST_RECV_GROUP)?;
+        first_buffers.register(&ring.submitter())?;
         let me = WorkerId(setup.index);
         let epoch = setup.epoch;
         let now = Millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
@@ -269,6 +288,7 @@ impl Worker {
         let mut worker = Self {
             ring,
             buffers: ManuallyDrop::new(buffers),
+            first_buffers: ManuallyDrop::new(first_buffers),
             wake_word: ManuallyDrop::new(Box::new(0)),
             wake_armed: false,
             rings,
@@ -294,6 +314,8 @@ impl Worker {
             completions: Vec::with_capacity(cq_entries),
             starved: VecDeque::with_capacity(slots),
             starved_budgets: Vec::new(),
+            first_recvs: VecDeque::with_capacity(slots),
+            first_recvs_waiting: Vec::new(),
             paused: VecDeque::with_capacity(slots),
             decode_budget: 0,
             adoptions: Vec::new(),
@@ -407,6 +429,7 @@ impl Worker {
         }
         self.journal_turn(now);
         self.apply_actions(now);
+        self.rearm_first_recvs();
         self.rearm_starved();
         self.retry_refused_handoffs();
         self.expire_lingering(now);
@@ -439,13 +462,18 @@ impl Worker {
         budgets.extend((0..self.conns.rings()).map(|ring| self.ring_buffer_count(ring)));
         for _ in 0..self.starved.len() {
             let Some(id) = self.starved.pop_front() else { break };
-            let Some(conn) = self.conns.get_mut(id) else { continue };
-            if conn.phase != super::conn::Phase::Open || !conn.peer_alive || conn.recv_armed {
+            if self.conns.get_mut(id).is_none() {
                 continue;
             }
             let ring = self.conns.ring_of(id.slot());
             if budgets[ring] == 0 {
                 self.starved.push_back(id);
+                continue;
+            }
+            let conn = self.conns.slot_mut(id.slot());
+            conn.recv_listed = false;
+            if !receivable(conn) {
+                // Paused: resumed later; closing: no more receives.
                 continue;
             }
             budgets[ring] -= 1;
@@ -462,11 +490,56 @@ impl Worker {
         }
     }
 
+    /// Arms the listed first receives, oldest first, on each ring no more than it has
+    /// first-receive buffers (`first_recv_buffers`): only first receives draw from those, and
+    /// every one a completion took is back by now, so each armed here finds one unless a
+    /// receive armed earlier took it meanwhile (then ENOBUFS lists it again, at the head).
+    /// The rest keep their order for the next turn (counted, `first_recv_waits`). Runs
+    /// before `rearm_starved`, so a CONNECT's receive goes ahead of established connections'.
+    fn rearm_first_recvs(&mut self) {
+        if self.first_recvs.is_empty() {
+            return;
+        }
+        let mut budgets = std::mem::take(&mut self.starved_budgets);
+        budgets.clear();
+        budgets.resize(self.conns.rings(), self.config.first_recv_buffers);
+        let mut spent_rings = 0;
+        let mut waiting = std::mem::take(&mut self.first_recvs_waiting);
+        // Once every ring's budget is spent the rest of the queue stays as it is.
+        while spent_rings < budgets.len() {
+            let Some(id) = self.first_recvs.pop_front() else { break };
+            if self.conns.get_mut(id).is_none() {
+                continue;
+            }
+            let ring = self.conns.ring_of(id.slot());
+            if budgets[ring] == 0 {
+                waiting.push(id);
+                continue;
+            }
+            let conn = self.conns.slot_mut(id.slot());
+            conn.recv_listed = false;
+            if !receivable(conn) {
+                continue;
+            }
+            budgets[ring] -= 1;
+            spent_rings += usize::from(budgets[ring] == 0);
+            self.arm_first_recv(id.slot());
+        }
+        // Those passed over were listed before the ones left in the queue.
+        for id in waiting.drain(..).rev() {
+            self.first_recvs.push_front(id);
+        }
+        self.counters.first_recv_waits += self.first_recvs.len() as u64;
+        self.first_recvs_waiting = waiting;
+        self.starved_budgets = budgets;
+    }
+
     /// How long phase 1 may sleep: until the earliest deadline of the broker, a lingering
     /// close or the stop; forever if there is none.
     fn wait_timeout(&self, now: Millis) -> Option<Duration> {
         let resumable = !self.paused.is_empty() && !self.peers.is_backpressured();
-        if !self.starved.is_empty() || resumable || self.ops.scanning() {
+        let listed = !self.starved.is_empty() || !self.first_recvs.is_empty();
+        if listed || resumable || self.ops.scanning() {
             return Some(Duration::ZERO);
         }
         let deadlines = [
@@ -605,6 +678,7 @@ impl Worker {
             worker = self.index,
             live = self.conns.live(),
             buffers_leased = self.buffers.leased(),
+            first_buffers_leased = self.first_buffers.leased(),
             counters = ?self.counters,
             mesh = ?self.peers.stats(),
             journal = ?self.journal.as_ref().map(|journal| journal.counters),
@@ -631,10 +705,22 @@ impl Drop for Worker {
                 tracing::warn!(%error, "buffer ring still registered: leaking its memory")
             }
         }
+        match self.ring.submitter().unregister_buf_ring(self.first_buffers.group()) {
+            // SAFETY: `first_buffers` is not used again; the kernel no longer refers to it.
+            Ok(()) => unsafe { ManuallyDrop::drop(&mut self.first_buffers) },
+            Err(error) => {
+                tracing::warn!(%error, "buffer ring still registered: leaking its memory")
+            }
+        }
         if !self.wake_armed {
             // SAFETY: no read into the word is in flight, and it is not used again.
             unsafe { ManuallyDrop::drop(&mut self.wake_word) };
         }
         self.drop_further_rings();
     }
+}
+
+/// Whether an open connection may receive now: not paused, peer still there, nothing armed.
+fn receivable(conn: &super::conn::Conn) -> bool {
+    conn.phase == super::conn::Phase::Open && conn.peer_alive && !conn.recv_armed && !conn.paused
 }

@@ -5,8 +5,10 @@
 //! message handed to a subscriber's application; from that it asserts
 //! - integrity: a delivered message was published, to a matching topic, at no higher QoS, to a
 //!   session that had asked for a matching filter;
-//! - QoS 2 exactly once: a message delivered at QoS 2 reaches the application once
-//!   [MQTT-4.3.3-2]; a QoS 0 publish is never delivered twice;
+//! - QoS 2 exactly once: a message delivered at QoS 2 reaches the application once per
+//!   publication [MQTT-4.3.3-2] (a broker takes a PUBLISH that reuses a packet id it has
+//!   answered with PUBCOMP as a new publication; the runtime tells the model which PUBLISHes
+//!   were: `runtime/receipts.rs`); a QoS 0 publish is never delivered twice;
 //! - order: per publisher and topic, first deliveries at one QoS arrive in publish order
 //!   [MQTT-4.6.0-6] (messages the publisher retransmitted are left out: the retransmission is a
 //!   later PUBLISH);
@@ -160,8 +162,8 @@ struct Subscriber {
     latest_request: BTreeMap<u16, u64>,
     /// Every key the application got, across sessions.
     seen: BTreeSet<MessageKey>,
-    /// Keys delivered at QoS 2 (exactly once across the whole run).
-    seen_qos2: BTreeSet<MessageKey>,
+    /// Per key, deliveries at QoS 2 across the whole run (at most one per publication).
+    seen_qos2: BTreeMap<MessageKey, u32>,
     /// Keys first delivered in the current session, for the order check.
     seen_in_session: BTreeSet<MessageKey>,
     /// Last first-delivered sequence per (publisher, topic, delivered QoS), this session.
@@ -224,6 +226,8 @@ pub struct Model {
     arrivals: BTreeMap<(MessageKey, u16), u64>,
     /// Per topic, its retained publishes in the order they were sent.
     retained: BTreeMap<u16, Vec<MessageKey>>,
+    /// Per QoS 2 message, how many times a broker received it as a new publication.
+    publications: BTreeMap<MessageKey, u32>,
     pub violations: Vec<String>,
     pub stats: ModelStats,
 }
@@ -239,6 +243,7 @@ impl Model {
             subscribers: subscribers.collect(),
             arrivals: BTreeMap::new(),
             retained: BTreeMap::new(),
+            publications: BTreeMap::new(),
             violations: Vec::new(),
             stats: ModelStats::default(),
         }
@@ -311,6 +316,13 @@ impl Model {
         if let Some(record) = self.published.get_mut(&key) {
             record.retransmitted = true;
         }
+    }
+
+    /// A broker received a QoS 2 PUBLISH of `key` as a new publication (the runtime reports
+    /// it): the first, or one fed after the broker's PUBCOMP had freed its packet id
+    /// [MQTT-4.3.3-2].
+    pub fn publication_received(&mut self, key: MessageKey) {
+        *self.publications.entry(key).or_insert(0) += 1;
     }
 
     /// `key` reached `worker`'s broker (the runtime reports it).
@@ -553,10 +565,18 @@ impl Model {
     ) {
         let subscriber = &mut self.subscribers[client];
         let mut problems = Vec::new();
-        if qos == QoS::ExactlyOnce && !subscriber.seen_qos2.insert(key) {
-            problems.push(format!(
-                "client {client} got QoS 2 {key:?} a second time (dup flag {dup}) [MQTT-4.3.3-2]"
-            ));
+        if qos == QoS::ExactlyOnce {
+            let deliveries = subscriber.seen_qos2.entry(key).or_insert(0);
+            *deliveries += 1;
+            // At least one: a delivered message was published (checked above), whether or
+            // not the runtime's report of that publication has reached the model yet.
+            let publications = self.publications.get(&key).copied().unwrap_or(0).max(1);
+            if *deliveries > publications {
+                problems.push(format!(
+                    "client {client} got QoS 2 {key:?} a second time (dup flag {dup}; delivery \
+                     {deliveries} of {publications} publications) [MQTT-4.3.3-2]"
+                ));
+            }
         }
         let first = subscriber.seen.insert(key);
         if !first && record.qos == QoS::AtMostOnce {

@@ -22,10 +22,12 @@ use super::model::MessageKey;
 use super::rng::{RandomSet, Rng};
 
 mod links;
+mod receipts;
 mod trace;
 
 pub use links::Fault;
 use links::Link;
+pub use receipts::Qos2Receipts;
 pub use trace::{close_reason_name, describe};
 
 /// Index of a simulated TCP connection; never reused (unlike the broker-side `ConnId` slots).
@@ -153,6 +155,9 @@ pub struct RuntimeStats {
     /// The most output one connection ever had waiting (taken, not yet reported sent).
     pub output_bytes_peak: usize,
     pub stale_closes: u64,
+    /// QoS 2 messages fed again after the broker's PUBCOMP for them: each a new publication
+    /// [MQTT-4.3.3-2] (see `receipts`).
+    pub qos2_republications: u64,
 }
 
 /// What the runtime may choose at random; the driver sets it per run.
@@ -214,6 +219,9 @@ pub struct Runtime {
     pub will_events: Vec<(ConnIndex, bool)>,
     /// Clients whose connections' events are printed (`SIM_TRACE=3,17`; `all` for every one).
     pub trace: Option<Vec<usize>>,
+    /// The QoS 2 packet ids each client's session holds at the brokers, and so which QoS 2
+    /// PUBLISHes are new publications [MQTT-4.3.3-2].
+    pub receipts: Qos2Receipts,
 }
 
 impl Runtime {
@@ -247,6 +255,7 @@ impl Runtime {
             stale_ids: Vec::new(),
             step: 0,
             trace: None,
+            receipts: Qos2Receipts::default(),
             interest: vec![vec![BTreeSet::new(); count]; count],
             reach: BTreeMap::new(),
             arrivals: Vec::new(),
@@ -480,6 +489,7 @@ impl Runtime {
         self.trace_conn(conn, || format!("fed {}", describe(&packet)));
         if let Packet::Publish(publish) = &packet {
             self.note_reach(worker, publish.topic.as_str(), &publish.payload);
+            self.note_qos2_publish(conn, publish);
         }
         self.brokers[worker.index()].handle_packet(id, packet, self.now);
         self.touched[worker.index()] = true;
@@ -683,6 +693,7 @@ impl Runtime {
         if sum != count {
             self.violation(format!("take_output({id:?}) returned {count} but gave {sum} bytes"));
         }
+        self.note_pubcomps(conn, &segments);
         let c = &mut self.conns[conn];
         c.taken.extend(segments.into_iter().filter(|s| !s.is_empty()));
         c.taken_bytes += sum;

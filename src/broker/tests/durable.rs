@@ -4,122 +4,16 @@
 //! The tests play the runtime's journal writer: `Disk` keeps each worker's file (its first
 //! snapshot, then every batch taken) and reports a batch durable only when told to.
 
+mod disk;
+
 use bytes::Bytes;
 
 use super::harness::*;
-use crate::broker::snapshot::{SliceLimits, SnapshotCursor};
+use crate::broker::snapshot::SliceLimits;
 use crate::broker::{BrokerConfig, Millis};
 use crate::persist::replay::Replay;
-use crate::persist::store::partition;
 use crate::protocol::{Packet, QoS};
-
-/// The wall-clock time (Unix milliseconds) of the first cluster's `Millis(0)`.
-const UNIX_MILLIS_AT_ZERO: u64 = 1_795_000_000_000;
-
-/// Each worker's journal file, as the runtime would have written it.
-struct Disk {
-    files: Vec<Vec<u8>>,
-    /// The wall-clock time of the writing cluster's `Millis(0)`.
-    unix_millis_at_zero: u64,
-}
-
-impl Disk {
-    /// Turns persistence on in every broker of `cluster` and writes their first snapshots.
-    fn attach(cluster: &mut Cluster) -> Self {
-        let now = cluster.now;
-        let files = cluster
-            .brokers
-            .iter_mut()
-            .map(|broker| {
-                broker.enable_persistence(1 << 20, UNIX_MILLIS_AT_ZERO);
-                let mut file = Vec::new();
-                let position = broker.take_snapshot(0, &mut file);
-                broker.handle_durable(position, now);
-                file
-            })
-            .collect();
-        cluster.run();
-        Self { files, unix_millis_at_zero: UNIX_MILLIS_AT_ZERO }
-    }
-
-    /// Writes worker `worker`'s pending records and reports them durable.
-    fn flush(&mut self, cluster: &mut Cluster, worker: u16) {
-        let index = usize::from(worker);
-        let mut batch = Vec::new();
-        let now = cluster.now;
-        if let Some(position) = cluster.brokers[index].take_journal(&mut batch) {
-            self.files[index].extend_from_slice(&batch);
-            cluster.brokers[index].handle_durable(position, now);
-        }
-        cluster.run();
-    }
-
-    /// Flushes every worker until nothing is pending anywhere (answers cross workers).
-    fn flush_all(&mut self, cluster: &mut Cluster) {
-        for _ in 0..4 {
-            for worker in 0..cluster.brokers.len() as u16 {
-                self.flush(cluster, worker);
-            }
-        }
-    }
-
-    /// A new cluster of `workers` restored from the files (as a restart does).
-    fn restart(&self, workers: u16, config: BrokerConfig) -> (Cluster, Disk) {
-        self.restart_holding(workers, config, false)
-    }
-
-    /// `restart`; with `hold`, no message between workers is delivered yet.
-    fn restart_holding(&self, workers: u16, config: BrokerConfig, hold: bool) -> (Cluster, Disk) {
-        self.restart_at(workers, config, hold, self.unix_millis_at_zero)
-    }
-
-    /// A restart whose clock's zero is `unix_millis_at_zero` (later than the writer's: time
-    /// passed on the wall clock).
-    fn restart_at(
-        &self,
-        workers: u16,
-        config: BrokerConfig,
-        hold: bool,
-        unix_millis_at_zero: u64,
-    ) -> (Cluster, Disk) {
-        let mut image = crate::persist::image::Image::default();
-        for file in &self.files {
-            let replay = Replay::file(Bytes::from(file.clone()));
-            assert!(replay.dropped.is_none(), "a clean file replays whole: {:?}", replay.dropped);
-            assert_eq!(replay.inconsistent, 0);
-            let part = replay.into_image();
-            image.sessions.extend(part.sessions);
-            image.retained.extend(part.retained);
-            image.qos2_forwarded.extend(part.qos2_forwarded);
-        }
-        let mut cluster = Cluster::new(workers, config);
-        cluster.hold_remotes(hold);
-        let now = cluster.now;
-        // The files' worker count is the epoch's (sessions re-homed if `workers` differs).
-        let parts = partition(image, workers, self.files.len() as u16);
-        let mut files = Vec::new();
-        for (broker, part) in cluster.brokers.iter_mut().zip(parts) {
-            broker.enable_persistence(1 << 20, unix_millis_at_zero);
-            broker.restore(part, now);
-            let mut file = Vec::new();
-            let position = broker.take_snapshot(0, &mut file);
-            broker.handle_durable(position, now);
-            files.push(file);
-        }
-        cluster.run();
-        (cluster, Disk { files, unix_millis_at_zero })
-    }
-}
-
-fn persistent_subscriber(cluster: &mut Cluster, disk: &mut Disk, id: &str, filter: &str) -> Client {
-    let client = cluster.connect(id, false);
-    cluster.send_subscribe(client, &[(filter, QoS::ExactlyOnce)]);
-    assert!(cluster.recv(client).is_empty(), "a persistent session's SUBACK waits for the journal");
-    disk.flush_all(cluster);
-    let received = cluster.recv(client);
-    assert!(matches!(received.as_slice(), [Packet::Suback(_)]), "{received:?}");
-    client
-}
+use disk::*;
 
 #[test]
 fn a_puback_waits_until_the_persistent_subscribers_copy_is_durable() {
@@ -217,11 +111,7 @@ fn a_cross_worker_ack_waits_for_the_other_workers_journal() {
     let config = BrokerConfig::default();
     let mut cluster = Cluster::new(2, config);
     let mut disk = Disk::attach(&mut cluster);
-    let sub_id = client_id_on(1, 2, "sub");
-    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
-    cluster.send_subscribe(subscriber, &[("x", QoS::AtLeastOnce)]);
-    disk.flush_all(&mut cluster);
-    assert!(matches!(cluster.recv(subscriber).as_slice(), [Packet::Suback(_)]));
+    let (subscriber, _) = durable_subscriber(&mut cluster, &mut disk, 1, "sub", "x");
     let pub_id = client_id_on(0, 2, "pub");
     let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, true));
     cluster.publish(publisher, "x", b"far", QoS::AtLeastOnce, false);
@@ -233,21 +123,13 @@ fn a_cross_worker_ack_waits_for_the_other_workers_journal() {
     assert_eq!(cluster.recv_publishes(subscriber).len(), 1);
 }
 
-/// The QoS 2 ids awaiting PUBREL that worker `worker`'s file holds.
-fn journaled_ids(disk: &Disk, worker: usize) -> usize {
-    let image = Replay::file(Bytes::from(disk.files[worker].clone())).into_image();
-    image.sessions.iter().map(|session| session.awaiting_pubrel.len()).sum()
-}
-
 #[test]
 fn a_cross_worker_qos2_id_is_journaled_only_once_every_destination_holds_the_message() {
     // Journaled earlier, a crash could leave the id (so a re-sent PUBLISH is dropped as a
     // duplicate) without the other worker's copy: an acknowledged message lost.
     let mut cluster = Cluster::new(2, BrokerConfig::default());
     let mut disk = Disk::attach(&mut cluster);
-    let (subscriber, _) = cluster.connect_on(1, connect_packet(&client_id_on(1, 2, "s"), false));
-    cluster.send_subscribe(subscriber, &[("q2", QoS::ExactlyOnce)]);
-    disk.flush_all(&mut cluster);
+    let (subscriber, _) = durable_subscriber(&mut cluster, &mut disk, 1, "s", "q2");
     let (publisher, _) = cluster.connect_on(0, connect_packet(&client_id_on(0, 2, "p"), false));
     cluster.publish(publisher, "q2", b"once", QoS::ExactlyOnce, false);
     disk.flush(&mut cluster, 0);
@@ -353,11 +235,7 @@ fn after_a_restart_publishes_reach_restored_subscribers_elsewhere_before_any_int
     let config = BrokerConfig::default();
     let mut cluster = Cluster::new(2, config.clone());
     let mut disk = Disk::attach(&mut cluster);
-    let sub_id = client_id_on(1, 2, "sub");
-    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
-    cluster.send_subscribe(subscriber, &[("after/restart", QoS::AtLeastOnce)]);
-    disk.flush_all(&mut cluster);
-    cluster.drop_client(subscriber);
+    offline_subscriber(&mut cluster, &mut disk, 1, "sub", "after/restart");
     disk.flush_all(&mut cluster);
 
     let (mut cluster, _disk) = disk.restart_holding(2, config, true);
@@ -408,10 +286,7 @@ fn packet_ids_continue_after_a_restart_instead_of_starting_again() {
 fn crash_after_the_remote_copy(config: &BrokerConfig) -> (Cluster, Disk, String, String) {
     let mut cluster = Cluster::new(2, config.clone());
     let mut disk = Disk::attach(&mut cluster);
-    let sub_id = client_id_on(1, 2, "s");
-    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
-    cluster.send_subscribe(subscriber, &[("q2", QoS::ExactlyOnce)]);
-    disk.flush_all(&mut cluster);
+    let sub_id = offline_subscriber(&mut cluster, &mut disk, 1, "s", "q2");
     let pub_id = client_id_on(0, 2, "p");
     let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
     cluster.send(publisher, publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7));
@@ -432,24 +307,13 @@ fn a_qos2_publish_re_sent_after_a_crash_is_not_stored_twice_across_workers_mqtt_
     let (mut cluster, mut disk, sub_id, pub_id) = crash_after_the_remote_copy(&config);
     let (publisher, connack) = cluster.connect_on(0, connect_packet(&pub_id, false));
     assert!(connack.session_present);
-    let mut resent = publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7);
-    if let Packet::Publish(publish) = &mut resent {
-        publish.dup = true;
-    }
-    cluster.send(publisher, resent);
-    disk.flush_all(&mut cluster);
-    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
-    cluster.send(publisher, Packet::Pubrel(pid(7)));
-    disk.flush_all(&mut cluster);
-    assert_eq!(cluster.recv(publisher), vec![Packet::Pubcomp(pid(7))]);
+    exchange_qos2(&mut cluster, &mut disk, publisher, resent("q2", b"once", 7));
     // The released id is a new message again [MQTT-4.3.3-2]: delivered, not taken for a copy.
     cluster.send(publisher, publish_packet("q2", b"next", QoS::ExactlyOnce, false, 7));
     disk.flush_all(&mut cluster);
     assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
     let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
-    let payloads: Vec<Bytes> =
-        cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
-    assert_eq!(payloads, [Bytes::from_static(b"once"), Bytes::from_static(b"next")]);
+    assert_eq!(payloads(&mut cluster, subscriber), [&b"once"[..], b"next"]);
     let durability = cluster.broker(1).durability.as_deref().expect("persistence is on");
     assert_eq!(durability.forwarded_duplicates, 1);
 }
@@ -469,9 +333,7 @@ fn a_new_persistent_session_makes_other_workers_forget_the_old_ones_qos2_ids() {
     disk.flush_all(&mut cluster);
     assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
     let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
-    let payloads: Vec<Bytes> =
-        cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
-    assert_eq!(payloads, [Bytes::from_static(b"once"), Bytes::from_static(b"fresh")]);
+    assert_eq!(payloads(&mut cluster, subscriber), [&b"once"[..], b"fresh"]);
 }
 
 /// A QoS 2 message from a persistent session of worker 0 of 3, to persistent subscribers on
@@ -482,13 +344,9 @@ fn exactly_once_across_a_restart_with(workers: u16) {
     let config = BrokerConfig::default();
     let mut cluster = Cluster::new(3, config.clone());
     let mut disk = Disk::attach(&mut cluster);
-    let subscriber_ids: Vec<String> = (0..3).map(|worker| client_id_on(worker, 3, "s")).collect();
-    for (worker, id) in subscriber_ids.iter().enumerate() {
-        let (subscriber, _) = cluster.connect_on(worker as u16, connect_packet(id, false));
-        cluster.send_subscribe(subscriber, &[("q2", QoS::ExactlyOnce)]);
-        disk.flush_all(&mut cluster);
-        cluster.drop_client(subscriber);
-    }
+    let subscriber_ids: Vec<String> = (0..3)
+        .map(|worker| offline_subscriber(&mut cluster, &mut disk, worker, "s", "q2"))
+        .collect();
     disk.flush_all(&mut cluster);
     let pub_id = client_id_on(0, 3, "p");
     let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
@@ -501,22 +359,12 @@ fn exactly_once_across_a_restart_with(workers: u16) {
     let home = |id: &str| crate::broker::home_worker(id.as_bytes(), workers).0;
     let (publisher, connack) = cluster.connect_on(home(&pub_id), connect_packet(&pub_id, false));
     assert!(connack.session_present);
-    let mut resent = publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7);
-    if let Packet::Publish(publish) = &mut resent {
-        publish.dup = true;
-    }
-    cluster.send(publisher, resent);
-    disk.flush_all(&mut cluster);
-    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
-    cluster.send(publisher, Packet::Pubrel(pid(7)));
-    disk.flush_all(&mut cluster);
-    assert_eq!(cluster.recv(publisher), vec![Packet::Pubcomp(pid(7))]);
+    exchange_qos2(&mut cluster, &mut disk, publisher, resent("q2", b"once", 7));
     for id in &subscriber_ids {
         let (subscriber, connack) = cluster.connect_on(home(id), connect_packet(id, false));
         assert!(connack.session_present);
-        let payloads: Vec<Bytes> =
-            cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
-        assert_eq!(payloads, [Bytes::from_static(b"once")], "{id} with {workers} workers");
+        let got = payloads(&mut cluster, subscriber);
+        assert_eq!(got, [&b"once"[..]], "{id} with {workers} workers");
     }
     // Released everywhere: nothing is held for the id any more.
     for worker in 0..workers {
@@ -541,54 +389,6 @@ fn a_qos2_publish_re_sent_after_a_crash_comes_once_with_fewer_workers_mqtt_4_3_3
 fn a_qos2_publish_re_sent_after_a_crash_comes_once_with_more_workers_mqtt_4_3_3_2() {
     exactly_once_across_a_restart_with(4);
     exactly_once_across_a_restart_with(5);
-}
-
-/// An image with its unordered parts sorted, to compare two files' states.
-fn normalized(file: &[u8]) -> crate::persist::image::Image {
-    let replay = Replay::file(Bytes::from(file.to_vec()));
-    assert!(replay.snapshot_complete && replay.dropped.is_none(), "{:?}", replay.dropped);
-    assert_eq!(replay.inconsistent, 0, "records after the snapshot all fit");
-    let mut image = replay.into_image();
-    for session in &mut image.sessions {
-        session.subscriptions.sort();
-        session.awaiting_pubrel.sort();
-        // A session that never sent has no id in its log; a snapshot says where ids start.
-        session.next_packet_id.get_or_insert(pid(1));
-        // A released QoS 2 entry needs only its id: the broker lets its payload go at the
-        // PUBREC (`inflight.rs`), so a snapshot taken after that writes it empty.
-        for entry in &mut session.entries {
-            if matches!(entry.state, crate::persist::image::EntryState::Released(_)) {
-                entry.message.payload = Bytes::new();
-            }
-        }
-    }
-    image.sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-    image.qos2_forwarded.sort();
-    image
-}
-
-/// Worker 0's pending records to its current file and, copied, to `new_file` (a compaction's
-/// file), then the snapshot's next slice if `cursor` (nothing is pending then), then the batch
-/// reported durable: the runtime's order within a turn.
-fn flush_copying(
-    cluster: &mut Cluster,
-    disk: &mut Disk,
-    new_file: &mut Vec<u8>,
-    cursor: Option<&mut SnapshotCursor>,
-) {
-    cluster.run();
-    let mut batch = Vec::new();
-    let now = cluster.now;
-    let position = cluster.brokers[0].take_journal(&mut batch);
-    disk.files[0].extend_from_slice(&batch);
-    new_file.extend_from_slice(&batch);
-    if let Some(cursor) = cursor {
-        cluster.brokers[0].snapshot_slice(cursor, new_file);
-    }
-    if let Some(position) = position {
-        cluster.brokers[0].handle_durable(position, now);
-    }
-    cluster.run();
 }
 
 #[test]
@@ -708,11 +508,7 @@ fn a_compaction_leaves_out_a_qos2_id_still_waiting_for_another_workers_copy_mqtt
     let config = BrokerConfig::default();
     let mut cluster = Cluster::new(2, config.clone());
     let mut disk = Disk::attach(&mut cluster);
-    let sub_id = client_id_on(1, 2, "s");
-    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
-    cluster.send_subscribe(subscriber, &[("q2", QoS::ExactlyOnce)]);
-    disk.flush_all(&mut cluster);
-    cluster.drop_client(subscriber);
+    let sub_id = offline_subscriber(&mut cluster, &mut disk, 1, "s", "q2");
     let pub_id = client_id_on(0, 2, "p");
     let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
     disk.flush_all(&mut cluster);
@@ -735,20 +531,101 @@ fn a_compaction_leaves_out_a_qos2_id_still_waiting_for_another_workers_copy_mqtt
     let (mut cluster, mut disk) = disk.restart(2, config);
     let (publisher, connack) = cluster.connect_on(0, connect_packet(&pub_id, false));
     assert!(connack.session_present);
-    let mut resent = publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7);
-    if let Packet::Publish(publish) = &mut resent {
-        publish.dup = true;
-    }
-    cluster.send(publisher, resent);
-    disk.flush_all(&mut cluster);
-    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(7))]);
-    cluster.send(publisher, Packet::Pubrel(pid(7)));
-    disk.flush_all(&mut cluster);
-    assert_eq!(cluster.recv(publisher), vec![Packet::Pubcomp(pid(7))]);
+    exchange_qos2(&mut cluster, &mut disk, publisher, resent("q2", b"once", 7));
     let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
-    let payloads: Vec<Bytes> =
-        cluster.recv_acking(subscriber).into_iter().map(|publish| publish.payload).collect();
-    assert_eq!(payloads, [Bytes::from_static(b"once")], "acknowledged, so delivered (issue #10)");
+    assert_eq!(
+        payloads(&mut cluster, subscriber),
+        [&b"once"[..]],
+        "acknowledged, so delivered (issue #10)"
+    );
+}
+
+/// A slot reused while a QoS 2 id waits: worker 0's persistent publisher sends QoS 2 message
+/// 7 ("old") to worker 1's offline subscriber of `q2`; before worker 1's copy is durable (so
+/// before the id's record may be journaled) the publisher's session is discarded
+/// (CleanSession=1 takes it over) and `b`'s new persistent session takes its slot. Worker 0
+/// also has an offline subscriber of `here`.
+struct SlotReused {
+    cluster: Cluster,
+    disk: Disk,
+    new: Client,
+    new_id: String,
+    remote_subscriber: String,
+    local_subscriber: String,
+}
+
+fn slot_reused_while_an_id_waits(config: &BrokerConfig) -> SlotReused {
+    let mut cluster = Cluster::new(2, config.clone());
+    let mut disk = Disk::attach(&mut cluster);
+    let remote_subscriber = offline_subscriber(&mut cluster, &mut disk, 1, "s", "q2");
+    let local_subscriber = offline_subscriber(&mut cluster, &mut disk, 0, "l", "here");
+    let old_id = client_id_on(0, 2, "p");
+    let (old, _) = cluster.connect_on(0, connect_packet(&old_id, false));
+    cluster.send(old, publish_packet("q2", b"old", QoS::ExactlyOnce, false, 7));
+    disk.flush(&mut cluster, 0);
+    let slot = cluster.broker(0).sessions.find(&old_id.clone().into());
+    let (clean, _) = cluster.connect_on(0, connect_packet(&old_id, true));
+    cluster.drop_client(clean);
+    let new_id = client_id_on(0, 2, "b");
+    let (new, _) = cluster.connect_on(0, connect_packet(&new_id, false));
+    assert_eq!(cluster.broker(0).sessions.find(&new_id.clone().into()), slot, "slot reused");
+    SlotReused { cluster, disk, new, new_id, remote_subscriber, local_subscriber }
+}
+
+/// The QoS 2 ids awaiting PUBREL of `client_id`'s session in `file`.
+fn ids_of(file: &[u8], client_id: &str) -> Vec<u16> {
+    let image = Replay::file(Bytes::copy_from_slice(file)).into_image();
+    let session =
+        image.sessions.into_iter().find(|session| session.client_id.as_str() == client_id);
+    let ids = session.unwrap_or_else(|| panic!("{client_id} is not in the file")).awaiting_pubrel;
+    ids.into_iter().map(|id| id.get()).collect()
+}
+
+#[test]
+fn a_held_back_qos2_id_is_not_given_to_the_next_session_in_its_slot_mqtt_4_3_3_2() {
+    // Issue #10: the waiting id's record named its session by slot. Journaled once worker 1
+    // confirmed, after the slot was reused, it was replayed into `b`'s session, whose own
+    // first QoS 2 PUBLISH with that id was then, after a restart, taken for a duplicate
+    // [MQTT-4.3.3-2]: PUBREC and PUBCOMP, and no subscriber got it.
+    let config = BrokerConfig::default();
+    let SlotReused { mut cluster, mut disk, new_id, remote_subscriber, .. } =
+        slot_reused_while_an_id_waits(&config);
+    disk.flush_all(&mut cluster);
+    assert_eq!(ids_of(&disk.files[0], &new_id), [0u16; 0], "b never sent a QoS 2 PUBLISH");
+    let (mut cluster, mut disk) = disk.restart(2, config);
+    let (publisher, connack) = cluster.connect_on(0, connect_packet(&new_id, false));
+    assert!(connack.session_present);
+    let packet = publish_packet("q2", b"new", QoS::ExactlyOnce, false, 7);
+    exchange_qos2(&mut cluster, &mut disk, publisher, packet);
+    let (subscriber, _) = cluster.connect_on(1, connect_packet(&remote_subscriber, false));
+    assert_eq!(payloads(&mut cluster, subscriber), [&b"old"[..], b"new"]);
+}
+
+#[test]
+fn a_compaction_keeps_the_qos2_id_of_the_next_session_in_a_held_back_ids_slot_mqtt_4_3_3_2() {
+    // The snapshot's side of the same match by slot: a compaction leaves out the ids held
+    // back for other workers (above), and it left out `b`'s own id 7 too, journaled at once
+    // (its message stays on worker 0). Killed with that file current, the client's re-sent
+    // PUBLISH was delivered a second time [MQTT-4.3.3-2].
+    let config = BrokerConfig::default();
+    let SlotReused { mut cluster, mut disk, new, new_id, local_subscriber, .. } =
+        slot_reused_while_an_id_waits(&config);
+    cluster.send(new, publish_packet("here", b"local", QoS::ExactlyOnce, false, 7));
+    let mut new_file = Vec::new();
+    let limits = SliceLimits { slots: 1, entries: usize::MAX };
+    let mut cursor = cluster.brokers[0].begin_snapshot(1, limits, &mut new_file);
+    while !cursor.done() {
+        flush_copying(&mut cluster, &mut disk, &mut new_file, Some(&mut cursor));
+    }
+    flush_copying(&mut cluster, &mut disk, &mut new_file, None);
+    assert_eq!(ids_of(&new_file, &new_id), [7], "b's id is in the compacted file");
+    // kill -9: worker 0's compacted file, worker 1's without the old copy.
+    disk.files[0] = new_file;
+    let (mut cluster, mut disk) = disk.restart(2, config);
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&new_id, false));
+    exchange_qos2(&mut cluster, &mut disk, publisher, resent("here", b"local", 7));
+    let (subscriber, _) = cluster.connect_on(0, connect_packet(&local_subscriber, false));
+    assert_eq!(payloads(&mut cluster, subscriber), [&b"local"[..]], "once [MQTT-4.3.3-2]");
 }
 
 #[test]
@@ -758,13 +635,11 @@ fn a_restart_broadcasts_no_interest_and_still_routes_across_workers() {
     let config = BrokerConfig::default();
     let mut cluster = Cluster::new(2, config.clone());
     let mut disk = Disk::attach(&mut cluster);
-    let ids: Vec<String> = (0..2).map(|worker| client_id_on(worker, 2, "s")).collect();
-    for (worker, id) in ids.iter().enumerate() {
-        let (subscriber, _) = cluster.connect_on(worker as u16, connect_packet(id, false));
-        cluster.send_subscribe(subscriber, &[(&format!("t/{worker}"), QoS::AtLeastOnce)]);
-        disk.flush_all(&mut cluster);
-        cluster.drop_client(subscriber);
-    }
+    let ids: Vec<String> = (0..2)
+        .map(|worker| {
+            offline_subscriber(&mut cluster, &mut disk, worker, "s", &format!("t/{worker}"))
+        })
+        .collect();
     let (mut cluster, mut disk) = disk.restart_holding(2, config, true);
     assert_eq!(cluster.remotes_pending(), 0, "nothing was sent between the workers");
     cluster.hold_remotes(false);
@@ -781,6 +656,31 @@ fn a_restart_broadcasts_no_interest_and_still_routes_across_workers() {
         let got = cluster.recv_acking(subscriber);
         assert_eq!(got.len(), 1, "{id}: {got:?}");
     }
+}
+
+#[test]
+fn a_pubrel_before_its_pubrec_releases_a_held_back_id_for_good_mqtt_4_3_3_2() {
+    // The same record keyed by slot and id, overtaken by the id's release: a client that sent
+    // PUBREL before its PUBREC came (the id waiting for worker 1's copy) had the id's record
+    // appended after the release, and a restart held the id again, dropping the client's next
+    // message with it as a duplicate.
+    let config = BrokerConfig::default();
+    let mut cluster = Cluster::new(2, config.clone());
+    let mut disk = Disk::attach(&mut cluster);
+    let sub_id = offline_subscriber(&mut cluster, &mut disk, 1, "s", "q2");
+    let pub_id = client_id_on(0, 2, "p");
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    cluster.send(publisher, publish_packet("q2", b"first", QoS::ExactlyOnce, false, 7));
+    cluster.send(publisher, Packet::Pubrel(pid(7)));
+    disk.flush_all(&mut cluster);
+    assert_eq!(cluster.recv(publisher), [Packet::Pubrec(pid(7)), Packet::Pubcomp(pid(7))]);
+    assert_eq!(ids_of(&disk.files[0], &pub_id), [0u16; 0], "7 was released");
+    let (mut cluster, mut disk) = disk.restart(2, config);
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    let packet = publish_packet("q2", b"second", QoS::ExactlyOnce, false, 7);
+    exchange_qos2(&mut cluster, &mut disk, publisher, packet);
+    let (subscriber, _) = cluster.connect_on(1, connect_packet(&sub_id, false));
+    assert_eq!(payloads(&mut cluster, subscriber), [&b"first"[..], b"second"]);
 }
 
 /// `retained_expiry_secs` counts from when a retained message was set, across a restart: the
