@@ -250,6 +250,9 @@ impl Sim {
         for key in self.rt.receipts.publications.drain(..) {
             self.model.publication_received(key);
         }
+        for key in self.rt.received.drain(..) {
+            self.model.publish_received(key);
+        }
     }
 
     fn network_event(&mut self, kind: usize) {

@@ -9,9 +9,11 @@
 //!   publication [MQTT-4.3.3-2] (a broker takes a PUBLISH that reuses a packet id it has
 //!   answered with PUBCOMP as a new publication; the runtime tells the model which PUBLISHes
 //!   were: `runtime/receipts.rs`); a QoS 0 publish is never delivered twice;
-//! - order: per publisher and topic, first deliveries at one QoS arrive in publish order
-//!   [MQTT-4.6.0-6] (messages the publisher retransmitted are left out: the retransmission is a
-//!   later PUBLISH);
+//! - order: per publisher and topic, first deliveries at one QoS arrive in the order the
+//!   broker received the PUBLISHes from the publisher [MQTT-4.6.0-6] (the runtime reports each
+//!   one it feeds: a client that writes on a connection it then gives up, and again on a new
+//!   one, can have its PUBLISHes received out of publish order; messages the publisher
+//!   retransmitted are left out: the retransmission is a later PUBLISH);
 //! - no loss (checked at the end): a message acknowledged to its publisher (PUBACK or PUBREC)
 //!   reaches every subscriber whose matching subscription (granted QoS ≥ 1) held from before the
 //!   publish was sent until after its acknowledgement arrived, if the subscriber's session is
@@ -166,8 +168,9 @@ struct Subscriber {
     seen_qos2: BTreeMap<MessageKey, u32>,
     /// Keys first delivered in the current session, for the order check.
     seen_in_session: BTreeSet<MessageKey>,
-    /// Last first-delivered sequence per (publisher, topic, delivered QoS), this session.
-    last_seq: BTreeMap<(u32, u16, QoS), u32>,
+    /// Per (publisher, topic, delivered QoS), the receipt rank and sequence of the last
+    /// first-delivered message, this session.
+    last_seq: BTreeMap<(u32, u16, QoS), (u64, u32)>,
     /// Per filter, when its first SUBSCRIBE of this session was sent.
     first_subscribe: BTreeMap<u16, u64>,
     /// Per topic, when a retained message (RETAIN=1) last reached the application, this
@@ -228,6 +231,9 @@ pub struct Model {
     retained: BTreeMap<u16, Vec<MessageKey>>,
     /// Per QoS 2 message, how many times a broker received it as a new publication.
     publications: BTreeMap<MessageKey, u32>,
+    /// Per message, when a broker first received a PUBLISH of it (a rank: the order check's
+    /// order).
+    received: BTreeMap<MessageKey, u64>,
     pub violations: Vec<String>,
     pub stats: ModelStats,
 }
@@ -244,6 +250,7 @@ impl Model {
             arrivals: BTreeMap::new(),
             retained: BTreeMap::new(),
             publications: BTreeMap::new(),
+            received: BTreeMap::new(),
             violations: Vec::new(),
             stats: ModelStats::default(),
         }
@@ -323,6 +330,12 @@ impl Model {
     /// [MQTT-4.3.3-2].
     pub fn publication_received(&mut self, key: MessageKey) {
         *self.publications.entry(key).or_insert(0) += 1;
+    }
+
+    /// A broker was fed a PUBLISH of `key` from its publisher (the runtime reports each).
+    pub fn publish_received(&mut self, key: MessageKey) {
+        let rank = self.received.len() as u64 + 1;
+        self.received.entry(key).or_insert(rank);
     }
 
     /// `key` reached `worker`'s broker (the runtime reports it).
@@ -586,15 +599,24 @@ impl Model {
             self.stats.duplicates_qos1 += 1;
         }
         if subscriber.seen_in_session.insert(key) && !record.retransmitted {
-            let last = subscriber.last_seq.entry((key.publisher, key.topic, qos)).or_insert(0);
-            if key.seq <= *last && *last != 0 {
-                problems.push(format!(
-                    "client {client} got {key:?} at {qos:?} after seq {} of the same publisher \
-                     and topic [MQTT-4.6.0-6]",
-                    *last
-                ));
+            match self.received.get(&key).copied() {
+                None => problems.push(format!(
+                    "client {client} got {key:?}, which no broker was reported to receive"
+                )),
+                Some(rank) => {
+                    let order = (key.publisher, key.topic, qos);
+                    let last = subscriber.last_seq.entry(order).or_insert((0, 0));
+                    if rank < last.0 {
+                        problems.push(format!(
+                            "client {client} got {key:?} at {qos:?} after seq {} of the same \
+                             publisher and topic, which the broker received after it \
+                             [MQTT-4.6.0-6]",
+                            last.1
+                        ));
+                    }
+                    *last = (*last).max((rank, key.seq));
+                }
             }
-            *last = (*last).max(key.seq);
         }
         for problem in problems {
             self.violation(problem);

@@ -18,7 +18,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use ringmq::broker::{Action, Broker, BrokerConfig, CloseReason, ConnId, Millis, WorkerId};
 use ringmq::protocol::{self, Packet};
 
-use super::model::MessageKey;
+use super::model::{decode_payload, MessageKey};
 use super::rng::{RandomSet, Rng};
 
 mod links;
@@ -213,6 +213,8 @@ pub struct Runtime {
     pub reach: BTreeMap<MessageKey, u32>,
     /// Messages that reached a worker since the driver last looked (for the model).
     pub arrivals: Vec<(MessageKey, WorkerId)>,
+    /// PUBLISHes fed to a broker since the driver last looked (for the model's order check).
+    pub received: Vec<MessageKey>,
     /// Accepted connections with a will that ended this turn: `true` when the will must have
     /// been published (any end but DISCONNECT [MQTT-3.1.2-8]), `false` when it must not
     /// [MQTT-3.1.2-10].
@@ -259,6 +261,7 @@ impl Runtime {
             interest: vec![vec![BTreeSet::new(); count]; count],
             reach: BTreeMap::new(),
             arrivals: Vec::new(),
+            received: Vec::new(),
             will_events: Vec::new(),
         }
     }
@@ -490,6 +493,9 @@ impl Runtime {
         if let Packet::Publish(publish) = &packet {
             self.note_reach(worker, publish.topic.as_str(), &publish.payload);
             self.note_qos2_publish(conn, publish);
+            if let Some((key, _)) = decode_payload(&publish.payload) {
+                self.received.push(key);
+            }
         }
         self.brokers[worker.index()].handle_packet(id, packet, self.now);
         self.touched[worker.index()] = true;
