@@ -167,6 +167,41 @@ fn simulation_runs_from_fuzzer_bytes() {
     sim::judge(&report, Mode::Generous).expect("a fuzzer-driven run passes");
 }
 
+/// Runs a `sim` fuzz target input as the target does (`fuzz/src/sim.rs`, `check_sim`): the first
+/// byte seeds the configuration, the rest make every choice.
+fn replay_sim_input(data: &[u8]) -> Report {
+    let (&first, choices) = data.split_first().expect("the input is not empty");
+    let config = SimConfig::from_seed(u64::from(first), Mode::Generous, 20, 400);
+    Sim::with_rng(config, sim::rng::Rng::from_bytes(choices.to_vec())).run()
+}
+
+/// The `sim` fuzz target's finding `sim-qos2-duplicate-c8ac53a1` (session 4), replayed as the
+/// target runs it. Client 2 (persistent) wrote CONNECT and QoS 2 PUBLISHes (ids 1, 2) on a
+/// connection, gave it up unread and unclosed, re-sent them with DUP=1 on a new connection
+/// [MQTT-4.4.0-1] and completed both flows there (PUBREL, PUBCOMP). The first connection's
+/// bytes reached the broker only then: its CONNECT took the session over [MQTT-3.1.4-2] and
+/// its PUBLISH id 1 (DUP=0) came after the broker's PUBCOMP 1, so the broker had to take it as
+/// a new publication [MQTT-4.3.3-2] and client 6 got the message a second time. The broker was
+/// right; the model counted exactly once per message instead of once per publication.
+#[test]
+fn fuzz_finding_a_publish_arriving_after_its_pubcomp_is_a_new_publication_mqtt_4_3_3_2() {
+    let report = replay_sim_input(include_bytes!("../fuzz/corpus/sim/sim-qos2-duplicate-c8ac53a1"));
+    assert!(report.runtime.qos2_republications >= 1, "{:?}", report.runtime);
+    sim::judge(&report, Mode::Generous).expect("a second publication may be delivered again");
+}
+
+/// The `sim` fuzz target's finding `sim-qos0-order-36493db8` (session 5): client 0 wrote a
+/// QoS 0 PUBLISH (seq 1) on a connection it then gave up unclosed, connected anew and
+/// published seq 2 there; the first connection's bytes reached the broker later (its CONNECT
+/// took the session over [MQTT-3.1.4-2]), so the broker received seq 2 before seq 1 and sent
+/// them on in that order, as [MQTT-4.6.0-6] asks ("in the order that they were received").
+/// The model checked publish order instead of the order the broker received them.
+#[test]
+fn fuzz_finding_order_is_the_order_the_broker_received_mqtt_4_6_0_6() {
+    let report = replay_sim_input(include_bytes!("../fuzz/corpus/sim/sim-qos0-order-36493db8"));
+    sim::judge(&report, Mode::Generous).expect("receipt order is kept");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The checker's own tests: each shows a property failing when its fault is injected, first
 // end to end (a deliberately broken runtime under the real brokers), then on the model alone.
@@ -250,6 +285,7 @@ fn subscribed(model: &mut Model, granted: QoS) {
 
 fn published(model: &mut Model, seq: u32, qos: QoS) {
     model.publish_sent(key(seq), qos);
+    model.publish_received(key(seq));
     if qos != QoS::AtMostOnce {
         model.publish_acked(key(seq));
     }
@@ -322,6 +358,42 @@ fn model_reports_a_qos2_message_delivered_twice() {
 }
 
 #[test]
+fn model_allows_one_qos2_delivery_per_publication_and_no_more_mqtt_4_3_3_2() {
+    let mut model = model();
+    subscribed(&mut model, QoS::ExactlyOnce);
+    published(&mut model, 1, QoS::ExactlyOnce);
+    let deliver = |model: &mut Model| {
+        let bytes = payload(1, QoS::ExactlyOnce);
+        model.delivered(SUBSCRIBER, "t/0/0", &bytes, QoS::ExactlyOnce, false);
+    };
+    model.publication_received(key(1));
+    deliver(&mut model);
+    // The same message fed again after the broker's PUBCOMP freed its id: a new publication,
+    // which the broker delivers again.
+    model.publication_received(key(1));
+    deliver(&mut model);
+    assert!(model.violations.is_empty(), "{:?}", model.violations);
+    deliver(&mut model);
+    assert_eq!(model.violations.len(), 1, "three deliveries of two: {:?}", model.violations);
+    assert!(model.violations[0].contains("delivery 3 of 2"), "{:?}", model.violations);
+    assert!(model.violations[0].contains("MQTT-4.3.3-2"), "{:?}", model.violations);
+}
+
+#[test]
+fn model_reports_a_second_qos2_delivery_of_one_publication_mqtt_4_3_3_2() {
+    let mut model = model();
+    subscribed(&mut model, QoS::ExactlyOnce);
+    published(&mut model, 1, QoS::ExactlyOnce);
+    model.publication_received(key(1));
+    for dup in [false, true] {
+        let bytes = payload(1, QoS::ExactlyOnce);
+        model.delivered(SUBSCRIBER, "t/0/0", &bytes, QoS::ExactlyOnce, dup);
+    }
+    assert_eq!(model.violations.len(), 1, "{:?}", model.violations);
+    assert!(model.violations[0].contains("delivery 2 of 1"), "{:?}", model.violations);
+}
+
+#[test]
 fn model_allows_qos1_duplicates_but_not_qos0_ones() {
     let mut model = model();
     subscribed(&mut model, QoS::ExactlyOnce);
@@ -351,6 +423,26 @@ fn model_reports_reordering_per_publisher_and_topic() {
     }
     assert_eq!(model.violations.len(), 1, "{:?}", model.violations);
     assert!(model.violations[0].contains("MQTT-4.6.0-6"), "{:?}", model.violations);
+}
+
+#[test]
+fn model_orders_by_receipt_at_the_broker_not_by_publish_mqtt_4_6_0_6() {
+    let mut model = model();
+    subscribed(&mut model, QoS::AtMostOnce);
+    for seq in [1, 2, 3] {
+        model.publish_sent(key(seq), QoS::AtMostOnce);
+    }
+    // 1 was written on a connection the publisher gave up; its bytes arrived last.
+    for seq in [2, 3, 1] {
+        model.publish_received(key(seq));
+    }
+    for seq in [2, 1, 3] {
+        let bytes = payload(seq, QoS::AtMostOnce);
+        model.delivered(SUBSCRIBER, "t/0/0", &bytes, QoS::AtMostOnce, false);
+    }
+    // 1 after 2 is right (received after it); 3 after 1 is not (received before it).
+    assert_eq!(model.violations.len(), 1, "{:?}", model.violations);
+    assert!(model.violations[0].contains("seq: 3"), "{:?}", model.violations);
 }
 
 #[test]

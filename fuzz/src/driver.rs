@@ -26,11 +26,16 @@
 //! disconnects, and then every broker must hold no connection, session, subscription, queued
 //! or inflight message, and have no output left that it never announced with `Send`.
 //!
+//! `RINGMQ_FUZZ_TRACE=1` prints every op with the connection it resolved to, every action
+//! and every packet a client received, to decode an input into readable steps
+//! (`RINGMQ_FUZZ_TRACE=1 cargo fuzz run broker <input>`).
+//!
 //! This is its own driver, not the simulation's harness (`tests/sim`): the simulation's
 //! clients follow the protocol so that delivery can be judged, while this one sends whatever
 //! the fuzzer picks, and judges bounds and bookkeeping rather than delivery.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
@@ -210,6 +215,18 @@ pub struct Input {
 /// Most ops one input runs, to bound the time of one execution.
 const OPS_MAX: usize = 4096;
 
+/// Whether `RINGMQ_FUZZ_TRACE` asks for a trace (read once: the fuzzer runs this per input).
+fn tracing() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("RINGMQ_FUZZ_TRACE").is_some())
+}
+
+fn trace(what: impl FnOnce() -> String) {
+    if tracing() {
+        eprintln!("{}", what());
+    }
+}
+
 impl<'a> Arbitrary<'a> for Input {
     /// The knobs, then ops back to back until the bytes run out: every byte the fuzzer adds
     /// is more ops (the derived `Vec` would spend a continuation byte on each and stop early
@@ -311,9 +328,12 @@ impl Driver {
     /// Runs the whole input and the final checks.
     pub fn run(input: &Input) -> Summary {
         let mut driver = Self::new(&input.knobs);
-        for op in &input.ops {
+        trace(|| format!("{:?} with {} workers: {:?}", input.knobs, driver.workers, driver.config));
+        for (number, op) in input.ops.iter().enumerate() {
+            trace(|| format!("op {number} at {}ms: {}", driver.now.0, driver.describe(op)));
             driver.apply(op);
         }
+        trace(|| "finish".to_string());
         driver.finish()
     }
 
@@ -364,6 +384,34 @@ impl Driver {
             Op::Deliver { link, count } => {
                 self.deliver(usize::from(link) % self.links.len(), usize::from(count))
             }
+        }
+    }
+
+    /// `op` with the connection it picks, for the trace.
+    fn describe(&self, op: &Op) -> String {
+        let conn = match *op {
+            Op::Connect { conn, .. }
+            | Op::Publish { conn, .. }
+            | Op::Subscribe { conn, .. }
+            | Op::Unsubscribe { conn, .. }
+            | Op::Ack { conn, .. }
+            | Op::Ping { conn }
+            | Op::Disconnect { conn }
+            | Op::ServerPacket { conn, .. }
+            | Op::Raw { conn, .. }
+            | Op::Sent { conn, .. }
+            | Op::Vanish { conn } => conn,
+            Op::Open { .. } | Op::StaleClose { .. } | Op::Advance { .. } | Op::Deliver { .. } => {
+                return format!("{op:?}");
+            }
+        };
+        match self.pick(conn) {
+            Some(index) => {
+                let state = &self.conns[index];
+                let (worker, id, unsent) = (state.worker.0, state.id, state.unsent_bytes);
+                format!("{op:?} -> conn {index} ({id:?} on w{worker}, {unsent} B unsent)")
+            }
+            None => format!("{op:?} -> no open connection"),
         }
     }
 
@@ -572,6 +620,7 @@ impl Driver {
     }
 
     fn act(&mut self, worker: WorkerId, action: Action) {
+        trace(|| format!("  w{}: {action:?}", worker.0));
         match action {
             Action::Send(id) => {
                 let index = self.conn_index(worker, id);
@@ -764,6 +813,7 @@ fn receive(conn: &mut Conn, limit: usize, summary: &mut Summary) {
         if !conn.connack_seen {
             assert!(matches!(packet, Packet::Connack(_)), "first packet {packet:?} [MQTT-3.2.0-1]");
         }
+        trace(|| format!("    {:?} got {} ({} B)", conn.id, packet.name(), encoded_len(&packet)));
         if conn.recent.len() == 24 {
             conn.recent.pop_front();
         }

@@ -82,6 +82,39 @@ pub(super) fn fits(pending: usize, len: usize, max: usize) -> bool {
     pending == 0 || pending.saturating_add(len) <= max
 }
 
+/// Re-sends inflight entries not yet re-sent on this connection, oldest first, while they fit
+/// the output bound; whether none is left.
+fn redeliver_within_bound(
+    outgoing: &mut Outgoing,
+    conn: &mut super::connection::Conn,
+    outbuf_bytes_max: usize,
+    stats: &mut WorkerStats,
+) -> bool {
+    while let Some(entry) = outgoing.next_redelivery() {
+        let len = match entry.awaiting {
+            Awaiting::Puback | Awaiting::Pubrec => publish_len(&entry.message, entry.qos),
+            Awaiting::Pubcomp => PUBREL_BYTES,
+        };
+        if !fits(conn.pending_bytes(), len, outbuf_bytes_max) {
+            return false;
+        }
+        match entry.awaiting {
+            Awaiting::Puback | Awaiting::Pubrec => {
+                let id = Some(entry.packet_id);
+                write_publish(&mut conn.out, &entry.message, entry.qos, entry.retain, true, id);
+                stats.messages_sent += 1;
+                stats.messages_sent_by_qos[entry.qos as usize] += 1;
+            }
+            Awaiting::Pubcomp => conn.out.put_packet(&Packet::Pubrel(entry.packet_id)),
+        }
+        outgoing.redelivered();
+    }
+    true
+}
+
+/// A PUBREL's encoded size: fixed header and packet id.
+const PUBREL_BYTES: usize = 4;
+
 /// The remaining length of a PUBLISH of `message` at `qos`: topic, packet id, payload.
 fn publish_remaining(message: &Message, qos: QoS) -> usize {
     2 + message.topic.as_bytes().len()
@@ -198,7 +231,8 @@ impl Broker {
             return;
         }
         let outgoing = &mut session.outgoing;
-        if room && !outgoing.has_queued() && outgoing.inflight_len() < window {
+        let behind = outgoing.has_queued() || outgoing.redelivery_pending();
+        if room && !behind && outgoing.inflight_len() < window {
             let packet_id = outgoing.allocate_packet_id();
             if let Some(journal) = durability.as_deref_mut().filter(|_| seq != 0) {
                 journal.append(&Record::Sent { seq, packet_id });
@@ -230,6 +264,10 @@ impl Broker {
             return;
         };
         let outgoing = &mut sessions.get_mut(session_id).outgoing;
+        if !redeliver_within_bound(outgoing, conn, config.outbuf_bytes_max, stats) {
+            conn.flag_send(conn_id, actions);
+            return; // Nothing newer goes before the re-sends [MQTT-4.6.0-1].
+        }
         let window = config.inflight_window();
         let queued_before = outgoing.queued_len();
         while let Some(front) = outgoing.front_queued() {
@@ -272,22 +310,13 @@ impl Broker {
     }
 
     /// On resuming a session: re-send every unacknowledged PUBLISH with DUP=1 and every
-    /// unacknowledged PUBREL, in their original order [MQTT-4.4.0-1] [MQTT-4.6.0-1]; then
-    /// refill from the queue.
+    /// unacknowledged PUBREL, in their original order [MQTT-4.4.0-1] [MQTT-4.6.0-1], then
+    /// refill from the queue. The re-sends keep to `outbuf_bytes_max` like any PUBLISH: those
+    /// that do not fit yet follow as the socket drains (`refill`), so a window of large
+    /// messages never lands in one connection's output at once (fuzz finding
+    /// `broker-output-bound-3f7826eb`).
     pub(super) fn redeliver(&mut self, conn_id: ConnId, session_id: SessionId) {
-        let Self { sessions, conns, stats, .. } = self;
-        let conn = conns.get_mut(&conn_id).expect("the resuming connection is known");
-        for entry in sessions.get(session_id).outgoing.inflight() {
-            match entry.awaiting {
-                Awaiting::Puback | Awaiting::Pubrec => {
-                    let id = Some(entry.packet_id);
-                    write_publish(&mut conn.out, &entry.message, entry.qos, entry.retain, true, id);
-                    stats.messages_sent += 1;
-                    stats.messages_sent_by_qos[entry.qos as usize] += 1;
-                }
-                Awaiting::Pubcomp => conn.out.put_packet(&Packet::Pubrel(entry.packet_id)),
-            }
-        }
+        self.sessions.get_mut(session_id).outgoing.start_redelivery();
         self.refill(conn_id);
     }
 

@@ -16,8 +16,14 @@
 //! delivers without waiting a round trip and keeps a publisher's QoS 2 messages in order with
 //! its QoS 0/1 ones. The stored ids are bounded by `max_awaiting_pubrel`.
 //!
+//! On resuming a session every inflight message is re-sent [MQTT-4.4.0-1] in order
+//! [MQTT-4.6.0-1], as the output bound lets it (`delivery.rs`): the entries not yet re-sent on
+//! the new connection are the last `redeliver_left` of the window; nothing newer is written
+//! before they are.
+//!
 //! Invariants: packet ids in the window are distinct; the window never exceeds its size; the
 //! queue never exceeds its bounds; `queued_bytes` is the sum of the queued payload lengths;
+//! `redeliver_left` is at most the window's length;
 //! when `inflight_ordered` is set, the window's ids run front to back in the order ids are
 //! handed out (see [`Outgoing::allocate_packet_id`]).
 
@@ -105,6 +111,9 @@ struct OutgoingState {
     /// removal; cleared by a push out of sequence (a restored window, or an id skipped because
     /// an old message still held it) until a search finds the order again.
     inflight_ordered: bool,
+    /// The last this many inflight entries are not yet re-sent on the current connection
+    /// (set on resume; the window is at most 65535 ids, so it fits).
+    redeliver_left: u16,
 }
 
 /// How far `to` lies after `from` in the order packet ids are handed out: 0..=65534.
@@ -127,6 +136,7 @@ impl Default for OutgoingState {
             queued_qos0: 0,
             next_packet_id: FIRST_PACKET_ID,
             inflight_ordered: true,
+            redeliver_left: 0,
         }
     }
 }
@@ -156,6 +166,33 @@ impl Outgoing {
     /// Whether QoS 0 messages wait in the queue (a new QoS 0 one must then queue behind them).
     pub fn has_queued_qos0(&self) -> bool {
         self.state.as_ref().is_some_and(|state| state.queued_qos0 > 0)
+    }
+
+    /// The session resumed on a new connection: every inflight entry is to be re-sent.
+    pub fn start_redelivery(&mut self) {
+        if let Some(state) = self.state.as_mut() {
+            let len = u16::try_from(state.inflight.len()).expect("the window is under 65536");
+            state.redeliver_left = len;
+        }
+    }
+
+    /// Whether inflight entries still wait to be re-sent on this connection (nothing newer
+    /// may be written before them [MQTT-4.6.0-1]).
+    pub fn redelivery_pending(&self) -> bool {
+        self.state.as_ref().is_some_and(|state| state.redeliver_left > 0)
+    }
+
+    /// The next inflight entry to re-send, oldest first.
+    pub fn next_redelivery(&self) -> Option<&Inflight> {
+        let state = self.state.as_ref()?;
+        let left = usize::from(state.redeliver_left);
+        (left > 0).then(|| &state.inflight[state.inflight.len() - left])
+    }
+
+    /// The entry `next_redelivery` gave was re-sent.
+    pub fn redelivered(&mut self) {
+        let state = self.state.as_mut().expect("an entry was re-sent");
+        state.redeliver_left -= 1;
     }
 
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
@@ -320,8 +357,13 @@ impl OutgoingState {
         let found = self
             .inflight
             .iter()
-            .position(|entry| entry.packet_id == id && entry.awaiting == awaiting);
-        Some(self.inflight.remove(found?)?.seq)
+            .position(|entry| entry.packet_id == id && entry.awaiting == awaiting)?;
+        // Acknowledged before its re-send (the client had it from the old connection): it
+        // leaves the entries still to re-send.
+        if found >= self.inflight.len() - usize::from(self.redeliver_left) {
+            self.redeliver_left -= 1;
+        }
+        Some(self.inflight.remove(found)?.seq)
     }
 }
 

@@ -133,7 +133,11 @@ impl Broker {
         // PUBCOMP it never saw [MQTT-4.3.3-2] [MQTT-3.6.4-1].
         let state = self.sessions.get_mut(session);
         let persistent = state.persistent;
-        if state.incoming.on_pubrel(id) && persistent {
+        let released = state.incoming.on_pubrel(id);
+        if released {
+            self.forget_qos2_token(session, id);
+        }
+        if released && persistent {
             self.journal_qos2_released(session, id);
         }
         if persistent {

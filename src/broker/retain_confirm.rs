@@ -33,7 +33,9 @@
 //!   A QoS 1 client re-sends after reconnecting, and that copy is held again. A QoS 2 client's
 //!   re-sent PUBLISH carries a packet id already stored (Method B, `inflight.rs`), so it is
 //!   not routed again; if the first copy's update is still waiting, the new PUBREC waits for
-//!   it too (the token is found by session and packet id), else it goes at once.
+//!   it too (the token is found by session and packet id), else it goes at once. That lookup
+//!   lasts only while the session holds the id: a PUBREL, or the session's end, forgets it, so
+//!   neither a new publication with the id nor the next session in the slot waits for it.
 //!
 //! Bounds: a held acknowledgement, and each one queued behind it, is output the broker owes the
 //! connection, so its 4 bytes count with the connection's output and held SUBACKs against the
@@ -42,7 +44,8 @@
 //! 2 x `outbuf_bytes_max` / 4 entries per connection (2 M by default), reached only when the
 //! mesh stalls for a long time, since a stalled mesh also pauses reading (`mesh_overflow_max`).
 //! Tokens are held only by these entries, plus those of connections closed within the last
-//! mesh round trip; the QoS 2 index holds at most one entry per waiting token.
+//! mesh round trip; the QoS 2 index holds at most one entry per waiting token, and
+//! only for ids its session still holds.
 //!
 //! Invariant: a token waits for at least one confirmation; every confirmation (`RetainAck`,
 //! an origin's `RetainApplied`, `RetainUnchanged`) finds its token waiting; a connection's
@@ -117,6 +120,12 @@ impl RetainConfirms {
         }
     }
 
+    fn forget_qos2(&mut self, session: SessionId, id: PacketId) {
+        if let Some(token) = self.qos2.remove(&(session, id)) {
+            self.waiting.get_mut(&token).expect("filed tokens wait").qos2 = None;
+        }
+    }
+
     fn is_waiting(&self, token: Option<RetainToken>) -> bool {
         token.is_some_and(|token| self.waiting.contains_key(&token))
     }
@@ -142,6 +151,25 @@ impl Broker {
             if let Some(earlier) = confirms.waiting.get_mut(&previous) {
                 earlier.qos2 = None;
             }
+        }
+    }
+
+    /// Session `session` no longer holds QoS 2 packet `id` (the client released it): a later
+    /// PUBLISH with the id is a new publication and must not wait for this one's update. The
+    /// update itself still completes; only the lookup for a re-sent copy is forgotten.
+    pub(super) fn forget_qos2_token(&mut self, session: SessionId, id: PacketId) {
+        self.retain_confirms.forget_qos2(session, id);
+    }
+
+    /// Session `session` is being discarded: the next session in its slot must not find its
+    /// ids' updates (a re-sent PUBLISH of its own would wait for a stranger's update).
+    pub(super) fn forget_session_qos2_tokens(&mut self, session: SessionId) {
+        let confirms = &mut self.retain_confirms;
+        if confirms.qos2.is_empty() {
+            return; // The common case: no retained QoS 2 update waits anywhere.
+        }
+        for id in self.sessions.get(session).incoming.ids() {
+            confirms.forget_qos2(session, id);
         }
     }
 

@@ -303,6 +303,7 @@ impl Broker {
         for &(node, _) in filters.as_slice() {
             self.remove_node_from_index(node, id);
         }
+        self.forget_session_qos2_tokens(id);
         let mut session = self.sessions.remove(id);
         if session.persistent {
             self.journal_session_drop(id);

@@ -241,10 +241,17 @@ impl Sim {
         }
     }
 
-    /// Passes the messages that reached workers to the model, in the order they did.
+    /// Passes the messages that reached workers, and the QoS 2 publications the brokers
+    /// received, to the model, in the order they happened.
     fn sync_arrivals(&mut self) {
         for (key, worker) in self.rt.arrivals.drain(..) {
             self.model.arrived(key, worker.0);
+        }
+        for key in self.rt.receipts.publications.drain(..) {
+            self.model.publication_received(key);
+        }
+        for key in self.rt.received.drain(..) {
+            self.model.publish_received(key);
         }
     }
 

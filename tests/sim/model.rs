@@ -5,11 +5,15 @@
 //! message handed to a subscriber's application; from that it asserts
 //! - integrity: a delivered message was published, to a matching topic, at no higher QoS, to a
 //!   session that had asked for a matching filter;
-//! - QoS 2 exactly once: a message delivered at QoS 2 reaches the application once
-//!   [MQTT-4.3.3-2]; a QoS 0 publish is never delivered twice;
-//! - order: per publisher and topic, first deliveries at one QoS arrive in publish order
-//!   [MQTT-4.6.0-6] (messages the publisher retransmitted are left out: the retransmission is a
-//!   later PUBLISH);
+//! - QoS 2 exactly once: a message delivered at QoS 2 reaches the application once per
+//!   publication [MQTT-4.3.3-2] (a broker takes a PUBLISH that reuses a packet id it has
+//!   answered with PUBCOMP as a new publication; the runtime tells the model which PUBLISHes
+//!   were: `runtime/receipts.rs`); a QoS 0 publish is never delivered twice;
+//! - order: per publisher and topic, first deliveries at one QoS arrive in the order the
+//!   broker received the PUBLISHes from the publisher [MQTT-4.6.0-6] (the runtime reports each
+//!   one it feeds: a client that writes on a connection it then gives up, and again on a new
+//!   one, can have its PUBLISHes received out of publish order; messages the publisher
+//!   retransmitted are left out: the retransmission is a later PUBLISH);
 //! - no loss (checked at the end): a message acknowledged to its publisher (PUBACK or PUBREC)
 //!   reaches every subscriber whose matching subscription (granted QoS ≥ 1) held from before the
 //!   publish was sent until after its acknowledgement arrived, if the subscriber's session is
@@ -160,12 +164,13 @@ struct Subscriber {
     latest_request: BTreeMap<u16, u64>,
     /// Every key the application got, across sessions.
     seen: BTreeSet<MessageKey>,
-    /// Keys delivered at QoS 2 (exactly once across the whole run).
-    seen_qos2: BTreeSet<MessageKey>,
+    /// Per key, deliveries at QoS 2 across the whole run (at most one per publication).
+    seen_qos2: BTreeMap<MessageKey, u32>,
     /// Keys first delivered in the current session, for the order check.
     seen_in_session: BTreeSet<MessageKey>,
-    /// Last first-delivered sequence per (publisher, topic, delivered QoS), this session.
-    last_seq: BTreeMap<(u32, u16, QoS), u32>,
+    /// Per (publisher, topic, delivered QoS), the receipt rank and sequence of the last
+    /// first-delivered message, this session.
+    last_seq: BTreeMap<(u32, u16, QoS), (u64, u32)>,
     /// Per filter, when its first SUBSCRIBE of this session was sent.
     first_subscribe: BTreeMap<u16, u64>,
     /// Per topic, when a retained message (RETAIN=1) last reached the application, this
@@ -224,6 +229,11 @@ pub struct Model {
     arrivals: BTreeMap<(MessageKey, u16), u64>,
     /// Per topic, its retained publishes in the order they were sent.
     retained: BTreeMap<u16, Vec<MessageKey>>,
+    /// Per QoS 2 message, how many times a broker received it as a new publication.
+    publications: BTreeMap<MessageKey, u32>,
+    /// Per message, when a broker first received a PUBLISH of it (a rank: the order check's
+    /// order).
+    received: BTreeMap<MessageKey, u64>,
     pub violations: Vec<String>,
     pub stats: ModelStats,
 }
@@ -239,6 +249,8 @@ impl Model {
             subscribers: subscribers.collect(),
             arrivals: BTreeMap::new(),
             retained: BTreeMap::new(),
+            publications: BTreeMap::new(),
+            received: BTreeMap::new(),
             violations: Vec::new(),
             stats: ModelStats::default(),
         }
@@ -311,6 +323,19 @@ impl Model {
         if let Some(record) = self.published.get_mut(&key) {
             record.retransmitted = true;
         }
+    }
+
+    /// A broker received a QoS 2 PUBLISH of `key` as a new publication (the runtime reports
+    /// it): the first, or one fed after the broker's PUBCOMP had freed its packet id
+    /// [MQTT-4.3.3-2].
+    pub fn publication_received(&mut self, key: MessageKey) {
+        *self.publications.entry(key).or_insert(0) += 1;
+    }
+
+    /// A broker was fed a PUBLISH of `key` from its publisher (the runtime reports each).
+    pub fn publish_received(&mut self, key: MessageKey) {
+        let rank = self.received.len() as u64 + 1;
+        self.received.entry(key).or_insert(rank);
     }
 
     /// `key` reached `worker`'s broker (the runtime reports it).
@@ -553,10 +578,18 @@ impl Model {
     ) {
         let subscriber = &mut self.subscribers[client];
         let mut problems = Vec::new();
-        if qos == QoS::ExactlyOnce && !subscriber.seen_qos2.insert(key) {
-            problems.push(format!(
-                "client {client} got QoS 2 {key:?} a second time (dup flag {dup}) [MQTT-4.3.3-2]"
-            ));
+        if qos == QoS::ExactlyOnce {
+            let deliveries = subscriber.seen_qos2.entry(key).or_insert(0);
+            *deliveries += 1;
+            // At least one: a delivered message was published (checked above), whether or
+            // not the runtime's report of that publication has reached the model yet.
+            let publications = self.publications.get(&key).copied().unwrap_or(0).max(1);
+            if *deliveries > publications {
+                problems.push(format!(
+                    "client {client} got QoS 2 {key:?} a second time (dup flag {dup}; delivery \
+                     {deliveries} of {publications} publications) [MQTT-4.3.3-2]"
+                ));
+            }
         }
         let first = subscriber.seen.insert(key);
         if !first && record.qos == QoS::AtMostOnce {
@@ -566,15 +599,24 @@ impl Model {
             self.stats.duplicates_qos1 += 1;
         }
         if subscriber.seen_in_session.insert(key) && !record.retransmitted {
-            let last = subscriber.last_seq.entry((key.publisher, key.topic, qos)).or_insert(0);
-            if key.seq <= *last && *last != 0 {
-                problems.push(format!(
-                    "client {client} got {key:?} at {qos:?} after seq {} of the same publisher \
-                     and topic [MQTT-4.6.0-6]",
-                    *last
-                ));
+            match self.received.get(&key).copied() {
+                None => problems.push(format!(
+                    "client {client} got {key:?}, which no broker was reported to receive"
+                )),
+                Some(rank) => {
+                    let order = (key.publisher, key.topic, qos);
+                    let last = subscriber.last_seq.entry(order).or_insert((0, 0));
+                    if rank < last.0 {
+                        problems.push(format!(
+                            "client {client} got {key:?} at {qos:?} after seq {} of the same \
+                             publisher and topic, which the broker received after it \
+                             [MQTT-4.6.0-6]",
+                            last.1
+                        ));
+                    }
+                    *last = (*last).max((rank, key.seq));
+                }
             }
-            *last = (*last).max(key.seq);
         }
         for problem in problems {
             self.violation(problem);

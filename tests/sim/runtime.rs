@@ -18,14 +18,16 @@ use bytes::{Buf, Bytes, BytesMut};
 use ringmq::broker::{Action, Broker, BrokerConfig, CloseReason, ConnId, Millis, WorkerId};
 use ringmq::protocol::{self, Packet};
 
-use super::model::MessageKey;
+use super::model::{decode_payload, MessageKey};
 use super::rng::{RandomSet, Rng};
 
 mod links;
+mod receipts;
 mod trace;
 
 pub use links::Fault;
 use links::Link;
+pub use receipts::Qos2Receipts;
 pub use trace::{close_reason_name, describe};
 
 /// Index of a simulated TCP connection; never reused (unlike the broker-side `ConnId` slots).
@@ -153,6 +155,9 @@ pub struct RuntimeStats {
     /// The most output one connection ever had waiting (taken, not yet reported sent).
     pub output_bytes_peak: usize,
     pub stale_closes: u64,
+    /// QoS 2 messages fed again after the broker's PUBCOMP for them: each a new publication
+    /// [MQTT-4.3.3-2] (see `receipts`).
+    pub qos2_republications: u64,
 }
 
 /// What the runtime may choose at random; the driver sets it per run.
@@ -208,12 +213,17 @@ pub struct Runtime {
     pub reach: BTreeMap<MessageKey, u32>,
     /// Messages that reached a worker since the driver last looked (for the model).
     pub arrivals: Vec<(MessageKey, WorkerId)>,
+    /// PUBLISHes fed to a broker since the driver last looked (for the model's order check).
+    pub received: Vec<MessageKey>,
     /// Accepted connections with a will that ended this turn: `true` when the will must have
     /// been published (any end but DISCONNECT [MQTT-3.1.2-8]), `false` when it must not
     /// [MQTT-3.1.2-10].
     pub will_events: Vec<(ConnIndex, bool)>,
     /// Clients whose connections' events are printed (`SIM_TRACE=3,17`; `all` for every one).
     pub trace: Option<Vec<usize>>,
+    /// The QoS 2 packet ids each client's session holds at the brokers, and so which QoS 2
+    /// PUBLISHes are new publications [MQTT-4.3.3-2].
+    pub receipts: Qos2Receipts,
 }
 
 impl Runtime {
@@ -247,9 +257,11 @@ impl Runtime {
             stale_ids: Vec::new(),
             step: 0,
             trace: None,
+            receipts: Qos2Receipts::default(),
             interest: vec![vec![BTreeSet::new(); count]; count],
             reach: BTreeMap::new(),
             arrivals: Vec::new(),
+            received: Vec::new(),
             will_events: Vec::new(),
         }
     }
@@ -480,6 +492,10 @@ impl Runtime {
         self.trace_conn(conn, || format!("fed {}", describe(&packet)));
         if let Packet::Publish(publish) = &packet {
             self.note_reach(worker, publish.topic.as_str(), &publish.payload);
+            self.note_qos2_publish(conn, publish);
+            if let Some((key, _)) = decode_payload(&publish.payload) {
+                self.received.push(key);
+            }
         }
         self.brokers[worker.index()].handle_packet(id, packet, self.now);
         self.touched[worker.index()] = true;
@@ -683,6 +699,7 @@ impl Runtime {
         if sum != count {
             self.violation(format!("take_output({id:?}) returned {count} but gave {sum} bytes"));
         }
+        self.note_pubcomps(conn, &segments);
         let c = &mut self.conns[conn];
         c.taken.extend(segments.into_iter().filter(|s| !s.is_empty()));
         c.taken_bytes += sum;

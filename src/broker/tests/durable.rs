@@ -284,11 +284,8 @@ fn packet_ids_continue_after_a_restart_instead_of_starting_again() {
 /// message from it durable in worker 1's copy but not in worker 0's id (a crash right after
 /// worker 1's batch), then a restart from those files.
 fn crash_after_the_remote_copy(config: &BrokerConfig) -> (Cluster, Disk, String, String) {
-    let mut cluster = Cluster::new(2, config.clone());
-    let mut disk = Disk::attach(&mut cluster);
-    let sub_id = offline_subscriber(&mut cluster, &mut disk, 1, "s", "q2");
-    let pub_id = client_id_on(0, 2, "p");
-    let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    let Qos2AcrossWorkers { mut cluster, mut disk, publisher, pub_id, sub_id } =
+        Qos2AcrossWorkers::new(config);
     cluster.send(publisher, publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7));
     disk.flush(&mut cluster, 0);
     disk.flush(&mut cluster, 1);
@@ -506,11 +503,8 @@ fn a_compaction_leaves_out_a_qos2_id_still_waiting_for_another_workers_copy_mqtt
     // without the copies, the re-sent PUBLISH was a duplicate [MQTT-4.3.3-2], answered PUBREC
     // and dropped, and the PUBCOMP acknowledged a message no subscriber ever got.
     let config = BrokerConfig::default();
-    let mut cluster = Cluster::new(2, config.clone());
-    let mut disk = Disk::attach(&mut cluster);
-    let sub_id = offline_subscriber(&mut cluster, &mut disk, 1, "s", "q2");
-    let pub_id = client_id_on(0, 2, "p");
-    let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    let Qos2AcrossWorkers { mut cluster, mut disk, publisher, pub_id, sub_id } =
+        Qos2AcrossWorkers::new(&config);
     disk.flush_all(&mut cluster);
     cluster.send(publisher, publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7));
     // Worker 0 compacts, slice by slice, and its next batch makes the new file current;
@@ -555,12 +549,9 @@ struct SlotReused {
 }
 
 fn slot_reused_while_an_id_waits(config: &BrokerConfig) -> SlotReused {
-    let mut cluster = Cluster::new(2, config.clone());
-    let mut disk = Disk::attach(&mut cluster);
-    let remote_subscriber = offline_subscriber(&mut cluster, &mut disk, 1, "s", "q2");
+    let Qos2AcrossWorkers { mut cluster, mut disk, publisher: old, pub_id: old_id, sub_id } =
+        Qos2AcrossWorkers::new(config);
     let local_subscriber = offline_subscriber(&mut cluster, &mut disk, 0, "l", "here");
-    let old_id = client_id_on(0, 2, "p");
-    let (old, _) = cluster.connect_on(0, connect_packet(&old_id, false));
     cluster.send(old, publish_packet("q2", b"old", QoS::ExactlyOnce, false, 7));
     disk.flush(&mut cluster, 0);
     let slot = cluster.broker(0).sessions.find(&old_id.clone().into());
@@ -569,7 +560,7 @@ fn slot_reused_while_an_id_waits(config: &BrokerConfig) -> SlotReused {
     let new_id = client_id_on(0, 2, "b");
     let (new, _) = cluster.connect_on(0, connect_packet(&new_id, false));
     assert_eq!(cluster.broker(0).sessions.find(&new_id.clone().into()), slot, "slot reused");
-    SlotReused { cluster, disk, new, new_id, remote_subscriber, local_subscriber }
+    SlotReused { cluster, disk, new, new_id, remote_subscriber: sub_id, local_subscriber }
 }
 
 /// The QoS 2 ids awaiting PUBREL of `client_id`'s session in `file`.
@@ -665,11 +656,8 @@ fn a_pubrel_before_its_pubrec_releases_a_held_back_id_for_good_mqtt_4_3_3_2() {
     // appended after the release, and a restart held the id again, dropping the client's next
     // message with it as a duplicate.
     let config = BrokerConfig::default();
-    let mut cluster = Cluster::new(2, config.clone());
-    let mut disk = Disk::attach(&mut cluster);
-    let sub_id = offline_subscriber(&mut cluster, &mut disk, 1, "s", "q2");
-    let pub_id = client_id_on(0, 2, "p");
-    let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
+    let Qos2AcrossWorkers { mut cluster, mut disk, publisher, pub_id, sub_id } =
+        Qos2AcrossWorkers::new(&config);
     cluster.send(publisher, publish_packet("q2", b"first", QoS::ExactlyOnce, false, 7));
     cluster.send(publisher, Packet::Pubrel(pid(7)));
     disk.flush_all(&mut cluster);

@@ -237,3 +237,51 @@ fn a_refused_connack_outlives_its_connection_until_taken() {
     assert_eq!(broker.take_output(conn, &mut out), 0);
     assert_eq!(broker.connection_count(), 0);
 }
+
+/// Fuzz finding `broker-output-bound-3f7826eb`: a resumed session's unacknowledged window was
+/// re-sent in one go, CONNACK plus 15 PUBLISHes (784 B) into a connection whose output bound
+/// was 256 B. The re-sends keep to `outbuf_bytes_max` like any PUBLISH and follow as the
+/// socket drains, still all of them [MQTT-4.4.0-1], in order [MQTT-4.6.0-1], before anything
+/// newer; one the client acknowledges before its re-send is not re-sent.
+#[test]
+fn a_resumed_window_is_re_sent_within_the_output_bound_in_order_mqtt_4_4_0_1_and_4_6_0_1() {
+    let config = BrokerConfig { outbuf_bytes_max: 256, ..BrokerConfig::default() };
+    let mut cluster = Cluster::single(config);
+    let subscriber = cluster.connect("s", false);
+    cluster.subscribe(subscriber, &[("w", QoS::AtLeastOnce)]);
+    let publisher = cluster.connect("p", true);
+    let payload = [b'x'; 100]; // 107-byte PUBLISHes: two fit the bound
+    for _ in 0..6 {
+        cluster.publish(publisher, "w", &payload, QoS::AtLeastOnce, false);
+    }
+    let first = cluster.recv_publishes(subscriber);
+    assert_eq!(first.len(), 6, "sent one by one as the socket drained");
+    let ids: Vec<_> = first.iter().map(|p| p.packet_id.expect("QoS 1")).collect();
+    cluster.drop_client(subscriber);
+
+    let back = cluster.open(0);
+    cluster.stall(back);
+    cluster.send(back, Packet::Connect(Box::new(connect_packet("s", false))));
+    assert!(cluster.unsent_bytes(back) <= 256, "{} B unsent", cluster.unsent_bytes(back));
+    let mut received = cluster.recv(back);
+    assert!(matches!(received.remove(0), Packet::Connack(_)));
+    assert_eq!(received.len(), 2, "CONNACK and two re-sends fit: {received:?}");
+    // The client had the third from before and acknowledges it now; a new message arrives.
+    cluster.send(back, Packet::Puback(ids[2]));
+    cluster.publish(publisher, "w", b"new", QoS::AtLeastOnce, false);
+    let mut order = Vec::new();
+    for packet in received {
+        let Packet::Publish(publish) = packet else { panic!("{packet:?}") };
+        order.push((publish.dup, publish.packet_id));
+    }
+    while order.len() < 6 {
+        cluster.drain_once(back);
+        assert!(cluster.unsent_bytes(back) <= 256, "{} B unsent", cluster.unsent_bytes(back));
+        let more = cluster.recv_publishes(back);
+        assert!(!more.is_empty(), "a drained socket gets the next re-sends");
+        order.extend(more.iter().map(|publish| (publish.dup, publish.packet_id)));
+    }
+    let resent: Vec<_> = [0, 1, 3, 4, 5].iter().map(|&i| (true, Some(ids[i]))).collect();
+    assert_eq!(order[..5], resent[..], "every re-send, in order, DUP=1, none acknowledged");
+    assert!(!order[5].0, "the new message comes after them: {order:?}");
+}

@@ -264,6 +264,21 @@ impl Cluster {
         self.run();
     }
 
+    /// Output taken from a stalled client's connection and not yet reported sent.
+    pub fn unsent_bytes(&self, client: Client) -> usize {
+        self.clients[client.0].unsent
+    }
+
+    /// Reports what a stalled client's socket took as sent, and stays stalled: the next
+    /// output waits again (one socket drain at a time).
+    pub fn drain_once(&mut self, client: Client) {
+        let state = &mut self.clients[client.0];
+        let (worker, conn, unsent) = (state.worker, state.conn, std::mem::take(&mut state.unsent));
+        let now = self.now;
+        self.brokers[worker.index()].handle_sent(conn, unsent, now);
+        self.run();
+    }
+
     pub fn conn_of(&self, client: Client) -> ConnId {
         self.clients[client.0].conn
     }

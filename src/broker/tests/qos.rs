@@ -119,3 +119,37 @@ fn server_to_client_packets_from_a_client_are_a_protocol_violation() {
         ));
     }
 }
+
+/// The `sim` fuzz target's finding `sim-qos2-duplicate-c8ac53a1`, at the broker: a client's
+/// PUBLISH written on a connection it gave up arrives after the same message's flow completed
+/// on its newer connection. The broker has sent PUBCOMP for the id, so it must take the late
+/// PUBLISH as a new publication and deliver it again [MQTT-4.3.3-2]: nothing in it tells the
+/// two apart (the old connection's DUP=0 copy was the first transmission).
+#[test]
+fn a_publish_from_an_abandoned_connection_after_pubcomp_is_a_new_publication_mqtt_4_3_3_2() {
+    let mut cluster = Cluster::single(BrokerConfig::default());
+    let subscriber = cluster.connect("s", true);
+    cluster.subscribe(subscriber, &[("q", QoS::ExactlyOnce)]);
+    // The first connection's CONNECT and PUBLISH are still on their way.
+    let stale = cluster.open(0);
+    let publisher = cluster.connect("p", false);
+    let mut resent = publish_packet("q", b"m", QoS::ExactlyOnce, false, 1);
+    if let Packet::Publish(publish) = &mut resent {
+        publish.dup = true; // Re-sent on reconnect [MQTT-4.4.0-1].
+    }
+    cluster.send(publisher, resent.clone());
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(1))]);
+    cluster.send(publisher, Packet::Pubrel(pid(1)));
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubcomp(pid(1))]);
+    assert_eq!(cluster.recv_acking(subscriber).len(), 1);
+    // The stale connection's bytes arrive: its CONNECT takes the session over
+    // [MQTT-3.1.4-2], and its PUBLISH reuses an id the broker has released.
+    cluster.send(stale, Packet::Connect(Box::new(connect_packet("p", false))));
+    assert!(cluster.ended(publisher).is_some(), "the newer connection is taken over");
+    cluster.send(stale, publish_packet("q", b"m", QoS::ExactlyOnce, false, 1));
+    let again = cluster.recv_acking(subscriber);
+    assert_eq!(again.len(), 1, "a new publication is delivered: {again:?}");
+    // Within one publication the rule holds: a re-sent copy before PUBREL is not delivered.
+    cluster.send(stale, resent);
+    assert!(cluster.recv_acking(subscriber).is_empty());
+}

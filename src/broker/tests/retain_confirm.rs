@@ -323,3 +323,63 @@ fn held_acknowledgements_count_against_the_control_output_bound() {
     assert_eq!(cluster.broker(0).unconfirmed_retained_count(), 0);
     assert_eq!(cluster.broker(0).stats().closes.slow_consumer, 1);
 }
+
+/// A re-sent copy of QoS 2 PUBLISH `id` with DUP set [MQTT-3.3.1-1].
+fn resent_qos2(topic_text: &str, id: u16) -> Packet {
+    let mut resent = publish_packet(topic_text, b"n", QoS::ExactlyOnce, false, id);
+    if let Packet::Publish(publish) = &mut resent {
+        publish.dup = true;
+    }
+    resent
+}
+
+#[test]
+fn the_next_session_in_a_slot_does_not_wait_for_its_predecessors_update_mqtt_4_3_3_2() {
+    // A clean session's retained QoS 2 update waits for worker 1 when the client leaves; the
+    // next session in its slot sends its own QoS 2 PUBLISH with the same id, then re-sends
+    // it. Both PUBRECs are owed at once: the re-sent copy's id is the new session's, and the
+    // stranger's update has nothing to do with it.
+    let workers = 2;
+    let mut cluster = Cluster::new(workers, BrokerConfig::default());
+    let gone_id = client_id_on(0, workers, "gone");
+    let (gone, _) = cluster.connect_on(0, connect_packet(&gone_id, true));
+    let owned_elsewhere = topic_owned_by(1, workers, "slot");
+    cluster.hold_remotes(true);
+    cluster.send(gone, publish_packet(&owned_elsewhere, b"r", QoS::ExactlyOnce, true, 1));
+    let slot = cluster.broker(0).sessions.find(&gone_id.clone().into());
+    cluster.drop_client(gone);
+    let next_id = client_id_on(0, workers, "next");
+    let (next, _) = cluster.connect_on(0, connect_packet(&next_id, true));
+    assert_eq!(cluster.broker(0).sessions.find(&next_id.into()), slot, "slot reused");
+    cluster.send(next, publish_packet("plain", b"n", QoS::ExactlyOnce, false, 1));
+    cluster.send(next, resent_qos2("plain", 1));
+    assert_eq!(cluster.recv(next), vec![Packet::Pubrec(pid(1)), Packet::Pubrec(pid(1))]);
+    assert_eq!(cluster.broker(0).unconfirmed_retained_count(), 1, "the update still waits");
+    cluster.hold_remotes(false);
+    assert_eq!(cluster.broker(0).unconfirmed_retained_count(), 0);
+    assert_eq!(replicas_with(&cluster, &owned_elsewhere, b"r"), 2, "and completes");
+}
+
+#[test]
+fn a_released_id_reused_for_a_new_publication_does_not_wait_for_the_old_update_mqtt_4_3_3_2() {
+    // PUBREL releases id 1 while its retained update still waits; back on its persistent
+    // session, the client uses id 1 for a new, unretained QoS 2 message and re-sends it. The
+    // re-sent copy is answered at once: it belongs to the new publication, not the old one.
+    let workers = 2;
+    let mut cluster = Cluster::new(workers, BrokerConfig::default());
+    let id = client_id_on(0, workers, "reuser");
+    let (publisher, _) = cluster.connect_on(0, connect_packet(&id, false));
+    let owned_elsewhere = topic_owned_by(1, workers, "released");
+    cluster.hold_remotes(true);
+    cluster.send(publisher, publish_packet(&owned_elsewhere, b"r", QoS::ExactlyOnce, true, 1));
+    cluster.send(publisher, Packet::Pubrel(pid(1)));
+    assert!(cluster.recv(publisher).is_empty(), "PUBREC and PUBCOMP wait for worker 1");
+    cluster.drop_client(publisher);
+    let (publisher, connack) = cluster.connect_on(0, connect_packet(&id, false));
+    assert!(connack.session_present);
+    cluster.send(publisher, publish_packet("plain", b"n", QoS::ExactlyOnce, false, 1));
+    cluster.send(publisher, resent_qos2("plain", 1));
+    assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(1)), Packet::Pubrec(pid(1))]);
+    cluster.hold_remotes(false);
+    assert_eq!(cluster.broker(0).unconfirmed_retained_count(), 0);
+}

@@ -162,6 +162,27 @@ pub(super) fn offline_subscriber(
     id
 }
 
+/// The set-up of the cross-worker QoS 2 tests: worker 1's offline persistent subscriber of
+/// `q2` (`sub_id`) and worker 0's persistent publisher (`pub_id`), connected.
+pub(super) struct Qos2AcrossWorkers {
+    pub cluster: Cluster,
+    pub disk: Disk,
+    pub publisher: Client,
+    pub pub_id: String,
+    pub sub_id: String,
+}
+
+impl Qos2AcrossWorkers {
+    pub(super) fn new(config: &BrokerConfig) -> Self {
+        let mut cluster = Cluster::new(2, config.clone());
+        let mut disk = Disk::attach(&mut cluster);
+        let sub_id = offline_subscriber(&mut cluster, &mut disk, 1, "s", "q2");
+        let pub_id = client_id_on(0, 2, "p");
+        let (publisher, _) = cluster.connect_on(0, connect_packet(&pub_id, false));
+        Self { cluster, disk, publisher, pub_id, sub_id }
+    }
+}
+
 /// A QoS 2 PUBLISH of `payload` to `topic` with packet id `id` re-sent (DUP=1).
 pub(super) fn resent(topic: &str, payload: &[u8], id: u16) -> Packet {
     let mut packet = publish_packet(topic, payload, QoS::ExactlyOnce, false, id);
