@@ -24,9 +24,10 @@
 # ring (64 on each further ring), keepalive 300 s (ringmq-bench pings at half of it, so
 # every 150 s: a hold of 300 s sends each subscriber's ping twice). With keepalive 60 s the
 # first half-million's pings (~19k/s from 30 s on) compete with the connect storm for the
-# same two cores and receive buffers: the rate falls from ~20k/s to ~2k/s and a few
-# CONNECTs can starve past the broker's 10 s connect timeout (docs/BENCHMARKS.md, "Density",
-# session 4); `--keepalive 60` reproduces it. The host needs `ONLY=net.ipv4.tcp_mem
+# same two cores and receive buffers: the rate falls from ~20k/s to ~2k/s, and in session 4
+# a few CONNECTs starved past the broker's 10 s connect timeout (docs/BENCHMARKS.md,
+# "Density"; first receives have their own buffers since session 5); `--keepalive 60`
+# reproduces that load. The host needs `ONLY=net.ipv4.tcp_mem
 # scripts/tune-host.sh --apply` for a million: the kernel's default TCP memory limit stops
 # connecting at ~640k pairs (docs/BENCHMARKS.md, "Density").
 # Exit status 0 only if every subscriber connected and subscribed and every published message
@@ -182,15 +183,16 @@ nstat_delta() { # nstat_delta BEFORE-FILE: the counters that moved since
 accept_queues() { ss -Hltn "sport = :$PORT" 2>/dev/null | awk '{printf "%s/%s ", $2, $3}'; }
 # Resident kB of the broker's fixed mappings: its receive-buffer mappings (anonymous, each
 # exactly RECV_BUFFERS x RECV_BUFFER_BYTES on a worker's first ring, min(RECV_BUFFERS, 64) x
-# RECV_BUFFER_BYTES on a further ring), which grow with traffic up to their fixed size, and
+# RECV_BUFFER_BYTES on a further ring, and every ring's first-receive buffers: 64 x 512 B =
+# 32 KiB, the default first_recv_buffers), which grow with traffic up to their fixed size, and
 # the io_uring queue mappings of every ring; neither grows with connections.
 FURTHER_BUFFERS=$((RECV_BUFFERS < 64 ? RECV_BUFFERS : 64))
 buffer_rss_kb() {
   [[ $BROKER_NAME == ringmq ]] || { echo 0; return; }
   awk -v first=$((RECV_BUFFERS * RECV_BUFFER_BYTES / 1024)) \
-    -v further=$((FURTHER_BUFFERS * RECV_BUFFER_BYTES / 1024)) '
+    -v further=$((FURTHER_BUFFERS * RECV_BUFFER_BYTES / 1024)) -v first_recv=32 '
     /^[0-9a-f]+-[0-9a-f]+ / {anon = (NF == 5); uring = ($0 ~ /io_uring/)}
-    /^Size:/ {match_size = uring || (anon && ($2 == first || $2 == further))}
+    /^Size:/ {match_size = uring || (anon && ($2 == first || $2 == further || $2 == first_recv))}
     /^Rss:/ && match_size {total += $2}
     END {print total + 0}' "/proc/$1/smaps"
 }
