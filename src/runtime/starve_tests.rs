@@ -173,10 +173,15 @@ fn run() -> (Storm, WorkerCounters) {
 /// (Before: connections of the storm closed unread by the connect timeout.)
 #[test]
 fn a_connect_storm_is_read_in_time_while_pings_take_every_shared_buffer() {
-    let (seen, counters) = run();
-    eprintln!("{seen:?}; {counters:?}");
-    assert!(counters.recv_no_buffers > 0, "the pings did exhaust the shared buffers");
-    assert!(seen.served > 1000, "a storm of new connections: {seen:?}");
+    // The pings must have taken every shared buffer at some point, and a storm must have come,
+    // or the run tested nothing. On a loaded machine the client threads can be scheduled too
+    // little for that: such a run is repeated (at most `ATTEMPTS` times), never a pass.
+    const ATTEMPTS: usize = 3;
+    let (seen, counters) = (0..ATTEMPTS)
+        .map(|_| run())
+        .inspect(|(seen, counters)| eprintln!("{seen:?}; {counters:?}"))
+        .find(|(seen, counters)| counters.recv_no_buffers > 0 && seen.served > 1000)
+        .expect("in some run the pings exhausted the shared buffers during a storm");
     // A burst of accepts can fill a ring's table before the open ring moves on: the kernel
     // then drops that one connection (ENFILE, counted). Every other close before a CONNACK
     // is the connect timeout's.
