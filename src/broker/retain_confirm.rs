@@ -121,6 +121,9 @@ impl RetainConfirms {
     }
 
     fn forget_qos2(&mut self, session: SessionId, id: PacketId) {
+        if self.qos2.is_empty() {
+            return; // Every QoS 2 PUBREL asks: most find no retained update waiting at all.
+        }
         if let Some(token) = self.qos2.remove(&(session, id)) {
             self.waiting.get_mut(&token).expect("filed tokens wait").qos2 = None;
         }
@@ -166,7 +169,7 @@ impl Broker {
     pub(super) fn forget_session_qos2_tokens(&mut self, session: SessionId) {
         let confirms = &mut self.retain_confirms;
         if confirms.qos2.is_empty() {
-            return; // The common case: no retained QoS 2 update waits anywhere.
+            return; // The common case, and no walk over the session's ids.
         }
         for id in self.sessions.get(session).incoming.ids() {
             confirms.forget_qos2(session, id);

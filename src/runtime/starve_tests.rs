@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::tests::connack_arrives;
 use super::worker::WorkerCounters;
 use super::{start, Running, RuntimeConfig};
 use crate::broker::BrokerConfig;
@@ -51,12 +52,20 @@ fn runtime() -> Running {
 }
 
 /// A CONNECT of MQTT 3.1.1, clean session, keepalive 0 (never closed for silence).
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let id = client_id.as_bytes();
-    let remaining = u8::try_from(12 + id.len()).expect("a short client id");
-    let mut packet = vec![0x10, remaining, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 0];
-    packet.extend_from_slice(&u16::try_from(id.len()).expect("short").to_be_bytes());
-    packet.extend_from_slice(id);
+fn connect_packet(client_id: &str) -> bytes::BytesMut {
+    use crate::protocol::{encode, Connect, Packet, ProtocolVersion, Utf8Bytes};
+    let client_id = Utf8Bytes::new(bytes::Bytes::from(client_id.to_owned())).expect("utf-8");
+    let connect = Connect {
+        protocol: ProtocolVersion::V311,
+        clean_session: true,
+        keep_alive_secs: 0,
+        client_id,
+        will: None,
+        username: None,
+        password: None,
+    };
+    let mut packet = bytes::BytesMut::new();
+    encode(&Packet::Connect(Box::new(connect)), &mut packet);
     packet
 }
 
@@ -65,17 +74,6 @@ fn send_connect(running: &Running, client_id: &str) -> TcpStream {
     stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     stream.write_all(&connect_packet(client_id)).expect("write");
     stream
-}
-
-fn connack_arrives(stream: &mut TcpStream) -> bool {
-    let mut connack = [0u8; 4];
-    loop {
-        match stream.read_exact(&mut connack) {
-            Ok(()) => return connack == [0x20, 2, 0, 0],
-            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return false,
-        }
-    }
 }
 
 /// Sends one PINGREQ to every stream per pass and throws the PINGRESPs away, until `stop`.

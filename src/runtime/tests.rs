@@ -152,7 +152,7 @@ fn connect_packet(id: [u8; 2]) -> [u8; 16] {
 }
 
 /// Whether the server answered a CONNECT with an accepting CONNACK within the read timeout.
-fn connack_arrives(stream: &mut TcpStream) -> bool {
+pub(super) fn connack_arrives(stream: &mut TcpStream) -> bool {
     let mut connack = [0u8; 4];
     loop {
         match stream.read_exact(&mut connack) {

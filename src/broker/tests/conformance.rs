@@ -179,10 +179,7 @@ fn outgoing_dup_is_not_copied_from_the_incoming_publish_mqtt_3_3_1_3() {
     let subscriber = cluster.connect("s", true);
     cluster.subscribe(subscriber, &[("t", QoS::AtLeastOnce)]);
     let publisher = cluster.connect("p", true);
-    let mut resent = publish_packet("t", b"again", QoS::AtLeastOnce, false, 5);
-    if let Packet::Publish(publish) = &mut resent {
-        publish.dup = true;
-    }
+    let resent = resent_packet("t", b"again", QoS::AtLeastOnce, false, 5);
     cluster.send(publisher, resent);
     assert!(!one_publish(&mut cluster, subscriber).dup, "a first send to this subscriber");
 }

@@ -509,13 +509,7 @@ fn a_compaction_leaves_out_a_qos2_id_still_waiting_for_another_workers_copy_mqtt
     cluster.send(publisher, publish_packet("q2", b"once", QoS::ExactlyOnce, false, 7));
     // Worker 0 compacts, slice by slice, and its next batch makes the new file current;
     // worker 1 has taken nothing yet.
-    let mut new_file = Vec::new();
-    let limits = SliceLimits { slots: 1, entries: usize::MAX };
-    let mut cursor = cluster.brokers[0].begin_snapshot(1, limits, &mut new_file);
-    while !cursor.done() {
-        flush_copying(&mut cluster, &mut disk, &mut new_file, Some(&mut cursor));
-    }
-    flush_copying(&mut cluster, &mut disk, &mut new_file, None);
+    let new_file = compact_worker0(&mut cluster, &mut disk);
     assert!(cluster.recv(publisher).is_empty(), "no PUBREC before worker 1's copy is durable");
     let image = Replay::file(Bytes::from(new_file.clone())).into_image();
     let ids: usize = image.sessions.iter().map(|session| session.awaiting_pubrel.len()).sum();
@@ -602,13 +596,7 @@ fn a_compaction_keeps_the_qos2_id_of_the_next_session_in_a_held_back_ids_slot_mq
     let SlotReused { mut cluster, mut disk, new, new_id, local_subscriber, .. } =
         slot_reused_while_an_id_waits(&config);
     cluster.send(new, publish_packet("here", b"local", QoS::ExactlyOnce, false, 7));
-    let mut new_file = Vec::new();
-    let limits = SliceLimits { slots: 1, entries: usize::MAX };
-    let mut cursor = cluster.brokers[0].begin_snapshot(1, limits, &mut new_file);
-    while !cursor.done() {
-        flush_copying(&mut cluster, &mut disk, &mut new_file, Some(&mut cursor));
-    }
-    flush_copying(&mut cluster, &mut disk, &mut new_file, None);
+    let new_file = compact_worker0(&mut cluster, &mut disk);
     assert_eq!(ids_of(&new_file, &new_id), [7], "b's id is in the compacted file");
     // kill -9: worker 0's compacted file, worker 1's without the old copy.
     disk.files[0] = new_file;

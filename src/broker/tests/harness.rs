@@ -101,6 +101,15 @@ pub fn publish_packet(topic_text: &str, payload: &[u8], qos: QoS, retain: bool, 
     })
 }
 
+/// `publish_packet` as its client re-sends it: the same packet with DUP set.
+pub fn resent_packet(topic_text: &str, payload: &[u8], qos: QoS, retain: bool, id: u16) -> Packet {
+    let mut packet = publish_packet(topic_text, payload, qos, retain, id);
+    if let Packet::Publish(publish) = &mut packet {
+        publish.dup = true;
+    }
+    packet
+}
+
 impl Cluster {
     pub fn new(workers: u16, config: BrokerConfig) -> Self {
         let now = Millis(1_000_000);

@@ -133,10 +133,8 @@ fn a_publish_from_an_abandoned_connection_after_pubcomp_is_a_new_publication_mqt
     // The first connection's CONNECT and PUBLISH are still on their way.
     let stale = cluster.open(0);
     let publisher = cluster.connect("p", false);
-    let mut resent = publish_packet("q", b"m", QoS::ExactlyOnce, false, 1);
-    if let Packet::Publish(publish) = &mut resent {
-        publish.dup = true; // Re-sent on reconnect [MQTT-4.4.0-1].
-    }
+    // Re-sent on reconnect [MQTT-4.4.0-1].
+    let resent = resent_packet("q", b"m", QoS::ExactlyOnce, false, 1);
     cluster.send(publisher, resent.clone());
     assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(1))]);
     cluster.send(publisher, Packet::Pubrel(pid(1)));

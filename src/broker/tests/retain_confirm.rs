@@ -171,10 +171,7 @@ fn a_resent_qos2_publish_is_answered_behind_the_held_pubrec_mqtt_4_3_3_2() {
     cluster.hold_remotes(true);
     cluster.publish(publisher, &topic_text, b"r", QoS::ExactlyOnce, true);
     let id = cluster.last_packet_id(publisher);
-    let mut resent = publish_packet(&topic_text, b"r", QoS::ExactlyOnce, true, id);
-    if let Packet::Publish(publish) = &mut resent {
-        publish.dup = true;
-    }
+    let resent = resent_packet(&topic_text, b"r", QoS::ExactlyOnce, true, id);
     cluster.send(publisher, resent);
     assert!(cluster.recv(publisher).is_empty(), "the duplicate's PUBREC waits too");
     cluster.hold_remotes(false);
@@ -196,10 +193,7 @@ fn a_qos2_publish_resent_after_a_reconnect_waits_for_the_first_copys_update_mqtt
     // Back on its persistent session, the client re-sends the PUBLISH it has no PUBREC for.
     let (publisher, connack) = cluster.connect_on(0, connect_packet(&id, false));
     assert!(connack.session_present);
-    let mut resent = publish_packet(&topic_text, b"r", QoS::ExactlyOnce, true, packet_id);
-    if let Packet::Publish(publish) = &mut resent {
-        publish.dup = true;
-    }
+    let resent = resent_packet(&topic_text, b"r", QoS::ExactlyOnce, true, packet_id);
     cluster.send(publisher, resent);
     assert!(cluster.recv(publisher).is_empty(), "worker 1 has not applied the update yet");
     cluster.hold_remotes(false);
@@ -324,15 +318,6 @@ fn held_acknowledgements_count_against_the_control_output_bound() {
     assert_eq!(cluster.broker(0).stats().closes.slow_consumer, 1);
 }
 
-/// A re-sent copy of QoS 2 PUBLISH `id` with DUP set [MQTT-3.3.1-1].
-fn resent_qos2(topic_text: &str, id: u16) -> Packet {
-    let mut resent = publish_packet(topic_text, b"n", QoS::ExactlyOnce, false, id);
-    if let Packet::Publish(publish) = &mut resent {
-        publish.dup = true;
-    }
-    resent
-}
-
 #[test]
 fn the_next_session_in_a_slot_does_not_wait_for_its_predecessors_update_mqtt_4_3_3_2() {
     // A clean session's retained QoS 2 update waits for worker 1 when the client leaves; the
@@ -352,7 +337,7 @@ fn the_next_session_in_a_slot_does_not_wait_for_its_predecessors_update_mqtt_4_3
     let (next, _) = cluster.connect_on(0, connect_packet(&next_id, true));
     assert_eq!(cluster.broker(0).sessions.find(&next_id.into()), slot, "slot reused");
     cluster.send(next, publish_packet("plain", b"n", QoS::ExactlyOnce, false, 1));
-    cluster.send(next, resent_qos2("plain", 1));
+    cluster.send(next, resent_packet("plain", b"n", QoS::ExactlyOnce, false, 1));
     assert_eq!(cluster.recv(next), vec![Packet::Pubrec(pid(1)), Packet::Pubrec(pid(1))]);
     assert_eq!(cluster.broker(0).unconfirmed_retained_count(), 1, "the update still waits");
     cluster.hold_remotes(false);
@@ -378,7 +363,7 @@ fn a_released_id_reused_for_a_new_publication_does_not_wait_for_the_old_update_m
     let (publisher, connack) = cluster.connect_on(0, connect_packet(&id, false));
     assert!(connack.session_present);
     cluster.send(publisher, publish_packet("plain", b"n", QoS::ExactlyOnce, false, 1));
-    cluster.send(publisher, resent_qos2("plain", 1));
+    cluster.send(publisher, resent_packet("plain", b"n", QoS::ExactlyOnce, false, 1));
     assert_eq!(cluster.recv(publisher), vec![Packet::Pubrec(pid(1)), Packet::Pubrec(pid(1))]);
     cluster.hold_remotes(false);
     assert_eq!(cluster.broker(0).unconfirmed_retained_count(), 0);

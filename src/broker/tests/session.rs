@@ -98,10 +98,7 @@ fn incoming_qos2_state_survives_a_reconnect_mqtt_4_3_3_2() {
     cluster.drop_client(publisher);
     let (back, _) = cluster.connect_on(0, connect_packet("pub", false));
     // The client never saw PUBREC, so it re-sends: not delivered again.
-    let mut again = publish_packet("e", b"x", QoS::ExactlyOnce, false, 5);
-    if let Packet::Publish(publish) = &mut again {
-        publish.dup = true;
-    }
+    let again = resent_packet("e", b"x", QoS::ExactlyOnce, false, 5);
     cluster.send(back, again);
     assert_eq!(cluster.recv(back), vec![Packet::Pubrec(pid(5))]);
     assert!(cluster.recv_publishes(subscriber).is_empty());

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::super::harness::*;
-use crate::broker::snapshot::SnapshotCursor;
+use crate::broker::snapshot::{SliceLimits, SnapshotCursor};
 use crate::broker::BrokerConfig;
 use crate::persist::image::{EntryState, Image};
 use crate::persist::replay::Replay;
@@ -185,11 +185,7 @@ impl Qos2AcrossWorkers {
 
 /// A QoS 2 PUBLISH of `payload` to `topic` with packet id `id` re-sent (DUP=1).
 pub(super) fn resent(topic: &str, payload: &[u8], id: u16) -> Packet {
-    let mut packet = publish_packet(topic, payload, QoS::ExactlyOnce, false, id);
-    if let Packet::Publish(publish) = &mut packet {
-        publish.dup = true;
-    }
-    packet
+    resent_packet(topic, payload, QoS::ExactlyOnce, false, id)
 }
 
 /// Sends `publisher`'s QoS 2 PUBLISH `packet` and completes its exchange: PUBREC, PUBREL,
@@ -245,6 +241,19 @@ pub(super) fn normalized(file: &[u8]) -> Image {
     image.sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
     image.qos2_forwarded.sort();
     image
+}
+
+/// Worker 0 compacts into a new file one session slot per slice, its journal batches going to
+/// both files meanwhile; returns the new file once its last batch is in (not yet current).
+pub(super) fn compact_worker0(cluster: &mut Cluster, disk: &mut Disk) -> Vec<u8> {
+    let mut new_file = Vec::new();
+    let limits = SliceLimits { slots: 1, entries: usize::MAX };
+    let mut cursor = cluster.brokers[0].begin_snapshot(1, limits, &mut new_file);
+    while !cursor.done() {
+        flush_copying(cluster, disk, &mut new_file, Some(&mut cursor));
+    }
+    flush_copying(cluster, disk, &mut new_file, None);
+    new_file
 }
 
 /// Worker 0's pending records to its current file and, copied, to `new_file` (a compaction's
