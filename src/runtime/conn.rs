@@ -232,7 +232,7 @@ impl Conn {
 }
 
 /// Slots per chunk of the table: a power of two, so a slot's chunk is a shift and its entry a
-/// mask. 1024 entries of 72 bytes are 72 KiB, the most a ring's table holds beyond its
+/// mask. 1024 entries of 48 bytes are 48 KiB, the most a ring's table holds beyond its
 /// highest used slot.
 const CHUNK_SLOTS: usize = 1024;
 

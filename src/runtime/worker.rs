@@ -677,6 +677,7 @@ impl Worker {
         tracing::info!(
             worker = self.index,
             live = self.conns.live(),
+            slots_allocated = self.conns.allocated_slots(),
             buffers_leased = self.buffers.leased(),
             first_buffers_leased = self.first_buffers.leased(),
             counters = ?self.counters,
