@@ -69,6 +69,9 @@ pub struct Conn {
     /// Waiting in one of the worker's receive queues (first receives, or receives that found
     /// no buffer) for its receive to be armed: nothing else arms it meanwhile.
     pub recv_listed: bool,
+    /// The armed receive was re-armed from the worker's starved queue (`rearm_starved`): its
+    /// outcome is counted (served, or refused again).
+    pub recv_starved: bool,
     /// Cancels submitted (of the receive, or of a send that outlived its linger time).
     pub cancels_in_flight: u8,
     pub close_in_flight: bool,
@@ -119,6 +122,7 @@ impl Conn {
             recv_first: false,
             connect_seen: false,
             recv_listed: false,
+            recv_starved: false,
             cancels_in_flight: 0,
             close_in_flight: false,
             flush_listed: false,

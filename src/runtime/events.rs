@@ -234,6 +234,9 @@ impl Worker {
         if !completion.more() {
             self.conns.slot_mut(slot).recv_armed = false;
         }
+        if !first && self.conns.slot_mut(slot).recv_starved {
+            self.count_starved_outcome(slot, completion.errno(), now);
+        }
         match completion.errno() {
             None if completion.result > 0 => {
                 let next = match layered {
@@ -270,6 +273,7 @@ impl Worker {
                     // Re-armed in phase 4, within the turn's buffer budget.
                     conn.recv_listed = true;
                     self.starved.push_back(id);
+                    self.starved_since.entry(slot).or_insert(now);
                     return;
                 }
             }
@@ -284,6 +288,24 @@ impl Worker {
             }
             Phase::Closing | Phase::HandingOff => self.advance_close(slot),
             _ => {}
+        }
+    }
+
+    /// A receive re-armed from the starved queue ended: refused again (ENOBUFS, counted; the
+    /// connection keeps its first wait time), or served (its wait counted) or ended.
+    fn count_starved_outcome(&mut self, slot: u32, errno: Option<i32>, now: Millis) {
+        if errno == Some(libc::ENOBUFS) {
+            self.counters.starved_refused += 1;
+            return;
+        }
+        self.conns.slot_mut(slot).recv_starved = false;
+        let Some(since) = self.starved_since.remove(&slot) else { return };
+        if errno.is_none() {
+            let waited = now.since(since);
+            self.counters.starved_served += 1;
+            self.counters.starved_wait_millis += waited;
+            self.counters.starved_wait_max_millis =
+                self.counters.starved_wait_max_millis.max(waited);
         }
     }
 
@@ -423,6 +445,7 @@ impl Worker {
             tracing::warn!(conn = ?id, error = %std::io::Error::from_raw_os_error(errno), "close failed");
         }
         self.conns.slot_mut(id.slot()).close_in_flight = false;
+        self.starved_since.remove(&id.slot());
         self.remove_layers(id.slot());
         if let Some(op) = self.conns.release(id.slot()) {
             self.sends.give(op);

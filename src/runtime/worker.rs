@@ -97,6 +97,15 @@ pub struct WorkerCounters {
     pub closed: u64,
     pub stale_completions: u64,
     pub recv_no_buffers: u64,
+    /// Receives re-armed from the starved queue (after an ENOBUFS), and those of them that
+    /// found no buffer again (listed again).
+    pub starved_rearms: u64,
+    pub starved_refused: u64,
+    /// Starved connections served (their re-armed receive brought bytes), the milliseconds
+    /// they waited from their first ENOBUFS, summed, and the longest wait.
+    pub starved_served: u64,
+    pub starved_wait_millis: u64,
+    pub starved_wait_max_millis: u64,
     /// First receives (before a CONNECT) that found the ring's first-receive buffers empty:
     /// listed again at the head of the first-receive queue.
     pub first_recv_no_buffers: u64,
@@ -185,6 +194,9 @@ pub struct Worker {
     /// turn (each has bytes waiting, so each will take a buffer at once). At most one entry
     /// per slot: a connection is listed only when its receive is not armed.
     pub(super) starved: VecDeque<ConnId>,
+    /// When each starved connection (by slot) first found no buffer, until it is served or
+    /// closed: at most one entry per slot.
+    pub(super) starved_since: hashbrown::HashMap<u32, Millis, foldhash::fast::FixedState>,
     /// Per ring, how many starved receives this turn may still re-arm (kept for its
     /// allocation).
     pub(super) starved_budgets: Vec<u16>,
@@ -313,6 +325,7 @@ impl Worker {
             lingering: VecDeque::with_capacity(2 * slots),
             completions: Vec::with_capacity(cq_entries),
             starved: VecDeque::with_capacity(slots),
+            starved_since: Default::default(),
             starved_budgets: Vec::new(),
             first_recvs: VecDeque::with_capacity(slots),
             first_recvs_waiting: Vec::new(),
@@ -474,10 +487,13 @@ impl Worker {
             conn.recv_listed = false;
             if !receivable(conn) {
                 // Paused: resumed later; closing: no more receives.
+                self.starved_since.remove(&id.slot());
                 continue;
             }
             budgets[ring] -= 1;
+            self.counters.starved_rearms += 1;
             self.arm_recv(id.slot());
+            self.conns.slot_mut(id.slot()).recv_starved = true;
         }
         self.starved_budgets = budgets;
     }
