@@ -228,7 +228,7 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_recv_buffers: Option<u16>,
 
-    /// Receive buffers per ring (512 bytes each, a power of two up to 32768) kept for
+    /// Receive buffers per ring (256 bytes each, a power of two up to 32768) kept for
     /// established connections whose receive found every shared buffer taken (ENOBUFS, e.g.
     /// by a burst of pings): their bytes are read from these, which pings cannot take, so
     /// they wait their turn in arrival order rather than behind newer pings. Also the most

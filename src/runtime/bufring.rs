@@ -28,8 +28,8 @@ pub const FIRST_RECV_GROUP: u16 = 1;
 /// so a starved receive cannot lose its buffer to a ping that arrives before the submit.
 pub const STARVED_RECV_GROUP: u16 = 2;
 /// Size of a starved-receive buffer: a ping (2 bytes) fits many times; longer input arrives by
-/// the multishot receive armed after it. 64 of them are 32 KiB (8 pages) per ring.
-pub const STARVED_RECV_BUFFER_BYTES: u32 = 512;
+/// the multishot receive armed after it. 256 of them (the default count) are 64 KiB per ring.
+pub const STARVED_RECV_BUFFER_BYTES: u32 = 256;
 /// Size of a first-receive buffer: a CONNECT (and a SUBSCRIBE sent with it) is far smaller;
 /// a longer one arrives over several first receives. 64 of them are 32 KiB (8 pages) per ring.
 pub const FIRST_RECV_BUFFER_BYTES: u32 = 512;

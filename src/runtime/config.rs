@@ -44,7 +44,7 @@ pub struct RuntimeConfig {
     /// connections' pings take (a power of two). Also the most first receives a ring arms per
     /// turn: the rest wait for a later turn, oldest first (counted, `events.rs`).
     pub first_recv_buffers: u16,
-    /// Receive buffers per ring (512 bytes each, a power of two) that only receives re-armed
+    /// Receive buffers per ring (256 bytes each, a power of two) that only receives re-armed
     /// after their connection's receive found no shared buffer (ENOBUFS) draw from: pings
     /// cannot take them. Also the most such receives a ring has armed at once.
     pub starved_recv_buffers: u16,
@@ -95,7 +95,7 @@ impl Default for RuntimeConfig {
             recv_buffers: Self::default_recv_buffers(workers),
             recv_buffer_bytes: 16 * 1024,
             first_recv_buffers: 64,
-            starved_recv_buffers: 64,
+            starved_recv_buffers: 256,
             mesh_ring_depth: Self::default_mesh_ring_depth(workers),
             mesh_overflow_max: 65_536,
             socket_rcvbuf_bytes: 0,
