@@ -246,7 +246,7 @@ nstat_delta() { # nstat_delta BEFORE-FILE: the counters that moved since
 # The listeners' accept queues: "Recv-Q/Send-Q" per SO_REUSEPORT socket (queued/backlog).
 # "state listening", not -l: ss -l also asks for CLOSE sockets, and the kernel then walks its
 # whole established hash for them (0.65 s of CPU per call at 1.6M sockets).
-accept_queues() { ss -Htn state listening "sport = :$PORT" 2>/dev/null | awk '{printf "%s/%s ", $2, $3}'; }
+accept_queues() { ss -Htn state listening "sport = :$PORT" 2>/dev/null | awk '{printf "%s/%s ", $1, $2}'; }
 # Resident kB of the broker's fixed mappings: its receive-buffer mappings (anonymous, each
 # exactly RECV_BUFFERS x RECV_BUFFER_BYTES on a worker's first ring, min(RECV_BUFFERS, 64) x
 # RECV_BUFFER_BYTES on a further ring, and every ring's first-receive buffers: 64 x 512 B =
