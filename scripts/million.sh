@@ -7,7 +7,8 @@
 #
 #   scripts/million.sh [--n N] [--hold SECONDS] [--workers W] [--rings R] [--rings-start S] [--rcvbuf BYTES] [--sndbuf BYTES] [--port P]
 #                      [--keepalive SECONDS] [--recv-buffers N] [--broker ringmq|mosquitto|rumqttd]
-#                      [--connect-timeout SECONDS] [--no-build]
+#                      [--connect-timeout SECONDS] [--sources S] [--dests D] [--netns] [--ehash-buckets B]
+#                      [--no-build]
 #
 # Defaults: N = 1000000, hold 300 s, connect budget N / 2500 + 60 s, workers = the cores,
 # each with up to R rings of 20000-slot file tables (R = the rings N fills at 17500 each, + 2
@@ -57,6 +58,11 @@ RECV_BUFFERS=256
 RECV_BUFFER_BYTES=16384
 BUILD=1
 PORT=${RINGMQ_MILLION_PORT:-18830}
+SOURCES=
+DESTS=
+NETNS=0
+EHASH_BUCKETS=2097152
+ARGS=("$@")
 # RINGMQ_MILLION_BROKER_ARGS: extra broker flags (e.g. "--mesh-ring-depth 65536") for experiments.
 while (($#)); do
   case $1 in
@@ -72,6 +78,10 @@ while (($#)); do
     --broker) BROKER_NAME=$2; shift 2 ;;
     --connect-timeout) CONNECT_TIMEOUT=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
+    --sources) SOURCES=$2; shift 2 ;;
+    --dests) DESTS=$2; shift 2 ;;
+    --netns) NETNS=1; shift ;;
+    --ehash-buckets) EHASH_BUCKETS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     -h | --help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -107,17 +117,71 @@ if [[ -z $RINGS_START ]]; then RINGS_START=$((RINGS > 1 ? RINGS - 1 : 1)); fi
 # that parity before trying the other: past ~14.1k connections on one pair each connect scans
 # ~14k ports (measured: 13000 on one pair set up in 1.6 s with 0.45 s system time; 20000 took
 # 24.6 s, 6.9 s system, and only 16142 became ready, the rest late past the broker's connect
-# timeout). That was the stall at ~70k with 5 sources for 100k. So: one source per 10000.
-PER_SOURCE=10000
-src_range() { # first count -> 127.<b>.<c>.<d> range starting at 127.<first>.0.1
+# timeout). Below that, each used port of the pair that the search meets costs an established-
+# hash lookup (__inet_check_established), so fuller pairs cost more per connect.
+# And every connect finds or makes the bind bucket of its (source address, port) in the
+# kernel's bhash2 (65,536 buckets here, sized at boot, shared by every namespace): with one
+# source per 10,000 connections (100 sources at 1M, session 5) a million connections made ~1M
+# such buckets, chains ~15 long, walked on each connect (inet_bind2_bucket_find: 5.0 us per
+# connect late in a 1M run against 0.8 us early; docs/BENCHMARKS.md, "The kernel's cost of a
+# connect at one million"). A source port can serve one connection per destination address,
+# and the broker listens on 0.0.0.0, so the clients spread over a few sources and many
+# destinations: 4 sources x ceil(N / 10,000) destinations (127.11.x.y), ~2,500 connections
+# per pair, and at most 4 x 28k (source, port) buckets whatever N. --sources and --dests
+# override (session 5's layout: --sources 100 --dests 1 at 1M). Mosquitto and rumqttd listen
+# on 127.0.0.1 only: for them one destination and a source per 10,000.
+PER_PAIR=2500
+addr_range() { # first count -> count addresses from 127.<first>.0.1
   local first=$1 last=$2
   printf '127.%d.0.1-127.%d.%d.%d' "$first" "$((first + last / 65536))" "$(((last / 256) % 256))" "$((last % 256))"
 }
-SUB_SOURCES=$(src_range 10 "$(((N + PER_SOURCE - 1) / PER_SOURCE))")
-PUB_SOURCES=$(src_range 60 "$(((PUBS + PER_SOURCE - 1) / PER_SOURCE))")
+if [[ $BROKER_NAME == ringmq ]]; then
+  [[ -n $SOURCES ]] || SOURCES=$(((N + PER_PAIR - 1) / PER_PAIR < 4 ? (N + PER_PAIR - 1) / PER_PAIR : 4))
+  [[ -n $DESTS ]] || DESTS=$(((N + SOURCES * PER_PAIR - 1) / (SOURCES * PER_PAIR)))
+  DEST_HOSTS=$(addr_range 11 "$DESTS")
+else
+  [[ -n $SOURCES ]] || SOURCES=$(((N + 9999) / 10000))
+  DESTS=1
+  DEST_HOSTS=127.0.0.1
+fi
+if ((N / (SOURCES * DESTS) > 10000)); then
+  echo "warning: $((N / (SOURCES * DESTS))) connections per address pair (over 10,000: connect() slows as the pairs fill; more --sources or --dests)" >&2
+fi
+SUB_SOURCES=$(addr_range 10 "$SOURCES")
+PUB_SOURCES=$(addr_range 60 "$SOURCES")
+
+# --netns: broker and clients in a private network namespace whose established hash has
+# EHASH_BUCKETS buckets (net.ipv4.tcp_child_ehash_entries, Linux >= 6.1; the host's hash is
+# sized at boot, 262,144 here: 2M sockets make chains ~8 long, walked for every segment and
+# every port tried). The sysctl is set only while the namespace is created and restored at
+# once (any namespace created meanwhile by others gets the larger hash too: 16 MiB at 2^21).
+# Where that is not permitted, the run stays in the host's namespace and says so.
+if ((NETNS)) && [[ -z ${RINGMQ_MILLION_NETNS:-} ]]; then
+  EHASH_PATH=/proc/sys/net/ipv4/tcp_child_ehash_entries
+  NS=ringmq-million-$$
+  EHASH_OLD=$(cat "$EHASH_PATH" 2>/dev/null || true)
+  CREATED=0
+  if [[ -n $EHASH_OLD ]] && (echo "$EHASH_BUCKETS" >"$EHASH_PATH") 2>/dev/null; then
+    ip netns add "$NS" 2>/dev/null && CREATED=1
+    echo "$EHASH_OLD" >"$EHASH_PATH" || echo "warning: could not restore $EHASH_PATH to $EHASH_OLD" >&2
+  fi
+  if ((CREATED)); then
+    trap 'ip netns del "$NS" 2>/dev/null || true' EXIT
+    STATUS=0
+    ip netns exec "$NS" env RINGMQ_MILLION_NETNS="$NS" \
+      RINGMQ_MILLION_TCP_MEM="$(tr -s '\t ' ' ' </proc/sys/net/ipv4/tcp_mem)" bash -c 'ip link set lo up && exec "$@"' \
+      _ "$0" "${ARGS[@]}" --no-build || STATUS=$?
+    exit "$STATUS"
+  fi
+  echo "no private network namespace here (tcp_child_ehash_entries ${EHASH_OLD:-absent} not writable, or ip netns add refused): running in the host's" >&2
+fi
 RUN=$(mktemp -d /tmp/ringmq-million.XXXXXX)
-echo "run dir $RUN: $BROKER_NAME, N=$N (+$PUBS publishers), workers=$WORKERS, rings per worker $RINGS_START at start, <= $RINGS, hold ${HOLD}s, sources $SUB_SOURCES"
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); net.ipv4.tcp_mem $(tr -s '\t ' ' ' </proc/sys/net/ipv4/tcp_mem) pages"
+echo "run dir $RUN: $BROKER_NAME, N=$N (+$PUBS publishers), workers=$WORKERS, rings per worker $RINGS_START at start, <= $RINGS, hold ${HOLD}s, sources $SUB_SOURCES, destinations $DEST_HOSTS"
+NS_NAME=${RINGMQ_MILLION_NETNS:-host}
+echo "network namespace: $NS_NAME; established hash $(cat /proc/sys/net/ipv4/tcp_ehash_entries 2>/dev/null || echo '?') buckets (negative: the host's, shared)"
+# net.ipv4.tcp_mem is the host's (one limit for all namespaces; absent inside one).
+TCP_MEM_LIMIT=${RINGMQ_MILLION_TCP_MEM:-$(tr -s '\t ' ' ' </proc/sys/net/ipv4/tcp_mem)}
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); net.ipv4.tcp_mem $TCP_MEM_LIMIT pages"
 
 PIDS=()
 BROKER=
@@ -180,7 +244,9 @@ nstat_delta() { # nstat_delta BEFORE-FILE: the counters that moved since
   nstat_now | awk 'NR == FNR {before[$1] = $2; next} $2 != before[$1] {printf "%s +%d ", $1, $2 - before[$1]}' "$1" -
 }
 # The listeners' accept queues: "Recv-Q/Send-Q" per SO_REUSEPORT socket (queued/backlog).
-accept_queues() { ss -Hltn "sport = :$PORT" 2>/dev/null | awk '{printf "%s/%s ", $2, $3}'; }
+# "state listening", not -l: ss -l also asks for CLOSE sockets, and the kernel then walks its
+# whole established hash for them (0.65 s of CPU per call at 1.6M sockets).
+accept_queues() { ss -Htn state listening "sport = :$PORT" 2>/dev/null | awk '{printf "%s/%s ", $1, $2}'; }
 # Resident kB of the broker's fixed mappings: its receive-buffer mappings (anonymous, each
 # exactly RECV_BUFFERS x RECV_BUFFER_BYTES on a worker's first ring, min(RECV_BUFFERS, 64) x
 # RECV_BUFFER_BYTES on a further ring, and every ring's first-receive buffers: 64 x 512 B =
@@ -268,7 +334,7 @@ echo "broker pid $BROKER: RSS before ${RSS_BEFORE} kB; $(sockstat)"
 [[ -n $CONNECT_TIMEOUT ]] || CONNECT_TIMEOUT=$((N / 2500 + 60))
 SUB_SECS=$((HOLD + 30))
 "$BENCH_BIN" --json sub --subs "$N" --topics "$N" --qos 1 --topic-prefix million \
-  --host 127.0.0.1 --port "$PORT" --source "$SUB_SOURCES" --keepalive "$KEEPALIVE" \
+  --host "$DEST_HOSTS" --port "$PORT" --source "$SUB_SOURCES" --keepalive "$KEEPALIVE" \
   --connect-inflight 4000 --connect-timeout "$CONNECT_TIMEOUT" --duration "$SUB_SECS" \
   --drain 5 --client-id-prefix msub --broker-pid "$BROKER" \
   >"$RUN/sub.json" 2>"$RUN/sub.log" &
@@ -340,7 +406,7 @@ awk -v n="$N" -v hz="$(getconf CLK_TCK)" -v bu=$((B_USER1 - B_USER0)) -v bs=$((B
 sleep "$HOLD"
 RSS_HELD=$(rss_kb "$BROKER")
 "$BENCH_BIN" --json pub --pubs "$PUBS" --topics "$N" --count 1 --qos 1 \
-  --topic-prefix million --host 127.0.0.1 --port "$PORT" --source "$PUB_SOURCES" \
+  --topic-prefix million --host "$DEST_HOSTS" --port "$PORT" --source "$PUB_SOURCES" \
   --connect-timeout 60 --duration 30 --drain 5 --client-id-prefix mpub \
   >"$RUN/pub.json" 2>"$RUN/pub.log" || { echo "publishers failed"; tail -5 "$RUN/pub.log"; exit 1; }
 wait "$SUBS" || true

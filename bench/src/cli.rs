@@ -90,7 +90,10 @@ pub struct ConnectionArgs {
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
     /// Source addresses to bind before connecting (list or ranges, e.g. 127.1.0.1-127.1.0.40):
-    /// each (source, host) pair gives ~28k ephemeral ports.
+    /// each (source, host) pair gives ~28k ephemeral ports. For many connections prefer a few
+    /// sources and many hosts (a broker on 0.0.0.0 answers on all of 127/8): a source port
+    /// then serves one connection per host, and the kernel's bind buckets per (source, port),
+    /// walked on every connect, stay few (scripts/million.sh).
     #[arg(long)]
     pub source: Option<String>,
     /// Worker threads, one io_uring each (raised if the connections need more file tables).

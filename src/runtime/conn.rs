@@ -1,5 +1,6 @@
-//! The worker's connection table: one entry per slot of its rings' direct file tables (one
-//! ring's worth at start-up, another each time the worker adds a ring), and the
+//! The worker's connection table: an entry per slot of its rings' direct file tables (the
+//! range grows a ring's worth each time the worker adds a ring; entries are allocated in
+//! chunks as slots are first used, so a slot never used costs nothing), and the
 //! per-connection state machine from accept to the close completion.
 //!
 //! A connection's slot *is* its direct descriptor's index (over the rings: ring x
@@ -76,8 +77,8 @@ pub struct Conn {
     pub flush_listed: bool,
     /// The broker announced output (`Action::Send`) that is not yet taken.
     pub output_announced: bool,
-    /// Bytes of a packet not yet complete (empty, with no capacity, between packets).
-    pub input: BytesMut,
+    /// Bytes of a packet not yet complete (none, not even a box, between packets).
+    pub input: Input,
     /// Output taken from the broker and the send in flight; `None` when there is none.
     pub send: Option<Box<SendOp>>,
     /// Reading paused by mesh backpressure: the receive is cancelled and not re-armed, and
@@ -92,6 +93,39 @@ pub struct Conn {
     /// Its bytes pass through TLS and/or WebSocket layers (kept in the worker's `layers`
     /// map, so a plain connection pays one flag for them).
     pub layered: bool,
+}
+
+/// A connection's bytes of a packet not yet complete, boxed: most connections hold none (idle,
+/// or between packets), and a slot entry then pays one pointer for them instead of a 32-byte
+/// `BytesMut` (72 -> 48 bytes an entry, for every slot a ring has used). The box is made with
+/// the first bytes and dropped with the last (`Default`).
+#[derive(Debug, Default)]
+pub struct Input(Option<Box<BytesMut>>);
+
+impl Input {
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|bytes| bytes.is_empty())
+    }
+
+    /// The bytes, to append to or decode from (boxed on first use).
+    pub fn bytes_mut(&mut self) -> &mut BytesMut {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.bytes_mut().extend_from_slice(bytes);
+    }
+
+    /// Takes the bytes out, leaving none.
+    pub fn take(&mut self) -> BytesMut {
+        self.0.take().map(|bytes| *bytes).unwrap_or_default()
+    }
+}
+
+impl From<BytesMut> for Input {
+    fn from(bytes: BytesMut) -> Self {
+        Self((bytes.capacity() > 0).then(|| Box::new(bytes)))
+    }
 }
 
 /// A connection on its way to its session's home worker.
@@ -123,7 +157,7 @@ impl Conn {
             close_in_flight: false,
             flush_listed: false,
             output_announced: false,
-            input: BytesMut::new(),
+            input: Input::default(),
             send: None,
             paused: false,
             peer_pending: false,
@@ -197,13 +231,28 @@ impl Conn {
     }
 }
 
+/// Slots per chunk of the table: a power of two, so a slot's chunk is a shift and its entry a
+/// mask. 1024 entries of 48 bytes are 48 KiB, the most a ring's table holds beyond its
+/// highest used slot.
+const CHUNK_SLOTS: usize = 1024;
+
 /// All slots of one worker, over its rings, plus the count of those in use (in all, and per
 /// ring). A slot number is global to the worker: ring `slot / slots_per_ring`, index
-/// `slot % slots_per_ring` in that ring's direct file table. The table grows one ring's worth
-/// of slots at a time ([`Self::add_ring`]), when the worker sets up another ring.
+/// `slot % slots_per_ring` in that ring's direct file table. The table's range grows one
+/// ring's worth of slots at a time ([`Self::add_ring`]), when the worker sets up another ring.
+///
+/// Entries live in chunks of [`CHUNK_SLOTS`], each allocated when a slot in it is first taken
+/// and kept from then on (never moved: a boxed chunk stays where it is when the chunk list
+/// grows). So a ring costs no entry for a slot it never used: the kernel allocates a ring's
+/// slots from the lowest free one up (a freed slot is the next one it hands out), so the
+/// chunks in use follow the most connections the ring ever held at once. A slot whose chunk
+/// is not allocated is free, with generation 0, exactly as an allocated free entry starts.
 #[derive(Debug)]
 pub struct ConnTable {
-    conns: Vec<Conn>,
+    /// One per `CHUNK_SLOTS` slots of the range; `None` until a slot in it is first taken.
+    chunks: Vec<Option<Box<[Conn]>>>,
+    /// Slots in the range: every ring's table.
+    slots: u32,
     live: usize,
     slots_per_ring: u32,
     /// Slots in use in each ring's table: open or closing connections, and descriptors handed
@@ -211,25 +260,45 @@ pub struct ConnTable {
     live_per_ring: Vec<u32>,
 }
 
+/// A slot's chunk and its index there.
+fn locate(slot: u32) -> (usize, usize) {
+    let slot = slot as usize;
+    (slot / CHUNK_SLOTS, slot % CHUNK_SLOTS)
+}
+
 impl ConnTable {
     /// A table for one ring of `slots_per_ring` slots.
     pub fn new(slots_per_ring: u32) -> Self {
-        let mut table =
-            Self { conns: Vec::new(), live: 0, slots_per_ring, live_per_ring: Vec::new() };
+        let mut table = Self {
+            chunks: Vec::new(),
+            slots: 0,
+            live: 0,
+            slots_per_ring,
+            live_per_ring: Vec::new(),
+        };
         table.add_ring();
         table
     }
 
-    /// Room for one more ring's slots; returns that ring's index.
+    /// Room for one more ring's slots; returns that ring's index. Allocates no entry.
     pub fn add_ring(&mut self) -> usize {
-        self.conns.extend((0..self.slots_per_ring).map(|_| Conn::free()));
+        self.slots = self
+            .slots
+            .checked_add(self.slots_per_ring)
+            .unwrap_or_else(|| panic!("more than u32::MAX slots"));
+        self.chunks.resize_with((self.slots as usize).div_ceil(CHUNK_SLOTS), || None);
         self.live_per_ring.push(0);
         self.live_per_ring.len() - 1
     }
 
     /// Every slot of every ring.
     pub fn slots(&self) -> usize {
-        self.conns.len()
+        self.slots as usize
+    }
+
+    /// Slots whose entries are allocated (whole chunks, some beyond the range's end).
+    pub fn allocated_slots(&self) -> usize {
+        self.chunks.iter().flatten().count() * CHUNK_SLOTS
     }
 
     pub fn rings(&self) -> usize {
@@ -277,44 +346,60 @@ impl ConnTable {
 
     pub fn open(&mut self, slot: u32) -> ConnId {
         let ring = self.ring_of(slot);
-        let conn = &mut self.conns[slot as usize];
+        let conn = self.slot_mut(slot);
         conn.open();
+        let generation = conn.generation;
         self.live += 1;
         self.live_per_ring[ring] += 1;
-        ConnId::new(slot, conn.generation)
+        ConnId::new(slot, generation)
     }
 
     pub fn release(&mut self, slot: u32) -> Option<Box<SendOp>> {
         let ring = self.ring_of(slot);
-        let conn = &mut self.conns[slot as usize];
+        let conn = self.slot_mut(slot);
         assert_ne!(conn.phase, Phase::Free, "release of a free slot");
+        let op = conn.release();
         self.live -= 1;
         self.live_per_ring[ring] -= 1;
-        conn.release()
+        op
     }
 
     /// The connection `id` names, if the slot still holds that generation and is not free.
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        let conn = self.conns.get_mut(id.slot() as usize)?;
+        if id.slot() >= self.slots {
+            return None;
+        }
+        let (chunk, index) = locate(id.slot());
+        let conn = &mut self.chunks[chunk].as_mut()?[index];
         (conn.generation == id.generation() && conn.phase != Phase::Free).then_some(conn)
     }
 
-    /// The slot's entry, whatever its generation (for completions, which check it).
+    /// The slot's entry, whatever its generation (for completions, which check it); its chunk
+    /// is allocated here if no slot in it was used before.
     pub fn slot_mut(&mut self, slot: u32) -> &mut Conn {
-        &mut self.conns[slot as usize]
+        assert!(slot < self.slots, "slot {slot} beyond the table of {}", self.slots);
+        let (chunk, index) = locate(slot);
+        let entries = self.chunks[chunk]
+            .get_or_insert_with(|| std::iter::repeat_with(Conn::free).take(CHUNK_SLOTS).collect());
+        &mut entries[index]
     }
 
     pub fn id_of(&self, slot: u32) -> ConnId {
-        ConnId::new(slot, self.conns[slot as usize].generation)
+        assert!(slot < self.slots, "slot {slot} beyond the table of {}", self.slots);
+        let (chunk, index) = locate(slot);
+        // An unallocated chunk's slots are free entries of generation 0 (`Conn::free`).
+        let generation = self.chunks[chunk].as_ref().map_or(0, |entries| entries[index].generation);
+        ConnId::new(slot, generation)
     }
 
     /// Slots that are open, for shutdown.
     pub fn open_slots(&self) -> impl Iterator<Item = u32> + '_ {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.phase == Phase::Open)
-            .map(|(slot, _)| slot as u32)
+        self.chunks.iter().enumerate().flat_map(|(chunk, entries)| {
+            let entries = entries.iter().flat_map(|entries| entries.iter()).enumerate();
+            entries
+                .filter(|(_, conn)| conn.phase == Phase::Open)
+                .map(move |(index, _)| (chunk * CHUNK_SLOTS + index) as u32)
+        })
     }
 }
 
@@ -383,6 +468,86 @@ mod tests {
     fn a_ring_slot_beyond_the_ring_is_refused() {
         let table = ConnTable::new(4);
         let _ = table.global_slot(0, 4);
+    }
+
+    /// Entries come in chunks when a slot is first used: none at start or for a new ring, one
+    /// chunk for the slots that share it, and a far slot allocates only its own chunk.
+    #[test]
+    fn entries_are_allocated_a_chunk_at_a_time_on_first_use() {
+        let mut table = ConnTable::new(20_000);
+        assert_eq!((table.slots(), table.allocated_slots()), (20_000, 0));
+        table.add_ring();
+        assert_eq!((table.slots(), table.allocated_slots()), (40_000, 0), "a ring costs no entry");
+        table.open(0);
+        table.open(CHUNK_SLOTS as u32 - 1);
+        assert_eq!(table.allocated_slots(), CHUNK_SLOTS, "one chunk for its slots");
+        let far = table.global_slot(1, 19_999);
+        let id = table.open(far);
+        assert_eq!(table.allocated_slots(), 2 * CHUNK_SLOTS);
+        assert_eq!(table.get_mut(id).map(|conn| conn.phase), Some(Phase::Open));
+        let open: Vec<u32> = table.open_slots().collect();
+        assert_eq!(open, [0, CHUNK_SLOTS as u32 - 1, far]);
+    }
+
+    /// A slot of a chunk never allocated reads as a free entry of generation 0, as an
+    /// allocated one starts; looking at it allocates nothing, and its first occupant gets
+    /// generation 1 either way.
+    #[test]
+    fn an_unallocated_slot_is_free_with_generation_zero() {
+        let mut table = ConnTable::new(5_000);
+        assert_eq!(table.id_of(4_321), ConnId::new(4_321, 0));
+        assert!(table.get_mut(ConnId::new(4_321, 0)).is_none(), "a free slot answers no id");
+        assert_eq!(table.allocated_slots(), 0);
+        assert_eq!(table.open(4_321), ConnId::new(4_321, 1));
+        assert_eq!(table.open(0), ConnId::new(0, 1));
+    }
+
+    /// A released slot keeps its chunk and its generation, so its next occupant's id differs
+    /// from every earlier one (the chunk is never freed while the worker runs).
+    #[test]
+    fn a_chunk_outlives_its_connections() {
+        let mut table = ConnTable::new(3_000);
+        let slot = 2 * CHUNK_SLOTS as u32 + 5;
+        let first = table.open(slot);
+        table.slot_mut(slot).phase = Phase::Closing;
+        table.release(slot);
+        assert_eq!((table.live(), table.allocated_slots()), (0, CHUNK_SLOTS));
+        let second = table.open(slot);
+        assert_eq!((first.generation(), second.generation()), (1, 2));
+    }
+
+    /// The range ends at the last ring's last slot, even inside a chunk that goes on beyond
+    /// it (20,000 slots end 544 into the 20th chunk): beyond is refused, and answers no id.
+    #[test]
+    #[should_panic(expected = "beyond the table")]
+    fn a_slot_beyond_the_rings_is_refused_inside_the_last_chunk() {
+        let mut table = ConnTable::new(20_000);
+        table.open(19_999);
+        assert!(table.get_mut(ConnId::new(20_000, 0)).is_none());
+        let _ = table.slot_mut(20_000);
+    }
+
+    /// A slot entry stays at 48 bytes: every slot a ring has used costs one, for as long as
+    /// the worker runs (72 with the receive `BytesMut` inline).
+    #[test]
+    fn a_slot_entry_is_at_most_48_bytes() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 48, "a Conn is {size} bytes");
+    }
+
+    /// The input holds no box while empty: none at first, none after its bytes are taken,
+    /// none made from an empty `BytesMut` without capacity.
+    #[test]
+    fn an_input_is_boxed_only_while_it_holds_bytes() {
+        let mut input = Input::default();
+        assert!(input.is_empty() && input.0.is_none());
+        input.extend_from_slice(b"\x30\x02");
+        assert!(!input.is_empty());
+        assert_eq!(&input.take()[..], b"\x30\x02");
+        assert!(input.is_empty() && input.0.is_none());
+        assert!(Input::from(BytesMut::new()).0.is_none());
+        let leftover = Input::from(BytesMut::from(&b"\xc0"[..]));
+        assert!(!leftover.is_empty());
     }
 
     /// The close sequence: output first, then cancel the receive, then close, each only when

@@ -5,11 +5,10 @@
 //! `sendmsg` per connection per turn. A completion whose generation does not match its slot
 //! is counted and dropped; a provided buffer it carries still goes back to the ring.
 
-use bytes::BytesMut;
 use io_uring::opcode;
 
 use super::bufring::{BufRing, FIRST_RECV_GROUP, RECV_GROUP};
-use super::conn::Phase;
+use super::conn::{Input, Phase};
 use super::layers::LayeredInput;
 use super::uring::Completion;
 use super::user_data::{Op, UserData};
@@ -218,8 +217,12 @@ impl Worker {
                 if matches!(conn.phase, Phase::Open | Phase::HandingOff) && !conn.input_closed {
                     if conn.layered {
                         let layers = &mut self.layers;
-                        layered =
-                            Some(Self::receive_layered(layers, id.slot(), &lease, &mut conn.input));
+                        layered = Some(Self::receive_layered(
+                            layers,
+                            id.slot(),
+                            &lease,
+                            conn.input.bytes_mut(),
+                        ));
                     } else {
                         conn.input.extend_from_slice(&lease);
                     }
@@ -307,7 +310,7 @@ impl Worker {
             {
                 return;
             }
-            match protocol::decode(&mut conn.input, max_packet_bytes) {
+            match protocol::decode(conn.input.bytes_mut(), max_packet_bytes) {
                 Ok(Some(mut packet)) => {
                     if matches!(packet, Packet::Connect(_)) {
                         conn.connect_seen = true;
@@ -329,13 +332,13 @@ impl Worker {
                 Ok(None) => {
                     if conn.input.is_empty() {
                         // Between packets an idle connection holds no memory.
-                        conn.input = BytesMut::new();
+                        conn.input = Input::default();
                     }
                     return;
                 }
                 Err(error) => {
                     self.counters.decode_errors += 1;
-                    conn.input = BytesMut::new();
+                    conn.input = Input::default();
                     conn.input_closed = true;
                     tracing::debug!(conn = ?id, %error, "undecodable input");
                     self.broker.handle_decode_error(id, error, now);

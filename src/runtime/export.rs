@@ -111,7 +111,7 @@ metrics! {
     TurnMaxNanos: GaugeNanos "ringmq_loop_turn_max_seconds" "" "Longest loop turn's work in the last export period.";
     Completions: Counter "ringmq_ring_completions_total" "" "Completions reaped from the ring.";
     SqFull: Counter "ringmq_ring_sq_full_total" "" "Pushes that found the submission queue full (flushed first).";
-    CqOverflow: Counter "ringmq_ring_cq_overflow_turns_total" "" "Turns on which the kernel held completions back (CQ overflow).";
+    CqOverflow: Counter "ringmq_ring_cq_overflow_turns_total" "" "Turns on which the kernel held completions back (CQ overflow), counted per ring.";
     MeshPushed: Counter "ringmq_mesh_pushed_total" "" "Items sent to other workers.";
     MeshReceived: Counter "ringmq_mesh_received_total" "" "Items received from other workers.";
     MeshOverflowed: Counter "ringmq_mesh_overflowed_total" "" "Items that waited in an overflow (a peer's ring was full).";

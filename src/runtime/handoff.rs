@@ -88,7 +88,7 @@ impl Worker {
             .take()
             .unwrap_or_else(|| panic!("{id:?} sent its descriptor without a handoff"));
         let key = handoff.key.unwrap_or_else(|| panic!("{id:?} sent its descriptor without a key"));
-        let leftover = std::mem::take(&mut conn.input);
+        let leftover = conn.input.take();
         conn.phase = Phase::Closing;
         conn.peer_alive = false;
         let failed = completion.errno();
@@ -170,7 +170,7 @@ impl Worker {
         }
         let Some(conn) = self.conns.get_mut(id) else { return };
         if conn.phase == Phase::Open && !record.leftover.is_empty() {
-            conn.input = record.leftover;
+            conn.input = record.leftover.into();
             self.decode_input(id, now);
         }
     }

@@ -175,7 +175,7 @@ impl Worker {
         let id = self.conns.id_of(slot);
         let conn = self.conns.slot_mut(slot);
         conn.input_closed = true;
-        conn.input = BytesMut::new();
+        conn.input = super::conn::Input::default();
         let tell_broker = conn.broker_knows;
         conn.broker_knows = false;
         let open = conn.phase == Phase::Open;

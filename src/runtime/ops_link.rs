@@ -252,7 +252,7 @@ impl Worker {
 
     fn export_runtime_counters(&self, block: &StatsBlock) {
         let counters = &self.counters;
-        let ring = &self.ring.counters;
+        let ring = &self.ring_counters();
         let mesh = self.peers.stats().unwrap_or_default();
         let values = [
             (Metric::Accepted, counters.accepted),

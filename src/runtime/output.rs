@@ -146,7 +146,7 @@ impl Worker {
         let conn = self.conns.slot_mut(slot);
         assert_eq!(conn.phase, Phase::Open, "begin_close on {:?}", conn.phase);
         conn.phase = Phase::Closing;
-        conn.input = bytes::BytesMut::new();
+        conn.input = super::conn::Input::default();
         let output_pending =
             conn.send_in_flight() || conn.send.as_ref().is_some_and(|op| op.has_unsent());
         if output_pending && conn.peer_alive {

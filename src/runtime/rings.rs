@@ -50,6 +50,22 @@ pub(super) const FURTHER_RING_RECV_BUFFERS_MAX: u16 = 64;
 const OPEN_RING_ROOM_FRACTION: u32 = 8;
 /// After a ring failed to set up, new connections before the next attempt.
 const ADD_RING_RETRY_CONNECTIONS: u32 = 256;
+/// A further ring's SQ is this fraction of `ring_entries`: it carries only its connections'
+/// operations (the first ring also has the worker's wake-ups, accepts and timers), and a turn
+/// that queues more flushes it early (`Ring::push`, counted), which costs a syscall, not a loss.
+const FURTHER_RING_SQ_FRACTION: u32 = 4;
+
+/// A further ring's (SQ, CQ) entries. The CQ holds one completion per slot of its table (a
+/// fan-out's send to every connection, or a receive from each, within one turn), half of the
+/// first ring's two per slot (`worker::completion_entries`): the mappings are 1.3 MiB a ring
+/// with 20,000 slots at the first ring's sizes, ~0.6 MiB at these. More completions than
+/// that in one turn overflow: the kernel keeps them (`IORING_FEAT_NODROP`) and the next turn
+/// counts the overflow and flushes them (`Ring::submit`).
+pub(super) fn further_ring_entries(config: &super::config::RuntimeConfig) -> (u32, u32) {
+    let sq = (config.ring_entries / FURTHER_RING_SQ_FRACTION).max(1);
+    let per_slot = config.file_table_slots.checked_next_power_of_two().unwrap_or(1 << 16);
+    (sq, per_slot.clamp(sq.saturating_mul(2), 1 << 16))
+}
 
 /// A ring beyond the first, with its own provided buffers: shared ones, and first-receive ones
 /// for connections that have not sent their CONNECT yet.
@@ -132,13 +148,10 @@ impl Worker {
         let step = |what: &'static str| {
             move |error: io::Error| io::Error::new(error.kind(), format!("{what}: {error}"))
         };
-        let ring = Ring::new_further(
-            config.ring_entries,
-            super::worker::completion_entries(config),
-            index_u16,
-            self.rings.eventfd.as_raw_fd(),
-        )
-        .map_err(step("io_uring_setup"))?;
+        let (sq_entries, cq_entries) = further_ring_entries(config);
+        let ring =
+            Ring::new_further(sq_entries, cq_entries, index_u16, self.rings.eventfd.as_raw_fd())
+                .map_err(step("io_uring_setup"))?;
         let files = config.file_table_slots;
         ring.submitter()
             .register_files_sparse(files)
@@ -317,5 +330,27 @@ impl Worker {
             // SAFETY: no read into the word is in flight, and it is not used again.
             unsafe { ManuallyDrop::drop(&mut self.rings.word) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::config::RuntimeConfig;
+
+    /// With the defaults (4096 SQ entries, 20,000 slots) a further ring has a quarter of the
+    /// SQ and one CQ entry per slot; the CQ never drops below twice the SQ, nor above the
+    /// kernel's 65536.
+    #[test]
+    fn a_further_ring_has_a_quarter_sq_and_a_cq_entry_per_slot() {
+        let config = RuntimeConfig::default();
+        assert_eq!((config.ring_entries, config.file_table_slots), (4096, 20_000));
+        assert_eq!(further_ring_entries(&config), (1024, 32_768));
+        let small = RuntimeConfig { file_table_slots: 100, ..RuntimeConfig::default() };
+        assert_eq!(further_ring_entries(&small), (1024, 2048));
+        let large = RuntimeConfig { file_table_slots: 100_000, ..RuntimeConfig::default() };
+        assert_eq!(further_ring_entries(&large), (1024, 1 << 16));
+        let tiny = RuntimeConfig { ring_entries: 2, ..RuntimeConfig::default() };
+        assert_eq!(further_ring_entries(&tiny).0, 1);
     }
 }

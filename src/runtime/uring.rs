@@ -139,9 +139,17 @@ impl Ring {
         self.index
     }
 
-    /// Submits what is queued without waiting (a further ring's turn).
+    /// Submits what is queued without waiting (a further ring's turn). A ring whose CQ
+    /// overflowed enters the kernel even with nothing queued (the turn is counted): only an
+    /// enter that asks for completions (the crate sets `GETEVENTS` when the kernel flags the
+    /// overflow) moves the held-back completions into the CQ, which the last reap emptied, and
+    /// until then the kernel holds back every new completion of this ring too.
     pub fn submit(&mut self) -> io::Result<()> {
-        if self.uring.submission().is_empty() {
+        let overflow = self.uring.submission().cq_overflow();
+        if overflow {
+            self.counters.cq_overflow_turns += 1;
+        }
+        if self.uring.submission().is_empty() && !overflow {
             return Ok(());
         }
         match self.uring.submit() {
@@ -280,6 +288,37 @@ mod tests {
         }
         assert_eq!(out[0].user_data, UserData::new(Op::Wake, 0, 5));
         assert_eq!(out[0].errno(), Some(libc::ETIME));
+    }
+
+    /// A further ring whose CQ overflowed gets its held-back completions at its next turn's
+    /// submit even with nothing queued (no other enter would ask for them), counted.
+    #[test]
+    fn a_further_ring_flushes_and_counts_its_cq_overflow() {
+        // SAFETY: eventfd(2) has no memory arguments; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0, "eventfd");
+        // SAFETY: `fd` is a descriptor we just created and own alone.
+        let eventfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut ring = Ring::new_further(4, 8, 1, eventfd.as_raw_fd()).expect("io_uring");
+        let (sq, cq) = (ring.sq_entries() as usize, ring.cq_entries() as usize);
+        let mut out = Vec::new();
+        for _ in 0..2 * cq {
+            let entry = opcode::Nop::new().build().user_data(UserData::new(Op::Wake, 0, 0).pack());
+            // SAFETY: a no-op references no memory.
+            unsafe { ring.push(&entry) };
+        }
+        // The pushes past the SQ's size submitted too (and may have counted the overflow).
+        ring.submit().expect("submit");
+        assert!(ring.uring.submission().cq_overflow(), "{} nops overflow a CQ of {cq}", 2 * cq);
+        ring.reap(&mut out);
+        assert_eq!(out.len(), cq, "the CQ's worth; the rest are held back");
+        let counted = ring.counters.cq_overflow_turns;
+        assert!(counted >= 1, "the submit that found the overflow counted it");
+        ring.submit().expect("a turn with nothing queued");
+        assert_eq!(ring.counters.cq_overflow_turns, counted + 1);
+        ring.reap(&mut out);
+        assert_eq!(out.len(), 2 * cq, "every completion arrives (SQ {sq})");
+        assert!(!ring.uring.submission().cq_overflow());
     }
 
     /// Pushing more entries than the SQ holds flushes instead of failing.

@@ -132,8 +132,8 @@ pub struct WorkerCounters {
     /// TLS / WebSocket connections ended by their transport (a failed handshake, a bad
     /// frame, an untrusted certificate).
     pub transport_errors: u64,
-    /// The first ring's own counters (turns, completions, SQ flushes, CQ overflows), as of
-    /// the stop.
+    /// Its rings' counters summed (turns, completions, SQ flushes, CQ overflows: a turn on
+    /// which two rings overflowed counts two), as of the stop.
     pub ring: RingCounters,
     /// Rings the worker had set up by the stop, and attempts that failed (`rings.rs`).
     pub rings: usize,
@@ -669,7 +669,7 @@ impl Worker {
     }
 
     fn log_stopped(&mut self) {
-        self.counters.ring = self.ring.counters;
+        self.counters.ring = self.ring_counters();
         self.counters.rings = self.conns.rings();
         self.counters.ring_setup_failures = self.rings.setup_failures;
         // The broker's counters (drops at each bound, closes by reason) and what is still
@@ -677,6 +677,7 @@ impl Worker {
         tracing::info!(
             worker = self.index,
             live = self.conns.live(),
+            slots_allocated = self.conns.allocated_slots(),
             buffers_leased = self.buffers.leased(),
             first_buffers_leased = self.first_buffers.leased(),
             counters = ?self.counters,
@@ -689,8 +690,18 @@ impl Worker {
         );
     }
 
+    /// Every ring's counters summed (turns are the first ring's: further rings count none).
     pub fn ring_counters(&self) -> RingCounters {
-        self.ring.counters
+        let further = self.rings.further.iter().map(|further| &further.ring.counters);
+        std::iter::once(&self.ring.counters).chain(further).fold(
+            RingCounters::default(),
+            |sum, ring| RingCounters {
+                turns: sum.turns + ring.turns,
+                completions: sum.completions + ring.completions,
+                sq_full_flushes: sum.sq_full_flushes + ring.sq_full_flushes,
+                cq_overflow_turns: sum.cq_overflow_turns + ring.cq_overflow_turns,
+            },
+        )
     }
 }
 
