@@ -228,6 +228,15 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_recv_buffers: Option<u16>,
 
+    /// Receive buffers per ring (256 bytes each, a power of two up to 32768) kept for
+    /// established connections whose receive found every shared buffer taken (ENOBUFS, e.g.
+    /// by a burst of pings): their bytes are read from these, which pings cannot take, so
+    /// they wait their turn in arrival order rather than behind newer pings. Also the most
+    /// such receives a ring has armed at once (counted: `ringmq_starved_rearms_total`).
+    #[arg(long, value_name = "N", help_heading = "Rings and buffers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starved_recv_buffers: Option<u16>,
+
     /// Depth of each single-producer ring between two workers, in messages (a power of two).
     /// There are workers x (workers - 1) rings. Default: 8192 up to 2 workers, then
     /// 16384 / workers rounded down to a power of two, at least 256.
@@ -536,6 +545,7 @@ impl Settings {
             recv_buffers,
             recv_buffer_bytes,
             first_recv_buffers,
+            starved_recv_buffers,
             mesh_ring_depth,
             mesh_overflow_max,
             turn_packets_max,
@@ -629,6 +639,9 @@ impl Settings {
                 .unwrap_or_else(|| RuntimeConfig::default_recv_buffers(workers)),
             recv_buffer_bytes: self.recv_buffer_bytes.unwrap_or(defaults.recv_buffer_bytes),
             first_recv_buffers: self.first_recv_buffers.unwrap_or(defaults.first_recv_buffers),
+            starved_recv_buffers: self
+                .starved_recv_buffers
+                .unwrap_or(defaults.starved_recv_buffers),
             mesh_ring_depth: self
                 .mesh_ring_depth
                 .unwrap_or_else(|| RuntimeConfig::default_mesh_ring_depth(workers)),
@@ -772,6 +785,7 @@ impl Settings {
             recv_buffers: Some(runtime.recv_buffers),
             recv_buffer_bytes: Some(runtime.recv_buffer_bytes),
             first_recv_buffers: Some(runtime.first_recv_buffers),
+            starved_recv_buffers: Some(runtime.starved_recv_buffers),
             mesh_ring_depth: Some(runtime.mesh_ring_depth),
             mesh_overflow_max: Some(runtime.mesh_overflow_max),
             turn_packets_max: Some(runtime.turn_packets_max),
@@ -867,6 +881,7 @@ mod tests {
         runtime.recv_buffers /= 2;
         runtime.recv_buffer_bytes += 1;
         runtime.first_recv_buffers *= 2;
+        runtime.starved_recv_buffers *= 2;
         runtime.mesh_ring_depth *= 2;
         runtime.mesh_overflow_max += 1;
         runtime.turn_packets_max += 1;

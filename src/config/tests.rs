@@ -213,7 +213,7 @@ fn connection_capacity_is_the_smaller_of_the_two_bounds() {
 fn help_shows_every_settings_default() {
     let help = Cli::command_with_defaults().render_help().to_string();
     let defaults = defaults_table();
-    assert_eq!(defaults.len(), 64, "a setting was added: update the example file and README");
+    assert_eq!(defaults.len(), 65, "a setting was added: update the example file and README");
     for (key, value) in &defaults {
         let flag = format!("--{}", key.replace('_', "-"));
         assert!(help.contains(&flag), "{flag} missing from --help");

@@ -234,6 +234,12 @@ fn check_rings(checker: &mut Checker, runtime: &RuntimeConfig) {
         "first_recv_buffers",
         || format!("must be a power of two, 1..={RECV_BUFFERS_MAX}, got {first}"),
     );
+    let starved = runtime.starved_recv_buffers;
+    checker.require(
+        starved.is_power_of_two() && starved <= RECV_BUFFERS_MAX,
+        "starved_recv_buffers",
+        || format!("must be a power of two, 1..={RECV_BUFFERS_MAX}, got {starved}"),
+    );
     checker.require(runtime.recv_buffer_bytes >= 1, "recv_buffer_bytes", || {
         "must be at least 1".to_owned()
     });
@@ -448,6 +454,7 @@ mod tests {
         assert_eq!(rejected(|r, _| r.mesh_ring_depth = 100), ["mesh_ring_depth"]);
         assert_eq!(rejected(|r, _| r.recv_buffer_bytes = 0), ["recv_buffer_bytes"]);
         assert_eq!(rejected(|r, _| r.first_recv_buffers = 48), ["first_recv_buffers"]);
+        assert_eq!(rejected(|r, _| r.starved_recv_buffers = 0), ["starved_recv_buffers"]);
         assert_eq!(rejected(|r, _| r.turn_packets_max = 0), ["turn_packets_max"]);
     }
 

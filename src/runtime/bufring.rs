@@ -23,6 +23,13 @@ pub const RECV_GROUP: u16 = 0;
 /// The group of each ring's first-receive buffers: only receives of connections that have not
 /// sent their CONNECT yet draw from it, so pings cannot leave a CONNECT without a buffer.
 pub const FIRST_RECV_GROUP: u16 = 1;
+/// The group of each ring's starved-receive buffers: only receives re-armed after an ENOBUFS
+/// draw from it, single-shot, never more armed than it has buffers free (`BufRing::reserve`),
+/// so a starved receive cannot lose its buffer to a ping that arrives before the submit.
+pub const STARVED_RECV_GROUP: u16 = 2;
+/// Size of a starved-receive buffer: a ping (2 bytes) fits many times; longer input arrives by
+/// the multishot receive armed after it. 256 of them (the default count) are 64 KiB per ring.
+pub const STARVED_RECV_BUFFER_BYTES: u32 = 256;
 /// Size of a first-receive buffer: a CONNECT (and a SUBSCRIBE sent with it) is far smaller;
 /// a longer one arrives over several first receives. 64 of them are 32 KiB (8 pages) per ring.
 pub const FIRST_RECV_BUFFER_BYTES: u32 = 512;
@@ -38,6 +45,9 @@ pub struct BufRing {
     tail: u16,
     group: u16,
     leased: u16,
+    /// Receives armed on this group that each will take one buffer (`reserve`), not yet
+    /// completed.
+    reserved: u16,
 }
 
 impl BufRing {
@@ -48,7 +58,8 @@ impl BufRing {
         assert!(buffer_bytes > 0, "zero-sized receive buffers");
         let entries = Mapping::new(usize::from(count) * std::mem::size_of::<BufRingEntry>())?;
         let buffers = Mapping::new(usize::from(count) * buffer_bytes as usize)?;
-        let mut ring = Self { entries, buffers, count, buffer_bytes, tail: 0, group, leased: 0 };
+        let mut ring =
+            Self { entries, buffers, count, buffer_bytes, tail: 0, group, leased: 0, reserved: 0 };
         for id in 0..count {
             ring.offer(id);
         }
@@ -86,6 +97,27 @@ impl BufRing {
     /// Buffers currently leased out (not in the ring).
     pub fn leased(&self) -> u16 {
         self.leased
+    }
+
+    /// Buffers no armed receive has reserved: with receives armed only after a successful
+    /// [`Self::reserve`], each finds a buffer (leases are dropped within their turn).
+    pub fn unreserved(&self) -> u16 {
+        self.count - self.reserved
+    }
+
+    /// Notes a receive armed that will take one buffer; false when every buffer is reserved.
+    pub fn reserve(&mut self) -> bool {
+        if self.reserved == self.count {
+            return false;
+        }
+        self.reserved += 1;
+        true
+    }
+
+    /// A reserving receive completed (with a buffer, or without: error, cancel, EOF).
+    pub fn unreserve(&mut self) {
+        assert!(self.reserved > 0, "a completion of a receive that reserved nothing");
+        self.reserved -= 1;
     }
 
     /// The `len` bytes the kernel wrote into buffer `id`, which a completion just named.
@@ -261,6 +293,18 @@ mod tests {
         let cqe = wait_one(&mut ring);
         assert_eq!(-cqe.result(), libc::ENOBUFS, "no buffer left in the ring");
         assert!(!cqueue::more(cqe.flags()), "ENOBUFS ends the multishot");
+    }
+
+    /// Reservations count receives armed, not buffers filled: never more than the ring has.
+    #[test]
+    fn reservations_are_bounded_by_the_buffer_count() {
+        let mut buffers = BufRing::new(2, 64, 4).expect("buffer ring");
+        assert!(buffers.reserve() && buffers.reserve());
+        assert_eq!(buffers.unreserved(), 0);
+        assert!(!buffers.reserve(), "a third receive on two buffers");
+        buffers.unreserve();
+        assert_eq!(buffers.unreserved(), 1);
+        assert!(buffers.reserve());
     }
 
     fn buffers_leased_through(lease: &Lease<'_>) -> u16 {

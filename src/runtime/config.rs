@@ -44,6 +44,10 @@ pub struct RuntimeConfig {
     /// connections' pings take (a power of two). Also the most first receives a ring arms per
     /// turn: the rest wait for a later turn, oldest first (counted, `events.rs`).
     pub first_recv_buffers: u16,
+    /// Receive buffers per ring (256 bytes each, a power of two) that only receives re-armed
+    /// after their connection's receive found no shared buffer (ENOBUFS) draw from: pings
+    /// cannot take them. Also the most such receives a ring has armed at once.
+    pub starved_recv_buffers: u16,
     /// Depth of each SPSC ring between two workers, in messages. There are
     /// `workers × (workers − 1)` rings, so the default shrinks as workers grow
     /// ([`RuntimeConfig::default_mesh_ring_depth`]).
@@ -91,6 +95,7 @@ impl Default for RuntimeConfig {
             recv_buffers: Self::default_recv_buffers(workers),
             recv_buffer_bytes: 16 * 1024,
             first_recv_buffers: 64,
+            starved_recv_buffers: 256,
             mesh_ring_depth: Self::default_mesh_ring_depth(workers),
             mesh_overflow_max: 65_536,
             socket_rcvbuf_bytes: 0,
@@ -170,6 +175,9 @@ impl RuntimeConfig {
         if !self.first_recv_buffers.is_power_of_two() || self.first_recv_buffers > 1 << 15 {
             return Err("first_recv_buffers must be a power of two of at most 32768".into());
         }
+        if !self.starved_recv_buffers.is_power_of_two() || self.starved_recv_buffers > 1 << 15 {
+            return Err("starved_recv_buffers must be a power of two of at most 32768".into());
+        }
         if self.recv_buffer_bytes == 0 {
             return Err("recv_buffer_bytes must be positive".into());
         }
@@ -226,6 +234,7 @@ mod tests {
             RuntimeConfig { workers: 0, ..RuntimeConfig::default() },
             RuntimeConfig { recv_buffers: 1000, ..RuntimeConfig::default() },
             RuntimeConfig { first_recv_buffers: 0, ..RuntimeConfig::default() },
+            RuntimeConfig { starved_recv_buffers: 96, ..RuntimeConfig::default() },
             RuntimeConfig { file_table_slots: 1 << 24, ..RuntimeConfig::default() },
             RuntimeConfig { rings_per_worker_max: 0, ..RuntimeConfig::default() },
             RuntimeConfig { listeners: Vec::new(), ..RuntimeConfig::default() },

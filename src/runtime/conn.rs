@@ -70,6 +70,9 @@ pub struct Conn {
     /// Waiting in one of the worker's receive queues (first receives, or receives that found
     /// no buffer) for its receive to be armed: nothing else arms it meanwhile.
     pub recv_listed: bool,
+    /// The armed receive is a starved receive (`Op::StarvedRecv`, armed by `arm_listed`),
+    /// so a cancel must name that.
+    pub recv_starved: bool,
     /// Cancels submitted (of the receive, or of a send that outlived its linger time).
     pub cancels_in_flight: u8,
     pub close_in_flight: bool,
@@ -153,6 +156,7 @@ impl Conn {
             recv_first: false,
             connect_seen: false,
             recv_listed: false,
+            recv_starved: false,
             cancels_in_flight: 0,
             close_in_flight: false,
             flush_listed: false,
@@ -182,6 +186,8 @@ impl Conn {
     pub fn recv_op(&self) -> super::user_data::Op {
         if self.recv_first {
             super::user_data::Op::FirstRecv
+        } else if self.recv_starved {
+            super::user_data::Op::StarvedRecv
         } else {
             super::user_data::Op::Recv
         }

@@ -7,7 +7,7 @@
 
 use io_uring::opcode;
 
-use super::bufring::{BufRing, FIRST_RECV_GROUP, RECV_GROUP};
+use super::bufring::{BufRing, FIRST_RECV_GROUP, RECV_GROUP, STARVED_RECV_GROUP};
 use super::conn::{Input, Phase};
 use super::layers::LayeredInput;
 use super::uring::Completion;
@@ -25,7 +25,7 @@ impl Worker {
                 let ipv6 = self.listeners[data.slot as usize].ipv6;
                 self.on_accept(data.slot, completion, ipv6, now)
             }
-            Op::Recv | Op::FirstRecv => self.on_recv(completion, now),
+            Op::Recv | Op::FirstRecv | Op::StarvedRecv => self.on_recv(completion, now),
             Op::Send => self.on_send(completion, now),
             Op::Cancel => self.on_cancel(completion, now),
             Op::Close => self.on_close(completion),
@@ -141,12 +141,13 @@ impl Worker {
     /// pings' receives between our reap and our next submit (a further ring's task work runs
     /// at any return to user space), and a CONNECT whose receive kept finding none waited
     /// behind them past the connect timeout (docs/ARCHITECTURE.md, "The receive path").
-    /// Only `rearm_first_recvs` calls this, within the ring's budget for the turn.
+    /// Only `arm_listed` calls this, within the ring's budget for the turn.
     pub(super) fn arm_first_recv(&mut self, slot: u32) {
         let conn = self.conns.slot_mut(slot);
         assert!(!conn.recv_armed, "a second receive on one connection");
         conn.recv_armed = true;
         conn.recv_first = true;
+        conn.recv_starved = false;
         let generation = conn.generation;
         let entry = opcode::Recv::new(self.fixed(slot), std::ptr::null_mut(), 0)
             .buf_group(FIRST_RECV_GROUP)
@@ -163,6 +164,7 @@ impl Worker {
         assert!(!conn.recv_armed, "a second receive on one connection");
         conn.recv_armed = true;
         conn.recv_first = false;
+        conn.recv_starved = false;
         let generation = conn.generation;
         let entry = opcode::RecvMulti::new(self.fixed(slot), RECV_GROUP)
             .build()
@@ -172,8 +174,44 @@ impl Worker {
         unsafe { self.ring_for(slot).push(&entry) };
     }
 
+    /// A connection whose multishot receive ended ENOBUFS (its bytes wait in the socket) reads
+    /// them with a single-shot receive from the ring's starved-receive buffers
+    /// (`STARVED_RECV_GROUP`), then is re-armed multishot. Only starved receives draw from
+    /// those, and each armed one has reserved a buffer (`BufRing::reserve`), so it finds one
+    /// at the submit: pings arriving meanwhile can take the shared buffers a turn gave back,
+    /// but not these. Re-armed multishot from the shared buffers instead, such a receive lost
+    /// to those pings turn after turn (docs/ARCHITECTURE.md, "The receive path"). Only
+    /// `arm_listed` calls this, within the ring's unreserved buffers.
+    pub(super) fn arm_starved_recv(&mut self, slot: u32) {
+        let ring = self.conns.ring_of(slot);
+        assert!(
+            self.recv_buffers(ring, Op::StarvedRecv).reserve(),
+            "a starved receive over budget"
+        );
+        let conn = self.conns.slot_mut(slot);
+        assert!(!conn.recv_armed, "a second receive on one connection");
+        conn.recv_armed = true;
+        conn.recv_first = false;
+        conn.recv_starved = true;
+        let generation = conn.generation;
+        let entry = opcode::Recv::new(self.fixed(slot), std::ptr::null_mut(), 0)
+            .buf_group(STARVED_RECV_GROUP)
+            .build()
+            .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+            .user_data(UserData::new(Op::StarvedRecv, slot, generation).pack());
+        // SAFETY: the receive writes only into a buffer of its ring's registered
+        // starved-receive ring (null with length 0 selects one), registered while the ring lives.
+        unsafe { self.ring_for(slot).push(&entry) };
+    }
+
+    /// Ring `ring`'s provided buffers that a receive of kind `op` draws from.
+    pub(super) fn recv_buffers(&mut self, ring: usize, op: Op) -> &mut BufRing {
+        let first_ring = [&mut self.buffers, &mut self.first_buffers, &mut self.starved_buffers];
+        recv_buffers_of(first_ring, &mut self.rings.further, ring, op)
+    }
+
     /// Lists `id` to have a first receive armed in phase 4, after those listed before it
-    /// (`rearm_first_recvs`).
+    /// (`arm_listed`).
     fn list_first_recv(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id) else { return };
         assert!(!conn.recv_armed && !conn.recv_listed, "a connection listed twice");
@@ -201,16 +239,18 @@ impl Worker {
         let mut received = 0;
         let mut layered = None;
         let current = self.current(data);
-        let first = data.op == Op::FirstRecv;
+        let ring = usize::from(completion.ring);
+        if data.op == Op::StarvedRecv {
+            // Single-shot: this is its only completion.
+            self.recv_buffers(ring, Op::StarvedRecv).unreserve();
+        }
         if let Some(buffer) = completion.buffer() {
             let len = usize::try_from(completion.result).unwrap_or(0);
-            // Ring `ring`'s shared receive buffers, or its first-receive buffers.
-            let buffers: &mut BufRing = match (usize::from(completion.ring), first) {
-                (0, false) => &mut self.buffers,
-                (0, true) => &mut self.first_buffers,
-                (further, false) => &mut self.rings.further[further - 1].buffers,
-                (further, true) => &mut self.rings.further[further - 1].first_buffers,
-            };
+            // The worker's fields one by one: the lease borrows the buffers while the
+            // connection's input is written.
+            let first_ring =
+                [&mut self.buffers, &mut self.first_buffers, &mut self.starved_buffers];
+            let buffers = recv_buffers_of(first_ring, &mut self.rings.further, ring, data.op);
             let lease = buffers.lease(buffer, len);
             if let Some(id) = current {
                 let conn = self.conns.slot_mut(id.slot());
@@ -237,6 +277,9 @@ impl Worker {
         if !completion.more() {
             self.conns.slot_mut(slot).recv_armed = false;
         }
+        if data.op == Op::StarvedRecv {
+            self.count_starved_outcome(slot, completion.errno(), now);
+        }
         match completion.errno() {
             None if completion.result > 0 => {
                 let next = match layered {
@@ -256,23 +299,14 @@ impl Worker {
                     self.end_by_transport(slot, now);
                 }
             }
-            Some(libc::ENOBUFS) if first => {
-                self.counters.first_recv_no_buffers += 1;
-                let conn = self.conns.slot_mut(slot);
-                if conn.phase == Phase::Open && !conn.recv_listed {
-                    // First in line again: it has waited longer than those listed after it.
-                    conn.recv_listed = true;
-                    self.first_recvs.push_front(id);
-                    return;
-                }
-            }
             Some(libc::ENOBUFS) => {
-                self.counters.recv_no_buffers += 1;
-                let conn = self.conns.slot_mut(slot);
-                if conn.phase == Phase::Open && !conn.recv_listed {
-                    // Re-armed in phase 4, within the turn's buffer budget.
-                    conn.recv_listed = true;
-                    self.starved.push_back(id);
+                let op = data.op;
+                if op == Op::FirstRecv {
+                    self.counters.first_recv_no_buffers += 1;
+                } else {
+                    self.counters.recv_no_buffers += 1;
+                }
+                if self.list_after_no_buffer(id, op, now) {
                     return;
                 }
             }
@@ -287,6 +321,46 @@ impl Worker {
             }
             Phase::Closing | Phase::HandingOff => self.advance_close(slot),
             _ => {}
+        }
+    }
+
+    /// A receive of kind `op` found no buffer: the connection (bytes waiting) is listed for
+    /// phase 4. A multishot receive joins the back of the starved queue; a first or starved
+    /// receive (armed within its budget, so this is rare) goes back to the head of its queue:
+    /// it has waited longer than those listed after it. False if it is not listed (closing,
+    /// paused, or listed already).
+    fn list_after_no_buffer(&mut self, id: ConnId, op: Op, now: Millis) -> bool {
+        let conn = self.conns.slot_mut(id.slot());
+        if conn.phase != Phase::Open || conn.recv_listed {
+            return false;
+        }
+        conn.recv_listed = true;
+        match op {
+            Op::FirstRecv => self.first_recvs.push_front(id),
+            Op::StarvedRecv => self.starved.push_front(id),
+            _ => {
+                self.starved.push_back(id);
+                self.starved_since.entry(id.slot()).or_insert(now);
+            }
+        }
+        true
+    }
+
+    /// A starved receive ended: refused (ENOBUFS, counted; the connection keeps the time of
+    /// its first ENOBUFS), or served (its wait from then counted), or ended otherwise.
+    fn count_starved_outcome(&mut self, slot: u32, errno: Option<i32>, now: Millis) {
+        if errno == Some(libc::ENOBUFS) {
+            self.counters.starved_refused += 1;
+            return;
+        }
+        self.conns.slot_mut(slot).recv_starved = false;
+        let Some(since) = self.starved_since.remove(&slot) else { return };
+        if errno.is_none() {
+            let waited = now.since(since);
+            self.counters.starved_served += 1;
+            self.counters.starved_wait_millis += waited;
+            self.counters.starved_wait_max_millis =
+                self.counters.starved_wait_max_millis.max(waited);
         }
     }
 
@@ -426,6 +500,7 @@ impl Worker {
             tracing::warn!(conn = ?id, error = %std::io::Error::from_raw_os_error(errno), "close failed");
         }
         self.conns.slot_mut(id.slot()).close_in_flight = false;
+        self.starved_since.remove(&id.slot());
         self.remove_layers(id.slot());
         if let Some(op) = self.conns.release(id.slot()) {
             self.sends.give(op);
@@ -458,5 +533,27 @@ impl Worker {
             }
             self.arm_wake();
         }
+    }
+}
+
+/// Ring `ring`'s provided buffers that a receive of kind `op` draws from, given the first
+/// ring's (shared, first-receive, starved-receive) and the further rings.
+fn recv_buffers_of<'a>(
+    first_ring: [&'a mut std::mem::ManuallyDrop<BufRing>; 3],
+    further: &'a mut [super::rings::FurtherRing],
+    ring: usize,
+    op: Op,
+) -> &'a mut BufRing {
+    let [shared, first, starved] = match ring {
+        0 => first_ring,
+        ring => {
+            let further = &mut further[ring - 1];
+            [&mut further.buffers, &mut further.first_buffers, &mut further.starved_buffers]
+        }
+    };
+    match op {
+        Op::FirstRecv => first,
+        Op::StarvedRecv => starved,
+        _ => shared,
     }
 }

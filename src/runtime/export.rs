@@ -104,6 +104,11 @@ metrics! {
     RecvNoBuffers: Counter "ringmq_recv_no_buffers_total" "" "Receives that found no provided buffer (ENOBUFS).";
     FirstRecvNoBuffers: Counter "ringmq_first_recv_no_buffers_total" "" "First receives (before a CONNECT) that found no first-receive buffer.";
     FirstRecvWaits: Counter "ringmq_first_recv_waits_total" "" "First receives left for a later turn at first_recv_buffers per ring per turn, summed over turns.";
+    StarvedRearms: Counter "ringmq_starved_rearms_total" "" "Receives re-armed after an ENOBUFS (starved), oldest first.";
+    StarvedRefused: Counter "ringmq_starved_refused_total" "" "Starved receives that found no buffer again when re-armed.";
+    StarvedServed: Counter "ringmq_starved_served_total" "" "Starved connections whose re-armed receive brought their bytes.";
+    StarvedWait: CounterNanos "ringmq_starved_wait_seconds_total" "" "Time starved connections waited from their first ENOBUFS to their bytes, summed.";
+    StarvedWaitMax: GaugeNanos "ringmq_starved_wait_max_seconds" "" "Longest such wait since the start.";
     ReadsPaused: Counter "ringmq_reads_paused_total" "" "Times reading paused (turn budget or mesh backpressure).";
     LingerExpired: Counter "ringmq_linger_expired_total" "" "Closing connections whose output was cut at close_linger_millis.";
     Turns: Counter "ringmq_loop_turns_total" "" "Loop turns (one submit-and-wait each).";

@@ -37,7 +37,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use io_uring::{opcode, types};
 
-use super::bufring::{BufRing, FIRST_RECV_BUFFER_BYTES, FIRST_RECV_GROUP, RECV_GROUP};
+use super::bufring::{
+    BufRing, FIRST_RECV_BUFFER_BYTES, FIRST_RECV_GROUP, RECV_GROUP, STARVED_RECV_BUFFER_BYTES,
+    STARVED_RECV_GROUP,
+};
 use super::uring::{Completion, Ring};
 use super::user_data::{Op, UserData};
 use super::worker::Worker;
@@ -67,13 +70,15 @@ pub(super) fn further_ring_entries(config: &super::config::RuntimeConfig) -> (u3
     (sq, per_slot.clamp(sq.saturating_mul(2), 1 << 16))
 }
 
-/// A ring beyond the first, with its own provided buffers: shared ones, and first-receive ones
-/// for connections that have not sent their CONNECT yet.
+/// A ring beyond the first, with its own provided buffers: shared ones, first-receive ones for
+/// connections that have not sent their CONNECT yet, and starved-receive ones for receives
+/// re-armed after the shared ones ran out.
 #[derive(Debug)]
 pub(super) struct FurtherRing {
     pub ring: Ring,
     pub buffers: ManuallyDrop<BufRing>,
     pub first_buffers: ManuallyDrop<BufRing>,
+    pub starved_buffers: ManuallyDrop<BufRing>,
 }
 
 /// What the worker keeps for its further rings.
@@ -166,10 +171,20 @@ impl Worker {
         first_buffers
             .register(&ring.submitter())
             .map_err(step("registering the first-receive buffer ring"))?;
+        let starved_buffers = BufRing::new(
+            config.starved_recv_buffers,
+            STARVED_RECV_BUFFER_BYTES,
+            STARVED_RECV_GROUP,
+        )
+        .map_err(step("mapping starved-receive buffers"))?;
+        starved_buffers
+            .register(&ring.submitter())
+            .map_err(step("registering the starved-receive buffer ring"))?;
         self.rings.further.push(FurtherRing {
             ring,
             buffers: ManuallyDrop::new(buffers),
             first_buffers: ManuallyDrop::new(first_buffers),
+            starved_buffers: ManuallyDrop::new(starved_buffers),
         });
         assert_eq!(self.conns.add_ring(), index, "the table and the rings disagree");
         // From the first further ring on, its completions must wake the wait.
@@ -315,7 +330,9 @@ impl Worker {
     /// Unregisters the further rings' buffers and frees them (from `Drop`).
     pub(super) fn drop_further_rings(&mut self) {
         for further in &mut self.rings.further {
-            for buffers in [&mut further.buffers, &mut further.first_buffers] {
+            let all =
+                [&mut further.buffers, &mut further.first_buffers, &mut further.starved_buffers];
+            for buffers in all {
                 match further.ring.submitter().unregister_buf_ring(buffers.group()) {
                     // SAFETY: the buffers are not used again; the kernel no longer refers to
                     // them (unregistering is synchronous).

@@ -48,10 +48,13 @@ pub enum Op {
     /// Single-shot receive on connection `slot` before its CONNECT, into the ring's
     /// first-receive buffers (`bufring::FIRST_RECV_GROUP`), whose buffer goes back there.
     FirstRecv = 18,
+    /// Single-shot receive on connection `slot` after its multishot receive found no buffer
+    /// (ENOBUFS), into the ring's starved-receive buffers (`bufring::STARVED_RECV_GROUP`).
+    StarvedRecv = 19,
 }
 
 impl Op {
-    const ALL: [Op; 18] = [
+    const ALL: [Op; 19] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -70,6 +73,7 @@ impl Op {
         Op::RingsWake,
         Op::JournalFile,
         Op::FirstRecv,
+        Op::StarvedRecv,
     ];
 
     fn from_u8(value: u8) -> Option<Op> {

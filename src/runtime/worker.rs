@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
-use super::bufring::{BufRing, FIRST_RECV_BUFFER_BYTES, FIRST_RECV_GROUP, RECV_GROUP};
+use super::bufring::{
+    BufRing, FIRST_RECV_BUFFER_BYTES, FIRST_RECV_GROUP, RECV_GROUP, STARVED_RECV_BUFFER_BYTES,
+    STARVED_RECV_GROUP,
+};
 use super::config::RuntimeConfig;
 use super::conn::ConnTable;
 use super::journal::Journal;
@@ -97,6 +100,15 @@ pub struct WorkerCounters {
     pub closed: u64,
     pub stale_completions: u64,
     pub recv_no_buffers: u64,
+    /// Receives re-armed from the starved queue (after an ENOBUFS), and those of them that
+    /// found no buffer again (listed again).
+    pub starved_rearms: u64,
+    pub starved_refused: u64,
+    /// Starved connections served (their re-armed receive brought bytes), the milliseconds
+    /// they waited from their first ENOBUFS, summed, and the longest wait.
+    pub starved_served: u64,
+    pub starved_wait_millis: u64,
+    pub starved_wait_max_millis: u64,
     /// First receives (before a CONNECT) that found the ring's first-receive buffers empty:
     /// listed again at the head of the first-receive queue.
     pub first_recv_no_buffers: u64,
@@ -160,6 +172,8 @@ pub struct Worker {
     pub(super) buffers: ManuallyDrop<BufRing>,
     /// The first ring's first-receive buffers (`bufring::FIRST_RECV_GROUP`).
     pub(super) first_buffers: ManuallyDrop<BufRing>,
+    /// The first ring's starved-receive buffers (`bufring::STARVED_RECV_GROUP`).
+    pub(super) starved_buffers: ManuallyDrop<BufRing>,
     pub(super) wake_word: ManuallyDrop<Box<u64>>,
     pub(super) wake_armed: bool,
     /// The rings beyond `ring`, and which ring takes new connections (`rings.rs`).
@@ -181,20 +195,24 @@ pub struct Worker {
     /// Closing connections with output still leaving, oldest first, by linger deadline.
     pub(super) lingering: VecDeque<(Millis, ConnId)>,
     pub(super) completions: Vec<Completion>,
-    /// Connections whose receive ended with ENOBUFS, to re-arm at most `recv_buffers` per
-    /// turn (each has bytes waiting, so each will take a buffer at once). At most one entry
-    /// per slot: a connection is listed only when its receive is not armed.
+    /// Connections whose multishot receive ended with ENOBUFS (bytes waiting), oldest first,
+    /// each to read them with a starved receive (`arm_starved_recv`), at most as many per ring
+    /// at once as it has starved-receive buffers. At most one entry per slot: a connection
+    /// is listed only when its receive is not armed (`Conn::recv_listed`).
     pub(super) starved: VecDeque<ConnId>,
-    /// Per ring, how many starved receives this turn may still re-arm (kept for its
-    /// allocation).
-    pub(super) starved_budgets: Vec<u16>,
+    /// When each starved connection (by slot) first found no buffer, until it is served or
+    /// closed: at most one entry per slot.
+    pub(super) starved_since: hashbrown::HashMap<u32, Millis, foldhash::fast::FixedState>,
+    /// Per ring, how many listed receives this turn may still arm (kept for its allocation).
+    pub(super) recv_budgets: Vec<u16>,
     /// Connections waiting for a first receive (no CONNECT yet), oldest first: new ones, and
     /// those whose first receive found no buffer (at the head). Armed in phase 4, before any
     /// starved receive, at most `first_recv_buffers` per ring per turn. At most one entry per
     /// slot (`Conn::recv_listed`).
     pub(super) first_recvs: VecDeque<ConnId>,
-    /// Those of `first_recvs` a turn looked at and could not arm yet (kept for its allocation).
-    pub(super) first_recvs_waiting: Vec<ConnId>,
+    /// Those of `first_recvs` or `starved` a turn looked at and could not arm yet (kept for
+    /// its allocation).
+    pub(super) recvs_waiting: Vec<ConnId>,
     /// Connections whose reading is paused (`Conn::paused`), oldest first, each once.
     pub(super) paused: VecDeque<ConnId>,
     /// Packets this turn may still decode (`turn_packets_max` at the start of each turn).
@@ -264,6 +282,12 @@ impl Worker {
         let first_buffers =
             BufRing::new(config.first_recv_buffers, FIRST_RECV_BUFFER_BYTES, FIRST_RECV_GROUP)?;
         first_buffers.register(&ring.submitter())?;
+        let starved_buffers = BufRing::new(
+            config.starved_recv_buffers,
+            STARVED_RECV_BUFFER_BYTES,
+            STARVED_RECV_GROUP,
+        )?;
+        starved_buffers.register(&ring.submitter())?;
         let me = WorkerId(setup.index);
         let epoch = setup.epoch;
         let now = Millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
@@ -289,6 +313,7 @@ impl Worker {
             ring,
             buffers: ManuallyDrop::new(buffers),
             first_buffers: ManuallyDrop::new(first_buffers),
+            starved_buffers: ManuallyDrop::new(starved_buffers),
             wake_word: ManuallyDrop::new(Box::new(0)),
             wake_armed: false,
             rings,
@@ -313,9 +338,10 @@ impl Worker {
             lingering: VecDeque::with_capacity(2 * slots),
             completions: Vec::with_capacity(cq_entries),
             starved: VecDeque::with_capacity(slots),
-            starved_budgets: Vec::new(),
+            starved_since: Default::default(),
+            recv_budgets: Vec::new(),
             first_recvs: VecDeque::with_capacity(slots),
-            first_recvs_waiting: Vec::new(),
+            recvs_waiting: Vec::new(),
             paused: VecDeque::with_capacity(slots),
             decode_budget: 0,
             adoptions: Vec::new(),
@@ -429,8 +455,8 @@ impl Worker {
         }
         self.journal_turn(now);
         self.apply_actions(now);
-        self.rearm_first_recvs();
-        self.rearm_starved();
+        self.arm_listed(Listed::First);
+        self.arm_listed(Listed::Starved);
         self.retry_refused_handoffs();
         self.expire_lingering(now);
         if self.accept_retry_at.is_some_and(|at| at <= now) {
@@ -448,66 +474,45 @@ impl Worker {
         self.ring_doorbells();
     }
 
-    /// Re-arms receives that found no buffer, oldest first, on each ring no more than that
-    /// ring has buffers: each has bytes waiting and takes a buffer as soon as it is submitted,
-    /// so one more would only end in ENOBUFS again (further rings have fewer buffers than the
-    /// first, `rings.rs`). The others keep their place in the queue; each entry is looked at
-    /// once per turn.
-    fn rearm_starved(&mut self) {
-        if self.starved.is_empty() {
+    /// Arms the listed receives of one queue, oldest first, on each ring no more than its
+    /// budget for the turn; the rest keep their order for a later turn.
+    ///
+    /// First receives (`Listed::First`, before any starved receive, so a CONNECT's receive goes
+    /// ahead of established connections'): at most `first_recv_buffers` per ring per turn.
+    /// Only first receives draw from those buffers, and every one a completion took is back
+    /// by now, so each armed here finds one unless a receive armed earlier took it meanwhile
+    /// (then ENOBUFS lists it again, at the head). Those left are counted
+    /// (`first_recv_waits`).
+    ///
+    /// Starved receives (`Listed::Starved`): at most the ring's unreserved starved-receive
+    /// buffers, so each finds one (`arm_starved_recv`); a starved receive is single-shot and
+    /// has bytes waiting, so it completes at the submit and its reservation is back by the
+    /// next turn. A queue position p thus waits about p / `starved_recv_buffers` turns.
+    fn arm_listed(&mut self, which: Listed) {
+        let queue_len = match which {
+            Listed::First => self.first_recvs.len(),
+            Listed::Starved => self.starved.len(),
+        };
+        if queue_len == 0 {
             return;
         }
-        let mut budgets = std::mem::take(&mut self.starved_budgets);
+        let mut budgets = std::mem::take(&mut self.recv_budgets);
         budgets.clear();
-        budgets.extend((0..self.conns.rings()).map(|ring| self.ring_buffer_count(ring)));
-        for _ in 0..self.starved.len() {
-            let Some(id) = self.starved.pop_front() else { break };
-            if self.conns.get_mut(id).is_none() {
-                continue;
-            }
-            let ring = self.conns.ring_of(id.slot());
-            if budgets[ring] == 0 {
-                self.starved.push_back(id);
-                continue;
-            }
-            let conn = self.conns.slot_mut(id.slot());
-            conn.recv_listed = false;
-            if !receivable(conn) {
-                // Paused: resumed later; closing: no more receives.
-                continue;
-            }
-            budgets[ring] -= 1;
-            self.arm_recv(id.slot());
+        for ring in 0..self.conns.rings() {
+            budgets.push(match which {
+                Listed::First => self.config.first_recv_buffers,
+                Listed::Starved => self.recv_buffers(ring, Op::StarvedRecv).unreserved(),
+            });
         }
-        self.starved_budgets = budgets;
-    }
-
-    /// How many receive buffers ring `ring` has.
-    fn ring_buffer_count(&self, ring: usize) -> u16 {
-        match ring {
-            0 => self.buffers.count(),
-            further => self.rings.further[further - 1].buffers.count(),
-        }
-    }
-
-    /// Arms the listed first receives, oldest first, on each ring no more than it has
-    /// first-receive buffers (`first_recv_buffers`): only first receives draw from those, and
-    /// every one a completion took is back by now, so each armed here finds one unless a
-    /// receive armed earlier took it meanwhile (then ENOBUFS lists it again, at the head).
-    /// The rest keep their order for the next turn (counted, `first_recv_waits`). Runs
-    /// before `rearm_starved`, so a CONNECT's receive goes ahead of established connections'.
-    fn rearm_first_recvs(&mut self) {
-        if self.first_recvs.is_empty() {
-            return;
-        }
-        let mut budgets = std::mem::take(&mut self.starved_budgets);
-        budgets.clear();
-        budgets.resize(self.conns.rings(), self.config.first_recv_buffers);
-        let mut spent_rings = 0;
-        let mut waiting = std::mem::take(&mut self.first_recvs_waiting);
+        let mut spent_rings = budgets.iter().filter(|budget| **budget == 0).count();
+        let mut waiting = std::mem::take(&mut self.recvs_waiting);
         // Once every ring's budget is spent the rest of the queue stays as it is.
         while spent_rings < budgets.len() {
-            let Some(id) = self.first_recvs.pop_front() else { break };
+            let queue = match which {
+                Listed::First => &mut self.first_recvs,
+                Listed::Starved => &mut self.starved,
+            };
+            let Some(id) = queue.pop_front() else { break };
             if self.conns.get_mut(id).is_none() {
                 continue;
             }
@@ -519,19 +524,33 @@ impl Worker {
             let conn = self.conns.slot_mut(id.slot());
             conn.recv_listed = false;
             if !receivable(conn) {
+                // Paused: resumed later; closing: no more receives.
+                self.starved_since.remove(&id.slot());
                 continue;
             }
             budgets[ring] -= 1;
             spent_rings += usize::from(budgets[ring] == 0);
-            self.arm_first_recv(id.slot());
+            match which {
+                Listed::First => self.arm_first_recv(id.slot()),
+                Listed::Starved => {
+                    self.counters.starved_rearms += 1;
+                    self.arm_starved_recv(id.slot());
+                }
+            }
         }
+        let queue = match which {
+            Listed::First => &mut self.first_recvs,
+            Listed::Starved => &mut self.starved,
+        };
         // Those passed over were listed before the ones left in the queue.
         for id in waiting.drain(..).rev() {
-            self.first_recvs.push_front(id);
+            queue.push_front(id);
         }
-        self.counters.first_recv_waits += self.first_recvs.len() as u64;
-        self.first_recvs_waiting = waiting;
-        self.starved_budgets = budgets;
+        if which == Listed::First {
+            self.counters.first_recv_waits += self.first_recvs.len() as u64;
+        }
+        self.recvs_waiting = waiting;
+        self.recv_budgets = budgets;
     }
 
     /// How long phase 1 may sleep: until the earliest deadline of the broker, a lingering
@@ -680,6 +699,7 @@ impl Worker {
             slots_allocated = self.conns.allocated_slots(),
             buffers_leased = self.buffers.leased(),
             first_buffers_leased = self.first_buffers.leased(),
+            starved_buffers_leased = self.starved_buffers.leased(),
             counters = ?self.counters,
             mesh = ?self.peers.stats(),
             journal = ?self.journal.as_ref().map(|journal| journal.counters),
@@ -707,20 +727,16 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Unregistering the buffer ring is synchronous: afterwards the kernel cannot pick one
-        // of its buffers, even for a receive still armed, so the memory can go.
-        match self.ring.submitter().unregister_buf_ring(self.buffers.group()) {
-            // SAFETY: `buffers` is not used again; the kernel no longer refers to it.
-            Ok(()) => unsafe { ManuallyDrop::drop(&mut self.buffers) },
-            Err(error) => {
-                tracing::warn!(%error, "buffer ring still registered: leaking its memory")
-            }
-        }
-        match self.ring.submitter().unregister_buf_ring(self.first_buffers.group()) {
-            // SAFETY: `first_buffers` is not used again; the kernel no longer refers to it.
-            Ok(()) => unsafe { ManuallyDrop::drop(&mut self.first_buffers) },
-            Err(error) => {
-                tracing::warn!(%error, "buffer ring still registered: leaking its memory")
+        // Unregistering a buffer ring is synchronous: afterwards the kernel cannot pick one of
+        // its buffers, even for a receive still armed, so the memory can go.
+        let submitter = self.ring.submitter();
+        for buffers in [&mut self.buffers, &mut self.first_buffers, &mut self.starved_buffers] {
+            match submitter.unregister_buf_ring(buffers.group()) {
+                // SAFETY: the buffers are not used again; the kernel no longer refers to them.
+                Ok(()) => unsafe { ManuallyDrop::drop(buffers) },
+                Err(error) => {
+                    tracing::warn!(%error, "buffer ring still registered: leaking its memory")
+                }
             }
         }
         if !self.wake_armed {
@@ -729,6 +745,15 @@ impl Drop for Worker {
         }
         self.drop_further_rings();
     }
+}
+
+/// The two queues of receives armed in phase 4 (`Worker::arm_listed`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Listed {
+    /// Connections waiting for a first receive (`Worker::first_recvs`).
+    First,
+    /// Connections whose receive found no buffer (`Worker::starved`).
+    Starved,
 }
 
 /// Whether an open connection may receive now: not paused, peer still there, nothing armed.
