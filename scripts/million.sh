@@ -31,6 +31,10 @@
 # reproduces that load. The host needs `ONLY=net.ipv4.tcp_mem
 # scripts/tune-host.sh --apply` for a million: the kernel's default TCP memory limit stops
 # connecting at ~640k pairs (docs/BENCHMARKS.md, "Density").
+# Clients: 4 source addresses (127.10.0.x) x N/10,000 destination addresses (127.11.x.y),
+# ~2,500 connections per pair (below: why). `--netns` runs broker and clients in a private
+# network namespace with a 2^21-bucket established hash (`--ehash-buckets`), torn down at the
+# end; where that is not permitted it says so and runs in the host's namespace.
 # Exit status 0 only if every subscriber connected and subscribed and every published message
 # arrived. While connecting it prints a line every 5 s (ready count, the listeners' accept
 # queues, kernel TCP counters), so a stall shows where it is; the run directory keeps the
