@@ -53,7 +53,8 @@ pub(super) const FURTHER_RING_RECV_BUFFERS_MAX: u16 = 64;
 const OPEN_RING_ROOM_FRACTION: u32 = 8;
 /// After a ring failed to set up, new connections before the next attempt.
 const ADD_RING_RETRY_CONNECTIONS: u32 = 256;
-/// A further ring's SQ is this fraction of `ring_entries`: it carries only its connections'
+/// A further ring's SQ is this fraction of `ring_entries`, but at least 1024 entries (or
+/// `ring_entries` when smaller): it carries only its connections'
 /// operations (the first ring also has the worker's wake-ups, accepts and timers), and a turn
 /// that queues more flushes it early (`Ring::push`, counted), which costs a syscall, not a loss.
 const FURTHER_RING_SQ_FRACTION: u32 = 4;
@@ -65,7 +66,8 @@ const FURTHER_RING_SQ_FRACTION: u32 = 4;
 /// that in one turn overflow: the kernel keeps them (`IORING_FEAT_NODROP`) and the next turn
 /// counts the overflow and flushes them (`Ring::submit`).
 pub(super) fn further_ring_entries(config: &super::config::RuntimeConfig) -> (u32, u32) {
-    let sq = (config.ring_entries / FURTHER_RING_SQ_FRACTION).max(1);
+    // Never below 1024 (or `ring_entries` if smaller): a small configured SQ is not cut.
+    let sq = (config.ring_entries / FURTHER_RING_SQ_FRACTION).max(config.ring_entries.min(1024));
     let per_slot = config.file_table_slots.checked_next_power_of_two().unwrap_or(1 << 16);
     (sq, per_slot.clamp(sq.saturating_mul(2), 1 << 16))
 }
@@ -367,7 +369,9 @@ mod tests {
         assert_eq!(further_ring_entries(&small), (1024, 2048));
         let large = RuntimeConfig { file_table_slots: 100_000, ..RuntimeConfig::default() };
         assert_eq!(further_ring_entries(&large), (1024, 1 << 16));
-        let tiny = RuntimeConfig { ring_entries: 2, ..RuntimeConfig::default() };
-        assert_eq!(further_ring_entries(&tiny).0, 1);
+        let small_sq = RuntimeConfig { ring_entries: 256, ..RuntimeConfig::default() };
+        assert_eq!(further_ring_entries(&small_sq), (256, 32_768), "a small SQ is not cut");
+        let large_sq = RuntimeConfig { ring_entries: 32_768, ..RuntimeConfig::default() };
+        assert_eq!(further_ring_entries(&large_sq), (8192, 32_768));
     }
 }
