@@ -4,7 +4,7 @@
 //! needs at start, so this cost is paid per ring before any connection comes.
 //!
 //! What a ring may cost: its SQ and CQ mappings (1024 and 32,768 entries for a further ring
-//! at the defaults: 0.57 MiB) and a page of descriptors for each of its two provided-buffer
+//! at the defaults: 0.57 MiB) and a page of descriptors for each of its provided-buffer
 //! rings; no connection-table entry for a slot never used (entries come in chunks on first
 //! use), no receive buffer before the kernel writes one. Until session 6 it was ~2.7 MB: a
 //! 72-byte entry for each of the 20,000 slots (1.44 MB) and the first ring's 1.3 MiB SQ/CQ.
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// Extra rings in the second broker.
 const EXTRA_RINGS: u16 = 8;
-/// The bound per ring: 0.57 MiB of SQ/CQ and two descriptor pages, with room for the
+/// The bound per ring: 0.57 MiB of SQ/CQ and a descriptor page per buffer ring, with room for the
 /// allocator's rounding; ~2.7 MB before the cuts, so the old layout fails it.
 const RING_RSS_BYTES_MAX: i64 = 1 << 20;
 

@@ -202,6 +202,22 @@ fn fuzz_finding_order_is_the_order_the_broker_received_mqtt_4_6_0_6() {
     sim::judge(&report, Mode::Generous).expect("receipt order is kept");
 }
 
+/// The `sim` fuzz target's finding `sim-late-subscribe-ff9f2a24` (session 6), replayed as the
+/// target runs it. Persistent client 13 wrote CONNECT and SUBSCRIBE t/1/1 on a connection and
+/// gave it up unread and unclosed; on its next connection it subscribed to t/1/1 again (SUBACK
+/// read), then unsubscribed (UNSUBACK read). Only then did the first connection's bytes reach
+/// the broker: its CONNECT took the session over [MQTT-3.1.4-2] and its SUBSCRIBE, the last
+/// request for t/1/1 the broker processed, subscribed that same session [MQTT-3.1.2-4]
+/// [MQTT-3.8.4-1] (its SUBACK was never read). The broker rightly ended holding t/1/1; the
+/// model applied requests in the order the client sent them, and only those answered. It now
+/// applies the requests the brokers processed, in the order they processed them.
+#[test]
+fn fuzz_finding_a_late_subscribe_from_an_abandoned_connection_holds_mqtt_3_1_2_4() {
+    let report = replay_sim_input(include_bytes!("../fuzz/corpus/sim/sim-late-subscribe-ff9f2a24"));
+    assert!(report.model.requests_processed_late >= 1, "{:?}", report.model);
+    sim::judge(&report, Mode::Generous).expect("the request the broker processed last decides");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The checker's own tests: each shows a property failing when its fault is injected, first
 // end to end (a deliberately broken runtime under the real brokers), then on the model alone.
@@ -279,7 +295,8 @@ fn payload(seq: u32, qos: QoS) -> Vec<u8> {
 }
 
 fn subscribed(model: &mut Model, granted: QoS) {
-    let ticket = model.subscribe_sent(SUBSCRIBER, 0);
+    let ticket = model.subscribe_sent(SUBSCRIBER, 0, granted);
+    model.request_processed(SUBSCRIBER, &[ticket]);
     model.subscribe_acked(SUBSCRIBER, 0, Some(granted), ticket);
 }
 
@@ -308,8 +325,9 @@ fn model_reports_an_acknowledged_message_that_never_arrived() {
 fn model_expects_nothing_outside_the_subscription_window_or_at_qos0() {
     let mut model = model();
     // Published before the SUBACK arrived: the subscription did not surely exist yet.
-    let ticket = model.subscribe_sent(SUBSCRIBER, 0);
+    let ticket = model.subscribe_sent(SUBSCRIBER, 0, QoS::ExactlyOnce);
     model.publish_sent(key(1), QoS::AtLeastOnce);
+    model.request_processed(SUBSCRIBER, &[ticket]);
     model.subscribe_acked(SUBSCRIBER, 0, Some(QoS::ExactlyOnce), ticket);
     model.publish_acked(key(1));
     // Never acknowledged to its publisher.
@@ -329,17 +347,23 @@ fn model_expects_nothing_outside_the_subscription_window_or_at_qos0() {
 fn model_lets_the_latest_request_decide_a_filter() {
     // SUBSCRIBE, UNSUBSCRIBE, then the SUBACK: the broker ends unsubscribed.
     let mut model = model();
-    let ticket = model.subscribe_sent(SUBSCRIBER, 0);
-    model.unsubscribe_sent(SUBSCRIBER, 0);
+    let ticket = model.subscribe_sent(SUBSCRIBER, 0, QoS::AtLeastOnce);
+    let unsubscribe = model.unsubscribe_sent(SUBSCRIBER, 0);
+    model.request_processed(SUBSCRIBER, &[ticket]);
+    model.request_processed(SUBSCRIBER, &[unsubscribe]);
     model.subscribe_acked(SUBSCRIBER, 0, Some(QoS::AtLeastOnce), ticket);
+    assert_eq!(model.acked_filters(SUBSCRIBER), Vec::<u16>::new());
     assert_eq!(model.held_filters(SUBSCRIBER), Vec::<u16>::new());
     // SUBSCRIBE twice; the first SUBACK does not open the subscription, the second does.
-    let first = model.subscribe_sent(SUBSCRIBER, 0);
-    let second = model.subscribe_sent(SUBSCRIBER, 0);
+    let first = model.subscribe_sent(SUBSCRIBER, 0, QoS::AtLeastOnce);
+    let second = model.subscribe_sent(SUBSCRIBER, 0, QoS::AtLeastOnce);
+    model.request_processed(SUBSCRIBER, &[first]);
+    model.request_processed(SUBSCRIBER, &[second]);
     model.subscribe_acked(SUBSCRIBER, 0, Some(QoS::AtLeastOnce), first);
     published(&mut model, 1, QoS::AtLeastOnce);
     model.subscribe_acked(SUBSCRIBER, 0, Some(QoS::AtLeastOnce), second);
     published(&mut model, 2, QoS::AtLeastOnce);
+    assert_eq!(model.acked_filters(SUBSCRIBER), vec![0]);
     assert_eq!(model.held_filters(SUBSCRIBER), vec![0]);
     let missing: Vec<u32> = model.missing(&[0, 0], |_| 1).iter().map(|m| m.key.seq).collect();
     assert_eq!(missing, vec![2], "only the publish after the deciding SUBACK is expected");
@@ -483,7 +507,8 @@ fn model_forgets_a_clean_session_at_its_end() {
     // Client 1 is clean: after its session ends it must ask again before it gets anything.
     let mut model = model();
     model.session_started(PUBLISHER);
-    let ticket = model.subscribe_sent(PUBLISHER, 1);
+    let ticket = model.subscribe_sent(PUBLISHER, 1, QoS::AtLeastOnce);
+    model.request_processed(PUBLISHER, &[ticket]);
     model.subscribe_acked(PUBLISHER, 1, Some(QoS::AtLeastOnce), ticket);
     let other = MessageKey { publisher: SUBSCRIBER as u32, topic: 0, seq: 1 };
     model.publish_sent(other, QoS::AtLeastOnce);
@@ -491,9 +516,11 @@ fn model_forgets_a_clean_session_at_its_end() {
     model.session_ended(PUBLISHER);
     assert!(model.missing(&[0, 0], |_| 1).is_empty(), "a clean session that ended expects nothing");
     model.session_started(PUBLISHER);
+    model.connect_accepted(PUBLISHER);
     let bytes = encode_payload(other, QoS::AtLeastOnce, 0);
     model.delivered(PUBLISHER, "t/0/0", &bytes, QoS::AtLeastOnce, false);
     assert_eq!(model.violations.len(), 1, "{:?}", model.violations);
+    assert_eq!(model.acked_filters(PUBLISHER), Vec::<u16>::new());
     assert_eq!(model.held_filters(PUBLISHER), Vec::<u16>::new());
 }
 
@@ -579,7 +606,8 @@ fn model_expects_a_published_will_and_forbids_a_discarded_one() {
     // [MQTT-3.1.2-8]: published when the connection ends without DISCONNECT;
     // [MQTT-3.1.2-10]: discarded by DISCONNECT.
     let mut model = model();
-    let ticket = model.subscribe_sent(SUBSCRIBER, 3);
+    let ticket = model.subscribe_sent(SUBSCRIBER, 3, QoS::AtLeastOnce);
+    model.request_processed(SUBSCRIBER, &[ticket]);
     model.subscribe_acked(SUBSCRIBER, 3, Some(QoS::AtLeastOnce), ticket);
     let will = |seq| MessageKey { publisher: PUBLISHER as u32, topic: 2, seq };
     model.will_armed(will(1), QoS::AtLeastOnce);

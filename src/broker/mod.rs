@@ -497,6 +497,12 @@ impl Broker {
         self.conns.len()
     }
 
+    /// Whether `conn` is open here with its CONNECT accepted: a packet handed to it now is
+    /// handled for its session (one closed, handed off or never opened is ignored).
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|state| matches!(state.phase, Phase::Active(_)))
+    }
+
     /// Local subscriptions, once per (session, filter).
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()

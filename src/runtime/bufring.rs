@@ -295,6 +295,34 @@ mod tests {
         assert!(!cqueue::more(cqe.flags()), "ENOBUFS ends the multishot");
     }
 
+    /// A provided-buffer receive with MSG_DONTWAIT on an empty socket ends EAGAIN at once and
+    /// takes no buffer (a starved receive must not wait holding its reservation); with bytes
+    /// waiting it reads them.
+    #[test]
+    fn a_dontwait_receive_on_an_empty_socket_ends_eagain_without_a_buffer() {
+        let mut ring = IoUring::new(8).expect("io_uring");
+        let (mut writer, reader) = UnixStream::pair().expect("socketpair");
+        let buffers = BufRing::new(2, 64, 5).expect("buffer ring");
+        buffers.register(&ring.submitter()).expect("register");
+        let recv = opcode::Recv::new(types::Fd(reader.as_raw_fd()), std::ptr::null_mut(), 0)
+            .buf_group(5)
+            .flags(libc::MSG_DONTWAIT)
+            .build()
+            .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+            .user_data(7);
+        // SAFETY: the receive writes only into the registered buffer ring, which outlives it.
+        unsafe { ring.submission().push(&recv).expect("empty SQ") };
+        let cqe = wait_one(&mut ring);
+        assert_eq!(-cqe.result(), libc::EAGAIN, "an empty socket");
+        assert_eq!(cqueue::buffer_select(cqe.flags()), None, "no buffer taken");
+        writer.write_all(b"ping").expect("write");
+        // SAFETY: as above.
+        unsafe { ring.submission().push(&recv).expect("empty SQ") };
+        let cqe = wait_one(&mut ring);
+        assert_eq!(cqe.result(), 4);
+        assert!(cqueue::buffer_select(cqe.flags()).is_some());
+    }
+
     /// Reservations count receives armed, not buffers filled: never more than the ring has.
     #[test]
     fn reservations_are_bounded_by_the_buffer_count() {

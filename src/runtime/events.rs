@@ -194,8 +194,12 @@ impl Worker {
         conn.recv_first = false;
         conn.recv_starved = true;
         let generation = conn.generation;
+        // MSG_DONTWAIT: with no bytes waiting it ends EAGAIN at once instead of waiting for the
+        // next ping with a reserved buffer (a multishot receive can end ENOBUFS with an empty
+        // socket: the kernel picks its buffer before it reads).
         let entry = opcode::Recv::new(self.fixed(slot), std::ptr::null_mut(), 0)
             .buf_group(STARVED_RECV_GROUP)
+            .flags(libc::MSG_DONTWAIT)
             .build()
             .flags(io_uring::squeue::Flags::BUFFER_SELECT)
             .user_data(UserData::new(Op::StarvedRecv, slot, generation).pack());
@@ -311,6 +315,8 @@ impl Worker {
                 }
             }
             Some(libc::ECANCELED) => {}
+            // A starved receive that found no bytes: receive multishot again (below).
+            Some(libc::EAGAIN) if data.op == Op::StarvedRecv => self.counters.starved_empty += 1,
             // End of stream (0) or a socket error: the peer is gone.
             _ => self.on_peer_gone(slot, now),
         }

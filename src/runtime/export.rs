@@ -106,6 +106,7 @@ metrics! {
     FirstRecvWaits: Counter "ringmq_first_recv_waits_total" "" "First receives left for a later turn at first_recv_buffers per ring per turn, summed over turns.";
     StarvedRearms: Counter "ringmq_starved_rearms_total" "" "Receives re-armed after an ENOBUFS (starved), oldest first.";
     StarvedRefused: Counter "ringmq_starved_refused_total" "" "Starved receives that found no buffer again when re-armed.";
+    StarvedEmpty: Counter "ringmq_starved_empty_total" "" "Starved receives that found no bytes (EAGAIN) and went back to multishot.";
     StarvedServed: Counter "ringmq_starved_served_total" "" "Starved connections whose re-armed receive brought their bytes.";
     StarvedWait: CounterNanos "ringmq_starved_wait_seconds_total" "" "Time starved connections waited from their first ENOBUFS to their bytes, summed.";
     StarvedWaitMax: GaugeNanos "ringmq_starved_wait_max_seconds" "" "Longest such wait since the start.";

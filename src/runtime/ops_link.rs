@@ -264,6 +264,7 @@ impl Worker {
             (Metric::FirstRecvWaits, counters.first_recv_waits),
             (Metric::StarvedRearms, counters.starved_rearms),
             (Metric::StarvedRefused, counters.starved_refused),
+            (Metric::StarvedEmpty, counters.starved_empty),
             (Metric::StarvedServed, counters.starved_served),
             (Metric::StarvedWait, counters.starved_wait_millis.saturating_mul(1_000_000)),
             (Metric::StarvedWaitMax, counters.starved_wait_max_millis.saturating_mul(1_000_000)),

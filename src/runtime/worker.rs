@@ -104,6 +104,9 @@ pub struct WorkerCounters {
     /// found no buffer again (listed again).
     pub starved_rearms: u64,
     pub starved_refused: u64,
+    /// Starved receives that found no bytes (EAGAIN: their multishot receive had ended
+    /// ENOBUFS on an empty socket, which the kernel does when no buffer is there at arming).
+    pub starved_empty: u64,
     /// Starved connections served (their re-armed receive brought bytes), the milliseconds
     /// they waited from their first ENOBUFS, summed, and the longest wait.
     pub starved_served: u64,

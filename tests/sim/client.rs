@@ -182,6 +182,14 @@ impl Client {
         rt.client_write(conn, packet);
     }
 
+    /// Writes a SUBSCRIBE or UNSUBSCRIBE with the model's tickets for its filters, so the
+    /// runtime can tell the model when a broker processes it.
+    fn write_request(&mut self, rt: &mut Runtime, packet: Packet, tickets: Vec<u64>) {
+        let conn = self.conn.expect("only a connected client writes");
+        self.last_sent = rt.now;
+        rt.client_write_request(conn, packet, tickets);
+    }
+
     fn allocate_packet_id(&mut self) -> PacketId {
         loop {
             let id = self.next_packet_id;
@@ -359,13 +367,15 @@ impl Client {
         let mut wire = Vec::new();
         let mut pending = Vec::new();
         for (filter, qos) in filters {
-            pending.push((filter, qos, model.subscribe_sent(self.index, filter)));
+            pending.push((filter, qos, model.subscribe_sent(self.index, filter, qos)));
             let text = model.universe.filters[filter as usize].as_str();
             let filter = TopicFilter::try_from(text).expect("the universe holds valid filters");
             wire.push((filter, qos));
         }
+        let tickets = pending.iter().map(|&(_, _, ticket)| ticket).collect();
         self.pending_subscribes.insert(id.get(), pending);
-        self.write(rt, Packet::Subscribe(Subscribe { packet_id: id, filters: wire }));
+        let packet = Packet::Subscribe(Subscribe { packet_id: id, filters: wire });
+        self.write_request(rt, packet, tickets);
     }
 
     pub fn unsubscribe(&mut self, rt: &mut Runtime, model: &mut Model, filters: Vec<u16>) {
@@ -374,13 +384,15 @@ impl Client {
         }
         let id = self.allocate_packet_id();
         let mut wire = Vec::new();
+        let mut tickets = Vec::new();
         for &filter in &filters {
-            model.unsubscribe_sent(self.index, filter);
+            tickets.push(model.unsubscribe_sent(self.index, filter));
             let text = model.universe.filters[filter as usize].as_str();
             wire.push(TopicFilter::try_from(text).expect("the universe holds valid filters"));
         }
         self.pending_unsubscribes.insert(id.get(), filters);
-        self.write(rt, Packet::Unsubscribe(Unsubscribe { packet_id: id, filters: wire }));
+        let packet = Packet::Unsubscribe(Unsubscribe { packet_id: id, filters: wire });
+        self.write_request(rt, packet, tickets);
     }
 
     pub fn ping_if_due(&mut self, rt: &mut Runtime) {

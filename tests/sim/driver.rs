@@ -12,7 +12,7 @@ use super::client::{Client, Phase, Temper};
 use super::introspect;
 use super::model::{decode_payload, Missing, Model, ModelStats, Universe};
 use super::rng::Rng;
-use super::runtime::{ConnState, Runtime, RuntimeKnobs, RuntimeStats, Wire};
+use super::runtime::{ConnState, Processed, Runtime, RuntimeKnobs, RuntimeStats, Wire};
 
 /// Which bounds the brokers run with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,7 +167,8 @@ impl Sim {
             })
             .collect();
         let persistent: Vec<bool> = clients.iter().map(|c| !c.clean).collect();
-        let model = Model::new(universe(), &persistent);
+        let mut model = Model::new(universe(), &persistent);
+        model.set_subscriptions_max(config.broker.subscriptions_per_session_max);
         Self { config, rng, rt, model, clients, unchecked: Vec::new(), turns: 0 }
     }
 
@@ -207,7 +208,10 @@ impl Sim {
                 1,
             ]);
             match kind {
-                0 => self.client_action(),
+                0 => {
+                    self.sync_arrivals();
+                    self.client_action()
+                }
                 1..=4 => self.network_event(kind),
                 _ => self.rt.poke_stale_close(&mut self.rng),
             }
@@ -241,8 +245,9 @@ impl Sim {
         }
     }
 
-    /// Passes the messages that reached workers, and the QoS 2 publications the brokers
-    /// received, to the model, in the order they happened.
+    /// Passes the messages that reached workers, the QoS 2 publications and PUBLISHes the
+    /// brokers received, and the requests and CONNECTs they processed, to the model, in the
+    /// order they happened.
     fn sync_arrivals(&mut self) {
         for (key, worker) in self.rt.arrivals.drain(..) {
             self.model.arrived(key, worker.0);
@@ -252,6 +257,14 @@ impl Sim {
         }
         for key in self.rt.received.drain(..) {
             self.model.publish_received(key);
+        }
+        for processed in self.rt.requests.processed.drain(..) {
+            match processed {
+                Processed::Request { client, tickets } => {
+                    self.model.request_processed(client, &tickets)
+                }
+                Processed::Connect { client } => self.model.connect_accepted(client),
+            }
         }
     }
 
@@ -319,7 +332,7 @@ impl Sim {
                 client.subscribe(rt, model, filters);
             }
             2 => {
-                let held = model.held_filters(index);
+                let held = model.acked_filters(index);
                 if !held.is_empty() {
                     let filter = held[rng.index(held.len())];
                     client.unsubscribe(rt, model, vec![filter]);

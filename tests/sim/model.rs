@@ -24,11 +24,23 @@
 //!   replica holds it), and, with generous bounds, a subscription held to the end got the
 //!   topic's retained message if one was acknowledged before its SUBSCRIBE was sent.
 //!
+//! - subscriptions: the filters each persistent session holds at the end are those the
+//!   SUBSCRIBEs and UNSUBSCRIBEs its brokers processed leave, in the order they processed them
+//!   (`requests.rs`: a request from a connection the client gave up can be processed after
+//!   later ones), and every SUBACK matches the grant decision taken then.
+//!
+//! A subscription is expected to deliver (the no-loss check) from its SUBACK until the client
+//! sends another request for the filter or a broker processes one, whichever comes first.
+//!
 //! Time here is a counter of model events, so "before" is exact: the simulation is one thread.
+
+mod requests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ringmq::protocol::QoS;
+
+use requests::{Processed, Request};
 
 /// An application message: who published it, to which topic (an index into the universe), and
 /// the publisher's sequence number for that topic.
@@ -162,6 +174,8 @@ struct Subscriber {
     /// older request does not decide the filter's state (the later request, on the same
     /// connection, is processed after it).
     latest_request: BTreeMap<u16, u64>,
+    /// The requests as the brokers processed them: what the broker's session holds.
+    processed: Processed,
     /// Every key the application got, across sessions.
     seen: BTreeSet<MessageKey>,
     /// Per key, deliveries at QoS 2 across the whole run (at most one per publication).
@@ -192,6 +206,9 @@ pub struct ModelStats {
     pub retained_published: u64,
     pub retained_deliveries: u64,
     pub retained_expected: u64,
+    /// SUBSCRIBEs / UNSUBSCRIBEs (per filter) a broker processed after a later request for the
+    /// same filter had been sent (they came on a connection the client had given up).
+    pub requests_processed_late: u64,
 }
 
 /// A message the model expected a subscriber to get and it did not.
@@ -234,6 +251,8 @@ pub struct Model {
     /// Per message, when a broker first received a PUBLISH of it (a rank: the order check's
     /// order).
     received: BTreeMap<MessageKey, u64>,
+    /// The brokers' `subscriptions_per_session_max`, for the grant decision.
+    subscriptions_max: usize,
     pub violations: Vec<String>,
     pub stats: ModelStats,
 }
@@ -251,9 +270,15 @@ impl Model {
             retained: BTreeMap::new(),
             publications: BTreeMap::new(),
             received: BTreeMap::new(),
+            subscriptions_max: usize::MAX,
             violations: Vec::new(),
             stats: ModelStats::default(),
         }
+    }
+
+    /// The brokers refuse a new filter (0x80) once a session holds `max`.
+    pub fn set_subscriptions_max(&mut self, max: usize) {
+        self.subscriptions_max = max;
     }
 
     fn tick(&mut self) -> u64 {
@@ -380,9 +405,11 @@ impl Model {
         close_all(&mut self.subscribers[client], at);
     }
 
-    /// Returns the request's ticket, to be handed back with its SUBACK.
-    pub fn subscribe_sent(&mut self, client: usize, filter: u16) -> u64 {
+    /// `client` sent a SUBSCRIBE of `filter` at `qos`. Returns the request's ticket, to be
+    /// handed back with its SUBACK (and by the runtime when a broker processes it).
+    pub fn subscribe_sent(&mut self, client: usize, filter: u16, qos: QoS) -> u64 {
         let at = self.tick();
+        self.request_sent(client, at, Request { filter, qos: Some(qos) });
         let subscriber = &mut self.subscribers[client];
         subscriber.asked.insert(filter);
         subscriber.latest_request.insert(filter, at);
@@ -394,7 +421,9 @@ impl Model {
         at
     }
 
-    /// The SUBACK for the request `ticket` granted `granted` (None: 0x80) for `filter`.
+    /// The SUBACK for the request `ticket` granted `granted` (None: 0x80) for `filter`. It
+    /// opens a subscription only if that request is both the latest the client sent for the
+    /// filter and the last a broker processed for it.
     pub fn subscribe_acked(
         &mut self,
         client: usize,
@@ -403,8 +432,9 @@ impl Model {
         ticket: u64,
     ) {
         let at = self.tick();
+        let processed_last = self.check_suback(client, filter, granted, ticket);
         let subscriber = &mut self.subscribers[client];
-        if subscriber.latest_request.get(&filter) != Some(&ticket) {
+        if subscriber.latest_request.get(&filter) != Some(&ticket) || !processed_last {
             return; // A later SUBSCRIBE or UNSUBSCRIBE of this filter decides its state.
         }
         if let Some(index) = subscriber.open.remove(&filter) {
@@ -416,13 +446,16 @@ impl Model {
         }
     }
 
-    pub fn unsubscribe_sent(&mut self, client: usize, filter: u16) {
+    /// `client` sent an UNSUBSCRIBE of `filter`; returns its ticket.
+    pub fn unsubscribe_sent(&mut self, client: usize, filter: u16) -> u64 {
         let at = self.tick();
+        self.request_sent(client, at, Request { filter, qos: None });
         let subscriber = &mut self.subscribers[client];
         subscriber.latest_request.insert(filter, at);
         if let Some(index) = subscriber.open.remove(&filter) {
             subscriber.intervals[index].until = at;
         }
+        at
     }
 
     /// The subscriber's application got a message (the client's QoS 2 receiver already
@@ -673,8 +706,9 @@ impl Model {
         missing
     }
 
-    /// The filters `client`'s session holds, as far as SUBACK / UNSUBSCRIBE tell.
-    pub fn held_filters(&self, client: usize) -> Vec<u16> {
+    /// The filters `client`'s session holds for certain, as far as the SUBACKs read and the
+    /// requests sent and processed since tell (what the no-loss check expects deliveries for).
+    pub fn acked_filters(&self, client: usize) -> Vec<u16> {
         self.subscribers[client].open.keys().copied().collect()
     }
 }

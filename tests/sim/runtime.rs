@@ -23,11 +23,13 @@ use super::rng::{RandomSet, Rng};
 
 mod links;
 mod receipts;
+mod requests;
 mod trace;
 
 pub use links::Fault;
 use links::Link;
 pub use receipts::Qos2Receipts;
+pub use requests::{Processed, Requests};
 pub use trace::{close_reason_name, describe};
 
 /// Index of a simulated TCP connection; never reused (unlike the broker-side `ConnId` slots).
@@ -158,6 +160,9 @@ pub struct RuntimeStats {
     /// QoS 2 messages fed again after the broker's PUBCOMP for them: each a new publication
     /// [MQTT-4.3.3-2] (see `receipts`).
     pub qos2_republications: u64,
+    /// SUBSCRIBEs / UNSUBSCRIBEs fed to a connection the broker had closed earlier in the
+    /// turn (it ignores them; see `requests`).
+    pub requests_ignored: u64,
 }
 
 /// What the runtime may choose at random; the driver sets it per run.
@@ -224,6 +229,8 @@ pub struct Runtime {
     /// The QoS 2 packet ids each client's session holds at the brokers, and so which QoS 2
     /// PUBLISHes are new publications [MQTT-4.3.3-2].
     pub receipts: Qos2Receipts,
+    /// The requests each connection carries, and what the brokers processed.
+    pub requests: Requests,
 }
 
 impl Runtime {
@@ -258,6 +265,7 @@ impl Runtime {
             step: 0,
             trace: None,
             receipts: Qos2Receipts::default(),
+            requests: Requests::default(),
             interest: vec![vec![BTreeSet::new(); count]; count],
             reach: BTreeMap::new(),
             arrivals: Vec::new(),
@@ -497,8 +505,13 @@ impl Runtime {
                 self.received.push(key);
             }
         }
+        self.note_request_fed(conn, &packet);
+        let connect = matches!(packet, Packet::Connect(_));
         self.brokers[worker.index()].handle_packet(id, packet, self.now);
         self.touched[worker.index()] = true;
+        if connect {
+            self.note_connect_handled(conn);
+        }
     }
 
     /// The socket sends a random part of what was taken (at most what the client's receive

@@ -116,6 +116,7 @@ impl Runtime {
         let broker = &mut self.brokers[to.index()];
         broker.handle_open(id, self.now);
         broker.handle_packet(id, Packet::Connect(connect), self.now);
+        self.note_connect_handled(conn);
         if gone {
             // The client went away while its socket was moving: the new ring sees EOF.
             self.conns[conn].state = ConnState::ClosedByClient;
