@@ -14,9 +14,10 @@
 # each with up to R rings of 20000-slot file tables (R = the rings N fills at 17500 each, + 2
 # for the uneven spread), S of them set up at start (default R - 1: the rings N fills plus the
 # spare a worker keeps from half full; 4 at 100k, 30 at 1M). So every ring N needs is set up
-# before the "RSS before" sample: a ring's fixed memory (its runtime slot table, 72 B x 20000;
-# its SQ/CQ mappings, ~1.3 MiB; its receive buffers, up to 1 MiB once written) is start-up
-# RSS for the configured capacity, not charged to connections, and the kernel is not asked
+# before the "RSS before" sample: a ring's fixed memory (its SQ/CQ mappings, ~0.6 MiB for a
+# further ring; its receive buffers once written) is start-up RSS for the configured
+# capacity, not charged to connections (the runtime's slot entries, 48 B, come in chunks on
+# first use since session 6, so they count with the connections), and the kernel is not asked
 # for rings under memory pressure near a million (it refused with ENOMEM then). The run
 # prints how many rings were added while connecting (0 expected), the broker's RSS per
 # connection over its RSS at start, without the rings' fixed mappings, and all of its RSS / N.
@@ -443,7 +444,7 @@ for name in ("tcp_connect_latency", "mqtt_connect_latency", "ping_latency"):
 print(f"broker RSS: {int(rss0)} kB before, {int(rss1)} kB connected, {int(rss2)} kB after hold: "
       f"{(int(rss1) - int(rss0)) * 1024 / n:.0f} B per connection "
       f"({(int(rss2) - int(rss0)) * 1024 / n:.0f} B after hold); all of the broker's RSS / N: "
-      f"{int(rss1) * 1024 / n:.0f} B (with the slot tables of the rings set up at start)")
+      f"{int(rss1) * 1024 / n:.0f} B (with the fixed memory of the rings set up at start)")
 buffers = int(buf1) - int(buf0)
 print(f"  of which receive-buffer and io_uring queue pages (fixed mappings per ring, not per "
       f"connection): {buffers} kB; the rest: "

@@ -143,20 +143,7 @@ impl Worker {
     /// behind them past the connect timeout (docs/ARCHITECTURE.md, "The receive path").
     /// Only `arm_listed` calls this, within the ring's budget for the turn.
     pub(super) fn arm_first_recv(&mut self, slot: u32) {
-        let conn = self.conns.slot_mut(slot);
-        assert!(!conn.recv_armed, "a second receive on one connection");
-        conn.recv_armed = true;
-        conn.recv_first = true;
-        conn.recv_starved = false;
-        let generation = conn.generation;
-        let entry = opcode::Recv::new(self.fixed(slot), std::ptr::null_mut(), 0)
-            .buf_group(FIRST_RECV_GROUP)
-            .build()
-            .flags(io_uring::squeue::Flags::BUFFER_SELECT)
-            .user_data(UserData::new(Op::FirstRecv, slot, generation).pack());
-        // SAFETY: the receive writes only into a buffer of its ring's registered first-receive
-        // ring (null with length 0 selects one), which stays registered while the ring lives.
-        unsafe { self.ring_for(slot).push(&entry) };
+        self.push_single_recv(slot, FIRST_RECV_GROUP, 0, Op::FirstRecv);
     }
 
     pub(super) fn arm_recv(&mut self, slot: u32) {
@@ -188,23 +175,29 @@ impl Worker {
             self.recv_buffers(ring, Op::StarvedRecv).reserve(),
             "a starved receive over budget"
         );
-        let conn = self.conns.slot_mut(slot);
-        assert!(!conn.recv_armed, "a second receive on one connection");
-        conn.recv_armed = true;
-        conn.recv_first = false;
-        conn.recv_starved = true;
-        let generation = conn.generation;
         // MSG_DONTWAIT: with no bytes waiting it ends EAGAIN at once instead of waiting for the
         // next ping with a reserved buffer (a multishot receive can end ENOBUFS with an empty
         // socket: the kernel picks its buffer before it reads).
+        self.push_single_recv(slot, STARVED_RECV_GROUP, libc::MSG_DONTWAIT, Op::StarvedRecv);
+    }
+
+    /// Marks `slot`'s receive armed and pushes a single-shot receive into a buffer of the
+    /// ring's provided-buffer group `group`, completing as `op` (`FirstRecv` or `StarvedRecv`).
+    fn push_single_recv(&mut self, slot: u32, group: u16, msg_flags: i32, op: Op) {
+        let conn = self.conns.slot_mut(slot);
+        assert!(!conn.recv_armed, "a second receive on one connection");
+        conn.recv_armed = true;
+        conn.recv_first = op == Op::FirstRecv;
+        conn.recv_starved = op == Op::StarvedRecv;
+        let generation = conn.generation;
         let entry = opcode::Recv::new(self.fixed(slot), std::ptr::null_mut(), 0)
-            .buf_group(STARVED_RECV_GROUP)
-            .flags(libc::MSG_DONTWAIT)
+            .buf_group(group)
+            .flags(msg_flags)
             .build()
             .flags(io_uring::squeue::Flags::BUFFER_SELECT)
-            .user_data(UserData::new(Op::StarvedRecv, slot, generation).pack());
-        // SAFETY: the receive writes only into a buffer of its ring's registered
-        // starved-receive ring (null with length 0 selects one), registered while the ring lives.
+            .user_data(UserData::new(op, slot, generation).pack());
+        // SAFETY: the receive writes only into a buffer of its ring's registered ring `group`
+        // (null with length 0 selects one), which stays registered while the ring lives.
         unsafe { self.ring_for(slot).push(&entry) };
     }
 
