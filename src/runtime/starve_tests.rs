@@ -200,6 +200,21 @@ fn run() -> (Storm, Pings, WorkerCounters) {
     (seen, pings, counters[0].clone())
 }
 
+/// Runs the storm until a run sets up what a test needs (`precondition`), at most 3 times. On a
+/// loaded machine the client threads can be scheduled too little for that: such a run is
+/// repeated, never a pass; `what` names the condition when no run met it.
+fn run_until(
+    precondition: impl Fn(&Storm, &WorkerCounters) -> bool,
+    what: &str,
+) -> (Storm, Pings, WorkerCounters) {
+    const ATTEMPTS: usize = 3;
+    (0..ATTEMPTS)
+        .map(|_| run())
+        .inspect(|(seen, pings, counters)| eprintln!("{seen:?}; {pings:?}; {counters:?}"))
+        .find(|(seen, _, counters)| precondition(seen, counters))
+        .expect(what)
+}
+
 /// The broker answers every CONNECT of the storm before its 1 s connect timeout although the
 /// pings take the further ring's shared receive buffers as soon as they come back: first
 /// receives draw from their own buffers and are armed oldest first, ahead of re-arms.
@@ -207,14 +222,11 @@ fn run() -> (Storm, Pings, WorkerCounters) {
 #[test]
 fn a_connect_storm_is_read_in_time_while_pings_take_every_shared_buffer() {
     // The pings must have taken every shared buffer at some point, and a storm must have come,
-    // or the run tested nothing. On a loaded machine the client threads can be scheduled too
-    // little for that: such a run is repeated (at most `ATTEMPTS` times), never a pass.
-    const ATTEMPTS: usize = 3;
-    let (seen, _, counters) = (0..ATTEMPTS)
-        .map(|_| run())
-        .inspect(|(seen, pings, counters)| eprintln!("{seen:?}; {pings:?}; {counters:?}"))
-        .find(|(seen, _, counters)| counters.recv_no_buffers > 0 && seen.served > 1000)
-        .expect("in some run the pings exhausted the shared buffers during a storm");
+    // or the run tested nothing.
+    let (seen, _, counters) = run_until(
+        |seen, counters| counters.recv_no_buffers > 0 && seen.served > 1000,
+        "in some run the pings exhausted the shared buffers during a storm",
+    );
     // A burst of accepts can fill a ring's table before the open ring moves on: the kernel
     // then drops that one connection (ENFILE, counted). Every other close before a CONNACK
     // is the connect timeout's.
@@ -227,20 +239,18 @@ fn a_connect_storm_is_read_in_time_while_pings_take_every_shared_buffer() {
 
 /// Established connections whose receive found every shared buffer taken (ENOBUFS) read their
 /// bytes from the ring's starved-receive buffers, armed no more than it has: none of those
-/// receives is refused again, every ping is answered and no pinger is closed. (Before: the starved receive was re-armed multishot on the shared buffers,
-/// where the pings arriving before the submit took them first; refused again, it went to the
-/// back of the queue, turn after turn: 1M connections with keepalive 60 s saw ping p99 7 s.)
+/// receives is refused again, every ping is answered and no pinger is closed. (Before: the
+/// starved receive was re-armed multishot on the shared buffers, where the pings arriving
+/// before the submit took them first; refused again, it went to the back of the queue, turn
+/// after turn: 1M connections with keepalive 60 s saw ping p99 7 s.)
 #[test]
 fn starved_receives_are_never_refused_again_and_every_ping_is_answered() {
     // The pings must have exhausted the shared buffers and starved receives been re-armed,
-    // or the run tested nothing; a loaded machine can schedule the client threads too little
-    // for that, and such a run is repeated (at most `ATTEMPTS` times), never a pass.
-    const ATTEMPTS: usize = 3;
-    let (_, pings, counters) = (0..ATTEMPTS)
-        .map(|_| run())
-        .inspect(|(seen, pings, counters)| eprintln!("{seen:?}; {pings:?}; {counters:?}"))
-        .find(|(seen, _, counters)| counters.starved_rearms > 100 && seen.served > 1000)
-        .expect("in some run the pings starved for buffers during a storm");
+    // or the run tested nothing.
+    let (_, pings, counters) = run_until(
+        |seen, counters| counters.starved_rearms > 100 && seen.served > 1000,
+        "in some run the pings starved for buffers during a storm",
+    );
     assert_eq!(counters.starved_refused, 0, "a starved receive found no buffer: {counters:?}");
     assert_eq!(pings.ended, 0, "a pinger was closed: {pings:?}");
     assert_eq!(pings.answered_bytes, pings.sent_bytes, "unanswered pings: {pings:?}");
